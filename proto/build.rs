@@ -1,0 +1,18 @@
+//! Generates the tonic/prost code for `proto/mezzanine.proto` with a vendored
+//! `protoc`, so building needs no system package.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    println!("cargo:rerun-if-changed=proto/mezzanine.proto");
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .type_attribute(".mezzanine.v1.ClusterState", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.MasterView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.AgentView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.FrameworkView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.TaskView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.RoleView", "#[derive(serde::Serialize)]")
+        .compile_protos(&["proto/mezzanine.proto"], &["proto"])?;
+    Ok(())
+}

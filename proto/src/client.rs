@@ -1,0 +1,88 @@
+//! Connecting to masters: address lists, channels with sane timeouts, and the
+//! leader hint a follower answers with. Agents, the SDK and the CLI all find
+//! the leader through this one module.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// gRPC metadata key a non-leading master sets to the leader's address when
+/// it refuses a call with `UNAVAILABLE`. Clients reconnect there.
+pub const LEADER_HINT_KEY: &str = "mezz-leader";
+
+/// Splits `ADDR[,ADDR…]` into addresses, trimming blanks. An address is
+/// `host:port`; an `http://` prefix is accepted and dropped.
+pub fn parse_master_list(list: &str) -> Result<Vec<String>, String> {
+    let addrs: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!(
+            "no master address in '{list}'; expected HOST:PORT[,HOST:PORT…]"
+        ));
+    }
+    for a in &addrs {
+        let ok = a
+            .rsplit_once(':')
+            .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            .unwrap_or(false);
+        if !ok {
+            return Err(format!("master address '{a}' is not HOST:PORT"));
+        }
+    }
+    Ok(addrs)
+}
+
+/// An endpoint for `addr` (`host:port`) with the timeouts every Mezzanine
+/// client uses: a short connect timeout so a dead address is reported fast,
+/// TCP_NODELAY for latency, and HTTP/2 keep-alives so a silent peer is
+/// noticed on long-lived streams.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+/// Connects to `addr`, failing within the connect timeout when nobody
+/// listens there.
+pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    endpoint(addr)?.connect().await
+}
+
+/// The leader address carried by a status from a non-leading master.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HINT_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_lists() {
+        assert_eq!(
+            parse_master_list("127.0.0.1:5050, http://h:1/").unwrap(),
+            vec!["127.0.0.1:5050", "h:1"]
+        );
+        assert!(parse_master_list("").is_err());
+        assert!(parse_master_list("nohost")
+            .unwrap_err()
+            .contains("'nohost'"));
+        assert!(parse_master_list("h:notaport").is_err());
+    }
+}

@@ -1,0 +1,634 @@
+//! The one resource math of Mezzanine: parsing `--resources`, converting to
+//! and from the wire, and the algebra (add, subtract, contains) that the
+//! allocator uses to make offers, the master uses to validate accepts, and
+//! the SDK re-exports to frameworks. Nobody else re-implements "fits".
+//!
+//! Scalars are kept in thousandths (as Mesos keeps fixed-point values) so
+//! that adding and subtracting `0.1` a thousand times gives back exactly what
+//! was there: float drift would otherwise leave crumbs that never fit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::v1::{self, resource::Value};
+
+/// Why a resource description was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResourceError {
+    /// A token of a `--resources` string could not be read.
+    #[error("invalid resource '{token}': {reason}")]
+    Parse {
+        /// The offending token, as written.
+        token: String,
+        /// What is wrong with it and what is expected.
+        reason: String,
+    },
+    /// A resource received over the wire is invalid.
+    #[error("invalid resource '{name}': {reason}")]
+    Invalid {
+        /// The resource's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A bag of named resources: scalars (cpus, mem, disk, ...), ranges (ports)
+/// and sets (GPU identities).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    scalars: BTreeMap<String, i64>,
+    ranges: BTreeMap<String, Vec<(u64, u64)>>,
+    sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+const MILLI: f64 = 1000.0;
+/// The largest scalar we accept, so that milli-units never overflow.
+const MAX_SCALAR: f64 = 1.0e12;
+
+fn to_milli(value: f64) -> Option<i64> {
+    if !value.is_finite() || !(0.0..=MAX_SCALAR).contains(&value) {
+        return None;
+    }
+    Some((value * MILLI).round() as i64)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.contains('(') {
+        return Err("role reservations ('name(role)') are not supported yet".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "the name contains '{c}'; use letters, digits, '_', '-' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Sorts and merges overlapping or adjacent inclusive ranges.
+fn normalize(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (b, e) in ranges {
+        match out.last_mut() {
+            Some(last) if b <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => out.push((b, e)),
+        }
+    }
+    out
+}
+
+fn ranges_contain(outer: &[(u64, u64)], inner: &[(u64, u64)]) -> bool {
+    inner
+        .iter()
+        .all(|&(b, e)| outer.iter().any(|&(ob, oe)| ob <= b && e <= oe))
+}
+
+fn ranges_subtract(from: &[(u64, u64)], take: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(b, e) in from {
+        let mut pieces = vec![(b, e)];
+        for &(tb, te) in take {
+            let mut next = Vec::new();
+            for (pb, pe) in pieces {
+                if te < pb || tb > pe {
+                    next.push((pb, pe));
+                    continue;
+                }
+                if tb > pb {
+                    next.push((pb, tb - 1));
+                }
+                if te < pe {
+                    next.push((te + 1, pe));
+                }
+            }
+            pieces = next;
+        }
+        out.extend(pieces);
+    }
+    normalize(out)
+}
+
+fn range_count(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|&(b, e)| e - b + 1).sum()
+}
+
+impl Resources {
+    /// An empty bag.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses the `--resources` syntax:
+    /// `cpus:4;mem:8192;disk:10000;ports:[31000-32000,33000-33010];gpus:{gpu0,gpu1}`.
+    ///
+    /// ```
+    /// use mezz_proto::Resources;
+    /// let r = Resources::parse("cpus:2;mem:1024;ports:[31000-31009]").unwrap();
+    /// assert_eq!(r.scalar("cpus"), 2.0);
+    /// assert_eq!(r.range_count("ports"), 10);
+    /// assert!(Resources::parse("cpus:two").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, ResourceError> {
+        let mut out = Resources::new();
+        for token in text.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+            let err = |reason: String| ResourceError::Parse {
+                token: token.to_string(),
+                reason,
+            };
+            let (name, value) = token
+                .split_once(':')
+                .ok_or_else(|| err("expected NAME:VALUE, e.g. 'cpus:4'".into()))?;
+            let (name, value) = (name.trim(), value.trim());
+            check_name(name).map_err(err)?;
+            let mut one = Resources::new();
+            if let Some(inner) = value.strip_prefix('[') {
+                let inner = inner
+                    .strip_suffix(']')
+                    .ok_or_else(|| err("a range list must end with ']'".into()))?;
+                let mut ranges = Vec::new();
+                for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (b, e) = part.split_once('-').unwrap_or((part, part));
+                    let b: u64 = b
+                        .trim()
+                        .parse()
+                        .map_err(|_| err(format!("'{part}' is not a range like 31000-32000")))?;
+                    let e: u64 = e
+                        .trim()
+                        .parse()
+                        .map_err(|_| err(format!("'{part}' is not a range like 31000-32000")))?;
+                    if b > e {
+                        return Err(err(format!("range '{part}' begins after it ends")));
+                    }
+                    ranges.push((b, e));
+                }
+                one.ranges.insert(name.to_string(), normalize(ranges));
+            } else if let Some(inner) = value.strip_prefix('{') {
+                let inner = inner
+                    .strip_suffix('}')
+                    .ok_or_else(|| err("a set must end with '}'".into()))?;
+                let items: BTreeSet<String> = inner
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(String::from)
+                    .collect();
+                one.sets.insert(name.to_string(), items);
+            } else {
+                let v: f64 = value.parse().map_err(|_| {
+                    err(format!("'{value}' is not a number, a [range] or a {{set}}"))
+                })?;
+                let m = to_milli(v).ok_or_else(|| {
+                    err(format!(
+                        "'{value}' must be a finite number between 0 and 1e12"
+                    ))
+                })?;
+                one.scalars.insert(name.to_string(), m);
+            }
+            out.try_add(&one).map_err(|e| match e {
+                ResourceError::Invalid { reason, .. } => err(reason),
+                other => other,
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Reads and validates resources that came over the wire.
+    pub fn from_proto(resources: &[v1::Resource]) -> Result<Self, ResourceError> {
+        let mut out = Resources::new();
+        for r in resources {
+            let invalid = |reason: String| ResourceError::Invalid {
+                name: r.name.clone(),
+                reason,
+            };
+            check_name(&r.name).map_err(invalid)?;
+            if !r.role.is_empty() {
+                return Err(invalid(
+                    "role reservations are not supported yet; leave 'role' empty".into(),
+                ));
+            }
+            let mut one = Resources::new();
+            match &r.value {
+                Some(Value::Scalar(v)) => {
+                    let m = to_milli(*v).ok_or_else(|| {
+                        invalid(format!("scalar {v} must be finite and between 0 and 1e12"))
+                    })?;
+                    one.scalars.insert(r.name.clone(), m);
+                }
+                Some(Value::Ranges(rs)) => {
+                    let mut v = Vec::with_capacity(rs.range.len());
+                    for range in &rs.range {
+                        if range.begin > range.end {
+                            return Err(invalid(format!(
+                                "range {}-{} begins after it ends",
+                                range.begin, range.end
+                            )));
+                        }
+                        v.push((range.begin, range.end));
+                    }
+                    one.ranges.insert(r.name.clone(), normalize(v));
+                }
+                Some(Value::Set(s)) => {
+                    one.sets
+                        .insert(r.name.clone(), s.item.iter().cloned().collect());
+                }
+                None => return Err(invalid("no value (scalar, ranges or set) given".into())),
+            }
+            out.try_add(&one)?;
+        }
+        Ok(out)
+    }
+
+    /// The wire form.
+    pub fn to_proto(&self) -> Vec<v1::Resource> {
+        let mut out = Vec::new();
+        for (name, &m) in &self.scalars {
+            out.push(v1::Resource {
+                name: name.clone(),
+                value: Some(Value::Scalar(m as f64 / MILLI)),
+                role: String::new(),
+            });
+        }
+        for (name, ranges) in &self.ranges {
+            out.push(v1::Resource {
+                name: name.clone(),
+                value: Some(Value::Ranges(v1::Ranges {
+                    range: ranges
+                        .iter()
+                        .map(|&(begin, end)| v1::Range { begin, end })
+                        .collect(),
+                })),
+                role: String::new(),
+            });
+        }
+        for (name, items) in &self.sets {
+            out.push(v1::Resource {
+                name: name.clone(),
+                value: Some(Value::Set(v1::Set {
+                    item: items.iter().cloned().collect(),
+                })),
+                role: String::new(),
+            });
+        }
+        out
+    }
+
+    /// The value of a scalar resource (0 when absent).
+    pub fn scalar(&self, name: &str) -> f64 {
+        self.scalars.get(name).map_or(0.0, |&m| m as f64 / MILLI)
+    }
+
+    /// Sets a scalar resource; values are rounded to thousandths, and a
+    /// negative or non-finite value removes it.
+    pub fn set_scalar(&mut self, name: &str, value: f64) {
+        match to_milli(value) {
+            Some(m) if m > 0 => {
+                self.scalars.insert(name.to_string(), m);
+            }
+            _ => {
+                self.scalars.remove(name);
+            }
+        }
+    }
+
+    /// Builder form of [`Resources::set_scalar`].
+    pub fn with_scalar(mut self, name: &str, value: f64) -> Self {
+        self.set_scalar(name, value);
+        self
+    }
+
+    /// The inclusive ranges of a range resource, sorted and merged.
+    pub fn ranges(&self, name: &str) -> &[(u64, u64)] {
+        self.ranges.get(name).map_or(&[], |v| v.as_slice())
+    }
+
+    /// How many values a range resource holds (e.g. the number of ports).
+    pub fn range_count(&self, name: &str) -> u64 {
+        range_count(self.ranges(name))
+    }
+
+    /// Adds a range resource.
+    pub fn with_ranges(mut self, name: &str, ranges: &[(u64, u64)]) -> Self {
+        let mut all = self.ranges.remove(name).unwrap_or_default();
+        all.extend(ranges.iter().copied().filter(|(b, e)| b <= e));
+        let all = normalize(all);
+        if !all.is_empty() {
+            self.ranges.insert(name.to_string(), all);
+        }
+        self
+    }
+
+    /// The items of a set resource (e.g. GPU identities).
+    pub fn set_items(&self, name: &str) -> Vec<&str> {
+        self.sets
+            .get(name)
+            .map(|s| s.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds items to a set resource.
+    pub fn with_set<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        name: &str,
+        items: I,
+    ) -> Self {
+        let set = self.sets.entry(name.to_string()).or_default();
+        set.extend(items.into_iter().map(Into::into));
+        if set.is_empty() {
+            self.sets.remove(name);
+        }
+        self
+    }
+
+    /// True when nothing is in the bag.
+    pub fn is_empty(&self) -> bool {
+        self.scalars.values().all(|&m| m == 0)
+            && self.ranges.values().all(Vec::is_empty)
+            && self.sets.values().all(BTreeSet::is_empty)
+    }
+
+    /// Does `other` fit inside `self`? The one definition of "fits".
+    ///
+    /// ```
+    /// use mezz_proto::Resources;
+    /// let offer = Resources::parse("cpus:4;mem:4096;ports:[31000-31010]").unwrap();
+    /// let task = Resources::parse("cpus:0.5;mem:128;ports:[31005-31005]").unwrap();
+    /// assert!(offer.contains(&task));
+    /// assert!(!task.contains(&offer));
+    /// ```
+    pub fn contains(&self, other: &Resources) -> bool {
+        other
+            .scalars
+            .iter()
+            .all(|(n, &m)| m <= self.scalars.get(n).copied().unwrap_or(0))
+            && other
+                .ranges
+                .iter()
+                .all(|(n, r)| ranges_contain(self.ranges(n), r))
+            && other.sets.iter().all(|(n, s)| match self.sets.get(n) {
+                Some(mine) => s.is_subset(mine),
+                None => s.is_empty(),
+            })
+    }
+
+    fn kind_conflict(&self, other: &Resources) -> Option<String> {
+        let kinds = |r: &Resources, n: &str| -> Option<&'static str> {
+            if r.scalars.contains_key(n) {
+                Some("a scalar")
+            } else if r.ranges.contains_key(n) {
+                Some("ranges")
+            } else if r.sets.contains_key(n) {
+                Some("a set")
+            } else {
+                None
+            }
+        };
+        let names = other
+            .scalars
+            .keys()
+            .chain(other.ranges.keys())
+            .chain(other.sets.keys());
+        for n in names {
+            if let (Some(a), Some(b)) = (kinds(self, n), kinds(other, n)) {
+                if a != b {
+                    return Some(format!("'{n}' is given both as {a} and as {b}"));
+                }
+            }
+        }
+        None
+    }
+
+    /// Adds `other`, refusing a name used with two different kinds.
+    pub fn try_add(&mut self, other: &Resources) -> Result<(), ResourceError> {
+        if let Some(reason) = self.kind_conflict(other) {
+            return Err(ResourceError::Invalid {
+                name: reason.split('\'').nth(1).unwrap_or_default().to_string(),
+                reason,
+            });
+        }
+        self.add(other);
+        Ok(())
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Resources) {
+        for (n, &m) in &other.scalars {
+            let v = self.scalars.entry(n.clone()).or_insert(0);
+            *v = v.saturating_add(m);
+        }
+        for (n, r) in &other.ranges {
+            let mut all = self.ranges.remove(n).unwrap_or_default();
+            all.extend_from_slice(r);
+            self.ranges.insert(n.clone(), normalize(all));
+        }
+        for (n, s) in &other.sets {
+            self.sets
+                .entry(n.clone())
+                .or_default()
+                .extend(s.iter().cloned());
+        }
+    }
+
+    /// `self - other`, or `None` when `other` does not fit in `self`.
+    pub fn checked_sub(&self, other: &Resources) -> Option<Resources> {
+        if !self.contains(other) {
+            return None;
+        }
+        let mut out = self.clone();
+        out.subtract(other);
+        Some(out)
+    }
+
+    /// Removes `other` from `self`, clamping at zero: what is not there is
+    /// ignored. Use [`Resources::checked_sub`] when that would be a bug.
+    pub fn subtract(&mut self, other: &Resources) {
+        for (n, &m) in &other.scalars {
+            if let Some(v) = self.scalars.get_mut(n) {
+                *v = (*v - m).max(0);
+                if *v == 0 {
+                    self.scalars.remove(n);
+                }
+            }
+        }
+        for (n, r) in &other.ranges {
+            if let Some(mine) = self.ranges.get(n) {
+                let left = ranges_subtract(mine, r);
+                if left.is_empty() {
+                    self.ranges.remove(n);
+                } else {
+                    self.ranges.insert(n.clone(), left);
+                }
+            }
+        }
+        for (n, s) in &other.sets {
+            if let Some(mine) = self.sets.get_mut(n) {
+                mine.retain(|i| !s.contains(i));
+                if mine.is_empty() {
+                    self.sets.remove(n);
+                }
+            }
+        }
+    }
+
+    /// Every resource as one number, for views and shares: scalars as they
+    /// are, ranges by count, sets by size.
+    pub fn quantities(&self) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> = self
+            .scalars
+            .iter()
+            .map(|(n, &m)| (n.clone(), m as f64 / MILLI))
+            .collect();
+        for (n, r) in &self.ranges {
+            out.insert(n.clone(), range_count(r) as f64);
+        }
+        for (n, s) in &self.sets {
+            out.insert(n.clone(), s.len() as f64);
+        }
+        out
+    }
+
+    /// The largest share `self` takes of `total` over cpus, mem, disk and
+    /// gpus: the dominant share of Dominant Resource Fairness.
+    pub fn dominant_share(&self, total: &Resources) -> f64 {
+        let mine = self.quantities();
+        let all = total.quantities();
+        ["cpus", "mem", "disk", "gpus"]
+            .iter()
+            .filter_map(|n| {
+                let t = all.get(*n).copied().unwrap_or(0.0);
+                (t > 0.0).then(|| mine.get(*n).copied().unwrap_or(0.0) / t)
+            })
+            .fold(0.0, f64::max)
+    }
+}
+
+impl fmt::Display for Resources {
+    /// The `--resources` syntax, which [`Resources::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (n, &m) in &self.scalars {
+            parts.push(format!("{n}:{}", m as f64 / MILLI));
+        }
+        for (n, r) in &self.ranges {
+            let rs: Vec<String> = r
+                .iter()
+                .map(|&(b, e)| {
+                    if b == e {
+                        b.to_string()
+                    } else {
+                        format!("{b}-{e}")
+                    }
+                })
+                .collect();
+            parts.push(format!("{n}:[{}]", rs.join(",")));
+        }
+        for (n, s) in &self.sets {
+            parts.push(format!(
+                "{n}:{{{}}}",
+                s.iter().cloned().collect::<Vec<_>>().join(",")
+            ));
+        }
+        f.write_str(&parts.join(";"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_display_roundtrip() {
+        let text = "cpus:4;mem:8192;disk:10000;ports:[31000-32000];gpus:{a,b}";
+        let r = Resources::parse(text).unwrap();
+        assert_eq!(r.scalar("cpus"), 4.0);
+        assert_eq!(r.range_count("ports"), 1001);
+        assert_eq!(r.set_items("gpus"), vec!["a", "b"]);
+        let back = Resources::parse(&r.to_string()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(Resources::from_proto(&r.to_proto()).unwrap(), r);
+    }
+
+    #[test]
+    fn parse_errors_name_the_token() {
+        let e = Resources::parse("cpus:4;mem:lots").unwrap_err().to_string();
+        assert!(e.contains("'mem:lots'"), "{e}");
+        let e = Resources::parse("cpus4").unwrap_err().to_string();
+        assert!(e.contains("'cpus4'") && e.contains("NAME:VALUE"), "{e}");
+        let e = Resources::parse("ports:[5-3]").unwrap_err().to_string();
+        assert!(e.contains("begins after it ends"), "{e}");
+        let e = Resources::parse("cpus:-1").unwrap_err().to_string();
+        assert!(e.contains("'cpus:-1'"), "{e}");
+        let e = Resources::parse("cpus:1;cpus:[1-2]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both as"), "{e}");
+        assert!(Resources::parse("ports:[1-2").is_err());
+        assert!(Resources::parse("cpus(eng):1").is_err());
+    }
+
+    #[test]
+    fn fixed_point_has_no_drift() {
+        let mut total = Resources::new();
+        let tenth = Resources::new().with_scalar("cpus", 0.1);
+        for _ in 0..1000 {
+            total.add(&tenth);
+        }
+        assert_eq!(total.scalar("cpus"), 100.0);
+        for _ in 0..1000 {
+            total = total.checked_sub(&tenth).unwrap();
+        }
+        assert!(total.is_empty());
+    }
+
+    #[test]
+    fn ranges_and_sets_subtract() {
+        let r = Resources::parse("ports:[10-20];gpus:{a,b,c}").unwrap();
+        let take = Resources::parse("ports:[12-13,20];gpus:{b}").unwrap();
+        let left = r.checked_sub(&take).unwrap();
+        assert_eq!(left.ranges("ports"), &[(10, 11), (14, 19)]);
+        assert_eq!(left.set_items("gpus"), vec!["a", "c"]);
+        assert!(left.checked_sub(&take).is_none());
+        let mut back = left.clone();
+        back.add(&take);
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn contains_is_the_fit_check() {
+        let offer = Resources::parse("cpus:1;mem:100").unwrap();
+        assert!(offer.contains(&Resources::parse("cpus:1").unwrap()));
+        assert!(!offer.contains(&Resources::parse("cpus:1.001").unwrap()));
+        assert!(!offer.contains(&Resources::parse("gpus:{x}").unwrap()));
+        assert!(offer.contains(&Resources::new()));
+    }
+
+    #[test]
+    fn wire_validation() {
+        let bad = v1::Resource {
+            name: "cpus".into(),
+            value: Some(Value::Scalar(f64::NAN)),
+            role: String::new(),
+        };
+        let e = Resources::from_proto(&[bad]).unwrap_err().to_string();
+        assert!(e.contains("'cpus'"), "{e}");
+        let none = v1::Resource {
+            name: "mem".into(),
+            value: None,
+            role: String::new(),
+        };
+        assert!(Resources::from_proto(&[none]).is_err());
+    }
+
+    #[test]
+    fn dominant_share() {
+        let total = Resources::parse("cpus:10;mem:1000").unwrap();
+        let used = Resources::parse("cpus:1;mem:500").unwrap();
+        assert!((used.dominant_share(&total) - 0.5).abs() < 1e-9);
+    }
+}
