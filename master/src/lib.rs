@@ -1,1 +1,75 @@
+//! The Mezzanine master: the cluster state machine (`cluster`), the pure
+//! allocator (`allocator`), the replicated registry (`registry`) kept by raft
+//! in sled (`replication`), and the thin I/O shell around them (`server`,
+//! `api`) that serves gRPC and HTTP on one port.
+#![warn(missing_docs)]
 
+pub mod allocator;
+pub mod api;
+pub mod cluster;
+pub mod registry;
+pub mod replication;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use cluster::Timeouts;
+pub use server::run;
+
+/// How a master is started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address for gRPC and HTTP (one port).
+    pub listen: SocketAddr,
+    /// Address clients and peers are told to use; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Where the raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// This master's raft id.
+    pub id: u64,
+    /// Every member of the group by raft id, this one included.
+    pub peers: BTreeMap<u64, String>,
+    /// Timeouts and intervals.
+    pub timeouts: Timeouts,
+}
+
+impl Config {
+    /// The address this master tells others to use.
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// Why a master could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another master or program using that port?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be used.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Replication failed.
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
+    /// The configuration is inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(String),
+}

@@ -1,0 +1,92 @@
+//! The master's API services: thin adapters from gRPC and HTTP to the actor
+//! in `server.rs`. They validate sizes and shapes, never state.
+
+pub mod agent;
+pub mod http;
+pub mod operator;
+pub mod scheduler;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use mezz_proto::client::LEADER_HINT_KEY;
+use mezz_proto::v1::{
+    agent_gateway_server::AgentGatewayServer, operator_server::OperatorServer,
+    scheduler_server::SchedulerServer,
+};
+use mezz_proto::MAX_MESSAGE_BYTES;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::cluster::CallError;
+use crate::server::{Handle, Input};
+
+/// The gRPC services and HTTP routes on one router.
+pub fn router(handle: Handle) -> axum::Router {
+    let routes = tonic::service::Routes::new(
+        SchedulerServer::new(scheduler::SchedulerApi::new(handle.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        AgentGatewayServer::new(agent::AgentApi::new(handle.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        OperatorServer::new(operator::OperatorApi::new(handle.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    routes.into_axum_router().merge(http::routes(handle))
+}
+
+/// Maps a refused call to a gRPC status; a non-leader answer carries the
+/// leader's address in the `mezz-leader` metadata.
+pub fn status_from(e: CallError) -> Status {
+    match e {
+        CallError::Invalid(m) => Status::invalid_argument(m),
+        CallError::NotFound(m) => Status::not_found(m),
+        CallError::FailedPrecondition(m) => Status::failed_precondition(m),
+        CallError::NotLeader(leader) => {
+            let mut s = Status::unavailable(CallError::NotLeader(leader.clone()).to_string());
+            if let Some(l) = leader.and_then(|l| l.parse().ok()) {
+                s.metadata_mut().insert(LEADER_HINT_KEY, l);
+            }
+            s
+        }
+    }
+}
+
+/// A response stream that tells the actor when the client goes away.
+pub struct GuardedStream<T> {
+    inner: ReceiverStream<Result<T, Status>>,
+    on_drop: Option<(Handle, Input)>,
+}
+
+impl<T> GuardedStream<T> {
+    /// Wraps `inner`; `input` is queued when the stream is dropped.
+    pub fn new(inner: ReceiverStream<Result<T, Status>>, handle: Handle, input: Input) -> Self {
+        GuardedStream {
+            inner,
+            on_drop: Some((handle, input)),
+        }
+    }
+}
+
+impl<T> Stream for GuardedStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+impl<T> Drop for GuardedStream<T> {
+    fn drop(&mut self) {
+        if let Some((handle, input)) = self.on_drop.take() {
+            handle.send_later(input);
+        }
+    }
+}

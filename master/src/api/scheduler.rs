@@ -1,0 +1,140 @@
+//! The scheduler API (`mezzanine.v1.Scheduler`): SUBSCRIBE opens the event
+//! stream, every other call is a unary RPC answered by the state machine.
+
+use mezz_proto::v1::{
+    scheduler_server::Scheduler, AcceptRequest, AcknowledgeRequest, DeclineRequest, Empty, Event,
+    KillRequest, ReconcileRequest, ReviveRequest, SubscribeRequest, SuppressRequest,
+    TeardownRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{status_from, GuardedStream};
+use crate::server::{Call, Handle, Input};
+
+/// Serves the scheduler API.
+pub struct SchedulerApi {
+    handle: Handle,
+}
+
+impl SchedulerApi {
+    /// A service over the actor behind `handle`.
+    pub fn new(handle: Handle) -> Self {
+        SchedulerApi { handle }
+    }
+
+    async fn call(&self, call: Call) -> Result<Response<Empty>, Status> {
+        self.handle
+            .ask(|reply| Input::Call(call, reply))
+            .await?
+            .map_err(status_from)?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+fn need_framework(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(
+            "framework_id is empty; subscribe first and use the id from SUBSCRIBED",
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerApi {
+    type SubscribeStream = GuardedStream<Event>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let info = req
+            .framework
+            .ok_or_else(|| Status::invalid_argument("SubscribeRequest.framework is missing"))?;
+        let conn = self.handle.next_conn();
+        let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
+        self.handle
+            .ask(|reply| Input::Subscribe(conn, req.protocol_version, info, tx, reply))
+            .await?
+            .map_err(status_from)?;
+        Ok(Response::new(GuardedStream::new(
+            ReceiverStream::new(rx),
+            self.handle.clone(),
+            Input::FrameworkGone(conn),
+        )))
+    }
+
+    async fn accept(&self, request: Request<AcceptRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Accept(req)).await
+    }
+
+    async fn decline(&self, request: Request<DeclineRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Decline {
+            framework_id: req.framework_id,
+            offer_ids: req.offer_ids,
+            refuse_seconds: req.filters.and_then(|f| f.refuse_seconds),
+        })
+        .await
+    }
+
+    async fn revive(&self, request: Request<ReviveRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Revive(req.framework_id)).await
+    }
+
+    async fn suppress(&self, request: Request<SuppressRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Suppress(req.framework_id)).await
+    }
+
+    async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Kill {
+            framework_id: req.framework_id,
+            task_id: req.task_id,
+            grace: req.grace_period_secs,
+        })
+        .await
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<AcknowledgeRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Acknowledge {
+            framework_id: req.framework_id,
+            agent_id: req.agent_id,
+            task_id: req.task_id,
+            uuid: req.uuid,
+        })
+        .await
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<ReconcileRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Reconcile(req.framework_id, req.tasks))
+            .await
+    }
+
+    async fn teardown(&self, request: Request<TeardownRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::Teardown(req.framework_id)).await
+    }
+}

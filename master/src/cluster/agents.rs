@@ -1,0 +1,399 @@
+//! Agents in the state machine: (re-)registration with the tasks they run,
+//! heartbeats, status updates (forwarded at least once) and agents that go
+//! away (offers rescinded at once, tasks LOST after the re-register timeout).
+
+use mezz_proto::v1::{
+    event, master_message, replicated_command::Command, AgentRefused, AgentRegistered, Event,
+    Failure, KillTask, MasterMessage, RegisterAgent, ReplicatedCommand, StatusAck, TaskReason,
+    TaskState, TaskStatus,
+};
+use mezz_proto::{AgentId, FrameworkId, Resources, TaskId, PROTOCOL_VERSION};
+
+use super::{Cluster, ConnId, Effect, Millis, Task};
+
+impl Cluster {
+    fn refuse_agent(&mut self, conn: ConnId, message: String) {
+        tracing::warn!(conn, "refusing agent registration: {message}");
+        self.effects.push(Effect::ToAgent(
+            conn,
+            MasterMessage {
+                message: Some(master_message::Message::Refused(AgentRefused { message })),
+            },
+        ));
+        self.effects.push(Effect::CloseAgent(conn));
+    }
+
+    /// An agent (re-)registers on stream `conn`.
+    pub fn agent_register(&mut self, conn: ConnId, msg: RegisterAgent, now: Millis) {
+        self.now = now;
+        if msg.protocol_version != PROTOCOL_VERSION {
+            return self.refuse_agent(
+                conn,
+                format!(
+                    "agent speaks protocol version {}, this master speaks {PROTOCOL_VERSION}; \
+                     run the same Mezzanine release on agents and masters",
+                    msg.protocol_version
+                ),
+            );
+        }
+        let Some(info) = msg.agent.clone() else {
+            return self.refuse_agent(conn, "registration carries no agent info".into());
+        };
+        if let Err(e) = mezz_proto::ids::validate_id("agent", &info.id) {
+            return self.refuse_agent(conn, e);
+        }
+        if let Err(e) = Resources::from_proto(&info.resources) {
+            return self.refuse_agent(conn, format!("agent {}: {e}", info.id));
+        }
+        for t in &msg.tasks {
+            let Some(task) = &t.task else {
+                return self.refuse_agent(
+                    conn,
+                    format!("agent {}: a reported task has no task info", info.id),
+                );
+            };
+            if let Err(e) = Resources::from_proto(&task.resources) {
+                return self.refuse_agent(
+                    conn,
+                    format!("agent {}: task {}: {e}", info.id, task.task_id),
+                );
+            }
+        }
+        let id = AgentId(info.id.clone());
+        // Frameworks only the agent remembers (e.g. the master's data was
+        // lost) are registered again so they can fail over.
+        for fw in &msg.frameworks {
+            let fid = FrameworkId(fw.id.clone());
+            if !fw.id.is_empty()
+                && !self.registry.frameworks.contains_key(&fid)
+                && !self.registry.removed_frameworks.contains(&fid)
+            {
+                self.effects.push(Effect::Propose(ReplicatedCommand {
+                    command: Some(Command::RegisterFramework(fw.clone())),
+                }));
+                self.ensure_framework(fw);
+            }
+        }
+        if self.registry.agents.get(&id) == Some(&info) {
+            self.complete_agent_registration(conn, msg);
+        } else {
+            tracing::info!(agent_id = %id, "registering agent {} ({})", info.hostname, info.address);
+            if let Some((old, _)) = self.pending_agents.insert(id, (conn, msg)) {
+                self.effects.push(Effect::CloseAgent(old));
+            }
+            self.effects.push(Effect::Propose(ReplicatedCommand {
+                command: Some(Command::RegisterAgent(info)),
+            }));
+        }
+    }
+
+    pub(super) fn complete_agent_registration(&mut self, conn: ConnId, msg: RegisterAgent) {
+        let Some(info) = msg.agent else { return };
+        let id = AgentId(info.id.clone());
+        self.ensure_agent(&info);
+        let now = self.now;
+        let old_conn = self.agents.get(&id).and_then(|a| a.conn);
+        if let Some(old) = old_conn.filter(|&c| c != conn) {
+            self.agent_conns.remove(&old);
+            self.effects.push(Effect::CloseAgent(old));
+        }
+        self.agent_conns.insert(conn, id.clone());
+        if let Some(agent) = self.agents.get_mut(&id) {
+            agent.conn = Some(conn);
+            agent.last_seen = now;
+            agent.disconnected_since = None;
+        }
+        self.effects.push(Effect::ToAgent(
+            conn,
+            MasterMessage {
+                message: Some(master_message::Message::Registered(AgentRegistered {
+                    protocol_version: PROTOCOL_VERSION,
+                    agent_id: id.0.clone(),
+                    master_id: self.master_id.clone(),
+                    heartbeat_interval_secs: self.timeouts.agent_heartbeat as f64 / 1000.0,
+                })),
+            },
+        ));
+        tracing::info!(agent_id = %id, tasks = msg.tasks.len(), "agent registered");
+        self.reconcile_agent_tasks(conn, &id, msg.tasks);
+        self.alloc_dirty = true;
+    }
+
+    /// Adopts what a (re-)registering agent runs: after a master failover
+    /// the agents are the source of truth for running tasks. Tasks the
+    /// master already declared LOST are killed, tasks of frameworks that are
+    /// gone are shut down, and tasks the master expected on this agent but
+    /// the agent does not know are LOST.
+    fn reconcile_agent_tasks(
+        &mut self,
+        conn: ConnId,
+        id: &AgentId,
+        reported: Vec<mezz_proto::v1::AgentTask>,
+    ) {
+        let mut seen = std::collections::HashSet::new();
+        for t in reported {
+            let Some(info) = t.task else { continue };
+            let fid = FrameworkId(t.framework_id.clone());
+            let key = (fid.clone(), TaskId(info.task_id.clone()));
+            seen.insert(key.clone());
+            let status = t.latest_status.unwrap_or_default();
+            let framework_known = self.frameworks.contains_key(&fid);
+            let was_lost = self.completed.iter().any(|c| {
+                c.framework_id == fid && c.info.task_id == info.task_id && c.agent_id == *id
+            });
+            if (!framework_known || was_lost) && !status.state().is_terminal() {
+                let reason = if framework_known {
+                    TaskReason::AgentRemoved
+                } else {
+                    TaskReason::FrameworkRemoved
+                };
+                self.effects.push(Effect::ToAgent(
+                    conn,
+                    MasterMessage {
+                        message: Some(master_message::Message::Kill(KillTask {
+                            framework_id: fid.0.clone(),
+                            task_id: info.task_id.clone(),
+                            grace_period_secs: None,
+                            reason: reason as i32,
+                        })),
+                    },
+                ));
+                continue;
+            }
+            if status.state().is_terminal() || self.tasks.contains_key(&key) {
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    if !status.uuid.is_empty() || task.status.state() == TaskState::Staging {
+                        task.status = status.clone();
+                    }
+                }
+                if task_needs_kill(self.tasks.get(&key)) {
+                    self.send_kill(&key, None);
+                }
+                continue;
+            }
+            let resources = Resources::from_proto(&info.resources).unwrap_or_default();
+            if let Some(agent) = self.agents.get_mut(id) {
+                agent.used.add(&resources);
+            }
+            if let Some(fw) = self.frameworks.get_mut(&fid) {
+                fw.used.add(&resources);
+            }
+            self.tasks.insert(
+                key,
+                Task {
+                    info,
+                    framework_id: fid,
+                    agent_id: id.clone(),
+                    resources,
+                    status,
+                    launched_at: mezz_proto::unix_now(),
+                    kill_requested: false,
+                },
+            );
+        }
+        // Tasks the master launched here that the agent does not report were
+        // lost on the way (the launch never arrived, or the agent's work dir
+        // was wiped).
+        let missing: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(k, t)| t.agent_id == *id && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in missing {
+            if let Some(task) = self.tasks.get(&key).cloned() {
+                let st = self.master_status(
+                    &task,
+                    TaskState::Lost,
+                    TaskReason::AgentRestarted,
+                    format!("agent {id} re-registered without this task"),
+                    true,
+                );
+                self.set_task_status(&key, st.clone());
+                self.forward_update(st);
+            }
+        }
+    }
+
+    /// A heartbeat on an agent's stream.
+    pub fn agent_heartbeat(&mut self, conn: ConnId, now: Millis) {
+        self.now = now;
+        if let Some(agent) = self
+            .agent_conns
+            .get(&conn)
+            .and_then(|id| self.agents.get_mut(id))
+        {
+            agent.last_seen = now;
+        }
+    }
+
+    /// A status update from the agent on `conn`.
+    pub fn agent_status_update(&mut self, conn: ConnId, status: TaskStatus, now: Millis) {
+        self.now = now;
+        let Some(agent_id) = self.agent_conns.get(&conn).cloned() else {
+            tracing::debug!(conn, "status update from an unregistered stream ignored");
+            return;
+        };
+        if let Some(agent) = self.agents.get_mut(&agent_id) {
+            agent.last_seen = now;
+        }
+        if status.agent_id != agent_id.0 {
+            tracing::warn!(agent_id = %agent_id, "status update names agent {}; ignored", status.agent_id);
+            return;
+        }
+        self.counters.status_updates += 1;
+        let fid = FrameworkId(status.framework_id.clone());
+        let key = (fid.clone(), TaskId(status.task_id.clone()));
+        tracing::debug!(task_id = %status.task_id, framework_id = %fid, state = status.state().short_name(), "status update");
+        let active = self.tasks.contains_key(&key);
+        if active {
+            self.set_task_status(&key, status.clone());
+        }
+        let fw_alive = self.frameworks.contains_key(&fid);
+        if fw_alive {
+            self.forward_update(status);
+        } else if !status.uuid.is_empty() {
+            // Nobody will acknowledge it: do so on the framework's behalf.
+            self.effects.push(Effect::ToAgent(
+                conn,
+                ack_message(&status.framework_id, &status.task_id, &status.uuid),
+            ));
+        }
+    }
+
+    /// An agent's stream ended.
+    pub fn agent_disconnected(&mut self, conn: ConnId, now: Millis) {
+        self.now = now;
+        self.pending_agents.retain(|_, (c, _)| *c != conn);
+        let Some(id) = self.agent_conns.remove(&conn) else {
+            return;
+        };
+        if let Some(agent) = self.agents.get_mut(&id) {
+            if agent.conn == Some(conn) {
+                agent.conn = None;
+                agent.disconnected_since = Some(now);
+                tracing::info!(agent_id = %id, "agent disconnected; waiting for it to re-register");
+            }
+        }
+        self.rescind_agent_offers(&id);
+    }
+
+    pub(super) fn expire_agents(&mut self) {
+        let now = self.now;
+        let silent_after = self.timeouts.agent_heartbeat * 3;
+        let silent: Vec<ConnId> = self
+            .agents
+            .values()
+            .filter_map(|a| {
+                a.conn
+                    .filter(|_| now.saturating_sub(a.last_seen) > silent_after)
+            })
+            .collect();
+        for conn in silent {
+            tracing::warn!(
+                conn,
+                "agent sent no heartbeat for {} ms; closing its stream",
+                silent_after
+            );
+            self.effects.push(Effect::CloseAgent(conn));
+            self.agent_disconnected(conn, now);
+        }
+        let timeout = self.timeouts.agent_reregister;
+        let gone: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| {
+                a.conn.is_none()
+                    && a.disconnected_since
+                        .is_some_and(|t| now.saturating_sub(t) >= timeout)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.remove_agent(&id, timeout);
+        }
+    }
+
+    fn remove_agent(&mut self, id: &AgentId, timeout: Millis) {
+        tracing::warn!(agent_id = %id, "agent did not re-register within {} s; its tasks are LOST", timeout / 1000);
+        self.agents.remove(id);
+        self.pending_agents.remove(id);
+        self.rescind_agent_offers(id);
+        self.effects.push(Effect::Propose(ReplicatedCommand {
+            command: Some(Command::RemoveAgent(id.0.clone())),
+        }));
+        let keys: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.agent_id == *id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(task) = self.tasks.get(&key).cloned() {
+                let st = self.master_status(
+                    &task,
+                    TaskState::Lost,
+                    TaskReason::AgentRemoved,
+                    format!(
+                        "agent {id} was unreachable for more than {} s",
+                        timeout / 1000
+                    ),
+                    true,
+                );
+                self.set_task_status(&key, st.clone());
+                self.forward_update(st);
+            }
+        }
+        let conns: Vec<ConnId> = self.frameworks.values().filter_map(|f| f.conn).collect();
+        for conn in conns {
+            self.effects.push(Effect::ToFramework(
+                conn,
+                Event {
+                    event: Some(event::Event::Failure(Failure {
+                        agent_id: id.0.clone(),
+                        message: "agent removed after it stayed unreachable".into(),
+                    })),
+                },
+            ));
+        }
+    }
+
+    /// Sends a kill for an active task to its agent, if connected; a task on
+    /// a disconnected agent is killed when the agent re-registers.
+    pub(super) fn send_kill(&mut self, key: &(FrameworkId, TaskId), grace: Option<f64>) {
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        task.kill_requested = true;
+        let Some(conn) = self.agents.get(&task.agent_id).and_then(|a| a.conn) else {
+            return;
+        };
+        self.effects.push(Effect::ToAgent(
+            conn,
+            MasterMessage {
+                message: Some(master_message::Message::Kill(KillTask {
+                    framework_id: key.0 .0.clone(),
+                    task_id: key.1 .0.clone(),
+                    grace_period_secs: grace,
+                    reason: TaskReason::KilledByRequest as i32,
+                })),
+            },
+        ));
+    }
+}
+
+/// A kill was requested (perhaps while the agent was away) and the task
+/// still runs: resend it when the agent re-registers.
+fn task_needs_kill(task: Option<&Task>) -> bool {
+    task.is_some_and(|t| t.kill_requested && !t.status.state().is_terminal())
+}
+
+pub(super) fn ack_message(framework_id: &str, task_id: &str, uuid: &str) -> MasterMessage {
+    MasterMessage {
+        message: Some(master_message::Message::Ack(StatusAck {
+            framework_id: framework_id.to_string(),
+            task_id: task_id.to_string(),
+            uuid: uuid.to_string(),
+        })),
+    }
+}

@@ -1,0 +1,686 @@
+//! Frameworks in the state machine: subscription and failover, the calls of
+//! the scheduler API (accept, decline, revive, suppress, kill, acknowledge,
+//! reconcile, teardown) and removal when a failover timeout runs out.
+
+use mezz_proto::v1::{
+    event, master_message, operation, replicated_command::Command, AcceptRequest, Event,
+    FrameworkInfo, LaunchTask, MasterMessage, ReconcileTask, ReplicatedCommand, ShutdownFramework,
+    StatusSource, Subscribed, TaskInfo, TaskReason, TaskState, TaskStatus,
+};
+use mezz_proto::{AgentId, FrameworkId, OfferId, Resources, TaskId, PROTOCOL_VERSION};
+
+use super::agents::ack_message;
+use super::{CallError, Cluster, ConnId, Effect, Millis, Task};
+
+/// The longest failover timeout a framework may ask for (one week).
+const MAX_FAILOVER_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
+impl Cluster {
+    /// A framework subscribes on stream `conn`. `Ok` means the stream
+    /// stays open; the `Subscribed` event follows once the registration is
+    /// replicated.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        protocol_version: u32,
+        mut info: FrameworkInfo,
+        now: Millis,
+    ) -> Result<(), CallError> {
+        self.now = now;
+        if protocol_version != PROTOCOL_VERSION {
+            return Err(CallError::Invalid(format!(
+                "framework speaks protocol version {protocol_version}, this master speaks \
+                 {PROTOCOL_VERSION}; upgrade the framework's SDK"
+            )));
+        }
+        if info.name.trim().is_empty() {
+            return Err(CallError::Invalid(
+                "framework.name is empty; give the framework a name".into(),
+            ));
+        }
+        if !info.failover_timeout_secs.is_finite()
+            || !(0.0..=MAX_FAILOVER_SECS).contains(&info.failover_timeout_secs)
+        {
+            return Err(CallError::Invalid(format!(
+                "framework.failover_timeout_secs {} must be between 0 and {MAX_FAILOVER_SECS}",
+                info.failover_timeout_secs
+            )));
+        }
+        if info.role.is_empty() {
+            info.role = "*".into();
+        }
+        if info.id.is_empty() {
+            info.id = self.next_id("f");
+        } else {
+            mezz_proto::ids::validate_id("framework", &info.id).map_err(CallError::Invalid)?;
+        }
+        let id = FrameworkId(info.id.clone());
+        if self.registry.removed_frameworks.contains(&id) {
+            return Err(CallError::FailedPrecondition(format!(
+                "framework {id} was removed (torn down or its failover timeout expired); \
+                 subscribe again without an id"
+            )));
+        }
+        if self.registry.frameworks.get(&id) == Some(&info) {
+            self.complete_subscription(conn, &id);
+        } else {
+            tracing::info!(framework_id = %id, "registering framework '{}'", info.name);
+            if let Some(old) = self.pending_frameworks.insert(id.clone(), conn) {
+                self.effects.push(Effect::CloseFramework(old));
+            }
+            self.effects.push(Effect::Propose(ReplicatedCommand {
+                command: Some(Command::RegisterFramework(info)),
+            }));
+        }
+        Ok(())
+    }
+
+    pub(super) fn complete_subscription(&mut self, conn: ConnId, id: &FrameworkId) {
+        let Some(fw) = self.frameworks.get_mut(id) else {
+            return;
+        };
+        let reconnected = fw.conn.is_some() || !fw.unacked.is_empty();
+        if let Some(old) = fw.conn.replace(conn).filter(|&c| c != conn) {
+            self.framework_conns.remove(&old);
+            self.effects.push(Effect::ToFramework(
+                old,
+                error_event("framework failed over to a new connection"),
+            ));
+            self.effects.push(Effect::CloseFramework(old));
+        }
+        fw.disconnected_since = None;
+        fw.suppressed = false;
+        let unacked: Vec<TaskStatus> = fw.unacked.values().cloned().collect();
+        self.framework_conns.insert(conn, id.clone());
+        self.effects.push(Effect::ToFramework(
+            conn,
+            Event {
+                event: Some(event::Event::Subscribed(Subscribed {
+                    protocol_version: PROTOCOL_VERSION,
+                    framework_id: id.0.clone(),
+                    heartbeat_interval_secs: self.timeouts.framework_heartbeat as f64 / 1000.0,
+                    master_id: self.master_id.clone(),
+                })),
+            },
+        ));
+        tracing::info!(framework_id = %id, reconnected, "framework subscribed");
+        for status in unacked {
+            self.forward_update(status);
+        }
+        self.alloc_dirty = true;
+    }
+
+    /// A framework's event stream ended.
+    pub fn framework_disconnected(&mut self, conn: ConnId, now: Millis) {
+        self.now = now;
+        self.pending_frameworks.retain(|_, c| *c != conn);
+        let Some(id) = self.framework_conns.remove(&conn) else {
+            return;
+        };
+        if let Some(fw) = self.frameworks.get_mut(&id) {
+            if fw.conn == Some(conn) {
+                fw.conn = None;
+                fw.disconnected_since = Some(now);
+                tracing::info!(framework_id = %id, "framework disconnected; failover timeout {} s", fw.info.failover_timeout_secs);
+            }
+        }
+        self.recover_framework_offers(&id);
+    }
+
+    pub(super) fn expire_frameworks(&mut self) {
+        let now = self.now;
+        let expired: Vec<FrameworkId> = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| {
+                f.conn.is_none()
+                    && f.disconnected_since.is_some_and(|t| {
+                        now.saturating_sub(t) as f64 >= f.info.failover_timeout_secs * 1000.0
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(framework_id = %id, "framework failover timeout expired; removing it");
+            self.remove_framework(&id);
+        }
+    }
+
+    fn remove_framework(&mut self, id: &FrameworkId) {
+        self.recover_framework_offers(id);
+        if let Some(fw) = self.frameworks.remove(id) {
+            if let Some(conn) = fw.conn {
+                self.framework_conns.remove(&conn);
+                self.effects
+                    .push(Effect::ToFramework(conn, error_event("framework removed")));
+                self.effects.push(Effect::CloseFramework(conn));
+            }
+        }
+        self.effects.push(Effect::Propose(ReplicatedCommand {
+            command: Some(Command::RemoveFramework(id.0.clone())),
+        }));
+        let conns: Vec<ConnId> = self.agents.values().filter_map(|a| a.conn).collect();
+        for conn in conns {
+            self.effects.push(Effect::ToAgent(
+                conn,
+                MasterMessage {
+                    message: Some(master_message::Message::ShutdownFramework(
+                        ShutdownFramework {
+                            framework_id: id.0.clone(),
+                        },
+                    )),
+                },
+            ));
+        }
+        let keys: Vec<(FrameworkId, TaskId)> =
+            self.tasks.keys().filter(|k| k.0 == *id).cloned().collect();
+        for key in keys {
+            if let Some(task) = self.tasks.get(&key).cloned() {
+                let st = self.master_status(
+                    &task,
+                    TaskState::Killed,
+                    TaskReason::FrameworkRemoved,
+                    "framework removed".into(),
+                    false,
+                );
+                self.set_task_status(&key, st);
+            }
+        }
+        self.alloc_dirty = true;
+    }
+
+    fn framework(&self, id: &str) -> Result<&super::Framework, CallError> {
+        self.frameworks
+            .get(&FrameworkId(id.to_string()))
+            .ok_or_else(|| {
+                CallError::NotFound(format!(
+                    "framework '{id}' is not registered; subscribe first"
+                ))
+            })
+    }
+
+    /// Takes offers out of circulation; all must belong to `fid` and one
+    /// agent. Returns the agent and the pooled resources.
+    fn take_offers(
+        &mut self,
+        fid: &FrameworkId,
+        ids: &[String],
+    ) -> Result<(AgentId, Resources), CallError> {
+        if ids.is_empty() {
+            return Err(CallError::Invalid("no offer ids given".into()));
+        }
+        let mut agent: Option<AgentId> = None;
+        for oid in ids {
+            let Some(o) = self.offers.get(&OfferId(oid.clone())) else {
+                return Err(CallError::NotFound(format!(
+                    "offer {oid} is no longer valid (rescinded, expired or already used)"
+                )));
+            };
+            if o.framework_id != *fid {
+                return Err(CallError::Invalid(format!(
+                    "offer {oid} was not made to framework {fid}"
+                )));
+            }
+            if agent.as_ref().is_some_and(|a| *a != o.agent_id) {
+                return Err(CallError::Invalid(
+                    "offers of different agents cannot be combined".into(),
+                ));
+            }
+            agent = Some(o.agent_id.clone());
+        }
+        let mut pool = Resources::new();
+        for oid in ids {
+            if let Some(o) = self.remove_offer(&OfferId(oid.clone())) {
+                pool.add(&o.resources);
+            }
+        }
+        Ok((agent.unwrap_or_default(), pool))
+    }
+
+    /// ACCEPT: launch tasks on offered resources. Bad tasks are answered
+    /// with TASK_ERROR / TASK_DROPPED updates, as in Mesos; what is left of
+    /// the offers goes back with a refuse filter.
+    pub fn accept(&mut self, req: AcceptRequest, now: Millis) -> Result<(), CallError> {
+        self.now = now;
+        let fid = FrameworkId(req.framework_id.clone());
+        self.framework(&req.framework_id)?;
+        let tasks: Vec<TaskInfo> = req
+            .operations
+            .iter()
+            .filter_map(|op| match &op.operation {
+                Some(operation::Operation::Launch(l)) => Some(l.tasks.clone()),
+                None => None,
+            })
+            .flatten()
+            .collect();
+        let (agent_id, mut pool) = match self.take_offers(&fid, &req.offer_ids) {
+            Ok(v) => v,
+            Err(e) if !tasks.is_empty() => {
+                for t in &tasks {
+                    self.reject_task(
+                        &fid,
+                        t,
+                        TaskState::Dropped,
+                        TaskReason::ResourcesUnavailable,
+                        e.to_string(),
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.counters.offers_accepted += 1;
+        for mut task in tasks {
+            if task.agent_id.is_empty() {
+                task.agent_id = agent_id.0.clone();
+            }
+            match self.validate_task(&fid, &agent_id, &task, &pool) {
+                Ok(resources) => {
+                    pool.subtract(&resources);
+                    self.launch(&fid, &agent_id, task, resources);
+                }
+                Err(msg) => {
+                    self.reject_task(&fid, &task, TaskState::Error, TaskReason::InvalidTask, msg)
+                }
+            }
+        }
+        let refuse = refuse_ms(
+            req.filters.as_ref().and_then(|f| f.refuse_seconds),
+            self.timeouts.default_refuse,
+        );
+        if let Some(fw) = self.frameworks.get_mut(&fid) {
+            if refuse > 0 && !pool.is_empty() {
+                fw.filters.insert(agent_id, now + refuse);
+            }
+        }
+        self.alloc_dirty = true;
+        Ok(())
+    }
+
+    fn validate_task(
+        &self,
+        fid: &FrameworkId,
+        agent_id: &AgentId,
+        task: &TaskInfo,
+        pool: &Resources,
+    ) -> Result<Resources, String> {
+        mezz_proto::ids::validate_id("task", &task.task_id)?;
+        let tid = &task.task_id;
+        if task.agent_id != agent_id.0 {
+            return Err(format!(
+                "task {tid} names agent {} but the offer is for agent {agent_id}",
+                task.agent_id
+            ));
+        }
+        let cmd = task.command.as_ref().filter(|c| !c.value.trim().is_empty());
+        if cmd.is_none() {
+            return Err(format!("task {tid} has no command"));
+        }
+        if self.tasks.contains_key(&(fid.clone(), TaskId(tid.clone()))) {
+            return Err(format!(
+                "task {tid} is already active in framework {fid}; task ids must be unique"
+            ));
+        }
+        let resources =
+            Resources::from_proto(&task.resources).map_err(|e| format!("task {tid}: {e}"))?;
+        if resources.scalar("cpus") <= 0.0 && resources.scalar("mem") <= 0.0 {
+            return Err(format!(
+                "task {tid} asks for no cpus and no mem; give it at least one"
+            ));
+        }
+        if !pool.contains(&resources) {
+            return Err(format!(
+                "task {tid} needs {resources} but the accepted offers have only {pool} left"
+            ));
+        }
+        if !task.kill_grace_period_secs.is_finite() || task.kill_grace_period_secs < 0.0 {
+            return Err(format!(
+                "task {tid}: kill_grace_period_secs must be a non-negative number"
+            ));
+        }
+        Ok(resources)
+    }
+
+    fn launch(
+        &mut self,
+        fid: &FrameworkId,
+        agent_id: &AgentId,
+        task: TaskInfo,
+        resources: Resources,
+    ) {
+        let Some(fw_info) = self.frameworks.get(fid).map(|f| f.info.clone()) else {
+            return;
+        };
+        let Some(conn) = self.agents.get(agent_id).and_then(|a| a.conn) else {
+            self.reject_task(
+                fid,
+                &task,
+                TaskState::Dropped,
+                TaskReason::ResourcesUnavailable,
+                format!("agent {agent_id} disconnected"),
+            );
+            return;
+        };
+        tracing::info!(task_id = %task.task_id, framework_id = %fid, agent_id = %agent_id, "launching task");
+        self.counters.tasks_launched += 1;
+        if let Some(a) = self.agents.get_mut(agent_id) {
+            a.used.add(&resources);
+        }
+        if let Some(f) = self.frameworks.get_mut(fid) {
+            f.used.add(&resources);
+        }
+        let status = TaskStatus {
+            task_id: task.task_id.clone(),
+            framework_id: fid.0.clone(),
+            agent_id: agent_id.0.clone(),
+            state: TaskState::Staging as i32,
+            timestamp: mezz_proto::unix_now(),
+            source: StatusSource::Master as i32,
+            ..Default::default()
+        };
+        self.tasks.insert(
+            (fid.clone(), TaskId(task.task_id.clone())),
+            Task {
+                info: task.clone(),
+                framework_id: fid.clone(),
+                agent_id: agent_id.clone(),
+                resources,
+                status,
+                launched_at: mezz_proto::unix_now(),
+                kill_requested: false,
+            },
+        );
+        self.effects.push(Effect::ToAgent(
+            conn,
+            MasterMessage {
+                message: Some(master_message::Message::Launch(LaunchTask {
+                    framework: Some(fw_info),
+                    task: Some(task),
+                })),
+            },
+        ));
+    }
+
+    fn reject_task(
+        &mut self,
+        fid: &FrameworkId,
+        task: &TaskInfo,
+        state: TaskState,
+        reason: TaskReason,
+        message: String,
+    ) {
+        tracing::info!(task_id = %task.task_id, framework_id = %fid, "task refused: {message}");
+        let t = Task {
+            info: task.clone(),
+            framework_id: fid.clone(),
+            agent_id: AgentId(task.agent_id.clone()),
+            resources: Resources::new(),
+            status: TaskStatus::default(),
+            launched_at: mezz_proto::unix_now(),
+            kill_requested: false,
+        };
+        let st = self.master_status(&t, state, reason, message, false);
+        *self
+            .counters
+            .terminal
+            .entry(state.short_name())
+            .or_default() += 1;
+        let mut done = t;
+        done.status = st.clone();
+        self.completed.push_front(done);
+        self.completed.truncate(super::COMPLETED_TASKS_KEPT);
+        self.forward_update(st);
+    }
+
+    /// DECLINE: give offers back and do not offer this agent again for
+    /// refuse-seconds.
+    pub fn decline(
+        &mut self,
+        framework_id: &str,
+        offer_ids: &[String],
+        refuse_seconds: Option<f64>,
+        now: Millis,
+    ) -> Result<(), CallError> {
+        self.now = now;
+        let fid = FrameworkId(framework_id.to_string());
+        self.framework(framework_id)?;
+        let (agent_id, _) = self.take_offers(&fid, offer_ids)?;
+        self.counters.offers_declined += 1;
+        let refuse = refuse_ms(refuse_seconds, self.timeouts.default_refuse);
+        if let Some(fw) = self.frameworks.get_mut(&fid) {
+            if refuse > 0 {
+                fw.filters.insert(agent_id, now + refuse);
+            }
+        }
+        self.alloc_dirty = true;
+        Ok(())
+    }
+
+    /// REVIVE: clear filters and resume offers.
+    pub fn revive(&mut self, framework_id: &str, now: Millis) -> Result<(), CallError> {
+        self.now = now;
+        self.framework(framework_id)?;
+        if let Some(fw) = self
+            .frameworks
+            .get_mut(&FrameworkId(framework_id.to_string()))
+        {
+            fw.filters.clear();
+            fw.suppressed = false;
+        }
+        self.alloc_dirty = true;
+        Ok(())
+    }
+
+    /// SUPPRESS: no more offers until REVIVE; outstanding ones stay.
+    pub fn suppress(&mut self, framework_id: &str, now: Millis) -> Result<(), CallError> {
+        self.now = now;
+        self.framework(framework_id)?;
+        if let Some(fw) = self
+            .frameworks
+            .get_mut(&FrameworkId(framework_id.to_string()))
+        {
+            fw.suppressed = true;
+        }
+        Ok(())
+    }
+
+    /// KILL a task of a framework.
+    pub fn kill(
+        &mut self,
+        framework_id: &str,
+        task_id: &str,
+        grace: Option<f64>,
+        now: Millis,
+    ) -> Result<(), CallError> {
+        self.now = now;
+        self.framework(framework_id)?;
+        if let Some(g) = grace {
+            if !g.is_finite() || g < 0.0 {
+                return Err(CallError::Invalid(format!(
+                    "grace period {g} must be a non-negative number"
+                )));
+            }
+        }
+        let key = (
+            FrameworkId(framework_id.to_string()),
+            TaskId(task_id.to_string()),
+        );
+        if !self.tasks.contains_key(&key) {
+            // Answer with what we know, as Mesos does for unknown tasks.
+            self.reconcile(
+                framework_id,
+                vec![ReconcileTask {
+                    task_id: task_id.to_string(),
+                    agent_id: String::new(),
+                }],
+                now,
+            )?;
+            return Ok(());
+        }
+        tracing::info!(task_id, framework_id, "kill requested");
+        self.send_kill(&key, grace);
+        Ok(())
+    }
+
+    /// Operator kill by task id (the framework found by search when not
+    /// given). Returns the framework and task killed.
+    pub fn operator_kill(
+        &mut self,
+        task_id: &str,
+        framework_id: &str,
+        now: Millis,
+    ) -> Result<(FrameworkId, TaskId), CallError> {
+        let matches: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .keys()
+            .filter(|(f, t)| t.0 == task_id && (framework_id.is_empty() || f.0 == framework_id))
+            .cloned()
+            .collect();
+        match matches.as_slice() {
+            [] => Err(CallError::NotFound(format!(
+                "no active task '{task_id}'; see `mezz ps`"
+            ))),
+            [key] => {
+                self.kill(&key.0 .0.clone(), &key.1 .0.clone(), None, now)?;
+                Ok(key.clone())
+            }
+            _ => Err(CallError::Invalid(format!(
+                "task id '{task_id}' is active in {} frameworks; name the framework",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// ACKNOWLEDGE a status update: the agent may forget it.
+    pub fn acknowledge(
+        &mut self,
+        framework_id: &str,
+        agent_id: &str,
+        task_id: &str,
+        uuid: &str,
+        now: Millis,
+    ) -> Result<(), CallError> {
+        self.now = now;
+        self.framework(framework_id)?;
+        if uuid.is_empty() {
+            return Err(CallError::Invalid("acknowledgement without a uuid".into()));
+        }
+        let status = self
+            .frameworks
+            .get_mut(&FrameworkId(framework_id.to_string()))
+            .and_then(|f| f.unacked.remove(uuid));
+        let from_agent = status
+            .as_ref()
+            .is_none_or(|s| s.source() != StatusSource::Master);
+        if from_agent {
+            if let Some(conn) = self
+                .agents
+                .get(&AgentId(agent_id.to_string()))
+                .and_then(|a| a.conn)
+            {
+                self.effects.push(Effect::ToAgent(
+                    conn,
+                    ack_message(framework_id, task_id, uuid),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// RECONCILE: the latest known state of the given tasks, or of all the
+    /// framework's active tasks when none are given.
+    pub fn reconcile(
+        &mut self,
+        framework_id: &str,
+        tasks: Vec<ReconcileTask>,
+        now: Millis,
+    ) -> Result<(), CallError> {
+        self.now = now;
+        let fid = FrameworkId(framework_id.to_string());
+        self.framework(framework_id)?;
+        let mut answers = Vec::new();
+        if tasks.is_empty() {
+            for t in self.tasks.values().filter(|t| t.framework_id == fid) {
+                answers.push(t.clone());
+            }
+        } else {
+            for rt in &tasks {
+                let key = (fid.clone(), TaskId(rt.task_id.clone()));
+                let found = self.tasks.get(&key).cloned().or_else(|| {
+                    self.completed
+                        .iter()
+                        .find(|c| c.framework_id == fid && c.info.task_id == rt.task_id)
+                        .cloned()
+                });
+                match found {
+                    Some(t) => answers.push(t),
+                    None => {
+                        let agent = AgentId(rt.agent_id.clone());
+                        let awaited = self.agents.get(&agent).is_some_and(|a| a.conn.is_none());
+                        let t = Task {
+                            info: TaskInfo {
+                                task_id: rt.task_id.clone(),
+                                ..Default::default()
+                            },
+                            framework_id: fid.clone(),
+                            agent_id: agent,
+                            resources: Resources::new(),
+                            status: TaskStatus::default(),
+                            launched_at: 0.0,
+                            kill_requested: false,
+                        };
+                        let (state, msg) = if awaited {
+                            (
+                                TaskState::Unreachable,
+                                "the task's agent has not re-registered yet",
+                            )
+                        } else {
+                            (TaskState::Unknown, "the master does not know this task")
+                        };
+                        let st = self.master_status(
+                            &t,
+                            state,
+                            TaskReason::Reconciliation,
+                            msg.into(),
+                            false,
+                        );
+                        self.forward_update(st);
+                    }
+                }
+            }
+        }
+        for t in answers {
+            let mut st = t.status.clone();
+            st.uuid.clear();
+            st.reason = TaskReason::Reconciliation as i32;
+            st.source = StatusSource::Master as i32;
+            self.forward_update(st);
+        }
+        Ok(())
+    }
+
+    /// TEARDOWN: remove the framework and kill its tasks.
+    pub fn teardown(&mut self, framework_id: &str, now: Millis) -> Result<(), CallError> {
+        self.now = now;
+        self.framework(framework_id)?;
+        tracing::info!(framework_id, "framework teardown");
+        self.remove_framework(&FrameworkId(framework_id.to_string()));
+        Ok(())
+    }
+}
+
+fn refuse_ms(refuse_seconds: Option<f64>, default: Millis) -> Millis {
+    match refuse_seconds {
+        Some(s) if s.is_finite() && s > 0.0 => (s.min(365.0 * 86400.0) * 1000.0) as Millis,
+        Some(_) => 0,
+        None => default,
+    }
+}
+
+fn error_event(message: &str) -> Event {
+    Event {
+        event: Some(event::Event::Error(mezz_proto::v1::Error {
+            message: message.to_string(),
+        })),
+    }
+}

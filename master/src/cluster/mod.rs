@@ -1,0 +1,428 @@
+//! The cluster state machine: agents, frameworks, tasks and offers as the
+//! leading master sees them. Sans-I/O in the style of raft-rs: every entry
+//! point takes the current time (milliseconds on a monotonic clock) and
+//! queues [`Effect`]s that the shell in `server.rs` carries out. It never
+//! touches a socket, a disk or a clock.
+//!
+//! What must survive a failover goes through raft: the state machine asks
+//! for it with [`Effect::Propose`] and acts when the command comes back
+//! through [`Cluster::apply`].
+
+mod agents;
+mod frameworks;
+mod offers;
+mod view;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use mezz_proto::v1::{
+    event, AgentInfo, Event, FrameworkInfo, MasterMessage, RegisterAgent, ReplicatedCommand,
+    StatusSource, TaskInfo, TaskReason, TaskState, TaskStatus,
+};
+use mezz_proto::{AgentId, FrameworkId, OfferId, Resources, TaskId};
+
+use crate::registry::Registry;
+
+/// Identifies one open stream (an agent's Attach or a framework's
+/// Subscribe) in the shell.
+pub type ConnId = u64;
+/// Milliseconds on the shell's monotonic clock.
+pub type Millis = u64;
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send on an agent's stream.
+    ToAgent(ConnId, MasterMessage),
+    /// Send on a framework's event stream.
+    ToFramework(ConnId, Event),
+    /// End an agent's stream.
+    CloseAgent(ConnId),
+    /// End a framework's event stream.
+    CloseFramework(ConnId),
+    /// Append a command to the replicated log.
+    Propose(ReplicatedCommand),
+}
+
+/// Timeouts and intervals of the master, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Outstanding offers are rescinded after this long.
+    pub offer: Millis,
+    /// A disconnected agent's tasks become LOST after this long.
+    pub agent_reregister: Millis,
+    /// How often agents send heartbeats.
+    pub agent_heartbeat: Millis,
+    /// How often the master sends HEARTBEAT events to frameworks.
+    pub framework_heartbeat: Millis,
+    /// Refuse-seconds when a decline or accept does not say.
+    pub default_refuse: Millis,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            offer: 30_000,
+            agent_reregister: 60_000,
+            agent_heartbeat: 5_000,
+            framework_heartbeat: 15_000,
+            default_refuse: 5_000,
+        }
+    }
+}
+
+/// Why a call from a framework or operator was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// Malformed or inconsistent request; the message says which field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The framework, task or agent named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request came too early or too late (framework not subscribed).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// This master does not lead; the leader's address when known.
+    #[error("this master is not the leader{}", .0.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
+    NotLeader(Option<String>),
+}
+
+/// How many finished tasks the master remembers for `ps --all`.
+pub const COMPLETED_TASKS_KEPT: usize = 1000;
+
+/// A connected (or recently disconnected) agent.
+#[derive(Debug, Clone)]
+pub(crate) struct Agent {
+    pub info: AgentInfo,
+    pub conn: Option<ConnId>,
+    pub total: Resources,
+    pub used: Resources,
+    pub offered: Resources,
+    pub last_seen: Millis,
+    pub disconnected_since: Option<Millis>,
+    pub registered_at: f64,
+}
+
+impl Agent {
+    pub fn available(&self) -> Resources {
+        let mut a = self.total.clone();
+        a.subtract(&self.used);
+        a.subtract(&self.offered);
+        a
+    }
+}
+
+/// A subscribed (or failing-over) framework.
+#[derive(Debug, Clone)]
+pub(crate) struct Framework {
+    pub info: FrameworkInfo,
+    pub conn: Option<ConnId>,
+    pub disconnected_since: Option<Millis>,
+    pub suppressed: bool,
+    /// Refuse-seconds filters: agent → until when.
+    pub filters: HashMap<AgentId, Millis>,
+    /// Status updates forwarded and not yet acknowledged, by uuid.
+    pub unacked: BTreeMap<String, TaskStatus>,
+    pub used: Resources,
+    pub offered: Resources,
+    pub registered_at: f64,
+}
+
+/// A task the master knows about.
+#[derive(Debug, Clone)]
+pub(crate) struct Task {
+    pub info: TaskInfo,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub resources: Resources,
+    pub status: TaskStatus,
+    pub launched_at: f64,
+    pub kill_requested: bool,
+}
+
+/// An outstanding offer.
+#[derive(Debug, Clone)]
+pub(crate) struct OfferRecord {
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub resources: Resources,
+    pub created: Millis,
+}
+
+/// Counters exported at `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Offers sent.
+    pub offers_sent: u64,
+    /// Offers declined.
+    pub offers_declined: u64,
+    /// Offers rescinded (timeout, agent lost).
+    pub offers_rescinded: u64,
+    /// Offers accepted.
+    pub offers_accepted: u64,
+    /// Tasks launched.
+    pub tasks_launched: u64,
+    /// Status updates received from agents.
+    pub status_updates: u64,
+    /// Terminal task states by name.
+    pub terminal: BTreeMap<&'static str, u64>,
+    /// Allocation cycles run.
+    pub allocation_runs: u64,
+}
+
+/// The state machine. See the module docs.
+pub struct Cluster {
+    master_id: String,
+    timeouts: Timeouts,
+    now: Millis,
+    registry: Registry,
+    agents: HashMap<AgentId, Agent>,
+    frameworks: HashMap<FrameworkId, Framework>,
+    tasks: HashMap<(FrameworkId, TaskId), Task>,
+    completed: VecDeque<Task>,
+    offers: HashMap<OfferId, OfferRecord>,
+    agent_conns: HashMap<ConnId, AgentId>,
+    framework_conns: HashMap<ConnId, FrameworkId>,
+    pending_agents: HashMap<AgentId, (ConnId, RegisterAgent)>,
+    pending_frameworks: HashMap<FrameworkId, ConnId>,
+    effects: Vec<Effect>,
+    alloc_dirty: bool,
+    seq: u64,
+    last_framework_heartbeat: Millis,
+    counters: Counters,
+}
+
+impl Cluster {
+    /// A state machine for the master `master_id`, starting from `registry`
+    /// (restored from a snapshot, or empty).
+    pub fn new(master_id: String, timeouts: Timeouts, registry: Registry, now: Millis) -> Self {
+        let mut c = Cluster {
+            master_id,
+            timeouts,
+            now,
+            registry: Registry::default(),
+            agents: HashMap::new(),
+            frameworks: HashMap::new(),
+            tasks: HashMap::new(),
+            completed: VecDeque::new(),
+            offers: HashMap::new(),
+            agent_conns: HashMap::new(),
+            framework_conns: HashMap::new(),
+            pending_agents: HashMap::new(),
+            pending_frameworks: HashMap::new(),
+            effects: Vec::new(),
+            alloc_dirty: false,
+            seq: 0,
+            last_framework_heartbeat: now,
+            counters: Counters::default(),
+        };
+        c.restore(registry);
+        c
+    }
+
+    /// The effects queued since the last call, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The replicated registry as applied so far.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counters for `/metrics`.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// This master's id (fresh at every start, as in Mesos).
+    pub fn master_id(&self) -> &str {
+        &self.master_id
+    }
+
+    fn next_id(&mut self, kind: &str) -> String {
+        self.seq += 1;
+        format!("{}-{kind}{}", self.master_id, self.seq)
+    }
+
+    /// Replaces the registry (a snapshot from the leader, or start-up) and
+    /// rebuilds the runtime entries for agents and frameworks that are not
+    /// connected yet.
+    pub fn restore(&mut self, registry: Registry) {
+        self.registry = registry;
+        let agents: Vec<AgentInfo> = self.registry.agents.values().cloned().collect();
+        for info in agents {
+            self.ensure_agent(&info);
+        }
+        let fws: Vec<FrameworkInfo> = self.registry.frameworks.values().cloned().collect();
+        for info in fws {
+            self.ensure_framework(&info);
+        }
+    }
+
+    /// Applies a committed replicated command, then finishes whatever was
+    /// waiting for it (a registration, a subscription).
+    pub fn apply(&mut self, cmd: &ReplicatedCommand, now: Millis) {
+        use mezz_proto::v1::replicated_command::Command;
+        self.now = now;
+        self.registry.apply(cmd);
+        match &cmd.command {
+            Some(Command::RegisterAgent(info)) => {
+                self.ensure_agent(info);
+                let id = AgentId(info.id.clone());
+                if let Some((conn, msg)) = self.pending_agents.remove(&id) {
+                    self.complete_agent_registration(conn, msg);
+                }
+            }
+            Some(Command::RegisterFramework(info)) => {
+                self.ensure_framework(info);
+                let id = FrameworkId(info.id.clone());
+                if let Some(conn) = self.pending_frameworks.remove(&id) {
+                    self.complete_subscription(conn, &id);
+                }
+            }
+            Some(Command::RemoveAgent(_)) | Some(Command::RemoveFramework(_)) | None => {}
+        }
+    }
+
+    fn ensure_agent(&mut self, info: &AgentInfo) {
+        let id = AgentId(info.id.clone());
+        let total = Resources::from_proto(&info.resources).unwrap_or_default();
+        let now = self.now;
+        let agent = self.agents.entry(id).or_insert_with(|| Agent {
+            info: info.clone(),
+            conn: None,
+            total: total.clone(),
+            used: Resources::new(),
+            offered: Resources::new(),
+            last_seen: now,
+            disconnected_since: Some(now),
+            registered_at: mezz_proto::unix_now(),
+        });
+        agent.info = info.clone();
+        agent.total = total;
+    }
+
+    fn ensure_framework(&mut self, info: &FrameworkInfo) {
+        let id = FrameworkId(info.id.clone());
+        let now = self.now;
+        let fw = self.frameworks.entry(id).or_insert_with(|| Framework {
+            info: info.clone(),
+            conn: None,
+            disconnected_since: Some(now),
+            suppressed: false,
+            filters: HashMap::new(),
+            unacked: BTreeMap::new(),
+            used: Resources::new(),
+            offered: Resources::new(),
+            registered_at: mezz_proto::unix_now(),
+        });
+        fw.info = info.clone();
+    }
+
+    /// Timers: offer timeouts, filter expiry, agents and frameworks that
+    /// stayed away too long, heartbeats. Call every ~100 ms.
+    pub fn tick(&mut self, now: Millis) {
+        self.now = now;
+        self.expire_offers();
+        self.expire_filters();
+        self.expire_agents();
+        self.expire_frameworks();
+        if now.saturating_sub(self.last_framework_heartbeat) >= self.timeouts.framework_heartbeat {
+            self.last_framework_heartbeat = now;
+            let conns: Vec<ConnId> = self.frameworks.values().filter_map(|f| f.conn).collect();
+            for conn in conns {
+                self.effects.push(Effect::ToFramework(
+                    conn,
+                    Event {
+                        event: Some(event::Event::Heartbeat(Default::default())),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Makes a master-generated status update for a task.
+    fn master_status(
+        &mut self,
+        task: &Task,
+        state: TaskState,
+        reason: TaskReason,
+        message: String,
+        with_uuid: bool,
+    ) -> TaskStatus {
+        TaskStatus {
+            task_id: task.info.task_id.clone(),
+            framework_id: task.framework_id.0.clone(),
+            agent_id: task.agent_id.0.clone(),
+            state: state as i32,
+            reason: reason as i32,
+            message,
+            timestamp: mezz_proto::unix_now(),
+            uuid: if with_uuid {
+                self.next_id("u")
+            } else {
+                String::new()
+            },
+            exit_code: None,
+            signal: None,
+            source: StatusSource::Master as i32,
+        }
+    }
+
+    /// Records a new state for an active task; a terminal state frees its
+    /// resources and moves it to the completed list.
+    fn set_task_status(&mut self, key: &(FrameworkId, TaskId), status: TaskStatus) {
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
+        task.status = status;
+        let state = task.status.state();
+        if !state.is_terminal() {
+            return;
+        }
+        let Some(task) = self.tasks.remove(key) else {
+            return;
+        };
+        *self
+            .counters
+            .terminal
+            .entry(state.short_name())
+            .or_default() += 1;
+        if let Some(agent) = self.agents.get_mut(&task.agent_id) {
+            agent.used.subtract(&task.resources);
+        }
+        if let Some(fw) = self.frameworks.get_mut(&task.framework_id) {
+            fw.used.subtract(&task.resources);
+        }
+        self.completed.push_front(task);
+        self.completed.truncate(COMPLETED_TASKS_KEPT);
+        self.alloc_dirty = true;
+    }
+
+    /// Sends a status update to its framework and keeps it until
+    /// acknowledged (when it carries a uuid).
+    fn forward_update(&mut self, status: TaskStatus) {
+        let fid = FrameworkId(status.framework_id.clone());
+        let Some(fw) = self.frameworks.get_mut(&fid) else {
+            return;
+        };
+        if !status.uuid.is_empty() {
+            fw.unacked.insert(status.uuid.clone(), status.clone());
+        }
+        if let Some(conn) = fw.conn {
+            self.effects.push(Effect::ToFramework(
+                conn,
+                Event {
+                    event: Some(event::Event::Update(mezz_proto::v1::Update {
+                        status: Some(status),
+                    })),
+                },
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,446 @@
+//! State-machine tests driven like the shell drives it: inputs in, effects
+//! out, proposals applied as if raft committed them at once.
+
+use super::*;
+use mezz_proto::v1::{
+    master_message::Message as M, operation, AcceptRequest, AgentTask, CommandInfo, Filters,
+    Launch, Offer, Operation, ReconcileTask,
+};
+
+struct Harness {
+    c: Cluster,
+    now: Millis,
+    out: Vec<Effect>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            c: Cluster::new("m1".into(), Timeouts::default(), Registry::default(), 0),
+            now: 0,
+            out: vec![],
+        }
+    }
+
+    /// Applies proposals as if committed, allocates if due, and keeps the
+    /// other effects for inspection.
+    fn settle(&mut self) -> Vec<Effect> {
+        let mut seen = Vec::new();
+        loop {
+            if self.c.allocation_due() {
+                self.c.allocate(self.now);
+            }
+            let effects = self.c.take_effects();
+            if effects.is_empty() {
+                break;
+            }
+            for e in effects {
+                match e {
+                    Effect::Propose(cmd) => self.c.apply(&cmd, self.now),
+                    other => seen.push(other),
+                }
+            }
+        }
+        self.out.extend(seen.clone());
+        seen
+    }
+
+    fn register_agent(
+        &mut self,
+        conn: ConnId,
+        id: &str,
+        res: &str,
+        tasks: Vec<AgentTask>,
+    ) -> Vec<Effect> {
+        self.c.agent_register(
+            conn,
+            RegisterAgent {
+                protocol_version: mezz_proto::PROTOCOL_VERSION,
+                agent: Some(AgentInfo {
+                    id: id.into(),
+                    hostname: format!("host-{id}"),
+                    address: "127.0.0.1:1".into(),
+                    resources: Resources::parse(res).unwrap().to_proto(),
+                    ..Default::default()
+                }),
+                tasks,
+                frameworks: vec![],
+            },
+            self.now,
+        );
+        self.settle()
+    }
+
+    fn subscribe(&mut self, conn: ConnId, id: &str, failover: f64) -> (String, Vec<Effect>) {
+        self.c
+            .subscribe(
+                conn,
+                mezz_proto::PROTOCOL_VERSION,
+                FrameworkInfo {
+                    id: id.into(),
+                    name: "test".into(),
+                    failover_timeout_secs: failover,
+                    ..Default::default()
+                },
+                self.now,
+            )
+            .unwrap();
+        let effects = self.settle();
+        let fid = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::ToFramework(
+                    _,
+                    Event {
+                        event: Some(event::Event::Subscribed(s)),
+                    },
+                ) => Some(s.framework_id.clone()),
+                _ => None,
+            })
+            .expect("subscribed");
+        (fid, effects)
+    }
+
+    fn tick(&mut self, ms: Millis) -> Vec<Effect> {
+        self.now += ms;
+        self.c.tick(self.now);
+        self.settle()
+    }
+}
+
+fn offers(effects: &[Effect]) -> Vec<Offer> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ToFramework(
+                _,
+                Event {
+                    event: Some(event::Event::Offers(o)),
+                },
+            ) => Some(o.offers.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn updates(effects: &[Effect]) -> Vec<TaskStatus> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ToFramework(
+                _,
+                Event {
+                    event: Some(event::Event::Update(u)),
+                },
+            ) => u.status.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn task(id: &str, res: &str) -> TaskInfo {
+    TaskInfo {
+        task_id: id.into(),
+        name: id.into(),
+        resources: Resources::parse(res).unwrap().to_proto(),
+        command: Some(CommandInfo {
+            value: "true".into(),
+            shell: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn launch(h: &mut Harness, fid: &str, offer: &Offer, tasks: Vec<TaskInfo>) -> Vec<Effect> {
+    h.c.accept(
+        AcceptRequest {
+            framework_id: fid.into(),
+            offer_ids: vec![offer.id.clone()],
+            operations: vec![Operation {
+                operation: Some(operation::Operation::Launch(Launch { tasks })),
+            }],
+            filters: None,
+        },
+        h.now,
+    )
+    .unwrap();
+    h.settle()
+}
+
+fn agent_status(agent: &str, fid: &str, tid: &str, state: TaskState, uuid: &str) -> TaskStatus {
+    TaskStatus {
+        task_id: tid.into(),
+        framework_id: fid.into(),
+        agent_id: agent.into(),
+        state: state as i32,
+        uuid: uuid.into(),
+        source: StatusSource::Agent as i32,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn register_subscribe_offer_launch_finish_ack() {
+    let mut h = Harness::new();
+    let e = h.register_agent(1, "a1", "cpus:2;mem:1024", vec![]);
+    assert!(matches!(
+        &e[0],
+        Effect::ToAgent(
+            1,
+            MasterMessage {
+                message: Some(M::Registered(_))
+            }
+        )
+    ));
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    assert_eq!(o.len(), 1);
+    assert_eq!(
+        Resources::from_proto(&o[0].resources)
+            .unwrap()
+            .scalar("cpus"),
+        2.0
+    );
+
+    let e = launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:0.5;mem:64")]);
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::ToAgent(
+            1,
+            MasterMessage {
+                message: Some(M::Launch(_))
+            }
+        )
+    )));
+    // The rest of the offer is filtered for the default refuse time.
+    assert!(offers(&e).is_empty());
+
+    h.c.agent_status_update(
+        1,
+        agent_status("a1", &fid, "t1", TaskState::Running, "u1"),
+        h.now,
+    );
+    h.c.agent_status_update(
+        1,
+        agent_status("a1", &fid, "t1", TaskState::Finished, "u2"),
+        h.now,
+    );
+    let e = h.settle();
+    let u = updates(&e);
+    assert_eq!(
+        u.iter().map(|s| s.state()).collect::<Vec<_>>(),
+        vec![TaskState::Running, TaskState::Finished]
+    );
+    assert!(h.c.tasks.is_empty());
+    assert_eq!(h.c.completed.len(), 1);
+    assert!(h.c.agents[&AgentId::from("a1")].used.is_empty());
+
+    h.c.acknowledge(&fid, "a1", "t1", "u2", h.now).unwrap();
+    let e = h.settle();
+    assert!(e.iter().any(|e| matches!(e, Effect::ToAgent(1, MasterMessage { message: Some(M::Ack(a)) }) if a.uuid == "u2")));
+}
+
+#[test]
+fn invalid_tasks_get_error_updates_naming_the_problem() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:1;mem:128", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    let mut no_cmd = task("t2", "cpus:0.1");
+    no_cmd.command = None;
+    let e = launch(
+        &mut h,
+        &fid,
+        &o[0],
+        vec![task("t1", "cpus:4"), no_cmd, task("bad/id", "cpus:0.1")],
+    );
+    let u = updates(&e);
+    assert_eq!(u.len(), 3);
+    assert!(u.iter().all(|s| s.state() == TaskState::Error));
+    assert!(u[0].message.contains("needs cpus:4"), "{}", u[0].message);
+    assert!(u[1].message.contains("no command"), "{}", u[1].message);
+    assert!(u[2].message.contains("'/'"), "{}", u[2].message);
+    // A stale offer id drops the task.
+    let e = launch(&mut h, &fid, &o[0], vec![task("t3", "cpus:0.1")]);
+    assert_eq!(updates(&e)[0].state(), TaskState::Dropped);
+}
+
+#[test]
+fn decline_filters_until_refuse_seconds_pass() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:1;mem:128", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    h.c.decline(&fid, &[o[0].id.clone()], Some(2.0), h.now)
+        .unwrap();
+    assert!(offers(&h.settle()).is_empty());
+    assert!(offers(&h.tick(1000)).is_empty());
+    assert_eq!(offers(&h.tick(1100)).len(), 1);
+    let _ = Filters::default();
+}
+
+#[test]
+fn offers_time_out_and_lost_agents_lose_offers_then_tasks() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, e) = h.subscribe(10, "", 600.0);
+    let o = offers(&e);
+    launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
+    h.c.agent_status_update(
+        1,
+        agent_status("a1", &fid, "t1", TaskState::Running, "u1"),
+        h.now,
+    );
+    h.settle();
+
+    let e = h.tick(5_100); // filter gone: the rest is offered again
+    let o = offers(&e);
+    assert_eq!(o.len(), 1);
+    let e = h.tick(Timeouts::default().offer);
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::ToFramework(
+            _,
+            Event {
+                event: Some(event::Event::Rescind(_))
+            }
+        )
+    )));
+
+    h.c.agent_disconnected(1, h.now);
+    h.settle();
+    let e = h.tick(Timeouts::default().agent_reregister);
+    let u = updates(&e);
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].state(), TaskState::Lost);
+    assert!(u[0].message.contains("a1"), "{}", u[0].message);
+    assert!(h.c.registry().removed_agents.contains(&AgentId::from("a1")));
+}
+
+#[test]
+fn reregistering_agent_keeps_its_tasks_after_master_restart() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, _) = h.subscribe(10, "", 600.0);
+    // A new master starts from the replicated registry only.
+    let registry = h.c.registry().clone();
+    let mut h2 = Harness::new();
+    h2.c = Cluster::new("m2".into(), Timeouts::default(), registry, 0);
+    let t = task("t1", "cpus:1");
+    let reported = AgentTask {
+        framework_id: fid.clone(),
+        task: Some(TaskInfo {
+            agent_id: "a1".into(),
+            ..t
+        }),
+        latest_status: Some(agent_status("a1", &fid, "t1", TaskState::Running, "u1")),
+    };
+    h2.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
+    let key = (FrameworkId(fid.clone()), TaskId::from("t1"));
+    assert_eq!(h2.c.tasks[&key].status.state(), TaskState::Running);
+    assert_eq!(h2.c.agents[&AgentId::from("a1")].used.scalar("cpus"), 1.0);
+    // The framework fails over with its id and gets offers for the rest.
+    let (again, e) = h2.subscribe(11, &fid, 600.0);
+    assert_eq!(again, fid);
+    let o = offers(&e);
+    assert_eq!(
+        Resources::from_proto(&o[0].resources)
+            .unwrap()
+            .scalar("cpus"),
+        1.0
+    );
+}
+
+#[test]
+fn framework_failover_timeout_removes_it_and_kills_tasks() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, e) = h.subscribe(10, "", 1.0);
+    let o = offers(&e);
+    launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
+    h.c.framework_disconnected(10, h.now);
+    h.settle();
+    let e = h.tick(1_000);
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::ToAgent(
+            1,
+            MasterMessage {
+                message: Some(M::ShutdownFramework(_))
+            }
+        )
+    )));
+    assert!(h
+        .c
+        .registry()
+        .removed_frameworks
+        .contains(&FrameworkId(fid.clone())));
+    let err =
+        h.c.subscribe(
+            12,
+            mezz_proto::PROTOCOL_VERSION,
+            FrameworkInfo {
+                id: fid,
+                name: "x".into(),
+                ..Default::default()
+            },
+            h.now,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("was removed"), "{err}");
+}
+
+#[test]
+fn bad_registrations_are_refused_with_a_reason() {
+    let mut h = Harness::new();
+    h.c.agent_register(
+        5,
+        RegisterAgent {
+            protocol_version: 99,
+            ..Default::default()
+        },
+        0,
+    );
+    let e = h.settle();
+    assert!(
+        matches!(&e[0], Effect::ToAgent(5, MasterMessage { message: Some(M::Refused(r)) }) if r.message.contains("99"))
+    );
+    let err =
+        h.c.subscribe(
+            6,
+            mezz_proto::PROTOCOL_VERSION,
+            FrameworkInfo {
+                name: " ".into(),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("name"), "{err}");
+}
+
+#[test]
+fn reconcile_answers_every_task() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
+    h.c.reconcile(&fid, vec![], h.now).unwrap();
+    let u = updates(&h.settle());
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].state(), TaskState::Staging);
+    h.c.reconcile(
+        &fid,
+        vec![ReconcileTask {
+            task_id: "nope".into(),
+            agent_id: String::new(),
+        }],
+        h.now,
+    )
+    .unwrap();
+    let u = updates(&h.settle());
+    assert_eq!(u[0].state(), TaskState::Unknown);
+}

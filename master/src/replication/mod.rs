@@ -1,0 +1,362 @@
+//! Replication of the master's registry through raft (tikv's `raft` crate).
+//!
+//! `Replica` wraps a `RawNode` the way raft-rs means it to be used: the
+//! caller ticks it, proposes commands, and runs `handle_ready` after each
+//! batch of work; this module persists to `sled` (fsync before anything
+//! leaves) and hands back the commands to apply. It opens no sockets: peer
+//! messages come back to the caller, which owns the transport.
+
+pub mod storage;
+
+use std::path::Path;
+
+use mezz_proto::v1::{ReplicatedCommand, ReplicatedSnapshot};
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
+use raft::{RawNode, StateRole, Storage};
+
+pub use storage::{SledStorage, StorageFailure};
+
+/// What can go wrong in replication.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The storage could not be opened or written.
+    #[error(transparent)]
+    Storage(#[from] StorageFailure),
+    /// raft refused an operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// This master is not the leader and cannot accept writes.
+    #[error("this master is not the leader")]
+    NotLeader,
+    /// The data directory holds a group of other members than configured.
+    #[error("{0}")]
+    Membership(String),
+}
+
+/// Something committed that the state machine must apply, in log order.
+#[derive(Debug)]
+pub enum Applied {
+    /// A replicated command.
+    Command(ReplicatedCommand),
+    /// Replace the whole replicated state with this snapshot.
+    Restore(ReplicatedSnapshot),
+}
+
+/// How many applied entries between two snapshots (log compaction).
+const SNAPSHOT_EVERY: u64 = 1000;
+
+/// One member of the master's raft group.
+pub struct Replica {
+    raw: RawNode<SledStorage>,
+    storage: SledStorage,
+    since_snapshot: u64,
+}
+
+/// Forwards raft-rs's slog records to `tracing`; raft's chatty info lines
+/// become debug.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+impl Replica {
+    /// Opens the replica with raft id `id` in a group of `voters`, keeping
+    /// its log under `dir`. Returns the replica and the snapshot the state
+    /// machine must start from (entries after it are replayed through
+    /// `handle_ready`).
+    pub fn open(
+        dir: &Path,
+        id: u64,
+        voters: &[u64],
+    ) -> Result<(Self, Option<ReplicatedSnapshot>), ReplicationError> {
+        let storage = SledStorage::open(dir)?;
+        if storage.is_empty() {
+            storage.initialize(voters)?;
+        } else {
+            let cs = storage.initial_state()?.conf_state;
+            let mut have = cs.voters.clone();
+            let mut want = voters.to_vec();
+            have.sort_unstable();
+            want.sort_unstable();
+            if have != want {
+                return Err(ReplicationError::Membership(format!(
+                    "data directory {} belongs to a group with members {have:?}, \
+                     but this master was started with members {want:?}; \
+                     start it with the same --id/--peers or use a fresh --data-dir",
+                    dir.display()
+                )));
+            }
+        }
+        let snap = storage.stored_snapshot()?;
+        let applied = snap.get_metadata().index;
+        let restored = if applied > 0 {
+            Some(ReplicatedSnapshot::decode(snap.get_data()).map_err(|e| {
+                StorageFailure::Corrupt {
+                    path: dir.display().to_string(),
+                    key: "snapshot".into(),
+                    reason: e.to_string(),
+                }
+            })?)
+        } else {
+            None
+        };
+        let config = raft::Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            applied,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config.validate()?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => id));
+        let mut raw = RawNode::new(&config, storage.clone(), &logger)?;
+        if voters == [id] {
+            // A group of one needs no election timeout to know it leads.
+            raw.campaign()?;
+        }
+        Ok((
+            Replica {
+                raw,
+                storage,
+                since_snapshot: 0,
+            },
+            restored,
+        ))
+    }
+
+    /// Advances raft's logical clock; call every tick interval.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// True while this replica leads its group.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The id of the current leader, if known.
+    pub fn leader_id(&self) -> Option<u64> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
+    /// Appends a command to the log; it is applied once committed.
+    pub fn propose(&mut self, cmd: &ReplicatedCommand) -> Result<(), ReplicationError> {
+        if !self.is_leader() {
+            return Err(ReplicationError::NotLeader);
+        }
+        self.raw.propose(vec![], cmd.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Hands a message from a peer to raft.
+    pub fn step(&mut self, msg: RaftMessage) -> Result<(), ReplicationError> {
+        self.raw.step(msg)?;
+        Ok(())
+    }
+
+    /// Persists what raft asks for (fsync included), then returns what to
+    /// apply and the messages to send to peers, in order.
+    pub fn handle_ready(&mut self) -> Result<(Vec<Applied>, Vec<RaftMessage>), ReplicationError> {
+        let mut applied = Vec::new();
+        let mut out = Vec::new();
+        if !self.raw.has_ready() {
+            return Ok((applied, out));
+        }
+        let mut ready = self.raw.ready();
+        out.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.storage.apply_snapshot(&snap)?;
+            match ReplicatedSnapshot::decode(snap.get_data()) {
+                Ok(s) => applied.push(Applied::Restore(s)),
+                Err(e) => tracing::error!("cannot decode the snapshot from the leader: {e}"),
+            }
+        }
+        self.collect(ready.take_committed_entries(), &mut applied)?;
+        if !ready.entries().is_empty() {
+            self.storage.append(ready.entries())?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.storage.set_hard_state(hs)?;
+        }
+        self.storage.flush()?;
+        out.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.set_commit(commit)?;
+        }
+        out.extend(light.take_messages());
+        self.collect(light.take_committed_entries(), &mut applied)?;
+        self.raw.advance_apply();
+        Ok((applied, out))
+    }
+
+    fn collect(
+        &mut self,
+        entries: Vec<Entry>,
+        applied: &mut Vec<Applied>,
+    ) -> Result<(), ReplicationError> {
+        for entry in entries {
+            self.since_snapshot += 1;
+            if entry.data.is_empty() {
+                continue; // a new leader's empty entry
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => match ReplicatedCommand::decode(entry.get_data()) {
+                    Ok(cmd) => applied.push(Applied::Command(cmd)),
+                    Err(e) => tracing::error!(
+                        index = entry.index,
+                        "skipping an undecodable log entry: {e}"
+                    ),
+                },
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, entry.get_data())
+                        .map_err(|e| raft::Error::ConfChangeError(e.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.storage.initialize(&cs.voters)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, entry.get_data())
+                        .map_err(|e| raft::Error::ConfChangeError(e.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.storage.initialize(&cs.voters)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot and compacts the log when enough entries were
+    /// applied since the last one. `state` encodes the applied state.
+    pub fn maybe_compact(
+        &mut self,
+        state: impl FnOnce() -> ReplicatedSnapshot,
+    ) -> Result<(), ReplicationError> {
+        if self.since_snapshot < SNAPSHOT_EVERY {
+            return Ok(());
+        }
+        let index = self.applied();
+        if index == 0 || index > self.storage.last_index()? {
+            return Ok(());
+        }
+        self.storage
+            .compact_to_snapshot(index, state().encode_to_vec())?;
+        self.storage.flush()?;
+        self.since_snapshot = 0;
+        tracing::debug!(index, "raft log compacted into a snapshot");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mezz_proto::v1::replicated_command::Command;
+
+    fn drain(r: &mut Replica) -> Vec<Applied> {
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            let (a, _) = r.handle_ready().unwrap();
+            all.extend(a);
+        }
+        all
+    }
+
+    #[test]
+    fn single_node_group_commits_and_replays_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut r, snap) = Replica::open(dir.path(), 1, &[1]).unwrap();
+            assert!(snap.is_none());
+            drain(&mut r);
+            assert!(r.is_leader());
+            for i in 0..3 {
+                r.propose(&ReplicatedCommand {
+                    command: Some(Command::RemoveFramework(format!("fw{i}"))),
+                })
+                .unwrap();
+            }
+            let applied = drain(&mut r);
+            assert_eq!(applied.len(), 3);
+        }
+        let (mut r, _) = Replica::open(dir.path(), 1, &[1]).unwrap();
+        let replayed = drain(&mut r);
+        let ids: Vec<String> = replayed
+            .into_iter()
+            .filter_map(|a| match a {
+                Applied::Command(ReplicatedCommand {
+                    command: Some(Command::RemoveFramework(id)),
+                }) => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec!["fw0", "fw1", "fw2"]);
+    }
+
+    #[test]
+    fn compaction_keeps_state_through_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut r, _) = Replica::open(dir.path(), 1, &[1]).unwrap();
+            drain(&mut r);
+            for i in 0..(SNAPSHOT_EVERY + 5) {
+                r.propose(&ReplicatedCommand {
+                    command: Some(Command::RemoveAgent(format!("a{i}"))),
+                })
+                .unwrap();
+                drain(&mut r);
+            }
+            r.maybe_compact(|| ReplicatedSnapshot {
+                removed_agents: vec!["snap".into()],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let (mut r, snap) = Replica::open(dir.path(), 1, &[1]).unwrap();
+        assert_eq!(snap.unwrap().removed_agents, vec!["snap".to_string()]);
+        assert!(
+            drain(&mut r).is_empty(),
+            "nothing after the snapshot to replay"
+        );
+    }
+
+    #[test]
+    fn other_membership_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Replica::open(dir.path(), 1, &[1]).unwrap());
+        let err = Replica::open(dir.path(), 1, &[1, 2, 3]).err().unwrap();
+        assert!(err.to_string().contains("--data-dir"), "{err}");
+    }
+}
