@@ -1,1 +1,199 @@
+//! The Mezzanine agent: one per machine. It advertises the machine's
+//! resources to the leading master, runs the tasks the master launches in
+//! sandboxes through a small wrapper process, reports their status at least
+//! once, survives its own restarts without killing tasks (checkpoint), and
+//! serves sandbox files to the CLI.
+//!
+//! `run` is the whole agent; `launch_main` is the task wrapper that the
+//! `mezz` binary runs for its hidden `__launch` subcommand.
 
+mod agent;
+pub mod checkpoint;
+mod config;
+mod error;
+pub mod executor;
+pub mod files;
+pub mod launch_spec;
+mod launcher;
+pub mod lifecycle;
+mod master_link;
+pub mod resources;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mezz_proto::v1::{agent_files_server::AgentFilesServer, AgentInfo};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+pub use error::AgentError;
+pub use launcher::launch_main;
+
+/// How long to wait for a previous agent process (or instance) to let go of
+/// the checkpoint's file lock.
+const CHECKPOINT_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Both ids are usable as path components.
+fn validate_ids(framework_id: &str, task_id: &str) -> bool {
+    mezz_proto::ids::validate_id("framework", framework_id).is_ok()
+        && mezz_proto::ids::validate_id("task", task_id).is_ok()
+}
+
+fn ensure_dir(path: &std::path::Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(path).map_err(|source| AgentError::WorkDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+async fn open_checkpoint(path: &std::path::Path) -> Result<checkpoint::Checkpoint, AgentError> {
+    let deadline = tokio::time::Instant::now() + CHECKPOINT_LOCK_WAIT;
+    loop {
+        match checkpoint::Checkpoint::open(path) {
+            Ok(cp) => return Ok(cp),
+            // sled reports a held lock as an I/O error; the holder may be
+            // an agent that is just exiting.
+            Err(AgentError::Checkpoint { message, .. })
+                if message.contains("lock") && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!("checkpoint is locked ({message}); waiting");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn advertised_address(config: &Config, bound: SocketAddr, hostname: &str) -> String {
+    match &config.advertise_address {
+        Some(a) => a.clone(),
+        // 0.0.0.0 means nothing to a remote peer; name the host instead.
+        None if bound.ip().is_unspecified() => format!("{hostname}:{}", bound.port()),
+        None => bound.to_string(),
+    }
+}
+
+/// Runs the agent until `shutdown` resolves. Tasks keep running after it
+/// returns (they are checkpointed and re-attached by the next start).
+/// Fails only on a local problem: unusable work dir, checkpoint or launcher,
+/// or a listen address that cannot be bound.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    if let Err(e) = std::fs::metadata(&config.launcher) {
+        return Err(AgentError::Launcher {
+            path: config.launcher.clone(),
+            message: e.to_string(),
+        });
+    }
+    let meta_dir = config.work_dir.join("meta");
+    ensure_dir(&meta_dir)?;
+    ensure_dir(&executor::sandboxes_root(&config.work_dir))?;
+    let checkpoint = open_checkpoint(&meta_dir.join("checkpoint")).await?;
+    let agent_id = match checkpoint.agent_id() {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            checkpoint
+                .set_agent_id(&id)
+                .map_err(|e| AgentError::Checkpoint {
+                    path: checkpoint.path().to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            id
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let hostname = config.hostname.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    let resources = resources::advertised(&config.work_dir, config.resources.as_ref());
+    let info = AgentInfo {
+        id: agent_id.clone(),
+        hostname: hostname.clone(),
+        address: advertised_address(&config, bound, &hostname),
+        resources: resources.to_proto(),
+        attributes: Default::default(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    tracing::info!(
+        agent_id = %agent_id,
+        "agent {agent_id} on {hostname}: API on {bound} (advertised as {}), work dir {}, resources {resources}",
+        info.address,
+        config.work_dir.display()
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = Arc::new(agent::Agent::new(
+        info,
+        &config,
+        checkpoint,
+        stop_rx.clone(),
+    ));
+    agent.recover().await;
+
+    let files = AgentFilesServer::new(files::FilesService::new(Arc::clone(&agent)))
+        .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES);
+    let mut server_stop = stop_rx.clone();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(files)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = server_stop.wait_for(|v| *v).await;
+            }),
+    );
+    let link = tokio::spawn(master_link::run(
+        Arc::clone(&agent),
+        config.masters.clone(),
+        stop_rx,
+    ));
+
+    let outcome = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut server => Err(AgentError::Serve {
+            addr: bound,
+            message: match r {
+                Ok(Ok(())) => "stopped unexpectedly".into(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            },
+        }),
+    };
+    tracing::info!("agent {agent_id} stopping; running tasks keep running");
+    let _ = stop_tx.send(true);
+    let _ = link.await;
+    if outcome.is_ok() {
+        let _ = server.await;
+    }
+    if let Err(e) = agent_flush(&agent).await {
+        tracing::warn!("final checkpoint flush failed: {e}");
+    }
+    outcome
+}
+
+async fn agent_flush(agent: &agent::Agent) -> sled::Result<()> {
+    agent.flush().await
+}
+
+/// Resolves once the stop signal is set (or its sender is gone).
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -1,1 +1,107 @@
+//! The Mezzanine framework SDK: everything a framework author needs to write
+//! a scheduler, and nothing more.
+//!
+//! Mezzanine schedules in two levels, as Mesos does. The master decides how
+//! much of the cluster each framework may use and *offers* it resources;
+//! your framework decides what to run on them. You write the second level:
+//! a type that implements [`Scheduler`]. The SDK's driver subscribes it to
+//! the master, calls it for every event, and sends what it asks for.
+//!
+//! # Writing a framework
+//!
+//! 1. **Describe the framework** with a [`proto::FrameworkInfo`]: a `name`,
+//!    optionally a `role`, and a `failover_timeout_secs` if its tasks should
+//!    survive the scheduler being away for a while.
+//! 2. **Implement [`Scheduler`]**. The callbacks are synchronous and get a
+//!    [`Driver`] to make calls with:
+//!    - [`offers`](Scheduler::offers): match offered resources (see
+//!      [`Resources`], the same math the master uses to decide what fits)
+//!      against the work you have, then [`launch`](Driver::launch) tasks
+//!      built with [`TaskBuilder`], or [`decline`](Driver::decline).
+//!    - [`status_update`](Scheduler::status_update): follow your tasks
+//!      through their [`TaskState`]s. Updates are acknowledged for you.
+//!    - [`subscribed`](Scheduler::subscribed) and
+//!      [`disconnected`](Scheduler::disconnected): the connection's life.
+//!      After a reconnection the driver reconciles by itself, so the latest
+//!      state of every task arrives as status updates.
+//! 3. **Run it** with [`DriverBuilder`] (or the shorthand [`run`]). It
+//!    returns when your scheduler calls [`Driver::stop`] or
+//!    [`Driver::teardown`], handing the scheduler back, or with an
+//!    [`SdkError`] when the framework is removed or no master can be
+//!    reached.
+//!
+//! The driver survives master restarts and failovers by itself: it tries the
+//! masters in order, follows a follower's hint to the leader, notices a
+//! silent master by its missing heartbeats, and subscribes again with the
+//! same framework id.
+//!
+//! ```no_run
+//! use mezz_sdk::{proto, Driver, FrameworkId, Resources, Scheduler, TaskBuilder, TaskState};
+//!
+//! /// Runs one command once.
+//! struct Once {
+//!     launched: bool,
+//!     succeeded: Option<bool>,
+//! }
+//!
+//! impl Scheduler for Once {
+//!     fn subscribed(&mut self, _: &Driver, id: &FrameworkId, _reconnected: bool) {
+//!         tracing::info!(%id, "subscribed");
+//!     }
+//!
+//!     fn offers(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
+//!         let needs = Resources::new().with_scalar("cpus", 0.1).with_scalar("mem", 32.0);
+//!         for offer in offers {
+//!             let fits = Resources::from_proto(&offer.resources)
+//!                 .is_ok_and(|offered| offered.contains(&needs));
+//!             if self.launched || !fits {
+//!                 driver.decline([offer.id], None);
+//!                 continue;
+//!             }
+//!             let task = TaskBuilder::shell("once", "echo hello").resources(&needs).build(&offer);
+//!             driver.launch([offer.id], vec![task]);
+//!             self.launched = true;
+//!         }
+//!     }
+//!
+//!     fn status_update(&mut self, driver: &Driver, status: &proto::TaskStatus) {
+//!         if status.state().is_terminal() {
+//!             self.succeeded = Some(status.state() == TaskState::Finished);
+//!             driver.teardown();
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), mezz_sdk::SdkError> {
+//!     let framework = proto::FrameworkInfo { name: "once".into(), ..Default::default() };
+//!     let scheduler = Once { launched: false, succeeded: None };
+//!     let done = mezz_sdk::run(vec!["127.0.0.1:5050".into()], framework, scheduler).await?;
+//!     std::process::exit(if done.succeeded == Some(true) { 0 } else { 1 });
+//! }
+//! ```
+//!
+//! `examples/hello.rs` is a complete framework in under a hundred lines:
+//! `cargo run -p mezz-sdk --example hello -- --master 127.0.0.1:5050`.
+#![warn(missing_docs)]
 
+mod connection;
+mod driver;
+mod error;
+mod runtime;
+mod scheduler;
+mod sender;
+mod task;
+
+pub use driver::Driver;
+pub use error::SdkError;
+pub use runtime::{run, DriverBuilder};
+pub use scheduler::Scheduler;
+pub use task::TaskBuilder;
+
+/// Parses `ADDR[,ADDR…]` (e.g. a `--master` flag) into master addresses.
+pub use mezz_proto::client::parse_master_list;
+/// The wire protocol (`mezzanine.v1`): offers, task infos, statuses.
+pub use mezz_proto::v1 as proto;
+pub use mezz_proto::v1::{TaskReason, TaskState};
+pub use mezz_proto::{AgentId, FrameworkId, OfferId, ResourceError, Resources, TaskId};

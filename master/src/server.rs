@@ -487,6 +487,10 @@ pub async fn run(
         let _ = stop_tx.send(());
         let _ = drain_tx.send(());
     });
+    // Small gRPC frames must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = drain_rx.await;

@@ -182,6 +182,11 @@ impl Cluster {
                 key,
                 Task {
                     info,
+                    framework_name: self
+                        .frameworks
+                        .get(&fid)
+                        .map(|f| f.info.name.clone())
+                        .unwrap_or_default(),
                     framework_id: fid,
                     agent_id: id.clone(),
                     resources,

@@ -247,9 +247,10 @@ impl Cluster {
         let tasks: Vec<TaskInfo> = req
             .operations
             .iter()
-            .filter_map(|op| match &op.operation {
-                Some(operation::Operation::Launch(l)) => Some(l.tasks.clone()),
-                None => None,
+            .filter_map(|op| {
+                op.operation.as_ref().map(|o| match o {
+                    operation::Operation::Launch(l) => l.tasks.clone(),
+                })
             })
             .flatten()
             .collect();
@@ -383,6 +384,7 @@ impl Cluster {
             Task {
                 info: task.clone(),
                 framework_id: fid.clone(),
+                framework_name: fw_info.name.clone(),
                 agent_id: agent_id.clone(),
                 resources,
                 status,
@@ -413,6 +415,11 @@ impl Cluster {
         let t = Task {
             info: task.clone(),
             framework_id: fid.clone(),
+            framework_name: self
+                .frameworks
+                .get(fid)
+                .map(|f| f.info.name.clone())
+                .unwrap_or_default(),
             agent_id: AgentId(task.agent_id.clone()),
             resources: Resources::new(),
             status: TaskStatus::default(),
@@ -623,6 +630,7 @@ impl Cluster {
                                 ..Default::default()
                             },
                             framework_id: fid.clone(),
+                            framework_name: String::new(),
                             agent_id: agent,
                             resources: Resources::new(),
                             status: TaskStatus::default(),

@@ -134,6 +134,8 @@ pub(crate) struct Framework {
 pub(crate) struct Task {
     pub info: TaskInfo,
     pub framework_id: FrameworkId,
+    /// Kept so finished tasks still show it after the framework is gone.
+    pub framework_name: String,
     pub agent_id: AgentId,
     pub resources: Resources,
     pub status: TaskStatus,

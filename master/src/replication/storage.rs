@@ -173,9 +173,11 @@ impl SledStorage {
     /// to it (log compaction).
     pub fn compact_to_snapshot(&self, index: u64, data: Vec<u8>) -> raft::Result<()> {
         let term = self.term(index)?;
-        let mut md = SnapshotMetadata::default();
-        md.index = index;
-        md.term = term;
+        let mut md = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         md.set_conf_state(self.meta_or_err(CONF_STATE)?);
         let mut snap = Snapshot::default();
         snap.set_metadata(md);

@@ -1,0 +1,298 @@
+//! The agent's durable memory, in sled at `<work_dir>/meta/checkpoint`: its
+//! id, every task run it has not yet forgotten, and the status updates the
+//! master has not acknowledged, in order. Records are protobuf-encoded so
+//! fields can be added later the same way as on the wire. This module knows
+//! nothing of processes or the network; callers `flush` before they
+//! acknowledge or send anything that must survive a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mezz_proto::v1::{FrameworkInfo, TaskInfo, TaskStatus};
+use prost::Message;
+
+use crate::AgentError;
+
+/// One task run as checkpointed: enough to re-attach to it or report how it
+/// ended after an agent restart.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TaskRecord {
+    /// The framework the task belongs to.
+    #[prost(message, optional, tag = "1")]
+    pub framework: Option<FrameworkInfo>,
+    /// The task as launched.
+    #[prost(message, optional, tag = "2")]
+    pub task: Option<TaskInfo>,
+    /// The run's sandbox directory.
+    #[prost(string, tag = "3")]
+    pub sandbox: String,
+    /// Pid of the task wrapper (`<launcher> __launch`).
+    #[prost(uint32, optional, tag = "4")]
+    pub wrapper_pid: Option<u32>,
+    /// Start time of the wrapper (field 22 of /proc/PID/stat), so a reused
+    /// pid is not mistaken for it.
+    #[prost(uint64, optional, tag = "5")]
+    pub wrapper_start_time: Option<u64>,
+    /// Process group of the command, once the wrapper reported it.
+    #[prost(int32, optional, tag = "6")]
+    pub child_pgid: Option<i32>,
+    /// The latest status; STAGING until the first update.
+    #[prost(message, optional, tag = "7")]
+    pub latest_status: Option<TaskStatus>,
+    /// A kill was asked for, so a death by signal is TASK_KILLED.
+    #[prost(bool, tag = "8")]
+    pub kill_requested: bool,
+    /// Grace period of the requested kill, in seconds.
+    #[prost(double, optional, tag = "9")]
+    pub kill_grace_secs: Option<f64>,
+}
+
+impl TaskRecord {
+    /// `(framework_id, task_id)`, or `None` for a record missing either.
+    pub fn key(&self) -> Option<(String, String)> {
+        let fw = self.framework.as_ref()?.id.clone();
+        let task = self.task.as_ref()?.task_id.clone();
+        (!fw.is_empty() && !task.is_empty()).then_some((fw, task))
+    }
+}
+
+const AGENT_ID: &[u8] = b"agent_id";
+
+/// Handle on the checkpoint database.
+pub struct Checkpoint {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    tasks: sled::Tree,
+    updates: sled::Tree,
+    next_seq: AtomicU64,
+}
+
+fn task_key(framework_id: &str, task_id: &str) -> Vec<u8> {
+    // Ids are validated (no '/'), so the separator is unambiguous.
+    format!("{framework_id}/{task_id}").into_bytes()
+}
+
+impl Checkpoint {
+    /// Opens (or creates) the checkpoint at `path`.
+    pub fn open(path: &Path) -> Result<Self, AgentError> {
+        let err = |e: sled::Error| AgentError::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let db = sled::Config::new().path(path).open().map_err(err)?;
+        let meta = db.open_tree("meta").map_err(err)?;
+        let tasks = db.open_tree("tasks").map_err(err)?;
+        let updates = db.open_tree("updates").map_err(err)?;
+        let next_seq = match updates.last().map_err(err)? {
+            Some((k, _)) => seq_of(&k).map_or(0, |s| s + 1),
+            None => 0,
+        };
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            db,
+            meta,
+            tasks,
+            updates,
+            next_seq: AtomicU64::new(next_seq),
+        })
+    }
+
+    /// Where the database lives (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The agent id chosen on the first start, if any.
+    pub fn agent_id(&self) -> Option<String> {
+        match self.meta.get(AGENT_ID) {
+            Ok(Some(v)) => match String::from_utf8(v.to_vec()) {
+                Ok(id) if !id.is_empty() => Some(id),
+                _ => {
+                    tracing::warn!(
+                        "checkpoint: the stored agent id is not valid text; choosing a new one"
+                    );
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("checkpoint: cannot read the agent id: {e}");
+                None
+            }
+        }
+    }
+
+    /// Stores the agent id (durably).
+    pub fn set_agent_id(&self, id: &str) -> sled::Result<()> {
+        self.meta.insert(AGENT_ID, id.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every task run on record; corrupt records are logged and skipped.
+    pub fn tasks(&self) -> Vec<TaskRecord> {
+        let mut out = Vec::new();
+        for item in self.tasks.iter() {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    tracing::warn!("checkpoint: cannot read a task record: {e}");
+                    continue;
+                }
+            };
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match TaskRecord::decode(v.as_ref()) {
+                Ok(rec) if rec.key().is_some() => out.push(rec),
+                Ok(_) => tracing::warn!("checkpoint: task record '{name}' lacks its ids; skipped"),
+                Err(e) => {
+                    tracing::warn!("checkpoint: task record '{name}' is corrupt ({e}); skipped")
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes (replaces) a task record. Not durable until [`Self::flush`].
+    pub fn put_task(&self, rec: &TaskRecord) -> sled::Result<()> {
+        if let Some((fw, task)) = rec.key() {
+            self.tasks
+                .insert(task_key(&fw, &task), rec.encode_to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a task run.
+    pub fn remove_task(&self, framework_id: &str, task_id: &str) -> sled::Result<()> {
+        self.tasks.remove(task_key(framework_id, task_id))?;
+        Ok(())
+    }
+
+    /// Unacknowledged updates in the order they were produced, with their
+    /// sequence numbers; corrupt ones are logged and skipped.
+    pub fn updates(&self) -> Vec<(u64, TaskStatus)> {
+        let mut out = Vec::new();
+        for item in self.updates.iter() {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    tracing::warn!("checkpoint: cannot read a status update: {e}");
+                    continue;
+                }
+            };
+            match (seq_of(&k), TaskStatus::decode(v.as_ref())) {
+                (Some(seq), Ok(st)) => out.push((seq, st)),
+                _ => tracing::warn!("checkpoint: a status update record is corrupt; skipped"),
+            }
+        }
+        out
+    }
+
+    /// Appends an update; returns its sequence number. Not durable until
+    /// [`Self::flush`].
+    pub fn push_update(&self, status: &TaskStatus) -> sled::Result<u64> {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        self.updates
+            .insert(seq.to_be_bytes(), status.encode_to_vec())?;
+        Ok(seq)
+    }
+
+    /// Drops an acknowledged update.
+    pub fn remove_update(&self, seq: u64) -> sled::Result<()> {
+        self.updates.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fsync).
+    pub async fn flush(&self) -> sled::Result<()> {
+        self.db.flush_async().await.map(|_| ())
+    }
+
+    /// Blocking form of [`Self::flush`], for start-up and tests.
+    pub fn flush_blocking(&self) -> sled::Result<()> {
+        self.db.flush().map(|_| ())
+    }
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mezz_proto::v1::TaskState;
+
+    fn record(fw: &str, task: &str) -> TaskRecord {
+        let mut status = TaskStatus {
+            task_id: task.into(),
+            framework_id: fw.into(),
+            ..Default::default()
+        };
+        status.set_state(TaskState::Running);
+        TaskRecord {
+            framework: Some(FrameworkInfo {
+                id: fw.into(),
+                name: "fw".into(),
+                ..Default::default()
+            }),
+            task: Some(TaskInfo {
+                task_id: task.into(),
+                ..Default::default()
+            }),
+            sandbox: "/tmp/x".into(),
+            wrapper_pid: Some(42),
+            wrapper_start_time: Some(1234),
+            child_pgid: Some(43),
+            latest_status: Some(status),
+            kill_requested: true,
+            kill_grace_secs: Some(1.5),
+        }
+    }
+
+    #[test]
+    fn round_trip_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        let (s1, s2);
+        {
+            let cp = Checkpoint::open(&path).unwrap();
+            assert_eq!(cp.agent_id(), None);
+            cp.set_agent_id("agent-1").unwrap();
+            cp.put_task(&record("f1", "t1")).unwrap();
+            cp.put_task(&record("f1", "t2")).unwrap();
+            cp.remove_task("f1", "t2").unwrap();
+            let st = |id: &str| TaskStatus {
+                uuid: id.into(),
+                ..Default::default()
+            };
+            s1 = cp.push_update(&st("u1")).unwrap();
+            s2 = cp.push_update(&st("u2")).unwrap();
+            cp.push_update(&st("u3")).unwrap();
+            cp.remove_update(s1).unwrap();
+            // Garbage where a record should be must not stop the agent.
+            cp.tasks.insert(b"f9/broken", &b"\xff\xff\xff"[..]).unwrap();
+            cp.flush_blocking().unwrap();
+        }
+        let cp = Checkpoint::open(&path).unwrap();
+        assert_eq!(cp.agent_id().as_deref(), Some("agent-1"));
+        assert_eq!(cp.tasks(), vec![record("f1", "t1")]);
+        let ups = cp.updates();
+        assert_eq!(ups.len(), 2);
+        assert_eq!(
+            ups[0],
+            (
+                s2,
+                TaskStatus {
+                    uuid: "u2".into(),
+                    ..Default::default()
+                }
+            )
+        );
+        assert_eq!(ups[1].1.uuid, "u3");
+        // New updates continue after the highest sequence number.
+        let s4 = cp.push_update(&TaskStatus::default()).unwrap();
+        assert!(s4 > ups[1].0);
+    }
+}

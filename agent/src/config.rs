@@ -1,0 +1,52 @@
+//! The agent's configuration as the `mezz agent` command hands it over. It
+//! holds plain values only; flags are parsed and validated by the binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything [`crate::run`] needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Master addresses (`host:port`), already validated; tried in order.
+    pub masters: Vec<String>,
+    /// Where the agent's own gRPC API (`AgentFiles`) listens.
+    pub listen: SocketAddr,
+    /// Address told to the master (and so to frameworks and the CLI) for
+    /// the agent API. Default: the address actually bound for `listen`.
+    pub advertise_address: Option<String>,
+    /// Root of everything the agent keeps: `meta/checkpoint`, `sandboxes/`.
+    pub work_dir: PathBuf,
+    /// `--resources`: names given here replace the detected ones.
+    pub resources: Option<mezz_proto::Resources>,
+    /// Hostname advertised to the master. Default: the machine's hostname.
+    pub hostname: Option<String>,
+    /// Program implementing the task wrapper; the agent runs
+    /// `<launcher> __launch <sandbox>/.mezz/launch.json`.
+    pub launcher: PathBuf,
+    /// Time between SIGTERM and SIGKILL when neither the kill request nor
+    /// the task names one.
+    pub default_kill_grace: Duration,
+}
+
+impl Config {
+    /// A configuration with the defaults for everything but the required
+    /// values.
+    pub fn new(
+        masters: Vec<String>,
+        listen: SocketAddr,
+        work_dir: PathBuf,
+        launcher: PathBuf,
+    ) -> Self {
+        Config {
+            masters,
+            listen,
+            advertise_address: None,
+            work_dir,
+            resources: None,
+            hostname: None,
+            launcher,
+            default_kill_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The files the agent and the task wrapper exchange through the sandbox:
+//! `.mezz/launch.json` (what to run, written by the agent) and
+//! `.mezz/exit_status.json` (how it ended, written by the wrapper). Only the
+//! formats live here; neither side's logic does.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Directory inside a sandbox that holds the agent's own files.
+pub const META_DIR: &str = ".mezz";
+/// File name of the launch spec inside [`META_DIR`].
+pub const SPEC_FILE: &str = "launch.json";
+/// File name of the exit status inside [`META_DIR`].
+pub const EXIT_FILE: &str = "exit_status.json";
+/// File where the wrapper also records the command's pid (the process
+/// group), so an agent that restarts before reading the pipe finds it.
+pub const CHILD_PID_FILE: &str = "child.pid";
+
+/// What the wrapper runs and where.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Program and arguments; a shell command is `["/bin/sh", "-c", CMD]`.
+    pub argv: Vec<String>,
+    /// The complete environment of the command (nothing else is inherited).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// File the command's stdout is appended to.
+    pub stdout: PathBuf,
+    /// File the command's stderr is appended to.
+    pub stderr: PathBuf,
+    /// Where the wrapper writes the [`ExitRecord`].
+    pub exit_status: PathBuf,
+    /// Where the wrapper writes the command's pid.
+    pub child_pid: PathBuf,
+}
+
+/// How the command ended: exactly one of the fields is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code, when the command exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+/// Reads the exit record of a sandbox; `None` when absent or unreadable
+/// (the caller reports an unknown exit).
+pub fn read_exit_record(path: &Path) -> Option<ExitRecord> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<ExitRecord>(&text) {
+        Ok(r) if r.exit_code.is_some() != r.signal.is_some() => Some(r),
+        _ => {
+            tracing::warn!("{} is not a valid exit status; ignored", path.display());
+            None
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file next to it, fsync,
+/// rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,267 @@
+//! The agent's one connection to the leading master (`AgentGateway.Attach`):
+//! find the leader, register, heartbeat, send status updates in order and
+//! re-send the unacknowledged ones, and hand master messages to the agent.
+//! Reconnects on its own; an unreachable master is never fatal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mezz_proto::v1::{
+    agent_gateway_client::AgentGatewayClient, agent_message, master_message, AgentHeartbeat,
+    AgentMessage, MasterMessage, StatusUpdate, TaskStatus,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::agent::Agent;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unacknowledged updates older than this are sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How one session with a master ended.
+enum SessionEnd {
+    Shutdown,
+    /// The master refused the agent; retry slowly.
+    Refused(String),
+    /// Not the leader; the leader is (probably) there.
+    Redirect(String),
+    /// Could not connect or the stream broke. `registered` says whether the
+    /// session got as far as registration.
+    Failed {
+        registered: bool,
+        why: String,
+    },
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(agent: Arc<Agent>, masters: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+    if masters.is_empty() {
+        tracing::error!("no master address given; the agent cannot register");
+        crate::stopped(&mut shutdown).await;
+        return;
+    }
+    let mut idx = 0usize;
+    let mut redirect: Option<String> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut gen = 0u64;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let addr = redirect.take().unwrap_or_else(|| masters[idx].clone());
+        let pause = match session(&agent, &addr, &mut gen, &mut shutdown).await {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Refused(msg) => {
+                tracing::error!(
+                    "master {addr} refused this agent: {msg}; retrying in {REFUSED_RETRY:?}"
+                );
+                REFUSED_RETRY
+            }
+            SessionEnd::Redirect(leader) => {
+                tracing::info!("master {addr} is not the leader; trying {leader}");
+                match masters.iter().position(|m| *m == leader) {
+                    Some(i) => idx = i,
+                    None => redirect = Some(leader),
+                }
+                Duration::ZERO
+            }
+            SessionEnd::Failed { registered, why } => {
+                if registered {
+                    // The leader went away: start over quickly with it.
+                    backoff = BACKOFF_MIN;
+                    tracing::info!("lost master {addr}: {why}; reconnecting");
+                } else {
+                    tracing::info!("master {addr} failed: {why}; retrying in {backoff:?}");
+                    idx = (idx + 1) % masters.len();
+                }
+                let p = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                p
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}
+
+fn end_from_status(status: &tonic::Status, registered: bool) -> SessionEnd {
+    if let Some(leader) = mezz_proto::client::leader_hint(status) {
+        let leader = leader
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        return SessionEnd::Redirect(leader);
+    }
+    SessionEnd::Failed {
+        registered,
+        why: format!("{}: {}", status.code(), status.message()),
+    }
+}
+
+async fn send_all(tx: &mpsc::Sender<AgentMessage>, updates: Vec<TaskStatus>) -> Result<(), ()> {
+    for status in updates {
+        tracing::debug!(task_id = %status.task_id, state = status.state().short_name(), uuid = %status.uuid, "sending status update");
+        let msg = AgentMessage {
+            message: Some(agent_message::Message::StatusUpdate(StatusUpdate {
+                status: Some(status),
+            })),
+        };
+        tx.send(msg).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// What a master message means for the session.
+enum Dispatch {
+    Continue,
+    End(SessionEnd),
+}
+
+fn dispatch(agent: &Arc<Agent>, msg: MasterMessage) -> Dispatch {
+    match msg.message {
+        Some(master_message::Message::Launch(l)) => agent.handle_launch(l),
+        Some(master_message::Message::Kill(k)) => agent.handle_kill(k),
+        Some(master_message::Message::Ack(a)) => agent.handle_ack(a),
+        Some(master_message::Message::ShutdownFramework(s)) => {
+            agent.handle_shutdown_framework(&s.framework_id)
+        }
+        Some(master_message::Message::Refused(r)) => {
+            return Dispatch::End(SessionEnd::Refused(r.message))
+        }
+        Some(master_message::Message::Registered(_)) => {
+            tracing::debug!("duplicate AgentRegistered ignored")
+        }
+        None => tracing::debug!("empty master message ignored"),
+    }
+    Dispatch::Continue
+}
+
+async fn session(
+    agent: &Arc<Agent>,
+    addr: &str,
+    gen: &mut u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let failed = |why: String| SessionEnd::Failed {
+        registered: false,
+        why,
+    };
+    let channel = tokio::select! {
+        c = mezz_proto::client::connect(addr) => match c {
+            Ok(c) => c,
+            Err(e) => return failed(format!("cannot connect: {e}")),
+        },
+        _ = crate::stopped(shutdown) => return SessionEnd::Shutdown,
+    };
+    let mut client = AgentGatewayClient::new(channel)
+        .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    let register = AgentMessage {
+        message: Some(agent_message::Message::Register(agent.register_message())),
+    };
+    if tx.send(register).await.is_err() {
+        return failed("internal: outgoing queue closed".into());
+    }
+
+    // Attach, then wait for AgentRegistered.
+    let registered = async {
+        let mut inbound = client
+            .attach(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| end_from_status(&s, false))?
+            .into_inner();
+        loop {
+            match inbound.message().await {
+                Ok(Some(MasterMessage {
+                    message: Some(master_message::Message::Registered(r)),
+                })) => return Ok((inbound, r)),
+                Ok(Some(MasterMessage {
+                    message: Some(master_message::Message::Refused(r)),
+                })) => return Err(SessionEnd::Refused(r.message)),
+                Ok(Some(other)) => {
+                    tracing::debug!("message before AgentRegistered: {other:?}");
+                }
+                Ok(None) => return Err(failed("the stream ended before registration".into())),
+                Err(s) => return Err(end_from_status(&s, false)),
+            }
+        }
+    };
+    let (mut inbound, reg) = tokio::select! {
+        r = tokio::time::timeout(REGISTER_TIMEOUT, registered) => match r {
+            Ok(Ok(x)) => x,
+            Ok(Err(end)) => return end,
+            Err(_) => return failed(format!("no AgentRegistered within {REGISTER_TIMEOUT:?}")),
+        },
+        _ = crate::stopped(shutdown) => return SessionEnd::Shutdown,
+    };
+    let heartbeat_every = Duration::try_from_secs_f64(reg.heartbeat_interval_secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_HEARTBEAT)
+        .max(Duration::from_millis(100));
+    tracing::info!(
+        master = addr,
+        master_id = %reg.master_id,
+        "registered with master {addr} as agent {} (heartbeat every {heartbeat_every:?})",
+        agent.id()
+    );
+    *gen += 1;
+    let gen = *gen;
+    let broken = || SessionEnd::Failed {
+        registered: true,
+        why: "the stream to the master closed".into(),
+    };
+    if send_all(&tx, agent.take_unsent(gen)).await.is_err() {
+        return broken();
+    }
+
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await; // the first tick is immediate
+    let mut resend = tokio::time::interval(Duration::from_secs(1));
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = crate::stopped(shutdown) => return SessionEnd::Shutdown,
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => {
+                    if let Dispatch::End(end) = dispatch(agent, m) {
+                        return end;
+                    }
+                }
+                Ok(None) => return broken(),
+                Err(s) => return end_from_status(&s, true),
+            },
+            _ = agent.updates_ready() => {
+                if send_all(&tx, agent.take_unsent(gen)).await.is_err() {
+                    return broken();
+                }
+            }
+            _ = resend.tick() => {
+                let overdue = agent.take_overdue(gen, RESEND_AFTER);
+                if !overdue.is_empty() {
+                    tracing::debug!("re-sending {} unacknowledged update(s)", overdue.len());
+                }
+                if send_all(&tx, overdue).await.is_err() {
+                    return broken();
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = AgentMessage { message: Some(agent_message::Message::Heartbeat(AgentHeartbeat {})) };
+                if tx.send(hb).await.is_err() {
+                    return broken();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Finding the leading master and subscribing to it: the order in which
+//! addresses are tried, leader hints, backoff and the connect deadline. It
+//! knows nothing of schedulers; it hands back a live subscription.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use tokio::time::{timeout, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::error::{chain, SdkError};
+use crate::proto;
+use crate::proto::scheduler_client::SchedulerClient;
+
+/// The gRPC client every call goes through.
+pub(crate) type Client = SchedulerClient<Channel>;
+
+/// How long one address may take to connect, answer the subscription and
+/// send its `Subscribed` event.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client with Mezzanine's message size limits.
+pub(crate) fn client(channel: Channel) -> Client {
+    SchedulerClient::new(channel)
+        .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
+}
+
+/// Exponential backoff between connection rounds: 100 ms doubling to 2 s.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    pub(crate) fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay to wait now; the following one doubles.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// One pass over the masters: the preferred address (the last one that
+/// worked) first, then the configured ones in order, each at most once. A
+/// follower's leader hint jumps the queue; hints are bounded so two confused
+/// masters cannot bounce us forever.
+#[derive(Debug)]
+pub(crate) struct Round {
+    queue: VecDeque<String>,
+    tried: HashSet<String>,
+    redirects_left: usize,
+}
+
+impl Round {
+    pub(crate) fn new(masters: &[String], preferred: Option<&str>) -> Self {
+        let mut queue = VecDeque::new();
+        for addr in preferred
+            .into_iter()
+            .chain(masters.iter().map(String::as_str))
+        {
+            if !queue.iter().any(|a| a == addr) {
+                queue.push_back(addr.to_string());
+            }
+        }
+        Round {
+            queue,
+            tried: HashSet::new(),
+            redirects_left: masters.len() + 2,
+        }
+    }
+
+    /// The next address to try, or `None` when the round is over.
+    pub(crate) fn next_address(&mut self) -> Option<String> {
+        while let Some(addr) = self.queue.pop_front() {
+            if self.tried.insert(addr.clone()) {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// A master named `leader` as the leader: try it next, unless it was
+    /// already tried in this round. Returns whether it was queued.
+    pub(crate) fn redirect(&mut self, leader: &str) -> bool {
+        if self.redirects_left == 0 || self.tried.contains(leader) {
+            return false;
+        }
+        self.redirects_left -= 1;
+        self.queue.push_front(leader.to_string());
+        true
+    }
+}
+
+/// Can a call or subscription that failed with `code` work a moment later
+/// (possibly on another master)?
+pub(crate) fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Internal
+    )
+}
+
+/// A status in words, with the transport's cause when there is one.
+pub(crate) fn describe(status: &Status) -> String {
+    let mut text = format!("{:?}", status.code());
+    if !status.message().is_empty() {
+        text.push_str(": ");
+        text.push_str(status.message());
+    }
+    if let Some(source) = std::error::Error::source(status) {
+        let cause = chain(source);
+        if !text.contains(&cause) {
+            text.push_str(" (");
+            text.push_str(&cause);
+            text.push(')');
+        }
+    }
+    text
+}
+
+/// Why one address did not give us a subscription.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Refusal {
+    /// Try elsewhere or later.
+    Transient(String),
+    /// A follower named the leader.
+    Redirect { leader: String, message: String },
+    /// Will not work anywhere: give up.
+    Permanent(String),
+    /// The master answered with the framework's removal.
+    Removed(String),
+}
+
+/// Sorts a refused subscription into what to do next.
+pub(crate) fn classify(status: &Status) -> Refusal {
+    let message = describe(status);
+    if status.code() == Code::Unavailable {
+        if let Some(leader) = mezz_proto::client::leader_hint(status) {
+            return Refusal::Redirect { leader, message };
+        }
+    }
+    if is_transient(status.code()) {
+        Refusal::Transient(message)
+    } else {
+        Refusal::Permanent(message)
+    }
+}
+
+/// A live subscription.
+pub(crate) struct Subscription {
+    pub(crate) address: String,
+    pub(crate) client: Client,
+    pub(crate) subscribed: proto::Subscribed,
+    pub(crate) events: tonic::Streaming<proto::Event>,
+}
+
+/// Connects to `addr`, subscribes and waits for the `Subscribed` event.
+async fn attempt(addr: &str, request: proto::SubscribeRequest) -> Result<Subscription, Refusal> {
+    let channel = mezz_proto::client::connect(addr)
+        .await
+        .map_err(|e| Refusal::Transient(chain(&e)))?;
+    let mut client = client(channel);
+    let mut events = client
+        .subscribe(request)
+        .await
+        .map_err(|s| classify(&s))?
+        .into_inner();
+    let first = events.message().await.map_err(|s| classify(&s))?;
+    match first.and_then(|e| e.event) {
+        Some(proto::event::Event::Subscribed(subscribed)) => Ok(Subscription {
+            address: addr.to_string(),
+            client,
+            subscribed,
+            events,
+        }),
+        Some(proto::event::Event::Error(e)) => Err(Refusal::Removed(e.message)),
+        Some(other) => Err(Refusal::Transient(format!(
+            "the master sent {} before Subscribed",
+            event_name(&other)
+        ))),
+        None => Err(Refusal::Transient(
+            "the master closed the subscription without answering".into(),
+        )),
+    }
+}
+
+/// The event's name, for logs and messages.
+pub(crate) fn event_name(event: &proto::event::Event) -> &'static str {
+    use proto::event::Event;
+    match event {
+        Event::Subscribed(_) => "Subscribed",
+        Event::Offers(_) => "Offers",
+        Event::Rescind(_) => "Rescind",
+        Event::Update(_) => "Update",
+        Event::Failure(_) => "Failure",
+        Event::Error(_) => "Error",
+        Event::Heartbeat(_) => "Heartbeat",
+    }
+}
+
+/// Subscribes a framework, round after round, until a master accepts, one
+/// refuses for good, or the connect deadline passes.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    masters: Vec<String>,
+    preferred: Option<String>,
+    backoff: Backoff,
+    connect_timeout: Option<Duration>,
+}
+
+impl Connector {
+    pub(crate) fn new(masters: Vec<String>, connect_timeout: Option<Duration>) -> Self {
+        Connector {
+            masters,
+            preferred: None,
+            backoff: Backoff::new(),
+            connect_timeout,
+        }
+    }
+
+    /// Try `addr` first next time (a leader hint seen on a broken stream).
+    pub(crate) fn prefer(&mut self, addr: String) {
+        self.preferred = Some(addr);
+    }
+
+    /// Subscribes `framework`. With `after_failure`, waits a backoff delay
+    /// first so a master that drops us at once is not hammered.
+    pub(crate) async fn subscribe(
+        &mut self,
+        framework: &proto::FrameworkInfo,
+        after_failure: bool,
+    ) -> Result<Subscription, SdkError> {
+        let started = Instant::now();
+        let deadline = self.connect_timeout.map(|t| started + t);
+        let request = proto::SubscribeRequest {
+            protocol_version: mezz_proto::PROTOCOL_VERSION,
+            framework: Some(framework.clone()),
+        };
+        let mut attempts: Vec<(String, String)> = Vec::new();
+        let mut wait = after_failure;
+        loop {
+            if wait {
+                let delay = self.backoff.next_delay();
+                match deadline {
+                    Some(d) => tokio::time::sleep_until((Instant::now() + delay).min(d)).await,
+                    None => tokio::time::sleep(delay).await,
+                }
+            }
+            wait = true;
+            let mut round = Round::new(&self.masters, self.preferred.as_deref());
+            while let Some(addr) = round.next_address() {
+                let limit = match deadline {
+                    Some(d) if Instant::now() >= d => break,
+                    Some(d) => ATTEMPT_TIMEOUT.min(d - Instant::now()),
+                    None => ATTEMPT_TIMEOUT,
+                };
+                let outcome = timeout(limit, attempt(&addr, request.clone()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Refusal::Transient(format!("no answer within {limit:.1?}")))
+                    });
+                let failure = match outcome {
+                    Ok(sub) => {
+                        self.preferred = Some(addr);
+                        self.backoff.reset();
+                        return Ok(sub);
+                    }
+                    Err(Refusal::Redirect { leader, message }) => {
+                        tracing::debug!(master = %addr, %leader, "not the leader; following its hint");
+                        round.redirect(&leader);
+                        message
+                    }
+                    Err(Refusal::Transient(message)) => message,
+                    Err(Refusal::Permanent(message)) => {
+                        return Err(SdkError::Refused {
+                            framework: framework.name.clone(),
+                            address: addr,
+                            message,
+                        })
+                    }
+                    Err(Refusal::Removed(message)) => {
+                        return Err(SdkError::Removed {
+                            framework: framework.name.clone(),
+                            framework_id: framework.id.clone(),
+                            message,
+                        })
+                    }
+                };
+                tracing::debug!(master = %addr, error = %failure, "subscription attempt failed");
+                match attempts.iter_mut().find(|(a, _)| *a == addr) {
+                    Some(entry) => entry.1 = failure,
+                    None => attempts.push((addr, failure)),
+                }
+            }
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    return Err(SdkError::Unreachable {
+                        framework: framework.name.clone(),
+                        waited: started.elapsed(),
+                        attempts,
+                    });
+                }
+            }
+            tracing::warn!(
+                masters = %self.masters.join(","),
+                "no master accepted the subscription yet; retrying"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masters() -> Vec<String> {
+        vec!["m1:1".into(), "m2:2".into(), "m3:3".into()]
+    }
+
+    fn drain(round: &mut Round) -> Vec<String> {
+        std::iter::from_fn(|| round.next_address()).collect()
+    }
+
+    #[test]
+    fn backoff_doubles_to_two_seconds_and_resets() {
+        let mut b = Backoff::new();
+        let ms: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn masters_are_tried_in_order_preferred_first() {
+        assert_eq!(
+            drain(&mut Round::new(&masters(), None)),
+            ["m1:1", "m2:2", "m3:3"]
+        );
+        assert_eq!(
+            drain(&mut Round::new(&masters(), Some("m2:2"))),
+            ["m2:2", "m1:1", "m3:3"]
+        );
+        assert_eq!(
+            drain(&mut Round::new(&masters(), Some("elsewhere:9"))),
+            ["elsewhere:9", "m1:1", "m2:2", "m3:3"]
+        );
+    }
+
+    #[test]
+    fn a_leader_hint_is_followed_next_and_only_once() {
+        let mut round = Round::new(&masters(), None);
+        assert_eq!(round.next_address().as_deref(), Some("m1:1"));
+        assert!(round.redirect("m3:3"));
+        assert_eq!(round.next_address().as_deref(), Some("m3:3"));
+        // m3 points back at m1, which was tried: no ping-pong.
+        assert!(!round.redirect("m1:1"));
+        assert_eq!(drain(&mut round), ["m2:2"]);
+    }
+
+    #[test]
+    fn hints_are_bounded() {
+        let mut round = Round::new(&["m1:1".to_string()], None);
+        let mut followed = 0;
+        for i in 0..100 {
+            if round.redirect(&format!("h{i}:1")) {
+                followed += 1;
+                round.next_address();
+            }
+        }
+        assert_eq!(followed, 3);
+    }
+
+    #[test]
+    fn refusals_are_classified() {
+        let mut redirect = Status::unavailable("not the leader");
+        redirect.metadata_mut().insert(
+            mezz_proto::client::LEADER_HINT_KEY,
+            "m2:2".parse().expect("ascii"),
+        );
+        assert_eq!(
+            classify(&redirect),
+            Refusal::Redirect {
+                leader: "m2:2".into(),
+                message: "Unavailable: not the leader".into()
+            }
+        );
+        assert_eq!(
+            classify(&Status::unavailable("no leader yet")),
+            Refusal::Transient("Unavailable: no leader yet".into())
+        );
+        assert_eq!(
+            classify(&Status::invalid_argument("protocol version 9 is unknown")),
+            Refusal::Permanent("InvalidArgument: protocol version 9 is unknown".into())
+        );
+    }
+}

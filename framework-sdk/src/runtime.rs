@@ -1,0 +1,364 @@
+//! The driver's task: `DriverBuilder::run` subscribes, turns events into
+//! scheduler callbacks one at a time, acknowledges updates, and reconnects
+//! when the master goes away. Sending calls is `sender.rs`'s job; finding a
+//! master is `connection.rs`'s.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::connection::{event_name, Connector, Subscription};
+use crate::driver::Driver;
+use crate::error::SdkError;
+use crate::proto;
+use crate::proto::event::Event;
+use crate::scheduler::Scheduler;
+use crate::sender::{self, Feedback, Link};
+use crate::{AgentId, FrameworkId, OfferId};
+
+/// Configures and runs a framework's driver.
+///
+/// ```no_run
+/// # use mezz_sdk::{proto, DriverBuilder, Scheduler};
+/// # async fn f<S: Scheduler>(my_scheduler: S) -> Result<(), mezz_sdk::SdkError> {
+/// let scheduler = DriverBuilder::new()
+///     .masters(["127.0.0.1:5050", "127.0.0.1:5051"])
+///     .framework(proto::FrameworkInfo {
+///         name: "my-framework".into(),
+///         failover_timeout_secs: 60.0,
+///         ..Default::default()
+///     })
+///     .connect_timeout(std::time::Duration::from_secs(10))
+///     .run(my_scheduler)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct DriverBuilder {
+    masters: Vec<String>,
+    framework: proto::FrameworkInfo,
+    connect_timeout: Option<Duration>,
+    manual_acknowledgements: bool,
+}
+
+impl DriverBuilder {
+    /// A builder with no masters and an empty framework.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Master addresses (`host:port`), tried in order; followers point the
+    /// driver at the leader.
+    pub fn masters<I, S>(mut self, masters: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.masters = masters.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The framework to subscribe. `name` is required; an empty `user` is
+    /// filled from `$USER`. Set `id` to take over an existing registration
+    /// (scheduler failover), and `failover_timeout_secs` to keep the
+    /// framework's tasks while the scheduler is away.
+    pub fn framework(mut self, framework: proto::FrameworkInfo) -> Self {
+        self.framework = framework;
+        self
+    }
+
+    /// Give up when no master could be reached for this long, whether at
+    /// start or after losing the connection. By default the driver retries
+    /// forever.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// When on, status updates are not acknowledged automatically; call
+    /// [`Driver::acknowledge`] once an update is safely handled (e.g.
+    /// persisted). Off by default.
+    pub fn manual_acknowledgements(mut self, on: bool) -> Self {
+        self.manual_acknowledgements = on;
+        self
+    }
+
+    /// Runs `scheduler` until it calls [`Driver::stop`] or
+    /// [`Driver::teardown`] (then `Ok` with the scheduler back), or until
+    /// the framework is removed, refused, or no master could be reached
+    /// within the connect timeout.
+    pub async fn run<S: Scheduler>(self, scheduler: S) -> Result<S, SdkError> {
+        let list = self.masters.join(",");
+        let masters = mezz_proto::client::parse_master_list(&list).map_err(SdkError::Config)?;
+        let mut framework = self.framework;
+        if framework.name.trim().is_empty() {
+            return Err(SdkError::Config(
+                "the framework has no name; set FrameworkInfo.name".into(),
+            ));
+        }
+        if framework.user.is_empty() {
+            framework.user = std::env::var("USER").unwrap_or_default();
+        }
+        let span = tracing::info_span!("framework", name = %framework.name);
+        let runtime = Runtime {
+            scheduler,
+            connector: Connector::new(masters, self.connect_timeout),
+            framework,
+            manual_acknowledgements: self.manual_acknowledgements,
+        };
+        runtime.run().instrument(span).await
+    }
+}
+
+/// Runs `scheduler` for `framework` against `masters`, retrying forever;
+/// shorthand for [`DriverBuilder`].
+pub async fn run<S: Scheduler>(
+    masters: Vec<String>,
+    framework: proto::FrameworkInfo,
+    scheduler: S,
+) -> Result<S, SdkError> {
+    DriverBuilder::new()
+        .masters(masters)
+        .framework(framework)
+        .run(scheduler)
+        .await
+}
+
+/// The time without any event after which the master is presumed gone:
+/// three heartbeats and a second.
+pub(crate) fn silence_limit(heartbeat_interval_secs: f64) -> Duration {
+    let beat = if heartbeat_interval_secs.is_finite() && heartbeat_interval_secs > 0.0 {
+        heartbeat_interval_secs.min(3600.0)
+    } else {
+        15.0
+    };
+    Duration::from_secs_f64(3.0 * beat + 1.0)
+}
+
+struct Runtime<S> {
+    scheduler: S,
+    connector: Connector,
+    framework: proto::FrameworkInfo,
+    manual_acknowledgements: bool,
+}
+
+/// Whether the driver goes on after an event or a report.
+enum Flow {
+    Continue,
+    Done(Result<(), SdkError>),
+}
+
+/// Ends the sender task when the driver ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<S: Scheduler> Runtime<S> {
+    async fn run(mut self) -> Result<S, SdkError> {
+        let known_id = Some(FrameworkId(self.framework.id.clone())).filter(|id| !id.0.is_empty());
+        let (driver, calls) = Driver::new(known_id);
+        let (link_tx, link_rx) = watch::channel(None);
+        let (feedback_tx, mut feedback) = mpsc::unbounded_channel();
+        let _sender = AbortOnDrop(tokio::spawn(
+            sender::run(calls, link_rx, driver.stopping(), feedback_tx).in_current_span(),
+        ));
+        let mut generation = 0;
+        let mut after_failure = false;
+        loop {
+            let subscription = {
+                let connect = self.connector.subscribe(&self.framework, after_failure);
+                tokio::pin!(connect);
+                loop {
+                    tokio::select! {
+                        result = &mut connect => break result?,
+                        Some(report) = feedback.recv() => {
+                            if let Flow::Done(end) = on_feedback(&mut self.scheduler, &driver, &self.framework, report) {
+                                return end.map(|()| self.scheduler);
+                            }
+                        }
+                    }
+                }
+            };
+            after_failure = true;
+            let Subscription {
+                address,
+                client,
+                subscribed,
+                mut events,
+            } = subscription;
+            if subscribed.framework_id.is_empty() {
+                return Err(SdkError::Refused {
+                    framework: self.framework.name.clone(),
+                    address,
+                    message: "the master's Subscribed event has no framework id".into(),
+                });
+            }
+            let reconnected = !self.framework.id.is_empty();
+            let framework_id = FrameworkId(subscribed.framework_id.clone());
+            self.framework.id = framework_id.0.clone();
+            driver.set_framework_id(framework_id.clone());
+            generation += 1;
+            link_tx.send_replace(Some(Link {
+                client,
+                framework_id: framework_id.clone(),
+                generation,
+            }));
+            tracing::info!(%framework_id, master = %address, reconnected, "subscribed");
+            self.scheduler
+                .subscribed(&driver, &framework_id, reconnected);
+            if reconnected {
+                driver.reconcile(Vec::new());
+            }
+
+            let silence = silence_limit(subscribed.heartbeat_interval_secs);
+            let mut deadline = Instant::now() + silence;
+            loop {
+                let flow = tokio::select! {
+                    message = events.message() => match message {
+                        Ok(Some(event)) => {
+                            deadline = Instant::now() + silence;
+                            self.dispatch(&driver, event)
+                        }
+                        Ok(None) => {
+                            tracing::warn!(master = %address, "the master closed the subscription; reconnecting");
+                            break;
+                        }
+                        Err(status) => {
+                            if let Some(leader) = mezz_proto::client::leader_hint(&status) {
+                                self.connector.prefer(leader);
+                            }
+                            tracing::warn!(
+                                master = %address,
+                                error = %crate::connection::describe(&status),
+                                "subscription broke; reconnecting"
+                            );
+                            break;
+                        }
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!(master = %address, "no event from the master for {silence:?}; reconnecting");
+                        break;
+                    }
+                    Some(report) = feedback.recv() => {
+                        on_feedback(&mut self.scheduler, &driver, &self.framework, report)
+                    }
+                };
+                if let Flow::Done(end) = flow {
+                    return end.map(|()| self.scheduler);
+                }
+            }
+            link_tx.send_replace(None);
+            self.scheduler.disconnected(&driver);
+        }
+    }
+
+    /// Hands one event to the scheduler.
+    fn dispatch(&mut self, driver: &Driver, event: proto::Event) -> Flow {
+        let Some(event) = event.event else {
+            tracing::debug!("ignoring an event this SDK does not know");
+            return Flow::Continue;
+        };
+        tracing::debug!(event = event_name(&event), "event");
+        match event {
+            Event::Offers(offers) => self.scheduler.offers(driver, offers.offers),
+            Event::Rescind(rescind) => self.scheduler.rescinded(driver, &OfferId(rescind.offer_id)),
+            Event::Update(update) => {
+                if let Some(status) = update.status {
+                    self.scheduler.status_update(driver, &status);
+                    if !self.manual_acknowledgements {
+                        driver.acknowledge(&status);
+                    }
+                }
+            }
+            Event::Failure(failure) => {
+                self.scheduler
+                    .agent_lost(driver, &AgentId(failure.agent_id), &failure.message)
+            }
+            Event::Error(error) => {
+                return Flow::Done(Err(SdkError::Removed {
+                    framework: self.framework.name.clone(),
+                    framework_id: self.framework.id.clone(),
+                    message: error.message,
+                }))
+            }
+            Event::Heartbeat(_) => {}
+            Event::Subscribed(_) => tracing::debug!("ignoring a repeated Subscribed event"),
+        }
+        Flow::Continue
+    }
+}
+
+/// Acts on what the sender reports.
+fn on_feedback<S: Scheduler>(
+    scheduler: &mut S,
+    driver: &Driver,
+    framework: &proto::FrameworkInfo,
+    report: Feedback,
+) -> Flow {
+    match report {
+        Feedback::Failed(message) => {
+            scheduler.error(driver, &message);
+            Flow::Continue
+        }
+        Feedback::Stopped => {
+            tracing::info!("driver stopped");
+            Flow::Done(Ok(()))
+        }
+        Feedback::TornDown(Ok(())) => {
+            tracing::info!("framework torn down");
+            Flow::Done(Ok(()))
+        }
+        Feedback::TornDown(Err(message)) => Flow::Done(Err(SdkError::Teardown {
+            framework: framework.name.clone(),
+            framework_id: framework.id.clone(),
+            message,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_three_heartbeats_and_a_second() {
+        assert_eq!(silence_limit(2.0), Duration::from_secs(7));
+        assert_eq!(silence_limit(0.0), Duration::from_secs(46));
+        assert_eq!(silence_limit(f64::NAN), Duration::from_secs(46));
+    }
+
+    #[tokio::test]
+    async fn configuration_errors_name_the_problem() {
+        struct Nothing;
+        impl Scheduler for Nothing {
+            fn subscribed(&mut self, _: &Driver, _: &FrameworkId, _: bool) {}
+            fn offers(&mut self, _: &Driver, _: Vec<proto::Offer>) {}
+            fn status_update(&mut self, _: &Driver, _: &proto::TaskStatus) {}
+        }
+        let named = proto::FrameworkInfo {
+            name: "x".into(),
+            ..Default::default()
+        };
+        let err = run(vec![], named.clone(), Nothing)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("no master address")));
+        let err = run(vec!["nohost".into()], named, Nothing)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("'nohost'")));
+        let err = run(vec!["h:1".into()], proto::FrameworkInfo::default(), Nothing)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("no name")));
+    }
+}

@@ -1,0 +1,171 @@
+//! The sender task: takes queued calls one at a time, in order, and sends
+//! them to the master the driver is subscribed to, retrying the idempotent
+//! ones once after a reconnection. It never calls the scheduler; failures go
+//! back to the driver's task as [`Feedback`].
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::connection::{describe, is_transient, Client};
+use crate::driver::{request, Call, Request};
+use crate::FrameworkId;
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed call waits for a reconnection before it is retried on
+/// whatever connection there is.
+const RETRY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The subscription calls are sent on.
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) client: Client,
+    pub(crate) framework_id: FrameworkId,
+    /// Counts subscriptions, so a retry can wait for a newer one.
+    pub(crate) generation: u64,
+}
+
+/// What the sender reports to the driver's task.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Feedback {
+    /// A call failed for good; the message names it.
+    Failed(String),
+    /// Every call before `stop()` was sent.
+    Stopped,
+    /// The teardown was sent, with the master's answer.
+    TornDown(Result<(), String>),
+}
+
+enum Outcome {
+    Sent,
+    Failed(String),
+    /// Stopping, and no master to send to.
+    Dropped,
+}
+
+/// Runs until `stop()` or `teardown()` went through, or the queue closes.
+pub(crate) async fn run(
+    mut calls: mpsc::UnboundedReceiver<Call>,
+    mut link: watch::Receiver<Option<Link>>,
+    mut stopping: watch::Receiver<bool>,
+    feedback: mpsc::UnboundedSender<Feedback>,
+) {
+    while let Some(call) = calls.recv().await {
+        if call == Call::Stop {
+            let _ = feedback.send(Feedback::Stopped);
+            return;
+        }
+        let outcome = deliver(&call, &mut link, &mut stopping).await;
+        if call == Call::Teardown {
+            let result = match outcome {
+                Outcome::Sent => Ok(()),
+                Outcome::Failed(message) => Err(message),
+                Outcome::Dropped => Err("the driver stopped before it was sent".into()),
+            };
+            let _ = feedback.send(Feedback::TornDown(result));
+            return;
+        }
+        match outcome {
+            Outcome::Sent => tracing::debug!(call = call.name(), "sent"),
+            Outcome::Failed(message) => {
+                let _ = feedback.send(Feedback::Failed(format!(
+                    "{} failed: {message}",
+                    call.describe()
+                )));
+            }
+            Outcome::Dropped => {
+                tracing::debug!(call = call.name(), "no master while stopping; call dropped")
+            }
+        }
+    }
+}
+
+/// Sends `call`, retrying once after a reconnection where that is safe.
+async fn deliver(
+    call: &Call,
+    link: &mut watch::Receiver<Option<Link>>,
+    stopping: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let Some(current) = wait_link(link, stopping, |_| true).await else {
+        return Outcome::Dropped;
+    };
+    let status = match send(&current, call).await {
+        Ok(()) => return Outcome::Sent,
+        Err(status) => status,
+    };
+    if !(call.retry_safe() && is_transient(status.code())) {
+        return Outcome::Failed(describe(&status));
+    }
+    tracing::warn!(
+        call = %call.describe(),
+        error = %describe(&status),
+        "call failed; retrying once after reconnection"
+    );
+    let generation = current.generation;
+    let newer = tokio::time::timeout(
+        RETRY_PATIENCE,
+        wait_link(link, stopping, |l| l.generation > generation),
+    )
+    .await;
+    let retry_on = match newer {
+        Ok(found) => found,
+        Err(_) => wait_link(link, stopping, |_| true).await,
+    };
+    let Some(retry_on) = retry_on else {
+        return Outcome::Dropped;
+    };
+    match send(&retry_on, call).await {
+        Ok(()) => Outcome::Sent,
+        Err(again) => Outcome::Failed(format!(
+            "{} (and before the retry: {})",
+            describe(&again),
+            describe(&status)
+        )),
+    }
+}
+
+/// A subscription that satisfies `wanted`; waits for one unless the driver
+/// is stopping, in which case `None`.
+async fn wait_link(
+    link: &mut watch::Receiver<Option<Link>>,
+    stopping: &mut watch::Receiver<bool>,
+    wanted: impl Fn(&Link) -> bool,
+) -> Option<Link> {
+    let matches = |l: &Option<Link>| l.as_ref().is_some_and(&wanted);
+    if let Some(l) = link.borrow().as_ref().filter(|l| wanted(l)) {
+        return Some(l.clone());
+    }
+    tokio::select! {
+        found = link.wait_for(matches) => found.ok().and_then(|l| l.clone()),
+        _ = stopping.wait_for(|s| *s) => None,
+    }
+}
+
+/// One attempt at sending `call` on `link`.
+async fn send(link: &Link, call: &Call) -> Result<(), Status> {
+    let Some(request) = request(call, &link.framework_id) else {
+        return Ok(());
+    };
+    let mut client = link.client.clone();
+    let rpc = async move {
+        match request {
+            Request::Accept(r) => client.accept(r).await.map(drop),
+            Request::Decline(r) => client.decline(r).await.map(drop),
+            Request::Revive(r) => client.revive(r).await.map(drop),
+            Request::Suppress(r) => client.suppress(r).await.map(drop),
+            Request::Kill(r) => client.kill(r).await.map(drop),
+            Request::Acknowledge(r) => client.acknowledge(r).await.map(drop),
+            Request::Reconcile(r) => client.reconcile(r).await.map(drop),
+            Request::Teardown(r) => client.teardown(r).await.map(drop),
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, rpc)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no answer from the master within {CALL_TIMEOUT:?}"
+            )))
+        })
+}

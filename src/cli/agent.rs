@@ -1,0 +1,85 @@
+//! `mezz agent`: offer this machine's resources and run tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, ValueEnum};
+use mezz_proto::Resources;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GpuMode {
+    /// Find NVIDIA GPUs through NVML.
+    Auto,
+    /// Advertise no GPUs.
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Master address(es), HOST:PORT[,HOST:PORT…].
+    #[arg(long, value_name = "ADDR[,ADDR…]", env = "MEZZ_MASTER")]
+    pub master: String,
+    /// Address of the agent's own API (task sandboxes and logs).
+    #[arg(long, default_value = "127.0.0.1:5051")]
+    pub listen: SocketAddr,
+    /// Address announced to the master and clients (defaults to --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory for sandboxes and the agent's checkpoint (created if missing).
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    /// Resources to offer, overriding what is detected, e.g.
+    /// 'cpus:4;mem:8192;disk:10000;ports:[31000-32000]'.
+    #[arg(long)]
+    pub resources: Option<String>,
+    /// GPU discovery.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub gpus: GpuMode,
+    /// Make G fake GPU device nodes under the work dir (machines without NVIDIA).
+    #[arg(long, value_name = "G")]
+    pub fake_gpus: Option<u32>,
+    /// Hostname announced to the master (defaults to the machine's).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+pub fn parse_resources(text: Option<&str>) -> Result<Option<Resources>> {
+    text.map(|t| Resources::parse(t).map_err(|e| anyhow!("--resources: {e}")))
+        .transpose()
+}
+
+pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
+    if args.fake_gpus.is_some() {
+        return Err(anyhow!(
+            "--fake-gpus is not available in this release yet (GPU isolation is coming); omit it"
+        ));
+    }
+    if args.gpus == GpuMode::Auto {
+        tracing::info!(
+            "GPU discovery through NVML is not available in this release; advertising no GPUs"
+        );
+    }
+    let masters = mezz_proto::client::parse_master_list(&args.master)
+        .map_err(|e| anyhow!("--master: {e}"))?;
+    Ok(mezz_agent::Config {
+        masters,
+        listen: args.listen,
+        advertise_address: args.advertise.clone(),
+        work_dir: args.work_dir.clone(),
+        resources: parse_resources(args.resources.as_deref())?,
+        hostname: args.hostname.clone(),
+        launcher: std::env::current_exe()
+            .context("locating the mezz binary to launch tasks with")?,
+        default_kill_grace: std::time::Duration::from_secs(5),
+    })
+}
+
+pub async fn main(args: AgentArgs) -> Result<ExitCode> {
+    let config = config(&args)?;
+    mezz_agent::run(config, super::shutdown_signal())
+        .await
+        .context("agent stopped")?;
+    Ok(ExitCode::SUCCESS)
+}

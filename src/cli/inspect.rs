@@ -1,0 +1,198 @@
+//! `mezz ps`, `mezz kill`, `mezz agents`, `mezz frameworks`: what the
+//! cluster holds, as tables for people or JSON for scripts.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mezz_proto::v1::{OperatorKillRequest, TaskView};
+
+use super::MasterArg;
+use crate::client;
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// Include finished tasks (the master keeps the latest 1000).
+    #[arg(long, short)]
+    pub all: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The task id (see `mezz ps`).
+    pub task: String,
+    /// The framework, when two frameworks use the same task id.
+    #[arg(long)]
+    pub framework: Option<String>,
+}
+
+/// Prints rows as left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let s: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn outcome(t: &TaskView) -> String {
+    match (t.exit_code, t.signal) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => t.reason.to_lowercase().replace('_', " "),
+    }
+}
+
+fn age(since: f64) -> String {
+    let secs = (mezz_proto::unix_now() - since).max(0.0) as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+pub async fn ps(args: PsArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let state = client::state(&masters, args.all).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state.tasks)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = state
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.state.clone(),
+                outcome(t),
+                t.framework_name.clone(),
+                t.hostname.clone(),
+                age(t.launched_at),
+                t.command.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "STATE",
+            "OUTCOME",
+            "FRAMEWORK",
+            "HOST",
+            "AGE",
+            "COMMAND",
+        ],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn kill(args: KillArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let (mut c, addr) = client::leader(&masters).await?;
+    let r = c
+        .kill_task(OperatorKillRequest {
+            task_id: args.task.clone(),
+            framework_id: args.framework.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| format!("killing task {} through {addr}", args.task))?
+        .into_inner();
+    println!("killing task {} of framework {}", r.task_id, r.framework_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agents(args: ListArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let state = client::state(&masters, false).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state.agents)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let g = |m: &std::collections::BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let rows = state
+        .agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                a.hostname.clone(),
+                a.address.clone(),
+                a.status.clone(),
+                format!("{}/{}", g(&a.used, "cpus"), g(&a.total, "cpus")),
+                format!("{}/{}", g(&a.used, "mem"), g(&a.total, "mem")),
+                format!("{}", a.gpus.len()),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "HOST", "ADDRESS", "STATUS", "CPUS", "MEM(MB)", "GPUS"],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn frameworks(args: ListArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let state = client::state(&masters, false).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state.frameworks)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = state
+        .frameworks
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.clone(),
+                f.name.clone(),
+                f.role.clone(),
+                f.status.clone(),
+                f.active_tasks.to_string(),
+                f.user.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "ROLE", "STATUS", "TASKS", "USER"], rows);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,108 @@
+//! `mezz master`: run one master of the cluster.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+
+use crate::duration;
+
+/// Timeouts shared by `mezz master` and `mezz dev`.
+#[derive(Args, Debug, Clone)]
+pub struct TimeoutArgs {
+    /// Outstanding offers are rescinded after this long.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    pub offer_timeout: std::time::Duration,
+    /// A disconnected agent has this long to re-register before its tasks
+    /// are marked LOST.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    pub agent_timeout: std::time::Duration,
+}
+
+impl TimeoutArgs {
+    pub fn timeouts(&self) -> mezz_master::Timeouts {
+        mezz_master::Timeouts {
+            offer: self.offer_timeout.as_millis().max(1) as u64,
+            agent_reregister: self.agent_timeout.as_millis().max(1) as u64,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// Address for gRPC and HTTP (status page, /api/state, /metrics).
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub listen: SocketAddr,
+    /// Directory for the replicated log and snapshots (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// This master's id in the raft group.
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// All masters of the group: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Address announced to clients and peers (defaults to --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--peers: '{part}' is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("--peers: '{id}' in '{part}' is not a numeric id"))?;
+        if id == 0 {
+            return Err(anyhow!("--peers: id 0 is reserved; number masters from 1"));
+        }
+        mezz_proto::client::parse_master_list(addr).map_err(|e| anyhow!("--peers: {e}"))?;
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(anyhow!("--peers: id {id} appears twice"));
+        }
+    }
+    Ok(out)
+}
+
+pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
+    let mut peers = match &args.peers {
+        Some(p) => parse_peers(p)?,
+        None => BTreeMap::new(),
+    };
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    if peers.is_empty() {
+        peers.insert(args.id, advertise.clone());
+    } else if !peers.contains_key(&args.id) {
+        return Err(anyhow!("--id {} is not one of the ids in --peers", args.id));
+    }
+    Ok(mezz_master::Config {
+        listen: args.listen,
+        advertise: Some(advertise),
+        data_dir: args.data_dir.clone(),
+        id: args.id,
+        peers,
+        timeouts: args.timeouts.timeouts(),
+    })
+}
+
+pub async fn main(args: MasterArgs) -> Result<ExitCode> {
+    let config = config(&args)?;
+    mezz_master::run(config, super::shutdown_signal())
+        .await
+        .context("master stopped")?;
+    Ok(ExitCode::SUCCESS)
+}

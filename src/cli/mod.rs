@@ -1,0 +1,117 @@
+//! The command line: one module per subcommand. `--help` is the user
+//! documentation, so it is written for people.
+
+mod agent;
+mod dev;
+mod inspect;
+mod logs;
+mod master;
+mod run;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// Hidden subcommand the agent runs to start each task (see
+/// `mezz_agent::launch_main`).
+pub const LAUNCH_SUBCOMMAND: &str = "__launch";
+
+/// Mezzanine: a two-level resource scheduler for ML and data platforms.
+#[derive(Parser, Debug)]
+#[command(name = "mezz", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (e.g. `info`, `mezz_master=debug`); `RUST_LOG` works too.
+    #[arg(long, global = true, env = "MEZZ_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where client commands find the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct MasterArg {
+    /// Master address(es), HOST:PORT[,HOST:PORT…]. Defaults to
+    /// $MEZZ_MASTER, then 127.0.0.1:5050. The leader is found by itself.
+    #[arg(long, value_name = "ADDR[,ADDR…]")]
+    pub master: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a whole local cluster (master and agents) in the foreground.
+    Dev(dev::DevArgs),
+    /// Run a master.
+    Master(master::MasterArgs),
+    /// Run an agent that offers this machine's resources to a master.
+    Agent(agent::AgentArgs),
+    /// Run a command on the cluster and stream its output, like running it here.
+    Run(run::RunArgs),
+    /// List tasks.
+    Ps(inspect::PsArgs),
+    /// Print a task's stdout (or stderr).
+    Logs(logs::LogsArgs),
+    /// Kill a task.
+    Kill(inspect::KillArgs),
+    /// List agents.
+    Agents(inspect::ListArgs),
+    /// List frameworks.
+    Frameworks(inspect::ListArgs),
+}
+
+/// Logs go to stderr. Daemons default to `info`; commands people type
+/// default to `warn` so their output stays clean.
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Master(_) | Command::Agent(_) | Command::Dev(_) => "info",
+        _ => "warn",
+    };
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Dev(a) => dev::main(a).await,
+        Command::Master(a) => master::main(a).await,
+        Command::Agent(a) => agent::main(a).await,
+        Command::Run(a) => run::main(a).await,
+        Command::Ps(a) => inspect::ps(a).await,
+        Command::Logs(a) => logs::main(a).await,
+        Command::Kill(a) => inspect::kill(a).await,
+        Command::Agents(a) => inspect::agents(a).await,
+        Command::Frameworks(a) => inspect::frameworks(a).await,
+    }
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
