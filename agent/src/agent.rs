@@ -545,6 +545,43 @@ impl Agent {
         }
     }
 
+    /// Kills every running task and waits, up to `limit`, for them to end.
+    /// Used when the agent's work dir is thrown away with it (`mezz dev`).
+    pub async fn kill_all(self: &Arc<Self>, limit: Duration) {
+        let active: Vec<Key> = self
+            .lock()
+            .tasks
+            .iter()
+            .filter(|(_, rec)| !state_of(rec).is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        tracing::info!("killing {} task(s) before stopping", active.len());
+        for (framework_id, task_id) in active {
+            self.handle_kill(KillTask {
+                framework_id,
+                task_id,
+                grace_period_secs: Some(limit.as_secs_f64() / 2.0),
+                reason: TaskReason::KilledByRequest as i32,
+            });
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let left = self
+                .lock()
+                .tasks
+                .values()
+                .any(|rec| !state_of(rec).is_terminal());
+            if !left {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!("some tasks did not end within {limit:?}");
+    }
+
     /// SIGTERM to the group now, SIGKILL after `grace` if the run is still
     /// not over.
     fn signal_and_escalate(self: &Arc<Self>, key: Key, pgid: i32, grace: Duration) {

@@ -27,6 +27,9 @@ pub struct Config {
     /// Time between SIGTERM and SIGKILL when neither the kill request nor
     /// the task names one.
     pub default_kill_grace: Duration,
+    /// Kill every task when the agent stops, instead of leaving them to be
+    /// re-attached by the next start. For throw-away clusters (`mezz dev`).
+    pub kill_tasks_on_shutdown: bool,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             hostname: None,
             launcher,
             default_kill_grace: Duration::from_secs(5),
+            kill_tasks_on_shutdown: false,
         }
     }
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use mezz_proto::v1::{agent_files_server::AgentFilesServer, AgentInfo};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
 
 pub use config::Config;
 pub use error::AgentError;
@@ -152,11 +153,18 @@ pub async fn run(
         .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES);
     let mut server_stop = stop_rx.clone();
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    });
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(files)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            // With our own listener tonic's tcp_nodelay does not apply: set
+            // it per connection, or small responses wait for delayed ACKs.
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop.wait_for(|v| *v).await;
             }),
     );
@@ -177,7 +185,12 @@ pub async fn run(
             },
         }),
     };
-    tracing::info!("agent {agent_id} stopping; running tasks keep running");
+    if config.kill_tasks_on_shutdown {
+        agent.kill_all(Duration::from_secs(5)).await;
+        tracing::info!("agent {agent_id} stopping");
+    } else {
+        tracing::info!("agent {agent_id} stopping; running tasks keep running");
+    }
     let _ = stop_tx.send(true);
     let _ = link.await;
     if outcome.is_ok() {

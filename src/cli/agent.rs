@@ -73,6 +73,7 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         launcher: std::env::current_exe()
             .context("locating the mezz binary to launch tasks with")?,
         default_kill_grace: std::time::Duration::from_secs(5),
+        kill_tasks_on_shutdown: false,
     })
 }
 

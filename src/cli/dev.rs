@@ -117,6 +117,8 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             hostname: Some(format!("dev-agent-{}", i + 1)),
             launcher: launcher.clone(),
             default_kill_grace: Duration::from_secs(5),
+            // A temporary cluster takes its tasks with it.
+            kill_tasks_on_shutdown: args.data_dir.is_none(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

@@ -302,11 +302,12 @@ mod tests {
     use raft::storage::MemStorage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("e{index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("e{index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     trait Writable: Storage {
@@ -377,9 +378,11 @@ mod tests {
             assert!(s.is_empty());
             s.initialize(&[1]).unwrap();
             conformance(&s);
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 9;
+            let hs = HardState {
+                term: 2,
+                commit: 9,
+                ..Default::default()
+            };
             s.set_hard_state(&hs).unwrap();
             s.flush().unwrap();
         }

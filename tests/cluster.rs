@@ -1,0 +1,373 @@
+//! End-to-end tests of the first complete path: real `mezz master` and
+//! `mezz agent` processes on loopback, driven through the CLI.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+const SMALL: &str = "cpus:2;mem:1024;disk:1000;ports:[31000-31099]";
+
+#[test]
+fn run_echo_prints_and_exits_zero_then_ps_and_logs_show_it() {
+    let c = Cluster::start(SMALL, &[]);
+    let out = c.mezz(
+        &[
+            "run",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "32",
+            "--name",
+            "greet",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ],
+        T,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "hello\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains("oops"));
+    assert_eq!(out.status.code(), Some(0));
+
+    let ps = c.mezz(&["ps", "--all", "--json"], T);
+    let tasks: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json");
+    let task = tasks
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == "greet"))
+        .expect("the task in ps --all")
+        .clone();
+    assert_eq!(task["state"], "FINISHED");
+    assert_eq!(task["exit_code"], 0);
+    let id = task["id"].as_str().expect("id");
+
+    let logs = c.mezz(&["logs", id], T);
+    assert_eq!(text(&logs.stdout), "hello\n");
+    let logs = c.mezz(&["logs", id, "--stderr"], T);
+    assert_eq!(text(&logs.stdout), "", "stderr goes to stderr");
+    assert_eq!(text(&logs.stderr), "oops\n");
+
+    // Active list no longer has it; the table has a header.
+    let ps = c.mezz(&["ps"], T);
+    assert!(text(&ps.stdout).starts_with("ID"));
+    assert!(!text(&ps.stdout).contains(id));
+}
+
+#[test]
+fn exit_codes_and_missing_commands_come_back() {
+    let c = Cluster::start(SMALL, &[]);
+    let out = c.mezz(
+        &[
+            "run", "--cpus", "0.1", "--mem", "32", "--name", "three", "--", "sh", "-c", "exit 3",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+
+    let out = c.mezz(
+        &[
+            "run",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "32",
+            "--name",
+            "nope",
+            "--",
+            "no-such-command-xyz",
+        ],
+        T,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no-such-command-xyz") && err.contains("not found"),
+        "{err}"
+    );
+
+    let state = c.state();
+    let tasks = state["tasks"].as_array().expect("tasks");
+    let three = tasks.iter().find(|t| t["name"] == "three").expect("three");
+    assert_eq!(three["state"], "FAILED");
+    assert_eq!(three["exit_code"], 3);
+    let nope = tasks.iter().find(|t| t["name"] == "nope").expect("nope");
+    assert_eq!(nope["state"], "FAILED");
+    assert_eq!(nope["reason"], "LAUNCH_FAILED");
+    assert!(nope["message"].as_str().unwrap_or("").contains("not found"));
+}
+
+#[test]
+fn kill_makes_a_task_killed() {
+    let c = Cluster::start(SMALL, &[]);
+    let out = c.mezz(
+        &[
+            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(!id.is_empty());
+    c.wait_task_state(&id, "RUNNING", T);
+
+    let k = c.mezz(&["kill", &id], T);
+    assert_eq!(k.status.code(), Some(0), "stderr: {}", text(&k.stderr));
+    let task = c.wait_task_state(&id, "KILLED", T);
+    assert_eq!(task["reason"], "KILLED_BY_REQUEST");
+
+    let k = c.mezz(&["kill", "no-such-task"], T);
+    assert_ne!(k.status.code(), Some(0));
+    assert!(text(&k.stderr).contains("no-such-task"));
+}
+
+#[test]
+fn unreachable_master_is_named_and_fails_fast() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    for args in [
+        vec!["ps", "--master", &addr],
+        vec!["run", "--master", &addr, "--", "true"],
+    ] {
+        let started = Instant::now();
+        let out = mezz(&args, Duration::from_secs(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            text(&out.stderr).contains(&addr),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn malformed_resources_name_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = mezz(
+        &[
+            "agent",
+            "--master",
+            "127.0.0.1:1",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--work-dir",
+            &dir.path().display().to_string(),
+            "--resources",
+            "cpus:4;mem:lots",
+        ],
+        T,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("mem:lots"), "{err}");
+}
+
+#[test]
+fn a_task_bigger_than_any_agent_times_out_and_says_why() {
+    let c = Cluster::start(SMALL, &[]);
+    let out = c.mezz(&["run", "--cpus", "64", "--timeout", "2s", "--", "true"], T);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("cpus:64"), "{err}");
+    assert!(
+        err.contains("largest agent") && err.contains("cpus:2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn agent_killed_and_restarted_keeps_its_task() {
+    let mut c = Cluster::start(SMALL, &[]);
+    let out = c.mezz(
+        &[
+            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
+        ],
+        T,
+    );
+    let id = text(&out.stdout).trim().to_string();
+    c.wait_task_state(&id, "RUNNING", T);
+
+    c.agents[0].as_mut().expect("agent").kill9();
+    wait_for("the master to see the agent go", T, || {
+        c.connected_agents() == 0
+    });
+    // The task runs on while its agent is away.
+    assert_eq!(c.task(&id).expect("task")["state"], "RUNNING");
+
+    c.start_agent(0);
+    c.wait_agents_connected(1);
+    let ps = c.mezz(&["ps", "--all", "--json"], T);
+    let tasks: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("json");
+    let t = tasks
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["id"] == id.as_str()))
+        .expect("task in ps --all")
+        .clone();
+    assert_eq!(t["state"], "RUNNING");
+
+    c.mezz(&["kill", &id], T);
+    c.wait_task_state(&id, "KILLED", T);
+}
+
+#[test]
+fn agent_gone_past_the_timeout_loses_its_task() {
+    let mut c = Cluster::start(SMALL, &["--agent-timeout", "2s"]);
+    let out = c.mezz(
+        &[
+            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
+        ],
+        T,
+    );
+    let id = text(&out.stdout).trim().to_string();
+    c.wait_task_state(&id, "RUNNING", T);
+    c.agents[0].as_mut().expect("agent").kill9();
+    let t = c.wait_task_state(&id, "LOST", T);
+    assert_eq!(t["reason"], "AGENT_REMOVED");
+    let ps = c.mezz(&["ps", "--all"], T);
+    assert!(text(&ps.stdout).contains(&id));
+}
+
+#[test]
+fn master_restart_agents_and_a_running_mezz_run_reconnect() {
+    let mut c = Cluster::start(SMALL, &[]);
+    let addr = c.master_addr();
+    let agent_id = c.state()["agents"][0]["id"]
+        .as_str()
+        .expect("agent id")
+        .to_string();
+    let run = std::process::Command::new(MEZZ)
+        .args([
+            "run",
+            "--master",
+            &addr,
+            "--cpus",
+            "0.1",
+            "--mem",
+            "32",
+            "--name",
+            "survivor",
+            "--",
+            "sh",
+            "-c",
+            "sleep 4; echo done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let mut run = Proc {
+        name: "run".into(),
+        child: run,
+        log: c.dir.path().join("none"),
+    };
+    wait_for("the task to run", T, || {
+        c.state()["tasks"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|t| t["name"] == "survivor" && t["state"] == "RUNNING")
+        })
+    });
+
+    c.master.as_mut().expect("master").kill9();
+    c.start_master();
+    c.wait_agents_connected(1);
+    assert_eq!(
+        c.state()["agents"][0]["id"],
+        agent_id.as_str(),
+        "same agent re-registered"
+    );
+
+    // The run reconnects, sees the task finish and exits with its output.
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(s) = run.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mezz run did not finish after the master restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(run.child.stdout.as_mut().expect("stdout"), &mut stdout)
+        .expect("read");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(run.child.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, "done\n");
+    let frameworks = c.state()["frameworks"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(99);
+    assert_eq!(frameworks, 0, "mezz run tore its framework down");
+}
+
+#[test]
+fn http_endpoints_and_list_commands() {
+    let c = Cluster::start(SMALL, &[]);
+    let addr = c.master_addr();
+    assert_eq!(http_get(&addr, "/health").map(|r| r.0), Some(200));
+    let (code, page) = http_get(&addr, "/").expect("status page");
+    assert_eq!(code, 200);
+    assert!(page.contains("Mezzanine") && page.contains("Agents"));
+    let (code, metrics) = http_get(&addr, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("mezz_agents{status=\"connected\"} 1"),
+        "{metrics}"
+    );
+
+    let state = c.state();
+    assert_eq!(state["agents"][0]["total"]["cpus"], 2.0);
+    assert_eq!(state["masters"][0]["role"], "leader");
+
+    let agents = c.mezz(&["agents", "--json"], T);
+    let agents: serde_json::Value = serde_json::from_slice(&agents.stdout).expect("json");
+    assert_eq!(agents[0]["status"], "connected");
+    let table = c.mezz(&["agents"], T);
+    assert!(
+        text(&table.stdout).contains("2/2") || text(&table.stdout).contains("0/2"),
+        "{}",
+        text(&table.stdout)
+    );
+    let fw = c.mezz(&["frameworks"], T);
+    assert!(text(&fw.stdout).starts_with("ID"));
+}
+
+#[test]
+fn registrations_survive_a_master_restart() {
+    let mut c = Cluster::start(SMALL, &[]);
+    let out = c.mezz(
+        &[
+            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
+        ],
+        T,
+    );
+    let id = text(&out.stdout).trim().to_string();
+    c.wait_task_state(&id, "RUNNING", T);
+    let before = c.state();
+    // Stop the agent too: only the replicated registry can bring them back.
+    c.agents[0].as_mut().expect("agent").kill9();
+    c.master.as_mut().expect("master").kill9();
+    c.start_master();
+    let after = c.state();
+    assert_eq!(after["agents"][0]["id"], before["agents"][0]["id"]);
+    assert_eq!(after["agents"][0]["status"], "disconnected");
+    assert_eq!(after["frameworks"][0]["id"], before["frameworks"][0]["id"]);
+    c.start_agent(0);
+    c.wait_agents_connected(1);
+    c.wait_task_state(&id, "RUNNING", T);
+}

@@ -1,0 +1,337 @@
+//! Harness for process tests: real `mezz` masters and agents on free
+//! loopback ports with temporary directories, killed (with every task they
+//! started) when the test ends, pass or fail.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MEZZ: &str = env!("CARGO_BIN_EXE_mezz");
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Waits for `cond` with a deadline; panics with `what` when it never holds.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A child process that is SIGKILLed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `mezz ARGS` to completion with a time limit.
+pub fn mezz(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(MEZZ)
+        .args(args)
+        .env_remove("MEZZ_MASTER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mezz");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "mezz {args:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A master and agents in their own temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master_port: u16,
+    pub master: Option<Proc>,
+    pub master_args: Vec<String>,
+    pub agents: Vec<Option<Proc>>,
+    pub agent_ports: Vec<u16>,
+    pub agent_resources: String,
+}
+
+impl Cluster {
+    /// A master (with `master_args` added) and one agent offering
+    /// `resources`, both registered before this returns.
+    pub fn start(resources: &str, master_args: &[&str]) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            master_port: free_port(),
+            master: None,
+            master_args: master_args.iter().map(|s| s.to_string()).collect(),
+            agents: vec![],
+            agent_ports: vec![],
+            agent_resources: resources.to_string(),
+        };
+        c.start_master();
+        c.agent_ports.push(free_port());
+        c.agents.push(None);
+        c.start_agent(0);
+        c.wait_agents_connected(1);
+        c
+    }
+
+    pub fn master_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.master_port)
+    }
+
+    fn spawn(&self, name: &str, args: &[String]) -> Proc {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(MEZZ)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn start_master(&mut self) {
+        let mut args: Vec<String> = vec![
+            "master".into(),
+            "--listen".into(),
+            self.master_addr(),
+            "--data-dir".into(),
+            self.dir.path().join("master").display().to_string(),
+        ];
+        args.extend(self.master_args.iter().cloned());
+        let p = self.spawn("master", &args);
+        self.master = Some(p);
+        let addr = self.master_addr();
+        wait_for("the master's /health", Duration::from_secs(15), || {
+            http_get(&addr, "/health").is_some_and(|(code, _)| code == 200)
+        });
+    }
+
+    pub fn agent_work_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{i}"))
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--master".into(),
+            self.master_addr(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.agent_ports[i]),
+            "--work-dir".into(),
+            self.agent_work_dir(i).display().to_string(),
+            "--resources".into(),
+            self.agent_resources.clone(),
+            "--gpus".into(),
+            "none".into(),
+        ];
+        let p = self.spawn(&format!("agent-{i}"), &args);
+        self.agents[i] = Some(p);
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        let (code, body) = http_get(&self.master_addr(), "/api/state").expect("GET /api/state");
+        assert_eq!(code, 200, "GET /api/state: {body}");
+        serde_json::from_str(&body).expect("state JSON")
+    }
+
+    pub fn connected_agents(&self) -> usize {
+        http_get(&self.master_addr(), "/api/state")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| {
+                v["agents"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|x| x["status"] == "connected").count())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn wait_agents_connected(&self, n: usize) {
+        wait_for(
+            &format!("{n} connected agent(s)"),
+            Duration::from_secs(20),
+            || self.connected_agents() >= n,
+        );
+    }
+
+    /// The task with this id in `/api/state` (completed ones included).
+    pub fn task(&self, id: &str) -> Option<serde_json::Value> {
+        self.state()["tasks"]
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+    }
+
+    pub fn wait_task_state(&self, id: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        wait_for(&format!("task {id} to be {state}"), timeout, || {
+            self.task(id).is_some_and(|t| t["state"] == state)
+        });
+        self.task(id).expect("task")
+    }
+
+    /// `mezz ARGS --master <this cluster>`, the master flag placed right
+    /// after the subcommand so it never lands after `--`.
+    pub fn mezz(&self, args: &[&str], timeout: Duration) -> Output {
+        let addr = self.master_addr();
+        let mut full: Vec<&str> = vec![args[0], "--master", &addr];
+        full.extend_from_slice(&args[1..]);
+        mezz(&full, timeout)
+    }
+}
+
+/// Kills every task process the agents of a work dir started (their
+/// process groups, recorded by the task wrapper).
+fn kill_tasks_under(dir: &Path) {
+    let Ok(out) = Command::new("find")
+        .arg(dir)
+        .args(["-name", "child.pid"])
+        .output()
+    else {
+        return;
+    };
+    for path in text(&out.stdout).lines() {
+        if let Ok(pid) = std::fs::read_to_string(path) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                if pid > 1 {
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.iter_mut().flatten() {
+            a.kill9();
+        }
+        if let Some(m) = self.master.as_mut() {
+            m.kill9();
+        }
+        kill_tasks_under(self.dir.path());
+        if std::thread::panicking() {
+            for name in ["master", "agent-0", "agent-1"] {
+                let log = self.dir.path().join(format!("{name}.log"));
+                if let Ok(t) = std::fs::read_to_string(&log) {
+                    let tail: String = t
+                        .lines()
+                        .rev()
+                        .take(40)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    eprintln!("---- {name} log (last lines) ----\n{tail}");
+                }
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let sock: SocketAddr = addr.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let resp = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
