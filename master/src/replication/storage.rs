@@ -59,11 +59,25 @@ impl SledStorage {
             path: path.clone(),
             source,
         };
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(sled_err)?;
+        // sled's background flusher holds the file lock for a moment after
+        // the last handle of a previous open is dropped; wait for it rather
+        // than fail a quick reopen.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::LowSpace)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(sled_err(e)),
+            }
+        };
         let log = db.open_tree("log").map_err(sled_err)?;
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let s = SledStorage {
