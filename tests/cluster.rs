@@ -107,16 +107,7 @@ fn exit_codes_and_missing_commands_come_back() {
 #[test]
 fn kill_makes_a_task_killed() {
     let c = Cluster::start(SMALL, &[]);
-    let out = c.mezz(
-        &[
-            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
-        ],
-        T,
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let id = text(&out.stdout).trim().to_string();
-    assert!(!id.is_empty());
-    c.wait_task_state(&id, "RUNNING", T);
+    let id = c.start_sleeper();
 
     let k = c.mezz(&["kill", &id], T);
     assert_eq!(k.status.code(), Some(0), "stderr: {}", text(&k.stderr));
@@ -190,14 +181,7 @@ fn a_task_bigger_than_any_agent_times_out_and_says_why() {
 #[test]
 fn agent_killed_and_restarted_keeps_its_task() {
     let mut c = Cluster::start(SMALL, &[]);
-    let out = c.mezz(
-        &[
-            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
-        ],
-        T,
-    );
-    let id = text(&out.stdout).trim().to_string();
-    c.wait_task_state(&id, "RUNNING", T);
+    let id = c.start_sleeper();
 
     c.agents[0].as_mut().expect("agent").kill9();
     wait_for("the master to see the agent go", T, || {
@@ -224,14 +208,7 @@ fn agent_killed_and_restarted_keeps_its_task() {
 #[test]
 fn agent_gone_past_the_timeout_loses_its_task() {
     let mut c = Cluster::start(SMALL, &["--agent-timeout", "2s"]);
-    let out = c.mezz(
-        &[
-            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
-        ],
-        T,
-    );
-    let id = text(&out.stdout).trim().to_string();
-    c.wait_task_state(&id, "RUNNING", T);
+    let id = c.start_sleeper();
     c.agents[0].as_mut().expect("agent").kill9();
     let t = c.wait_task_state(&id, "LOST", T);
     assert_eq!(t["reason"], "AGENT_REMOVED");
@@ -350,14 +327,7 @@ fn http_endpoints_and_list_commands() {
 #[test]
 fn registrations_survive_a_master_restart() {
     let mut c = Cluster::start(SMALL, &[]);
-    let out = c.mezz(
-        &[
-            "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
-        ],
-        T,
-    );
-    let id = text(&out.stdout).trim().to_string();
-    c.wait_task_state(&id, "RUNNING", T);
+    let id = c.start_sleeper();
     let before = c.state();
     // Stop the agent too: only the replicated registry can bring them back.
     c.agents[0].as_mut().expect("agent").kill9();

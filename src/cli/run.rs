@@ -288,6 +288,9 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let mut waiting_said = String::new();
     let mut interrupted = 0u32;
     let mut running = false;
+    let mut driver_done = false;
+    let mut detached = false;
+    let mut driver_error: Option<String> = None;
     let driver = || driver_slot.lock().ok().and_then(|d| d.clone());
 
     let ctrl_c = super::shutdown_signal();
@@ -321,8 +324,9 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                             }
                         }
                     }
-                    if args.detach && state == TaskState::Running {
+                    if args.detach && state == TaskState::Running && !detached {
                         println!("{task_id}");
+                        detached = true;
                     }
                     if state.is_terminal() {
                         let _ = finished.send(true);
@@ -333,20 +337,15 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 Some(Progress::Disconnected) => eprintln!("mezz run: lost the master; reconnecting…"),
                 None => break,
             },
-            done = &mut driver_run => {
-                // Drain what the scheduler said before it returned.
-                while let Ok(p) = rx.try_recv() {
-                    if let Progress::Update(s) = p {
-                        if s.state().is_terminal() { last_status = Some(s); }
-                    }
-                }
+            done = &mut driver_run, if driver_error.is_none() && !driver_done => {
+                // The scheduler (and with it the progress sender) is dropped
+                // here, so the loop handles what it said last and then ends
+                // when the channel closes.
+                driver_done = true;
                 let _ = finished.send(true);
                 match done {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(e)) => {
-                        if last_status.is_some() { break; }
-                        return Err(anyhow!("{e}"));
-                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => driver_error = Some(e.to_string()),
                     Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
                 }
             }
@@ -390,7 +389,13 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 );
                 Ok(ExitCode::from(code))
             }
-            _ => Ok(ExitCode::SUCCESS),
+            Some(_) => Ok(ExitCode::SUCCESS),
+            None if detached => Ok(ExitCode::SUCCESS),
+            None => Err(anyhow!(
+                "{}",
+                driver_error
+                    .unwrap_or_else(|| format!("the framework ended before task {task_id} ran"))
+            )),
         };
     }
     let Some(status) = last_status else {

@@ -229,6 +229,23 @@ impl Cluster {
         self.task(id).expect("task")
     }
 
+    /// Starts `sleep 300` with `mezz run --detach` and waits until it runs;
+    /// returns its task id.
+    pub fn start_sleeper(&self) -> String {
+        let t = Duration::from_secs(30);
+        let out = self.mezz(
+            &[
+                "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
+            ],
+            t,
+        );
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        let id = text(&out.stdout).trim().to_string();
+        assert!(!id.is_empty(), "mezz run --detach printed no task id");
+        self.wait_task_state(&id, "RUNNING", t);
+        id
+    }
+
     /// `mezz ARGS --master <this cluster>`, the master flag placed right
     /// after the subcommand so it never lands after `--`.
     pub fn mezz(&self, args: &[&str], timeout: Duration) -> Output {
