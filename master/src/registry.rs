@@ -1,11 +1,13 @@
 //! The replicated part of the master's state: what cannot be rebuilt from
-//! agents (the agent registry and framework registrations). It changes only
+//! agents (the agent registry, framework registrations, role weights and
+//! quotas). It changes only
 //! by applying committed raft commands, in log order, on every master.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use mezz_proto::v1::{
     replicated_command::Command, AgentInfo, FrameworkInfo, ReplicatedCommand, ReplicatedSnapshot,
+    RoleConfig,
 };
 use mezz_proto::{AgentId, FrameworkId};
 
@@ -20,6 +22,8 @@ pub struct Registry {
     pub frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
     /// Frameworks torn down or expired; they may not come back.
     pub removed_frameworks: BTreeSet<FrameworkId>,
+    /// Role weights and quotas by role name.
+    pub roles: BTreeMap<String, RoleConfig>,
 }
 
 impl Registry {
@@ -46,6 +50,9 @@ impl Registry {
                 self.frameworks.remove(&id);
                 self.removed_frameworks.insert(id);
             }
+            Some(Command::SetRole(cfg)) => {
+                self.roles.insert(cfg.role.clone(), cfg.clone());
+            }
             None => tracing::warn!("ignoring an empty replicated command"),
         }
     }
@@ -61,6 +68,7 @@ impl Registry {
                 .iter()
                 .map(|f| f.0.clone())
                 .collect(),
+            roles: self.roles.values().cloned().collect(),
         }
     }
 
@@ -83,6 +91,11 @@ impl Registry {
                 .iter()
                 .cloned()
                 .map(FrameworkId)
+                .collect(),
+            roles: s
+                .roles
+                .iter()
+                .map(|r| (r.role.clone(), r.clone()))
                 .collect(),
         }
     }
@@ -112,6 +125,14 @@ mod tests {
         r.apply(&ReplicatedCommand {
             command: Some(Command::RemoveFramework("f1".into())),
         });
+        r.apply(&ReplicatedCommand {
+            command: Some(Command::SetRole(RoleConfig {
+                role: "eng/ml".into(),
+                weight: 2.0,
+                ..Default::default()
+            })),
+        });
+        assert_eq!(r.roles["eng/ml"].weight, 2.0);
         assert_eq!(r.agents.len(), 1);
         assert!(r.frameworks.is_empty());
         assert!(r.removed_frameworks.contains(&FrameworkId::from("f1")));

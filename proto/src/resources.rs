@@ -3,6 +3,11 @@
 //! allocator uses to make offers, the master uses to validate accepts, and
 //! the SDK re-exports to frameworks. Nobody else re-implements "fits".
 //!
+//! A resource may be reserved for a role (`cpus(eng):4`, or `role` on the
+//! wire): resources are keyed by (name, role), unreserved being the default.
+//! `contains`, `add` and `subtract` keep roles apart, so reserved resources
+//! never satisfy an unreserved request and the other way round.
+//!
 //! Scalars are kept in thousandths (as Mesos keeps fixed-point values) so
 //! that adding and subtracting `0.1` a thousand times gives back exactly what
 //! was there: float drift would otherwise leave crumbs that never fit.
@@ -34,12 +39,57 @@ pub enum ResourceError {
 }
 
 /// A bag of named resources: scalars (cpus, mem, disk, ...), ranges (ports)
-/// and sets (GPU identities).
+/// and sets (GPU identities), each unreserved or reserved for a role.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
     scalars: BTreeMap<String, i64>,
     ranges: BTreeMap<String, Vec<(u64, u64)>>,
     sets: BTreeMap<String, BTreeSet<String>>,
+    /// Reserved resources by role; the inner bags hold no reservations of
+    /// their own, and no role maps to an empty bag.
+    reserved: BTreeMap<String, Resources>,
+}
+
+/// The role name that means "unreserved" in `name(role)`, as in Mesos.
+pub const UNRESERVED_ROLE: &str = "*";
+
+/// Checks a role name: segments of letters, digits, `_`, `-` and `.`
+/// separated by `/` (a hierarchy, `eng/ml`), or `*` for the default role.
+pub fn check_role(role: &str) -> Result<(), String> {
+    if role == UNRESERVED_ROLE {
+        return Ok(());
+    }
+    if role.is_empty() {
+        return Err("the role is empty".into());
+    }
+    for seg in role.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!(
+                "role '{role}' has an empty, '.' or '..' segment; write roles like 'eng/ml'"
+            ));
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(format!(
+                "role '{role}' contains '{c}'; use letters, digits, '_', '-', '.' and '/'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Splits `cpus(eng)` into (`cpus`, `Some("eng")`); `(*)` is unreserved.
+fn split_role(name: &str) -> Result<(&str, Option<&str>), String> {
+    let Some((n, rest)) = name.split_once('(') else {
+        return Ok((name, None));
+    };
+    let role = rest
+        .strip_suffix(')')
+        .ok_or_else(|| format!("'{name}' must end with ')', as in 'cpus(eng)'"))?;
+    check_role(role)?;
+    Ok((n.trim(), (role != UNRESERVED_ROLE).then_some(role)))
 }
 
 const MILLI: f64 = 1000.0;
@@ -56,9 +106,6 @@ fn to_milli(value: f64) -> Option<i64> {
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the name is empty".into());
-    }
-    if name.contains('(') {
-        return Err("role reservations ('name(role)') are not supported yet".into());
     }
     if let Some(c) = name
         .chars()
@@ -146,6 +193,7 @@ impl Resources {
                 .split_once(':')
                 .ok_or_else(|| err("expected NAME:VALUE, e.g. 'cpus:4'".into()))?;
             let (name, value) = (name.trim(), value.trim());
+            let (name, role) = split_role(name).map_err(err)?;
             check_name(name).map_err(err)?;
             let mut one = Resources::new();
             if let Some(inner) = value.strip_prefix('[') {
@@ -191,6 +239,9 @@ impl Resources {
                 })?;
                 one.scalars.insert(name.to_string(), m);
             }
+            if let Some(role) = role {
+                one = one.reserve(role);
+            }
             out.try_add(&one).map_err(|e| match e {
                 ResourceError::Invalid { reason, .. } => err(reason),
                 other => other,
@@ -209,9 +260,7 @@ impl Resources {
             };
             check_name(&r.name).map_err(invalid)?;
             if !r.role.is_empty() {
-                return Err(invalid(
-                    "role reservations are not supported yet; leave 'role' empty".into(),
-                ));
+                check_role(&r.role).map_err(invalid)?;
             }
             let mut one = Resources::new();
             match &r.value {
@@ -240,6 +289,9 @@ impl Resources {
                 }
                 None => return Err(invalid("no value (scalar, ranges or set) given".into())),
             }
+            if !r.role.is_empty() && r.role != UNRESERVED_ROLE {
+                one = one.reserve(&r.role);
+            }
             out.try_add(&one)?;
         }
         Ok(out)
@@ -247,6 +299,17 @@ impl Resources {
 
     /// The wire form.
     pub fn to_proto(&self) -> Vec<v1::Resource> {
+        let mut out = self.to_proto_unreserved();
+        for (role, inner) in &self.reserved {
+            out.extend(inner.to_proto_unreserved().into_iter().map(|mut r| {
+                r.role = role.clone();
+                r
+            }));
+        }
+        out
+    }
+
+    fn to_proto_unreserved(&self) -> Vec<v1::Resource> {
         let mut out = Vec::new();
         for (name, &m) in &self.scalars {
             out.push(v1::Resource {
@@ -279,9 +342,72 @@ impl Resources {
         out
     }
 
-    /// The value of a scalar resource (0 when absent).
+    /// The value of a scalar resource (0 when absent), reserved or not.
     pub fn scalar(&self, name: &str) -> f64 {
-        self.scalars.get(name).map_or(0.0, |&m| m as f64 / MILLI)
+        self.scalar_milli(name) as f64 / MILLI
+    }
+
+    /// A scalar in thousandths, reserved or not: exact, for fixed-point
+    /// arithmetic (the allocator's shares).
+    pub fn scalar_milli(&self, name: &str) -> i64 {
+        self.scalars.get(name).copied().unwrap_or(0)
+            + self
+                .reserved
+                .values()
+                .map(|r| r.scalar_milli(name))
+                .sum::<i64>()
+    }
+
+    /// The unreserved resources only.
+    ///
+    /// ```
+    /// use mezz_proto::Resources;
+    /// let r = Resources::parse("cpus:2;cpus(eng):4;mem(eng/ml):512").unwrap();
+    /// assert_eq!(r.scalar("cpus"), 6.0);
+    /// assert_eq!(r.unreserved().scalar("cpus"), 2.0);
+    /// assert_eq!(r.reserved("eng").unwrap().scalar("cpus"), 4.0);
+    /// assert_eq!(r.to_string(), "cpus:2;cpus(eng):4;mem(eng/ml):512");
+    /// ```
+    pub fn unreserved(&self) -> Resources {
+        Resources {
+            reserved: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// What is reserved for exactly `role` (not its sub-roles), unreserved
+    /// in the returned bag; `None` when nothing is.
+    pub fn reserved(&self, role: &str) -> Option<&Resources> {
+        self.reserved.get(role)
+    }
+
+    /// Every reservation: (role, what is reserved for it).
+    pub fn reservations(&self) -> impl Iterator<Item = (&str, &Resources)> {
+        self.reserved.iter().map(|(r, v)| (r.as_str(), v))
+    }
+
+    /// True when some resource is reserved for a role.
+    pub fn has_reservations(&self) -> bool {
+        !self.reserved.is_empty()
+    }
+
+    /// The same resources, all reserved for `role` (`*` or empty: all
+    /// unreserved).
+    pub fn reserve(&self, role: &str) -> Resources {
+        let mut flat = self.unreserved();
+        for inner in self.reserved.values() {
+            flat.add(inner);
+        }
+        if role.is_empty() || role == UNRESERVED_ROLE || flat.is_empty() {
+            return flat;
+        }
+        let mut out = Resources::new();
+        out.reserved.insert(role.to_string(), flat);
+        out
+    }
+
+    fn prune(&mut self) {
+        self.reserved.retain(|_, r| !r.is_empty());
     }
 
     /// Sets a scalar resource; values are rounded to thousandths, and a
@@ -303,14 +429,21 @@ impl Resources {
         self
     }
 
-    /// The inclusive ranges of a range resource, sorted and merged.
+    /// The inclusive unreserved ranges of a range resource, sorted and
+    /// merged (see [`Resources::reserved`] for the reserved ones).
     pub fn ranges(&self, name: &str) -> &[(u64, u64)] {
         self.ranges.get(name).map_or(&[], |v| v.as_slice())
     }
 
-    /// How many values a range resource holds (e.g. the number of ports).
+    /// How many values a range resource holds (e.g. the number of ports),
+    /// reserved or not.
     pub fn range_count(&self, name: &str) -> u64 {
         range_count(self.ranges(name))
+            + self
+                .reserved
+                .values()
+                .map(|r| r.range_count(name))
+                .sum::<u64>()
     }
 
     /// Adds a range resource.
@@ -324,12 +457,32 @@ impl Resources {
         self
     }
 
-    /// The items of a set resource (e.g. GPU identities).
+    /// The items of a set resource (e.g. GPU identities), reserved or not,
+    /// sorted.
     pub fn set_items(&self, name: &str) -> Vec<&str> {
-        self.sets
+        let mut out: Vec<&str> = self
+            .sets
             .get(name)
             .map(|s| s.iter().map(String::as_str).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if !self.reserved.is_empty() {
+            for r in self.reserved.values() {
+                out.extend(r.set_items(name));
+            }
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
+    /// How many items a set resource holds, reserved or not.
+    pub fn set_len(&self, name: &str) -> usize {
+        self.sets.get(name).map_or(0, BTreeSet::len)
+            + self
+                .reserved
+                .values()
+                .map(|r| r.set_len(name))
+                .sum::<usize>()
     }
 
     /// Adds items to a set resource.
@@ -351,6 +504,7 @@ impl Resources {
         self.scalars.values().all(|&m| m == 0)
             && self.ranges.values().all(Vec::is_empty)
             && self.sets.values().all(BTreeSet::is_empty)
+            && self.reserved.values().all(Resources::is_empty)
     }
 
     /// Does `other` fit inside `self`? The one definition of "fits".
@@ -375,6 +529,13 @@ impl Resources {
                 Some(mine) => s.is_subset(mine),
                 None => s.is_empty(),
             })
+            && other
+                .reserved
+                .iter()
+                .all(|(role, r)| match self.reserved.get(role) {
+                    Some(mine) => mine.contains(r),
+                    None => r.is_empty(),
+                })
     }
 
     fn kind_conflict(&self, other: &Resources) -> Option<String> {
@@ -398,6 +559,13 @@ impl Resources {
             if let (Some(a), Some(b)) = (kinds(self, n), kinds(other, n)) {
                 if a != b {
                     return Some(format!("'{n}' is given both as {a} and as {b}"));
+                }
+            }
+        }
+        for (role, r) in &other.reserved {
+            if let Some(mine) = self.reserved.get(role) {
+                if let Some(c) = mine.kind_conflict(r) {
+                    return Some(c);
                 }
             }
         }
@@ -432,6 +600,11 @@ impl Resources {
                 .entry(n.clone())
                 .or_default()
                 .extend(s.iter().cloned());
+        }
+        for (role, r) in &other.reserved {
+            if !r.is_empty() {
+                self.reserved.entry(role.clone()).or_default().add(r);
+            }
         }
     }
 
@@ -474,10 +647,18 @@ impl Resources {
                 }
             }
         }
+        if !other.reserved.is_empty() {
+            for (role, r) in &other.reserved {
+                if let Some(mine) = self.reserved.get_mut(role) {
+                    mine.subtract(r);
+                }
+            }
+            self.prune();
+        }
     }
 
-    /// Every resource as one number, for views and shares: scalars as they
-    /// are, ranges by count, sets by size.
+    /// Every resource as one number, reserved or not, for views and
+    /// shares: scalars as they are, ranges by count, sets by size.
     pub fn quantities(&self) -> BTreeMap<String, f64> {
         let mut out: BTreeMap<String, f64> = self
             .scalars
@@ -489,6 +670,11 @@ impl Resources {
         }
         for (n, s) in &self.sets {
             out.insert(n.clone(), s.len() as f64);
+        }
+        for r in self.reserved.values() {
+            for (n, v) in r.quantities() {
+                *out.entry(n).or_default() += v;
+            }
         }
         out
     }
@@ -509,11 +695,22 @@ impl Resources {
 }
 
 impl fmt::Display for Resources {
-    /// The `--resources` syntax, which [`Resources::parse`] reads back.
+    /// The `--resources` syntax, which [`Resources::parse`] reads back;
+    /// reserved resources are written `name(role):value`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = self.display_parts("");
+        for (role, r) in &self.reserved {
+            parts.extend(r.display_parts(&format!("({role})")));
+        }
+        f.write_str(&parts.join(";"))
+    }
+}
+
+impl Resources {
+    fn display_parts(&self, suffix: &str) -> Vec<String> {
         let mut parts = Vec::new();
         for (n, &m) in &self.scalars {
-            parts.push(format!("{n}:{}", m as f64 / MILLI));
+            parts.push(format!("{n}{suffix}:{}", m as f64 / MILLI));
         }
         for (n, r) in &self.ranges {
             let rs: Vec<String> = r
@@ -526,15 +723,15 @@ impl fmt::Display for Resources {
                     }
                 })
                 .collect();
-            parts.push(format!("{n}:[{}]", rs.join(",")));
+            parts.push(format!("{n}{suffix}:[{}]", rs.join(",")));
         }
         for (n, s) in &self.sets {
             parts.push(format!(
-                "{n}:{{{}}}",
+                "{n}{suffix}:{{{}}}",
                 s.iter().cloned().collect::<Vec<_>>().join(",")
             ));
         }
-        f.write_str(&parts.join(";"))
+        parts
     }
 }
 
@@ -569,7 +766,9 @@ mod tests {
             .to_string();
         assert!(e.contains("both as"), "{e}");
         assert!(Resources::parse("ports:[1-2").is_err());
-        assert!(Resources::parse("cpus(eng):1").is_err());
+        assert!(Resources::parse("cpus(eng:1").is_err());
+        assert!(Resources::parse("cpus(a//b):1").is_err());
+        assert!(Resources::parse("cpus(a b):1").is_err());
     }
 
     #[test]
@@ -623,6 +822,43 @@ mod tests {
             role: String::new(),
         };
         assert!(Resources::from_proto(&[none]).is_err());
+    }
+
+    #[test]
+    fn reservations_keep_roles_apart() {
+        let r =
+            Resources::parse("cpus:2;cpus(eng):4;gpus(eng/ml):{g0};ports(web):[80-81]").unwrap();
+        assert_eq!(r.scalar("cpus"), 6.0);
+        assert_eq!(r.set_items("gpus"), vec!["g0"]);
+        assert_eq!(r.range_count("ports"), 2);
+        assert!(r.ranges("ports").is_empty());
+        let back = Resources::parse(&r.to_string()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(Resources::from_proto(&r.to_proto()).unwrap(), r);
+        // Reserved cpus do not satisfy an unreserved request, nor the other way.
+        assert!(!r.contains(&Resources::parse("cpus:3").unwrap()));
+        assert!(r.contains(&Resources::parse("cpus(eng):3;cpus:2").unwrap()));
+        assert!(!r.contains(&Resources::parse("cpus(ops):1").unwrap()));
+        let left = r
+            .checked_sub(&Resources::parse("cpus(eng):4").unwrap())
+            .unwrap();
+        assert!(left.reserved("eng").is_none());
+        let mut again = left.clone();
+        again.add(&Resources::parse("cpus(eng):4").unwrap());
+        assert_eq!(again, r);
+        assert_eq!(
+            Resources::parse("cpus(*):1").unwrap(),
+            Resources::parse("cpus:1").unwrap()
+        );
+        let flat = r.reserve("*");
+        assert!(!flat.has_reservations());
+        assert_eq!(flat.scalar("cpus"), 6.0);
+        let bad = v1::Resource {
+            name: "cpus".into(),
+            value: Some(Value::Scalar(1.0)),
+            role: "a b".into(),
+        };
+        assert!(Resources::from_proto(&[bad]).is_err());
     }
 
     #[test]

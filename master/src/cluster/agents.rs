@@ -116,7 +116,7 @@ impl Cluster {
         ));
         tracing::info!(agent_id = %id, tasks = msg.tasks.len(), "agent registered");
         self.reconcile_agent_tasks(conn, &id, msg.tasks);
-        self.alloc_dirty = true;
+        self.dirty_agents.insert(id);
     }
 
     /// Adopts what a (re-)registering agent runs: after a master failover
@@ -178,6 +178,8 @@ impl Cluster {
             if let Some(fw) = self.frameworks.get_mut(&fid) {
                 fw.used.add(&resources);
             }
+            self.dirty_agents.insert(id.clone());
+            self.dirty_frameworks.insert(fid.clone());
             self.tasks.insert(
                 key,
                 Task {
@@ -277,6 +279,7 @@ impl Cluster {
             if agent.conn == Some(conn) {
                 agent.conn = None;
                 agent.disconnected_since = Some(now);
+                self.dirty_agents.insert(id.clone());
                 tracing::info!(agent_id = %id, "agent disconnected; waiting for it to re-register");
             }
         }
@@ -322,6 +325,7 @@ impl Cluster {
     fn remove_agent(&mut self, id: &AgentId, timeout: Millis) {
         tracing::warn!(agent_id = %id, "agent did not re-register within {} s; its tasks are LOST", timeout / 1000);
         self.agents.remove(id);
+        self.dirty_agents.insert(id.clone());
         self.pending_agents.remove(id);
         self.rescind_agent_offers(id);
         self.effects.push(Effect::Propose(ReplicatedCommand {

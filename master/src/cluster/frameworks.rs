@@ -107,6 +107,7 @@ impl Cluster {
         for status in unacked {
             self.forward_update(status);
         }
+        self.dirty_frameworks.insert(id.clone());
         self.alloc_dirty = true;
     }
 
@@ -121,6 +122,7 @@ impl Cluster {
             if fw.conn == Some(conn) {
                 fw.conn = None;
                 fw.disconnected_since = Some(now);
+                self.dirty_frameworks.insert(id.clone());
                 tracing::info!(framework_id = %id, "framework disconnected; failover timeout {} s", fw.info.failover_timeout_secs);
             }
         }
@@ -186,7 +188,7 @@ impl Cluster {
                 self.set_task_status(&key, st);
             }
         }
-        self.alloc_dirty = true;
+        self.dirty_frameworks.insert(id.clone());
     }
 
     fn framework(&self, id: &str) -> Result<&super::Framework, CallError> {
@@ -289,12 +291,13 @@ impl Cluster {
             req.filters.as_ref().and_then(|f| f.refuse_seconds),
             self.timeouts.default_refuse,
         );
+        self.dirty_agents.insert(agent_id.clone());
+        self.dirty_frameworks.insert(fid.clone());
         if let Some(fw) = self.frameworks.get_mut(&fid) {
             if refuse > 0 && !pool.is_empty() {
                 fw.filters.insert(agent_id, now + refuse);
             }
         }
-        self.alloc_dirty = true;
         Ok(())
     }
 
@@ -370,6 +373,8 @@ impl Cluster {
         if let Some(f) = self.frameworks.get_mut(fid) {
             f.used.add(&resources);
         }
+        self.dirty_agents.insert(agent_id.clone());
+        self.dirty_frameworks.insert(fid.clone());
         let status = TaskStatus {
             task_id: task.task_id.clone(),
             framework_id: fid.0.clone(),
@@ -459,7 +464,6 @@ impl Cluster {
                 fw.filters.insert(agent_id, now + refuse);
             }
         }
-        self.alloc_dirty = true;
         Ok(())
     }
 
@@ -474,6 +478,8 @@ impl Cluster {
             fw.filters.clear();
             fw.suppressed = false;
         }
+        self.dirty_frameworks
+            .insert(FrameworkId(framework_id.to_string()));
         self.alloc_dirty = true;
         Ok(())
     }
@@ -488,6 +494,8 @@ impl Cluster {
         {
             fw.suppressed = true;
         }
+        self.dirty_frameworks
+            .insert(FrameworkId(framework_id.to_string()));
         Ok(())
     }
 

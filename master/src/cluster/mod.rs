@@ -11,9 +11,10 @@
 mod agents;
 mod frameworks;
 mod offers;
+mod roles;
 mod view;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use mezz_proto::v1::{
     event, AgentInfo, Event, FrameworkInfo, MasterMessage, RegisterAgent, ReplicatedCommand,
@@ -21,6 +22,7 @@ use mezz_proto::v1::{
 };
 use mezz_proto::{AgentId, FrameworkId, OfferId, Resources, TaskId};
 
+use crate::allocator::Allocator;
 use crate::registry::Registry;
 
 /// Identifies one open stream (an agent's Attach or a framework's
@@ -30,6 +32,9 @@ pub type ConnId = u64;
 pub type Millis = u64;
 
 /// Something the shell must do.
+// Effects are short-lived and moved, never stored in bulk; boxing the
+// protobuf messages would only add an allocation per send.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Send on an agent's stream.
@@ -57,6 +62,13 @@ pub struct Timeouts {
     pub framework_heartbeat: Millis,
     /// Refuse-seconds when a decline or accept does not say.
     pub default_refuse: Millis,
+    /// Full allocation sweeps (after a subscribe, a revive, a role change)
+    /// run at most this often; 0 leaves coalescing to the shell, which
+    /// settles once per batch of queued inputs. Changed agents are always
+    /// offered at once, in an incremental cycle over just them.
+    pub allocation_batch: Millis,
+    /// A full sweep runs at least this often even when nothing asks.
+    pub allocation_sweep: Millis,
 }
 
 impl Default for Timeouts {
@@ -67,6 +79,8 @@ impl Default for Timeouts {
             agent_heartbeat: 5_000,
             framework_heartbeat: 15_000,
             default_refuse: 5_000,
+            allocation_batch: 0,
+            allocation_sweep: 1_000,
         }
     }
 }
@@ -189,7 +203,13 @@ pub struct Cluster {
     pending_agents: HashMap<AgentId, (ConnId, RegisterAgent)>,
     pending_frameworks: HashMap<FrameworkId, ConnId>,
     effects: Vec<Effect>,
+    /// A full allocation sweep is wanted.
     alloc_dirty: bool,
+    /// Agents and frameworks whose resources changed since the last cycle.
+    dirty_agents: HashSet<AgentId>,
+    dirty_frameworks: HashSet<FrameworkId>,
+    last_sweep: Option<Millis>,
+    allocator: Allocator,
     seq: u64,
     last_framework_heartbeat: Millis,
     counters: Counters,
@@ -215,6 +235,10 @@ impl Cluster {
             pending_frameworks: HashMap::new(),
             effects: Vec::new(),
             alloc_dirty: false,
+            dirty_agents: HashSet::new(),
+            dirty_frameworks: HashSet::new(),
+            last_sweep: None,
+            allocator: Allocator::new(),
             seq: 0,
             last_framework_heartbeat: now,
             counters: Counters::default(),
@@ -261,6 +285,12 @@ impl Cluster {
         for info in fws {
             self.ensure_framework(&info);
         }
+        let roles: Vec<mezz_proto::v1::RoleConfig> =
+            self.registry.roles.values().cloned().collect();
+        for cfg in roles {
+            self.apply_role(&cfg);
+        }
+        self.alloc_dirty = true;
     }
 
     /// Applies a committed replicated command, then finishes whatever was
@@ -284,6 +314,7 @@ impl Cluster {
                     self.complete_subscription(conn, &id);
                 }
             }
+            Some(Command::SetRole(cfg)) => self.apply_role(cfg),
             Some(Command::RemoveAgent(_)) | Some(Command::RemoveFramework(_)) | None => {}
         }
     }
@@ -304,6 +335,7 @@ impl Cluster {
         });
         agent.info = info.clone();
         agent.total = total;
+        self.dirty_agents.insert(AgentId(info.id.clone()));
     }
 
     fn ensure_framework(&mut self, info: &FrameworkInfo) {
@@ -321,6 +353,7 @@ impl Cluster {
             registered_at: mezz_proto::unix_now(),
         });
         fw.info = info.clone();
+        self.dirty_frameworks.insert(FrameworkId(info.id.clone()));
     }
 
     /// Timers: offer timeouts, filter expiry, agents and frameworks that
@@ -331,6 +364,12 @@ impl Cluster {
         self.expire_filters();
         self.expire_agents();
         self.expire_frameworks();
+        if self
+            .last_sweep
+            .is_none_or(|t| now.saturating_sub(t) >= self.timeouts.allocation_sweep)
+        {
+            self.alloc_dirty = true;
+        }
         if now.saturating_sub(self.last_framework_heartbeat) >= self.timeouts.framework_heartbeat {
             self.last_framework_heartbeat = now;
             let conns: Vec<ConnId> = self.frameworks.values().filter_map(|f| f.conn).collect();
@@ -398,9 +437,10 @@ impl Cluster {
         if let Some(fw) = self.frameworks.get_mut(&task.framework_id) {
             fw.used.subtract(&task.resources);
         }
+        self.dirty_agents.insert(task.agent_id.clone());
+        self.dirty_frameworks.insert(task.framework_id.clone());
         self.completed.push_front(task);
         self.completed.truncate(COMPLETED_TASKS_KEPT);
-        self.alloc_dirty = true;
     }
 
     /// Sends a status update to its framework and keeps it until

@@ -2,62 +2,102 @@
 //! offers back (timeout, agent gone, framework gone). Offers are the
 //! leader's soft state and are never replicated.
 
-use std::collections::BTreeSet;
-
 use mezz_proto::v1::{event, Event, Offer, Offers, Rescind};
-use mezz_proto::{AgentId, FrameworkId, OfferId, Resources};
+use mezz_proto::{AgentId, FrameworkId, OfferId};
 
 use super::{Cluster, Effect, Millis, OfferRecord};
-use crate::allocator::{self, AgentSlot, FrameworkSlot};
+use crate::allocator::{FrameworkState, Scope};
 
 impl Cluster {
-    /// Whether an allocation cycle is due (something changed).
+    /// Whether an allocation cycle is due: resources changed somewhere, or
+    /// a full sweep is wanted and the last one is at least one batch old.
     pub fn allocation_due(&self) -> bool {
-        self.alloc_dirty
+        !self.dirty_agents.is_empty()
+            || !self.dirty_frameworks.is_empty()
+            || (self.alloc_dirty && self.sweep_allowed(self.now))
     }
 
-    /// Runs an allocation cycle and sends the offers it decides.
+    fn sweep_allowed(&self, now: Millis) -> bool {
+        self.last_sweep
+            .is_none_or(|t| now.saturating_sub(t) >= self.timeouts.allocation_batch)
+    }
+
+    /// Brings the allocator's mirror of one agent up to date.
+    fn sync_agent(&mut self, id: &AgentId) {
+        match self.agents.get(id).filter(|a| a.conn.is_some()) {
+            Some(a) => {
+                let available = a.available();
+                self.allocator.update_agent(id, &a.total, &available);
+            }
+            None => self.allocator.remove_agent(id),
+        }
+    }
+
+    /// Brings the allocator's mirror of one framework up to date.
+    fn sync_framework(&mut self, id: &FrameworkId) {
+        match self.frameworks.get(id) {
+            Some(f) => {
+                let mut allocated = f.used.clone();
+                allocated.add(&f.offered);
+                let state = FrameworkState {
+                    role: f.info.role.clone(),
+                    active: f.conn.is_some() && !f.suppressed,
+                    gpu_capable: f
+                        .info
+                        .capabilities()
+                        .any(|c| c == mezz_proto::v1::Capability::GpuResources),
+                    allocated,
+                };
+                self.allocator.update_framework(id, &state);
+            }
+            None => self.allocator.remove_framework(id),
+        }
+    }
+
+    /// Runs an allocation cycle and sends the offers it decides: over the
+    /// agents whose resources changed since the last cycle, or over every
+    /// agent when a full sweep is due (a framework subscribed or revived, a
+    /// role changed, or the periodic sweep).
     pub fn allocate(&mut self, now: Millis) {
         self.now = now;
-        self.alloc_dirty = false;
-        self.counters.allocation_runs += 1;
-        let mut total = Resources::new();
-        let mut agents = Vec::new();
-        for (id, a) in &self.agents {
-            if a.conn.is_none() {
-                continue;
-            }
-            total.add(&a.total);
-            agents.push(AgentSlot {
-                id: id.clone(),
-                available: a.available(),
-            });
+        let full = self.alloc_dirty && self.sweep_allowed(now);
+        let agents: Vec<AgentId> = if full {
+            self.agents.keys().cloned().collect()
+        } else {
+            self.dirty_agents.iter().cloned().collect()
+        };
+        let frameworks: Vec<FrameworkId> = if full {
+            let mut ids: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
+            ids.extend(self.dirty_frameworks.iter().cloned());
+            ids
+        } else {
+            self.dirty_frameworks.iter().cloned().collect()
+        };
+        self.dirty_agents.clear();
+        self.dirty_frameworks.clear();
+        for id in &agents {
+            self.sync_agent(id);
         }
-        let frameworks: Vec<FrameworkSlot> = self
-            .frameworks
-            .iter()
-            .filter(|(_, f)| f.conn.is_some() && !f.suppressed)
-            .map(|(id, f)| FrameworkSlot {
-                id: id.clone(),
-                role: f.info.role.clone(),
-                allocated: {
-                    let mut r = f.used.clone();
-                    r.add(&f.offered);
-                    r
-                },
-                filtered: f
-                    .filters
-                    .iter()
-                    .filter(|(_, &until)| until > now)
-                    .map(|(a, _)| a.clone())
-                    .collect::<BTreeSet<AgentId>>(),
-                gpu_capable: f
-                    .info
-                    .capabilities()
-                    .any(|c| c == mezz_proto::v1::Capability::GpuResources),
-            })
-            .collect();
-        let decisions = allocator::allocate(&agents, &frameworks, &total);
+        for id in &frameworks {
+            self.sync_framework(id);
+        }
+        if full {
+            self.alloc_dirty = false;
+            self.last_sweep = Some(now);
+        }
+        self.counters.allocation_runs += 1;
+        let scope = if full {
+            Scope::All
+        } else {
+            Scope::Agents(&agents)
+        };
+        let fws = &self.frameworks;
+        let filtered = |f: &FrameworkId, a: &AgentId| {
+            fws.get(f)
+                .and_then(|f| f.filters.get(a))
+                .is_some_and(|&until| until > now)
+        };
+        let decisions = self.allocator.allocate(scope, &filtered);
         let mut per_framework: std::collections::BTreeMap<FrameworkId, Vec<Offer>> =
             Default::default();
         for d in decisions {
@@ -111,7 +151,8 @@ impl Cluster {
         if let Some(f) = self.frameworks.get_mut(&o.framework_id) {
             f.offered.subtract(&o.resources);
         }
-        self.alloc_dirty = true;
+        self.dirty_agents.insert(o.agent_id.clone());
+        self.dirty_frameworks.insert(o.framework_id.clone());
         Some(o)
     }
 
@@ -175,11 +216,15 @@ impl Cluster {
     pub(super) fn expire_filters(&mut self) {
         let now = self.now;
         for fw in self.frameworks.values_mut() {
-            let before = fw.filters.len();
-            fw.filters.retain(|_, until| *until > now);
-            if fw.filters.len() != before {
-                self.alloc_dirty = true;
-            }
+            // An expired filter makes its agent worth offering again.
+            let dirty = &mut self.dirty_agents;
+            fw.filters.retain(|agent, until| {
+                let keep = *until > now;
+                if !keep {
+                    dirty.insert(agent.clone());
+                }
+                keep
+            });
         }
     }
 }

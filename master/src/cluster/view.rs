@@ -1,7 +1,7 @@
 //! Read-only views of the state machine for the operator API, `/api/state`
 //! and the status page.
 
-use mezz_proto::v1::{AgentView, ClusterState, FrameworkView, MasterView, RoleView, TaskView};
+use mezz_proto::v1::{AgentView, ClusterState, FrameworkView, MasterView, TaskView};
 use mezz_proto::PROTOCOL_VERSION;
 
 use super::{Cluster, Task};
@@ -122,20 +122,6 @@ impl Cluster {
         if completed {
             tasks.extend(self.completed.iter().map(|t| task_view(self, t)));
         }
-        let mut roles: std::collections::BTreeMap<String, RoleView> = Default::default();
-        for f in self.frameworks.values() {
-            let r = roles
-                .entry(f.info.role.clone())
-                .or_insert_with(|| RoleView {
-                    name: f.info.role.clone(),
-                    weight: 1.0,
-                    ..Default::default()
-                });
-            r.frameworks += 1;
-            for (k, v) in f.used.quantities() {
-                *r.used.entry(k).or_default() += v;
-            }
-        }
         ClusterState {
             protocol_version: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -144,7 +130,7 @@ impl Cluster {
             agents,
             frameworks,
             tasks,
-            roles: roles.into_values().collect(),
+            roles: self.role_views(),
             started_at,
         }
     }

@@ -1,0 +1,227 @@
+//! The allocator: hierarchical Dominant Resource Fairness over roles (with
+//! weights, quotas and reservations), then over the frameworks of a role,
+//! as Mesos's hierarchical allocator does. Pure: the cluster state machine
+//! tells it what agents and frameworks hold, asks for a cycle and gets
+//! offers back; no clock, no I/O, no randomness, and ties are broken by
+//! name so the same input always gives the same offers.
+//!
+//! It keeps its own compact mirror of what it needs (per agent: what is
+//! available; per framework: what it holds, in a [`sorter::Sorter`] tree),
+//! refreshed by the state machine for whatever changed since the last
+//! cycle, so that a cycle after one event looks at one agent and walks the
+//! tree in O(depth · log n) rather than scanning every framework.
+//!
+//! Must not depend on tokio, tonic or sled.
+
+pub mod drf;
+pub mod quota;
+pub mod share;
+pub mod sorter;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use mezz_proto::{AgentId, FrameworkId, Resources};
+
+pub use quota::{Quota, RoleConfig};
+use share::Qty;
+use sorter::{NodeId, Sorter};
+
+/// One offer decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation {
+    /// Who receives it.
+    pub framework: FrameworkId,
+    /// Whose resources.
+    pub agent: AgentId,
+    /// What is offered.
+    pub resources: Resources,
+}
+
+/// Whether `available` is worth offering: Mesos's minimum allocatable
+/// resources, so nobody is offered crumbs.
+pub fn allocatable(available: &Resources) -> bool {
+    available.scalar_milli("cpus") >= MIN_CPUS_MILLI
+        || available.scalar_milli("mem") >= MIN_MEM_MILLI
+        || available.set_len("gpus") > 0
+}
+
+/// The minimum cpus worth offering (0.01, in thousandths).
+pub const MIN_CPUS_MILLI: i64 = 10;
+/// The minimum memory worth offering (32 MB, in thousandths).
+pub const MIN_MEM_MILLI: i64 = 32_000;
+
+/// A framework as the allocator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameworkState {
+    /// Its role (hierarchical, `eng/ml`).
+    pub role: String,
+    /// Connected and not suppressed: may receive offers.
+    pub active: bool,
+    /// Declared the GPU capability.
+    pub gpu_capable: bool,
+    /// Resources it holds (used by tasks plus outstanding offers).
+    pub allocated: Resources,
+}
+
+#[derive(Debug, Clone)]
+struct FrameworkEntry {
+    node: NodeId,
+    active: bool,
+    gpu_capable: bool,
+    held: Qty,
+}
+
+#[derive(Debug, Clone)]
+struct AgentEntry {
+    total: Qty,
+    has_gpus: bool,
+    available: Resources,
+    /// Unreserved part of `available`, compact.
+    free: Qty,
+}
+
+/// Which agents a cycle looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every agent (the periodic sweep, or after a framework-side change).
+    All,
+    /// Only these (the agents whose resources changed since the last cycle).
+    Agents(&'a [AgentId]),
+}
+
+/// The allocator's state. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Allocator {
+    sorter: Sorter,
+    frameworks: HashMap<FrameworkId, FrameworkEntry>,
+    agents: BTreeMap<AgentId, AgentEntry>,
+    roles: BTreeMap<String, RoleConfig>,
+    quotas: Vec<(NodeId, Quota)>,
+    total: Qty,
+    free: Qty,
+}
+
+impl Allocator {
+    /// An allocator with nothing in it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a role's weight and quota (the default config removes them).
+    pub fn set_role(&mut self, role: &str, cfg: RoleConfig) {
+        let node = self.sorter.role(role);
+        self.sorter.set_weight(role, cfg.weight);
+        self.quotas.retain(|(n, _)| *n != node);
+        let q = Quota::of(&cfg);
+        if !q.is_none() {
+            self.quotas.push((node, q));
+            self.quotas.sort_by_key(|(n, _)| *n);
+        }
+        if cfg == RoleConfig::default() {
+            self.roles.remove(role);
+        } else {
+            self.roles.insert(role.to_string(), cfg);
+        }
+    }
+
+    /// The configured roles.
+    pub fn role_configs(&self) -> &BTreeMap<String, RoleConfig> {
+        &self.roles
+    }
+
+    /// Adds or refreshes an agent: its total and what is available now.
+    pub fn update_agent(&mut self, id: &AgentId, total: &Resources, available: &Resources) {
+        let entry = AgentEntry {
+            total: Qty::of(total),
+            has_gpus: total.set_len("gpus") > 0 || total.scalar_milli("gpus") > 0,
+            available: available.clone(),
+            free: Qty::of(&available.unreserved()),
+        };
+        self.forget_agent(id);
+        self.total = self.total.plus(entry.total);
+        self.free = self.free.plus(entry.free);
+        self.agents.insert(id.clone(), entry);
+        self.sorter.set_total(self.total);
+    }
+
+    /// Removes an agent (disconnected or gone).
+    pub fn remove_agent(&mut self, id: &AgentId) {
+        self.forget_agent(id);
+        self.sorter.set_total(self.total);
+    }
+
+    fn forget_agent(&mut self, id: &AgentId) {
+        if let Some(old) = self.agents.remove(id) {
+            self.total = self.total.minus(old.total);
+            self.free = self.free.minus(old.free);
+        }
+    }
+
+    /// Adds or refreshes a framework.
+    pub fn update_framework(&mut self, id: &FrameworkId, f: &FrameworkState) {
+        let node = self.sorter.add_framework(id, &f.role);
+        let held = Qty::of(&f.allocated);
+        let before = self.frameworks.get(id).filter(|e| e.node == node);
+        let old = before.map(|e| e.held).unwrap_or_default();
+        self.sorter.change(node, held.delta(old));
+        self.frameworks.insert(
+            id.clone(),
+            FrameworkEntry {
+                node,
+                active: f.active,
+                gpu_capable: f.gpu_capable,
+                held,
+            },
+        );
+    }
+
+    /// Removes a framework and what it held.
+    pub fn remove_framework(&mut self, id: &FrameworkId) {
+        self.frameworks.remove(id);
+        self.sorter.remove_framework(id);
+    }
+
+    /// What a role holds now (its subtree), or nothing.
+    pub fn role_allocated(&self, role: &str) -> Qty {
+        self.sorter
+            .find_role(role)
+            .map(|n| self.sorter.node(n).allocated)
+            .unwrap_or_default()
+    }
+
+    /// What an agent has available, as the allocator last saw it.
+    pub fn agent_available(&self, id: &AgentId) -> Option<&Resources> {
+        self.agents.get(id).map(|a| &a.available)
+    }
+
+    /// Sum of every agent's total.
+    pub fn total(&self) -> Qty {
+        self.total
+    }
+
+    /// Unreserved resources not held by anyone, over all agents.
+    pub fn free(&self) -> Qty {
+        self.free
+    }
+
+    /// How many agents and frameworks it tracks.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.agents.len(), self.frameworks.len())
+    }
+
+    /// Runs an allocation cycle over `scope`; see [`drf`]. `filtered`
+    /// says whether a framework declined an agent recently (a refuse filter
+    /// still active).
+    pub fn allocate(
+        &mut self,
+        scope: Scope<'_>,
+        filtered: &dyn Fn(&FrameworkId, &AgentId) -> bool,
+    ) -> Vec<Allocation> {
+        drf::cycle(self, scope, filtered)
+    }
+}
