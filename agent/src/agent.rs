@@ -37,8 +37,18 @@ struct State {
     unacked: BTreeMap<u64, Pending>,
 }
 
+/// What the agent found on this machine at start-up.
+pub struct Machine {
+    /// The isolator and whether tasks get namespaces.
+    pub isolation: crate::isolation::Selected,
+    /// This machine's GPUs.
+    pub gpus: Vec<crate::gpu::Gpu>,
+}
+
 /// The agent: its identity, its task table and its update queue.
 pub struct Agent {
+    machine: Machine,
+    allow_root_tasks: bool,
     info: AgentInfo,
     work_dir: PathBuf,
     launcher: PathBuf,
@@ -66,6 +76,7 @@ impl Agent {
         info: AgentInfo,
         config: &crate::Config,
         checkpoint: Checkpoint,
+        machine: Machine,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut state = State::default();
@@ -85,6 +96,8 @@ impl Agent {
             );
         }
         Agent {
+            machine,
+            allow_root_tasks: config.allow_root_tasks,
             info,
             work_dir: config.work_dir.clone(),
             launcher: config.launcher.clone(),
@@ -353,10 +366,16 @@ impl Agent {
             framework_id: &key.0,
             agent_id: &self.info.id,
         };
+        let cgroup_name = format!(
+            "{}.{}",
+            key.1.chars().take(64).collect::<String>(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let spawned = executor::prepare_sandbox(&sandbox)
             .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))
             .and_then(|()| {
-                let spec = executor::build_spec(&task, &who, &sandbox);
+                let mut spec = executor::build_spec(&task, &who, &sandbox);
+                self.isolate(&key, &task, &cgroup_name, &mut spec)?;
                 executor::write_spec(&sandbox, &spec).map_err(|e| {
                     format!("cannot write the launch spec in {}: {e}", sandbox.display())
                 })
@@ -372,6 +391,7 @@ impl Agent {
         let spawned = match spawned {
             Ok(s) => s,
             Err(why) => {
+                self.cleanup_cgroup(&key).await;
                 let status = Self::status(&key, TaskState::Failed, TaskReason::LaunchFailed, why);
                 self.emit(status, true).await;
                 return;
@@ -397,9 +417,10 @@ impl Agent {
         match executor::read_start_line(stdout).await {
             StartLine::Started(pgid) => self.started(&key, pgid).await,
             StartLine::Failed(why) => {
+                let _ = child.wait().await;
+                self.cleanup_cgroup(&key).await;
                 let status = Self::status(&key, TaskState::Failed, TaskReason::LaunchFailed, why);
                 self.emit(status, true).await;
-                let _ = child.wait().await;
                 return;
             }
             StartLine::Nothing => {}
@@ -452,11 +473,108 @@ impl Agent {
                 .join(crate::launch_spec::META_DIR)
                 .join(crate::launch_spec::EXIT_FILE),
         );
-        let o = lifecycle::outcome(exit, kill_requested, observed);
+        // Every process of the run is gone and its cgroup removed before
+        // the terminal update goes out.
+        let oom = self.cleanup_cgroup(key).await;
+        let o = lifecycle::with_oom(
+            lifecycle::outcome(exit, kill_requested, observed),
+            oom,
+            kill_requested,
+        );
         let mut status = Self::status(key, o.state, o.reason, o.message);
         status.exit_code = o.exit_code;
         status.signal = o.signal;
         self.emit(status, true).await;
+    }
+
+    // ------------------------------------------------------------ isolation
+
+    /// Fills in the spec's isolation for one run: GPUs (environment and
+    /// devices), run-as user, the cgroup (created here and checkpointed)
+    /// and namespaces.
+    fn isolate(
+        &self,
+        key: &Key,
+        task: &mezz_proto::v1::TaskInfo,
+        cgroup_name: &str,
+        spec: &mut crate::launch_spec::LaunchSpec,
+    ) -> Result<(), String> {
+        let given: Vec<String> = task
+            .resources
+            .iter()
+            .filter(|r| r.name == crate::gpu::RESOURCE)
+            .filter_map(|r| match &r.value {
+                Some(mezz_proto::v1::resource::Value::Set(s)) => Some(s.item.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let gpus = crate::gpu::assign(&self.machine.gpus, &given)?;
+        spec.env.extend(gpus.env);
+        let user = task
+            .command
+            .as_ref()
+            .map(|c| c.user.trim().to_string())
+            .filter(|u| !u.is_empty());
+        if user.as_deref() == Some("root") && !self.allow_root_tasks {
+            return Err(format!(
+                "task '{}' asks to run as root, which this agent does not allow (start it with --allow-root-tasks)",
+                key.1
+            ));
+        }
+        if let Some(u) = &user {
+            spec.env.insert("USER".into(), u.clone());
+        }
+        spec.user = user;
+        let mut limits = crate::isolation::Limits::of_task(task);
+        limits.denied_gpu_minors = gpus.denied_minors;
+        let prepared = self
+            .machine
+            .isolation
+            .isolator
+            .prepare(cgroup_name, &limits)
+            .map_err(|e| e.to_string())?;
+        {
+            let mut st = self.lock();
+            if let Some(rec) = st.tasks.get_mut(key) {
+                rec.cgroup = Some(prepared.cgroup.clone());
+                self.put(rec);
+            }
+        }
+        spec.cgroup_procs = prepared.procs_files;
+        spec.namespaces = self.machine.isolation.namespaces;
+        spec.hostname = Some(key.1.clone());
+        Ok(())
+    }
+
+    /// Kills what is left of the run's cgroup and removes it; returns
+    /// whether the OOM killer acted in it. Idempotent.
+    async fn cleanup_cgroup(&self, key: &Key) -> bool {
+        let Some(cgroup) = self.lock().tasks.get(key).and_then(|r| r.cgroup.clone()) else {
+            return false;
+        };
+        let isolator = std::sync::Arc::clone(&self.machine.isolation.isolator);
+        let done = tokio::task::spawn_blocking(move || {
+            let oom = isolator.oom_killed(&cgroup);
+            (oom, isolator.cleanup(&cgroup))
+        })
+        .await;
+        match done {
+            Ok((oom, Ok(()))) => oom,
+            Ok((oom, Err(e))) => {
+                tracing::warn!(framework_id = %key.0, task_id = %key.1, "{e}");
+                oom
+            }
+            Err(e) => {
+                tracing::warn!("cgroup cleanup task failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// The isolator in use (for tests and benchmarks).
+    pub fn isolator(&self) -> &std::sync::Arc<dyn crate::isolation::Isolator> {
+        &self.machine.isolation.isolator
     }
 
     // ------------------------------------------------------------ kill

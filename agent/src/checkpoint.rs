@@ -45,6 +45,10 @@ pub struct TaskRecord {
     /// Grace period of the requested kill, in seconds.
     #[prost(double, optional, tag = "9")]
     pub kill_grace_secs: Option<f64>,
+    /// The run's cgroup (relative to the hierarchies), so a recovered task's
+    /// cgroup is cleaned up when it ends.
+    #[prost(string, optional, tag = "10")]
+    pub cgroup: Option<String>,
 }
 
 impl TaskRecord {
@@ -244,6 +248,7 @@ mod tests {
             sandbox: "/tmp/x".into(),
             wrapper_pid: Some(42),
             wrapper_start_time: Some(1234),
+            cgroup: Some("mezzanine/t.0123abcd".into()),
             child_pgid: Some(43),
             latest_status: Some(status),
             kill_requested: true,

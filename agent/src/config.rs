@@ -30,6 +30,14 @@ pub struct Config {
     /// Kill every task when the agent stops, instead of leaving them to be
     /// re-attached by the next start. For throw-away clusters (`mezz dev`).
     pub kill_tasks_on_shutdown: bool,
+    /// `--isolation`: cgroups and namespaces, or none.
+    pub isolation: crate::isolation::IsolationMode,
+    /// Parent cgroup of every task's cgroup, in each hierarchy.
+    pub cgroup_root: String,
+    /// `--gpus` / `--fake-gpus`.
+    pub gpus: crate::gpu::GpuMode,
+    /// Tasks may ask to run as root (`CommandInfo.user = "root"`).
+    pub allow_root_tasks: bool,
 }
 
 impl Config {
@@ -51,6 +59,10 @@ impl Config {
             launcher,
             default_kill_grace: Duration::from_secs(5),
             kill_tasks_on_shutdown: false,
+            isolation: Default::default(),
+            cgroup_root: "mezzanine".into(),
+            gpus: crate::gpu::GpuMode::None,
+            allow_root_tasks: false,
         }
     }
 }

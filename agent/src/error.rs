@@ -48,4 +48,10 @@ pub enum AgentError {
         /// Why.
         message: String,
     },
+    /// Isolation was required but cannot be had.
+    #[error("{0}")]
+    Isolation(String),
+    /// GPUs were asked for but cannot be set up.
+    #[error("{0}")]
+    Gpus(String),
 }

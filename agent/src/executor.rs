@@ -3,12 +3,8 @@
 //! group, and watching a wrapper the agent did not spawn (after a restart).
 //! It decides nothing about task states; `agent.rs` does.
 //!
-//! Isolation seam: an `Isolator` (cgroups, namespaces) slots in around
-//! [`spawn_wrapper`]: `prepare` before it (create the cgroup, add its join
-//! instructions to the [`LaunchSpec`] for the wrapper to follow before it
-//! execs the command), `cleanup` after the wrapper is reaped, `recover` next
-//! to [`wrapper_alive`]. Until there are two implementations there is no
-//! trait.
+//! Isolation (cgroups, namespaces, GPUs) is filled into the spec by the
+//! agent from `isolation/` and `gpu/`; this module only carries it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +115,10 @@ pub fn build_spec(task: &TaskInfo, who: &TaskIdentity<'_>, sandbox: &Path) -> La
         stderr: sandbox.join("stderr"),
         exit_status: meta.join(EXIT_FILE),
         child_pid: meta.join(CHILD_PID_FILE),
+        cgroup_procs: Vec::new(),
+        namespaces: false,
+        hostname: None,
+        user: None,
     }
 }
 
@@ -312,6 +312,7 @@ mod tests {
                 arguments: vec!["a".into(), "b c".into()],
                 shell: false,
                 environment: [("HOME".to_string(), "/h".to_string())].into(),
+                user: String::new(),
             }),
             resources: vec![Resource {
                 name: "ports".into(),

@@ -36,6 +36,19 @@ pub struct LaunchSpec {
     pub exit_status: PathBuf,
     /// Where the wrapper writes the command's pid.
     pub child_pid: PathBuf,
+    /// `cgroup.procs` files the command joins before it execs (empty: no
+    /// cgroup).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Run the command in its own PID, mount and UTS namespaces.
+    #[serde(default)]
+    pub namespaces: bool,
+    /// Hostname inside the task's UTS namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// User to run the command as (name); `None`: the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// How the command ended: exactly one of the fields is set.

@@ -6,8 +6,11 @@
 //! how the command ended in `exit_status.json`. It never talks to the master
 //! and keeps no state beyond those files.
 
+use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -61,11 +64,24 @@ pub fn launch_main(spec_path: &Path) -> i32 {
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    // Isolation seam: an isolator that needs the command inside a cgroup or
-    // new namespaces would join/unshare here, before the spawn (pre_exec),
-    // driven by fields the agent adds to the launch spec.
+    // Isolation: the command joins its cgroup and, with namespaces, runs
+    // under its own init in new PID/mount/UTS namespaces (namespaces.rs).
+    let status_read = match isolate(&spec, &mut cmd) {
+        Ok(r) => r,
+        Err(why) => {
+            if let Some(f) = stderr_note.as_mut() {
+                let _ = writeln!(f, "mezz: {why}");
+            }
+            report(&format!("failed {why}"));
+            return 1;
+        }
+    };
 
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // Drops the pre-exec hook and with it our copy of the status pipe's
+    // write end: the read below ends when init exits.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let why = spawn_error_message(program, &e);
@@ -87,8 +103,25 @@ pub fn launch_main(spec_path: &Path) -> i32 {
     unsafe {
         libc::killpg(pid as libc::pid_t, libc::SIGKILL);
     }
-    let record = match child.wait() {
-        Ok(st) => match (st.code(), st.signal()) {
+    let waited = child.wait();
+    // With namespaces the child is the task's init: the command's own
+    // status comes over the pipe; without it (init killed) init's counts.
+    let reported = status_read.and_then(crate::isolation::namespaces::read_status);
+    let record = match (waited, reported) {
+        (Ok(_), Some(raw)) => {
+            if libc::WIFEXITED(raw) {
+                ExitRecord {
+                    exit_code: Some(libc::WEXITSTATUS(raw)),
+                    signal: None,
+                }
+            } else {
+                ExitRecord {
+                    exit_code: None,
+                    signal: Some(libc::WTERMSIG(raw)),
+                }
+            }
+        }
+        (Ok(st), None) => match (st.code(), st.signal()) {
             (Some(code), _) => ExitRecord {
                 exit_code: Some(code),
                 signal: None,
@@ -98,7 +131,7 @@ pub fn launch_main(spec_path: &Path) -> i32 {
                 signal: Some(sig.unwrap_or(0)),
             },
         },
-        Err(e) => {
+        (Err(e), _) => {
             if let Some(f) = stderr_note.as_mut() {
                 let _ = writeln!(f, "mezz: cannot wait for the command: {e}");
             }
@@ -117,6 +150,58 @@ pub fn launch_main(spec_path: &Path) -> i32 {
         Err(_) => return 3,
     }
     0
+}
+
+/// Applies the spec's isolation to `cmd`: resolves the run-as user (and
+/// hands it the sandbox), unshares the namespaces and installs the
+/// pre-exec hook. Returns the read end of init's status pipe.
+fn isolate(spec: &LaunchSpec, cmd: &mut Command) -> Result<Option<OwnedFd>, String> {
+    use crate::isolation::namespaces::{self, Plan};
+    let user = match &spec.user {
+        None => None,
+        Some(name) => {
+            let u = nix::unistd::User::from_name(name)
+                .map_err(|e| format!("cannot look up user '{name}': {e}"))?
+                .ok_or_else(|| format!("user '{name}' does not exist on this agent"))?;
+            for p in [&spec.cwd, &spec.cwd.join("tmp"), &spec.stdout, &spec.stderr] {
+                nix::unistd::chown(p.as_path(), Some(u.uid), Some(u.gid))
+                    .map_err(|e| format!("cannot give {} to user '{name}': {e}", p.display()))?;
+            }
+            Some((u.uid.as_raw(), u.gid.as_raw()))
+        }
+    };
+    let procs_files = spec
+        .cgroup_procs
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "a cgroup path contains a NUL byte".to_string())?;
+    if user.is_none() && procs_files.is_empty() && !spec.namespaces {
+        return Ok(None);
+    }
+    let (read_end, write_end) = if spec.namespaces {
+        namespaces::unshare_for_task()
+            .map_err(|e| format!("cannot create the task's namespaces: {e}"))?;
+        let (r, w) = namespaces::status_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let mut hostname = spec.hostname.clone().unwrap_or_else(|| "mezz-task".into());
+    hostname.truncate(64);
+    let plan = Plan {
+        procs_files,
+        namespaces: spec.namespaces,
+        hostname: hostname.into_bytes(),
+        user,
+        status_fd: write_end,
+    };
+    // SAFETY: the wrapper is single-threaded, and the hook only makes
+    // fork-safe calls on data resolved above.
+    unsafe {
+        cmd.pre_exec(move || namespaces::in_child(&plan));
+    }
+    Ok(read_end)
 }
 
 /// What the agent shows when the command cannot start.

@@ -13,6 +13,8 @@ mod config;
 mod error;
 pub mod executor;
 pub mod files;
+pub mod gpu;
+pub mod isolation;
 pub mod launch_spec;
 mod launcher;
 pub mod lifecycle;
@@ -124,13 +126,32 @@ pub async fn run(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into())
     });
-    let resources = resources::advertised(&config.work_dir, config.resources.as_ref());
+    let isolation = isolation::select(config.isolation, &config.cgroup_root)
+        .map_err(|e| AgentError::Isolation(e.to_string()))?;
+    let gpu_backend = gpu::discover(config.gpus, &config.work_dir)
+        .map_err(|e| AgentError::Gpus(e.to_string()))?;
+    let gpus: Vec<gpu::Gpu> = gpu_backend
+        .as_ref()
+        .map_or_else(Vec::new, |b| b.gpus().to_vec());
+    let mut resources = resources::advertised(&config.work_dir, config.resources.as_ref());
+    if !gpus.is_empty() && resources.set_items(gpu::RESOURCE).is_empty() {
+        let ids: Vec<String> = gpus.iter().map(|g| g.id.0.clone()).collect();
+        resources = resources::merge(
+            &resources,
+            &mezz_proto::Resources::new().with_set(gpu::RESOURCE, &ids),
+        );
+    }
+    let mut attributes = std::collections::HashMap::new();
+    if let Some(first) = gpus.first() {
+        attributes.insert("gpu_model".to_string(), first.name.clone());
+        attributes.insert("gpu_memory_mb".to_string(), first.memory_mb.to_string());
+    }
     let info = AgentInfo {
         id: agent_id.clone(),
         hostname: hostname.clone(),
         address: advertised_address(&config, bound, &hostname),
         resources: resources.to_proto(),
-        attributes: Default::default(),
+        attributes: attributes.into_iter().collect(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     tracing::info!(
@@ -145,6 +166,7 @@ pub async fn run(
         info,
         &config,
         checkpoint,
+        agent::Machine { isolation, gpus },
         stop_rx.clone(),
     ));
     agent.recover().await;

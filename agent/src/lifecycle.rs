@@ -113,6 +113,22 @@ pub fn outcome(record: Option<ExitRecord>, kill_requested: bool, observed: Obser
     }
 }
 
+/// `outcome` corrected for the OOM killer: a run the kernel killed for its
+/// memory limit (and that nobody asked to kill) is FAILED with the memory
+/// reason, whatever its exit looked like.
+pub fn with_oom(o: Outcome, oom_killed: bool, kill_requested: bool) -> Outcome {
+    if !oom_killed || kill_requested || o.state == TaskState::Finished {
+        return o;
+    }
+    Outcome {
+        state: TaskState::Failed,
+        reason: TaskReason::MemoryLimit,
+        message: "memory limit exceeded: the kernel's OOM killer ended the task; ask for more mem"
+            .into(),
+        ..o
+    }
+}
+
 /// `SIGTERM` for 15, `signal N` for what has no name.
 pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)

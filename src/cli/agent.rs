@@ -16,6 +16,35 @@ pub enum GpuMode {
     None,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// cgroups and namespaces where possible, a warning where not.
+    Auto,
+    /// cgroups and namespaces, or refuse to start.
+    Cgroups,
+    /// No isolation.
+    None,
+}
+
+impl From<IsolationArg> for mezz_agent::isolation::IsolationMode {
+    fn from(a: IsolationArg) -> Self {
+        match a {
+            IsolationArg::Auto => Self::Auto,
+            IsolationArg::Cgroups => Self::Cgroups,
+            IsolationArg::None => Self::None,
+        }
+    }
+}
+
+/// The agent's GPU mode from `--gpus` and `--fake-gpus`.
+pub fn gpu_mode(gpus: GpuMode, fake_gpus: Option<u32>) -> mezz_agent::gpu::GpuMode {
+    match (fake_gpus, gpus) {
+        (Some(n), _) => mezz_agent::gpu::GpuMode::Fake(n),
+        (None, GpuMode::Auto) => mezz_agent::gpu::GpuMode::Auto,
+        (None, GpuMode::None) => mezz_agent::gpu::GpuMode::None,
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// Master address(es), HOST:PORT[,HOST:PORT…].
@@ -34,12 +63,23 @@ pub struct AgentArgs {
     /// 'cpus:4;mem:8192;disk:10000;ports:[31000-32000]'.
     #[arg(long)]
     pub resources: Option<String>,
-    /// GPU discovery.
+    /// GPU discovery: `auto` finds NVIDIA GPUs through NVML (no driver: one
+    /// log line, no GPUs); `none` advertises none.
     #[arg(long, value_enum, default_value = "auto")]
     pub gpus: GpuMode,
-    /// Make G fake GPU device nodes under the work dir (machines without NVIDIA).
-    #[arg(long, value_name = "G")]
+    /// Make G fake GPUs: device nodes WORK_DIR/dev/nvidia0… (major 195),
+    /// advertised as fake-gpu-0…, for machines without NVIDIA. Needs root.
+    #[arg(long, value_name = "G", conflicts_with = "gpus")]
     pub fake_gpus: Option<u32>,
+    /// Task isolation: `auto` uses cgroups (cpu, memory, pids, devices) and
+    /// PID/mount/UTS namespaces when running as root, and warns and runs
+    /// tasks unconfined otherwise; `cgroups` makes that an error; `none`
+    /// turns isolation off.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub isolation: IsolationArg,
+    /// Let tasks run as root when they ask for it (user "root").
+    #[arg(long)]
+    pub allow_root_tasks: bool,
     /// Hostname announced to the master (defaults to the machine's).
     #[arg(long)]
     pub hostname: Option<String>,
@@ -51,16 +91,6 @@ pub fn parse_resources(text: Option<&str>) -> Result<Option<Resources>> {
 }
 
 pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
-    if args.fake_gpus.is_some() {
-        return Err(anyhow!(
-            "--fake-gpus is not available in this release yet (GPU isolation is coming); omit it"
-        ));
-    }
-    if args.gpus == GpuMode::Auto {
-        tracing::info!(
-            "GPU discovery through NVML is not available in this release; advertising no GPUs"
-        );
-    }
     let masters = mezz_proto::client::parse_master_list(&args.master)
         .map_err(|e| anyhow!("--master: {e}"))?;
     Ok(mezz_agent::Config {
@@ -74,6 +104,10 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
             .context("locating the mezz binary to launch tasks with")?,
         default_kill_grace: std::time::Duration::from_secs(5),
         kill_tasks_on_shutdown: false,
+        isolation: args.isolation.into(),
+        cgroup_root: "mezzanine".into(),
+        gpus: gpu_mode(args.gpus, args.fake_gpus),
+        allow_root_tasks: args.allow_root_tasks,
     })
 }
 

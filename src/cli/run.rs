@@ -70,6 +70,8 @@ enum Progress {
 
 struct RunScheduler {
     need: Resources,
+    /// GPUs wanted (a count here; specific ids are picked from the offer).
+    gpus: u32,
     task: Option<TaskBuilder>,
     task_id: String,
     launched: bool,
@@ -90,8 +92,18 @@ impl Scheduler for RunScheduler {
         let mut decline: Vec<OfferId> = Vec::new();
         for offer in offers {
             let offered = Resources::from_proto(&offer.resources).unwrap_or_default();
-            if !self.launched && offered.contains(&self.need) {
-                if let Some(task) = self.task.take() {
+            let gpu_ids: Vec<String> = offered
+                .set_items("gpus")
+                .into_iter()
+                .take(self.gpus as usize)
+                .map(str::to_string)
+                .collect();
+            let fits = offered.contains(&self.need) && gpu_ids.len() == self.gpus as usize;
+            if !self.launched && fits {
+                if let Some(mut task) = self.task.take() {
+                    if self.gpus > 0 {
+                        task = task.resources(&self.need.clone().with_set("gpus", &gpu_ids));
+                    }
                     self.launched = true;
                     let _ = self.tx.send(Progress::Launched {
                         agent_address: offer.agent_address.clone(),
@@ -120,6 +132,11 @@ impl Scheduler for RunScheduler {
                     self.need
                 ),
                 None => format!("needs {}; no offer yet", self.need),
+            };
+            let why = if self.gpus > 0 {
+                format!("{why} (and {} GPU(s) on one agent)", self.gpus)
+            } else {
+                why
             };
             let _ = self.tx.send(Progress::Waiting(why));
         }
@@ -231,11 +248,6 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     if args.cpus == 0.0 && args.mem == 0.0 {
         return Err(anyhow!("give the task some --cpus or --mem"));
     }
-    if args.gpus > 0 {
-        return Err(anyhow!(
-            "--gpus: GPU scheduling is not available in this release yet"
-        ));
-    }
     let need = Resources::new()
         .with_scalar("cpus", args.cpus)
         .with_scalar("mem", args.mem);
@@ -252,6 +264,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let driver_slot = Arc::new(Mutex::new(None::<Driver>));
     let scheduler = RunScheduler {
         need: need.clone(),
+        gpus: args.gpus,
         task: Some(builder),
         task_id: task_id.clone(),
         launched: false,
@@ -269,6 +282,12 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_default(),
+        // Only frameworks that declare it are offered GPU agents.
+        capabilities: if args.gpus > 0 {
+            vec![proto::Capability::GpuResources as i32]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     let mut driver_run = tokio::spawn(
