@@ -98,6 +98,12 @@ pub(crate) struct Shared {
     calls: mpsc::UnboundedSender<Call>,
     framework_id: Mutex<Option<FrameworkId>>,
     stopping: watch::Sender<bool>,
+    /// Set by [`Driver::teardown`]: the master's "removed" event that may
+    /// overtake the teardown's answer is then the expected end.
+    tearing_down: std::sync::atomic::AtomicBool,
+    wakeups: mpsc::UnboundedSender<tokio::time::Instant>,
+    /// The receiving end of `wakeups`, until the runtime takes it.
+    wakeup_rx: Mutex<Option<mpsc::UnboundedReceiver<tokio::time::Instant>>>,
 }
 
 /// A cheap, cloneable handle for calls to the master.
@@ -117,10 +123,14 @@ impl Driver {
     /// A driver and the receiving end of its call queue.
     pub(crate) fn new(framework_id: Option<FrameworkId>) -> (Self, mpsc::UnboundedReceiver<Call>) {
         let (calls, rx) = mpsc::unbounded_channel();
+        let (wakeups, wakeup_rx) = mpsc::unbounded_channel();
         let shared = Shared {
             calls,
             framework_id: Mutex::new(framework_id),
             stopping: watch::Sender::new(false),
+            tearing_down: std::sync::atomic::AtomicBool::new(false),
+            wakeups,
+            wakeup_rx: Mutex::new(Some(wakeup_rx)),
         };
         (
             Driver {
@@ -152,6 +162,37 @@ impl Driver {
             .framework_id
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(id);
+    }
+
+    /// The wake-up requests of [`Driver::wake_after`]; the runtime takes
+    /// them once.
+    pub(crate) fn take_wakeups(&self) -> Option<mpsc::UnboundedReceiver<tokio::time::Instant>> {
+        self.shared
+            .wakeup_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Asks for a call of [`Scheduler::wakeup`](crate::Scheduler::wakeup)
+    /// once `delay` has passed, for schedulers that act on time rather than
+    /// on events: giving back offers held too long (see
+    /// [`Gang`](crate::Gang)), restarting a task after its backoff (see
+    /// [`TaskTracker`](crate::TaskTracker)). Wake-ups come while the driver
+    /// is subscribed; one that falls due while it reconnects comes right
+    /// after the new subscription. Several due at once make one call.
+    pub fn wake_after(&self, delay: Duration) {
+        let at = tokio::time::Instant::now() + delay;
+        if self.shared.wakeups.send(at).is_err() {
+            tracing::debug!("driver has ended; wake-up dropped");
+        }
+    }
+
+    /// Whether [`Driver::teardown`] was called.
+    pub(crate) fn tearing_down(&self) -> bool {
+        self.shared
+            .tearing_down
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resolves once [`Driver::stop`] or [`Driver::teardown`] was called.
@@ -261,6 +302,9 @@ impl Driver {
     /// Removes the framework from the cluster, killing its tasks, and ends
     /// the driver once the master confirmed it.
     pub fn teardown(&self) {
+        self.shared
+            .tearing_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.push(Call::Teardown);
     }
 

@@ -51,6 +51,18 @@ pub enum SdkError {
         message: String,
     },
 
+    /// The framework id file could not be read or written. Without it a
+    /// restarted scheduler would register anew and lose its tasks, so the
+    /// driver stops instead of going on without it.
+    #[error("framework id file {}: {message}", path.display())]
+    FrameworkIdFile {
+        /// The file, as given to
+        /// [`DriverBuilder::framework_id_file`](crate::DriverBuilder::framework_id_file).
+        path: std::path::PathBuf,
+        /// What went wrong and what to do.
+        message: String,
+    },
+
     /// `teardown()` was asked for but the master did not confirm it.
     #[error("teardown of framework '{framework}' (id {framework_id}) failed: {message}")]
     Teardown {

@@ -35,6 +35,33 @@
 //! silent master by its missing heartbeats, and subscribes again with the
 //! same framework id.
 //!
+//! # Staying alive across restarts of your own process
+//!
+//! Give the framework a `failover_timeout_secs` and name a file with
+//! [`DriverBuilder::framework_id_file`]: the id the master assigns is kept
+//! there, and a restarted scheduler subscribes with it, taking its running
+//! tasks back instead of registering anew. Track tasks with a
+//! [`TaskTracker`]: its attempt ids (`KEY.N`) let a restarted scheduler
+//! recognise its tasks in the reconciliation answers
+//! ([`TaskTracker::recover_until`]), and its [`RetryPolicy`] restarts failed
+//! tasks up to N times with backoff. `examples/keeper.rs` does all of this
+//! in under a hundred lines.
+//!
+//! # Placing tasks
+//!
+//! - [`place`] spreads a list of [`TaskRequest`]s over the current offers
+//!   by a [`Strategy`] (first-fit, bin-pack, spread), picking ports from the
+//!   offered ranges ([`PORTS`]) and GPUs from the agent's GPU identities
+//!   ([`GPUS`]); [`Plan::launch`] sends one launch per offer.
+//! - [`Gang`] launches a group of tasks together or not at all. It holds
+//!   offers only for a bounded time and then declines them with a refuse
+//!   filter, so two gangs that each hold half of a cluster never deadlock.
+//!   Hand it your offers, and your [`Scheduler::wakeup`] calls (it asks for
+//!   them with [`Driver::wake_after`]).
+//!
+//! Every helper decides fit with [`Resources::contains`], the very check the
+//! master uses to validate an accept.
+//!
 //! ```no_run
 //! use mezz_sdk::{proto, Driver, FrameworkId, Resources, Scheduler, TaskBuilder, TaskState};
 //!
@@ -82,22 +109,31 @@
 //! ```
 //!
 //! `examples/hello.rs` is a complete framework in under a hundred lines:
-//! `cargo run -p mezz-sdk --example hello -- --master 127.0.0.1:5050`.
+//! `cargo run -p mezz-sdk --example hello -- --master 127.0.0.1:5050`;
+//! `examples/keeper.rs` keeps long-running tasks alive across restarts of
+//! the framework itself.
 #![warn(missing_docs)]
 
 mod connection;
 mod driver;
 mod error;
+mod framework_id;
+mod gang;
+mod placement;
 mod runtime;
 mod scheduler;
 mod sender;
 mod task;
+mod tracker;
 
 pub use driver::Driver;
 pub use error::SdkError;
+pub use gang::{Gang, GangStep};
+pub use placement::{place, Placement, Plan, Strategy, TaskRequest, GPUS, PORTS};
 pub use runtime::{run, DriverBuilder};
 pub use scheduler::Scheduler;
 pub use task::TaskBuilder;
+pub use tracker::{Change, Phase, RetryPolicy, TaskTracker, TrackedTask};
 
 /// Parses `ADDR[,ADDR…]` (e.g. a `--master` flag) into master addresses.
 pub use mezz_proto::client::parse_master_list;

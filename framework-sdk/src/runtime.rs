@@ -3,6 +3,9 @@
 //! when the master goes away. Sending calls is `sender.rs`'s job; finding a
 //! master is `connection.rs`'s.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -41,6 +44,7 @@ pub struct DriverBuilder {
     framework: proto::FrameworkInfo,
     connect_timeout: Option<Duration>,
     manual_acknowledgements: bool,
+    framework_id_file: Option<PathBuf>,
 }
 
 impl DriverBuilder {
@@ -85,6 +89,38 @@ impl DriverBuilder {
         self
     }
 
+    /// Keeps the framework id in `path`, so that a restarted scheduler takes
+    /// over its registration, and with it its running tasks, as long as it
+    /// comes back within the framework's `failover_timeout_secs`.
+    ///
+    /// At start an id found in the file is used when
+    /// [`proto::FrameworkInfo::id`] is empty; once subscribed, the id the
+    /// master confirmed is written there (durably: written beside, synced,
+    /// renamed). After a confirmed [`Driver::teardown`], or when the master
+    /// reports the framework removed, the file is deleted, so the next start
+    /// registers anew. A file that cannot be read or written ends the driver
+    /// with [`SdkError::FrameworkIdFile`].
+    ///
+    /// ```no_run
+    /// # use mezz_sdk::{proto, DriverBuilder, Scheduler};
+    /// # async fn f<S: Scheduler>(my_scheduler: S) -> Result<(), mezz_sdk::SdkError> {
+    /// DriverBuilder::new()
+    ///     .masters(["127.0.0.1:5050"])
+    ///     .framework(proto::FrameworkInfo {
+    ///         name: "keeper".into(),
+    ///         failover_timeout_secs: 300.0,
+    ///         ..Default::default()
+    ///     })
+    ///     .framework_id_file("/var/lib/keeper/framework-id")
+    ///     .run(my_scheduler)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn framework_id_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.framework_id_file = Some(path.into());
+        self
+    }
+
     /// Runs `scheduler` until it calls [`Driver::stop`] or
     /// [`Driver::teardown`] (then `Ok` with the scheduler back), or until
     /// the framework is removed, refused, or no master could be reached
@@ -101,12 +137,28 @@ impl DriverBuilder {
         if framework.user.is_empty() {
             framework.user = std::env::var("USER").unwrap_or_default();
         }
+        if let Some(path) = &self.framework_id_file {
+            match crate::framework_id::load(path)? {
+                Some(id) if framework.id.is_empty() => {
+                    tracing::info!(framework_id = %id, file = %path.display(), "failing over to the stored framework id");
+                    framework.id = id;
+                }
+                Some(id) if id != framework.id => tracing::warn!(
+                    file = %path.display(),
+                    stored = %id,
+                    given = %framework.id,
+                    "FrameworkInfo.id is set; ignoring the id stored in the file"
+                ),
+                _ => {}
+            }
+        }
         let span = tracing::info_span!("framework", name = %framework.name);
         let runtime = Runtime {
             scheduler,
             connector: Connector::new(masters, self.connect_timeout),
             framework,
             manual_acknowledgements: self.manual_acknowledgements,
+            id_file: self.framework_id_file,
         };
         runtime.run().instrument(span).await
     }
@@ -142,6 +194,7 @@ struct Runtime<S> {
     connector: Connector,
     framework: proto::FrameworkInfo,
     manual_acknowledgements: bool,
+    id_file: Option<PathBuf>,
 }
 
 /// Whether the driver goes on after an event or a report.
@@ -160,7 +213,35 @@ impl Drop for AbortOnDrop {
 }
 
 impl<S: Scheduler> Runtime<S> {
-    async fn run(mut self) -> Result<S, SdkError> {
+    async fn run(self) -> Result<S, SdkError> {
+        let id_file = self.id_file.clone();
+        let from_file = id_file.is_some() && !self.framework.id.is_empty();
+        let result = self.drive().await;
+        let Some(path) = id_file else {
+            return result;
+        };
+        match result {
+            Err(SdkError::Removed { .. }) => crate::framework_id::remove(&path),
+            Err(SdkError::Refused {
+                framework,
+                address,
+                message,
+            }) if from_file => {
+                return Err(SdkError::Refused {
+                    framework,
+                    address,
+                    message: format!(
+                        "{message} (the framework id came from {}; delete that file to register as a new framework)",
+                        path.display()
+                    ),
+                })
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn drive(mut self) -> Result<S, SdkError> {
         let known_id = Some(FrameworkId(self.framework.id.clone())).filter(|id| !id.0.is_empty());
         let (driver, calls) = Driver::new(known_id);
         let (link_tx, link_rx) = watch::channel(None);
@@ -168,6 +249,10 @@ impl<S: Scheduler> Runtime<S> {
         let _sender = AbortOnDrop(tokio::spawn(
             sender::run(calls, link_rx, driver.stopping(), feedback_tx).in_current_span(),
         ));
+        let mut wakeups = driver
+            .take_wakeups()
+            .expect("a new driver has its wake-up channel");
+        let mut timers: BinaryHeap<Reverse<Instant>> = BinaryHeap::new();
         let mut generation = 0;
         let mut after_failure = false;
         loop {
@@ -178,10 +263,11 @@ impl<S: Scheduler> Runtime<S> {
                     tokio::select! {
                         result = &mut connect => break result?,
                         Some(report) = feedback.recv() => {
-                            if let Flow::Done(end) = on_feedback(&mut self.scheduler, &driver, &self.framework, report) {
+                            if let Flow::Done(end) = on_feedback(&mut self.scheduler, &driver, &self.framework, self.id_file.as_deref(), report) {
                                 return end.map(|()| self.scheduler);
                             }
                         }
+                        Some(at) = wakeups.recv() => timers.push(Reverse(at)),
                     }
                 }
             };
@@ -203,6 +289,12 @@ impl<S: Scheduler> Runtime<S> {
             let framework_id = FrameworkId(subscribed.framework_id.clone());
             self.framework.id = framework_id.0.clone();
             driver.set_framework_id(framework_id.clone());
+            if let Some(path) = &self.id_file {
+                if crate::framework_id::load(path)?.as_deref() != Some(framework_id.as_str()) {
+                    crate::framework_id::store(path, framework_id.as_str())?;
+                    tracing::info!(%framework_id, file = %path.display(), "framework id stored");
+                }
+            }
             generation += 1;
             link_tx.send_replace(Some(Link {
                 client,
@@ -246,7 +338,19 @@ impl<S: Scheduler> Runtime<S> {
                         break;
                     }
                     Some(report) = feedback.recv() => {
-                        on_feedback(&mut self.scheduler, &driver, &self.framework, report)
+                        on_feedback(&mut self.scheduler, &driver, &self.framework, self.id_file.as_deref(), report)
+                    }
+                    Some(at) = wakeups.recv() => {
+                        timers.push(Reverse(at));
+                        Flow::Continue
+                    }
+                    _ = sleep_until_first(&timers), if !timers.is_empty() => {
+                        let now = Instant::now();
+                        while timers.peek().is_some_and(|Reverse(at)| *at <= now) {
+                            timers.pop();
+                        }
+                        self.scheduler.wakeup(&driver);
+                        Flow::Continue
                     }
                 };
                 if let Flow::Done(end) = flow {
@@ -280,6 +384,15 @@ impl<S: Scheduler> Runtime<S> {
                 self.scheduler
                     .agent_lost(driver, &AgentId(failure.agent_id), &failure.message)
             }
+            Event::Error(error) if driver.tearing_down() => {
+                // The removal we asked for, announced before the teardown
+                // call's own answer came back.
+                tracing::info!(message = %error.message, "framework torn down");
+                if let Some(path) = &self.id_file {
+                    crate::framework_id::remove(path);
+                }
+                return Flow::Done(Ok(()));
+            }
             Event::Error(error) => {
                 return Flow::Done(Err(SdkError::Removed {
                     framework: self.framework.name.clone(),
@@ -294,13 +407,25 @@ impl<S: Scheduler> Runtime<S> {
     }
 }
 
-/// Acts on what the sender reports.
+/// Sleeps until the earliest timer (the caller checks there is one).
+async fn sleep_until_first(timers: &BinaryHeap<Reverse<Instant>>) {
+    if let Some(Reverse(at)) = timers.peek() {
+        tokio::time::sleep_until(*at).await;
+    }
+}
+
+/// Acts on what the sender reports; a confirmed teardown also forgets the
+/// stored framework id.
 fn on_feedback<S: Scheduler>(
     scheduler: &mut S,
     driver: &Driver,
     framework: &proto::FrameworkInfo,
+    id_file: Option<&std::path::Path>,
     report: Feedback,
 ) -> Flow {
+    if let (Feedback::TornDown(Ok(())), Some(path)) = (&report, id_file) {
+        crate::framework_id::remove(path);
+    }
     match report {
         Feedback::Failed(message) => {
             scheduler.error(driver, &message);

@@ -65,6 +65,12 @@ pub trait Scheduler: Send + 'static {
         tracing::error!("{message}");
     }
 
+    /// A wake-up asked for with [`Driver::wake_after`] fell due. The
+    /// default does nothing.
+    fn wakeup(&mut self, driver: &Driver) {
+        let _ = driver;
+    }
+
     /// The connection to the master was lost. The driver reconnects by
     /// itself and then calls [`Scheduler::subscribed`] with
     /// `reconnected = true`; offers held until now are void.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::proto;
-use crate::{Resources, TaskId};
+use crate::{AgentId, Resources, TaskId};
 
 /// Builds a [`proto::TaskInfo`].
 ///
@@ -99,8 +99,13 @@ impl TaskBuilder {
     }
 
     /// The task, placed on `offer`'s agent.
-    pub fn build(mut self, offer: &proto::Offer) -> proto::TaskInfo {
-        self.info.agent_id = offer.agent_id.clone();
+    pub fn build(self, offer: &proto::Offer) -> proto::TaskInfo {
+        self.build_on(&AgentId(offer.agent_id.clone()))
+    }
+
+    /// The task, placed on `agent_id` (see [`crate::Placement::task`]).
+    pub fn build_on(mut self, agent_id: &AgentId) -> proto::TaskInfo {
+        self.info.agent_id = agent_id.0.clone();
         self.info
     }
 }

@@ -479,3 +479,71 @@ async fn nobody_listening_fails_within_the_connect_timeout() {
     let text = err.to_string();
     assert!(text.contains(&dead) && text.contains("'test-fw'"), "{text}");
 }
+
+#[tokio::test]
+async fn the_framework_id_file_makes_a_restart_fail_over() {
+    let dir = std::env::temp_dir().join(format!("mezz-sdk-idfile-{}", std::process::id()));
+    let file = dir.join("framework-id");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut master = start_master(15.0, None).await;
+
+    // First start: no file, a new registration, and the id is stored.
+    let mut fw = Framework::start(connect(&master).framework_id_file(&file));
+    let (request, _events) = expect_subscribe(&mut master).await;
+    assert_eq!(request.framework.map(|f| f.id), Some(String::new()));
+    let (driver, reconnected) = fw.subscribed().await;
+    assert!(!reconnected);
+    assert_eq!(
+        std::fs::read_to_string(&file).ok().as_deref(),
+        Some("fw-1\n")
+    );
+    driver.stop();
+    assert!(fw.finish().await.is_ok());
+
+    // Restart: the stored id is used, so the scheduler fails over.
+    let mut fw = Framework::start(connect(&master).framework_id_file(&file));
+    let (request, _events) = expect_subscribe(&mut master).await;
+    assert_eq!(request.framework.map(|f| f.id), Some("fw-1".to_string()));
+    let (driver, reconnected) = fw.subscribed().await;
+    assert!(reconnected);
+    assert!(matches!(master.next().await, Got::Reconcile(_)));
+
+    // A confirmed teardown forgets the id.
+    driver.teardown();
+    assert!(matches!(master.next().await, Got::Teardown(_)));
+    assert!(fw.finish().await.is_ok());
+    assert!(!file.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Wakes up once, then stops the driver.
+struct Sleeper(mpsc::UnboundedSender<()>);
+
+impl Scheduler for Sleeper {
+    fn subscribed(&mut self, driver: &Driver, _: &FrameworkId, _: bool) {
+        driver.wake_after(Duration::from_millis(50));
+    }
+    fn offers(&mut self, _: &Driver, _: Vec<proto::Offer>) {}
+    fn status_update(&mut self, _: &Driver, _: &proto::TaskStatus) {}
+    fn wakeup(&mut self, driver: &Driver) {
+        let _ = self.0.send(());
+        driver.stop();
+    }
+}
+
+#[tokio::test]
+async fn wake_after_calls_the_scheduler_back() {
+    let mut master = start_master(15.0, None).await;
+    let (tx, mut woke) = mpsc::unbounded_channel();
+    let run = tokio::spawn(
+        connect(&master)
+            .framework(proto::FrameworkInfo {
+                name: "sleeper".into(),
+                ..Default::default()
+            })
+            .run(Sleeper(tx)),
+    );
+    let (_, _events) = expect_subscribe(&mut master).await;
+    within(woke.recv()).await.expect("woken up");
+    assert!(within(run).await.expect("driver task").is_ok());
+}
