@@ -19,6 +19,7 @@ use tonic::Status;
 
 use crate::cluster::{CallError, Cluster, ConnId, Effect, Millis};
 use crate::registry::Registry;
+use crate::replication::transport::{GrpcTransport, PeerReport, Transport};
 use crate::replication::{Applied, Replica};
 use crate::{Config, MasterError};
 
@@ -27,8 +28,9 @@ use crate::{Config, MasterError};
 pub const STREAM_QUEUE_LEN: usize = 4096;
 /// Inputs waiting for the actor.
 const INPUT_QUEUE: usize = 16384;
-/// Raft and timer tick.
-const TICK: Duration = Duration::from_millis(100);
+/// Raft and timer tick: with raft's election timeout of 10 ticks, a
+/// leader that dies is replaced within 0.5 to 1 s.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Sender half of an agent's response stream.
 pub type AgentTx = mpsc::Sender<Result<MasterMessage, Status>>;
@@ -108,11 +110,28 @@ pub enum Input {
         String,
         oneshot::Sender<Result<(FrameworkId, TaskId), CallError>>,
     ),
+    /// Operator: set a role's quota (role, guarantee, limit); answered
+    /// once the change is durable in the replicated log.
+    SetQuota(
+        String,
+        Vec<mezz_proto::v1::Resource>,
+        Vec<mezz_proto::v1::Resource>,
+        oneshot::Sender<Result<(), CallError>>,
+    ),
+    /// Operator: set a role's weight; answered once durable.
+    SetWeight(String, f64, oneshot::Sender<Result<(), CallError>>),
+    /// Raft messages from a peer master.
+    Raft(Vec<raft::eraftpb::Message>),
+    /// Whether this master leads, and the leader's address if known.
+    WhoLeads(oneshot::Sender<(bool, Option<String>)>),
     /// Read the cluster state.
     State(bool, oneshot::Sender<ClusterState>),
     /// Prometheus text.
     Metrics(oneshot::Sender<String>),
 }
+
+/// Where the answer to an operator change goes.
+type Reply = oneshot::Sender<Result<(), CallError>>;
 
 /// A cheap handle the services use to reach the actor.
 #[derive(Clone)]
@@ -165,6 +184,13 @@ struct Actor {
     started_unix: f64,
     agents: HashMap<ConnId, AgentTx>,
     frameworks: HashMap<ConnId, FrameworkTx>,
+    /// Answers to send once the proposals queued with them are durable.
+    after_settle: Vec<(Reply, Result<(), CallError>)>,
+    /// Answers waiting for the log to be applied up to an index.
+    awaiting_commit: Vec<(u64, Reply, Result<(), CallError>)>,
+    /// Raft messages to the other masters (none in a group of one).
+    transport: Option<GrpcTransport>,
+    was_leader: bool,
 }
 
 impl Actor {
@@ -231,6 +257,33 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            Input::SetQuota(role, guarantee, limit, reply) => {
+                let result = if leader {
+                    self.cluster.set_quota(&role, guarantee, limit)
+                } else {
+                    Err(self.not_leader())
+                };
+                self.after_settle.push((reply, result));
+            }
+            Input::SetWeight(role, weight, reply) => {
+                let result = if leader {
+                    self.cluster.set_weight(&role, weight)
+                } else {
+                    Err(self.not_leader())
+                };
+                self.after_settle.push((reply, result));
+            }
+            Input::Raft(msgs) => {
+                for m in msgs {
+                    // Stale and duplicate messages are raft's to ignore.
+                    if let Err(e) = self.replica.step(m) {
+                        tracing::debug!("raft message refused: {e}");
+                    }
+                }
+            }
+            Input::WhoLeads(reply) => {
+                let _ = reply.send((leader, self.leader_address()));
+            }
             Input::State(completed, reply) => {
                 let _ = reply.send(self.state(completed));
             }
@@ -238,6 +291,7 @@ impl Actor {
                 let _ = reply.send(crate::api::http::metrics_text(
                     &self.cluster,
                     &self.state(false),
+                    leader,
                 ));
             }
         }
@@ -272,22 +326,39 @@ impl Actor {
 
     fn state(&self, completed: bool) -> ClusterState {
         let me = self.config.id;
+        let leader = self.replica.leader_id();
         let masters = self
             .config
             .peers
             .iter()
-            .map(|(&id, addr)| MasterView {
-                id,
-                address: addr.clone(),
-                role: if id == me && self.replica.is_leader() {
-                    "leader".into()
-                } else if id == me {
-                    "follower".into()
+            .map(|(&id, addr)| {
+                let role = match leader {
+                    Some(l) if l == id => "leader",
+                    Some(_) => "follower",
+                    None if id == me => "candidate",
+                    None => "unknown",
+                };
+                // Others' progress is known to the leader only: how far
+                // their log matches its own.
+                let (term, applied_index) = if id == me {
+                    (self.replica.term(), self.replica.applied())
                 } else {
-                    String::new()
-                },
-                term: if id == me { self.replica.term() } else { 0 },
-                applied_index: if id == me { self.replica.applied() } else { 0 },
+                    (
+                        if leader.is_some() {
+                            self.replica.term()
+                        } else {
+                            0
+                        },
+                        self.replica.peer_matched(id).unwrap_or(0),
+                    )
+                };
+                MasterView {
+                    id,
+                    address: addr.clone(),
+                    role: role.into(),
+                    term,
+                    applied_index,
+                }
             })
             .collect();
         self.cluster.view(
@@ -305,10 +376,16 @@ impl Actor {
     fn settle(&mut self) -> Result<(), MasterError> {
         loop {
             let now = self.now();
-            if self.cluster.allocation_due() {
+            let leader = self.replica.is_leader();
+            if leader && self.cluster.allocation_due() {
                 self.cluster.allocate(now);
             }
-            let effects = self.cluster.take_effects();
+            let mut effects = self.cluster.take_effects();
+            if !leader {
+                // A follower keeps its registry current and nothing else;
+                // whatever the state machine would do is the leader's job.
+                effects.clear();
+            }
             let mut sends = Vec::new();
             for e in effects {
                 match e {
@@ -321,8 +398,11 @@ impl Actor {
                 }
             }
             self.dispatch(sends);
-            let (applied, _messages) = self.replica.handle_ready()?;
-            if applied.is_empty() && !self.cluster.allocation_due() {
+            let (applied, messages) = self.replica.handle_ready()?;
+            if let Some(t) = self.transport.as_mut() {
+                t.send(messages);
+            }
+            if applied.is_empty() && !(leader && self.cluster.allocation_due()) {
                 let registry = self.cluster.registry().clone();
                 self.replica.maybe_compact(|| registry.to_snapshot())?;
                 return Ok(());
@@ -384,9 +464,65 @@ impl Actor {
         }
     }
 
+    /// Operator changes are answered once applied, which in a group of
+    /// several masters means committed by a majority.
+    fn answer_durable(&mut self) {
+        let last = self.replica.last_index();
+        for (reply, result) in self.after_settle.drain(..) {
+            match result {
+                Ok(()) => self.awaiting_commit.push((last, reply, Ok(()))),
+                err => {
+                    let _ = reply.send(err);
+                }
+            }
+        }
+        let applied = self.replica.applied();
+        let (done, waiting): (Vec<_>, Vec<_>) = self
+            .awaiting_commit
+            .drain(..)
+            .partition(|(i, _, _)| *i <= applied);
+        self.awaiting_commit = waiting;
+        for (_, reply, result) in done {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// On a change of leadership every client stream is closed (clients
+    /// reconnect and find the leader) and the soft state starts afresh from
+    /// the replicated registry: offers of an old leader are void, agents
+    /// re-register with their tasks, frameworks re-subscribe.
+    fn follow_leadership(&mut self) -> Result<(), MasterError> {
+        let leader = self.replica.is_leader();
+        if leader == self.was_leader {
+            return Ok(());
+        }
+        self.was_leader = leader;
+        self.agents.clear();
+        self.frameworks.clear();
+        let not_leader = self.not_leader();
+        for (_, reply, _) in self.awaiting_commit.drain(..) {
+            let _ = reply.send(Err(not_leader.clone()));
+        }
+        let now = self.now();
+        let registry = self.cluster.registry().clone();
+        let master_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        self.cluster = Cluster::new(master_id, self.config.timeouts.clone(), registry, now);
+        if leader {
+            tracing::info!(term = self.replica.term(), "this master is now the leader");
+        } else {
+            tracing::info!(
+                term = self.replica.term(),
+                leader = self.leader_address().unwrap_or_default(),
+                "this master follows"
+            );
+        }
+        self.settle()
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Input>,
+        mut reports: mpsc::UnboundedReceiver<PeerReport>,
         mut stop: oneshot::Receiver<()>,
     ) -> Result<(), MasterError> {
         let mut tick = tokio::time::interval(TICK);
@@ -406,12 +542,17 @@ impl Actor {
                 }
                 _ = tick.tick() => {
                     self.replica.tick();
-                    let now = self.now();
-                    self.cluster.tick(now);
+                    if self.replica.is_leader() {
+                        let now = self.now();
+                        self.cluster.tick(now);
+                    }
                 }
+                Some(report) = reports.recv() => self.replica.report(report),
                 _ = &mut stop => return Ok(()),
             }
             self.settle()?;
+            self.follow_leadership()?;
+            self.answer_durable();
         }
     }
 }
@@ -421,11 +562,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
-    if config.peers.len() > 1 {
+    if !config.peers.contains_key(&config.id) {
         return Err(MasterError::Config(format!(
-            "--peers names {} masters, but replication across several masters is not \
-             available in this release yet; run a single master (omit --peers)",
-            config.peers.len()
+            "master id {} is not among the peers {:?}",
+            config.id,
+            config.peers.keys().collect::<Vec<_>>()
         )));
     }
     std::fs::create_dir_all(&config.data_dir).map_err(|e| MasterError::DataDir {
@@ -449,14 +590,24 @@ pub async fn run(
         started_unix: mezz_proto::unix_now(),
         agents: HashMap::new(),
         frameworks: HashMap::new(),
+        after_settle: Vec::new(),
+        awaiting_commit: Vec::new(),
+        transport: None,
+        was_leader: false,
     };
-    // Replay the log and win the (single-member) election before serving.
+    // Replay the log; a group of one also wins its election before serving.
+    // A group of several elects once the peers can talk, i.e. after serving.
     for _ in 0..50 {
         actor.settle()?;
-        if actor.replica.is_leader() {
+        actor.follow_leadership()?;
+        if actor.replica.is_leader() || config.peers.len() > 1 {
             break;
         }
         actor.replica.tick();
+    }
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    if config.peers.len() > 1 {
+        actor.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
     }
     tracing::info!(
         agents = actor.cluster.registry().agents.len(),
@@ -476,8 +627,8 @@ pub async fn run(
         conns: Arc::new(AtomicU64::new(1)),
     };
     let (stop_tx, stop_rx) = oneshot::channel();
-    let actor_task = tokio::spawn(actor.run(rx, stop_rx));
-    let router = crate::api::router(handle);
+    let actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
+    let router = crate::api::router(handle, config.id, config.peers.keys().copied().collect());
     tracing::info!("master listening on {} (gRPC and HTTP)", config.listen);
     // Stopping the actor first drops every stream's sender, which ends the
     // long-lived agent and framework streams so the server can drain.

@@ -45,9 +45,9 @@ fn stopper(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> 
 }
 
 pub async fn main(args: DevArgs) -> Result<ExitCode> {
-    if args.masters != 1 {
+    if !matches!(args.masters, 1 | 3 | 5) {
         return Err(anyhow!(
-            "--masters {}: replication across several masters is not available in this release yet; use --masters 1",
+            "--masters {}: a raft group needs 1, 3 or 5 masters",
             args.masters
         ));
     }
@@ -77,31 +77,33 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         }
     };
     let resources = super::agent::parse_resources(args.resources.as_deref())?;
-    if args.fake_gpus.is_some() {
-        return Err(anyhow!(
-            "--fake-gpus is not available in this release yet (GPU isolation is coming); omit it"
-        ));
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let master_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let mut peers = std::collections::BTreeMap::new();
-    peers.insert(1, master_addr.to_string());
-    let master_config = mezz_master::Config {
-        listen: master_addr,
-        advertise: Some(master_addr.to_string()),
-        data_dir: data_dir.join("master-1"),
-        id: 1,
-        peers,
-        timeouts: args.timeouts.timeouts(),
-    };
+    let master_addrs: Vec<SocketAddr> = (0..args.masters)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], args.port + i)))
+        .collect();
+    let master_addr = master_addrs[0];
+    let peers: std::collections::BTreeMap<u64, String> = master_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
     let mut tasks = tokio::task::JoinSet::new();
-    {
+    for (i, addr) in master_addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let master_config = mezz_master::Config {
+            listen: *addr,
+            advertise: Some(addr.to_string()),
+            data_dir: data_dir.join(format!("master-{id}")),
+            id,
+            peers: peers.clone(),
+            timeouts: args.timeouts.timeouts(),
+        };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
             mezz_master::run(master_config, stop)
                 .await
                 .map_err(anyhow::Error::from)
-                .context("master")
+                .with_context(|| format!("master {id}"))
         });
     }
     let launcher =
@@ -109,7 +111,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     for i in 0..args.agents {
         let listen = SocketAddr::from(([127, 0, 0, 1], args.port + args.masters + i));
         let config = mezz_agent::Config {
-            masters: vec![master_addr.to_string()],
+            masters: peers.values().cloned().collect(),
             listen,
             advertise_address: None,
             work_dir: data_dir.join(format!("agent-{}", i + 1)),
@@ -119,6 +121,13 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             default_kill_grace: Duration::from_secs(5),
             // A temporary cluster takes its tasks with it.
             kill_tasks_on_shutdown: args.data_dir.is_none(),
+            isolation: mezz_agent::isolation::IsolationMode::Auto,
+            cgroup_root: "mezzanine".into(),
+            gpus: match args.fake_gpus {
+                Some(n) => mezz_agent::gpu::GpuMode::Fake(n),
+                None => mezz_agent::gpu::GpuMode::None,
+            },
+            allow_root_tasks: true,
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
@@ -130,7 +139,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     }
 
     // Wait until every agent has registered, or a component fails.
-    let masters = vec![master_addr.to_string()];
+    let masters: Vec<String> = peers.values().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(done) = tasks.try_join_next() {
@@ -157,9 +166,17 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let leader = match crate::client::leader(&masters).await {
+        Ok((_, addr)) => addr,
+        Err(_) => master_addr.to_string(),
+    };
     println!("Mezzanine dev cluster is up.");
-    println!("  status page  http://{master_addr}/");
-    println!("  master       {master_addr}");
+    println!("  status page  http://{leader}/");
+    if masters.len() == 1 {
+        println!("  master       {master_addr}");
+    } else {
+        println!("  masters      {} (leader {leader})", masters.join(","));
+    }
     println!(
         "  agents       {} (ports {}-{})",
         args.agents,
@@ -175,7 +192,14 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             ""
         }
     );
-    println!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
+    if masters.len() == 1 && args.port == 5050 {
+        println!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
+    } else {
+        println!(
+            "Try: MEZZ_MASTER={} mezz run -- echo hello      (Ctrl-C stops the cluster)",
+            masters.join(",")
+        );
+    }
 
     tokio::select! {
         _ = super::shutdown_signal() => {}

@@ -6,6 +6,8 @@ mod dev;
 mod inspect;
 mod logs;
 mod master;
+mod masters;
+mod roles;
 mod run;
 
 use std::process::ExitCode;
@@ -57,6 +59,14 @@ pub enum Command {
     Agents(inspect::ListArgs),
     /// List frameworks.
     Frameworks(inspect::ListArgs),
+    /// List the masters: who leads, terms and replication progress.
+    Masters(masters::MastersArgs),
+    /// Set and list role quotas (guarantees and limits).
+    Quota(roles::QuotaArgs),
+    /// Set role weights.
+    Weight(roles::WeightArgs),
+    /// List roles: weight, frameworks, usage against quota.
+    Roles(roles::ListArgs),
 }
 
 /// Logs go to stderr. Daemons default to `info`; commands people type
@@ -91,6 +101,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Kill(a) => inspect::kill(a).await,
         Command::Agents(a) => inspect::agents(a).await,
         Command::Frameworks(a) => inspect::frameworks(a).await,
+        Command::Masters(a) => masters::main(a).await,
+        Command::Quota(a) => roles::quota(a).await,
+        Command::Weight(a) => roles::weight(a).await,
+        Command::Roles(a) => roles::roles(a).await,
     }
 }
 

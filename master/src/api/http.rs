@@ -38,7 +38,35 @@ fn unavailable(e: tonic::Status) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, e.message().to_string()).into_response()
 }
 
-async fn api_state(State(h): State<Handle>, Query(q): Query<StateQuery>) -> Response {
+/// A follower sends `/api/*` readers to the leader, whose view is current.
+async fn redirect_to_leader(h: &Handle, path_and_query: &str) -> Option<Response> {
+    let (leads, leader) = h.ask(Input::WhoLeads).await.ok()?;
+    if leads {
+        return None;
+    }
+    let leader = leader?;
+    Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, format!("http://{leader}{path_and_query}"))],
+            format!("this master follows; the leader is {leader}\n"),
+        )
+            .into_response(),
+    )
+}
+
+async fn api_state(
+    State(h): State<Handle>,
+    Query(q): Query<StateQuery>,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/api/state");
+    if let Some(r) = redirect_to_leader(&h, path).await {
+        return r;
+    }
     match h.ask(|r| Input::State(q.completed, r)).await {
         Ok(state) => axum::Json(state).into_response(),
         Err(e) => unavailable(e),
@@ -53,7 +81,7 @@ async fn metrics(State(h): State<Handle>) -> Response {
 }
 
 /// Prometheus text for the counters and gauges of a master.
-pub fn metrics_text(c: &Cluster, s: &ClusterState) -> String {
+pub fn metrics_text(c: &Cluster, s: &ClusterState, leader: bool) -> String {
     let k = c.counters();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
@@ -114,7 +142,6 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState) -> String {
         let used: f64 = s.agents.iter().filter_map(|a| a.used.get(res)).sum();
         let _ = writeln!(out, "mezz_resources_total{{resource=\"{res}\"}} {total}\nmezz_resources_used{{resource=\"{res}\"}} {used}");
     }
-    let leader = s.masters.iter().any(|m| m.role == "leader");
     let _ = writeln!(out, "# HELP mezz_master_is_leader 1 when this master leads.\n# TYPE mezz_master_is_leader gauge\nmezz_master_is_leader {}", u8::from(leader));
     out
 }

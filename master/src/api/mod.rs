@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod http;
 pub mod operator;
+pub mod raft;
 pub mod scheduler;
 
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use futures::Stream;
 use mezz_proto::client::LEADER_HINT_KEY;
 use mezz_proto::v1::{
     agent_gateway_server::AgentGatewayServer, operator_server::OperatorServer,
-    scheduler_server::SchedulerServer,
+    raft_peer_server::RaftPeerServer, scheduler_server::SchedulerServer,
 };
 use mezz_proto::MAX_MESSAGE_BYTES;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,8 +23,9 @@ use tonic::Status;
 use crate::cluster::CallError;
 use crate::server::{Handle, Input};
 
-/// The gRPC services and HTTP routes on one router.
-pub fn router(handle: Handle) -> axum::Router {
+/// The gRPC services and HTTP routes on one router, for master `me` of the
+/// group `peers`.
+pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
     let routes = tonic::service::Routes::new(
         SchedulerServer::new(scheduler::SchedulerApi::new(handle.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -35,8 +37,13 @@ pub fn router(handle: Handle) -> axum::Router {
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
-        OperatorServer::new(operator::OperatorApi::new(handle.clone()))
+        OperatorServer::new(operator::OperatorApi::new(handle.clone(), me))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        RaftPeerServer::new(raft::RaftApi::new(handle.clone(), me, peers))
+            .max_decoding_message_size(crate::replication::transport::MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     routes.into_axum_router().merge(http::routes(handle))

@@ -1,9 +1,10 @@
 //! The operator API (`mezzanine.v1.Operator`) the CLI uses: cluster state,
-//! who leads, and killing a task by id.
+//! who leads, killing a task by id, and role weights and quotas.
 
 use mezz_proto::v1::{
-    operator_server::Operator, ClusterState, GetLeaderRequest, GetLeaderResponse, GetStateRequest,
-    OperatorKillRequest, OperatorKillResponse,
+    operator_server::Operator, ClusterState, Empty, GetLeaderRequest, GetLeaderResponse,
+    GetStateRequest, ListRolesRequest, ListRolesResponse, OperatorKillRequest,
+    OperatorKillResponse, SetQuotaRequest, SetWeightRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -13,12 +14,13 @@ use crate::server::{Handle, Input};
 /// Serves the operator API.
 pub struct OperatorApi {
     handle: Handle,
+    me: u64,
 }
 
 impl OperatorApi {
     /// A service over the actor behind `handle`.
-    pub fn new(handle: Handle) -> Self {
-        OperatorApi { handle }
+    pub fn new(handle: Handle, me: u64) -> Self {
+        OperatorApi { handle, me }
     }
 }
 
@@ -38,12 +40,11 @@ impl Operator for OperatorApi {
         &self,
         _request: Request<GetLeaderRequest>,
     ) -> Result<Response<GetLeaderResponse>, Status> {
-        let state = self.handle.ask(|r| Input::State(false, r)).await?;
-        let me = state.masters.iter().find(|m| !m.role.is_empty());
+        let (is_leader, leader) = self.handle.ask(Input::WhoLeads).await?;
         Ok(Response::new(GetLeaderResponse {
-            is_leader: me.is_some_and(|m| m.role == "leader"),
-            leader: state.leader,
-            id: me.map(|m| m.id).unwrap_or_default(),
+            is_leader,
+            leader: leader.unwrap_or_default(),
+            id: self.me,
         }))
     }
 
@@ -64,5 +65,43 @@ impl Operator for OperatorApi {
             framework_id: fid.0,
             task_id: tid.0,
         }))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        if req.role.is_empty() {
+            return Err(Status::invalid_argument("role is empty; name the role"));
+        }
+        self.handle
+            .ask(|r| Input::SetQuota(req.role, req.guarantee, req.limit, r))
+            .await?
+            .map_err(status_from)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn set_weight(
+        &self,
+        request: Request<SetWeightRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        if req.role.is_empty() {
+            return Err(Status::invalid_argument("role is empty; name the role"));
+        }
+        self.handle
+            .ask(|r| Input::SetWeight(req.role, req.weight, r))
+            .await?
+            .map_err(status_from)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_roles(
+        &self,
+        _request: Request<ListRolesRequest>,
+    ) -> Result<Response<ListRolesResponse>, Status> {
+        let state = self.handle.ask(|r| Input::State(false, r)).await?;
+        Ok(Response::new(ListRolesResponse { roles: state.roles }))
     }
 }

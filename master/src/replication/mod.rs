@@ -7,6 +7,7 @@
 //! messages come back to the caller, which owns the transport.
 
 pub mod storage;
+pub mod transport;
 
 use std::path::Path;
 
@@ -43,7 +44,8 @@ pub enum Applied {
     Restore(ReplicatedSnapshot),
 }
 
-/// How many applied entries between two snapshots (log compaction).
+/// How many applied entries between two snapshots (log compaction), unless
+/// set otherwise with [`Replica::set_snapshot_every`].
 const SNAPSHOT_EVERY: u64 = 1000;
 
 /// One member of the master's raft group.
@@ -51,6 +53,9 @@ pub struct Replica {
     raw: RawNode<SledStorage>,
     storage: SledStorage,
     since_snapshot: u64,
+    snapshot_every: u64,
+    /// Ticks each follower has spent waiting for a snapshot.
+    snapshot_waits: std::collections::HashMap<u64, u32>,
 }
 
 /// Forwards raft-rs's slog records to `tracing`; raft's chatty info lines
@@ -138,14 +143,70 @@ impl Replica {
                 raw,
                 storage,
                 since_snapshot: 0,
+                snapshot_every: SNAPSHOT_EVERY,
+                snapshot_waits: Default::default(),
             },
             restored,
         ))
     }
 
+    /// Compacts the log every `n` applied entries (at least 1).
+    pub fn set_snapshot_every(&mut self, n: u64) {
+        self.snapshot_every = n.max(1);
+    }
+
     /// Advances raft's logical clock; call every tick interval.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.retry_lost_snapshots();
+    }
+
+    /// raft-rs leaves a follower in the snapshot state until the
+    /// application reports how the snapshot's delivery went. A snapshot
+    /// message lost on the way would park the follower forever, so one not
+    /// answered within an election timeout is reported as failed and sent
+    /// again.
+    fn retry_lost_snapshots(&mut self) {
+        if !self.is_leader() {
+            self.snapshot_waits.clear();
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.state == raft::ProgressState::Snapshot)
+            .map(|(&id, _)| id)
+            .collect();
+        self.snapshot_waits.retain(|id, _| waiting.contains(id));
+        let limit = self.raw.raft.election_timeout() as u32;
+        for id in waiting {
+            let w = self.snapshot_waits.entry(id).or_insert(0);
+            *w += 1;
+            if *w > limit {
+                *w = 0;
+                tracing::debug!(
+                    peer = id,
+                    "snapshot not acknowledged in time; sending it again"
+                );
+                self.raw.report_snapshot(id, raft::SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    /// Tells raft what the transport learned about a peer.
+    pub fn report(&mut self, report: transport::PeerReport) {
+        use transport::PeerReport;
+        match report {
+            PeerReport::Unreachable(id) => self.raw.report_unreachable(id),
+            PeerReport::SnapshotFailed(id) => {
+                self.raw.report_snapshot(id, raft::SnapshotStatus::Failure)
+            }
+            PeerReport::SnapshotSent(id) => {
+                self.raw.report_snapshot(id, raft::SnapshotStatus::Finish)
+            }
+        }
     }
 
     /// True while this replica leads its group.
@@ -162,6 +223,19 @@ impl Replica {
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term
+    }
+
+    /// On the leader: the highest log index known to match on peer `id`.
+    pub fn peer_matched(&self, id: u64) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.raw.raft.prs().get(id).map(|p| p.matched)
+    }
+
+    /// The index of the last entry in the log (applied or not).
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
     }
 
     /// The index of the last applied entry.
@@ -264,7 +338,7 @@ impl Replica {
         &mut self,
         state: impl FnOnce() -> ReplicatedSnapshot,
     ) -> Result<(), ReplicationError> {
-        if self.since_snapshot < SNAPSHOT_EVERY {
+        if self.since_snapshot < self.snapshot_every {
             return Ok(());
         }
         let index = self.applied();
@@ -279,6 +353,9 @@ impl Replica {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod sim;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,294 @@
+//! A raft group of three real `mezz master` processes: the leader is killed
+//! with SIGKILL while a task runs, a new leader takes over and nothing the
+//! cluster knew is lost; then all masters stop and start from their disks.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct Group {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    masters: Vec<Option<Proc>>,
+    agent: Option<Proc>,
+    agent_port: u16,
+}
+
+impl Group {
+    fn list(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&self, name: &str, args: &[String]) -> Proc {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let child = Command::new(MEZZ)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    fn start_master(&mut self, i: usize) {
+        let peers = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("{}=127.0.0.1:{p}", j + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args: Vec<String> = vec![
+            "master".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.ports[i]),
+            "--data-dir".into(),
+            self.dir
+                .path()
+                .join(format!("m{}", i + 1))
+                .display()
+                .to_string(),
+            "--id".into(),
+            (i + 1).to_string(),
+            "--peers".into(),
+            peers,
+        ];
+        self.masters[i] = Some(self.spawn(&format!("master-{}", i + 1), &args));
+    }
+
+    fn start_agent(&mut self) {
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--master".into(),
+            self.list(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.agent_port),
+            "--work-dir".into(),
+            self.dir.path().join("agent").display().to_string(),
+            "--resources".into(),
+            "cpus:2;mem:1024;disk:1000;ports:[31000-31009]".into(),
+            "--gpus".into(),
+            "none".into(),
+            "--isolation".into(),
+            "none".into(),
+        ];
+        self.agent = Some(self.spawn("agent", &args));
+    }
+
+    fn mezz(&self, args: &[&str]) -> std::process::Output {
+        let list = self.list();
+        let mut full: Vec<&str> = vec![args[0], "--master", &list];
+        full.extend_from_slice(&args[1..]);
+        mezz(&full, T)
+    }
+
+    /// (leader index, masters JSON) once exactly one leader is known.
+    fn leader(&self) -> Option<usize> {
+        let out = self.mezz(&["masters", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let leaders: Vec<u64> = v
+            .as_array()?
+            .iter()
+            .filter(|m| m["role"] == "leader")
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        match leaders.as_slice() {
+            [id] => Some(*id as usize - 1),
+            _ => None,
+        }
+    }
+
+    fn wait_leader(&self) -> usize {
+        let mut found = None;
+        wait_for("a leader", T, || {
+            found = self.leader();
+            found.is_some()
+        });
+        found.expect("leader")
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let out = self.mezz(&["ps", "--all", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn task_state(&self, id: &str) -> Option<String> {
+        self.state()
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == id)
+            .and_then(|t| t["state"].as_str().map(String::from))
+    }
+
+    fn agent_connected(&self) -> bool {
+        let out = self.mezz(&["agents", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v.as_array()
+                    .map(|a| a.iter().any(|x| x["status"] == "connected"))
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.as_mut() {
+            a.kill9();
+        }
+        for m in self.masters.iter_mut().flatten() {
+            m.kill9();
+        }
+        // Tasks run in their own sessions: end them too.
+        if let Ok(out) = Command::new("find")
+            .arg(self.dir.path())
+            .args(["-name", "child.pid"])
+            .output()
+        {
+            for path in text(&out.stdout).lines() {
+                if let Some(pid) = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    if pid > 1 {
+                        unsafe {
+                            libc::kill(-pid, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+        }
+        if std::thread::panicking() {
+            for name in ["master-1", "master-2", "master-3", "agent"] {
+                if let Ok(t) = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                {
+                    let tail: Vec<&str> = t.lines().rev().take(25).collect();
+                    eprintln!("---- {name} ----");
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn leader_killed_a_new_one_takes_over_and_a_full_restart_loses_nothing() {
+    let mut g = Group {
+        dir: tempfile::tempdir().expect("tempdir"),
+        ports: vec![free_port(), free_port(), free_port()],
+        masters: vec![None, None, None],
+        agent: None,
+        agent_port: free_port(),
+    };
+    for i in 0..3 {
+        g.start_master(i);
+    }
+    let first = g.wait_leader();
+    g.start_agent();
+    wait_for("the agent to register", T, || g.agent_connected());
+
+    let out = g.mezz(&[
+        "run", "--detach", "--cpus", "0.1", "--mem", "32", "--", "sleep", "300",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    wait_for("the task to run", T, || {
+        g.task_state(&id).as_deref() == Some("RUNNING")
+    });
+
+    // SIGKILL the leader: another master leads, the agent finds it and
+    // brings its running task along.
+    let killed_at = Instant::now();
+    g.masters[first].as_mut().expect("leader").kill9();
+    let second = g.wait_leader();
+    assert_ne!(second, first);
+    eprintln!("new leader after {:?}", killed_at.elapsed());
+    wait_for("the agent to re-register with the new leader", T, || {
+        g.agent_connected()
+    });
+    wait_for("the running task to be known again", T, || {
+        g.task_state(&id).as_deref() == Some("RUNNING")
+    });
+    let out = g.mezz(&[
+        "run",
+        "--cpus",
+        "0.1",
+        "--mem",
+        "32",
+        "--",
+        "echo",
+        "after failover",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "after failover\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    // The old leader comes back as a follower.
+    g.start_master(first);
+    wait_for("three masters in the group again", T, || {
+        let out = g.mezz(&["masters", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v.as_array()
+                    .map(|a| a.iter().filter(|m| m["role"] == "follower").count() == 2)
+            })
+            .unwrap_or(false)
+    });
+
+    // Stop every master and start them again: the registry comes back from
+    // disk (the agent, and the detached run's framework with its task).
+    let agents_before = text(&g.mezz(&["agents", "--json"]).stdout);
+    for m in g.masters.iter_mut().flatten() {
+        m.kill9();
+    }
+    for i in 0..3 {
+        g.start_master(i);
+    }
+    g.wait_leader();
+    wait_for("the agent to re-register after the full restart", T, || {
+        g.agent_connected()
+    });
+    let agents_after = text(&g.mezz(&["agents", "--json"]).stdout);
+    let id_of = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s)
+            .ok()
+            .map(|v| v[0]["id"].clone())
+    };
+    assert_eq!(id_of(&agents_before), id_of(&agents_after));
+    wait_for("the task to be RUNNING after the full restart", T, || {
+        g.task_state(&id).as_deref() == Some("RUNNING")
+    });
+    let fws = g.mezz(&["frameworks", "--json"]);
+    assert!(
+        text(&fws.stdout).contains("mezz-run sleep"),
+        "{}",
+        text(&fws.stdout)
+    );
+}
