@@ -170,6 +170,45 @@ impl Cluster {
         self.dir.path().join(format!("agent-{i}"))
     }
 
+    /// Like [`Cluster::start`], with `agent_args` added to the agent's
+    /// command line (e.g. `--fake-gpus 2`).
+    pub fn start_with_agent_args(resources: &str, agent_args: &[&str]) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            master_port: free_port(),
+            master: None,
+            master_args: vec![],
+            agents: vec![],
+            agent_ports: vec![],
+            agent_resources: resources.to_string(),
+        };
+        c.start_master();
+        c.agent_ports.push(free_port());
+        c.agents.push(None);
+        c.start_agent_with(0, agent_args);
+        c.wait_agents_connected(1);
+        c
+    }
+
+    /// Starts agent `i` with `extra` flags after the usual ones (and
+    /// without the usual `--gpus none` when `extra` names GPUs).
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--master".into(),
+            self.master_addr(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.agent_ports[i]),
+            "--work-dir".into(),
+            self.agent_work_dir(i).display().to_string(),
+            "--resources".into(),
+            self.agent_resources.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let p = self.spawn(&format!("agent-{i}"), &args);
+        self.agents[i] = Some(p);
+    }
+
     pub fn start_agent(&mut self, i: usize) {
         let args: Vec<String> = vec![
             "agent".into(),
@@ -186,6 +225,31 @@ impl Cluster {
         ];
         let p = self.spawn(&format!("agent-{i}"), &args);
         self.agents[i] = Some(p);
+    }
+
+    /// Starts one more agent offering the cluster's resources and waits
+    /// until it is connected; returns its index.
+    pub fn add_agent(&mut self) -> usize {
+        let i = self.agents.len();
+        self.agent_ports.push(free_port());
+        self.agents.push(None);
+        self.start_agent(i);
+        self.wait_agents_connected(i + 1);
+        i
+    }
+
+    /// The tasks in `/api/state` that are not terminal.
+    pub fn active_tasks(&self) -> Vec<serde_json::Value> {
+        const ACTIVE: [&str; 5] = ["STAGING", "STARTING", "RUNNING", "KILLING", "UNREACHABLE"];
+        self.state()["tasks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|t| t["state"].as_str().is_some_and(|s| ACTIVE.contains(&s)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn state(&self) -> serde_json::Value {
@@ -279,6 +343,43 @@ fn kill_tasks_under(dir: &Path) {
     }
 }
 
+/// Removes the cgroups (`<hierarchy>/mezzanine/<task_id>.<run>`) of the
+/// tasks whose sandboxes are under `dir`: a SIGKILLed agent cannot.
+fn remove_task_cgroups_under(dir: &Path) {
+    let Ok(out) = Command::new("find")
+        .arg(dir)
+        .args(["-path", "*/sandboxes/*/*", "-maxdepth", "4", "-type", "d"])
+        .output()
+    else {
+        return;
+    };
+    let tasks: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter_map(|p| Path::new(p).file_name())
+        .map(|n| format!("{}.", n.to_string_lossy()))
+        .collect();
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let Ok(runs) = std::fs::read_dir(h.path().join("mezzanine")) else {
+            continue;
+        };
+        for run in runs.flatten() {
+            let name = run.file_name().to_string_lossy().into_owned();
+            if tasks.iter().any(|t| name.starts_with(t.as_str())) {
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while std::fs::remove_dir(run.path()).is_err()
+                    && run.path().exists()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for a in self.agents.iter_mut().flatten() {
@@ -288,6 +389,7 @@ impl Drop for Cluster {
             m.kill9();
         }
         kill_tasks_under(self.dir.path());
+        remove_task_cgroups_under(self.dir.path());
         if std::thread::panicking() {
             for name in ["master", "agent-0", "agent-1"] {
                 let log = self.dir.path().join(format!("{name}.log"));
