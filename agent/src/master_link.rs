@@ -15,8 +15,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::Agent;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const REFUSED_RETRY: Duration = Duration::from_secs(5);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unacknowledged updates older than this are sent again.
@@ -47,7 +45,10 @@ pub async fn run(agent: Arc<Agent>, masters: Vec<String>, mut shutdown: watch::R
     }
     let mut idx = 0usize;
     let mut redirect: Option<String> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = mezz_proto::client::Backoff::new();
+    // Failures since the last full round over the master list: a dead
+    // master is skipped at once, and only a round where none answered waits.
+    let mut failed_in_round = 0usize;
     let mut gen = 0u64;
     loop {
         if *shutdown.borrow() {
@@ -72,16 +73,24 @@ pub async fn run(agent: Arc<Agent>, masters: Vec<String>, mut shutdown: watch::R
             }
             SessionEnd::Failed { registered, why } => {
                 if registered {
-                    // The leader went away: start over quickly with it.
-                    backoff = BACKOFF_MIN;
+                    // The leader went away: a new one is being elected, or
+                    // it restarts. Try the others, then it again, quickly.
+                    backoff.reset();
+                    failed_in_round = 0;
                     tracing::info!("lost master {addr}: {why}; reconnecting");
                 } else {
-                    tracing::info!("master {addr} failed: {why}; retrying in {backoff:?}");
-                    idx = (idx + 1) % masters.len();
+                    tracing::debug!("master {addr} failed: {why}");
+                    failed_in_round += 1;
                 }
-                let p = backoff;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                p
+                idx = (idx + 1) % masters.len();
+                if failed_in_round >= masters.len() {
+                    failed_in_round = 0;
+                    let pause = backoff.next_delay();
+                    tracing::info!("no master accepted this agent ({why}); retrying in {pause:?}");
+                    pause
+                } else {
+                    Duration::ZERO
+                }
             }
         };
         if !pause.is_zero() {

@@ -27,31 +27,8 @@ pub(crate) fn client(channel: Channel) -> Client {
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
 }
 
-/// Exponential backoff between connection rounds: 100 ms doubling to 2 s.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(2);
-
-    pub(crate) fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    /// The delay to wait now; the following one doubles.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
+/// Delays between connection rounds: the one policy all clients share.
+pub(crate) use mezz_proto::client::Backoff;
 
 /// One pass over the masters: the preferred address (the last one that
 /// worked) first, then the configured ones in order, each at most once. A
@@ -338,15 +315,6 @@ mod tests {
 
     fn drain(round: &mut Round) -> Vec<String> {
         std::iter::from_fn(|| round.next_address()).collect()
-    }
-
-    #[test]
-    fn backoff_doubles_to_two_seconds_and_resets() {
-        let mut b = Backoff::new();
-        let ms: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
     }
 
     #[test]

@@ -40,6 +40,55 @@ pub fn parse_master_list(list: &str) -> Result<Vec<String>, String> {
     Ok(addrs)
 }
 
+/// How long clients wait between rounds over the master list. A leader that
+/// dies is replaced within about a second, so for the first
+/// [`Backoff::QUICK_ROUNDS`] rounds clients retry every 100 ms; only a
+/// longer outage backs off, doubling up to 2 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    rounds: u32,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Delay of the quick rounds, and the first slow one.
+    pub const FIRST: Duration = Duration::from_millis(100);
+    /// The longest delay.
+    pub const MAX: Duration = Duration::from_secs(2);
+    /// Rounds retried at [`Backoff::FIRST`] before backing off (1.5 s).
+    pub const QUICK_ROUNDS: u32 = 15;
+
+    /// A fresh backoff.
+    pub fn new() -> Self {
+        Backoff {
+            rounds: 0,
+            next: Self::FIRST,
+        }
+    }
+
+    /// The delay to wait now.
+    pub fn next_delay(&mut self) -> Duration {
+        self.rounds += 1;
+        if self.rounds <= Self::QUICK_ROUNDS {
+            return Self::FIRST;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    /// Back to quick retries (after a success).
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// An endpoint for `addr` (`host:port`) with the timeouts every Mezzanine
 /// client uses: a short connect timeout so a dead address is reported fast,
 /// TCP_NODELAY for latency, and HTTP/2 keep-alives so a silent peer is
@@ -72,6 +121,17 @@ pub fn leader_hint(status: &tonic::Status) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_quick_through_a_failover_then_doubles() {
+        let mut b = Backoff::new();
+        let ms: Vec<u128> = (0..20).map(|_| b.next_delay().as_millis()).collect();
+        assert!(ms[..15].iter().all(|&d| d == 100), "{ms:?}");
+        assert_eq!(&ms[15..], &[100, 200, 400, 800, 1600]);
+        assert_eq!(b.next_delay().as_millis(), 2000);
+        b.reset();
+        assert_eq!(b.next_delay(), Backoff::FIRST);
+    }
 
     #[test]
     fn master_lists() {
