@@ -13,6 +13,7 @@ const T: Duration = Duration::from_secs(30);
 
 struct Group {
     dir: tempfile::TempDir,
+    master_extra: Vec<String>,
     ports: Vec<u16>,
     masters: Vec<Option<Proc>>,
     agent: Option<Proc>,
@@ -58,7 +59,7 @@ impl Group {
             .map(|(j, p)| format!("{}=127.0.0.1:{p}", j + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "master".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", self.ports[i]),
@@ -73,6 +74,7 @@ impl Group {
             "--peers".into(),
             peers,
         ];
+        args.extend(self.master_extra.iter().cloned());
         self.masters[i] = Some(self.spawn(&format!("master-{}", i + 1), &args));
     }
 
@@ -125,6 +127,14 @@ impl Group {
             found.is_some()
         });
         found.expect("leader")
+    }
+
+    fn masters_json(&self) -> Vec<serde_json::Value> {
+        let out = self.mezz(&["masters", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
     }
 
     fn state(&self) -> serde_json::Value {
@@ -198,6 +208,7 @@ impl Drop for Group {
 fn leader_killed_a_new_one_takes_over_and_a_full_restart_loses_nothing() {
     let mut g = Group {
         dir: tempfile::tempdir().expect("tempdir"),
+        master_extra: vec![],
         ports: vec![free_port(), free_port(), free_port()],
         masters: vec![None, None, None],
         agent: None,
@@ -290,5 +301,49 @@ fn leader_killed_a_new_one_takes_over_and_a_full_restart_loses_nothing() {
         text(&fws.stdout).contains("mezz-run sleep"),
         "{}",
         text(&fws.stdout)
+    );
+}
+
+#[test]
+fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
+    let mut g = Group {
+        dir: tempfile::tempdir().expect("tempdir"),
+        master_extra: vec!["--snapshot-every".into(), "4".into()],
+        ports: vec![free_port(), free_port(), free_port()],
+        masters: vec![None, None, None],
+        agent: None,
+        agent_port: free_port(),
+    };
+    for i in 0..3 {
+        g.start_master(i);
+    }
+    let leader = g.wait_leader();
+    g.start_agent();
+    wait_for("the agent to register", T, || g.agent_connected());
+    let follower = (leader + 1) % 3;
+    g.masters[follower].as_mut().expect("follower").kill9();
+
+    // Each run registers and removes a framework: two log entries.
+    for _ in 0..6 {
+        let out = g.mezz(&["run", "--cpus", "0.1", "--mem", "32", "--", "true"]);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    }
+    let follower_log = g.dir.path().join(format!("master-{}.log", follower + 1));
+    let log_of = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+
+    g.start_master(follower);
+    wait_for("the follower to match the leader's log", T, || {
+        let ms = g.masters_json();
+        let leader_applied = ms
+            .iter()
+            .find(|m| m["role"] == "leader")
+            .and_then(|m| m["applied_index"].as_u64());
+        let follower_matched = ms.get(follower).and_then(|m| m["applied_index"].as_u64());
+        matches!((leader_applied, follower_matched), (Some(l), Some(f)) if f >= l && l > 0)
+    });
+    assert!(
+        log_of(&follower_log).contains("installing a snapshot from the leader"),
+        "the follower caught up without a snapshot:\n{}",
+        log_of(&follower_log)
     );
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub peers: BTreeMap<u64, String>,
     /// Timeouts and intervals.
     pub timeouts: Timeouts,
+    /// Log entries applied between two snapshots (log compaction).
+    pub snapshot_every: u64,
 }
 
 impl Config {

@@ -575,7 +575,8 @@ pub async fn run(
     })?;
     let voters: Vec<u64> = config.peers.keys().copied().collect();
     let raft_dir = config.data_dir.join("raft");
-    let (replica, snapshot) = Replica::open(&raft_dir, config.id, &voters)?;
+    let (mut replica, snapshot) = Replica::open(&raft_dir, config.id, &voters)?;
+    replica.set_snapshot_every(config.snapshot_every);
     let registry = snapshot
         .map(|s| Registry::from_snapshot(&s))
         .unwrap_or_default();

@@ -97,6 +97,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             id,
             peers: peers.clone(),
             timeouts: args.timeouts.timeouts(),
+            snapshot_every: super::master::DEFAULT_SNAPSHOT_EVERY,
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

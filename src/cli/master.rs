@@ -51,7 +51,15 @@ pub struct MasterArgs {
     pub advertise: Option<String>,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+    /// Compact the replicated log into a snapshot every this many applied
+    /// entries. A follower that falls further behind catches up by
+    /// snapshot.
+    #[arg(long, default_value_t = DEFAULT_SNAPSHOT_EVERY, value_name = "ENTRIES")]
+    pub snapshot_every: u64,
 }
+
+/// Entries between snapshots unless `--snapshot-every` says otherwise.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>> {
@@ -96,6 +104,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
         id: args.id,
         peers,
         timeouts: args.timeouts.timeouts(),
+        snapshot_every: args.snapshot_every.max(1),
     })
 }
 

@@ -270,6 +270,10 @@ impl Replica {
         out.extend(ready.take_messages());
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
+            tracing::info!(
+                index = snap.get_metadata().index,
+                "installing a snapshot from the leader"
+            );
             self.storage.apply_snapshot(&snap)?;
             match ReplicatedSnapshot::decode(snap.get_data()) {
                 Ok(s) => applied.push(Applied::Restore(s)),
