@@ -391,6 +391,71 @@ impl Resources {
         !self.reserved.is_empty()
     }
 
+    /// The concrete resources a framework of `role` uses to get `need`
+    /// (unreserved amounts) out of this offer: what is reserved for exactly
+    /// `role` first, then unreserved resources. `None` when they do not
+    /// add up. The result is what the task must ask for, reservations
+    /// included, so the master's `contains` check accepts it.
+    ///
+    /// ```
+    /// use mezz_proto::Resources;
+    /// let offer = Resources::parse("cpus(ml):2;cpus:0.5;mem:256").unwrap();
+    /// let need = Resources::parse("cpus:2.25;mem:64").unwrap();
+    /// let take = offer.take_for_role(&need, "ml").unwrap();
+    /// assert_eq!(take.to_string(), "cpus:0.25;mem:64;cpus(ml):2");
+    /// assert!(offer.contains(&take));
+    /// assert!(offer.take_for_role(&need, "other").is_none());
+    /// ```
+    pub fn take_for_role(&self, need: &Resources, role: &str) -> Option<Resources> {
+        let empty = Resources::new();
+        let mine = self.reserved(role).unwrap_or(&empty);
+        let free = self.unreserved();
+        let mut from_mine = Resources::new();
+        let mut from_free = Resources::new();
+        for (name, &want) in &need.scalars {
+            let r = mine.scalars.get(name).copied().unwrap_or(0).min(want);
+            let rest = want - r;
+            if rest > free.scalars.get(name).copied().unwrap_or(0) {
+                return None;
+            }
+            if r > 0 {
+                from_mine.scalars.insert(name.clone(), r);
+            }
+            if rest > 0 {
+                from_free.scalars.insert(name.clone(), rest);
+            }
+        }
+        for (name, ranges) in &need.ranges {
+            for &(b, e) in ranges {
+                let one = Resources::new().with_ranges(name, &[(b, e)]);
+                if mine.contains(&one) {
+                    from_mine.add(&one);
+                } else if free.contains(&one) {
+                    from_free.add(&one);
+                } else {
+                    return None;
+                }
+            }
+        }
+        for (name, items) in &need.sets {
+            for item in items {
+                let one = Resources::new().with_set(name, [item.clone()]);
+                if mine.contains(&one) {
+                    from_mine.add(&one);
+                } else if free.contains(&one) {
+                    from_free.add(&one);
+                } else {
+                    return None;
+                }
+            }
+        }
+        let mut out = from_free;
+        if !from_mine.is_empty() {
+            out.add(&from_mine.reserve(role));
+        }
+        Some(out)
+    }
+
     /// The same resources, all reserved for `role` (`*` or empty: all
     /// unreserved).
     pub fn reserve(&self, role: &str) -> Resources {
