@@ -1,0 +1,421 @@
+//! `mezz tf`: distributed TensorFlow (and PyTorch) training jobs. `run`
+//! submits a job to the `mezz-tensorflow` framework (gang-placed replicas
+//! with TF_CONFIG, restarts) and streams every replica's output prefixed
+//! with `type/index`; `status` shows a job's replicas. The framework itself
+//! lives in `frameworks/tensorflow`; this is the terminal around it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand};
+use mezz_sdk::{proto, DriverBuilder, TaskState};
+use mezz_tensorflow::{
+    Flavor, JobEvent, JobFile, JobSpec, LaunchedReplica, Outcome, Overrides, RestartPolicy, Sizes,
+    TfScheduler,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::logs::Tail;
+use super::MasterArg;
+use crate::client;
+
+#[derive(Args, Debug)]
+pub struct TfArgs {
+    #[command(subcommand)]
+    pub command: TfCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TfCommand {
+    /// Run a distributed training job and stream every replica's output.
+    Run(Box<TfRunArgs>),
+    /// Show a job's replicas and their states.
+    Status(TfStatusArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mezz tf run --workers 2 -- python3 train.py\n  \
+    mezz tf run --chief --ps 1 --workers 4 --restart on-failure:3 -- python3 train.py\n  \
+    mezz tf run --workers 4 --size gpu-large -- python3 train.py     # the same job on GPUs\n  \
+    mezz tf run --flavor pytorch --workers 2 -- torchrun-free-script.py\n  \
+    mezz tf run --file job.toml\n\n\
+Every replica gets a port of its own and TF_CONFIG naming every replica's\n\
+host:port (or, with --flavor pytorch, MASTER_ADDR, MASTER_PORT, WORLD_SIZE,\n\
+RANK and LOCAL_RANK). All replicas start together or not at all. The job\n\
+succeeds when the chief finishes (without a chief: when every worker\n\
+finishes); the rest are then killed. Exit code: 0 on success, 1 otherwise,\n\
+130 after Ctrl-C. `mezz logs JOB/worker/1` shows one replica's output.")]
+pub struct TfRunArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// One chief replica (its end is the job's end).
+    #[arg(long)]
+    pub chief: bool,
+    /// Worker replicas (default 1 when nothing else is asked for).
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Parameter-server replicas.
+    #[arg(long)]
+    pub ps: Option<u32>,
+    /// One evaluator replica (not part of the cluster spec).
+    #[arg(long)]
+    pub evaluator: bool,
+    /// CPUs of each replica (default 1).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory of each replica in MB (default 1024).
+    #[arg(long)]
+    pub mem: Option<f64>,
+    /// Whole GPUs of each chief and worker.
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// A named size (cpus, mem and GPUs in one word): cpu-small, cpu-medium,
+    /// cpu-large, gpu-small, gpu-large, or one from $MEZZ_SIZES or
+    /// ~/.config/mezz/sizes.toml. --cpus, --mem and --gpus override it.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Environment variable for every replica, K=V; repeat for more.
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// tensorflow (TF_CONFIG) or pytorch (MASTER_ADDR, RANK, …).
+    #[arg(long)]
+    pub flavor: Option<String>,
+    /// never, on-failure (3 restarts) or on-failure:N: a failed replica
+    /// restarts the whole gang, with backoff.
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// The job's name (task names are JOB/worker/0, …); defaults to the
+    /// script's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A job file (TOML, or YAML for .yaml/.yml): replica groups with
+    /// count, size, cpus, mem, gpus, command; command, env, flavor,
+    /// restart. Flags override it.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Role to run under (for fair sharing and quota).
+    #[arg(long, default_value = "*")]
+    pub role: String,
+    /// The command every replica runs, with its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TfStatusArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The job's name.
+    pub job: String,
+}
+
+pub async fn main(args: TfArgs) -> Result<ExitCode> {
+    match args.command {
+        TfCommand::Run(a) => run(*a).await,
+        TfCommand::Status(a) => status(a).await,
+    }
+}
+
+fn spec_of(args: &TfRunArgs) -> Result<JobSpec> {
+    let sizes = Sizes::load(Sizes::default_path().as_deref())?;
+    let file = args.file.as_deref().map(JobFile::load).transpose()?;
+    let mut env = Vec::new();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| anyhow!("--env '{kv}' is not K=V"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let overrides = Overrides {
+        name: args.name.clone(),
+        chief: args.chief,
+        workers: args.workers,
+        ps: args.ps,
+        evaluator: args.evaluator,
+        size: args.size.as_deref().map(|s| sizes.get(s)).transpose()?,
+        cpus: args.cpus,
+        mem: args.mem,
+        gpus: args.gpus,
+        env,
+        flavor: args
+            .flavor
+            .as_deref()
+            .map(str::parse::<Flavor>)
+            .transpose()?,
+        restart: args
+            .restart
+            .as_deref()
+            .map(str::parse::<RestartPolicy>)
+            .transpose()?,
+        command: args.command.clone(),
+    };
+    Ok(JobSpec::build(file, overrides, |n| sizes.get(n))?)
+}
+
+/// Writes whole lines with a prefix; what is left at the end is written
+/// when it is dropped.
+struct Prefixed {
+    prefix: String,
+    stderr: bool,
+    buf: Vec<u8>,
+}
+
+impl Prefixed {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            self.write(&line);
+        }
+    }
+
+    fn write(&self, line: &[u8]) {
+        let mut out = Vec::with_capacity(self.prefix.len() + line.len() + 1);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(line);
+        if out.last() != Some(&b'\n') {
+            out.push(b'\n');
+        }
+        // A closed pipe (e.g. `| head`) is not worth reporting.
+        let _ = if self.stderr {
+            std::io::stderr().lock().write_all(&out)
+        } else {
+            std::io::stdout().lock().write_all(&out)
+        };
+    }
+}
+
+impl Drop for Prefixed {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            self.write(&self.buf.clone());
+        }
+    }
+}
+
+fn tail_replica(
+    r: &LaunchedReplica,
+    framework_id: &str,
+    finished: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    ["stdout", "stderr"]
+        .into_iter()
+        .map(|path| {
+            let (addr, fid, tid, fin) = (
+                r.agent_address.clone(),
+                framework_id.to_string(),
+                r.task_id.clone(),
+                finished.clone(),
+            );
+            let mut sink = Prefixed {
+                prefix: format!("[{}] ", r.replica),
+                stderr: path == "stderr",
+                buf: Vec::new(),
+            };
+            tokio::spawn(async move {
+                Tail::connect(&addr, &fid, &tid, path)
+                    .await?
+                    .follow_with(move |d| sink.push(d), fin)
+                    .await
+            })
+        })
+        .collect()
+}
+
+async fn run(args: TfRunArgs) -> Result<ExitCode> {
+    let submitted = Instant::now();
+    let masters = client::masters(args.master.master.as_deref())?;
+    let spec = spec_of(&args)?;
+    let name = spec.name.clone();
+    let gpus = spec.groups.values().any(|g| g.gpus > 0);
+    let replicas = spec.replicas();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let scheduler = TfScheduler::new(spec, move |e| {
+        let _ = tx.send(e);
+    });
+    let interrupt = scheduler.interrupt_handle();
+    let framework = proto::FrameworkInfo {
+        name: format!("mezz-tf {name}"),
+        role: args.role.clone(),
+        failover_timeout_secs: 60.0,
+        user: std::env::var("USER").unwrap_or_default(),
+        // Only frameworks that declare it are offered GPU agents.
+        capabilities: if gpus {
+            vec![proto::Capability::GpuResources as i32]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    let mut driver_run = tokio::spawn(
+        DriverBuilder::new()
+            .masters(masters)
+            .framework(framework)
+            .connect_timeout(Duration::from_secs(8))
+            .run(scheduler),
+    );
+
+    let (finished, finished_rx) = watch::channel(false);
+    let mut tails = Vec::new();
+    let mut tailed: HashSet<String> = HashSet::new();
+    let mut launched: BTreeMap<String, LaunchedReplica> = BTreeMap::new();
+    let mut framework_id = String::new();
+    let mut waiting_said = String::new();
+    let mut placing_since = Instant::now();
+    let mut outcome: Option<Outcome> = None;
+    let mut driver_error: Option<String> = None;
+    let mut interrupted = 0u32;
+    let mut driver_done = false;
+    let ctrl_c = super::shutdown_signal();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(JobEvent::Waiting(why)) => {
+                    if placing_since.elapsed() > Duration::from_secs(1) && why != waiting_said {
+                        eprintln!("mezz tf: waiting to place all {replicas} replicas of {name} at once: {why}");
+                        waiting_said = why;
+                    }
+                }
+                Some(JobEvent::Launched { attempt, framework_id: fid, replicas: rs }) => {
+                    framework_id = fid;
+                    let agents: HashSet<&str> = rs.iter().map(|r| r.agent_address.as_str()).collect();
+                    eprintln!(
+                        "mezz tf: {name}: launched {} replicas on {} agent(s){} after {} ms",
+                        rs.len(),
+                        agents.len(),
+                        if attempt > 0 { format!(" (attempt {attempt})") } else { String::new() },
+                        submitted.elapsed().as_millis()
+                    );
+                    for r in rs {
+                        launched.insert(r.task_id.clone(), r);
+                    }
+                }
+                Some(JobEvent::Replica { replica, attempt, state, message, stopping }) => {
+                    let task_id = replica.task_id(&name, attempt);
+                    let starts = state == TaskState::Running || state.is_terminal();
+                    if starts && !tailed.contains(&task_id) {
+                        if let Some(r) = launched.get(&task_id) {
+                            tailed.insert(task_id.clone());
+                            tails.extend(tail_replica(r, &framework_id, &finished_rx));
+                        }
+                    }
+                    if state.is_terminal() && state != TaskState::Finished && !stopping {
+                        eprintln!("mezz tf: {replica} {}{}{message}", state.short_name(), if message.is_empty() { "" } else { ": " });
+                    }
+                }
+                Some(JobEvent::AllRunning { attempt }) => {
+                    eprintln!(
+                        "mezz tf: {name}: all {replicas} replicas RUNNING{} {} ms after submit",
+                        if attempt > 0 { format!(" (attempt {attempt})") } else { String::new() },
+                        submitted.elapsed().as_millis()
+                    );
+                }
+                Some(JobEvent::Restarting { restart, after, reason }) => {
+                    eprintln!("mezz tf: {reason}; restarting the whole gang (restart {restart}) in {} ms", after.as_millis());
+                    placing_since = Instant::now() + after;
+                    waiting_said.clear();
+                }
+                Some(JobEvent::Done(o)) => outcome = Some(o),
+                Some(JobEvent::Notice(m)) => eprintln!("mezz tf: {m}"),
+                None => break,
+            },
+            done = &mut driver_run, if !driver_done => {
+                driver_done = true;
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => driver_error = Some(e.to_string()),
+                    Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
+                }
+            }
+            _ = &mut ctrl_c => {
+                interrupted += 1;
+                if interrupted == 1 && interrupt.trigger() {
+                    eprintln!("mezz tf: killing every replica of {name} (Ctrl-C again to leave now)…");
+                    ctrl_c.set(super::shutdown_signal());
+                } else {
+                    if let Some(d) = interrupt.driver() { d.teardown(); }
+                    return Ok(ExitCode::from(130));
+                }
+            }
+        }
+    }
+    let _ = finished.send(true);
+    for t in tails {
+        match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Ok(Ok(Err(e))) => eprintln!("mezz tf: {e:#}"),
+            Ok(Err(e)) => eprintln!("mezz tf: output stream failed: {e}"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
+    match outcome {
+        Some(Outcome::Succeeded) => {
+            eprintln!("mezz tf: {name} succeeded");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Outcome::Failed(why)) => {
+            eprintln!("mezz tf: {name} failed: {why}");
+            Ok(ExitCode::from(if interrupted > 0 { 130 } else { 1 }))
+        }
+        None => Err(anyhow!(
+            "{}",
+            driver_error.unwrap_or_else(|| format!("the framework of job {name} ended early"))
+        )),
+    }
+}
+
+async fn status(args: TfStatusArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let state = client::state(&masters, true)
+        .await
+        .context("reading the cluster state")?;
+    let prefix = format!("{}/", args.job);
+    // Active tasks first, then newest first: the first of a name is the
+    // replica's latest attempt.
+    let mut latest: BTreeMap<String, &proto::TaskView> = BTreeMap::new();
+    for t in state.tasks.iter().filter(|t| t.name.starts_with(&prefix)) {
+        latest.entry(t.name.clone()).or_insert(t);
+    }
+    if latest.is_empty() {
+        return Err(anyhow!(
+            "no job '{}' known to the master (no task named {prefix}…); see `mezz ps --all`",
+            args.job
+        ));
+    }
+    let framework = state
+        .frameworks
+        .iter()
+        .find(|f| f.name == format!("mezz-tf {}", args.job));
+    let running = latest.values().filter(|t| t.state == "RUNNING").count();
+    println!(
+        "job {}: {} of {} replicas RUNNING; framework {}",
+        args.job,
+        running,
+        latest.len(),
+        framework
+            .map(|f| format!("{} ({})", f.id, f.status))
+            .unwrap_or_else(|| "gone".into())
+    );
+    println!(
+        "{:<14} {:<28} {:<9} {:<22} RESOURCES",
+        "REPLICA", "TASK", "STATE", "HOST"
+    );
+    for (name, t) in latest {
+        println!(
+            "{:<14} {:<28} {:<9} {:<22} {}",
+            name.strip_prefix(&prefix).unwrap_or(&name),
+            t.id,
+            t.state,
+            t.hostname,
+            t.resources
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,438 @@
+//! `mezz tf` against real `mezz` processes: TensorFlow MultiWorkerMirrored
+//! training, a parameter-server job's TF_CONFIG, gang placement that waits
+//! for the whole job, a gang restart after a worker is killed, and GPUs.
+//! Only the first test imports TensorFlow (it is slow to start); the
+//! others run plain shell or Python commands.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tf")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// The Python with TensorFlow: `$MEZZ_TEST_PYTHON`, else the venv
+/// `scripts/test.sh` makes. `None` (the test is skipped) when it has no
+/// TensorFlow, except under CI, where that is a failure.
+fn tf_python() -> Option<String> {
+    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/mezzanine/venv/bin/python")
+    });
+    let ok = Command::new(&python)
+        .args(["-c", "import tensorflow"])
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{python} cannot import tensorflow; scripts/test.sh installs it"
+    );
+    eprintln!("skipping: {python} cannot import tensorflow (run scripts/test.sh)");
+    None
+}
+
+/// `mezz tf run …` in the background, its output in files.
+struct Job {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Job {
+    fn start(c: &Cluster, args: &[&str]) -> Job {
+        let out = c.dir.path().join(format!("tf-{}.out", free_port()));
+        let err = out.with_extension("err");
+        let addr = c.master_addr();
+        let child = Command::new(MEZZ)
+            .args(["tf", "run", "--master", &addr])
+            .args(args)
+            .env_remove("MEZZ_MASTER")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("out file"))
+            .stderr(std::fs::File::create(&err).expect("err file"))
+            .spawn()
+            .expect("spawn mezz tf run");
+        Job { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the exit; returns (code, stdout, stderr).
+    fn wait(mut self, timeout: Duration) -> (Option<i32>, String, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), self.stdout(), self.stderr());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "mezz tf run did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tasks_named(c: &Cluster, prefix: &str) -> Vec<serde_json::Value> {
+    c.state()["tasks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[test]
+fn two_workers_train_with_multi_worker_mirrored_strategy() {
+    let Some(python) = tf_python() else { return };
+    let c = Cluster::start("cpus:4;mem:8192;disk:1000", &[]);
+    let started = Instant::now();
+    let train = script("mwms_train.py");
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "mwms",
+            "--workers",
+            "2",
+            "--cpus",
+            "1",
+            "--mem",
+            "2048",
+            "--",
+            &python,
+            &train,
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(150));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let losses: Vec<&str> = lines_with(&out, "final loss")
+        .iter()
+        .filter_map(|l| l.split("final loss ").nth(1))
+        .collect();
+    assert_eq!(losses.len(), 2, "both workers report a loss:\n{out}");
+    assert_eq!(losses[0], losses[1], "the workers agree:\n{out}");
+    assert!(
+        lines_with(&out, "[worker/0] final loss").len() == 1,
+        "{out}"
+    );
+    assert!(
+        lines_with(&out, "[worker/1] final loss").len() == 1,
+        "{out}"
+    );
+    assert!(c.active_tasks().is_empty(), "no task of the job remains");
+    eprintln!("MWMS job took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_parameter_server_job_gets_tf_config_and_ends_with_its_chief() {
+    let c = Cluster::start("cpus:4;mem:4096;disk:1000", &[]);
+    let ps = script("ps_job.py");
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "psjob",
+            "--chief",
+            "--ps",
+            "1",
+            "--workers",
+            "2",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "128",
+            "--",
+            "python3",
+            &ps,
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let mut cluster: Option<serde_json::Value> = None;
+    for (kind, index) in [("chief", 0), ("ps", 0), ("worker", 0), ("worker", 1)] {
+        let prefix = format!("[{kind}/{index}] TF_CONFIG=");
+        let line = lines_with(&out, &prefix);
+        assert_eq!(line.len(), 1, "one TF_CONFIG from {kind}/{index}:\n{out}");
+        let config: serde_json::Value =
+            serde_json::from_str(line[0].split_once('=').expect("json").1).expect("JSON");
+        assert_eq!(config["task"]["type"], kind);
+        assert_eq!(config["task"]["index"], index);
+        let counts: Vec<usize> = ["chief", "ps", "worker"]
+            .iter()
+            .map(|k| config["cluster"][k].as_array().map_or(0, |a| a.len()))
+            .collect();
+        assert_eq!(counts, [1, 1, 2], "{config}");
+        for addr in config["cluster"]
+            .as_object()
+            .expect("cluster")
+            .values()
+            .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        {
+            assert!(
+                addr.as_str().is_some_and(|a| a.starts_with("127.0.0.1:")),
+                "{addr}"
+            );
+        }
+        // Every replica is told the same cluster.
+        match &cluster {
+            None => cluster = Some(config["cluster"].clone()),
+            Some(c) => assert_eq!(c, &config["cluster"]),
+        }
+    }
+    assert!(out.contains("[chief/0] chief saw 3 peers"), "{out}");
+    // The chief ended the job: the parameter server and workers were killed.
+    let tasks = tasks_named(&c, "psjob/");
+    let ps = tasks
+        .iter()
+        .find(|t| t["name"] == "psjob/ps/0")
+        .expect("ps task");
+    assert_eq!(ps["state"], "KILLED", "{ps}");
+    assert!(c.active_tasks().is_empty());
+    // `mezz tf status` and `mezz logs` by replica name.
+    let addr = c.master_addr();
+    let st = mezz(
+        &["tf", "status", "--master", &addr, "psjob"],
+        Duration::from_secs(10),
+    );
+    let st_out = text(&st.stdout);
+    assert!(
+        st_out.contains("chief/0") && st_out.contains("FINISHED"),
+        "stdout:\n{st_out}\nstderr:\n{}",
+        text(&st.stderr)
+    );
+    let logs = c.mezz(&["logs", "psjob/worker/1"], Duration::from_secs(10));
+    assert!(
+        text(&logs.stdout).contains("\"type\": \"worker\""),
+        "{}",
+        text(&logs.stdout)
+    );
+}
+
+#[test]
+fn a_gang_that_does_not_fit_waits_whole_until_an_agent_joins() {
+    let mut c = Cluster::start("cpus:3;mem:1024;disk:1000", &[]);
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "gang",
+            "--workers",
+            "4",
+            "--cpus",
+            "1",
+            "--mem",
+            "64",
+            "--",
+            "echo hello from $MEZZ_TF_REPLICA",
+        ],
+    );
+    wait_for(
+        "the CLI to say what is missing",
+        Duration::from_secs(20),
+        || job.stderr().contains("missing: 1 × worker"),
+    );
+    assert!(
+        tasks_named(&c, "gang/").is_empty(),
+        "nothing launched in part"
+    );
+    c.add_agent();
+    let (code, out, err) = job.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for i in 0..4 {
+        assert!(
+            out.contains(&format!("[worker/{i}] hello from worker/{i}")),
+            "{out}"
+        );
+    }
+    assert_eq!(tasks_named(&c, "gang/").len(), 4);
+}
+
+/// The host pid of a process whose command line is exactly `argv`.
+fn pid_of(argv: &[&str]) -> Option<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
+    })
+}
+
+#[test]
+fn a_killed_worker_restarts_the_gang_once_then_the_job_succeeds() {
+    let c = Cluster::start("cpus:4;mem:1024;disk:1000", &[]);
+    let marker = format!("{}", 40000 + free_port() % 20000);
+    let cmd = format!(
+        "case $MEZZ_TASK_ID in *.worker.1.0) exec sleep {marker};; *.0) exec sleep 300;; \
+         *) echo done $MEZZ_TF_REPLICA;; esac"
+    );
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "rs",
+            "--workers",
+            "2",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--restart",
+            "on-failure:1",
+            "--",
+            &cmd,
+        ],
+    );
+    let mut pid = None;
+    wait_for("worker/1's process", Duration::from_secs(20), || {
+        pid = pid_of(&["sleep", &marker]);
+        pid.is_some()
+    });
+    unsafe {
+        libc::kill(pid.expect("pid"), libc::SIGKILL);
+    }
+    let (code, out, err) = job.wait(Duration::from_secs(40));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        lines_with(&err, "restarting the whole gang").len(),
+        1,
+        "{err}"
+    );
+    assert!(out.contains("[worker/0] done worker/0"), "{out}");
+    assert!(out.contains("[worker/1] done worker/1"), "{out}");
+    let attempts: Vec<String> = tasks_named(&c, "rs/")
+        .iter()
+        .map(|t| format!("{} {}", t["id"].as_str().unwrap_or(""), t["state"]))
+        .collect();
+    assert_eq!(attempts.len(), 4, "{attempts:?}");
+    assert!(c.active_tasks().is_empty());
+}
+
+#[test]
+fn gpu_workers_get_distinct_gpus() {
+    let c = Cluster::start_with_agent_args("cpus:4;mem:1024;disk:1000", &["--fake-gpus", "2"]);
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "gpus",
+            "--workers",
+            "2",
+            "--gpus",
+            "1",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--",
+            "echo cuda=$CUDA_VISIBLE_DEVICES dev=$MEZZ_GPU_DEVICES",
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let mut seen: Vec<(String, String)> = lines_with(&out, "cuda=")
+        .iter()
+        .filter_map(|l| {
+            let rest = l.split_once("cuda=")?.1;
+            let (cuda, dev) = rest.split_once(" dev=")?;
+            Some((cuda.to_string(), dev.to_string()))
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 2, "{out}");
+    assert_eq!(seen[0].0, "0", "{out}");
+    assert_eq!(seen[1].0, "1", "{out}");
+    assert!(
+        seen[0].1.ends_with("nvidia0") && seen[1].1.ends_with("nvidia1"),
+        "{out}"
+    );
+}
+
+/// The scheduler's time to start a 16-replica job: from submit to all
+/// replicas RUNNING (the CLI reports it), with `sleep` as the command so no
+/// interpreter start-up counts. `cargo test --release --test tensorflow --
+/// --ignored --nocapture` prints the figures for BENCHMARKS.md.
+#[test]
+#[ignore = "benchmark; run by hand"]
+fn bench_sixteen_replicas_to_running() {
+    let mut times = Vec::new();
+    for i in 0..6 {
+        // A fresh cluster each time: a job's first offers, not leftovers.
+        let c = Cluster::start("cpus:16;mem:16384;disk:1000", &[]);
+        let name = format!("bench{i}");
+        let job = Job::start(
+            &c,
+            &[
+                "--name",
+                &name,
+                "--chief",
+                "--ps",
+                "3",
+                "--workers",
+                "12",
+                "--cpus",
+                "0.5",
+                "--mem",
+                "64",
+                "--",
+                "sleep 1",
+            ],
+        );
+        let (code, _, err) = job.wait(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{err}");
+        let ms: Option<u64> = lines_with(&err, "replicas RUNNING")
+            .first()
+            .and_then(|l| l.split_whitespace().rev().nth(3)?.parse().ok());
+        if i > 0 {
+            times.push(ms.unwrap_or_else(|| panic!("no RUNNING line:\n{err}")));
+        }
+    }
+    times.sort();
+    eprintln!(
+        "16 replicas, submit to all RUNNING: median {} ms, min {} ms, max {} ms",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+}
