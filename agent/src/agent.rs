@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::checkpoint::{Checkpoint, TaskRecord};
 use crate::executor::{self, StartLine};
+use crate::health;
 use crate::lifecycle::{self, Observed};
 
 type Key = (String, String);
@@ -158,6 +159,12 @@ impl Agent {
             let mut st = self.lock();
             if record {
                 if let Some(rec) = st.tasks.get_mut(&key) {
+                    // A run that ended stays ended: a late health update
+                    // (or any non-terminal one) is moot.
+                    if state_of(rec).is_terminal() && !status.state().is_terminal() {
+                        tracing::debug!(task_id = %key.1, "update after the terminal one dropped");
+                        return;
+                    }
                     rec.latest_status = Some(status.clone());
                     self.put(rec);
                 }
@@ -453,12 +460,14 @@ impl Agent {
         self.emit(status, true).await;
         if let Some(grace) = pending_kill {
             self.signal_and_escalate(key.clone(), pgid, grace);
+        } else {
+            self.start_health_checks(key, pgid);
         }
     }
 
     /// The run is over: report its terminal status from the exit record.
     async fn finish(&self, key: &Key, observed: Observed) {
-        let (sandbox, kill_requested) = {
+        let (sandbox, kill_requested, kill_reason, kill_message) = {
             let st = self.lock();
             let Some(rec) = st.tasks.get(key) else {
                 return;
@@ -466,7 +475,12 @@ impl Agent {
             if state_of(rec).is_terminal() {
                 return;
             }
-            (PathBuf::from(&rec.sandbox), rec.kill_requested)
+            (
+                PathBuf::from(&rec.sandbox),
+                rec.kill_requested,
+                rec.kill_reason.and_then(|r| TaskReason::try_from(r).ok()),
+                rec.kill_message.clone(),
+            )
         };
         let exit = crate::launch_spec::read_exit_record(
             &sandbox
@@ -481,6 +495,7 @@ impl Agent {
             oom,
             kill_requested,
         );
+        let o = lifecycle::with_kill_reason(o, kill_reason, kill_message.as_deref());
         let mut status = Self::status(key, o.state, o.reason, o.message);
         status.exit_code = o.exit_code;
         status.signal = o.signal;
@@ -762,6 +777,9 @@ impl Agent {
                 if let Some(pgid) = pgid {
                     self.signal_and_escalate(key.clone(), pgid, grace);
                 }
+            } else if let Some(pgid) = pgid {
+                // Health is not checkpointed: checks start over.
+                span.in_scope(|| self.start_health_checks(&key, pgid));
             }
             let me = Arc::clone(self);
             let start_time = rec.wrapper_start_time;
@@ -772,6 +790,126 @@ impl Agent {
                 }
                 .instrument(span),
             );
+        }
+    }
+
+    // ------------------------------------------------------------ health
+
+    /// Starts the task's health checks, if it has any, for the run whose
+    /// command is process group `pgid`. They end with the run (or a kill).
+    fn start_health_checks(self: &Arc<Self>, key: &Key, pgid: i32) {
+        let (check, sandbox) = {
+            let st = self.lock();
+            let Some(rec) = st.tasks.get(key) else {
+                return;
+            };
+            let Some(check) = rec.task.as_ref().and_then(|t| t.health_check.clone()) else {
+                return;
+            };
+            (check, PathBuf::from(&rec.sandbox))
+        };
+        let policy = match health::Policy::from_proto(&check) {
+            Ok(p) => p,
+            Err(e) => {
+                // Validated at launch; only an old checkpoint gets here.
+                tracing::warn!("task {}: not checking health: {e}", key.1);
+                return;
+            }
+        };
+        tracing::debug!(
+            "checking health of task {} every {:?}: {}",
+            key.1,
+            policy.interval,
+            policy.describe()
+        );
+        let me = Arc::clone(self);
+        let key = key.clone();
+        let span = task_span(&key.0, &key.1);
+        self.spawn(
+            async move { me.health_loop(key, pgid, policy, sandbox).await }.instrument(span),
+        );
+    }
+
+    /// Is the run with process group `pgid` still one to check?
+    fn health_wanted(&self, key: &Key, pgid: i32) -> bool {
+        self.lock().tasks.get(key).is_some_and(|rec| {
+            state_of(rec) == TaskState::Running
+                && rec.child_pgid == Some(pgid)
+                && !rec.kill_requested
+        })
+    }
+
+    async fn health_loop(
+        self: Arc<Self>,
+        key: Key,
+        pgid: i32,
+        policy: health::Policy,
+        sandbox: PathBuf,
+    ) {
+        let since = Instant::now();
+        let ctx = tokio::task::spawn_blocking(move || health::CommandContext::of_sandbox(&sandbox))
+            .await
+            .unwrap_or_default();
+        let mut tick = tokio::time::interval(policy.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tracker = health::Tracker::new(policy);
+        loop {
+            tick.tick().await;
+            if !self.health_wanted(&key, pgid) {
+                return;
+            }
+            let p = tracker.policy();
+            let result = health::probe(&p.probe, &ctx, p.timeout).await;
+            // The run may have ended while the check ran: its result is moot.
+            if !self.health_wanted(&key, pgid) {
+                return;
+            }
+            if let Err(e) = &result {
+                tracing::debug!("health check of task {} failed: {e}", key.1);
+            }
+            for effect in tracker.observe(since.elapsed(), result) {
+                match effect {
+                    health::Effect::Health { healthy, message } => {
+                        let mut status = Self::status(
+                            &key,
+                            TaskState::Running,
+                            TaskReason::Unspecified,
+                            message,
+                        );
+                        status.healthy = Some(healthy);
+                        self.emit(status, true).await;
+                    }
+                    health::Effect::Kill(why) => {
+                        self.kill_for(&key, TaskReason::HealthCheckFailed, why);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The agent's own kill of a task (not asked for by the master): the
+    /// terminal update says `reason` and `why`.
+    fn kill_for(self: &Arc<Self>, key: &Key, reason: TaskReason, why: String) {
+        let target = {
+            let mut st = self.lock();
+            let Some(rec) = st.tasks.get_mut(key) else {
+                return;
+            };
+            if state_of(rec).is_terminal() || rec.kill_requested {
+                return;
+            }
+            let grace = self.grace_for(None, rec);
+            rec.kill_requested = true;
+            rec.kill_grace_secs = Some(grace.as_secs_f64());
+            rec.kill_reason = Some(reason as i32);
+            rec.kill_message = Some(why.clone());
+            self.put(rec);
+            rec.child_pgid.map(|pgid| (pgid, grace))
+        };
+        tracing::info!("killing task {}: {why}", key.1);
+        if let Some((pgid, grace)) = target {
+            self.signal_and_escalate(key.clone(), pgid, grace);
         }
     }
 

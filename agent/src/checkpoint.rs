@@ -49,6 +49,13 @@ pub struct TaskRecord {
     /// cgroup is cleaned up when it ends.
     #[prost(string, optional, tag = "10")]
     pub cgroup: Option<String>,
+    /// Why the agent itself asked for the kill (a `TaskReason`, e.g. a
+    /// failed health check); unset for kills the master asked for.
+    #[prost(int32, optional, tag = "11")]
+    pub kill_reason: Option<i32>,
+    /// The message of the agent's own kill, for the terminal update.
+    #[prost(string, optional, tag = "12")]
+    pub kill_message: Option<String>,
 }
 
 impl TaskRecord {
@@ -249,6 +256,8 @@ mod tests {
             wrapper_pid: Some(42),
             wrapper_start_time: Some(1234),
             cgroup: Some("mezzanine/t.0123abcd".into()),
+            kill_reason: Some(13),
+            kill_message: Some("health check failed".into()),
             child_pgid: Some(43),
             latest_status: Some(status),
             kill_requested: true,

@@ -1,11 +1,15 @@
-//! The agent API (`AgentFiles`): reading files of a task's sandbox, confined
-//! to that sandbox. It reads; it never writes or lists.
+//! The agent API (`AgentFiles`): listing a task's sandbox and reading its
+//! files (from an offset, or their end), confined to that sandbox. It
+//! reads; it never writes.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use mezz_proto::v1::{agent_files_server::AgentFiles, ReadFileRequest, ReadFileResponse};
+use mezz_proto::v1::{
+    agent_files_server::AgentFiles, FileEntry, ListFilesRequest, ListFilesResponse,
+    ReadFileRequest, ReadFileResponse, TailFileRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::agent::Agent;
@@ -13,6 +17,8 @@ use crate::executor;
 
 /// The most bytes one `ReadFile` returns.
 pub const MAX_CHUNK: u64 = 1024 * 1024;
+/// The most entries one `ListFiles` returns.
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// The `AgentFiles` service.
 pub struct FilesService {
@@ -66,6 +72,68 @@ pub fn resolve_in_sandbox(sandbox: &Path, rel: &str) -> Result<PathBuf, Status> 
     Ok(full)
 }
 
+/// Resolves a directory `rel` inside `sandbox` (empty: the sandbox), with
+/// the same confinement as [`resolve_in_sandbox`].
+pub fn resolve_dir_in_sandbox(sandbox: &Path, rel: &str) -> Result<PathBuf, Status> {
+    let full = if rel.is_empty() || rel == "." {
+        sandbox.canonicalize().map_err(|e| {
+            Status::internal(format!("cannot resolve sandbox {}: {e}", sandbox.display()))
+        })?
+    } else {
+        resolve_in_sandbox(sandbox, rel)?
+    };
+    if !full.is_dir() {
+        return Err(Status::invalid_argument(format!(
+            "'{rel}' is not a directory; use ReadFile for files"
+        )));
+    }
+    Ok(full)
+}
+
+/// The entries of directory `dir`, sorted by name, at most
+/// [`MAX_ENTRIES`]. Symbolic links are not followed.
+pub fn list_dir(dir: &Path, rel: &str) -> Result<Vec<FileEntry>, Status> {
+    let io = |e: std::io::Error| Status::internal(format!("cannot list '{rel}': {e}"));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue; // removed meanwhile
+        };
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        out.push(FileEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            size: meta.len(),
+            is_dir: meta.is_dir(),
+            mtime,
+            is_symlink: meta.file_type().is_symlink(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.truncate(MAX_ENTRIES);
+    Ok(out)
+}
+
+/// Reads the last `length` (0 = [`MAX_CHUNK`]) bytes; returns the bytes,
+/// where they start and the file's size.
+pub fn tail_chunk(path: &Path, rel: &str, length: u64) -> Result<(Vec<u8>, u64, u64), Status> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Status::internal(format!("cannot read '{rel}': {e}")))?
+        .len();
+    let want = if length == 0 {
+        MAX_CHUNK
+    } else {
+        length.min(MAX_CHUNK)
+    };
+    let offset = size.saturating_sub(want);
+    let (data, size) = read_chunk(path, rel, offset, want)?;
+    Ok((data, offset, size))
+}
+
 /// Reads at most `length` (0 = [`MAX_CHUNK`]) bytes at `offset`; returns
 /// the bytes and the file's size.
 pub fn read_chunk(
@@ -95,24 +163,80 @@ pub fn read_chunk(
     Ok((data, size))
 }
 
+impl FilesService {
+    /// The sandbox of a task's current run; NOT_FOUND when there is none.
+    fn sandbox(&self, framework_id: &str, task_id: &str) -> Result<PathBuf, Status> {
+        for (kind, id) in [("framework", framework_id), ("task", task_id)] {
+            mezz_proto::ids::validate_id(kind, id).map_err(Status::invalid_argument)?;
+        }
+        let sandbox = executor::sandbox_path(self.agent.work_dir(), framework_id, task_id);
+        if !sandbox.is_dir() {
+            return Err(Status::not_found(format!(
+                "no sandbox for task '{task_id}' of framework '{framework_id}' on this agent"
+            )));
+        }
+        Ok(sandbox)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("file task failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl AgentFiles for FilesService {
+    async fn list_files(
+        &self,
+        request: Request<ListFilesRequest>,
+    ) -> Result<Response<ListFilesResponse>, Status> {
+        let req = request.into_inner();
+        let sandbox = self.sandbox(&req.framework_id, &req.task_id)?;
+        let task_terminal = self.agent.task_terminal(&req.framework_id, &req.task_id);
+        let rel = req.path.clone();
+        let entries = blocking(move || {
+            let dir = resolve_dir_in_sandbox(&sandbox, &rel)?;
+            list_dir(&dir, &rel)
+        })
+        .await?;
+        tracing::debug!(task_id = %req.task_id, path = %req.path, entries = entries.len(), "listed sandbox directory");
+        Ok(Response::new(ListFilesResponse {
+            entries,
+            task_terminal,
+        }))
+    }
+
+    async fn tail_file(
+        &self,
+        request: Request<TailFileRequest>,
+    ) -> Result<Response<ReadFileResponse>, Status> {
+        let req = request.into_inner();
+        let sandbox = self.sandbox(&req.framework_id, &req.task_id)?;
+        let task_terminal = self.agent.task_terminal(&req.framework_id, &req.task_id);
+        let rel = req.path.clone();
+        let length = req.length;
+        let (data, offset, size) = blocking(move || {
+            let full = resolve_in_sandbox(&sandbox, &rel)?;
+            tail_chunk(&full, &rel, length)
+        })
+        .await?;
+        Ok(Response::new(ReadFileResponse {
+            data,
+            offset,
+            size,
+            task_terminal,
+        }))
+    }
+
     async fn read_file(
         &self,
         request: Request<ReadFileRequest>,
     ) -> Result<Response<ReadFileResponse>, Status> {
         let req = request.into_inner();
-        for (kind, id) in [("framework", &req.framework_id), ("task", &req.task_id)] {
-            mezz_proto::ids::validate_id(kind, id).map_err(Status::invalid_argument)?;
-        }
-        let sandbox =
-            executor::sandbox_path(self.agent.work_dir(), &req.framework_id, &req.task_id);
-        if !sandbox.is_dir() {
-            return Err(Status::not_found(format!(
-                "no sandbox for task '{}' of framework '{}' on this agent",
-                req.task_id, req.framework_id
-            )));
-        }
+        let sandbox = self.sandbox(&req.framework_id, &req.task_id)?;
         // Ask before reading: a terminal task's file is complete once read.
         let task_terminal = self.agent.task_terminal(&req.framework_id, &req.task_id);
         let rel = req.path.clone();
@@ -179,6 +303,52 @@ mod tests {
         let e = resolve_in_sandbox(&sb, "nope").unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         assert!(e.message().contains("'nope'"));
+    }
+
+    #[test]
+    fn listing_and_tails() {
+        let (dir, sb) = sandbox();
+        std::os::unix::fs::symlink(dir.path().join("secret"), sb.join("out")).unwrap();
+        let root = resolve_dir_in_sandbox(&sb, "").unwrap();
+        let names: Vec<(String, bool, bool)> = list_dir(&root, "")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.is_dir, e.is_symlink))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("out".to_string(), false, true),
+                ("stdout".to_string(), false, false),
+                ("sub".to_string(), true, false)
+            ]
+        );
+        let sub = resolve_dir_in_sandbox(&sb, "sub").unwrap();
+        let e = &list_dir(&sub, "sub").unwrap()[0];
+        assert_eq!((e.name.as_str(), e.size), ("f", 1));
+        assert!(e.mtime > 1.0e9);
+        assert_eq!(
+            resolve_dir_in_sandbox(&sb, "..").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            resolve_dir_in_sandbox(&sb, "stdout").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        std::os::unix::fs::symlink(dir.path(), sb.join("up")).unwrap();
+        assert_eq!(
+            resolve_dir_in_sandbox(&sb, "up").unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        let p = sb.join("stdout");
+        assert_eq!(
+            tail_chunk(&p, "stdout", 5).unwrap(),
+            (b"world".to_vec(), 6, 11)
+        );
+        assert_eq!(
+            tail_chunk(&p, "stdout", 50).unwrap(),
+            (b"hello world".to_vec(), 0, 11)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod error;
 pub mod executor;
 pub mod files;
 pub mod gpu;
+pub mod health;
 pub mod isolation;
 pub mod launch_spec;
 mod launcher;

@@ -26,6 +26,10 @@ pub fn validate_launch(
             task.task_id
         ));
     }
+    if let Some(check) = &task.health_check {
+        crate::health::Policy::from_proto(check)
+            .map_err(|e| format!("task '{}': {e}", task.task_id))?;
+    }
     if let Some(state) = existing.filter(|s| !s.is_terminal()) {
         return Err(format!(
             "task '{}' of framework '{}' is already active on this agent ({}); task ids must be unique within a framework",
@@ -129,6 +133,33 @@ pub fn with_oom(o: Outcome, oom_killed: bool, kill_requested: bool) -> Outcome {
     }
 }
 
+/// `outcome` corrected for the agent's own kill: a run the agent killed
+/// for `reason` (a failed health check) says so, and why, instead of
+/// "killed on request".
+pub fn with_kill_reason(o: Outcome, reason: Option<TaskReason>, why: Option<&str>) -> Outcome {
+    match reason {
+        Some(reason) if o.state == TaskState::Killed && reason != TaskReason::KilledByRequest => {
+            let detail = o
+                .message
+                .strip_prefix("killed on request")
+                .unwrap_or(&o.message)
+                .trim_start_matches(';')
+                .trim();
+            let message = match (why, detail.is_empty()) {
+                (Some(w), true) => w.to_string(),
+                (Some(w), false) => format!("{w} (killed {detail})"),
+                (None, _) => o.message.clone(),
+            };
+            Outcome {
+                reason,
+                message,
+                ..o
+            }
+        }
+        _ => o,
+    }
+}
+
 /// `SIGTERM` for 15, `signal N` for what has no name.
 pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
@@ -178,6 +209,30 @@ mod tests {
             o.message,
             "task process ended while the agent was down; exit status unknown"
         );
+    }
+
+    #[test]
+    fn health_kills_say_so() {
+        let o = with_kill_reason(
+            outcome(sig(15), true, Observed::Watched),
+            Some(TaskReason::HealthCheckFailed),
+            Some("health check command 'false' failed 2 time(s) in a row"),
+        );
+        assert_eq!(
+            (o.state, o.reason),
+            (TaskState::Killed, TaskReason::HealthCheckFailed)
+        );
+        assert_eq!(
+            o.message,
+            "health check command 'false' failed 2 time(s) in a row (killed by signal 15 (SIGTERM))"
+        );
+        // It finished on its own meanwhile: that stands.
+        let o = with_kill_reason(
+            outcome(code(0), true, Observed::Watched),
+            Some(TaskReason::HealthCheckFailed),
+            Some("x"),
+        );
+        assert_eq!(o.state, TaskState::Finished);
     }
 
     #[test]

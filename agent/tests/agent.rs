@@ -9,9 +9,10 @@ use std::time::Duration;
 use mezz_proto::v1::{
     agent_files_client::AgentFilesClient,
     agent_gateway_server::{AgentGateway, AgentGatewayServer},
-    agent_message, master_message, AgentMessage, AgentRegistered, CommandInfo, FrameworkInfo,
-    KillTask, LaunchTask, MasterMessage, ReadFileRequest, RegisterAgent, StatusAck, TaskInfo,
-    TaskReason, TaskState, TaskStatus,
+    agent_message, health_check, master_message, AgentMessage, AgentRegistered, CommandInfo,
+    FrameworkInfo, HealthCheck, HttpHealthCheck, KillTask, LaunchTask, ListFilesRequest,
+    MasterMessage, ReadFileRequest, RegisterAgent, StatusAck, TailFileRequest, TaskInfo,
+    TaskReason, TaskState, TaskStatus, TcpHealthCheck,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -447,5 +448,312 @@ async fn tasks_survive_an_agent_restart() {
     );
     assert_eq!(killed.signal, Some(15));
     wait_until("the task's process to end", || pid_gone(keep_child)).await;
+    agent.stop().await;
+}
+
+// ------------------------------------------------------------ health checks
+
+fn launch_checked(
+    task_id: &str,
+    command: CommandInfo,
+    check: health_check::Check,
+    failures: u32,
+    grace: f64,
+    port: Option<u16>,
+) -> master_message::Message {
+    let mut resources = Vec::new();
+    if let Some(p) = port {
+        resources = mezz_proto::Resources::parse(&format!("ports:[{p}-{p}]"))
+            .unwrap()
+            .to_proto();
+    }
+    master_message::Message::Launch(LaunchTask {
+        framework: Some(framework()),
+        task: Some(TaskInfo {
+            task_id: task_id.into(),
+            name: task_id.into(),
+            command: Some(command),
+            resources,
+            health_check: Some(HealthCheck {
+                check: Some(check),
+                interval_secs: 0.1,
+                timeout_secs: 2.0,
+                grace_period_secs: grace,
+                consecutive_failures: failures,
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
+impl Conn {
+    /// Acknowledges updates until one matches `want`; returns it.
+    async fn update_where(&mut self, what: &str, want: impl Fn(&TaskStatus) -> bool) -> TaskStatus {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let s = tokio::time::timeout_at(deadline, self.update(true))
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            if want(&s) {
+                return s;
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_command_check_kills_the_task() {
+    let work = tempfile::tempdir().unwrap();
+    let (maddr, mut conns, _ms) = start_master("127.0.0.1:0".parse().unwrap()).await;
+    let agent = start_agent(maddr, work.path());
+    let mut conn = next_conn(&mut conns).await;
+
+    // The check runs in the sandbox with the task's environment: it fails
+    // until the task says otherwise, then passes, then fails for good.
+    conn.send(launch_checked(
+        "sick",
+        CommandInfo {
+            value: "touch ok; sleep 0.5; rm ok; exec sleep 60".into(),
+            shell: true,
+            environment: [("WANT".to_string(), "ok".to_string())].into(),
+            ..Default::default()
+        },
+        health_check::Check::Command("test -f \"$WANT\" || { echo not ready >&2; exit 1; }".into()),
+        2,
+        5.0,
+        None,
+    ));
+    let s = conn.update(true).await;
+    assert_eq!((s.state(), s.healthy), (TaskState::Running, None));
+    let s = conn.update(true).await;
+    assert_eq!(
+        (s.state(), s.healthy),
+        (TaskState::Running, Some(true)),
+        "{s:?}"
+    );
+    assert_eq!(s.reason(), TaskReason::Unspecified);
+    let s = conn.update(true).await;
+    assert_eq!(
+        (s.state(), s.healthy),
+        (TaskState::Running, Some(false)),
+        "{s:?}"
+    );
+    assert!(s.message.contains("not ready"), "{}", s.message);
+    let s = conn.update(true).await;
+    assert_eq!(s.state(), TaskState::Killed, "{s:?}");
+    assert_eq!(s.reason(), TaskReason::HealthCheckFailed);
+    assert!(
+        s.message.contains("command 'test -f")
+            && s.message.contains("2 time(s)")
+            && s.message.contains("exited with code 1: not ready"),
+        "{}",
+        s.message
+    );
+    assert_eq!(s.signal, Some(15));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_tcp_checks_on_the_tasks_port() {
+    let work = tempfile::tempdir().unwrap();
+    let (maddr, mut conns, _ms) = start_master("127.0.0.1:0".parse().unwrap()).await;
+    let agent = start_agent(maddr, work.path());
+    let mut conn = next_conn(&mut conns).await;
+    let port = free_port();
+
+    // A web server on its port; failures while it starts are in the grace
+    // period.
+    conn.send(launch_checked(
+        "web",
+        shell("exec python3 -m http.server \"$PORT0\" --bind 127.0.0.1"),
+        health_check::Check::Http(HttpHealthCheck {
+            port: port.into(),
+            path: "/stdout".into(),
+            ..Default::default()
+        }),
+        1,
+        15.0,
+        Some(port),
+    ));
+    let s = conn
+        .update_where("web healthy", |s| s.task_id == "web" && s.healthy.is_some())
+        .await;
+    assert_eq!(
+        (s.state(), s.healthy),
+        (TaskState::Running, Some(true)),
+        "{s:?}"
+    );
+    assert!(s.message.contains("http GET 127.0.0.1:"), "{}", s.message);
+
+    // TCP: the same port is open; a closed one kills its task.
+    conn.send(launch_checked(
+        "open",
+        shell("exec sleep 60"),
+        health_check::Check::Tcp(TcpHealthCheck { port: port.into() }),
+        1,
+        0.0,
+        None,
+    ));
+    let s = conn
+        .update_where("open healthy", |s| {
+            s.task_id == "open" && s.healthy.is_some()
+        })
+        .await;
+    assert_eq!(s.healthy, Some(true), "{s:?}");
+    let closed = free_port();
+    conn.send(launch_checked(
+        "closed",
+        shell("exec sleep 60"),
+        health_check::Check::Tcp(TcpHealthCheck {
+            port: closed.into(),
+        }),
+        1,
+        0.0,
+        None,
+    ));
+    let s = conn
+        .update_where("closed killed", |s| {
+            s.task_id == "closed" && s.state().is_terminal()
+        })
+        .await;
+    assert_eq!(
+        (s.state(), s.reason()),
+        (TaskState::Killed, TaskReason::HealthCheckFailed),
+        "{s:?}"
+    );
+    assert!(
+        s.message.contains(&format!("tcp 127.0.0.1:{closed}")),
+        "{}",
+        s.message
+    );
+    assert!(s.message.contains("cannot connect"), "{}", s.message);
+
+    // An invalid check is refused at launch.
+    conn.send(launch_checked(
+        "bad",
+        shell("true"),
+        health_check::Check::Tcp(TcpHealthCheck { port: 0 }),
+        1,
+        0.0,
+        None,
+    ));
+    let s = conn
+        .update_where("bad refused", |s| s.task_id == "bad")
+        .await;
+    assert_eq!(s.state(), TaskState::Error);
+    assert!(s.message.contains("port 0"), "{}", s.message);
+
+    // "open" first: its check needs the web server.
+    for t in ["open", "web"] {
+        conn.send(kill(t, Some(1.0)));
+        let s = conn
+            .update_where("kill", |s| s.task_id == t && s.state().is_terminal())
+            .await;
+        assert_eq!(
+            (s.state(), s.reason()),
+            (TaskState::Killed, TaskReason::KilledByRequest),
+            "{s:?}"
+        );
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_listing_and_tail_stay_inside() {
+    let work = tempfile::tempdir().unwrap();
+    let (maddr, mut conns, _ms) = start_master("127.0.0.1:0".parse().unwrap()).await;
+    let agent = start_agent(maddr, work.path());
+    let mut conn = next_conn(&mut conns).await;
+    let secret = work.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    conn.send(launch(
+        "lister",
+        shell(&format!(
+            "mkdir -p out/deep; seq 1 1000; echo x > out/deep/f; ln -s {} escape; ln -s .. up",
+            secret.display()
+        )),
+    ));
+    conn.update_where("lister done", |s| s.state().is_terminal())
+        .await;
+
+    let mut files = AgentFilesClient::connect(format!("http://{}", conn.agent_address()))
+        .await
+        .unwrap();
+    let list = |path: &str| ListFilesRequest {
+        framework_id: "fw1".into(),
+        task_id: "lister".into(),
+        path: path.into(),
+    };
+    let r = files.list_files(list("")).await.unwrap().into_inner();
+    assert!(r.task_terminal);
+    let names: Vec<&str> = r.entries.iter().map(|e| e.name.as_str()).collect();
+    for want in [".mezz", "escape", "out", "stderr", "stdout", "tmp", "up"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let stdout = r.entries.iter().find(|e| e.name == "stdout").unwrap();
+    assert_eq!(stdout.size, 3893);
+    assert!(!stdout.is_dir && stdout.mtime > 0.0);
+    assert!(r.entries.iter().any(|e| e.name == "escape" && e.is_symlink));
+    let r = files
+        .list_files(list("out/deep"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.entries.len(), 1);
+    assert_eq!((r.entries[0].name.as_str(), r.entries[0].size), ("f", 2));
+    for (path, code) in [
+        ("..", tonic::Code::InvalidArgument),
+        ("out/../..", tonic::Code::InvalidArgument),
+        ("/etc", tonic::Code::InvalidArgument),
+        ("up", tonic::Code::PermissionDenied),
+        ("stdout", tonic::Code::InvalidArgument),
+        ("nope", tonic::Code::NotFound),
+    ] {
+        let e = files.list_files(list(path)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{path}: {}", e.message());
+    }
+
+    let tail = |path: &str, length: u64| TailFileRequest {
+        framework_id: "fw1".into(),
+        task_id: "lister".into(),
+        path: path.into(),
+        length,
+    };
+    let r = files
+        .tail_file(tail("stdout", 9))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.data, b"999\n1000\n");
+    assert_eq!((r.offset, r.size), (3884, 3893));
+    assert!(r.task_terminal);
+    let r = files
+        .tail_file(tail("stdout", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.offset, r.data.len()), (0, 3893));
+    let e = files.tail_file(tail("escape", 1)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = files
+        .tail_file(tail(&secret.display().to_string(), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = files
+        .tail_file(tail("../lister/stdout", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = files.tail_file(tail("up", 1)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
     agent.stop().await;
 }

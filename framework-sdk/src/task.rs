@@ -98,6 +98,35 @@ impl TaskBuilder {
         self
     }
 
+    /// A health check the agent runs while the task is RUNNING: a change of
+    /// health arrives as a RUNNING update with `healthy` set, and after
+    /// `consecutive_failures` failures in a row the agent kills the task
+    /// (TASK_KILLED, TASK_REASON_HEALTH_CHECK_FAILED).
+    ///
+    /// ```
+    /// use mezz_sdk::{proto, TaskBuilder};
+    ///
+    /// let offer = proto::Offer { agent_id: "agent-1".into(), ..Default::default() };
+    /// let check = proto::HealthCheck {
+    ///     check: Some(proto::health_check::Check::Http(proto::HttpHealthCheck {
+    ///         port: 8080,
+    ///         path: "/ready".into(),
+    ///         ..Default::default()
+    ///     })),
+    ///     interval_secs: 5.0,
+    ///     consecutive_failures: 3,
+    ///     ..Default::default()
+    /// };
+    /// let task = TaskBuilder::shell("web-1", "./serve --port 8080")
+    ///     .health_check(check)
+    ///     .build(&offer);
+    /// assert_eq!(task.health_check.unwrap().interval_secs, 5.0);
+    /// ```
+    pub fn health_check(mut self, check: proto::HealthCheck) -> Self {
+        self.info.health_check = Some(check);
+        self
+    }
+
     /// The task, placed on `offer`'s agent.
     pub fn build(self, offer: &proto::Offer) -> proto::TaskInfo {
         self.build_on(&AgentId(offer.agent_id.clone()))
