@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".mezzanine.v1.FrameworkView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.TaskView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.RoleView", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".mezzanine.v1.TaskStateChange",
+            "#[derive(serde::Serialize)]",
+        )
         .compile_protos(&["proto/mezzanine.proto"], &["proto"])?;
     Ok(())
 }

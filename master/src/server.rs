@@ -191,6 +191,8 @@ struct Actor {
     /// Raft messages to the other masters (none in a group of one).
     transport: Option<GrpcTransport>,
     was_leader: bool,
+    /// Wall time of allocation cycles, for `/metrics`.
+    allocation_time: crate::api::metrics::Histogram,
 }
 
 impl Actor {
@@ -288,10 +290,18 @@ impl Actor {
                 let _ = reply.send(self.state(completed));
             }
             Input::Metrics(reply) => {
-                let _ = reply.send(crate::api::http::metrics_text(
+                let shell = crate::api::metrics::ShellMetrics {
+                    leader,
+                    term: self.replica.term(),
+                    last_index: self.replica.last_index(),
+                    commit_index: self.replica.committed(),
+                    applied_index: self.replica.applied(),
+                    allocation: self.allocation_time.clone(),
+                };
+                let _ = reply.send(crate::api::metrics::metrics_text(
                     &self.cluster,
                     &self.state(false),
-                    leader,
+                    &shell,
                 ));
             }
         }
@@ -378,7 +388,10 @@ impl Actor {
             let now = self.now();
             let leader = self.replica.is_leader();
             if leader && self.cluster.allocation_due() {
+                let started = Instant::now();
                 self.cluster.allocate(now);
+                self.allocation_time
+                    .observe(started.elapsed().as_secs_f64());
             }
             let mut effects = self.cluster.take_effects();
             if !leader {
@@ -595,6 +608,7 @@ pub async fn run(
         awaiting_commit: Vec::new(),
         transport: None,
         was_leader: false,
+        allocation_time: Default::default(),
     };
     // Replay the log; a group of one also wins its election before serving.
     // A group of several elects once the peers can talk, i.e. after serving.

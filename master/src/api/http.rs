@@ -1,27 +1,55 @@
-//! HTTP next to gRPC on the master's port: `/health`, `/api/state` (JSON),
-//! `/metrics` (Prometheus text) and `/`, a plain status page that refreshes
-//! itself.
+//! HTTP next to gRPC on the master's port: `/health`, `/api/state` (JSON,
+//! documented in `docs/api-state.md`), `/metrics` (Prometheus text), the
+//! status pages (see [`super::page`]) and
+//! `/api/tasks/{framework_id}/{task_id}/files/{stdout|stderr}`, which reads a
+//! task's output through its agent's sandbox API.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use mezz_proto::v1::ClusterState;
+use mezz_proto::v1::agent_files_client::AgentFilesClient;
+use mezz_proto::v1::{ClusterState, ReadFileRequest};
+use mezz_proto::MAX_MESSAGE_BYTES;
 
-use crate::cluster::Cluster;
+use super::metrics::GrpcStats;
+use super::page::{self, layout, Ctx, LogPane, TaskFilter};
 use crate::server::{Handle, Input};
 
+/// The most bytes one file read returns, and the tail a task page shows.
+pub const MAX_FILE_CHUNK: u64 = 64 * 1024;
+/// Sandbox files a browser may read.
+const FILES: [&str; 2] = ["stdout", "stderr"];
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct Http {
+    handle: Handle,
+    grpc: Arc<GrpcStats>,
+}
+
 /// The HTTP routes.
-pub fn routes(handle: Handle) -> Router {
+pub fn routes(handle: Handle, grpc: Arc<GrpcStats>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/api/state", get(api_state))
         .route("/metrics", get(metrics))
-        .route("/", get(page))
-        .with_state(handle)
+        .route(layout::SCRIPT_PATH, get(script))
+        .route("/", get(overview))
+        .route("/agents", get(agents))
+        .route("/agents/{id}", get(agent))
+        .route("/frameworks", get(frameworks))
+        .route("/roles", get(roles))
+        .route("/tasks", get(tasks))
+        .route("/tasks/{framework_id}/{task_id}", get(task))
+        .route(
+            "/api/tasks/{framework_id}/{task_id}/files/{file}",
+            get(task_file),
+        )
+        .with_state(Http { handle, grpc })
 }
 
 #[derive(serde::Deserialize)]
@@ -56,7 +84,7 @@ async fn redirect_to_leader(h: &Handle, path_and_query: &str) -> Option<Response
 }
 
 async fn api_state(
-    State(h): State<Handle>,
+    State(h): State<Http>,
     Query(q): Query<StateQuery>,
     uri: axum::http::Uri,
 ) -> Response {
@@ -64,150 +92,280 @@ async fn api_state(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/api/state");
-    if let Some(r) = redirect_to_leader(&h, path).await {
+    if let Some(r) = redirect_to_leader(&h.handle, path).await {
         return r;
     }
-    match h.ask(|r| Input::State(q.completed, r)).await {
+    match h.handle.ask(|r| Input::State(q.completed, r)).await {
         Ok(state) => axum::Json(state).into_response(),
         Err(e) => unavailable(e),
     }
 }
 
-async fn metrics(State(h): State<Handle>) -> Response {
-    match h.ask(Input::Metrics).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+async fn metrics(State(h): State<Http>) -> Response {
+    match h.handle.ask(Input::Metrics).await {
+        Ok(mut text) => {
+            text.push_str(&h.grpc.text());
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         Err(e) => unavailable(e),
     }
 }
 
-/// Prometheus text for the counters and gauges of a master.
-pub fn metrics_text(c: &Cluster, s: &ClusterState, leader: bool) -> String {
-    let k = c.counters();
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
+async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        layout::SCRIPT,
+    )
+        .into_response()
+}
+
+/// The state (with completed tasks) and the page context, from this
+/// master's own view: a follower renders its registry and says who leads.
+async fn snapshot(h: &Http) -> Result<(ClusterState, Ctx), Response> {
+    let (leads, leader) = h.handle.ask(Input::WhoLeads).await.map_err(unavailable)?;
+    let state = h
+        .handle
+        .ask(|r| Input::State(true, r))
+        .await
+        .map_err(unavailable)?;
+    let ctx = Ctx {
+        leads,
+        leader,
+        now: mezz_proto::unix_now(),
     };
-    counter(
-        "mezz_offers_sent_total",
-        "Offers sent to frameworks.",
-        k.offers_sent,
-    );
-    counter(
-        "mezz_offers_declined_total",
-        "Decline calls.",
-        k.offers_declined,
-    );
-    counter(
-        "mezz_offers_accepted_total",
-        "Accept calls that used valid offers.",
-        k.offers_accepted,
-    );
-    counter(
-        "mezz_offers_rescinded_total",
-        "Offers rescinded.",
-        k.offers_rescinded,
-    );
-    counter(
-        "mezz_tasks_launched_total",
-        "Tasks sent to agents.",
-        k.tasks_launched,
-    );
-    counter(
-        "mezz_status_updates_total",
-        "Status updates received from agents.",
-        k.status_updates,
-    );
-    counter(
-        "mezz_allocation_runs_total",
-        "Allocation cycles.",
-        k.allocation_runs,
-    );
-    let _ = writeln!(out, "# HELP mezz_tasks_terminal_total Tasks that reached a terminal state.\n# TYPE mezz_tasks_terminal_total counter");
-    for (state, n) in &k.terminal {
-        let _ = writeln!(out, "mezz_tasks_terminal_total{{state=\"{state}\"}} {n}");
+    Ok((state, ctx))
+}
+
+fn html(found: bool, body: String) -> Response {
+    let status = if found {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+macro_rules! simple_page {
+    ($name:ident, $render:path) => {
+        async fn $name(State(h): State<Http>) -> Response {
+            match snapshot(&h).await {
+                Ok((s, ctx)) => html(true, $render(&s, &ctx)),
+                Err(r) => r,
+            }
+        }
+    };
+}
+
+simple_page!(overview, page::overview);
+simple_page!(agents, page::agents);
+simple_page!(frameworks, page::frameworks);
+simple_page!(roles, page::roles);
+
+async fn agent(State(h): State<Http>, Path(id): Path<String>) -> Response {
+    match snapshot(&h).await {
+        Ok((s, ctx)) => {
+            let (found, body) = page::agent(&s, &ctx, &id);
+            html(found, body)
+        }
+        Err(r) => r,
     }
-    let connected = s.agents.iter().filter(|a| a.status == "connected").count();
-    let _ = writeln!(
-        out,
-        "# HELP mezz_agents Agents by status.\n# TYPE mezz_agents gauge\nmezz_agents{{status=\"connected\"}} {connected}\nmezz_agents{{status=\"disconnected\"}} {}",
-        s.agents.len() - connected
-    );
-    let _ = writeln!(out, "# HELP mezz_frameworks Registered frameworks.\n# TYPE mezz_frameworks gauge\nmezz_frameworks {}", s.frameworks.len());
-    let _ = writeln!(out, "# HELP mezz_tasks_active Active tasks.\n# TYPE mezz_tasks_active gauge\nmezz_tasks_active {}", s.tasks.len());
-    for res in ["cpus", "mem", "disk", "gpus"] {
-        let total: f64 = s.agents.iter().filter_map(|a| a.total.get(res)).sum();
-        let used: f64 = s.agents.iter().filter_map(|a| a.used.get(res)).sum();
-        let _ = writeln!(out, "mezz_resources_total{{resource=\"{res}\"}} {total}\nmezz_resources_used{{resource=\"{res}\"}} {used}");
+}
+
+async fn tasks(State(h): State<Http>, Query(f): Query<TaskFilter>) -> Response {
+    match snapshot(&h).await {
+        Ok((s, ctx)) => html(true, page::tasks(&s, &ctx, &f)),
+        Err(r) => r,
     }
-    let _ = writeln!(out, "# HELP mezz_master_is_leader 1 when this master leads.\n# TYPE mezz_master_is_leader gauge\nmezz_master_is_leader {}", u8::from(leader));
-    out
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+async fn task(
+    State(h): State<Http>,
+    Path((framework_id, task_id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let refresh = headers.contains_key("x-mezz-live");
+    let (s, ctx) = match snapshot(&h).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let agent = s
+        .tasks
+        .iter()
+        .find(|t| t.framework_id == framework_id && t.id == task_id)
+        .map(|t| t.agent_address.clone());
+    let mut panes = Vec::new();
+    // The live part of the page is refreshed by the script, which follows
+    // the logs by itself: skip the agent round trips for those requests.
+    if let Some(addr) = agent.filter(|a| !a.is_empty() && !refresh) {
+        for file in FILES {
+            panes.push(tail(&addr, &framework_id, &task_id, file).await);
+        }
+    }
+    let (found, body) = page::task(&s, &ctx, &framework_id, &task_id, &panes);
+    html(found, body)
 }
 
-fn scalar(m: &std::collections::BTreeMap<String, f64>, k: &str) -> f64 {
-    m.get(k).copied().unwrap_or(0.0)
+/// Reads the last [`MAX_FILE_CHUNK`] bytes of a sandbox file.
+async fn tail(addr: &str, framework_id: &str, task_id: &str, file: &str) -> LogPane {
+    let pane = |error: Option<String>| LogPane {
+        file: file.to_string(),
+        text: String::new(),
+        skipped: 0,
+        next_offset: 0,
+        error,
+    };
+    let first = match read(addr, framework_id, task_id, file, 0).await {
+        Ok(r) => r,
+        Err(e) => return pane(Some(e)),
+    };
+    let r = if first.size > first.data.len() as u64 {
+        match read(
+            addr,
+            framework_id,
+            task_id,
+            file,
+            first.size.saturating_sub(MAX_FILE_CHUNK),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return pane(Some(e)),
+        }
+    } else {
+        first
+    };
+    let (text, used) = utf8_prefix(&r.data);
+    LogPane {
+        text,
+        skipped: r.offset,
+        next_offset: r.offset + used as u64,
+        ..pane(None)
+    }
 }
 
-async fn page(State(h): State<Handle>) -> Response {
-    let s = match h.ask(|r| Input::State(true, r)).await {
+/// The longest prefix of `data` that does not end inside a UTF-8
+/// character, as text (invalid bytes replaced), and its length in bytes.
+fn utf8_prefix(data: &[u8]) -> (String, usize) {
+    let used = match std::str::from_utf8(data) {
+        Ok(_) => data.len(),
+        // An incomplete character at the end waits for the next read.
+        Err(e) if e.error_len().is_none() && data.len() - e.valid_up_to() < 4 => e.valid_up_to(),
+        Err(_) => data.len(),
+    };
+    (String::from_utf8_lossy(&data[..used]).into_owned(), used)
+}
+
+async fn read(
+    addr: &str,
+    framework_id: &str,
+    task_id: &str,
+    file: &str,
+    offset: u64,
+) -> Result<mezz_proto::v1::ReadFileResponse, String> {
+    let channel = mezz_proto::client::connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach agent {addr}: {e}"))?;
+    let mut client = AgentFilesClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_file(ReadFileRequest {
+            framework_id: framework_id.to_string(),
+            task_id: task_id.to_string(),
+            path: file.to_string(),
+            offset,
+            length: MAX_FILE_CHUNK,
+        }),
+    )
+    .await
+    .map_err(|_| format!("agent {addr} did not answer within 5 s"))?
+    .map_err(|e| format!("agent {addr}: {}", e.message()))?;
+    let mut r = resp.into_inner();
+    r.data.truncate(MAX_FILE_CHUNK as usize);
+    Ok(r)
+}
+
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+#[derive(serde::Serialize)]
+struct FileChunk {
+    data: String,
+    offset: u64,
+    next_offset: u64,
+    size: u64,
+    eof: bool,
+    task_terminal: bool,
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, msg + "\n").into_response()
+}
+
+async fn task_file(
+    State(h): State<Http>,
+    Path((framework_id, task_id, file)): Path<(String, String, String)>,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    if let Err(e) = mezz_proto::ids::validate_id("framework", &framework_id)
+        .and_then(|_| mezz_proto::ids::validate_id("task", &task_id))
+    {
+        return bad_request(e);
+    }
+    if !FILES.contains(&file.as_str()) {
+        return bad_request(format!(
+            "file '{file}' is not readable here; ask for stdout or stderr"
+        ));
+    }
+    let state = match h.handle.ask(|r| Input::State(true, r)).await {
         Ok(s) => s,
         Err(e) => return unavailable(e),
     };
-    let mut b = String::new();
-    let _ = write!(
-        b,
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
-         <title>Mezzanine</title><style>body{{font-family:sans-serif;margin:2em}}\
-         table{{border-collapse:collapse;margin-bottom:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
-         .RUNNING{{color:#060}}.FAILED,.LOST,.ERROR{{color:#a00}}</style></head><body>\
-         <h1>Mezzanine</h1><p>Leader {} · {} agents · {} frameworks · {} tasks · <a href=/api/state>/api/state</a> · <a href=/metrics>/metrics</a></p>",
-        esc(&s.leader), s.agents.len(), s.frameworks.len(), s.tasks.len()
-    );
-    b.push_str("<h2>Agents</h2><table><tr><th>Host</th><th>Id</th><th>Status</th><th>CPUs used/total</th><th>Mem MB used/total</th><th>GPUs</th></tr>");
-    for a in &s.agents {
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}</td><td>{}</td></tr>",
-            esc(&a.hostname),
-            esc(&a.id),
-            esc(&a.status),
-            scalar(&a.used, "cpus"),
-            scalar(&a.total, "cpus"),
-            scalar(&a.used, "mem"),
-            scalar(&a.total, "mem"),
-            esc(&a.gpus.join(", "))
-        );
+    let Some(addr) = state
+        .tasks
+        .iter()
+        .find(|t| t.framework_id == framework_id && t.id == task_id)
+        .map(|t| t.agent_address.clone())
+        .filter(|a| !a.is_empty())
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no task '{task_id}' of framework '{framework_id}' with a known agent\n"),
+        )
+            .into_response();
+    };
+    match read(&addr, &framework_id, &task_id, &file, q.offset).await {
+        Ok(r) => {
+            let (data, used) = utf8_prefix(&r.data);
+            let next_offset = r.offset + used as u64;
+            axum::Json(FileChunk {
+                data,
+                offset: r.offset,
+                next_offset,
+                size: r.size,
+                eof: next_offset >= r.size,
+                task_terminal: r.task_terminal,
+            })
+            .into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e + "\n").into_response(),
     }
-    b.push_str("</table><h2>Frameworks</h2><table><tr><th>Name</th><th>Id</th><th>Role</th><th>Status</th><th>Active tasks</th></tr>");
-    for f in &s.frameworks {
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&f.name),
-            esc(&f.id),
-            esc(&f.role),
-            esc(&f.status),
-            f.active_tasks
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8_prefix;
+
+    #[test]
+    fn a_split_character_waits_for_the_next_read() {
+        let s = "héllo".as_bytes();
+        assert_eq!(utf8_prefix(&s[..2]), ("h".to_string(), 1));
+        assert_eq!(utf8_prefix(s), ("héllo".to_string(), 6));
+        assert_eq!(utf8_prefix(b"a\xffb").1, 3);
     }
-    b.push_str("</table><h2>Tasks</h2><table><tr><th>Id</th><th>Name</th><th>State</th><th>Framework</th><th>Host</th><th>Resources</th><th>Message</th></tr>");
-    for t in &s.tasks {
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&t.id), esc(&t.name), esc(&t.state), esc(&t.state), esc(&t.framework_name),
-            esc(&t.hostname), esc(&t.resources), esc(&t.message)
-        );
-    }
-    b.push_str("</table></body></html>");
-    Html(b).into_response()
 }

@@ -3,7 +3,9 @@
 
 pub mod agent;
 pub mod http;
+pub mod metrics;
 pub mod operator;
+pub mod page;
 pub mod raft;
 pub mod scheduler;
 
@@ -46,7 +48,14 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
             .max_decoding_message_size(crate::replication::transport::MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
-    routes.into_axum_router().merge(http::routes(handle))
+    let grpc = metrics::GrpcStats::new();
+    routes
+        .into_axum_router()
+        .merge(http::routes(handle, grpc.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            grpc,
+            metrics::count_grpc,
+        ))
 }
 
 /// Maps a refused call to a gRPC status; a non-leader answer carries the

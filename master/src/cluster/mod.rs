@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use mezz_proto::v1::{
     event, AgentInfo, Event, FrameworkInfo, MasterMessage, RegisterAgent, ReplicatedCommand,
-    StatusSource, TaskInfo, TaskReason, TaskState, TaskStatus,
+    StatusSource, TaskInfo, TaskReason, TaskState, TaskStateChange, TaskStatus,
 };
 use mezz_proto::{AgentId, FrameworkId, OfferId, Resources, TaskId};
 
@@ -104,6 +104,9 @@ pub enum CallError {
 
 /// How many finished tasks the master remembers for `ps --all`.
 pub const COMPLETED_TASKS_KEPT: usize = 1000;
+
+/// How many state changes the master remembers per task (status page).
+pub const TASK_HISTORY_KEPT: usize = 16;
 
 /// A connected (or recently disconnected) agent.
 #[derive(Debug, Clone)]
@@ -213,6 +216,10 @@ pub struct Cluster {
     seq: u64,
     last_framework_heartbeat: Millis,
     counters: Counters,
+    /// The last [`TASK_HISTORY_KEPT`] state changes of active and
+    /// completed tasks, oldest first. Kept beside `Task` so that the places
+    /// that build tasks need not know about it; pruned with `completed`.
+    history: HashMap<(FrameworkId, TaskId), VecDeque<TaskStateChange>>,
 }
 
 impl Cluster {
@@ -242,6 +249,7 @@ impl Cluster {
             seq: 0,
             last_framework_heartbeat: now,
             counters: Counters::default(),
+            history: HashMap::new(),
         };
         c.restore(registry);
         c
@@ -409,6 +417,7 @@ impl Cluster {
             exit_code: None,
             signal: None,
             source: StatusSource::Master as i32,
+            healthy: None,
         }
     }
 
@@ -418,8 +427,11 @@ impl Cluster {
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
-        task.status = status;
-        let state = task.status.state();
+        let previous = std::mem::replace(&mut task.status, status);
+        let current = task.status.clone();
+        self.record_change(key, &previous);
+        self.record_change(key, &current);
+        let state = current.state();
         if !state.is_terminal() {
             return;
         }
@@ -441,6 +453,46 @@ impl Cluster {
         self.dirty_frameworks.insert(task.framework_id.clone());
         self.completed.push_front(task);
         self.completed.truncate(COMPLETED_TASKS_KEPT);
+        self.prune_history();
+    }
+
+    /// Appends `status` to the task's history unless it repeats the last
+    /// state seen.
+    fn record_change(&mut self, key: &(FrameworkId, TaskId), status: &TaskStatus) {
+        let h = self.history.entry(key.clone()).or_default();
+        let state = status.state().short_name();
+        if h.back().is_some_and(|last| last.state == state) {
+            return;
+        }
+        h.push_back(TaskStateChange {
+            state: state.to_string(),
+            timestamp: status.timestamp,
+            reason: status.reason().short_name().to_string(),
+            message: status.message.clone(),
+        });
+        while h.len() > TASK_HISTORY_KEPT {
+            h.pop_front();
+        }
+    }
+
+    /// Drops the history of tasks the master no longer remembers, once it
+    /// holds twice as many entries as there are tasks (amortised O(1)).
+    fn prune_history(&mut self) {
+        let live = self.tasks.len() + self.completed.len();
+        if self.history.len() <= 2 * live + 64 {
+            return;
+        }
+        let keep: HashSet<(FrameworkId, TaskId)> = self
+            .tasks
+            .keys()
+            .cloned()
+            .chain(
+                self.completed
+                    .iter()
+                    .map(|t| (t.framework_id.clone(), TaskId(t.info.task_id.clone()))),
+            )
+            .collect();
+        self.history.retain(|k, _| keep.contains(k));
     }
 
     /// Sends a status update to its framework and keeps it until

@@ -1,8 +1,11 @@
 //! Read-only views of the state machine for the operator API, `/api/state`
 //! and the status page.
 
-use mezz_proto::v1::{AgentView, ClusterState, FrameworkView, MasterView, TaskView};
+use mezz_proto::v1::{
+    AgentView, ClusterState, FrameworkView, MasterView, TaskStateChange, TaskView,
+};
 use mezz_proto::PROTOCOL_VERSION;
+use mezz_proto::{FrameworkId, TaskId};
 
 use super::{Cluster, Task};
 
@@ -20,6 +23,26 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
             }
         })
         .unwrap_or_default();
+    let key = (
+        FrameworkId(t.framework_id.0.clone()),
+        TaskId(t.info.task_id.clone()),
+    );
+    let mut history: Vec<TaskStateChange> = c
+        .history
+        .get(&key)
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    // The latest state may have been set without passing through
+    // `set_task_status` (a launch, an agent re-registering).
+    let state = t.status.state().short_name();
+    if history.last().is_none_or(|last| last.state != state) {
+        history.push(TaskStateChange {
+            state: state.to_string(),
+            timestamp: t.status.timestamp,
+            reason: t.status.reason().short_name().to_string(),
+            message: t.status.message.clone(),
+        });
+    }
     TaskView {
         id: t.info.task_id.clone(),
         name: t.info.name.clone(),
@@ -37,6 +60,14 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
         command: cmd,
         launched_at: t.launched_at,
         updated_at: t.status.timestamp,
+        gpus: t
+            .resources
+            .set_items("gpus")
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        history,
+        healthy: t.status.healthy,
     }
 }
 
@@ -74,10 +105,24 @@ impl Cluster {
                     .map(String::from)
                     .collect(),
                 registered_at: a.registered_at,
-                last_seen: 0.0,
+                // The state machine's clock is monotonic; the view speaks
+                // wall-clock time, so translate by the age of the heartbeat.
+                last_seen: mezz_proto::unix_now()
+                    - self.now.saturating_sub(a.last_seen) as f64 / 1000.0,
+                attributes: a.info.attributes.clone(),
             })
             .collect();
         agents.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+        let mut outstanding: std::collections::HashMap<&FrameworkId, u32> =
+            std::collections::HashMap::new();
+        for o in self.offers.values() {
+            *outstanding.entry(&o.framework_id).or_default() += 1;
+        }
+        let mut active: std::collections::HashMap<&FrameworkId, u32> =
+            std::collections::HashMap::new();
+        for t in self.tasks.values() {
+            *active.entry(&t.framework_id).or_default() += 1;
+        }
         let mut frameworks: Vec<FrameworkView> = self
             .frameworks
             .iter()
@@ -95,11 +140,8 @@ impl Cluster {
                 failover_timeout_secs: f.info.failover_timeout_secs,
                 used: f.used.quantities(),
                 offered: f.offered.quantities(),
-                active_tasks: self
-                    .tasks
-                    .values()
-                    .filter(|t| t.framework_id == *id)
-                    .count() as u32,
+                active_tasks: active.get(id).copied().unwrap_or(0),
+                offers_outstanding: outstanding.get(id).copied().unwrap_or(0),
                 registered_at: f.registered_at,
                 capabilities: f
                     .info

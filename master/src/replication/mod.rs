@@ -233,6 +233,11 @@ impl Replica {
         self.raw.raft.prs().get(id).map(|p| p.matched)
     }
 
+    /// The index of the last entry known to be committed.
+    pub fn committed(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
     /// The index of the last entry in the log (applied or not).
     pub fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()

@@ -1,0 +1,332 @@
+//! Prometheus text exposition (format 0.0.4) for `/metrics`: the state
+//! machine's counters, gauges from the cluster view, raft progress, the
+//! allocation cycle time, and gRPC request counts and latencies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use mezz_proto::v1::ClusterState;
+
+use crate::cluster::Cluster;
+
+/// Bucket bounds in seconds, from 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A cumulative histogram in the Prometheus sense.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; LATENCY_BUCKETS.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation, in seconds.
+    pub fn observe(&mut self, secs: f64) {
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` series; `labels` is empty
+    /// or `key="value",` pairs with a trailing comma.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, n) in LATENCY_BUCKETS.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// What the shell (not the state machine) measures: raft progress and the
+/// allocation cycle time.
+#[derive(Debug, Clone, Default)]
+pub struct ShellMetrics {
+    /// This master leads.
+    pub leader: bool,
+    /// Current raft term.
+    pub term: u64,
+    /// Index of the last entry in the local log.
+    pub last_index: u64,
+    /// Index of the last entry known to be committed.
+    pub commit_index: u64,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+    /// Wall time of each `Cluster::allocate` call.
+    pub allocation: Histogram,
+}
+
+/// gRPC requests by method and HTTP status, with latencies to the
+/// response head (for streaming calls: the time to open the stream).
+#[derive(Debug, Default)]
+pub struct GrpcStats {
+    by_method: Mutex<BTreeMap<(String, u16), Histogram>>,
+}
+
+impl GrpcStats {
+    /// A shared, empty set.
+    pub fn new() -> Arc<Self> {
+        Arc::new(GrpcStats::default())
+    }
+
+    fn observe(&self, method: &str, status: u16, secs: f64) {
+        if let Ok(mut m) = self.by_method.lock() {
+            // Methods come from our own service table; an unknown path
+            // (a scanner) is folded into one series so labels stay bounded.
+            let key = if method.starts_with("/mezzanine.v1.") && method.len() < 80 {
+                method.to_string()
+            } else {
+                "other".to_string()
+            };
+            m.entry((key, status)).or_default().observe(secs);
+        }
+    }
+
+    /// The Prometheus text for the gRPC series.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let Ok(m) = self.by_method.lock() else {
+            return out;
+        };
+        out.push_str("# HELP mezz_grpc_requests_total gRPC requests by method and HTTP status.\n# TYPE mezz_grpc_requests_total counter\n");
+        for ((method, status), h) in m.iter() {
+            let _ = writeln!(
+                out,
+                "mezz_grpc_requests_total{{method=\"{}\",status=\"{status}\"}} {}",
+                label(method),
+                h.count()
+            );
+        }
+        out.push_str("# HELP mezz_grpc_request_duration_seconds Time to the response head of gRPC requests.\n# TYPE mezz_grpc_request_duration_seconds histogram\n");
+        for ((method, status), h) in m.iter() {
+            h.write(
+                &mut out,
+                "mezz_grpc_request_duration_seconds",
+                &format!("method=\"{}\",status=\"{status}\",", label(method)),
+            );
+        }
+        out
+    }
+}
+
+/// Axum middleware that counts gRPC requests (content type `application/grpc`).
+pub async fn count_grpc(State(stats): State<Arc<GrpcStats>>, req: Request, next: Next) -> Response {
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        return next.run(req).await;
+    }
+    let method = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    stats.observe(
+        &method,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Prometheus text for the counters and gauges of a master.
+pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> String {
+    let k = c.counters();
+    let mut out = String::new();
+    for (name, help, v) in [
+        (
+            "mezz_offers_sent_total",
+            "Offers sent to frameworks.",
+            k.offers_sent,
+        ),
+        (
+            "mezz_offers_declined_total",
+            "Decline calls.",
+            k.offers_declined,
+        ),
+        (
+            "mezz_offers_accepted_total",
+            "Accept calls that used valid offers.",
+            k.offers_accepted,
+        ),
+        (
+            "mezz_offers_rescinded_total",
+            "Offers rescinded.",
+            k.offers_rescinded,
+        ),
+        (
+            "mezz_tasks_launched_total",
+            "Tasks sent to agents.",
+            k.tasks_launched,
+        ),
+        (
+            "mezz_status_updates_total",
+            "Status updates received from agents.",
+            k.status_updates,
+        ),
+        (
+            "mezz_allocation_runs_total",
+            "Allocation cycles.",
+            k.allocation_runs,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    family(
+        &mut out,
+        "mezz_tasks_terminal_total",
+        "counter",
+        "Tasks that reached a terminal state.",
+    );
+    for (state, n) in &k.terminal {
+        let _ = writeln!(
+            out,
+            "mezz_tasks_terminal_total{{state=\"{}\"}} {n}",
+            label(state)
+        );
+    }
+    family(&mut out, "mezz_tasks", "gauge", "Active tasks by state.");
+    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in &s.tasks {
+        *by_state.entry(t.state.as_str()).or_default() += 1;
+    }
+    for (state, n) in &by_state {
+        let _ = writeln!(out, "mezz_tasks{{state=\"{}\"}} {n}", label(state));
+    }
+    let connected = s.agents.iter().filter(|a| a.status == "connected").count();
+    family(&mut out, "mezz_agents", "gauge", "Agents by status.");
+    let _ = writeln!(
+        out,
+        "mezz_agents{{status=\"connected\"}} {connected}\nmezz_agents{{status=\"disconnected\"}} {}",
+        s.agents.len() - connected
+    );
+    let fw_connected = s
+        .frameworks
+        .iter()
+        .filter(|f| f.status == "connected")
+        .count();
+    family(
+        &mut out,
+        "mezz_frameworks",
+        "gauge",
+        "Registered frameworks by status.",
+    );
+    let _ = writeln!(
+        out,
+        "mezz_frameworks{{status=\"connected\"}} {fw_connected}\nmezz_frameworks{{status=\"disconnected\"}} {}",
+        s.frameworks.len() - fw_connected
+    );
+    family(&mut out, "mezz_tasks_active", "gauge", "Active tasks.");
+    let _ = writeln!(out, "mezz_tasks_active {}", s.tasks.len());
+    family(
+        &mut out,
+        "mezz_resources_total",
+        "gauge",
+        "Resources of all agents.",
+    );
+    let mut used_lines = String::new();
+    for res in ["cpus", "mem", "disk", "gpus"] {
+        let total: f64 = s.agents.iter().filter_map(|a| a.total.get(res)).sum();
+        let used: f64 = s.agents.iter().filter_map(|a| a.used.get(res)).sum();
+        let _ = writeln!(out, "mezz_resources_total{{resource=\"{res}\"}} {total}");
+        let _ = writeln!(
+            used_lines,
+            "mezz_resources_used{{resource=\"{res}\"}} {used}"
+        );
+    }
+    family(
+        &mut out,
+        "mezz_resources_used",
+        "gauge",
+        "Resources held by tasks.",
+    );
+    out.push_str(&used_lines);
+    family(
+        &mut out,
+        "mezz_master_is_leader",
+        "gauge",
+        "1 when this master leads.",
+    );
+    let _ = writeln!(out, "mezz_master_is_leader {}", u8::from(shell.leader));
+    family(&mut out, "mezz_raft_term", "gauge", "Current raft term.");
+    let _ = writeln!(out, "mezz_raft_term {}", shell.term);
+    family(
+        &mut out,
+        "mezz_raft_last_index",
+        "gauge",
+        "Index of the last entry in this master's log.",
+    );
+    let _ = writeln!(out, "mezz_raft_last_index {}", shell.last_index);
+    family(
+        &mut out,
+        "mezz_raft_commit_index",
+        "gauge",
+        "Index of the last entry known to be committed by a majority.",
+    );
+    let _ = writeln!(out, "mezz_raft_commit_index {}", shell.commit_index);
+    family(
+        &mut out,
+        "mezz_raft_applied_index",
+        "gauge",
+        "Index of the last applied log entry.",
+    );
+    let _ = writeln!(out, "mezz_raft_applied_index {}", shell.applied_index);
+    family(
+        &mut out,
+        "mezz_allocation_cycle_seconds",
+        "histogram",
+        "Wall time of allocation cycles.",
+    );
+    shell
+        .allocation
+        .write(&mut out, "mezz_allocation_cycle_seconds", "");
+    out
+}
