@@ -58,7 +58,11 @@ fn leader(list: &str) -> Option<usize> {
         .filter(|m| m["role"] == "leader")
         .filter_map(|m| m["id"].as_u64())
         .collect();
-    let followers = v.as_array()?.iter().filter(|m| m["role"] == "follower").count();
+    let followers = v
+        .as_array()?
+        .iter()
+        .filter(|m| m["role"] == "follower")
+        .count();
     (ids.len() == 1 && followers == 2).then(|| ids[0] as usize - 1)
 }
 
@@ -74,10 +78,17 @@ fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 fn main() {
-    let trials: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
+    let trials: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().expect("tempdir");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let list = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let list = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let peers = ports
         .iter()
         .enumerate()
@@ -128,7 +139,9 @@ fn main() {
         let _ = mezz_sdk::run(masters_list, framework, sched).await;
     });
     let count = || seen.lock().map(|v| v.len()).unwrap_or(0);
-    wait("the first offer", Duration::from_secs(20), || (count() > 0).then_some(()));
+    wait("the first offer", Duration::from_secs(20), || {
+        (count() > 0).then_some(())
+    });
 
     let mut ms = Vec::new();
     for trial in 0..trials {
@@ -137,7 +150,11 @@ fn main() {
         let killed = Instant::now();
         let _ = masters[old].kill();
         let _ = masters[old].wait();
-        wait("an offer from the new leader", Duration::from_secs(20), || (count() > before).then_some(()));
+        wait(
+            "an offer from the new leader",
+            Duration::from_secs(20),
+            || (count() > before).then_some(()),
+        );
         let at = seen.lock().map(|v| v[before]).expect("offer time");
         let t = at.duration_since(killed).as_secs_f64() * 1000.0;
         eprintln!("trial {trial}: {t:.0} ms");
@@ -155,7 +172,9 @@ fn main() {
         ms[0]
     );
     let _ = agent.kill();
+    let _ = agent.wait();
     for m in &mut masters {
         let _ = m.kill();
+        let _ = m.wait();
     }
 }

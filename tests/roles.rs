@@ -36,11 +36,21 @@ fn weights_and_quotas_are_set_listed_and_survive_a_master_restart() {
     let mut c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
     let out = sub(&c, "weight", "set", &["eng/ml", "2"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let out = sub(&c, "quota", "set", &["eng/ml", "--cpus", "1", "--mem", "512", "--limit", "cpus:3"]);
+    let out = sub(
+        &c,
+        "quota",
+        "set",
+        &["eng/ml", "--cpus", "1", "--mem", "512", "--limit", "cpus:3"],
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
 
     // A guarantee above the limit is refused, naming both.
-    let out = sub(&c, "quota", "set", &["eng/ml", "--cpus", "8", "--limit", "cpus:3"]);
+    let out = sub(
+        &c,
+        "quota",
+        "set",
+        &["eng/ml", "--cpus", "8", "--limit", "cpus:3"],
+    );
     assert_ne!(out.status.code(), Some(0));
     let err = text(&out.stderr);
     assert!(

@@ -72,9 +72,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn outcome(t: &TaskView) -> String {
-    match (t.exit_code, t.signal) {
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(s)) => format!("signal {s}"),
+    match (t.exit_code, t.signal, t.healthy) {
+        (Some(c), _, _) => format!("exit {c}"),
+        (None, Some(s), _) => format!("signal {s}"),
+        (None, None, Some(true)) if t.state == "RUNNING" => "healthy".into(),
+        (None, None, Some(false)) if t.state == "RUNNING" => "unhealthy".into(),
         _ => t.reason.to_lowercase().replace('_', " "),
     }
 }

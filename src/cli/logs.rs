@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use mezz_proto::v1::agent_files_client::AgentFilesClient;
-use mezz_proto::v1::ReadFileRequest;
+use mezz_proto::v1::{ListFilesRequest, ReadFileRequest, TailFileRequest};
 use mezz_proto::MAX_MESSAGE_BYTES;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -21,7 +21,8 @@ use crate::client;
 pub struct LogsArgs {
     #[command(flatten)]
     pub master: MasterArg,
-    /// The task id (see `mezz ps --all`).
+    /// The task id (see `mezz ps --all`), or its name (e.g. `JOB/worker/1`
+    /// for a replica of a `mezz tf` job: its latest attempt).
     pub task: String,
     /// Print stderr instead of stdout.
     #[arg(long)]
@@ -29,6 +30,14 @@ pub struct LogsArgs {
     /// Keep printing new output until the task ends.
     #[arg(long, short)]
     pub follow: bool,
+    /// Print only the last N lines (found in the file's last MiB); with
+    /// --follow, then keep printing from there.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// List the task's sandbox (or DIR inside it) instead of printing
+    /// output: type, size, age and name of each entry.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "", conflicts_with_all = ["follow", "tail", "stderr"])]
+    pub list: Option<String>,
 }
 
 /// Reads one sandbox file of a task from its agent, from an offset on.
@@ -87,8 +96,39 @@ impl Tail {
         })
     }
 
+    /// Writes the last `lines` lines (within the file's last MiB) and moves
+    /// the offset to the end of what it wrote.
+    pub async fn last_lines(&mut self, lines: usize, out: Out) -> Result<()> {
+        let r = self
+            .client
+            .tail_file(TailFileRequest {
+                framework_id: self.framework_id.clone(),
+                task_id: self.task_id.clone(),
+                path: self.path.clone(),
+                length: 0,
+            })
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "reading the end of {} of task {}: {}",
+                    self.path,
+                    self.task_id,
+                    s.message()
+                )
+            })?
+            .into_inner();
+        out.write(last_lines(&r.data, lines));
+        self.offset = r.offset + r.data.len() as u64;
+        Ok(())
+    }
+
     /// Writes what is new; returns (bytes written, task is terminal).
     pub async fn step(&mut self, out: Out) -> Result<(usize, bool)> {
+        self.step_with(&mut |data| out.write(data)).await
+    }
+
+    /// Hands what is new to `sink`; returns (bytes, task is terminal).
+    pub async fn step_with(&mut self, sink: &mut impl FnMut(&[u8])) -> Result<(usize, bool)> {
         let r = self
             .client
             .read_file(ReadFileRequest {
@@ -109,7 +149,7 @@ impl Tail {
             })?
             .into_inner();
         if !r.data.is_empty() {
-            out.write(&r.data);
+            sink(&r.data);
             self.offset += r.data.len() as u64;
         }
         Ok((r.data.len(), r.task_terminal))
@@ -118,10 +158,21 @@ impl Tail {
     /// Prints everything until the task ends and the file is drained.
     /// `finished` turning true wakes the loop at once (the caller learned
     /// the task ended), so the last output is not behind a poll interval.
-    pub async fn follow(mut self, out: Out, mut finished: watch::Receiver<bool>) -> Result<()> {
+    pub async fn follow(self, out: Out, finished: watch::Receiver<bool>) -> Result<()> {
+        self.follow_with(move |data| out.write(data), finished)
+            .await
+    }
+
+    /// [`Tail::follow`], handing the output to `sink` (e.g. to prefix its
+    /// lines, as `mezz tf run` does).
+    pub async fn follow_with(
+        mut self,
+        mut sink: impl FnMut(&[u8]),
+        mut finished: watch::Receiver<bool>,
+    ) -> Result<()> {
         let mut idle = Duration::from_millis(10);
         loop {
-            let (n, terminal) = self.step(out).await?;
+            let (n, terminal) = self.step_with(&mut sink).await?;
             if n > 0 {
                 idle = Duration::from_millis(10);
                 continue;
@@ -143,6 +194,67 @@ impl Tail {
     }
 }
 
+/// The suffix of `data` holding its last `n` lines (a last line without a
+/// newline counts).
+fn last_lines(data: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    match body
+        .iter()
+        .rev()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n - 1)
+    {
+        Some((i, _)) => &data[body.len() - i..],
+        None => data,
+    }
+}
+
+/// `mezz logs --list`: the entries of a sandbox directory.
+async fn list(agent_addr: &str, framework_id: &str, task_id: &str, dir: &str) -> Result<()> {
+    let channel = mezz_proto::client::connect(agent_addr)
+        .await
+        .with_context(|| {
+            format!("connecting to agent {agent_addr} for the sandbox of task {task_id}")
+        })?;
+    let r = AgentFilesClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .list_files(ListFilesRequest {
+            framework_id: framework_id.to_string(),
+            task_id: task_id.to_string(),
+            path: dir.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("listing the sandbox of task {task_id}: {}", s.message()))?
+        .into_inner();
+    let now = mezz_proto::unix_now();
+    let mut out = String::from("TYPE  SIZE      MODIFIED  NAME\n");
+    for e in &r.entries {
+        let kind = match (e.is_dir, e.is_symlink) {
+            (_, true) => "link",
+            (true, _) => "dir",
+            _ => "file",
+        };
+        let age = (now - e.mtime).max(0.0) as u64;
+        let age = match age {
+            a if a < 120 => format!("{a}s ago"),
+            a if a < 7200 => format!("{}m ago", a / 60),
+            a if a < 172_800 => format!("{}h ago", a / 3600),
+            a => format!("{}d ago", a / 86_400),
+        };
+        let slash = if e.is_dir { "/" } else { "" };
+        out.push_str(&format!(
+            "{kind:<5} {:<9} {age:<9} {}{slash}\n",
+            e.size, e.name
+        ));
+    }
+    Out::Stdout.write(out.as_bytes());
+    Ok(())
+}
+
 pub async fn main(args: LogsArgs) -> Result<ExitCode> {
     let masters = client::masters(args.master.master.as_deref())?;
     let state = client::state(&masters, true).await?;
@@ -150,6 +262,9 @@ pub async fn main(args: LogsArgs) -> Result<ExitCode> {
         .tasks
         .iter()
         .find(|t| t.id == args.task)
+        // Tasks come active first, then newest first: a name finds the
+        // latest attempt.
+        .or_else(|| state.tasks.iter().find(|t| t.name == args.task))
         .ok_or_else(|| {
             anyhow!(
                 "no task '{}' known to the master; see `mezz ps --all`",
@@ -164,6 +279,10 @@ pub async fn main(args: LogsArgs) -> Result<ExitCode> {
             task.message
         ));
     }
+    if let Some(dir) = &args.list {
+        list(&task.agent_address, &task.framework_id, &task.id, dir).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = if args.stderr { "stderr" } else { "stdout" };
     let out = if args.stderr {
         Out::Stderr
@@ -171,6 +290,12 @@ pub async fn main(args: LogsArgs) -> Result<ExitCode> {
         Out::Stdout
     };
     let mut tail = Tail::connect(&task.agent_address, &task.framework_id, &task.id, path).await?;
+    if let Some(n) = args.tail {
+        tail.last_lines(n, out).await?;
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     if args.follow {
         let (_keep, never) = watch::channel(false);
         tail.follow(out, never).await?;
@@ -178,4 +303,18 @@ pub async fn main(args: LogsArgs) -> Result<ExitCode> {
         while tail.step(out).await?.0 > 0 {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn last_lines_of_a_chunk() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+        assert_eq!(last_lines(b"", 3), b"");
+    }
 }

@@ -9,6 +9,7 @@ mod master;
 mod masters;
 mod roles;
 mod run;
+mod tf;
 
 use std::process::ExitCode;
 
@@ -26,8 +27,21 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `mezz_master=debug`); `RUST_LOG` works too.
     #[arg(long, global = true, env = "MEZZ_LOG")]
     pub log: Option<String>,
+    /// Log line format: `text` for people, `json` (one object per line,
+    /// with span fields) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MEZZ_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where client commands find the cluster.
@@ -67,6 +81,8 @@ pub enum Command {
     Weight(roles::WeightArgs),
     /// List roles: weight, frameworks, usage against quota.
     Roles(roles::ListArgs),
+    /// Distributed TensorFlow/PyTorch training: `mezz tf run`, `mezz tf status`.
+    Tf(tf::TfArgs),
 }
 
 /// Logs go to stderr. Daemons default to `info`; commands people type
@@ -83,11 +99,13 @@ pub fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|| default.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -105,6 +123,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Quota(a) => roles::quota(a).await,
         Command::Weight(a) => roles::weight(a).await,
         Command::Roles(a) => roles::roles(a).await,
+        Command::Tf(a) => tf::main(a).await,
     }
 }
 

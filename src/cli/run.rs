@@ -21,7 +21,7 @@ use crate::{client, duration};
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  mezz run -- echo hello\n  mezz run --cpus 2 --mem 4096 -- python train.py --epochs 3\n  mezz run --detach --name nightly -- ./etl.sh\n\nA single argument with spaces or shell symbols runs through /bin/sh -c.\nThe task starts in its own sandbox directory on the agent."
+    after_help = "Examples:\n  mezz run -- echo hello\n  mezz run --cpus 2 --mem 4096 -- python train.py --epochs 3\n  mezz run --detach --name nightly -- ./etl.sh\n  mezz run --health-cmd 'test -f ready' --health-interval 5s --health-failures 3 -- ./serve.sh\n\nA task failing its health check --health-failures times in a row is killed\n(KILLED, reason HEALTH_CHECK_FAILED); HTTP and TCP checks go to 127.0.0.1.\nA single argument with spaces or shell symbols runs through /bin/sh -c.\nThe task starts in its own sandbox directory on the agent."
 )]
 pub struct RunArgs {
     #[command(flatten)]
@@ -50,6 +50,49 @@ pub struct RunArgs {
     /// Print the task id once it runs and return; the task keeps running.
     #[arg(long)]
     pub detach: bool,
+    /// Health check: a shell command run in the task's sandbox with its
+    /// environment; healthy when it exits 0.
+    #[arg(
+        long,
+        value_name = "CMD",
+        group = "health",
+        help_heading = "Health check"
+    )]
+    pub health_cmd: Option<String>,
+    /// Health check: HTTP GET to 127.0.0.1:PORT/PATH; healthy on 200-399.
+    #[arg(
+        long,
+        value_name = "PORT[/PATH]",
+        group = "health",
+        help_heading = "Health check"
+    )]
+    pub health_http: Option<String>,
+    /// Health check: a TCP connect to 127.0.0.1:PORT.
+    #[arg(
+        long,
+        value_name = "PORT",
+        group = "health",
+        help_heading = "Health check"
+    )]
+    pub health_tcp: Option<u16>,
+    /// Time between checks [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, requires = "health", help_heading = "Health check")]
+    pub health_interval: Option<Duration>,
+    /// A check that takes longer failed [default: 20s].
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, requires = "health", help_heading = "Health check")]
+    pub health_timeout: Option<Duration>,
+    /// Failures this soon after the task starts do not count, until it is
+    /// healthy once [default: 0].
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, requires = "health", help_heading = "Health check")]
+    pub health_grace: Option<Duration>,
+    /// Failures in a row after which the task is killed [default: 3].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "health",
+        help_heading = "Health check"
+    )]
+    pub health_failures: Option<u32>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -70,6 +113,8 @@ enum Progress {
 
 struct RunScheduler {
     need: Resources,
+    /// The framework's role: resources reserved for it are used first.
+    role: String,
     /// GPUs wanted (a count here; specific ids are picked from the offer).
     gpus: u32,
     task: Option<TaskBuilder>,
@@ -98,12 +143,17 @@ impl Scheduler for RunScheduler {
                 .take(self.gpus as usize)
                 .map(str::to_string)
                 .collect();
-            let fits = offered.contains(&self.need) && gpu_ids.len() == self.gpus as usize;
-            if !self.launched && fits {
+            let want = if self.gpus > 0 {
+                self.need.clone().with_set("gpus", &gpu_ids)
+            } else {
+                self.need.clone()
+            };
+            let take = (gpu_ids.len() == self.gpus as usize)
+                .then(|| offered.take_for_role(&want, &self.role))
+                .flatten();
+            if let (false, Some(take)) = (self.launched, take) {
                 if let Some(mut task) = self.task.take() {
-                    if self.gpus > 0 {
-                        task = task.resources(&self.need.clone().with_set("gpus", &gpu_ids));
-                    }
+                    task = task.resources(&take);
                     self.launched = true;
                     let _ = self.tx.send(Progress::Launched {
                         agent_address: offer.agent_address.clone(),
@@ -182,6 +232,9 @@ fn task_builder(args: &RunArgs, task_id: &str, need: &Resources) -> Result<TaskB
     b = b
         .name(args.name.clone().unwrap_or_else(|| program_name(&cmd[0])))
         .resources(need);
+    if let Some(check) = health_check(args)? {
+        b = b.health_check(check);
+    }
     for kv in &args.env {
         let (k, v) = kv
             .split_once('=')
@@ -190,6 +243,45 @@ fn task_builder(args: &RunArgs, task_id: &str, need: &Resources) -> Result<TaskB
         b = b.env(k, v);
     }
     Ok(b)
+}
+
+/// The `--health-*` flags as a `HealthCheck`; `None` without a check.
+fn health_check(args: &RunArgs) -> Result<Option<proto::HealthCheck>> {
+    use proto::health_check::Check;
+    let check = if let Some(c) = &args.health_cmd {
+        Check::Command(c.clone())
+    } else if let Some(h) = &args.health_http {
+        let (port, path) = match h.split_once('/') {
+            Some((p, path)) => (p, format!("/{path}")),
+            None => (h.as_str(), "/".to_string()),
+        };
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            anyhow!("--health-http '{h}': give PORT or PORT/PATH, e.g. 8080/ready")
+        })?;
+        Check::Http(proto::HttpHealthCheck {
+            port: port.into(),
+            path,
+            ..Default::default()
+        })
+    } else if let Some(p) = args.health_tcp {
+        if p == 0 {
+            return Err(anyhow!("--health-tcp: 0 is not a port"));
+        }
+        Check::Tcp(proto::TcpHealthCheck { port: p.into() })
+    } else {
+        return Ok(None);
+    };
+    let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+    if args.health_failures == Some(0) {
+        return Err(anyhow!("--health-failures must be at least 1"));
+    }
+    Ok(Some(proto::HealthCheck {
+        check: Some(check),
+        interval_secs: secs(args.health_interval),
+        timeout_secs: secs(args.health_timeout),
+        grace_period_secs: secs(args.health_grace),
+        consecutive_failures: args.health_failures.unwrap_or(0),
+    }))
 }
 
 fn program_name(cmd: &str) -> String {
@@ -264,6 +356,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let driver_slot = Arc::new(Mutex::new(None::<Driver>));
     let scheduler = RunScheduler {
         need: need.clone(),
+        role: args.role.clone(),
         gpus: args.gpus,
         task: Some(builder),
         task_id: task_id.clone(),
@@ -332,6 +425,13 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 }
                 Some(Progress::Update(status)) => {
                     let state = status.state();
+                    if let (TaskState::Running, Some(healthy)) = (state, status.healthy) {
+                        eprintln!(
+                            "mezz run: task {task_id} is {}{}",
+                            if healthy { "healthy" } else { "unhealthy" },
+                            if healthy { String::new() } else { format!(": {}", status.message) }
+                        );
+                    }
                     if (state == TaskState::Running || state.is_terminal()) && !running && !args.detach {
                         running = true;
                         if let Some((addr, fid)) = &agent {

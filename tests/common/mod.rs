@@ -454,3 +454,14 @@ fn dechunk(mut body: &str) -> String {
 pub fn pid_alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
+
+/// `n` consecutive free loopback ports; returns the first.
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let p = free_port();
+        if p < 65000 && (1..n).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
