@@ -77,6 +77,10 @@ pub struct Checkpoint {
     tasks: sled::Tree,
     updates: sled::Tree,
     next_seq: AtomicU64,
+    /// One flush at a time: sled 0.34's `flush_async` runs on its own small
+    /// thread pool, and many concurrent flushes (a burst of launches) can
+    /// fill the pool with flushes that wait on each other forever.
+    flush_lock: tokio::sync::Mutex<()>,
 }
 
 fn task_key(framework_id: &str, task_id: &str) -> Vec<u8> {
@@ -106,6 +110,7 @@ impl Checkpoint {
             tasks,
             updates,
             next_seq: AtomicU64::new(next_seq),
+            flush_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -216,7 +221,11 @@ impl Checkpoint {
 
     /// Makes everything written so far durable (fsync).
     pub async fn flush(&self) -> sled::Result<()> {
-        self.db.flush_async().await.map(|_| ())
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
+            .await
+            .map_err(|e| sled::Error::Io(std::io::Error::other(format!("checkpoint flush task: {e}"))))?
     }
 
     /// Blocking form of [`Self::flush`], for start-up and tests.
