@@ -436,3 +436,31 @@ fn bench_sixteen_replicas_to_running() {
         times[times.len() - 1]
     );
 }
+
+/// Sixteen replicas launched in one accept all start and finish: a burst of
+/// concurrent launches once deadlocked the agent's checkpoint flushes.
+#[test]
+fn sixteen_replicas_launched_at_once_all_run_and_finish() {
+    let c = Cluster::start("cpus:16;mem:16384;disk:1000", &[]);
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "burst",
+            "--chief",
+            "--ps",
+            "3",
+            "--workers",
+            "12",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--",
+            "sleep 1",
+        ],
+    );
+    let (code, _, err) = job.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines_with(&err, "replicas RUNNING").len(), 1, "{err}");
+}

@@ -225,7 +225,9 @@ impl Checkpoint {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
             .await
-            .map_err(|e| sled::Error::Io(std::io::Error::other(format!("checkpoint flush task: {e}"))))?
+            .map_err(|e| {
+                sled::Error::Io(std::io::Error::other(format!("checkpoint flush task: {e}")))
+            })?
     }
 
     /// Blocking form of [`Self::flush`], for start-up and tests.
