@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,25 +29,22 @@ impl Group {
     }
 
     fn spawn(&self, name: &str, args: &[String]) -> Proc {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log");
-        let child = Command::new(MEZZ)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn");
-        Proc {
-            name: name.into(),
-            child,
-            log,
+        spawn_logged(self.dir.path(), name, args)
+    }
+
+    fn new(master_extra: &[&str]) -> Group {
+        let mut g = Group {
+            dir: tempfile::tempdir().expect("tempdir"),
+            master_extra: master_extra.iter().map(|s| s.to_string()).collect(),
+            ports: vec![free_port(), free_port(), free_port()],
+            masters: vec![None, None, None],
+            agent: None,
+            agent_port: free_port(),
+        };
+        for i in 0..3 {
+            g.start_master(i);
         }
+        g
     }
 
     fn start_master(&mut self, i: usize) {
@@ -171,24 +167,7 @@ impl Drop for Group {
             m.kill9();
         }
         // Tasks run in their own sessions: end them too.
-        if let Ok(out) = Command::new("find")
-            .arg(self.dir.path())
-            .args(["-name", "child.pid"])
-            .output()
-        {
-            for path in text(&out.stdout).lines() {
-                if let Some(pid) = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                {
-                    if pid > 1 {
-                        unsafe {
-                            libc::kill(-pid, libc::SIGKILL);
-                        }
-                    }
-                }
-            }
-        }
+        kill_tasks_under(self.dir.path());
         if std::thread::panicking() {
             for name in ["master-1", "master-2", "master-3", "agent"] {
                 if let Ok(t) = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
@@ -206,17 +185,7 @@ impl Drop for Group {
 
 #[test]
 fn leader_killed_a_new_one_takes_over_and_a_full_restart_loses_nothing() {
-    let mut g = Group {
-        dir: tempfile::tempdir().expect("tempdir"),
-        master_extra: vec![],
-        ports: vec![free_port(), free_port(), free_port()],
-        masters: vec![None, None, None],
-        agent: None,
-        agent_port: free_port(),
-    };
-    for i in 0..3 {
-        g.start_master(i);
-    }
+    let mut g = Group::new(&[]);
     let first = g.wait_leader();
     g.start_agent();
     wait_for("the agent to register", T, || g.agent_connected());
@@ -306,17 +275,7 @@ fn leader_killed_a_new_one_takes_over_and_a_full_restart_loses_nothing() {
 
 #[test]
 fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
-    let mut g = Group {
-        dir: tempfile::tempdir().expect("tempdir"),
-        master_extra: vec!["--snapshot-every".into(), "4".into()],
-        ports: vec![free_port(), free_port(), free_port()],
-        masters: vec![None, None, None],
-        agent: None,
-        agent_port: free_port(),
-    };
-    for i in 0..3 {
-        g.start_master(i);
-    }
+    let mut g = Group::new(&["--snapshot-every", "4"]);
     let leader = g.wait_leader();
     g.start_agent();
     wait_for("the agent to register", T, || g.agent_connected());

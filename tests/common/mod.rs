@@ -128,25 +128,7 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: &[String]) -> Proc {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let child = Command::new(MEZZ)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn");
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
+        spawn_logged(self.dir.path(), name, args)
     }
 
     pub fn start_master(&mut self) {
@@ -320,9 +302,32 @@ impl Cluster {
     }
 }
 
+/// Starts `mezz ARGS` with its output in `DIR/NAME.log`.
+pub fn spawn_logged(dir: &Path, name: &str, args: &[String]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
+    let child = Command::new(MEZZ)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn");
+    Proc {
+        name: name.to_string(),
+        child,
+        log,
+    }
+}
+
 /// Kills every task process the agents of a work dir started (their
 /// process groups, recorded by the task wrapper).
-fn kill_tasks_under(dir: &Path) {
+pub fn kill_tasks_under(dir: &Path) {
     let Ok(out) = Command::new("find")
         .arg(dir)
         .args(["-name", "child.pid"])
