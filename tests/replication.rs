@@ -306,3 +306,72 @@ fn a_follower_that_missed_compacted_entries_catches_up_by_snapshot() {
         log_of(&follower_log)
     );
 }
+
+/// Counts offers; declines each with a short filter so a healthy leader
+/// keeps offering.
+struct OfferCounter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl mezz_sdk::Scheduler for OfferCounter {
+    fn subscribed(&mut self, _: &mezz_sdk::Driver, _: &mezz_sdk::FrameworkId, _: bool) {}
+    fn offers(&mut self, driver: &mezz_sdk::Driver, offers: Vec<mezz_sdk::proto::Offer>) {
+        self.0
+            .fetch_add(offers.len(), std::sync::atomic::Ordering::SeqCst);
+        driver.decline(
+            offers.into_iter().map(|o| mezz_sdk::OfferId(o.id)),
+            Some(0.2),
+        );
+    }
+    fn status_update(&mut self, _: &mezz_sdk::Driver, _: &mezz_sdk::proto::TaskStatus) {}
+}
+
+#[test]
+fn a_leader_cut_off_from_the_majority_stops_offering() {
+    let mut g = Group::new(&[]);
+    let leader = g.wait_leader();
+    g.start_agent();
+    wait_for("the agent to register", T, || g.agent_connected());
+
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let masters: Vec<String> = g.list().split(',').map(String::from).collect();
+    let framework = mezz_sdk::proto::FrameworkInfo {
+        name: "lease-test".into(),
+        failover_timeout_secs: 60.0,
+        ..Default::default()
+    };
+    let counter = OfferCounter(count.clone());
+    runtime.spawn(async move {
+        let _ = mezz_sdk::run(masters, framework, counter).await;
+    });
+    let offers = || count.load(std::sync::atomic::Ordering::SeqCst);
+    wait_for("offers to flow", T, || offers() >= 2);
+
+    // Freeze both followers: the leader still runs but hears from nobody.
+    let followers: Vec<i32> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| g.masters[i].as_ref().expect("follower").pid() as i32)
+        .collect();
+    for &pid in &followers {
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
+    }
+    // Its lease runs out within half an election timeout (250 ms); allow
+    // for offers already on the way, then no new one may come.
+    std::thread::sleep(Duration::from_millis(800));
+    let frozen = offers();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = offers();
+    for &pid in &followers {
+        unsafe {
+            libc::kill(pid, libc::SIGCONT);
+        }
+    }
+    assert_eq!(
+        after, frozen,
+        "a leader without a majority kept making offers"
+    );
+    wait_for("offers to flow again once the majority is back", T, || {
+        offers() > after
+    });
+}

@@ -244,7 +244,10 @@ impl Actor {
                 self.cluster.framework_disconnected(conn, now);
             }
             Input::Call(call, reply) => {
-                let result = if leader {
+                // Launching on an offer needs the same lease as making it.
+                let leased =
+                    leader && (self.replica.has_lease() || !matches!(call, Call::Accept(_)));
+                let result = if leased {
                     self.call(call, now)
                 } else {
                     Err(self.not_leader())
@@ -387,7 +390,9 @@ impl Actor {
         loop {
             let now = self.now();
             let leader = self.replica.is_leader();
-            if leader && self.cluster.allocation_due() {
+            // Offers only from a leader that knows a majority still follows.
+            let can_offer = leader && self.replica.has_lease();
+            if can_offer && self.cluster.allocation_due() {
                 let started = Instant::now();
                 self.cluster.allocate(now);
                 self.allocation_time
@@ -415,7 +420,7 @@ impl Actor {
             if let Some(t) = self.transport.as_mut() {
                 t.send(messages);
             }
-            if applied.is_empty() && !(leader && self.cluster.allocation_due()) {
+            if applied.is_empty() && !(can_offer && self.cluster.allocation_due()) {
                 let registry = self.cluster.registry().clone();
                 self.replica.maybe_compact(|| registry.to_snapshot())?;
                 return Ok(());

@@ -56,6 +56,10 @@ pub struct Replica {
     snapshot_every: u64,
     /// Ticks each follower has spent waiting for a snapshot.
     snapshot_waits: std::collections::HashMap<u64, u32>,
+    /// Logical clock, in ticks.
+    ticks: u64,
+    /// On the leader: the tick at which each peer last answered.
+    heard: std::collections::HashMap<u64, u64>,
 }
 
 /// Forwards raft-rs's slog records to `tracing`; raft's chatty info lines
@@ -145,6 +149,8 @@ impl Replica {
                 since_snapshot: 0,
                 snapshot_every: SNAPSHOT_EVERY,
                 snapshot_waits: Default::default(),
+                ticks: 0,
+                heard: Default::default(),
             },
             restored,
         ))
@@ -157,6 +163,7 @@ impl Replica {
 
     /// Advances raft's logical clock; call every tick interval.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.raw.tick();
         self.retry_lost_snapshots();
     }
@@ -257,8 +264,44 @@ impl Replica {
         Ok(())
     }
 
+    /// Whether this leader may act for the group now: a majority (itself
+    /// included) answered within half an election timeout. Followers do not
+    /// elect a new leader before a full election timeout without news from
+    /// this one (pre-vote and check-quorum), so a leader cut off from the
+    /// majority stops handing out resources before anyone else can start.
+    pub fn has_lease(&self) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        if voters.len() <= 1 {
+            return true;
+        }
+        let lease = (self.raw.raft.election_timeout() / 2).max(1) as u64;
+        let me = self.raw.raft.id;
+        let recent = voters
+            .iter()
+            .filter(|&&id| {
+                id == me
+                    || self
+                        .heard
+                        .get(&id)
+                        .is_some_and(|&t| self.ticks.saturating_sub(t) <= lease)
+            })
+            .count();
+        recent > voters.len() / 2
+    }
+
     /// Hands a message from a peer to raft.
     pub fn step(&mut self, msg: RaftMessage) -> Result<(), ReplicationError> {
+        use raft::eraftpb::MessageType;
+        if matches!(
+            msg.get_msg_type(),
+            MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
+        ) && msg.term == self.raw.raft.term
+        {
+            self.heard.insert(msg.from, self.ticks);
+        }
         self.raw.step(msg)?;
         Ok(())
     }
@@ -436,6 +479,77 @@ mod tests {
             drain(&mut r).is_empty(),
             "nothing after the snapshot to replay"
         );
+    }
+
+    /// Runs every replica's ready loop, delivering messages between those
+    /// `up`, until quiet.
+    fn pump(nodes: &mut [Replica], up: &[bool]) {
+        loop {
+            let mut msgs = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                let (_, out) = n.handle_ready().unwrap();
+                if up[i] {
+                    msgs.extend(out);
+                }
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for m in msgs {
+                let to = m.to as usize - 1;
+                if up[to] {
+                    let _ = nodes[to].step(m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_leader_loses_its_lease_before_it_could_be_replaced() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let voters = [1, 2, 3];
+        let mut nodes: Vec<Replica> = (0..3)
+            .map(|i| {
+                Replica::open(dirs[i].path(), i as u64 + 1, &voters)
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        let all_up = [true, true, true];
+        let mut leader = None;
+        for _ in 0..200 {
+            nodes.iter_mut().for_each(Replica::tick);
+            pump(&mut nodes, &all_up);
+            leader = nodes.iter().position(Replica::is_leader);
+            if leader.is_some() {
+                break;
+            }
+        }
+        let l = leader.expect("a leader");
+        for _ in 0..4 {
+            nodes.iter_mut().for_each(Replica::tick);
+            pump(&mut nodes, &all_up);
+        }
+        assert!(nodes[l].has_lease());
+        // Cut the leader off: it still believes it leads for a while, but
+        // its lease ends first.
+        let mut up = [false; 3];
+        up[l] = true;
+        let lease_ticks = nodes[l].raw.raft.election_timeout() as u64 / 2;
+        for _ in 0..=lease_ticks {
+            nodes[l].tick();
+            pump(&mut nodes, &up);
+        }
+        assert!(nodes[l].is_leader(), "check-quorum must not have fired yet");
+        assert!(
+            !nodes[l].has_lease(),
+            "a leader cut off from the majority kept its lease"
+        );
+        for _ in 0..4 {
+            nodes.iter_mut().for_each(Replica::tick);
+            pump(&mut nodes, &all_up);
+        }
+        assert!(nodes.iter().filter(|n| n.has_lease()).count() == 1);
     }
 
     #[test]
