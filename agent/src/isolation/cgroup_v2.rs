@@ -1,8 +1,8 @@
 //! The cgroup v2 isolator (unified hierarchy): cpu.weight and cpu.max from
-//! `cpus`, memory.max from `mem`, pids.max, OOM kills from memory.events.
-//! Device isolation on v2 needs an eBPF device program attached to the
-//! cgroup (as runc does); that program is not written yet, so GPU devices
-//! are NOT confined on v2 and the agent says so when a GPU task starts.
+//! `cpus`, memory.max from `mem`, pids.max, OOM kills from memory.events,
+//! and the GPUs the task was not given denied by an eBPF device program
+//! attached to the cgroup (v2 has no devices controller; see
+//! `device_filter.rs`). Removing the cgroup releases the program.
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
@@ -10,6 +10,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::MaxValue;
 
 use super::cgroup::{self, err};
+use super::device_filter;
 use super::{IsolationError, Isolator, Limits, Prepared};
 
 const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
@@ -59,7 +60,13 @@ impl Isolator for CgroupV2 {
                     .map_err(|e| err(&path, "set pids.max", e))?;
             }
             if !l.denied_gpu_minors.is_empty() {
-                tracing::warn!("cgroup v2: GPU device confinement (eBPF device program) is not implemented; the task can open every GPU node");
+                let dir = cg
+                    .subsystems()
+                    .first()
+                    .map(|s| cgroups_rs::fs::Controller::path(s.to_controller()).to_path_buf())
+                    .ok_or_else(|| err(&path, "confine GPU devices", "no cgroup v2 directory"))?;
+                device_filter::attach(&dir, &l.denied_gpu_minors)
+                    .map_err(|e| err(&path, "confine GPU devices", e))?;
             }
             Ok(())
         };

@@ -9,6 +9,7 @@
 mod cgroup;
 pub mod cgroup_v1;
 pub mod cgroup_v2;
+pub mod device_filter;
 pub mod namespaces;
 pub mod none;
 
