@@ -160,14 +160,43 @@ impl Cluster {
                 ));
                 continue;
             }
-            if status.state().is_terminal() || self.tasks.contains_key(&key) {
-                if let Some(task) = self.tasks.get_mut(&key) {
+            if self.tasks.contains_key(&key) {
+                if status.state().is_terminal() {
+                    self.set_task_status(&key, status.clone());
+                } else if let Some(task) = self.tasks.get_mut(&key) {
                     if !status.uuid.is_empty() || task.status.state() == TaskState::Staging {
                         task.status = status.clone();
                     }
                 }
                 if task_needs_kill(self.tasks.get(&key)) {
                     self.send_kill(&key, None);
+                }
+                continue;
+            }
+            if status.state().is_terminal() {
+                // It ended while this master did not know it (before a
+                // failover, say): remember it for `ps --all` and
+                // reconciliation.
+                let known = self
+                    .completed
+                    .iter()
+                    .any(|c| c.framework_id == fid && c.info.task_id == info.task_id);
+                if !known {
+                    self.completed.push_front(Task {
+                        framework_name: self
+                            .frameworks
+                            .get(&fid)
+                            .map(|f| f.info.name.clone())
+                            .unwrap_or_default(),
+                        resources: Resources::from_proto(&info.resources).unwrap_or_default(),
+                        info,
+                        framework_id: fid,
+                        agent_id: id.clone(),
+                        status,
+                        launched_at: mezz_proto::unix_now(),
+                        kill_requested: false,
+                    });
+                    self.completed.truncate(super::COMPLETED_TASKS_KEPT);
                 }
                 continue;
             }

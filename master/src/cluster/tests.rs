@@ -444,3 +444,159 @@ fn reconcile_answers_every_task() {
     let u = updates(&h.settle());
     assert_eq!(u[0].state(), TaskState::Unknown);
 }
+
+/// A leader change mid-flight: the new leader starts from the replicated
+/// registry alone. Every launched task is accounted for once the agent
+/// re-registers, an update the old leader never got acknowledged is
+/// forwarded again and acknowledged once, and the new leader makes no
+/// offer for resources its predecessor's tasks still hold.
+#[test]
+fn failover_accounts_for_every_task_and_update() {
+    let mut old = Harness::new();
+    old.register_agent(1, "a1", "cpus:4;mem:1024", vec![]);
+    let (fid, e) = old.subscribe(10, "", 600.0);
+    let o = offers(&e);
+    launch(
+        &mut old,
+        &fid,
+        &o[0],
+        vec![
+            task("t1", "cpus:1"),
+            task("t2", "cpus:1"),
+            task("t3", "cpus:1"),
+        ],
+    );
+    for t in ["t1", "t2", "t3"] {
+        old.c.agent_status_update(
+            1,
+            agent_status("a1", &fid, t, TaskState::Running, &format!("r-{t}")),
+            old.now,
+        );
+    }
+    // t3 finishes; the old leader forwards it but dies before the ack.
+    old.c.agent_status_update(
+        1,
+        agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3"),
+        old.now,
+    );
+    old.settle();
+
+    let mut new = Harness::new();
+    new.c = Cluster::new(
+        "m2".into(),
+        Timeouts::default(),
+        old.c.registry().clone(),
+        0,
+    );
+    let reported: Vec<AgentTask> = ["t1", "t2"]
+        .iter()
+        .map(|t| AgentTask {
+            framework_id: fid.clone(),
+            task: Some(TaskInfo {
+                agent_id: "a1".into(),
+                ..task(t, "cpus:1")
+            }),
+            latest_status: Some(agent_status(
+                "a1",
+                &fid,
+                t,
+                TaskState::Running,
+                &format!("r-{t}"),
+            )),
+        })
+        .chain(std::iter::once(AgentTask {
+            framework_id: fid.clone(),
+            task: Some(TaskInfo {
+                agent_id: "a1".into(),
+                ..task("t3", "cpus:1")
+            }),
+            latest_status: Some(agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3")),
+        }))
+        .collect();
+    new.register_agent(2, "a1", "cpus:4;mem:1024", reported);
+    for t in ["t1", "t2"] {
+        let key = (FrameworkId(fid.clone()), TaskId::from(t));
+        assert_eq!(
+            new.c.tasks[&key].status.state(),
+            TaskState::Running,
+            "{t} accounted for"
+        );
+    }
+    // The framework comes back; only the free cpu is offered.
+    let (again, e) = new.subscribe(11, &fid, 600.0);
+    assert_eq!(again, fid);
+    let o = offers(&e);
+    assert_eq!(o.len(), 1);
+    assert_eq!(
+        Resources::from_proto(&o[0].resources)
+            .unwrap()
+            .scalar("cpus"),
+        2.0
+    );
+
+    // The agent resends the unacknowledged terminal update (twice, as a
+    // retry would); the framework sees it and acknowledges it once.
+    new.c.agent_status_update(
+        2,
+        agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3"),
+        new.now,
+    );
+    new.c.agent_status_update(
+        2,
+        agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3"),
+        new.now,
+    );
+    let e = new.settle();
+    let finished: Vec<_> = updates(&e)
+        .into_iter()
+        .filter(|s| s.task_id == "t3")
+        .collect();
+    assert!(
+        !finished.is_empty(),
+        "the resent update reached the framework"
+    );
+    assert!(finished
+        .iter()
+        .all(|s| s.uuid == "f-t3" && s.state() == TaskState::Finished));
+    new.c
+        .acknowledge(&fid, "a1", "t3", "f-t3", new.now)
+        .unwrap();
+    let e = new.settle();
+    let acks = e
+        .iter()
+        .filter(|e| matches!(e, Effect::ToAgent(2, MasterMessage { message: Some(M::Ack(a)) }) if a.uuid == "f-t3"))
+        .count();
+    assert_eq!(acks, 1, "one acknowledgement reaches the agent");
+
+    // Reconciliation answers for every task the framework launched.
+    new.c
+        .reconcile(
+            &fid,
+            ["t1", "t2", "t3"]
+                .iter()
+                .map(|t| ReconcileTask {
+                    task_id: t.to_string(),
+                    agent_id: "a1".into(),
+                })
+                .collect(),
+            new.now,
+        )
+        .unwrap();
+    let answers = updates(&new.settle());
+    let states: Vec<(String, TaskState)> = answers
+        .iter()
+        .map(|s| (s.task_id.clone(), s.state()))
+        .collect();
+    assert!(
+        states.contains(&("t1".into(), TaskState::Running)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("t2".into(), TaskState::Running)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("t3".into(), TaskState::Finished)),
+        "{states:?}"
+    );
+}
