@@ -399,28 +399,7 @@ fn bench_sixteen_replicas_to_running() {
     let mut times = Vec::new();
     for i in 0..6 {
         // A fresh cluster each time: a job's first offers, not leftovers.
-        let c = Cluster::start("cpus:16;mem:16384;disk:1000", &[]);
-        let name = format!("bench{i}");
-        let job = Job::start(
-            &c,
-            &[
-                "--name",
-                &name,
-                "--chief",
-                "--ps",
-                "3",
-                "--workers",
-                "12",
-                "--cpus",
-                "0.5",
-                "--mem",
-                "64",
-                "--",
-                "sleep 1",
-            ],
-        );
-        let (code, _, err) = job.wait(Duration::from_secs(60));
-        assert_eq!(code, Some(0), "{err}");
+        let err = run_sixteen_replicas(&format!("bench{i}"));
         let ms: Option<u64> = lines_with(&err, "replicas RUNNING")
             .first()
             .and_then(|l| l.split_whitespace().rev().nth(3)?.parse().ok());
@@ -437,16 +416,15 @@ fn bench_sixteen_replicas_to_running() {
     );
 }
 
-/// Sixteen replicas launched in one accept all start and finish: a burst of
-/// concurrent launches once deadlocked the agent's checkpoint flushes.
-#[test]
-fn sixteen_replicas_launched_at_once_all_run_and_finish() {
+/// Runs a 16-replica job (1 chief, 3 ps, 12 workers, `sleep 1`) on a fresh
+/// cluster, asserts it succeeds and returns the CLI's stderr.
+fn run_sixteen_replicas(name: &str) -> String {
     let c = Cluster::start("cpus:16;mem:16384;disk:1000", &[]);
     let job = Job::start(
         &c,
         &[
             "--name",
-            "burst",
+            name,
             "--chief",
             "--ps",
             "3",
@@ -462,5 +440,13 @@ fn sixteen_replicas_launched_at_once_all_run_and_finish() {
     );
     let (code, _, err) = job.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
+    err
+}
+
+/// Sixteen replicas launched in one accept all start and finish: a burst of
+/// concurrent launches once deadlocked the agent's checkpoint flushes.
+#[test]
+fn sixteen_replicas_launched_at_once_all_run_and_finish() {
+    let err = run_sixteen_replicas("burst");
     assert_eq!(lines_with(&err, "replicas RUNNING").len(), 1, "{err}");
 }

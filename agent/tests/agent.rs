@@ -87,7 +87,18 @@ async fn start_master(
     mpsc::UnboundedReceiver<Conn>,
     oneshot::Sender<()>,
 ) {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // A restarted master reuses its port: retry until the old listener has
+    // let go of it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind the fake master on {addr}: {e}"),
+        }
+    };
     let bound = listener.local_addr().unwrap();
     let (conns, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -313,7 +324,6 @@ async fn runs_a_command_and_serves_its_output() {
     // with the same id.
     drop(conn);
     let _ = master_stop.send(());
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, mut conns2, _stop2) = start_master(maddr).await;
     let conn = next_conn(&mut conns2).await;
     assert_eq!(conn.register.agent.as_ref().unwrap().id, agent_id);

@@ -182,21 +182,9 @@ impl Cluster {
                     .iter()
                     .any(|c| c.framework_id == fid && c.info.task_id == info.task_id);
                 if !known {
-                    self.completed.push_front(Task {
-                        framework_name: self
-                            .frameworks
-                            .get(&fid)
-                            .map(|f| f.info.name.clone())
-                            .unwrap_or_default(),
-                        resources: Resources::from_proto(&info.resources).unwrap_or_default(),
-                        info,
-                        framework_id: fid,
-                        agent_id: id.clone(),
-                        status,
-                        launched_at: mezz_proto::unix_now(),
-                        kill_requested: false,
-                    });
-                    self.completed.truncate(super::COMPLETED_TASKS_KEPT);
+                    let resources = Resources::from_proto(&info.resources).unwrap_or_default();
+                    let task = self.task_record(&fid, id.clone(), info, resources, status);
+                    self.remember_completed(task);
                 }
                 continue;
             }
@@ -209,23 +197,8 @@ impl Cluster {
             }
             self.dirty_agents.insert(id.clone());
             self.dirty_frameworks.insert(fid.clone());
-            self.tasks.insert(
-                key,
-                Task {
-                    info,
-                    framework_name: self
-                        .frameworks
-                        .get(&fid)
-                        .map(|f| f.info.name.clone())
-                        .unwrap_or_default(),
-                    framework_id: fid,
-                    agent_id: id.clone(),
-                    resources,
-                    status,
-                    launched_at: mezz_proto::unix_now(),
-                    kill_requested: false,
-                },
-            );
+            let task = self.task_record(&fid, id.clone(), info, resources, status);
+            self.tasks.insert(key, task);
         }
         // Tasks the master launched here that the agent does not report were
         // lost on the way (the launch never arrived, or the agent's work dir

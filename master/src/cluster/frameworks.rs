@@ -10,7 +10,7 @@ use mezz_proto::v1::{
 use mezz_proto::{AgentId, FrameworkId, OfferId, Resources, TaskId, PROTOCOL_VERSION};
 
 use super::agents::ack_message;
-use super::{CallError, Cluster, ConnId, Effect, Millis, Task};
+use super::{CallError, Cluster, ConnId, Effect, Millis};
 
 /// The longest failover timeout a framework may ask for (one week).
 const MAX_FAILOVER_SECS: f64 = 7.0 * 24.0 * 3600.0;
@@ -384,19 +384,9 @@ impl Cluster {
             source: StatusSource::Master as i32,
             ..Default::default()
         };
-        self.tasks.insert(
-            (fid.clone(), TaskId(task.task_id.clone())),
-            Task {
-                info: task.clone(),
-                framework_id: fid.clone(),
-                framework_name: fw_info.name.clone(),
-                agent_id: agent_id.clone(),
-                resources,
-                status,
-                launched_at: mezz_proto::unix_now(),
-                kill_requested: false,
-            },
-        );
+        let record = self.task_record(fid, agent_id.clone(), task.clone(), resources, status);
+        self.tasks
+            .insert((fid.clone(), TaskId(task.task_id.clone())), record);
         self.effects.push(Effect::ToAgent(
             conn,
             MasterMessage {
@@ -417,20 +407,13 @@ impl Cluster {
         message: String,
     ) {
         tracing::info!(task_id = %task.task_id, framework_id = %fid, "task refused: {message}");
-        let t = Task {
-            info: task.clone(),
-            framework_id: fid.clone(),
-            framework_name: self
-                .frameworks
-                .get(fid)
-                .map(|f| f.info.name.clone())
-                .unwrap_or_default(),
-            agent_id: AgentId(task.agent_id.clone()),
-            resources: Resources::new(),
-            status: TaskStatus::default(),
-            launched_at: mezz_proto::unix_now(),
-            kill_requested: false,
-        };
+        let t = self.task_record(
+            fid,
+            AgentId(task.agent_id.clone()),
+            task.clone(),
+            Resources::new(),
+            TaskStatus::default(),
+        );
         let st = self.master_status(&t, state, reason, message, false);
         *self
             .counters
@@ -439,8 +422,7 @@ impl Cluster {
             .or_default() += 1;
         let mut done = t;
         done.status = st.clone();
-        self.completed.push_front(done);
-        self.completed.truncate(super::COMPLETED_TASKS_KEPT);
+        self.remember_completed(done);
         self.forward_update(st);
     }
 
@@ -632,19 +614,17 @@ impl Cluster {
                     None => {
                         let agent = AgentId(rt.agent_id.clone());
                         let awaited = self.agents.get(&agent).is_some_and(|a| a.conn.is_none());
-                        let t = Task {
-                            info: TaskInfo {
-                                task_id: rt.task_id.clone(),
-                                ..Default::default()
-                            },
-                            framework_id: fid.clone(),
-                            framework_name: String::new(),
-                            agent_id: agent,
-                            resources: Resources::new(),
-                            status: TaskStatus::default(),
-                            launched_at: 0.0,
-                            kill_requested: false,
+                        let info = TaskInfo {
+                            task_id: rt.task_id.clone(),
+                            ..Default::default()
                         };
+                        let t = self.task_record(
+                            &fid,
+                            agent,
+                            info,
+                            Resources::new(),
+                            TaskStatus::default(),
+                        );
                         let (state, msg) = if awaited {
                             (
                                 TaskState::Unreachable,

@@ -451,6 +451,38 @@ impl Cluster {
         }
         self.dirty_agents.insert(task.agent_id.clone());
         self.dirty_frameworks.insert(task.framework_id.clone());
+        self.remember_completed(task);
+    }
+
+    /// A task record, named after its framework (kept so finished tasks
+    /// still show it after the framework is gone).
+    fn task_record(
+        &self,
+        framework_id: &FrameworkId,
+        agent_id: AgentId,
+        info: TaskInfo,
+        resources: Resources,
+        status: TaskStatus,
+    ) -> Task {
+        Task {
+            framework_name: self
+                .frameworks
+                .get(framework_id)
+                .map(|f| f.info.name.clone())
+                .unwrap_or_default(),
+            info,
+            framework_id: framework_id.clone(),
+            agent_id,
+            resources,
+            status,
+            launched_at: mezz_proto::unix_now(),
+            kill_requested: false,
+        }
+    }
+
+    /// Keeps a finished task for `ps --all` and reconciliation; the list
+    /// (and the state histories with it) stays bounded.
+    fn remember_completed(&mut self, task: Task) {
         self.completed.push_front(task);
         self.completed.truncate(COMPLETED_TASKS_KEPT);
         self.prune_history();
