@@ -7,6 +7,8 @@
 pub mod allocator;
 pub mod api;
 pub mod cluster;
+pub mod hashing;
+pub mod node;
 pub mod registry;
 pub mod replication;
 pub mod server;

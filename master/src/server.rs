@@ -10,17 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mezz_proto::v1::{
-    AcceptRequest, ClusterState, Event, FrameworkInfo, MasterMessage, MasterView, ReconcileTask,
-    RegisterAgent, TaskStatus,
+    ClusterState, Event, FrameworkInfo, MasterMessage, MasterView, RegisterAgent, TaskStatus,
 };
 use mezz_proto::{FrameworkId, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::cluster::{CallError, Cluster, ConnId, Effect, Millis};
-use crate::registry::Registry;
+use crate::cluster::{CallError, ConnId, Effect, Millis};
+use crate::node::{Dropped, Node, Outbox};
 use crate::replication::transport::{GrpcTransport, PeerReport, Transport};
-use crate::replication::{Applied, Replica};
 use crate::{Config, MasterError};
 
 /// Outbound queue of one stream. A peer that falls this far behind is
@@ -37,49 +35,7 @@ pub type AgentTx = mpsc::Sender<Result<MasterMessage, Status>>;
 /// Sender half of a framework's event stream.
 pub type FrameworkTx = mpsc::Sender<Result<Event, Status>>;
 
-/// A scheduler call answered by the actor.
-#[derive(Debug)]
-pub enum Call {
-    /// ACCEPT.
-    Accept(AcceptRequest),
-    /// DECLINE.
-    Decline {
-        /// Framework.
-        framework_id: String,
-        /// Offers.
-        offer_ids: Vec<String>,
-        /// Filter length.
-        refuse_seconds: Option<f64>,
-    },
-    /// REVIVE.
-    Revive(String),
-    /// SUPPRESS.
-    Suppress(String),
-    /// KILL.
-    Kill {
-        /// Framework.
-        framework_id: String,
-        /// Task.
-        task_id: String,
-        /// Grace period override.
-        grace: Option<f64>,
-    },
-    /// ACKNOWLEDGE.
-    Acknowledge {
-        /// Framework.
-        framework_id: String,
-        /// Agent.
-        agent_id: String,
-        /// Task.
-        task_id: String,
-        /// Update id.
-        uuid: String,
-    },
-    /// RECONCILE.
-    Reconcile(String, Vec<ReconcileTask>),
-    /// TEARDOWN.
-    Teardown(String),
-}
+pub use crate::node::Call;
 
 /// What the API services hand to the actor.
 #[derive(Debug)]
@@ -176,23 +132,72 @@ impl Handle {
     }
 }
 
+/// The client streams and peer transport a master writes to.
+struct Streams {
+    agents: HashMap<ConnId, AgentTx>,
+    frameworks: HashMap<ConnId, FrameworkTx>,
+    /// Raft messages to the other masters (none in a group of one).
+    transport: Option<GrpcTransport>,
+}
+
+impl Outbox for Streams {
+    fn deliver(&mut self, effects: Vec<Effect>) -> Dropped {
+        let mut dropped = Dropped::default();
+        for e in effects {
+            match e {
+                Effect::ToAgent(conn, msg) => {
+                    if let Some(tx) = self.agents.get(&conn) {
+                        if tx.try_send(Ok(msg)).is_err() {
+                            tracing::warn!(
+                                conn,
+                                "agent stream is full or closed; disconnecting it"
+                            );
+                            self.agents.remove(&conn);
+                            dropped.agents.push(conn);
+                        }
+                    }
+                }
+                Effect::ToFramework(conn, ev) => {
+                    if let Some(tx) = self.frameworks.get(&conn) {
+                        if tx.try_send(Ok(ev)).is_err() {
+                            tracing::warn!(
+                                conn,
+                                "framework stream is full or closed; disconnecting it"
+                            );
+                            self.frameworks.remove(&conn);
+                            dropped.frameworks.push(conn);
+                        }
+                    }
+                }
+                Effect::CloseAgent(conn) => {
+                    self.agents.remove(&conn);
+                }
+                Effect::CloseFramework(conn) => {
+                    self.frameworks.remove(&conn);
+                }
+                Effect::Propose(_) => {}
+            }
+        }
+        dropped
+    }
+
+    fn send_raft(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        if let Some(t) = self.transport.as_mut() {
+            t.send(msgs);
+        }
+    }
+}
+
 struct Actor {
-    cluster: Cluster,
-    replica: Replica,
+    node: Node,
     config: Config,
     started: Instant,
     started_unix: f64,
-    agents: HashMap<ConnId, AgentTx>,
-    frameworks: HashMap<ConnId, FrameworkTx>,
+    streams: Streams,
     /// Answers to send once the proposals queued with them are durable.
     after_settle: Vec<(Reply, Result<(), CallError>)>,
     /// Answers waiting for the log to be applied up to an index.
     awaiting_commit: Vec<(u64, Reply, Result<(), CallError>)>,
-    /// Raft messages to the other masters (none in a group of one).
-    transport: Option<GrpcTransport>,
-    was_leader: bool,
-    /// Wall time of allocation cycles, for `/metrics`.
-    allocation_time: crate::api::metrics::Histogram,
 }
 
 impl Actor {
@@ -201,7 +206,8 @@ impl Actor {
     }
 
     fn leader_address(&self) -> Option<String> {
-        self.replica
+        self.node
+            .replica()
             .leader_id()
             .and_then(|id| self.config.peers.get(&id).cloned())
     }
@@ -210,99 +216,78 @@ impl Actor {
         CallError::NotLeader(self.leader_address())
     }
 
+    /// Adds the leader's address to a node's refusal.
+    fn hint<T>(&self, result: Result<T, CallError>) -> Result<T, CallError> {
+        match result {
+            Err(CallError::NotLeader(None)) => Err(self.not_leader()),
+            other => other,
+        }
+    }
+
     fn handle(&mut self, input: Input) {
         let now = self.now();
-        let leader = self.replica.is_leader();
         match input {
-            Input::AgentRegister(conn, msg, tx) => {
-                if !leader {
-                    let _ = tx.try_send(Err(crate::api::status_from(self.not_leader())));
-                    return;
+            Input::AgentRegister(conn, msg, tx) => match self.node.agent_register(conn, msg, now) {
+                Ok(()) => {
+                    self.streams.agents.insert(conn, tx);
                 }
-                self.agents.insert(conn, tx);
-                self.cluster.agent_register(conn, msg, now);
-            }
-            Input::AgentHeartbeat(conn) => self.cluster.agent_heartbeat(conn, now),
-            Input::AgentUpdate(conn, status) => self.cluster.agent_status_update(conn, status, now),
+                Err(e) => {
+                    let e = self.hint::<()>(Err(e)).unwrap_err();
+                    let _ = tx.try_send(Err(crate::api::status_from(e)));
+                }
+            },
+            Input::AgentHeartbeat(conn) => self.node.agent_heartbeat(conn, now),
+            Input::AgentUpdate(conn, status) => self.node.agent_update(conn, status, now),
             Input::AgentGone(conn) => {
-                self.agents.remove(&conn);
-                self.cluster.agent_disconnected(conn, now);
+                self.streams.agents.remove(&conn);
+                self.node.agent_gone(conn, now);
             }
             Input::Subscribe(conn, version, info, tx, reply) => {
-                if !leader {
-                    let _ = reply.send(Err(self.not_leader()));
-                    return;
-                }
-                let result = self.cluster.subscribe(conn, version, info, now);
+                let result = self.node.subscribe(conn, version, info, now);
                 if result.is_ok() {
-                    self.frameworks.insert(conn, tx);
+                    self.streams.frameworks.insert(conn, tx);
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(self.hint(result));
             }
             Input::FrameworkGone(conn) => {
-                self.frameworks.remove(&conn);
-                self.cluster.framework_disconnected(conn, now);
+                self.streams.frameworks.remove(&conn);
+                self.node.framework_gone(conn, now);
             }
             Input::Call(call, reply) => {
-                // Launching on an offer needs the same lease as making it.
-                let leased =
-                    leader && (self.replica.has_lease() || !matches!(call, Call::Accept(_)));
-                let result = if leased {
-                    self.call(call, now)
-                } else {
-                    Err(self.not_leader())
-                };
-                let _ = reply.send(result);
+                let result = self.node.call(call, now);
+                let _ = reply.send(self.hint(result));
             }
             Input::OperatorKill(task, fw, reply) => {
-                let result = if leader {
-                    self.cluster.operator_kill(&task, &fw, now)
-                } else {
-                    Err(self.not_leader())
-                };
-                let _ = reply.send(result);
+                let result = self.node.operator_kill(&task, &fw, now);
+                let _ = reply.send(self.hint(result));
             }
             Input::SetQuota(role, guarantee, limit, reply) => {
-                let result = if leader {
-                    self.cluster.set_quota(&role, guarantee, limit)
-                } else {
-                    Err(self.not_leader())
-                };
-                self.after_settle.push((reply, result));
+                let result = self.node.set_quota(&role, guarantee, limit);
+                self.after_settle.push((reply, self.hint(result)));
             }
             Input::SetWeight(role, weight, reply) => {
-                let result = if leader {
-                    self.cluster.set_weight(&role, weight)
-                } else {
-                    Err(self.not_leader())
-                };
-                self.after_settle.push((reply, result));
+                let result = self.node.set_weight(&role, weight);
+                self.after_settle.push((reply, self.hint(result)));
             }
-            Input::Raft(msgs) => {
-                for m in msgs {
-                    // Stale and duplicate messages are raft's to ignore.
-                    if let Err(e) = self.replica.step(m) {
-                        tracing::debug!("raft message refused: {e}");
-                    }
-                }
-            }
+            Input::Raft(msgs) => self.node.step_raft(msgs),
             Input::WhoLeads(reply) => {
-                let _ = reply.send((leader, self.leader_address()));
+                let _ = reply.send((self.node.is_leader(), self.leader_address()));
             }
             Input::State(completed, reply) => {
                 let _ = reply.send(self.state(completed));
             }
             Input::Metrics(reply) => {
+                let replica = self.node.replica();
                 let shell = crate::api::metrics::ShellMetrics {
-                    leader,
-                    term: self.replica.term(),
-                    last_index: self.replica.last_index(),
-                    commit_index: self.replica.committed(),
-                    applied_index: self.replica.applied(),
-                    allocation: self.allocation_time.clone(),
+                    leader: replica.is_leader(),
+                    term: replica.term(),
+                    last_index: replica.last_index(),
+                    commit_index: replica.committed(),
+                    applied_index: replica.applied(),
+                    allocation: self.node.allocation_time().clone(),
                 };
                 let _ = reply.send(crate::api::metrics::metrics_text(
-                    &self.cluster,
+                    self.node.cluster(),
                     &self.state(false),
                     &shell,
                 ));
@@ -310,36 +295,10 @@ impl Actor {
         }
     }
 
-    fn call(&mut self, call: Call, now: Millis) -> Result<(), CallError> {
-        let c = &mut self.cluster;
-        match call {
-            Call::Accept(req) => c.accept(req, now),
-            Call::Decline {
-                framework_id,
-                offer_ids,
-                refuse_seconds,
-            } => c.decline(&framework_id, &offer_ids, refuse_seconds, now),
-            Call::Revive(f) => c.revive(&f, now),
-            Call::Suppress(f) => c.suppress(&f, now),
-            Call::Kill {
-                framework_id,
-                task_id,
-                grace,
-            } => c.kill(&framework_id, &task_id, grace, now),
-            Call::Acknowledge {
-                framework_id,
-                agent_id,
-                task_id,
-                uuid,
-            } => c.acknowledge(&framework_id, &agent_id, &task_id, &uuid, now),
-            Call::Reconcile(f, tasks) => c.reconcile(&f, tasks, now),
-            Call::Teardown(f) => c.teardown(&f, now),
-        }
-    }
-
     fn state(&self, completed: bool) -> ClusterState {
         let me = self.config.id;
-        let leader = self.replica.leader_id();
+        let replica = self.node.replica();
+        let leader = replica.leader_id();
         let masters = self
             .config
             .peers
@@ -354,15 +313,11 @@ impl Actor {
                 // Others' progress is known to the leader only: how far
                 // their log matches its own.
                 let (term, applied_index) = if id == me {
-                    (self.replica.term(), self.replica.applied())
+                    (replica.term(), replica.applied())
                 } else {
                     (
-                        if leader.is_some() {
-                            self.replica.term()
-                        } else {
-                            0
-                        },
-                        self.replica.peer_matched(id).unwrap_or(0),
+                        if leader.is_some() { replica.term() } else { 0 },
+                        replica.peer_matched(id).unwrap_or(0),
                     )
                 };
                 MasterView {
@@ -374,7 +329,7 @@ impl Actor {
                 }
             })
             .collect();
-        self.cluster.view(
+        self.node.cluster().view(
             completed,
             masters,
             self.leader_address().unwrap_or_default(),
@@ -382,110 +337,33 @@ impl Actor {
         )
     }
 
-    /// Runs the state machine and raft until nothing is left to do, then
-    /// sends what the state machine asked for. Proposals are durable
-    /// (fsynced) before anything that depends on them is sent, because the
-    /// state machine only acts on them once they come back applied.
+    /// Settles the node. On a change of leadership every client stream is
+    /// closed (clients reconnect and find the leader) and answers waiting
+    /// for a commit are refused: the new leader may never commit them.
     fn settle(&mut self) -> Result<(), MasterError> {
-        loop {
-            let now = self.now();
-            let leader = self.replica.is_leader();
-            // Offers only from a leader that knows a majority still follows.
-            let can_offer = leader && self.replica.has_lease();
-            if can_offer && self.cluster.allocation_due() {
-                let started = Instant::now();
-                self.cluster.allocate(now);
-                self.allocation_time
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            let mut effects = self.cluster.take_effects();
-            if !leader {
-                // A follower keeps its registry current and nothing else;
-                // whatever the state machine would do is the leader's job.
-                effects.clear();
-            }
-            let mut sends = Vec::new();
-            for e in effects {
-                match e {
-                    Effect::Propose(cmd) => {
-                        if let Err(err) = self.replica.propose(&cmd) {
-                            tracing::error!("cannot replicate {cmd:?}: {err}");
-                        }
-                    }
-                    other => sends.push(other),
-                }
-            }
-            self.dispatch(sends);
-            let (applied, messages) = self.replica.handle_ready()?;
-            if let Some(t) = self.transport.as_mut() {
-                t.send(messages);
-            }
-            if applied.is_empty() && !(can_offer && self.cluster.allocation_due()) {
-                let registry = self.cluster.registry().clone();
-                self.replica.maybe_compact(|| registry.to_snapshot())?;
-                return Ok(());
-            }
-            let now = self.now();
-            for a in applied {
-                match a {
-                    Applied::Command(cmd) => self.cluster.apply(&cmd, now),
-                    Applied::Restore(snap) => self.cluster.restore(Registry::from_snapshot(&snap)),
-                }
-            }
-        }
-    }
-
-    fn dispatch(&mut self, effects: Vec<Effect>) {
-        let mut dropped_agents = Vec::new();
-        let mut dropped_frameworks = Vec::new();
-        for e in effects {
-            match e {
-                Effect::ToAgent(conn, msg) => {
-                    if let Some(tx) = self.agents.get(&conn) {
-                        if tx.try_send(Ok(msg)).is_err() {
-                            tracing::warn!(
-                                conn,
-                                "agent stream is full or closed; disconnecting it"
-                            );
-                            dropped_agents.push(conn);
-                        }
-                    }
-                }
-                Effect::ToFramework(conn, ev) => {
-                    if let Some(tx) = self.frameworks.get(&conn) {
-                        if tx.try_send(Ok(ev)).is_err() {
-                            tracing::warn!(
-                                conn,
-                                "framework stream is full or closed; disconnecting it"
-                            );
-                            dropped_frameworks.push(conn);
-                        }
-                    }
-                }
-                Effect::CloseAgent(conn) => {
-                    self.agents.remove(&conn);
-                }
-                Effect::CloseFramework(conn) => {
-                    self.frameworks.remove(&conn);
-                }
-                Effect::Propose(_) => {}
-            }
-        }
         let now = self.now();
-        for conn in dropped_agents {
-            self.agents.remove(&conn);
-            self.cluster.agent_disconnected(conn, now);
+        let Some(leader) = self.node.settle(now, &mut self.streams)? else {
+            return Ok(());
+        };
+        self.streams.agents.clear();
+        self.streams.frameworks.clear();
+        let not_leader = self.not_leader();
+        for (_, reply, _) in self.awaiting_commit.drain(..) {
+            let _ = reply.send(Err(not_leader.clone()));
         }
-        for conn in dropped_frameworks {
-            self.frameworks.remove(&conn);
-            self.cluster.framework_disconnected(conn, now);
+        if !leader {
+            tracing::info!(
+                leader = self.leader_address().unwrap_or_default(),
+                "following the leader"
+            );
         }
+        Ok(())
     }
 
     /// Operator changes are answered once applied, which in a group of
     /// several masters means committed by a majority.
     fn answer_durable(&mut self) {
-        let last = self.replica.last_index();
+        let last = self.node.replica().last_index();
         for (reply, result) in self.after_settle.drain(..) {
             match result {
                 Ok(()) => self.awaiting_commit.push((last, reply, Ok(()))),
@@ -494,7 +372,7 @@ impl Actor {
                 }
             }
         }
-        let applied = self.replica.applied();
+        let applied = self.node.replica().applied();
         let (done, waiting): (Vec<_>, Vec<_>) = self
             .awaiting_commit
             .drain(..)
@@ -503,38 +381,6 @@ impl Actor {
         for (_, reply, result) in done {
             let _ = reply.send(result);
         }
-    }
-
-    /// On a change of leadership every client stream is closed (clients
-    /// reconnect and find the leader) and the soft state starts afresh from
-    /// the replicated registry: offers of an old leader are void, agents
-    /// re-register with their tasks, frameworks re-subscribe.
-    fn follow_leadership(&mut self) -> Result<(), MasterError> {
-        let leader = self.replica.is_leader();
-        if leader == self.was_leader {
-            return Ok(());
-        }
-        self.was_leader = leader;
-        self.agents.clear();
-        self.frameworks.clear();
-        let not_leader = self.not_leader();
-        for (_, reply, _) in self.awaiting_commit.drain(..) {
-            let _ = reply.send(Err(not_leader.clone()));
-        }
-        let now = self.now();
-        let registry = self.cluster.registry().clone();
-        let master_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        self.cluster = Cluster::new(master_id, self.config.timeouts.clone(), registry, now);
-        if leader {
-            tracing::info!(term = self.replica.term(), "this master is now the leader");
-        } else {
-            tracing::info!(
-                term = self.replica.term(),
-                leader = self.leader_address().unwrap_or_default(),
-                "this master follows"
-            );
-        }
-        self.settle()
     }
 
     async fn run(
@@ -559,17 +405,13 @@ impl Actor {
                     }
                 }
                 _ = tick.tick() => {
-                    self.replica.tick();
-                    if self.replica.is_leader() {
-                        let now = self.now();
-                        self.cluster.tick(now);
-                    }
+                    let now = self.now();
+                    self.node.tick(now);
                 }
-                Some(report) = reports.recv() => self.replica.report(report),
+                Some(report) = reports.recv() => self.node.report(report),
                 _ = &mut stop => return Ok(()),
             }
             self.settle()?;
-            self.follow_leadership()?;
             self.answer_durable();
         }
     }
@@ -593,45 +435,46 @@ pub async fn run(
     })?;
     let voters: Vec<u64> = config.peers.keys().copied().collect();
     let raft_dir = config.data_dir.join("raft");
-    let (mut replica, snapshot) = Replica::open(&raft_dir, config.id, &voters)?;
-    replica.set_snapshot_every(config.snapshot_every);
-    let registry = snapshot
-        .map(|s| Registry::from_snapshot(&s))
-        .unwrap_or_default();
-    let master_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    tracing::info!(master_id, data_dir = %config.data_dir.display(), "master starting");
-    let cluster = Cluster::new(master_id, config.timeouts.clone(), registry, 0);
+    let fresh_id = || uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let node = Node::open(
+        &raft_dir,
+        config.id,
+        &voters,
+        config.snapshot_every,
+        config.timeouts.clone(),
+        Box::new(fresh_id),
+    )?;
+    tracing::info!(master_id = node.cluster().master_id(), data_dir = %config.data_dir.display(), "master starting");
     let mut actor = Actor {
-        cluster,
-        replica,
+        node,
         config: config.clone(),
         started: Instant::now(),
         started_unix: mezz_proto::unix_now(),
-        agents: HashMap::new(),
-        frameworks: HashMap::new(),
+        streams: Streams {
+            agents: HashMap::new(),
+            frameworks: HashMap::new(),
+            transport: None,
+        },
         after_settle: Vec::new(),
         awaiting_commit: Vec::new(),
-        transport: None,
-        was_leader: false,
-        allocation_time: Default::default(),
     };
     // Replay the log; a group of one also wins its election before serving.
     // A group of several elects once the peers can talk, i.e. after serving.
     for _ in 0..50 {
         actor.settle()?;
-        actor.follow_leadership()?;
-        if actor.replica.is_leader() || config.peers.len() > 1 {
+        if actor.node.is_leader() || config.peers.len() > 1 {
             break;
         }
-        actor.replica.tick();
+        let now = actor.now();
+        actor.node.tick(now);
     }
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     if config.peers.len() > 1 {
-        actor.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
+        actor.streams.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
     }
     tracing::info!(
-        agents = actor.cluster.registry().agents.len(),
-        frameworks = actor.cluster.registry().frameworks.len(),
+        agents = actor.node.cluster().registry().agents.len(),
+        frameworks = actor.node.cluster().registry().frameworks.len(),
         "registry recovered"
     );
 

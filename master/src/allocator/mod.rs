@@ -23,7 +23,9 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::hashing::Map;
 
 use mezz_proto::{AgentId, FrameworkId, Resources};
 
@@ -98,7 +100,7 @@ pub enum Scope<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Allocator {
     sorter: Sorter,
-    frameworks: HashMap<FrameworkId, FrameworkEntry>,
+    frameworks: Map<FrameworkId, FrameworkEntry>,
     agents: BTreeMap<AgentId, AgentEntry>,
     roles: BTreeMap<String, RoleConfig>,
     quotas: Vec<(NodeId, Quota)>,

@@ -5,7 +5,9 @@
 //! walking down the tree instead of scanning every framework. Knows nothing
 //! of agents, quotas or offers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::hashing::Map;
 use std::sync::Arc;
 
 use mezz_proto::FrameworkId;
@@ -53,8 +55,8 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct Sorter {
     nodes: Vec<Node>,
-    roles: HashMap<Arc<str>, NodeId>,
-    frameworks: HashMap<FrameworkId, NodeId>,
+    roles: Map<Arc<str>, NodeId>,
+    frameworks: Map<FrameworkId, NodeId>,
     total: Qty,
 }
 
@@ -72,8 +74,8 @@ impl Default for Sorter {
                 children: BTreeSet::new(),
                 live: true,
             }],
-            roles: HashMap::new(),
-            frameworks: HashMap::new(),
+            roles: Map::default(),
+            frameworks: Map::default(),
             total: Qty::default(),
         }
     }

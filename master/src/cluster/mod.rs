@@ -14,7 +14,9 @@ mod offers;
 mod roles;
 mod view;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+pub(crate) use crate::hashing::{Map, Set};
 
 use mezz_proto::v1::{
     event, AgentInfo, Event, FrameworkInfo, MasterMessage, RegisterAgent, ReplicatedCommand,
@@ -138,7 +140,7 @@ pub(crate) struct Framework {
     pub disconnected_since: Option<Millis>,
     pub suppressed: bool,
     /// Refuse-seconds filters: agent → until when.
-    pub filters: HashMap<AgentId, Millis>,
+    pub filters: Map<AgentId, Millis>,
     /// Status updates forwarded and not yet acknowledged, by uuid.
     pub unacked: BTreeMap<String, TaskStatus>,
     pub used: Resources,
@@ -196,21 +198,21 @@ pub struct Cluster {
     timeouts: Timeouts,
     now: Millis,
     registry: Registry,
-    agents: HashMap<AgentId, Agent>,
-    frameworks: HashMap<FrameworkId, Framework>,
-    tasks: HashMap<(FrameworkId, TaskId), Task>,
+    agents: Map<AgentId, Agent>,
+    frameworks: Map<FrameworkId, Framework>,
+    tasks: Map<(FrameworkId, TaskId), Task>,
     completed: VecDeque<Task>,
-    offers: HashMap<OfferId, OfferRecord>,
-    agent_conns: HashMap<ConnId, AgentId>,
-    framework_conns: HashMap<ConnId, FrameworkId>,
-    pending_agents: HashMap<AgentId, (ConnId, RegisterAgent)>,
-    pending_frameworks: HashMap<FrameworkId, ConnId>,
+    offers: Map<OfferId, OfferRecord>,
+    agent_conns: Map<ConnId, AgentId>,
+    framework_conns: Map<ConnId, FrameworkId>,
+    pending_agents: Map<AgentId, (ConnId, RegisterAgent)>,
+    pending_frameworks: Map<FrameworkId, ConnId>,
     effects: Vec<Effect>,
     /// A full allocation sweep is wanted.
     alloc_dirty: bool,
     /// Agents and frameworks whose resources changed since the last cycle.
-    dirty_agents: HashSet<AgentId>,
-    dirty_frameworks: HashSet<FrameworkId>,
+    dirty_agents: Set<AgentId>,
+    dirty_frameworks: Set<FrameworkId>,
     last_sweep: Option<Millis>,
     allocator: Allocator,
     seq: u64,
@@ -219,7 +221,7 @@ pub struct Cluster {
     /// The last [`TASK_HISTORY_KEPT`] state changes of active and
     /// completed tasks, oldest first. Kept beside `Task` so that the places
     /// that build tasks need not know about it; pruned with `completed`.
-    history: HashMap<(FrameworkId, TaskId), VecDeque<TaskStateChange>>,
+    history: Map<(FrameworkId, TaskId), VecDeque<TaskStateChange>>,
 }
 
 impl Cluster {
@@ -231,25 +233,25 @@ impl Cluster {
             timeouts,
             now,
             registry: Registry::default(),
-            agents: HashMap::new(),
-            frameworks: HashMap::new(),
-            tasks: HashMap::new(),
+            agents: Map::default(),
+            frameworks: Map::default(),
+            tasks: Map::default(),
             completed: VecDeque::new(),
-            offers: HashMap::new(),
-            agent_conns: HashMap::new(),
-            framework_conns: HashMap::new(),
-            pending_agents: HashMap::new(),
-            pending_frameworks: HashMap::new(),
+            offers: Map::default(),
+            agent_conns: Map::default(),
+            framework_conns: Map::default(),
+            pending_agents: Map::default(),
+            pending_frameworks: Map::default(),
             effects: Vec::new(),
             alloc_dirty: false,
-            dirty_agents: HashSet::new(),
-            dirty_frameworks: HashSet::new(),
+            dirty_agents: Set::default(),
+            dirty_frameworks: Set::default(),
             last_sweep: None,
             allocator: Allocator::new(),
             seq: 0,
             last_framework_heartbeat: now,
             counters: Counters::default(),
-            history: HashMap::new(),
+            history: Map::default(),
         };
         c.restore(registry);
         c
@@ -354,7 +356,7 @@ impl Cluster {
             conn: None,
             disconnected_since: Some(now),
             suppressed: false,
-            filters: HashMap::new(),
+            filters: Map::default(),
             unacked: BTreeMap::new(),
             used: Resources::new(),
             offered: Resources::new(),
@@ -514,7 +516,7 @@ impl Cluster {
         if self.history.len() <= 2 * live + 64 {
             return;
         }
-        let keep: HashSet<(FrameworkId, TaskId)> = self
+        let keep: Set<(FrameworkId, TaskId)> = self
             .tasks
             .keys()
             .cloned()
