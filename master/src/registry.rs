@@ -16,7 +16,10 @@ use mezz_proto::{AgentId, FrameworkId};
 pub struct Registry {
     /// Registered agents by id.
     pub agents: BTreeMap<AgentId, AgentInfo>,
-    /// Agents removed after being unreachable too long.
+    /// Agents removed after being unreachable too long. One that comes
+    /// back is registered again but stays listed here until the leader has
+    /// killed what it ran before its removal (whose tasks were declared
+    /// LOST), so that a leader elected in between kills them too.
     pub removed_agents: BTreeSet<AgentId>,
     /// Registered frameworks by id.
     pub frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
@@ -32,9 +35,10 @@ impl Registry {
     pub fn apply(&mut self, cmd: &ReplicatedCommand) {
         match &cmd.command {
             Some(Command::RegisterAgent(info)) => {
-                let id = AgentId(info.id.clone());
-                self.removed_agents.remove(&id);
-                self.agents.insert(id, info.clone());
+                self.agents.insert(AgentId(info.id.clone()), info.clone());
+            }
+            Some(Command::AgentReturned(id)) => {
+                self.removed_agents.remove(&AgentId(id.clone()));
             }
             Some(Command::RemoveAgent(id)) => {
                 let id = AgentId(id.clone());

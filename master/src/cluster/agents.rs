@@ -131,6 +131,19 @@ impl Cluster {
         reported: Vec<mezz_proto::v1::AgentTask>,
     ) {
         let mut seen = std::collections::HashSet::new();
+        // The report is the truth about what still runs: holds for tasks
+        // being killed are rebuilt from it.
+        let held: Vec<(FrameworkId, TaskId)> = self
+            .agents
+            .get(id)
+            .map(|a| a.killing.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in held {
+            self.release_killed(id, &key);
+        }
+        // An agent removed for staying away too long: whatever it still
+        // runs was declared LOST and is killed now.
+        let returning = self.registry.removed_agents.contains(id);
         for t in reported {
             let Some(info) = t.task else { continue };
             let fid = FrameworkId(t.framework_id.clone());
@@ -138,15 +151,18 @@ impl Cluster {
             seen.insert(key.clone());
             let status = t.latest_status.unwrap_or_default();
             let framework_known = self.frameworks.contains_key(&fid);
-            let was_lost = self.completed.iter().any(|c| {
-                c.framework_id == fid && c.info.task_id == info.task_id && c.agent_id == *id
-            });
+            let was_lost = returning
+                || self.completed.iter().any(|c| {
+                    c.framework_id == fid && c.info.task_id == info.task_id && c.agent_id == *id
+                });
             if (!framework_known || was_lost) && !status.state().is_terminal() {
                 let reason = if framework_known {
                     TaskReason::AgentRemoved
                 } else {
                     TaskReason::FrameworkRemoved
                 };
+                let resources = Resources::from_proto(&info.resources).unwrap_or_default();
+                self.hold_while_killing(id, &key, &resources);
                 self.effects.push(Effect::ToAgent(
                     conn,
                     MasterMessage {
@@ -199,6 +215,10 @@ impl Cluster {
             self.dirty_frameworks.insert(fid.clone());
             let task = self.task_record(&fid, id.clone(), info, resources, status);
             self.tasks.insert(key, task);
+        }
+        if returning {
+            tracing::info!(agent_id = %id, "agent came back after it was removed; killing what it ran before");
+            self.maybe_agent_returned(id);
         }
         // Tasks the master launched here that the agent does not report were
         // lost on the way (the launch never arrived, or the agent's work dir
@@ -257,6 +277,22 @@ impl Cluster {
         let active = self.tasks.contains_key(&key);
         if active {
             self.set_task_status(&key, status.clone());
+        } else if status.state().is_terminal() {
+            self.release_killed(&agent_id, &key);
+            self.maybe_agent_returned(&agent_id);
+        } else {
+            // Every task an agent runs is either tracked or being killed
+            // since it registered, so a live state for an untracked task is
+            // an old update sent again: forwarding it would show the
+            // framework a task that was declared lost coming back.
+            tracing::debug!(task_id = %status.task_id, "stale update for an untracked task; acknowledged, not forwarded");
+            if !status.uuid.is_empty() {
+                self.effects.push(Effect::ToAgent(
+                    conn,
+                    ack_message(&status.framework_id, &status.task_id, &status.uuid),
+                ));
+            }
+            return;
         }
         let fw_alive = self.frameworks.contains_key(&fid);
         if fw_alive {

@@ -90,7 +90,7 @@ impl Cluster {
         }
         fw.disconnected_since = None;
         fw.suppressed = false;
-        let unacked: Vec<TaskStatus> = fw.unacked.values().cloned().collect();
+        let unacked: Vec<TaskStatus> = fw.unacked.in_order().cloned().collect();
         self.framework_conns.insert(conn, id.clone());
         self.effects.push(Effect::ToFramework(
             conn,
@@ -178,6 +178,8 @@ impl Cluster {
             self.tasks.keys().filter(|k| k.0 == *id).cloned().collect();
         for key in keys {
             if let Some(task) = self.tasks.get(&key).cloned() {
+                // Taken until the agent confirms the kill.
+                self.hold_while_killing(&task.agent_id, &key, &task.resources);
                 let st = self.master_status(
                     &task,
                     TaskState::Killed,
@@ -614,6 +616,7 @@ impl Cluster {
                     None => {
                         let agent = AgentId(rt.agent_id.clone());
                         let awaited = self.agents.get(&agent).is_some_and(|a| a.conn.is_none());
+                        let removed = self.registry.removed_agents.contains(&agent);
                         let info = TaskInfo {
                             task_id: rt.task_id.clone(),
                             ..Default::default()
@@ -625,7 +628,12 @@ impl Cluster {
                             Resources::new(),
                             TaskStatus::default(),
                         );
-                        let (state, msg) = if awaited {
+                        let (state, msg) = if removed {
+                            (
+                                TaskState::Lost,
+                                "the task's agent was removed after it stayed unreachable",
+                            )
+                        } else if awaited {
                             (
                                 TaskState::Unreachable,
                                 "the task's agent has not re-registered yet",

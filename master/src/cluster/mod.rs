@@ -121,6 +121,11 @@ pub(crate) struct Agent {
     pub last_seen: Millis,
     pub disconnected_since: Option<Millis>,
     pub registered_at: f64,
+    /// Tasks this agent still runs that the master no longer tracks (their
+    /// framework was removed, or they were declared LOST) and has asked the
+    /// agent to kill. Their resources stay in `used` until the agent says
+    /// they ended, so they are not offered while still taken.
+    pub killing: Map<(FrameworkId, TaskId), Resources>,
 }
 
 impl Agent {
@@ -142,10 +147,48 @@ pub(crate) struct Framework {
     /// Refuse-seconds filters: agent → until when.
     pub filters: Map<AgentId, Millis>,
     /// Status updates forwarded and not yet acknowledged, by uuid.
-    pub unacked: BTreeMap<String, TaskStatus>,
+    pub unacked: Unacked,
     pub used: Resources,
     pub offered: Resources,
     pub registered_at: f64,
+}
+
+/// Status updates forwarded to a framework and not yet acknowledged, kept
+/// in the order they came. They are sent again in that order when the
+/// framework re-subscribes, so it never sees a task's updates reordered
+/// (a RUNNING after the FINISHED that followed it).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Unacked {
+    by_seq: BTreeMap<u64, TaskStatus>,
+    seq_of: Map<String, u64>,
+    next: u64,
+}
+
+impl Unacked {
+    /// Keeps an update with a uuid; one resent keeps its first place.
+    fn insert(&mut self, status: TaskStatus) {
+        if self.seq_of.contains_key(&status.uuid) {
+            return;
+        }
+        self.next += 1;
+        self.seq_of.insert(status.uuid.clone(), self.next);
+        self.by_seq.insert(self.next, status);
+    }
+
+    /// Forgets the update acknowledged by `uuid`.
+    fn remove(&mut self, uuid: &str) -> Option<TaskStatus> {
+        let seq = self.seq_of.remove(uuid)?;
+        self.by_seq.remove(&seq)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    /// The updates in the order they came.
+    fn in_order(&self) -> impl Iterator<Item = &TaskStatus> {
+        self.by_seq.values()
+    }
 }
 
 /// A task the master knows about.
@@ -272,6 +315,15 @@ impl Cluster {
         &self.counters
     }
 
+    /// Outstanding offers: to which framework, on which agent, what.
+    pub fn outstanding_offers(
+        &self,
+    ) -> impl Iterator<Item = (&FrameworkId, &AgentId, &Resources)> + '_ {
+        self.offers
+            .values()
+            .map(|o| (&o.framework_id, &o.agent_id, &o.resources))
+    }
+
     /// This master's id (fresh at every start, as in Mesos).
     pub fn master_id(&self) -> &str {
         &self.master_id
@@ -325,6 +377,9 @@ impl Cluster {
                 }
             }
             Some(Command::SetRole(cfg)) => self.apply_role(cfg),
+            Some(Command::AgentReturned(id)) => {
+                self.dirty_agents.insert(AgentId(id.clone()));
+            }
             Some(Command::RemoveAgent(_)) | Some(Command::RemoveFramework(_)) | None => {}
         }
     }
@@ -342,6 +397,7 @@ impl Cluster {
             last_seen: now,
             disconnected_since: Some(now),
             registered_at: mezz_proto::unix_now(),
+            killing: Map::default(),
         });
         agent.info = info.clone();
         agent.total = total;
@@ -357,7 +413,7 @@ impl Cluster {
             disconnected_since: Some(now),
             suppressed: false,
             filters: Map::default(),
-            unacked: BTreeMap::new(),
+            unacked: Unacked::default(),
             used: Resources::new(),
             offered: Resources::new(),
             registered_at: mezz_proto::unix_now(),
@@ -456,6 +512,52 @@ impl Cluster {
         self.remember_completed(task);
     }
 
+    /// Keeps `resources` taken on `agent_id` while the agent kills a task
+    /// the master no longer tracks.
+    fn hold_while_killing(
+        &mut self,
+        agent_id: &AgentId,
+        key: &(FrameworkId, TaskId),
+        resources: &Resources,
+    ) {
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            if !agent.killing.contains_key(key) {
+                agent.killing.insert(key.clone(), resources.clone());
+                agent.used.add(resources);
+                self.dirty_agents.insert(agent_id.clone());
+            }
+        }
+    }
+
+    /// The agent says a task being killed has ended: its resources are
+    /// free.
+    fn release_killed(&mut self, agent_id: &AgentId, key: &(FrameworkId, TaskId)) {
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            if let Some(res) = agent.killing.remove(key) {
+                agent.used.subtract(&res);
+                self.dirty_agents.insert(agent_id.clone());
+            }
+        }
+    }
+
+    /// An agent back from removal whose old tasks are all dead is an
+    /// ordinary agent again; the group records it so that no later leader
+    /// kills what it runs from now on.
+    fn maybe_agent_returned(&mut self, agent_id: &AgentId) {
+        let settled = self
+            .agents
+            .get(agent_id)
+            .is_some_and(|a| a.conn.is_some() && a.killing.is_empty());
+        if settled && self.registry.removed_agents.contains(agent_id) {
+            tracing::info!(agent_id = %agent_id, "agent back from removal has no old tasks left");
+            self.effects.push(Effect::Propose(ReplicatedCommand {
+                command: Some(mezz_proto::v1::replicated_command::Command::AgentReturned(
+                    agent_id.0.clone(),
+                )),
+            }));
+        }
+    }
+
     /// A task record, named after its framework (kept so finished tasks
     /// still show it after the framework is gone).
     fn task_record(
@@ -537,7 +639,7 @@ impl Cluster {
             return;
         };
         if !status.uuid.is_empty() {
-            fw.unacked.insert(status.uuid.clone(), status.clone());
+            fw.unacked.insert(status.clone());
         }
         if let Some(conn) = fw.conn {
             self.effects.push(Effect::ToFramework(

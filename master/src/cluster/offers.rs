@@ -24,7 +24,11 @@ impl Cluster {
 
     /// Brings the allocator's mirror of one agent up to date.
     fn sync_agent(&mut self, id: &AgentId) {
-        match self.agents.get(id).filter(|a| a.conn.is_some()) {
+        // An agent back from removal is not offered until what it ran
+        // before is killed (see `Registry::removed_agents`).
+        let usable =
+            |a: &&super::Agent| a.conn.is_some() && !self.registry.removed_agents.contains(id);
+        match self.agents.get(id).filter(usable) {
             Some(a) => {
                 let available = a.available();
                 self.allocator.update_agent(id, &a.total, &available);

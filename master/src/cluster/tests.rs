@@ -320,6 +320,66 @@ fn offers_time_out_and_lost_agents_lose_offers_then_tasks() {
 }
 
 #[test]
+fn an_agent_back_from_removal_is_offered_only_once_its_old_tasks_are_dead() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, e) = h.subscribe(10, "", 3600.0);
+    let o = offers(&e);
+    launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
+    let running = agent_status("a1", &fid, "t1", TaskState::Running, "u1");
+    h.c.agent_status_update(1, running.clone(), h.now);
+    h.settle();
+    h.c.agent_disconnected(1, h.now);
+    h.settle();
+    let e = h.tick(Timeouts::default().agent_reregister);
+    assert_eq!(updates(&e)[0].state(), TaskState::Lost);
+    let a1 = AgentId::from("a1");
+    assert!(h.c.registry().removed_agents.contains(&a1));
+
+    // It comes back, still running t1: the task is killed, and nothing of
+    // the agent is offered while it is.
+    let reported = AgentTask {
+        framework_id: fid.clone(),
+        task: Some(TaskInfo {
+            agent_id: "a1".into(),
+            ..task("t1", "cpus:1")
+        }),
+        latest_status: Some(running.clone()),
+    };
+    let e = h.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::ToAgent(2, MasterMessage { message: Some(M::Kill(k)) }) if k.task_id == "t1"
+    )));
+    assert!(offers(&e).is_empty(), "offered while its old task runs");
+    // A resent RUNNING must not show the framework a lost task coming
+    // back; the agent still gets its acknowledgement.
+    h.c.agent_status_update(2, running, h.now);
+    let e = h.settle();
+    assert!(updates(&e).is_empty(), "{e:?}");
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::ToAgent(2, MasterMessage { message: Some(M::Ack(a)) }) if a.uuid == "u1"
+    )));
+    assert_eq!(h.c.agents[&a1].used.scalar("cpus"), 1.0);
+    // Once it is dead the agent is an ordinary one again, offered whole.
+    h.c.agent_status_update(
+        2,
+        agent_status("a1", &fid, "t1", TaskState::Killed, "u2"),
+        h.now,
+    );
+    let e = h.settle();
+    assert_eq!(updates(&e)[0].state(), TaskState::Killed);
+    assert!(!h.c.registry().removed_agents.contains(&a1));
+    let o = offers(&e);
+    assert_eq!(o.len(), 1);
+    let cpus = Resources::from_proto(&o[0].resources)
+        .unwrap()
+        .scalar("cpus");
+    assert_eq!(cpus, 2.0);
+}
+
+#[test]
 fn reregistering_agent_keeps_its_tasks_after_master_restart() {
     let mut h = Harness::new();
     h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
@@ -377,6 +437,16 @@ fn framework_failover_timeout_removes_it_and_kills_tasks() {
         .registry()
         .removed_frameworks
         .contains(&FrameworkId(fid.clone())));
+    // Until the agent confirms the kill, the task's CPU is still taken.
+    let a1 = AgentId::from("a1");
+    assert_eq!(h.c.agents[&a1].used.scalar("cpus"), 1.0);
+    h.c.agent_status_update(
+        1,
+        agent_status("a1", &fid, "t1", TaskState::Killed, "u9"),
+        h.now,
+    );
+    h.settle();
+    assert!(h.c.agents[&a1].used.is_empty());
     let err =
         h.c.subscribe(
             12,
@@ -599,4 +669,23 @@ fn failover_accounts_for_every_task_and_update() {
         states.contains(&("t3".into(), TaskState::Finished)),
         "{states:?}"
     );
+}
+
+#[test]
+fn updates_are_resent_to_a_returning_framework_in_the_order_they_came() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, e) = h.subscribe(10, "", 600.0);
+    let o = offers(&e);
+    launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
+    h.c.framework_disconnected(10, h.now);
+    h.settle();
+    // uuids are random: the later update may well sort first.
+    for (state, uuid) in [(TaskState::Running, "ff"), (TaskState::Finished, "00")] {
+        h.c.agent_status_update(1, agent_status("a1", &fid, "t1", state, uuid), h.now);
+    }
+    h.settle();
+    let (_, e) = h.subscribe(11, &fid, 600.0);
+    let states: Vec<TaskState> = updates(&e).iter().map(|s| s.state()).collect();
+    assert_eq!(states, vec![TaskState::Running, TaskState::Finished]);
 }
