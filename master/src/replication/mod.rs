@@ -93,6 +93,28 @@ impl Replica {
         id: u64,
         voters: &[u64],
     ) -> Result<(Self, Option<ReplicatedSnapshot>), ReplicationError> {
+        Self::open_with(dir, id, voters, true)
+    }
+
+    /// As [`Replica::open`], with an election timeout of exactly
+    /// `election_tick` ticks: raft-rs draws randomized timeouts from its own
+    /// random source, which a seeded simulation cannot replay, so the
+    /// simulations randomize by jittering each replica's clock instead.
+    #[cfg(test)]
+    pub(crate) fn open_fixed_timer(
+        dir: &Path,
+        id: u64,
+        voters: &[u64],
+    ) -> Result<(Self, Option<ReplicatedSnapshot>), ReplicationError> {
+        Self::open_with(dir, id, voters, false)
+    }
+
+    fn open_with(
+        dir: &Path,
+        id: u64,
+        voters: &[u64],
+        randomized_elections: bool,
+    ) -> Result<(Self, Option<ReplicatedSnapshot>), ReplicationError> {
         let storage = SledStorage::open(dir)?;
         if storage.is_empty() {
             storage.initialize(voters)?;
@@ -133,6 +155,7 @@ impl Replica {
             check_quorum: true,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            max_election_tick: if randomized_elections { 0 } else { 11 },
             ..Default::default()
         };
         config.validate()?;
@@ -219,6 +242,16 @@ impl Replica {
     /// True while this replica leads its group.
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// True while this replica leads and has applied an entry of its own
+    /// term. A new leader's state may lag entries that earlier leaders
+    /// appended and that only its first entry commits; until that entry is
+    /// applied its state is not current and it must not answer from it.
+    pub fn is_current_leader(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.state == StateRole::Leader
+            && raft.raft_log.term(raft.raft_log.applied).ok() == Some(raft.term)
     }
 
     /// The id of the current leader, if known.
@@ -407,7 +440,7 @@ impl Replica {
 }
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 #[cfg(test)]
 mod tests {

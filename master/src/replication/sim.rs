@@ -19,10 +19,10 @@ use super::{Applied, Replica};
 use crate::registry::Registry;
 
 /// SplitMix64: small, seedable, good enough for fault schedules.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -30,11 +30,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
     }
 }
@@ -76,16 +76,67 @@ const CALM: Faults = Faults {
     restart: 1.0,
 };
 
+/// Bounded clock drift, from the seed: each replica's clock now and then
+/// misses a tick, at most one in [`Clocks::EVERY`]. The replicas' election
+/// timers are fixed (see [`Replica::open_fixed_timer`]); this drift is what
+/// breaks ties between candidates, and it stays well inside the leader
+/// lease's margin (half an election timeout), as real clock drift does.
+pub(crate) struct Clocks {
+    last_skip: BTreeMap<u64, u64>,
+}
+
+impl Clocks {
+    pub(crate) const EVERY: u64 = 10;
+
+    pub(crate) fn new() -> Self {
+        Clocks {
+            last_skip: BTreeMap::new(),
+        }
+    }
+
+    /// Whether replica `id` ticks at `step`.
+    pub(crate) fn ticks(&mut self, rng: &mut Rng, id: u64, step: u64) -> bool {
+        let last = self.last_skip.get(&id).copied();
+        if last.is_none_or(|l| step >= l + Self::EVERY) && rng.chance(0.3) {
+            self.last_skip.insert(id, step);
+            return false;
+        }
+        true
+    }
+}
+
 /// The in-memory transport: messages wait in flight for a random delay,
 /// and may be dropped or duplicated on the way.
-struct SimNet {
-    rng: Rng,
-    now: u64,
-    drop: f64,
-    duplicate: f64,
-    max_delay: u64,
+pub(crate) struct SimNet {
+    pub(crate) rng: Rng,
+    pub(crate) now: u64,
+    pub(crate) drop: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) max_delay: u64,
     /// (deliver at step, message)
-    in_flight: Vec<(u64, RaftMessage)>,
+    pub(crate) in_flight: Vec<(u64, RaftMessage)>,
+}
+
+impl SimNet {
+    /// A network that delivers everything at once until told otherwise.
+    pub(crate) fn new(seed: u64) -> Self {
+        SimNet {
+            rng: Rng(seed ^ 0x005e_ed0f_7e57),
+            now: 0,
+            drop: 0.0,
+            duplicate: 0.0,
+            max_delay: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Takes the messages due at `step`.
+    pub(crate) fn due(&mut self, step: u64) -> Vec<RaftMessage> {
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.in_flight.drain(..).partition(|(at, _)| *at <= step);
+        self.in_flight = later;
+        due.into_iter().map(|(_, m)| m).collect()
+    }
 }
 
 impl Transport for SimNet {
@@ -108,6 +159,7 @@ struct Sim {
     nodes: Vec<Node>,
     voters: Vec<u64>,
     net: SimNet,
+    clocks: Clocks,
     /// One side of the current partition and when it heals.
     partition: Option<(BTreeSet<u64>, u64)>,
     leaders: BTreeMap<u64, u64>,
@@ -117,7 +169,8 @@ struct Sim {
 }
 
 fn open(dir: &std::path::Path, id: u64, voters: &[u64]) -> Result<(Replica, Registry), String> {
-    let (mut r, snap) = Replica::open(dir, id, voters).map_err(|e| format!("open {id}: {e}"))?;
+    let (mut r, snap) =
+        Replica::open_fixed_timer(dir, id, voters).map_err(|e| format!("open {id}: {e}"))?;
     r.set_snapshot_every(20);
     Ok((
         r,
@@ -145,14 +198,8 @@ impl Sim {
             rng: Rng(seed),
             nodes,
             voters,
-            net: SimNet {
-                rng: Rng(seed ^ 0x005e_ed0f_7e57),
-                now: 0,
-                drop: 0.0,
-                duplicate: 0.0,
-                max_delay: 0,
-                in_flight: Vec::new(),
-            },
+            net: SimNet::new(seed),
+            clocks: Clocks::new(),
             partition: None,
             leaders: BTreeMap::new(),
             ever_applied: BTreeSet::new(),
@@ -211,7 +258,9 @@ impl Sim {
             let Some(r) = node.replica.as_mut() else {
                 continue;
             };
-            r.tick();
+            if self.clocks.ticks(&mut self.rng, node.id, self.step) {
+                r.tick();
+            }
             if propose && r.is_leader() {
                 let cmd = ReplicatedCommand {
                     command: Some(Command::RegisterAgent(AgentInfo {
@@ -264,14 +313,7 @@ impl Sim {
         self.net.duplicate = f.duplicate;
         self.net.max_delay = f.max_delay;
         self.net.send(outgoing);
-        let step = self.step;
-        let (due, later): (Vec<_>, Vec<_>) = self
-            .net
-            .in_flight
-            .drain(..)
-            .partition(|(at, _)| *at <= step);
-        self.net.in_flight = later;
-        for (_, m) in due {
+        for m in self.net.due(self.step) {
             if self.cut(m.from, m.to) {
                 continue;
             }
@@ -348,7 +390,7 @@ fn run(seed: u64, n: u64, steps: u64) -> Result<(), String> {
     ))
 }
 
-fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
+pub(crate) fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
     match std::env::var("MEZZ_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

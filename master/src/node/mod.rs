@@ -13,7 +13,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use mezz_proto::v1::{AcceptRequest, FrameworkInfo, ReconcileTask, RegisterAgent, TaskStatus};
+use mezz_proto::v1::{
+    AcceptRequest, FrameworkInfo, ReconcileTask, RegisterAgent, ReplicatedSnapshot, TaskStatus,
+};
 use mezz_proto::{FrameworkId, TaskId};
 use raft::eraftpb::Message as RaftMessage;
 
@@ -23,6 +25,9 @@ use crate::registry::Registry;
 use crate::replication::transport::PeerReport;
 use crate::replication::{Applied, Replica};
 use crate::MasterError;
+
+#[cfg(test)]
+mod sim;
 
 /// A scheduler call.
 #[derive(Debug, Clone)]
@@ -109,22 +114,39 @@ impl Node {
         voters: &[u64],
         snapshot_every: u64,
         timeouts: Timeouts,
-        mut fresh_id: Box<dyn FnMut() -> String + Send>,
+        fresh_id: Box<dyn FnMut() -> String + Send>,
     ) -> Result<Self, MasterError> {
-        let (mut replica, snapshot) = Replica::open(dir, id, voters)?;
+        let (replica, snapshot) = Replica::open(dir, id, voters)?;
+        Ok(Self::from_replica(
+            replica,
+            snapshot,
+            snapshot_every,
+            timeouts,
+            fresh_id,
+        ))
+    }
+
+    /// A node around an opened replica and the snapshot it returned.
+    pub fn from_replica(
+        mut replica: Replica,
+        snapshot: Option<ReplicatedSnapshot>,
+        snapshot_every: u64,
+        timeouts: Timeouts,
+        mut fresh_id: Box<dyn FnMut() -> String + Send>,
+    ) -> Self {
         replica.set_snapshot_every(snapshot_every);
         let registry = snapshot
             .map(|s| Registry::from_snapshot(&s))
             .unwrap_or_default();
         let cluster = Cluster::new(fresh_id(), timeouts.clone(), registry, 0);
-        Ok(Node {
+        Node {
             cluster,
             replica,
             timeouts,
             was_leader: false,
             fresh_id,
             allocation_time: Histogram::default(),
-        })
+        }
     }
 
     /// The state machine.
@@ -150,15 +172,18 @@ impl Node {
     /// True while this master may hand out resources: it leads and a
     /// majority answered it recently (the lease).
     pub fn may_offer(&self) -> bool {
-        self.replica.is_leader() && self.replica.has_lease()
+        self.replica.is_current_leader() && self.replica.has_lease()
     }
 
     fn not_leader(&self) -> CallError {
         CallError::NotLeader(None)
     }
 
+    /// Clients are served by a leader whose state is current (see
+    /// [`Replica::is_current_leader`]); a leader just elected refuses them
+    /// for the moment it takes to commit its first entry, and they retry.
     fn lead(&self) -> Result<(), CallError> {
-        if self.replica.is_leader() {
+        if self.replica.is_current_leader() {
             Ok(())
         } else {
             Err(self.not_leader())
@@ -330,7 +355,7 @@ impl Node {
         loop {
             let leader = self.replica.is_leader();
             // Offers only from a leader that knows a majority still follows.
-            let can_offer = leader && self.replica.has_lease();
+            let can_offer = self.may_offer();
             if can_offer && self.cluster.allocation_due() {
                 let started = Instant::now();
                 self.cluster.allocate(now);
