@@ -86,6 +86,21 @@ pub enum Input {
     Metrics(oneshot::Sender<String>),
 }
 
+impl Input {
+    /// Whether only a leader whose state is current may act on this.
+    fn needs_leader(&self) -> bool {
+        matches!(
+            self,
+            Input::AgentRegister(..)
+                | Input::Subscribe(..)
+                | Input::Call(..)
+                | Input::OperatorKill(..)
+                | Input::SetQuota(..)
+                | Input::SetWeight(..)
+        )
+    }
+}
+
 /// Where the answer to an operator change goes.
 type Reply = oneshot::Sender<Result<(), CallError>>;
 
@@ -198,6 +213,10 @@ struct Actor {
     after_settle: Vec<(Reply, Result<(), CallError>)>,
     /// Answers waiting for the log to be applied up to an index.
     awaiting_commit: Vec<(u64, Reply, Result<(), CallError>)>,
+    /// Client inputs that came while this master led but was not current.
+    held: Vec<Input>,
+    /// Whether the last settle left this master a current leader.
+    was_current: bool,
 }
 
 impl Actor {
@@ -226,6 +245,17 @@ impl Actor {
 
     fn handle(&mut self, input: Input) {
         let now = self.now();
+        // A leader just elected takes clients once it has applied its first
+        // entry (see `Node`), a matter of one round trip: hold what comes
+        // meanwhile rather than send clients away to retry.
+        if self.node.is_leader()
+            && !self.node.is_current_leader()
+            && self.held.len() < INPUT_QUEUE
+            && input.needs_leader()
+        {
+            self.held.push(input);
+            return;
+        }
         match input {
             Input::AgentRegister(conn, msg, tx) => match self.node.agent_register(conn, msg, now) {
                 Ok(()) => {
@@ -412,6 +442,21 @@ impl Actor {
                 _ = &mut stop => return Ok(()),
             }
             self.settle()?;
+            if self.node.is_current_leader() != self.was_current {
+                self.was_current = !self.was_current;
+                if self.was_current {
+                    tracing::info!(
+                        held = self.held.len(),
+                        "this leader's state is current; serving clients"
+                    );
+                }
+            }
+            if !self.held.is_empty() && (self.node.is_current_leader() || !self.node.is_leader()) {
+                for input in std::mem::take(&mut self.held) {
+                    self.handle(input);
+                }
+                self.settle()?;
+            }
             self.answer_durable();
         }
     }
@@ -457,6 +502,8 @@ pub async fn run(
         },
         after_settle: Vec::new(),
         awaiting_commit: Vec::new(),
+        held: Vec::new(),
+        was_current: false,
     };
     // Replay the log; a group of one also wins its election before serving.
     // A group of several elects once the peers can talk, i.e. after serving.

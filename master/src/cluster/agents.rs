@@ -191,17 +191,9 @@ impl Cluster {
             }
             if status.state().is_terminal() {
                 // It ended while this master did not know it (before a
-                // failover, say): remember it for `ps --all` and
-                // reconciliation.
-                let known = self
-                    .completed
-                    .iter()
-                    .any(|c| c.framework_id == fid && c.info.task_id == info.task_id);
-                if !known {
-                    let resources = Resources::from_proto(&info.resources).unwrap_or_default();
-                    let task = self.task_record(&fid, id.clone(), info, resources, status);
-                    self.remember_completed(task);
-                }
+                // failover, say).
+                let resources = Resources::from_proto(&info.resources).unwrap_or_default();
+                self.remember_ended(&fid, id, info, resources, status);
                 continue;
             }
             let resources = Resources::from_proto(&info.resources).unwrap_or_default();
@@ -278,7 +270,13 @@ impl Cluster {
         if active {
             self.set_task_status(&key, status.clone());
         } else if status.state().is_terminal() {
-            self.release_killed(&agent_id, &key);
+            let resources = self.release_killed(&agent_id, &key).unwrap_or_default();
+            let info = mezz_proto::v1::TaskInfo {
+                task_id: status.task_id.clone(),
+                agent_id: agent_id.0.clone(),
+                ..Default::default()
+            };
+            self.remember_ended(&fid, &agent_id, info, resources, status.clone());
             self.maybe_agent_returned(&agent_id);
         } else {
             // Every task an agent runs is either tracked or being killed

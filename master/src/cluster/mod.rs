@@ -531,12 +531,35 @@ impl Cluster {
 
     /// The agent says a task being killed has ended: its resources are
     /// free.
-    fn release_killed(&mut self, agent_id: &AgentId, key: &(FrameworkId, TaskId)) {
-        if let Some(agent) = self.agents.get_mut(agent_id) {
-            if let Some(res) = agent.killing.remove(key) {
-                agent.used.subtract(&res);
-                self.dirty_agents.insert(agent_id.clone());
-            }
+    fn release_killed(
+        &mut self,
+        agent_id: &AgentId,
+        key: &(FrameworkId, TaskId),
+    ) -> Option<Resources> {
+        let agent = self.agents.get_mut(agent_id)?;
+        let res = agent.killing.remove(key)?;
+        agent.used.subtract(&res);
+        self.dirty_agents.insert(agent_id.clone());
+        Some(res)
+    }
+
+    /// Remembers, for `ps --all` and reconciliation, a task that ended
+    /// while this master did not track it, unless already remembered.
+    fn remember_ended(
+        &mut self,
+        framework_id: &FrameworkId,
+        agent_id: &AgentId,
+        info: TaskInfo,
+        resources: Resources,
+        status: TaskStatus,
+    ) {
+        let known = self
+            .completed
+            .iter()
+            .any(|c| c.framework_id == *framework_id && c.info.task_id == info.task_id);
+        if !known {
+            let task = self.task_record(framework_id, agent_id.clone(), info, resources, status);
+            self.remember_completed(task);
         }
     }
 

@@ -169,6 +169,12 @@ impl Node {
         self.replica.is_leader()
     }
 
+    /// True while this master leads and its state is current (it has
+    /// applied an entry of its own term).
+    pub fn is_current_leader(&self) -> bool {
+        self.replica.is_current_leader()
+    }
+
     /// True while this master may hand out resources: it leads and a
     /// majority answered it recently (the lease).
     pub fn may_offer(&self) -> bool {
@@ -236,10 +242,12 @@ impl Node {
     }
 
     /// A scheduler call. Launching on an offer needs the same lease as
-    /// making it.
+    /// making it, and so does answering a reconciliation: a leader cut off
+    /// from the majority may already have been replaced, and what it would
+    /// answer may be stale.
     pub fn call(&mut self, call: Call, now: Millis) -> Result<(), CallError> {
         self.lead()?;
-        if matches!(call, Call::Accept(_)) && !self.replica.has_lease() {
+        if matches!(call, Call::Accept(_) | Call::Reconcile(..)) && !self.replica.has_lease() {
             return Err(self.not_leader());
         }
         let c = &mut self.cluster;

@@ -1031,9 +1031,12 @@ impl Sim {
                         state: None,
                     });
                     let ended = known.state.is_some_and(|s| s.is_terminal());
-                    if ended && st.state() == TaskState::Unknown {
-                        // An answer to an older question, from a master
-                        // that has forgotten the task: no news.
+                    let no_news = st.reason() == TaskReason::Reconciliation
+                        && matches!(st.state(), TaskState::Unknown | TaskState::Unreachable);
+                    if ended && no_news {
+                        // An answer to an older question from a master
+                        // that does not know the task (or cannot reach its
+                        // agent yet): no news about a task known to be over.
                     } else if ended && !st.state().is_terminal() {
                         return Err(format!(
                             "{}: task {} went back from {:?} to {:?} ({})",
