@@ -326,8 +326,32 @@ impl Replica {
     }
 
     /// Hands a message from a peer to raft.
+    ///
+    /// A replica that has just started grants no vote (nor pre-vote) until
+    /// it hears from a leader or a full election timeout has passed: it
+    /// cannot know whether a leader still holds a lease that its own
+    /// answers, sent before it went down, helped to give. Without this, a
+    /// replica that crashed and came back within the lease could elect a
+    /// second leader while the first still hands out resources. Once it has
+    /// heard from a leader, raft's check-quorum keeps it from voting for an
+    /// election timeout after the leader's last message, as for any
+    /// follower.
     pub fn step(&mut self, msg: RaftMessage) -> Result<(), ReplicationError> {
         use raft::eraftpb::MessageType;
+        if matches!(
+            msg.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && self.ticks < self.raw.raft.election_timeout() as u64
+            && self.raw.raft.leader_id == raft::INVALID_ID
+            && self.raw.raft.prs().conf().voters().ids().len() > 1
+        {
+            tracing::debug!(
+                from = msg.from,
+                "vote request ignored: started less than an election timeout ago \
+                 and no leader heard from yet"
+            );
+            return Ok(());
+        }
         if matches!(
             msg.get_msg_type(),
             MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
@@ -583,6 +607,51 @@ mod tests {
             pump(&mut nodes, &all_up);
         }
         assert!(nodes.iter().filter(|n| n.has_lease()).count() == 1);
+    }
+
+    #[test]
+    fn a_replica_back_from_a_crash_cannot_elect_a_second_leader_during_a_lease() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let voters = [1, 2, 3];
+        let open = |i: usize| {
+            Replica::open(dirs[i].path(), i as u64 + 1, &voters)
+                .unwrap()
+                .0
+        };
+        let mut nodes: Vec<Replica> = (0..3).map(open).collect();
+        let all_up = [true, true, true];
+        let mut leader = None;
+        for _ in 0..200 {
+            nodes.iter_mut().for_each(Replica::tick);
+            pump(&mut nodes, &all_up);
+            leader = nodes.iter().position(Replica::is_leader);
+            if leader.is_some() {
+                break;
+            }
+        }
+        let l = leader.expect("a leader");
+        for _ in 0..4 {
+            nodes.iter_mut().for_each(Replica::tick);
+            pump(&mut nodes, &all_up);
+        }
+        assert!(nodes[l].has_lease());
+        let (x, b) = ((l + 1) % 3, (l + 2) % 3);
+        // x crashes and comes back at once; b, cut off from the leader
+        // only, campaigns and asks x for its vote.
+        drop(nodes.remove(x));
+        nodes.insert(x, open(x));
+        nodes[b].raw.campaign().unwrap();
+        let mut up = [true; 3];
+        up[l] = false;
+        pump(&mut nodes, &up);
+        assert!(
+            nodes[l].has_lease(),
+            "the old leader's lease is still running"
+        );
+        assert!(
+            !nodes[b].is_leader(),
+            "a second leader was elected during the first one's lease"
+        );
     }
 
     #[test]
