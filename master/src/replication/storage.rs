@@ -4,6 +4,7 @@
 //! suite below.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -45,6 +46,19 @@ pub struct SledStorage {
     log: sled::Tree,
     meta: sled::Tree,
     path: String,
+    bounds: Arc<Mutex<Bounds>>,
+}
+
+/// Where the log starts and ends, kept in memory. raft asks for them, and
+/// for the term at the snapshot boundary, on nearly every step; reading them
+/// from sled means a scan of the log or decoding the whole stored snapshot
+/// (the registry), on every call.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bounds {
+    snap_index: u64,
+    snap_term: u64,
+    /// The last index in the log, or `snap_index` when it is empty.
+    last: u64,
 }
 
 fn other(e: impl std::fmt::Display) -> raft::Error {
@@ -85,13 +99,33 @@ impl SledStorage {
             log,
             meta,
             path: path.clone(),
+            bounds: Arc::default(),
         };
         // Decode everything once up front so corruption is reported at start
         // with the file named, never as a panic deep inside raft.
         s.read_meta::<HardState>(HARD_STATE)?;
         s.read_meta::<ConfState>(CONF_STATE)?;
-        s.read_meta::<Snapshot>(SNAPSHOT)?;
+        let snap = s.read_meta::<Snapshot>(SNAPSHOT)?;
+        let (snap_index, snap_term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let last = match s.log.last().map_err(sled_err)? {
+            Some((k, _)) => Self::key_index(&k).map_err(|e| StorageFailure::Corrupt {
+                path: path.clone(),
+                key: "log".into(),
+                reason: e.to_string(),
+            })?,
+            None => snap_index,
+        };
+        *s.bounds() = Bounds {
+            snap_index,
+            snap_term,
+            last: last.max(snap_index),
+        };
         Ok(s)
+    }
+
+    fn bounds(&self) -> std::sync::MutexGuard<'_, Bounds> {
+        // The guarded value is plain data, always consistent.
+        self.bounds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read_meta<M: protobuf::Message + Default>(&self, key: &[u8]) -> Result<M, StorageFailure> {
@@ -155,7 +189,11 @@ impl SledStorage {
         for e in entries {
             batch.insert(&e.index.to_be_bytes(), e.write_to_bytes().map_err(other)?);
         }
-        self.log.apply_batch(batch).map_err(other)
+        self.log.apply_batch(batch).map_err(other)?;
+        if let Some(last) = entries.last() {
+            self.bounds().last = last.index;
+        }
+        Ok(())
     }
 
     /// Persists the hard state.
@@ -180,6 +218,11 @@ impl SledStorage {
         hs.commit = hs.commit.max(md.index);
         self.put_meta(HARD_STATE, &hs)?;
         self.log.clear().map_err(other)?;
+        *self.bounds() = Bounds {
+            snap_index: md.index,
+            snap_term: md.term,
+            last: md.index,
+        };
         Ok(())
     }
 
@@ -202,7 +245,12 @@ impl SledStorage {
             let (k, _) = kv.map_err(other)?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(other)
+        self.log.apply_batch(batch).map_err(other)?;
+        let mut b = self.bounds();
+        b.snap_index = index;
+        b.snap_term = term;
+        b.last = b.last.max(index);
+        Ok(())
     }
 
     /// fsyncs everything written so far. Call before acknowledging anything
@@ -210,11 +258,6 @@ impl SledStorage {
     pub fn flush(&self) -> raft::Result<()> {
         self.db.flush().map_err(other)?;
         Ok(())
-    }
-
-    fn snapshot_index_term(&self) -> raft::Result<(u64, u64)> {
-        let s: Snapshot = self.meta_or_err(SNAPSHOT)?;
-        Ok((s.get_metadata().index, s.get_metadata().term))
     }
 
     fn entry_at(&self, idx: u64) -> raft::Result<Option<Entry>> {
@@ -270,11 +313,11 @@ impl Storage for SledStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let (snap_index, snap_term) = self.snapshot_index_term()?;
-        if idx == snap_index {
-            return Ok(snap_term);
+        let b = *self.bounds();
+        if idx == b.snap_index {
+            return Ok(b.snap_term);
         }
-        if idx < self.first_index()? {
+        if idx < b.snap_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         match self.entry_at(idx)? {
@@ -284,17 +327,11 @@ impl Storage for SledStorage {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        match self.log.first().map_err(other)? {
-            Some((k, _)) => Self::key_index(&k),
-            None => Ok(self.snapshot_index_term()?.0 + 1),
-        }
+        Ok(self.bounds().snap_index + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        match self.log.last().map_err(other)? {
-            Some((k, _)) => Self::key_index(&k),
-            None => Ok(self.snapshot_index_term()?.0),
-        }
+        Ok(self.bounds().last)
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
