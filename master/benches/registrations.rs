@@ -57,7 +57,7 @@ fn main() {
                 agent_heartbeat: 600_000,
                 ..Default::default()
             },
-            snapshot_every: 100_000,
+            snapshot_every: 1_000,
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);

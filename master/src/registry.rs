@@ -61,6 +61,15 @@ impl Registry {
         }
     }
 
+    /// How many records the registry holds (what a snapshot encodes).
+    pub fn records(&self) -> u64 {
+        (self.agents.len()
+            + self.removed_agents.len()
+            + self.frameworks.len()
+            + self.removed_frameworks.len()
+            + self.roles.len()) as u64
+    }
+
     /// The registry as a snapshot.
     pub fn to_snapshot(&self) -> ReplicatedSnapshot {
         ReplicatedSnapshot {

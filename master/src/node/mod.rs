@@ -406,7 +406,9 @@ impl Node {
             if applied.is_empty() && !any_dropped && !(can_offer && self.cluster.allocation_due()) {
                 let cluster = &self.cluster;
                 self.replica
-                    .maybe_compact(|| cluster.registry().to_snapshot())?;
+                    .maybe_compact(cluster.registry().records(), || {
+                        cluster.registry().to_snapshot()
+                    })?;
                 return Ok(());
             }
             for a in applied {

@@ -442,12 +442,16 @@ impl Replica {
     }
 
     /// Takes a snapshot and compacts the log when enough entries were
-    /// applied since the last one. `state` encodes the applied state.
+    /// applied since the last one: at least the configured number, and at
+    /// least as many as the state has records (`state_records`), so that
+    /// encoding a large state is paid for by as many entries, whatever the
+    /// size of the cluster. `state` encodes the applied state.
     pub fn maybe_compact(
         &mut self,
+        state_records: u64,
         state: impl FnOnce() -> ReplicatedSnapshot,
     ) -> Result<(), ReplicationError> {
-        if self.since_snapshot < self.snapshot_every {
+        if self.since_snapshot < self.snapshot_every.max(state_records) {
             return Ok(());
         }
         let index = self.applied();
@@ -524,7 +528,7 @@ mod tests {
                 .unwrap();
                 drain(&mut r);
             }
-            r.maybe_compact(|| ReplicatedSnapshot {
+            r.maybe_compact(0, || ReplicatedSnapshot {
                 removed_agents: vec!["snap".into()],
                 ..Default::default()
             })

@@ -292,7 +292,7 @@ impl Sim {
                 }
             }
             let registry = node.registry.clone();
-            r.maybe_compact(|| registry.to_snapshot())
+            r.maybe_compact(0, || registry.to_snapshot())
                 .map_err(|e| format!("node {}: {e}", node.id))?;
             if r.is_leader() {
                 let term = r.term();
