@@ -42,7 +42,7 @@ use raft::eraftpb::Message as RaftMessage;
 
 use super::{Call, Dropped, Node, Outbox};
 use crate::cluster::{CallError, ConnId, Effect, Millis, Timeouts};
-use crate::replication::sim::{seeds, Clocks, Rng, SimNet};
+use crate::replication::sim::{seeds, Clocks, Partition, Rng, SimNet};
 use crate::replication::transport::Transport;
 use crate::replication::Replica;
 
@@ -299,7 +299,7 @@ struct Sim {
     incarnations: BTreeMap<u64, u64>,
     net: SimNet,
     clocks: Clocks,
-    partition: Option<(BTreeSet<u64>, u64)>,
+    partition: Partition,
     conns: Conns,
     agents: Vec<SimAgent>,
     frameworks: Vec<SimFramework>,
@@ -340,7 +340,7 @@ impl Sim {
             incarnations: BTreeMap::new(),
             net: SimNet::new(seed),
             clocks: Clocks::new(),
-            partition: None,
+            partition: Partition::default(),
             conns: Conns {
                 map: BTreeMap::new(),
                 next: 0,
@@ -463,19 +463,8 @@ impl Sim {
 
     fn faults(&mut self, f: &Faults) -> Result<(), String> {
         let n = self.masters.len() as u64;
-        if let Some((_, until)) = &self.partition {
-            if self.step >= *until {
-                self.partition = None;
-            }
-        } else if self.rng.chance(f.partition) {
-            let mut side = BTreeSet::new();
-            let size = 1 + self.rng.below(n - 1);
-            while (side.len() as u64) < size {
-                side.insert(1 + self.rng.below(n));
-            }
-            let until = self.step + 20 + self.rng.below(60);
-            self.partition = Some((side, until));
-        }
+        self.partition
+            .evolve(&mut self.rng, n, self.step, f.partition);
         let down = self.masters.iter().filter(|m| m.node.is_none()).count() as u64;
         if down < (n - 1) / 2 && self.rng.chance(f.crash) {
             let i = self.rng.below(n) as usize;
@@ -511,12 +500,6 @@ impl Sim {
             self.hang_up(conn);
         }
         Ok(())
-    }
-
-    fn cut(&self, a: u64, b: u64) -> bool {
-        self.partition
-            .as_ref()
-            .is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
     }
 
     /// One step: masters take what reached them, tick and settle; raft
@@ -604,7 +587,7 @@ impl Sim {
         self.net.max_delay = f.raft_delay;
         self.net.send(raft_out);
         for m in self.net.due(step) {
-            if self.cut(m.from, m.to) {
+            if self.partition.cut(m.from, m.to) {
                 continue;
             }
             if let Some(node) = self
@@ -1284,7 +1267,7 @@ fn run(seed: u64, n: u64, steps: u64) -> Result<String, String> {
     for _ in 0..steps {
         sim.round(&HOSTILE, false)?;
     }
-    sim.partition = None;
+    sim.partition.heal();
     let mut why = String::from("no master ever held the lease");
     for _ in 0..1500 {
         sim.round(&CALM, true)?;

@@ -565,17 +565,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_leader_loses_its_lease_before_it_could_be_replaced() {
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let voters = [1, 2, 3];
-        let mut nodes: Vec<Replica> = (0..3)
-            .map(|i| {
-                Replica::open(dirs[i].path(), i as u64 + 1, &voters)
-                    .unwrap()
-                    .0
-            })
-            .collect();
+    /// Opens replica `i` (raft id `i + 1`) of a group of three.
+    fn open_member(dirs: &[tempfile::TempDir], i: usize) -> Replica {
+        Replica::open(dirs[i].path(), i as u64 + 1, &[1, 2, 3])
+            .unwrap()
+            .0
+    }
+
+    /// A group of three that has elected a leader holding its lease; the
+    /// leader's position.
+    fn elected_group(dirs: &[tempfile::TempDir]) -> (Vec<Replica>, usize) {
+        let mut nodes: Vec<Replica> = (0..3).map(|i| open_member(dirs, i)).collect();
         let all_up = [true, true, true];
         let mut leader = None;
         for _ in 0..200 {
@@ -592,6 +592,14 @@ mod tests {
             pump(&mut nodes, &all_up);
         }
         assert!(nodes[l].has_lease());
+        (nodes, l)
+    }
+
+    #[test]
+    fn a_leader_loses_its_lease_before_it_could_be_replaced() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (mut nodes, l) = elected_group(&dirs);
+        let all_up = [true, true, true];
         // Cut the leader off: it still believes it leads for a while, but
         // its lease ends first.
         let mut up = [false; 3];
@@ -616,34 +624,12 @@ mod tests {
     #[test]
     fn a_replica_back_from_a_crash_cannot_elect_a_second_leader_during_a_lease() {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let voters = [1, 2, 3];
-        let open = |i: usize| {
-            Replica::open(dirs[i].path(), i as u64 + 1, &voters)
-                .unwrap()
-                .0
-        };
-        let mut nodes: Vec<Replica> = (0..3).map(open).collect();
-        let all_up = [true, true, true];
-        let mut leader = None;
-        for _ in 0..200 {
-            nodes.iter_mut().for_each(Replica::tick);
-            pump(&mut nodes, &all_up);
-            leader = nodes.iter().position(Replica::is_leader);
-            if leader.is_some() {
-                break;
-            }
-        }
-        let l = leader.expect("a leader");
-        for _ in 0..4 {
-            nodes.iter_mut().for_each(Replica::tick);
-            pump(&mut nodes, &all_up);
-        }
-        assert!(nodes[l].has_lease());
+        let (mut nodes, l) = elected_group(&dirs);
         let (x, b) = ((l + 1) % 3, (l + 2) % 3);
         // x crashes and comes back at once; b, cut off from the leader
         // only, campaigns and asks x for its vote.
         drop(nodes.remove(x));
-        nodes.insert(x, open(x));
+        nodes.insert(x, open_member(&dirs, x));
         nodes[b].raw.campaign().unwrap();
         let mut up = [true; 3];
         up[l] = false;

@@ -76,6 +76,41 @@ const CALM: Faults = Faults {
     restart: 1.0,
 };
 
+/// A two-sided partition between masters, drawn from the seed.
+#[derive(Default)]
+pub(crate) struct Partition(Option<(BTreeSet<u64>, u64)>);
+
+impl Partition {
+    /// Heals a partition once it has lasted its time; otherwise, with
+    /// chance `p`, cuts masters `1..=n` in two for 20 to 80 steps.
+    pub(crate) fn evolve(&mut self, rng: &mut Rng, n: u64, step: u64, p: f64) {
+        if let Some((_, until)) = &self.0 {
+            if step >= *until {
+                self.0 = None;
+            }
+        } else if rng.chance(p) {
+            let mut side = BTreeSet::new();
+            let size = 1 + rng.below(n - 1);
+            while (side.len() as u64) < size {
+                side.insert(1 + rng.below(n));
+            }
+            self.0 = Some((side, step + 20 + rng.below(60)));
+        }
+    }
+
+    /// Whether masters `a` and `b` are on different sides.
+    pub(crate) fn cut(&self, a: u64, b: u64) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
+    }
+
+    /// Ends the partition now.
+    pub(crate) fn heal(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Bounded clock drift, from the seed: each replica's clock now and then
 /// misses a tick, at most one in [`Clocks::EVERY`]. The replicas' election
 /// timers are fixed (see [`Replica::open_fixed_timer`]); this drift is what
@@ -160,8 +195,7 @@ struct Sim {
     voters: Vec<u64>,
     net: SimNet,
     clocks: Clocks,
-    /// One side of the current partition and when it heals.
-    partition: Option<(BTreeSet<u64>, u64)>,
+    partition: Partition,
     leaders: BTreeMap<u64, u64>,
     ever_applied: BTreeSet<String>,
     proposed: u64,
@@ -200,7 +234,7 @@ impl Sim {
             voters,
             net: SimNet::new(seed),
             clocks: Clocks::new(),
-            partition: None,
+            partition: Partition::default(),
             leaders: BTreeMap::new(),
             ever_applied: BTreeSet::new(),
             proposed: 0,
@@ -208,27 +242,10 @@ impl Sim {
         })
     }
 
-    fn cut(&self, a: u64, b: u64) -> bool {
-        self.partition
-            .as_ref()
-            .is_some_and(|(side, _)| side.contains(&a) != side.contains(&b))
-    }
-
     fn faults(&mut self, f: &Faults) -> Result<(), String> {
         let n = self.nodes.len() as u64;
-        if let Some((_, until)) = &self.partition {
-            if self.step >= *until {
-                self.partition = None;
-            }
-        } else if self.rng.chance(f.partition) {
-            let mut side = BTreeSet::new();
-            let size = 1 + self.rng.below(n - 1);
-            while (side.len() as u64) < size {
-                side.insert(1 + self.rng.below(n));
-            }
-            let until = self.step + 20 + self.rng.below(60);
-            self.partition = Some((side, until));
-        }
+        self.partition
+            .evolve(&mut self.rng, n, self.step, f.partition);
         let down = self.nodes.iter().filter(|n| n.replica.is_none()).count() as u64;
         if down < (n - 1) / 2 && self.rng.chance(f.crash) {
             let i = self.rng.below(n) as usize;
@@ -314,7 +331,7 @@ impl Sim {
         self.net.max_delay = f.max_delay;
         self.net.send(outgoing);
         for m in self.net.due(self.step) {
-            if self.cut(m.from, m.to) {
+            if self.partition.cut(m.from, m.to) {
                 continue;
             }
             if let Some(node) = self.nodes.iter_mut().find(|n| n.id == m.to) {
@@ -360,7 +377,7 @@ fn run(seed: u64, n: u64, steps: u64) -> Result<(), String> {
         sim.round(&LOSSY, true)?;
     }
     // Heal: everyone up, no faults, until all replicas agree.
-    sim.partition = None;
+    sim.partition.heal();
     for _ in 0..400 {
         sim.round(&CALM, false)?;
         let first = &sim.nodes[0].registry;
