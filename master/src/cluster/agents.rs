@@ -102,6 +102,7 @@ impl Cluster {
             agent.conn = Some(conn);
             agent.last_seen = now;
             agent.disconnected_since = None;
+            agent.removal_proposed = false;
         }
         self.effects.push(Effect::ToAgent(
             conn,
@@ -348,25 +349,44 @@ impl Cluster {
             .iter()
             .filter(|(_, a)| {
                 a.conn.is_none()
+                    && !a.removal_proposed
                     && a.disconnected_since
                         .is_some_and(|t| now.saturating_sub(t) >= timeout)
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            self.remove_agent(&id, timeout);
+            // Nothing is declared LOST before the removal is committed: a
+            // leader that is replaced meanwhile must not have told anyone.
+            tracing::warn!(agent_id = %id, "agent did not re-register within {} s; removing it", timeout / 1000);
+            if let Some(a) = self.agents.get_mut(&id) {
+                a.removal_proposed = true;
+            }
+            self.effects.push(Effect::Propose(ReplicatedCommand {
+                command: Some(Command::RemoveAgent(id.0.clone())),
+            }));
         }
     }
 
-    fn remove_agent(&mut self, id: &AgentId, timeout: Millis) {
-        tracing::warn!(agent_id = %id, "agent did not re-register within {} s; its tasks are LOST", timeout / 1000);
+    /// The removal of an agent is committed. One that came back meanwhile
+    /// keeps its tasks (nobody was told they were lost) and is an ordinary
+    /// agent again once the group records its return; otherwise its tasks
+    /// are LOST.
+    pub(super) fn agent_removed(&mut self, id: &AgentId) {
+        let Some(agent) = self.agents.get(id) else {
+            return;
+        };
+        if agent.conn.is_some() {
+            self.dirty_agents.insert(id.clone());
+            self.maybe_agent_returned(id);
+            return;
+        }
+        let timeout = self.timeouts.agent_reregister;
+        tracing::warn!(agent_id = %id, "agent removed; its tasks are LOST");
         self.agents.remove(id);
         self.dirty_agents.insert(id.clone());
         self.pending_agents.remove(id);
         self.rescind_agent_offers(id);
-        self.effects.push(Effect::Propose(ReplicatedCommand {
-            command: Some(Command::RemoveAgent(id.0.clone())),
-        }));
         let keys: Vec<(FrameworkId, TaskId)> = self
             .tasks
             .iter()

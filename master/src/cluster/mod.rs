@@ -126,6 +126,9 @@ pub(crate) struct Agent {
     /// agent to kill. Their resources stay in `used` until the agent says
     /// they ended, so they are not offered while still taken.
     pub killing: Map<(FrameworkId, TaskId), Resources>,
+    /// Its removal (gone past the re-register timeout) is proposed and not
+    /// yet committed.
+    pub removal_proposed: bool,
 }
 
 impl Agent {
@@ -380,7 +383,8 @@ impl Cluster {
             Some(Command::AgentReturned(id)) => {
                 self.dirty_agents.insert(AgentId(id.clone()));
             }
-            Some(Command::RemoveAgent(_)) | Some(Command::RemoveFramework(_)) | None => {}
+            Some(Command::RemoveAgent(id)) => self.agent_removed(&AgentId(id.clone())),
+            Some(Command::RemoveFramework(_)) | None => {}
         }
     }
 
@@ -398,6 +402,7 @@ impl Cluster {
             disconnected_since: Some(now),
             registered_at: mezz_proto::unix_now(),
             killing: Map::default(),
+            removal_proposed: false,
         });
         agent.info = info.clone();
         agent.total = total;

@@ -689,3 +689,48 @@ fn updates_are_resent_to_a_returning_framework_in_the_order_they_came() {
     let states: Vec<TaskState> = updates(&e).iter().map(|s| s.state()).collect();
     assert_eq!(states, vec![TaskState::Running, TaskState::Finished]);
 }
+
+#[test]
+fn an_agent_back_before_its_removal_commits_keeps_its_tasks() {
+    use mezz_proto::v1::replicated_command::Command;
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    let (fid, e) = h.subscribe(10, "", 600.0);
+    let o = offers(&e);
+    launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
+    let running = agent_status("a1", &fid, "t1", TaskState::Running, "u1");
+    h.c.agent_status_update(1, running.clone(), h.now);
+    h.settle();
+    h.c.agent_disconnected(1, h.now);
+    h.settle();
+    h.now += Timeouts::default().agent_reregister;
+    h.c.tick(h.now);
+    // The removal is only proposed: nobody is told anything yet.
+    let proposed = h.c.take_effects();
+    assert!(updates(&proposed).is_empty(), "{proposed:?}");
+    let removal = proposed
+        .iter()
+        .find_map(|e| match e {
+            Effect::Propose(c) if matches!(c.command, Some(Command::RemoveAgent(_))) => {
+                Some(c.clone())
+            }
+            _ => None,
+        })
+        .expect("the removal is proposed");
+    // The agent comes back before the removal commits.
+    let reported = AgentTask {
+        framework_id: fid.clone(),
+        task: Some(TaskInfo {
+            agent_id: "a1".into(),
+            ..task("t1", "cpus:1")
+        }),
+        latest_status: Some(running),
+    };
+    h.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
+    h.c.apply(&removal, h.now);
+    let e = h.settle();
+    assert!(updates(&e).is_empty(), "a task that runs was declared lost");
+    assert!(!h.c.registry().removed_agents.contains(&AgentId::from("a1")));
+    let key = (FrameworkId(fid), TaskId::from("t1"));
+    assert_eq!(h.c.tasks[&key].status.state(), TaskState::Running);
+}

@@ -321,10 +321,11 @@ impl Node {
     }
 
     /// One tick of the clock: raft's timers, and the state machine's
-    /// timeouts on the leader.
+    /// timeouts on a leader that holds the lease (they remove agents and
+    /// frameworks, which a leader that may have been replaced must not).
     pub fn tick(&mut self, now: Millis) {
         self.replica.tick();
-        if self.replica.is_leader() {
+        if self.may_offer() {
             self.cluster.tick(now);
         }
     }
