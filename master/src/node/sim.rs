@@ -1,7 +1,9 @@
 //! A seeded simulation of whole masters at work: three or five [`Node`]s
 //! (state machine and raft, exactly as a running master glues them) on an
 //! in-memory network that drops, delays, duplicates and partitions raft
-//! messages, with masters crashing and restarting from their sled data,
+//! messages (a partition also cuts off the clients on each side from the
+//! masters on the other), with masters crashing and restarting from their
+//! sled data,
 //! while simulated agents run tasks and simulated frameworks take offers,
 //! launch, acknowledge and reconcile. Client streams break at random and
 //! clients find the leader again the way real ones do: by trying a master
@@ -254,6 +256,8 @@ struct SimAgent {
     registered: bool,
     hint: Option<u64>,
     last_heartbeat: u64,
+    /// The master on whose side of a partition this agent is.
+    home: u64,
 }
 
 /// A task as its framework knows it.
@@ -271,6 +275,8 @@ struct SimFramework {
     conn: Option<ConnId>,
     subscribed: bool,
     hint: Option<u64>,
+    /// The master on whose side of a partition this framework is.
+    home: u64,
     tasks: BTreeMap<String, KnownTask>,
     /// Updates applied, by uuid.
     applied: BTreeSet<String>,
@@ -371,6 +377,7 @@ impl Sim {
                 registered: false,
                 hint: None,
                 last_heartbeat: 0,
+                home: 1 + i as u64 % n,
             });
         }
         for (i, (failover, dies_at)) in [(3600.0, None), (3600.0, None), (3.0, Some(250))]
@@ -390,6 +397,7 @@ impl Sim {
                 conn: None,
                 subscribed: false,
                 hint: None,
+                home: 1 + (i as u64 + 1) % n,
                 tasks: BTreeMap::new(),
                 applied: BTreeSet::new(),
                 duplicates: 0,
@@ -489,13 +497,24 @@ impl Sim {
                 self.start_master(i)?;
             }
         }
-        let broken: Vec<ConnId> = self
+        // Streams break at random, and those a partition cuts through.
+        let cut: Vec<ConnId> = self
+            .conns
+            .map
+            .iter()
+            .filter(|(_, c)| !self.reachable(c.client, c.master))
+            .map(|(&k, _)| k)
+            .collect();
+        let mut broken: Vec<ConnId> = self
             .conns
             .map
             .keys()
             .copied()
             .filter(|_| self.rng.chance(f.conn_break))
             .collect();
+        broken.extend(cut);
+        broken.sort_unstable();
+        broken.dedup();
         for conn in broken {
             self.hang_up(conn);
         }
@@ -637,6 +656,16 @@ impl Sim {
 
     /// Which master a client without a stream tries next: the hint, else
     /// any.
+    /// Whether a client can reach a master across the current partition:
+    /// clients are on the side of their home master.
+    fn reachable(&self, client: Client, master: u64) -> bool {
+        let home = match client {
+            Client::Agent(a) => self.agents[a].home,
+            Client::Framework(f) => self.frameworks[f].home,
+        };
+        !self.partition.cut(home, master)
+    }
+
     fn pick_master(&mut self, hint: Option<u64>) -> u64 {
         hint.unwrap_or_else(|| 1 + self.rng.below(self.masters.len() as u64))
     }
@@ -650,8 +679,8 @@ impl Sim {
             }
             let hint = self.agents[a].hint.take();
             let target = self.pick_master(hint);
-            if !self.master_up(target) {
-                return Ok(()); // connection refused
+            if !self.master_up(target) || !self.reachable(Client::Agent(a), target) {
+                return Ok(()); // refused, or no route
             }
             let conn = self.conns.open(target, Client::Agent(a));
             let reg = self.register_message(a);
@@ -862,7 +891,7 @@ impl Sim {
             }
             let hint = self.frameworks[f].hint.take();
             let target = self.pick_master(hint);
-            if !self.master_up(target) {
+            if !self.master_up(target) || !self.reachable(Client::Framework(f), target) {
                 return Ok(());
             }
             let conn = self.conns.open(target, Client::Framework(f));
