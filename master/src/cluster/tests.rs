@@ -153,6 +153,18 @@ fn task(id: &str, res: &str) -> TaskInfo {
     }
 }
 
+/// A task as agent `a1` reports it when it (re-)registers.
+fn on_agent_a1(fid: &str, task: TaskInfo, latest: TaskStatus) -> AgentTask {
+    AgentTask {
+        framework_id: fid.into(),
+        task: Some(TaskInfo {
+            agent_id: "a1".into(),
+            ..task
+        }),
+        latest_status: Some(latest),
+    }
+}
+
 fn launch(h: &mut Harness, fid: &str, offer: &Offer, tasks: Vec<TaskInfo>) -> Vec<Effect> {
     h.c.accept(
         AcceptRequest {
@@ -338,14 +350,7 @@ fn an_agent_back_from_removal_is_offered_only_once_its_old_tasks_are_dead() {
 
     // It comes back, still running t1: the task is killed, and nothing of
     // the agent is offered while it is.
-    let reported = AgentTask {
-        framework_id: fid.clone(),
-        task: Some(TaskInfo {
-            agent_id: "a1".into(),
-            ..task("t1", "cpus:1")
-        }),
-        latest_status: Some(running.clone()),
-    };
+    let reported = on_agent_a1(&fid, task("t1", "cpus:1"), running.clone());
     let e = h.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
     assert!(e.iter().any(|e| matches!(
         e,
@@ -388,15 +393,8 @@ fn reregistering_agent_keeps_its_tasks_after_master_restart() {
     let registry = h.c.registry().clone();
     let mut h2 = Harness::new();
     h2.c = Cluster::new("m2".into(), Timeouts::default(), registry, 0);
-    let t = task("t1", "cpus:1");
-    let reported = AgentTask {
-        framework_id: fid.clone(),
-        task: Some(TaskInfo {
-            agent_id: "a1".into(),
-            ..t
-        }),
-        latest_status: Some(agent_status("a1", &fid, "t1", TaskState::Running, "u1")),
-    };
+    let running = agent_status("a1", &fid, "t1", TaskState::Running, "u1");
+    let reported = on_agent_a1(&fid, task("t1", "cpus:1"), running);
     h2.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
     let key = (FrameworkId(fid.clone()), TaskId::from("t1"));
     assert_eq!(h2.c.tasks[&key].status.state(), TaskState::Running);
@@ -718,14 +716,7 @@ fn an_agent_back_before_its_removal_commits_keeps_its_tasks() {
         })
         .expect("the removal is proposed");
     // The agent comes back before the removal commits.
-    let reported = AgentTask {
-        framework_id: fid.clone(),
-        task: Some(TaskInfo {
-            agent_id: "a1".into(),
-            ..task("t1", "cpus:1")
-        }),
-        latest_status: Some(running),
-    };
+    let reported = on_agent_a1(&fid, task("t1", "cpus:1"), running);
     h.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
     h.c.apply(&removal, h.now);
     let e = h.settle();
