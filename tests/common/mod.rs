@@ -191,22 +191,9 @@ impl Cluster {
         self.agents[i] = Some(p);
     }
 
+    /// Starts agent `i` with the usual flags, and no GPUs.
     pub fn start_agent(&mut self, i: usize) {
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--master".into(),
-            self.master_addr(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", self.agent_ports[i]),
-            "--work-dir".into(),
-            self.agent_work_dir(i).display().to_string(),
-            "--resources".into(),
-            self.agent_resources.clone(),
-            "--gpus".into(),
-            "none".into(),
-        ];
-        let p = self.spawn(&format!("agent-{i}"), &args);
-        self.agents[i] = Some(p);
+        self.start_agent_with(i, &["--gpus", "none"]);
     }
 
     /// Starts one more agent offering the cluster's resources and waits

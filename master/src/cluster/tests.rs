@@ -101,6 +101,11 @@ impl Harness {
         (fid, effects)
     }
 
+    /// A status update from the agent on stream `conn`.
+    fn update(&mut self, conn: ConnId, status: TaskStatus) {
+        self.c.agent_status_update(conn, status, self.now);
+    }
+
     fn tick(&mut self, ms: Millis) -> Vec<Effect> {
         self.now += ms;
         self.c.tick(self.now);
@@ -229,16 +234,8 @@ fn register_subscribe_offer_launch_finish_ack() {
     // The rest of the offer is filtered for the default refuse time.
     assert!(offers(&e).is_empty());
 
-    h.c.agent_status_update(
-        1,
-        agent_status("a1", &fid, "t1", TaskState::Running, "u1"),
-        h.now,
-    );
-    h.c.agent_status_update(
-        1,
-        agent_status("a1", &fid, "t1", TaskState::Finished, "u2"),
-        h.now,
-    );
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Running, "u1"));
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Finished, "u2"));
     let e = h.settle();
     let u = updates(&e);
     assert_eq!(
@@ -300,11 +297,7 @@ fn offers_time_out_and_lost_agents_lose_offers_then_tasks() {
     let (fid, e) = h.subscribe(10, "", 600.0);
     let o = offers(&e);
     launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
-    h.c.agent_status_update(
-        1,
-        agent_status("a1", &fid, "t1", TaskState::Running, "u1"),
-        h.now,
-    );
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Running, "u1"));
     h.settle();
 
     let e = h.tick(5_100); // filter gone: the rest is offered again
@@ -339,7 +332,7 @@ fn an_agent_back_from_removal_is_offered_only_once_its_old_tasks_are_dead() {
     let o = offers(&e);
     launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
     let running = agent_status("a1", &fid, "t1", TaskState::Running, "u1");
-    h.c.agent_status_update(1, running.clone(), h.now);
+    h.update(1, running.clone());
     h.settle();
     h.c.agent_disconnected(1, h.now);
     h.settle();
@@ -359,7 +352,7 @@ fn an_agent_back_from_removal_is_offered_only_once_its_old_tasks_are_dead() {
     assert!(offers(&e).is_empty(), "offered while its old task runs");
     // A resent RUNNING must not show the framework a lost task coming
     // back; the agent still gets its acknowledgement.
-    h.c.agent_status_update(2, running, h.now);
+    h.update(2, running);
     let e = h.settle();
     assert!(updates(&e).is_empty(), "{e:?}");
     assert!(e.iter().any(|e| matches!(
@@ -368,11 +361,7 @@ fn an_agent_back_from_removal_is_offered_only_once_its_old_tasks_are_dead() {
     )));
     assert_eq!(h.c.agents[&a1].used.scalar("cpus"), 1.0);
     // Once it is dead the agent is an ordinary one again, offered whole.
-    h.c.agent_status_update(
-        2,
-        agent_status("a1", &fid, "t1", TaskState::Killed, "u2"),
-        h.now,
-    );
+    h.update(2, agent_status("a1", &fid, "t1", TaskState::Killed, "u2"));
     let e = h.settle();
     assert_eq!(updates(&e)[0].state(), TaskState::Killed);
     assert!(!h.c.registry().removed_agents.contains(&a1));
@@ -438,11 +427,7 @@ fn framework_failover_timeout_removes_it_and_kills_tasks() {
     // Until the agent confirms the kill, the task's CPU is still taken.
     let a1 = AgentId::from("a1");
     assert_eq!(h.c.agents[&a1].used.scalar("cpus"), 1.0);
-    h.c.agent_status_update(
-        1,
-        agent_status("a1", &fid, "t1", TaskState::Killed, "u9"),
-        h.now,
-    );
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Killed, "u9"));
     h.settle();
     assert!(h.c.agents[&a1].used.is_empty());
     let err =
@@ -535,17 +520,15 @@ fn failover_accounts_for_every_task_and_update() {
         ],
     );
     for t in ["t1", "t2", "t3"] {
-        old.c.agent_status_update(
+        old.update(
             1,
             agent_status("a1", &fid, t, TaskState::Running, &format!("r-{t}")),
-            old.now,
         );
     }
     // t3 finishes; the old leader forwards it but dies before the ack.
-    old.c.agent_status_update(
+    old.update(
         1,
         agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3"),
-        old.now,
     );
     old.settle();
 
@@ -604,15 +587,13 @@ fn failover_accounts_for_every_task_and_update() {
 
     // The agent resends the unacknowledged terminal update (twice, as a
     // retry would); the framework sees it and acknowledges it once.
-    new.c.agent_status_update(
+    new.update(
         2,
         agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3"),
-        new.now,
     );
-    new.c.agent_status_update(
+    new.update(
         2,
         agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3"),
-        new.now,
     );
     let e = new.settle();
     let finished: Vec<_> = updates(&e)
@@ -680,7 +661,7 @@ fn updates_are_resent_to_a_returning_framework_in_the_order_they_came() {
     h.settle();
     // uuids are random: the later update may well sort first.
     for (state, uuid) in [(TaskState::Running, "ff"), (TaskState::Finished, "00")] {
-        h.c.agent_status_update(1, agent_status("a1", &fid, "t1", state, uuid), h.now);
+        h.update(1, agent_status("a1", &fid, "t1", state, uuid));
     }
     h.settle();
     let (_, e) = h.subscribe(11, &fid, 600.0);
@@ -697,7 +678,7 @@ fn an_agent_back_before_its_removal_commits_keeps_its_tasks() {
     let o = offers(&e);
     launch(&mut h, &fid, &o[0], vec![task("t1", "cpus:1")]);
     let running = agent_status("a1", &fid, "t1", TaskState::Running, "u1");
-    h.c.agent_status_update(1, running.clone(), h.now);
+    h.update(1, running.clone());
     h.settle();
     h.c.agent_disconnected(1, h.now);
     h.settle();

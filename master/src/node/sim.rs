@@ -910,7 +910,10 @@ impl Sim {
         }
         let fw = &mut self.frameworks[f];
         if fw.subscribed && step >= fw.last_reconcile + 100 {
-            calls.push((Call::Reconcile(fw.info.id.clone(), fw.unsettled()), vec![]));
+            calls.push((
+                Call::Reconcile(fw.info.id.clone(), fw.to_reconcile()),
+                vec![],
+            ));
             fw.last_reconcile = step;
         }
         for (call, launching) in calls {
@@ -965,7 +968,7 @@ impl Sim {
                 // As a scheduler should after (re-)subscribing: ask about
                 // everything, and about each task not known to be over.
                 calls.push((Call::Reconcile(s.framework_id.clone(), vec![]), vec![]));
-                let unsettled = fw.unsettled();
+                let unsettled = fw.to_reconcile();
                 if !unsettled.is_empty() {
                     calls.push((Call::Reconcile(s.framework_id, unsettled), vec![]));
                 }
@@ -1273,7 +1276,7 @@ impl Sim {
 impl SimFramework {
     /// Tasks whose end this framework has not heard of, for explicit
     /// reconciliation.
-    fn unsettled(&self) -> Vec<ReconcileTask> {
+    fn to_reconcile(&self) -> Vec<ReconcileTask> {
         self.tasks
             .iter()
             .filter(|(_, t)| {
