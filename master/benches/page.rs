@@ -71,6 +71,7 @@ fn seed() -> ClusterState {
             registered_at: now - 600.0,
             capabilities: vec!["GPU_RESOURCES".into()],
             offers_outstanding: 12,
+            webui_url: format!("http://node-00000.rack0.example:{}/", 4040 + f),
         })
         .collect();
     let states = [
@@ -117,6 +118,11 @@ fn seed() -> ClusterState {
                     })
                     .collect(),
                 healthy: None,
+                labels: [(
+                    "url".to_string(),
+                    format!("http://node-{agent:05}.rack0.example:8888/"),
+                )]
+                .into(),
             }
         })
         .collect();

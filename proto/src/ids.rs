@@ -54,6 +54,32 @@ id_type!(
     OfferId
 );
 
+/// The longest web URL a framework or task may publish.
+pub const MAX_WEB_URL_BYTES: usize = 2048;
+
+/// Checks a URL a framework publishes for people to open (its web UI, a
+/// task's `url` label): empty, or `http://`/`https://` with no spaces or
+/// control characters, at most [`MAX_WEB_URL_BYTES`]. Anything else (a
+/// `javascript:` URL, say) could run in the status page's origin.
+pub fn validate_web_url(what: &str, url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    if url.len() > MAX_WEB_URL_BYTES {
+        return Err(format!("{what} is longer than {MAX_WEB_URL_BYTES} bytes"));
+    }
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(format!(
+            "{what} '{url}' must start with http:// or https://"
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{what} contains spaces or control characters"));
+    }
+    Ok(())
+}
+
 /// Checks that an id chosen by a client is usable as a name: non-empty, at
 /// most 128 bytes, and made of ASCII letters, digits, `-`, `_` and `.` (it
 /// becomes part of sandbox paths, so `/` and `..` are refused).
@@ -92,5 +118,17 @@ mod tests {
         assert!(validate_id("task", "..").is_err());
         assert!(validate_id("task", "a/b").unwrap_err().contains("'/'"));
         assert!(validate_id("task", &"x".repeat(200)).is_err());
+    }
+
+    #[test]
+    fn web_urls_are_http_only() {
+        assert!(validate_web_url("webui_url", "").is_ok());
+        assert!(validate_web_url("webui_url", "http://127.0.0.1:8080/").is_ok());
+        assert!(validate_web_url("webui_url", "HTTPS://host/x?a=b").is_ok());
+        assert!(validate_web_url("webui_url", "javascript:alert(1)")
+            .unwrap_err()
+            .contains("http://"));
+        assert!(validate_web_url("webui_url", "http://a b").is_err());
+        assert!(validate_web_url("webui_url", &format!("http://{}", "x".repeat(3000))).is_err());
     }
 }

@@ -46,6 +46,8 @@ impl Cluster {
                 info.failover_timeout_secs
             )));
         }
+        mezz_proto::ids::validate_web_url("framework.webui_url", &info.webui_url)
+            .map_err(CallError::Invalid)?;
         if info.role.is_empty() {
             info.role = "*".into();
         }
@@ -338,6 +340,9 @@ impl Cluster {
             return Err(format!(
                 "task {tid} needs {resources} but the accepted offers have only {pool} left"
             ));
+        }
+        if let Some(url) = task.labels.get("url") {
+            mezz_proto::ids::validate_web_url(&format!("task {tid}: label 'url'"), url)?;
         }
         if !task.kill_grace_period_secs.is_finite() || task.kill_grace_period_secs < 0.0 {
             return Err(format!(

@@ -259,18 +259,28 @@ fn invalid_tasks_get_error_updates_naming_the_problem() {
     let o = offers(&e);
     let mut no_cmd = task("t2", "cpus:0.1");
     no_cmd.command = None;
+    let mut bad_url = task("t4", "cpus:0.1");
+    bad_url
+        .labels
+        .insert("url".into(), "data:text/html,x".into());
     let e = launch(
         &mut h,
         &fid,
         &o[0],
-        vec![task("t1", "cpus:4"), no_cmd, task("bad/id", "cpus:0.1")],
+        vec![
+            task("t1", "cpus:4"),
+            no_cmd,
+            task("bad/id", "cpus:0.1"),
+            bad_url,
+        ],
     );
     let u = updates(&e);
-    assert_eq!(u.len(), 3);
+    assert_eq!(u.len(), 4);
     assert!(u.iter().all(|s| s.state() == TaskState::Error));
     assert!(u[0].message.contains("needs cpus:4"), "{}", u[0].message);
     assert!(u[1].message.contains("no command"), "{}", u[1].message);
     assert!(u[2].message.contains("'/'"), "{}", u[2].message);
+    assert!(u[3].message.contains("label 'url'"), "{}", u[3].message);
     // A stale offer id drops the task.
     let e = launch(&mut h, &fid, &o[0], vec![task("t3", "cpus:0.1")]);
     assert_eq!(updates(&e)[0].state(), TaskState::Dropped);
@@ -472,6 +482,19 @@ fn bad_registrations_are_refused_with_a_reason() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("name"), "{err}");
+    let err =
+        h.c.subscribe(
+            7,
+            mezz_proto::PROTOCOL_VERSION,
+            FrameworkInfo {
+                name: "ui".into(),
+                webui_url: "javascript:alert(1)".into(),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("webui_url"), "{err}");
 }
 
 #[test]

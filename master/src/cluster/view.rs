@@ -68,6 +68,7 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
             .collect(),
         history,
         healthy: t.status.healthy,
+        labels: t.info.labels.clone(),
     }
 }
 
@@ -152,6 +153,7 @@ impl Cluster {
                             .to_string()
                     })
                     .collect(),
+                webui_url: f.info.webui_url.clone(),
             })
             .collect();
         frameworks.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));

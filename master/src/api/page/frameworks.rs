@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use mezz_proto::v1::ClusterState;
 
-use super::layout::{ago, bar, esc, get, num, page, pill, url};
+use super::layout::{ago, bar, esc, ext_link, get, num, page, pill, url};
 use super::Ctx;
 
 fn resources(m: &BTreeMap<String, f64>) -> String {
@@ -33,10 +33,11 @@ pub fn frameworks(s: &ClusterState, ctx: &Ctx) -> String {
     for f in &s.frameworks {
         let _ = write!(
             b,
-            "<tr><td>{}<div class=\"mono mute\">{}</div></td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td>{} {}<div class=\"mono mute\">{}</div></td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td class=mono>{}</td><td class=num><a href=\"/tasks?framework={}\">{}</a></td>\
              <td class=num>{}</td><td class=num>{}</td></tr>",
             esc(&f.name),
+            ext_link(&f.webui_url, "web UI"),
             esc(&f.id),
             esc(&f.role),
             esc(&f.user),

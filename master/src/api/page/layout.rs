@@ -43,6 +43,20 @@ pub fn url(s: &str) -> String {
     out
 }
 
+/// A link to something a framework or task serves (its web UI, a
+/// notebook), or empty when the URL is not a plain http(s) one: such URLs
+/// come from clients, and anything else could run script in this origin.
+pub fn ext_link(href: &str, text: &str) -> String {
+    if href.is_empty() || mezz_proto::ids::validate_web_url("url", href).is_err() {
+        return String::new();
+    }
+    format!(
+        "<a class=ext href=\"{}\" rel=\"noopener noreferrer\" target=_blank>{}</a>",
+        esc(href),
+        esc(text)
+    )
+}
+
 /// A state or status name as a coloured pill.
 pub fn pill(s: &str) -> String {
     let s = esc(s);

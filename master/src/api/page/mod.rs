@@ -82,7 +82,7 @@ pub fn not_found(ctx: &Ctx, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mezz_proto::v1::{AgentView, TaskView};
+    use mezz_proto::v1::{AgentView, FrameworkView, TaskView};
 
     fn ctx(leads: bool) -> Ctx {
         Ctx {
@@ -134,6 +134,32 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         let (_, html) = agent(&s, &ctx(true), "a1");
         assert!(html.contains("&lt;host&gt;") && html.contains("Fake &quot;GPU&quot;"));
+    }
+
+    #[test]
+    fn only_http_links_are_rendered() {
+        let mut s = state();
+        s.tasks[0].labels = [("url".to_string(), "http://h:8888/lab?x=\"1\"".to_string())].into();
+        s.tasks[1].labels = [("url".to_string(), "javascript:alert(1)".to_string())].into();
+        s.frameworks = vec![FrameworkView {
+            id: "f1".into(),
+            name: "spark".into(),
+            webui_url: "http://h:4040/".into(),
+            ..Default::default()
+        }];
+        let html = tasks(&s, &ctx(true), &TaskFilter::default());
+        assert!(
+            html.contains("href=\"http://h:8888/lab?x=&quot;1&quot;\""),
+            "{html}"
+        );
+        assert!(!html.contains("javascript:"), "{html}");
+        let (_, html) = task(&s, &ctx(true), "f1", "t1", &[]);
+        assert!(html.contains("<dt>Serves</dt>"), "{html}");
+        let (_, html) = task(&s, &ctx(true), "f1", "t2", &[]);
+        assert!(!html.contains("href=\"javascript"), "{html}");
+        assert!(!html.contains("<dt>Serves</dt>"), "{html}");
+        let html = frameworks(&s, &ctx(true));
+        assert!(html.contains("href=\"http://h:4040/\""), "{html}");
     }
 
     #[test]

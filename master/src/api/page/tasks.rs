@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use mezz_proto::v1::{ClusterState, TaskView};
 
-use super::layout::{ago, esc, page, pill, url, utc};
+use super::layout::{ago, esc, ext_link, page, pill, url, utc};
 use super::{not_found, Ctx};
 
 /// Rows shown when the query does not say.
@@ -83,13 +83,14 @@ pub fn tasks(s: &ClusterState, ctx: &Ctx, f: &TaskFilter) -> String {
     for t in matching.iter().take(limit) {
         let _ = write!(
             b,
-            "<tr><td class=mono><a href=\"/tasks/{}/{}\">{}</a></td><td>{}</td><td>{}</td>\
+            "<tr><td class=mono><a href=\"/tasks/{}/{}\">{}</a></td><td>{} {}</td><td>{}</td>\
              <td><a href=\"/tasks?framework={}\">{}</a></td><td><a href=\"/agents/{}\">{}</a></td>\
              <td class=mono>{}</td><td class=mono>{}</td><td class=num>{}</td></tr>",
             url(&t.framework_id),
             url(&t.id),
             esc(&t.id),
             esc(&t.name),
+            ext_link(t.labels.get("url").map_or("", String::as_str), "open"),
             pill(&t.state),
             url(&t.framework_id),
             esc(&t.framework_name),
@@ -147,6 +148,24 @@ pub fn task(
         (None, Some(sig)) => format!("signal {sig}"),
         _ => "—".into(),
     };
+    let mut labels = String::new();
+    if let Some(link) = t.labels.get("url").map(|u| ext_link(u, u)) {
+        if !link.is_empty() {
+            let _ = write!(labels, "<dt>Serves</dt><dd class=mono>{link}</dd>");
+        }
+    }
+    if !t.labels.is_empty() {
+        let list: Vec<String> = t
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+            .collect();
+        let _ = write!(
+            labels,
+            "<dt>Labels</dt><dd class=mono>{}</dd>",
+            list.join(" ")
+        );
+    }
     let _ = write!(
         b,
         "<h1>Task <span class=mono>{}</span> {}</h1><div class=grid2><dl class=kv>\
@@ -155,7 +174,7 @@ pub fn task(
          <span class=\"mono mute\">{}</span></dd><dt>State</dt><dd>{}</dd><dt>Reason</dt><dd>{}</dd>\
          <dt>Message</dt><dd>{}</dd><dt>Exit</dt><dd>{exit}</dd><dt>Command</dt><dd class=mono>{}</dd>\
          <dt>Resources</dt><dd class=mono>{}</dd><dt>GPUs</dt><dd class=\"mono gpus\">{}</dd>\
-         <dt>Launched</dt><dd>{}</dd></dl>",
+         <dt>Launched</dt><dd>{}</dd>{labels}</dl>",
         esc(&t.id),
         pill(&t.state),
         esc(&t.name),
