@@ -59,6 +59,10 @@
 //!   Hand it your offers, and your [`Scheduler::wakeup`] calls (it asks for
 //!   them with [`Driver::wake_after`]).
 //!
+//! - [`sizes`]: named sizes (`cpu-small`, `gpu-large`, or the operators'
+//!   own from `$MEZZ_SIZES`), so `--size` means the same in every
+//!   framework.
+//!
 //! Every helper decides fit with [`Resources::contains`], the very check the
 //! master uses to validate an accept.
 //!
@@ -123,6 +127,7 @@ mod placement;
 mod runtime;
 mod scheduler;
 mod sender;
+pub mod sizes;
 mod task;
 mod tracker;
 

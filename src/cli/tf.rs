@@ -155,7 +155,7 @@ fn spec_of(args: &TfRunArgs) -> Result<JobSpec> {
             .transpose()?,
         command: args.command.clone(),
     };
-    Ok(JobSpec::build(file, overrides, |n| sizes.get(n))?)
+    Ok(JobSpec::build(file, overrides, |n| Ok(sizes.get(n)?))?)
 }
 
 /// Writes whole lines with a prefix; what is left at the end is written

@@ -119,7 +119,7 @@ mod tests {
     use crate::spec::{JobSpec, Overrides};
 
     fn spec(o: Overrides) -> JobSpec {
-        JobSpec::build(None, o, |n| crate::Sizes::builtin().get(n)).expect("valid spec")
+        JobSpec::build(None, o, |n| Ok(crate::Sizes::builtin().get(n)?)).expect("valid spec")
     }
 
     fn placed(spec: &JobSpec) -> BTreeMap<ReplicaId, Endpoint> {

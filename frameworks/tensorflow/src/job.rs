@@ -87,7 +87,7 @@ pub enum AfterStop {
 /// let spec = JobSpec::build(None, Overrides {
 ///     chief: true, ps: Some(1), workers: Some(1),
 ///     command: vec!["python3 train.py".into()], ..Default::default()
-/// }, |n| Sizes::builtin().get(n)).unwrap();
+/// }, |n| Ok(Sizes::builtin().get(n)?)).unwrap();
 /// let mut job = Job::new(spec);
 /// let now = Instant::now();
 /// job.launched();
@@ -346,7 +346,7 @@ mod tests {
             command: vec!["t".into()],
             ..o
         };
-        Job::new(JobSpec::build(None, o, |n| crate::Sizes::builtin().get(n)).expect("valid"))
+        Job::new(JobSpec::build(None, o, |n| Ok(crate::Sizes::builtin().get(n)?)).expect("valid"))
     }
 
     fn run_all(j: &mut Job, now: Instant) {

@@ -26,7 +26,7 @@ pub mod spec;
 pub use cluster::{replica_env, tf_config, Endpoint};
 pub use job::{Action, Job, Outcome, Phase};
 pub use scheduler::{Interrupt, JobEvent, LaunchedReplica, TfScheduler, KILL_GRACE};
-pub use sizes::{Size, Sizes};
+pub use sizes::{Size, SizeError, Sizes};
 pub use spec::{
     Flavor, JobFile, JobSpec, Overrides, ReplicaGroup, ReplicaId, ReplicaType, RestartPolicy,
 };

@@ -495,7 +495,7 @@ mod tests {
             command: vec!["t".into()],
             ..o
         };
-        JobSpec::build(None, o, |n| crate::Sizes::builtin().get(n)).expect("valid")
+        JobSpec::build(None, o, |n| Ok(crate::Sizes::builtin().get(n)?)).expect("valid")
     }
 
     #[test]

@@ -1,122 +1,23 @@
-//! Named sizes (`--size gpu-large` → cpus, mem, gpus): built-in defaults,
-//! replaced or extended by a TOML file the cluster's operators provide
-//! (`$MEZZ_SIZES`, else `~/.config/mezz/sizes.toml`). The one switch from a
-//! CPU job to a GPU job.
+//! Named sizes for replica groups: the SDK's [`mezz_sdk::sizes`], applied
+//! to a group (parameter servers and evaluators take a size's CPUs and
+//! memory, not its GPUs).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
+pub use mezz_sdk::sizes::{Size, SizeError, Sizes};
 
 use crate::spec::ReplicaGroup;
 use crate::SpecError;
 
-/// What one named size gives each replica.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Size {
-    /// CPUs.
-    pub cpus: f64,
-    /// Memory in MB.
-    pub mem: f64,
-    /// Whole GPUs.
-    #[serde(default)]
-    pub gpus: u32,
-}
-
-impl Size {
-    /// Sets `group`'s resources; GPUs only when `gpus` is true (parameter
-    /// servers and evaluators take a size's CPUs and memory, not its GPUs).
-    pub fn apply(&self, group: &mut ReplicaGroup, gpus: bool) {
-        group.cpus = self.cpus;
-        group.mem = self.mem;
-        if gpus {
-            group.gpus = self.gpus;
-        }
+impl From<SizeError> for SpecError {
+    fn from(e: SizeError) -> Self {
+        SpecError(e.0)
     }
 }
 
-/// The named sizes a cluster offers.
-///
-/// ```
-/// use mezz_tensorflow::Sizes;
-/// let sizes = Sizes::builtin()
-///     .merge_toml("[gpu-large]\ncpus = 16\nmem = 65536\ngpus = 4\n")
-///     .unwrap();
-/// assert_eq!(sizes.get("gpu-large").unwrap().gpus, 4);
-/// assert_eq!(sizes.get("cpu-small").unwrap().gpus, 0);
-/// assert!(sizes.get("huge").unwrap_err().0.contains("cpu-small"));
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sizes {
-    sizes: BTreeMap<String, Size>,
-}
-
-impl Sizes {
-    /// The defaults: `cpu-small` (1 CPU, 2 GB), `cpu-medium` (2, 4 GB),
-    /// `cpu-large` (4, 8 GB), `gpu-small` (4 CPUs, 16 GB, 1 GPU),
-    /// `gpu-large` (8 CPUs, 32 GB, 2 GPUs).
-    pub fn builtin() -> Sizes {
-        let s = |cpus, mem, gpus| Size { cpus, mem, gpus };
-        Sizes {
-            sizes: [
-                ("cpu-small", s(1.0, 2048.0, 0)),
-                ("cpu-medium", s(2.0, 4096.0, 0)),
-                ("cpu-large", s(4.0, 8192.0, 0)),
-                ("gpu-small", s(4.0, 16384.0, 1)),
-                ("gpu-large", s(8.0, 32768.0, 2)),
-            ]
-            .into_iter()
-            .map(|(n, s)| (n.to_string(), s))
-            .collect(),
-        }
-    }
-
-    /// The built-in sizes with those of a TOML text on top: one table per
-    /// size (`[gpu-large]` with `cpus`, `mem`, optional `gpus`).
-    pub fn merge_toml(mut self, text: &str) -> Result<Sizes, SpecError> {
-        let more: BTreeMap<String, Size> =
-            toml::from_str(text).map_err(|e| SpecError(e.to_string()))?;
-        self.sizes.extend(more);
-        Ok(self)
-    }
-
-    /// The sizes file to read: `$MEZZ_SIZES`, else
-    /// `~/.config/mezz/sizes.toml` when it exists.
-    pub fn default_path() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("MEZZ_SIZES").filter(|p| !p.is_empty()) {
-            return Some(PathBuf::from(p));
-        }
-        let home = std::env::var_os("HOME")?;
-        let p = Path::new(&home).join(".config/mezz/sizes.toml");
-        p.exists().then_some(p)
-    }
-
-    /// The built-in sizes, with `path`'s on top when given.
-    pub fn load(path: Option<&Path>) -> Result<Sizes, SpecError> {
-        let Some(path) = path else {
-            return Ok(Sizes::builtin());
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError(format!("reading sizes file {}: {e}", path.display())))?;
-        Sizes::builtin()
-            .merge_toml(&text)
-            .map_err(|e| SpecError(format!("sizes file {}: {}", path.display(), e.0)))
-    }
-
-    /// The size called `name`.
-    pub fn get(&self, name: &str) -> Result<Size, SpecError> {
-        self.sizes.get(name).copied().ok_or_else(|| {
-            let known: Vec<&str> = self.sizes.keys().map(String::as_str).collect();
-            SpecError(format!(
-                "unknown size '{name}'; known sizes: {} (add more in $MEZZ_SIZES or ~/.config/mezz/sizes.toml)",
-                known.join(", ")
-            ))
-        })
-    }
-
-    /// Every size, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Size)> {
-        self.sizes.iter().map(|(n, s)| (n.as_str(), s))
+/// Sets `group`'s resources from `size`; GPUs only when `gpus` is true.
+pub fn apply(size: &Size, group: &mut ReplicaGroup, gpus: bool) {
+    group.cpus = size.cpus;
+    group.mem = size.mem;
+    if gpus {
+        group.gpus = size.gpus;
     }
 }

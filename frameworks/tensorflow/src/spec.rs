@@ -330,7 +330,7 @@ impl JobSpec {
             let Some(g) = g else { continue };
             let mut group = ReplicaGroup::new(g.count.unwrap_or(1));
             if let Some(size) = &g.size {
-                size_of(size)?.apply(&mut group, true);
+                crate::sizes::apply(&size_of(size)?, &mut group, true);
             }
             group.cpus = g.cpus.unwrap_or(group.cpus);
             group.mem = g.mem.unwrap_or(group.mem);
@@ -364,7 +364,7 @@ impl JobSpec {
         for (t, group) in groups.iter_mut() {
             let compute = matches!(t, ReplicaType::Chief | ReplicaType::Worker);
             if let Some(size) = &flags.size {
-                size.apply(group, compute);
+                crate::sizes::apply(size, group, compute);
             }
             group.cpus = flags.cpus.unwrap_or(group.cpus);
             group.mem = flags.mem.unwrap_or(group.mem);
@@ -577,7 +577,7 @@ mod tests {
     use super::*;
 
     fn no_sizes(name: &str) -> Result<Size, SpecError> {
-        crate::sizes::Sizes::builtin().get(name)
+        Ok(crate::sizes::Sizes::builtin().get(name)?)
     }
 
     fn cmd(args: &[&str]) -> Vec<String> {
