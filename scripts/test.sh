@@ -12,8 +12,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: cargo is not installed; install a Rust toolchain (1.80 or newer) first" >&2
   exit 1
 fi
-# Nothing beyond the Rust toolchain is needed yet: protoc comes from the
-# protoc-bin-vendored crate and every test runs on loopback.
+# protoc comes from the protoc-bin-vendored crate and every test runs on
+# loopback; what else the tests need is installed below.
 
 # --- Chromium (status page browser test, tests/status_page.rs) -----------
 # Debian's headless Chromium; installed only when missing.
@@ -29,21 +29,24 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 # --- end Chromium ---------------------------------------------------------
 
-# ---- TensorFlow framework tests (tests/tensorflow.rs) ----
-# A project venv with tensorflow-cpu, installed once; the TF tests find its
-# interpreter through MEZZ_TEST_PYTHON (under CI=true a missing TensorFlow
-# fails them instead of skipping).
+# ---- Python packages (TensorFlow, Spark and Jupyter framework tests) ----
+# A project venv with the pinned packages of scripts/test-requirements.txt,
+# installed again only when that file changes (a copy of it in the venv
+# records what was installed). The framework tests find its interpreter
+# through MEZZ_TEST_PYTHON; under CI=true a missing package fails them
+# instead of skipping.
 MEZZ_VENV="${MEZZ_VENV:-$HOME/.cache/mezzanine/venv}"
 if [ ! -x "$MEZZ_VENV/bin/python" ]; then
   python3 -m venv "$MEZZ_VENV"
 fi
-if ! TF_CPP_MIN_LOG_LEVEL=3 "$MEZZ_VENV/bin/python" -c 'import tensorflow' >/dev/null 2>&1; then
-  echo "== installing tensorflow-cpu into $MEZZ_VENV"
+if ! cmp -s scripts/test-requirements.txt "$MEZZ_VENV/mezz-requirements.txt"; then
+  echo "== installing the test Python packages into $MEZZ_VENV"
   "$MEZZ_VENV/bin/pip" install --quiet --upgrade pip
-  "$MEZZ_VENV/bin/pip" install --quiet tensorflow-cpu
+  "$MEZZ_VENV/bin/pip" install --quiet -r scripts/test-requirements.txt
+  cp scripts/test-requirements.txt "$MEZZ_VENV/mezz-requirements.txt"
 fi
 export MEZZ_TEST_PYTHON="${MEZZ_TEST_PYTHON:-$MEZZ_VENV/bin/python}"
-# ---- end TensorFlow block ----
+# ---- end Python packages ----
 
 echo "== formatting"
 cargo fmt --all -- --check
