@@ -49,6 +49,8 @@ impl Cluster {
         if info.role.is_empty() {
             info.role = "*".into();
         }
+        mezz_proto::resources::check_role(&info.role)
+            .map_err(|e| CallError::Invalid(format!("framework.role: {e}")))?;
         if info.id.is_empty() {
             info.id = self.next_id("f");
         } else {
