@@ -37,6 +37,23 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Log entries applied between two snapshots (log compaction).
     pub snapshot_every: u64,
+    /// How much history to keep.
+    pub limits: Limits,
+}
+
+/// What a master keeps bounded: the history of finished tasks.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Finished tasks kept in the replicated history (`ps --all`).
+    pub completed_tasks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            completed_tasks: registry::DEFAULT_FINISHED_KEPT,
+        }
+    }
 }
 
 impl Config {

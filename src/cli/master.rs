@@ -56,6 +56,10 @@ pub struct MasterArgs {
     /// snapshot.
     #[arg(long, default_value_t = DEFAULT_SNAPSHOT_EVERY, value_name = "ENTRIES")]
     pub snapshot_every: u64,
+    /// Finished tasks kept in the replicated history (`mezz ps --all`),
+    /// the same on every master and across restarts.
+    #[arg(long, default_value_t = mezz_master::registry::DEFAULT_FINISHED_KEPT, value_name = "N")]
+    pub max_completed_tasks: usize,
 }
 
 /// Entries between snapshots unless `--snapshot-every` says otherwise.
@@ -105,6 +109,9 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
         peers,
         timeouts: args.timeouts.timeouts(),
         snapshot_every: args.snapshot_every.max(1),
+        limits: mezz_master::Limits {
+            completed_tasks: args.max_completed_tasks.max(1),
+        },
     })
 }
 
