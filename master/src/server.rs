@@ -580,17 +580,14 @@ pub async fn run(
     let router = crate::api::router(handle, config.id, config.peers.keys().copied().collect());
     tracing::info!("master listening on {} (gRPC and HTTP)", config.listen);
     let (serve_stop_tx, serve_stop_rx) = oneshot::channel::<()>();
-    // Small gRPC frames must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = serve_stop_rx.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        router,
+        config.limits.connections.clone(),
+        async move {
+            let _ = serve_stop_rx.await;
+        },
+    ));
     let joined = |r: Result<Result<(), MasterError>, tokio::task::JoinError>| {
         r.unwrap_or_else(|e| Err(MasterError::Serve(format!("state machine task failed: {e}"))))
     };
@@ -619,9 +616,8 @@ pub async fn run(
         tracing::error!("the master cannot go on and stops: {e}");
     }
     let _ = serve_stop_tx.send(());
-    let served = server
+    server
         .await
         .map_err(|e| MasterError::Serve(format!("server task failed: {e}")))?;
-    acted?;
-    served.map_err(|e| MasterError::Serve(e.to_string()))
+    acted
 }
