@@ -417,7 +417,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let cp = Checkpoint::open(&path).unwrap();
-        assert_eq!(cp.secret().unwrap(), first, "the same secret after a restart");
+        assert_eq!(
+            cp.secret().unwrap(),
+            first,
+            "the same secret after a restart"
+        );
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "permissions tightened");
         let other = tempfile::tempdir().unwrap();

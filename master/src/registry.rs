@@ -172,7 +172,12 @@ impl Registry {
                 .iter()
                 .map(|c| (AgentId(c.agent_id.clone()), c.clone()))
                 .collect(),
-            finished: s.finished_tasks.iter().take(finished_kept).cloned().collect(),
+            finished: s
+                .finished_tasks
+                .iter()
+                .take(finished_kept)
+                .cloned()
+                .collect(),
             finished_kept,
         }
     }

@@ -287,18 +287,20 @@ impl Actor {
             return;
         }
         match input {
-            Input::AgentRegister(conn, msg, tx, peer) => match self.node.agent_register(conn, msg, now) {
-                Ok(()) => {
-                    self.streams.agents.insert(conn, tx);
-                    if let Some(peer) = peer {
-                        self.streams.agent_peers.insert(conn, peer);
+            Input::AgentRegister(conn, msg, tx, peer) => {
+                match self.node.agent_register(conn, msg, now) {
+                    Ok(()) => {
+                        self.streams.agents.insert(conn, tx);
+                        if let Some(peer) = peer {
+                            self.streams.agent_peers.insert(conn, peer);
+                        }
+                    }
+                    Err(e) => {
+                        let e = self.hint::<()>(Err(e)).unwrap_err();
+                        let _ = tx.try_send(Err(crate::api::status_from(e)));
                     }
                 }
-                Err(e) => {
-                    let e = self.hint::<()>(Err(e)).unwrap_err();
-                    let _ = tx.try_send(Err(crate::api::status_from(e)));
-                }
-            },
+            }
             Input::AgentHeartbeat(conn) => self.node.agent_heartbeat(conn, now),
             Input::AgentUpdate(conn, status) => self.node.agent_update(conn, status, now),
             Input::AgentGone(conn) => {
@@ -589,7 +591,11 @@ pub async fn run(
         },
     ));
     let joined = |r: Result<Result<(), MasterError>, tokio::task::JoinError>| {
-        r.unwrap_or_else(|e| Err(MasterError::Serve(format!("state machine task failed: {e}"))))
+        r.unwrap_or_else(|e| {
+            Err(MasterError::Serve(format!(
+                "state machine task failed: {e}"
+            )))
+        })
     };
     // The state machine ends on shutdown, or on its own when it cannot go
     // on (its raft log or state cannot be written: a full disk, a failed

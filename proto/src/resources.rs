@@ -828,7 +828,14 @@ mod tests {
 
     #[test]
     fn roles_are_checked_as_mesos_does() {
-        for ok in ["*", "eng", "eng/ml", "a.b", "team_1/x-y", &"r".repeat(MAX_ROLE_LEN)] {
+        for ok in [
+            "*",
+            "eng",
+            "eng/ml",
+            "a.b",
+            "team_1/x-y",
+            &"r".repeat(MAX_ROLE_LEN),
+        ] {
             assert!(check_role(ok).is_ok(), "{ok} refused");
         }
         for bad in [

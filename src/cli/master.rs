@@ -123,9 +123,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
         limits: mezz_master::Limits {
             connections: mezz_master::listener::ConnLimits {
                 max_connections: args.max_connections.max(1),
-                idle_timeout: args
-                    .idle_timeout
-                    .max(std::time::Duration::from_millis(100)),
+                idle_timeout: args.idle_timeout.max(std::time::Duration::from_millis(100)),
                 ..Default::default()
             },
             completed_tasks: args.max_completed_tasks.max(1),

@@ -458,7 +458,9 @@ impl Cluster {
                     )))
                 }
                 Some(_) => valid.push(OfferId(oid.clone())),
-                None => tracing::debug!(offer_id = %oid, framework_id, "declined offer is gone already"),
+                None => {
+                    tracing::debug!(offer_id = %oid, framework_id, "declined offer is gone already")
+                }
             }
         }
         if valid.is_empty() {

@@ -738,9 +738,12 @@ fn register_with_secret(h: &mut Harness, conn: ConnId, id: &str, secret: &str) -
 
 fn refusal(effects: &[Effect], conn: ConnId) -> Option<String> {
     effects.iter().find_map(|e| match e {
-        Effect::ToAgent(c, MasterMessage { message: Some(M::Refused(r)) }) if *c == conn => {
-            Some(r.message.clone())
-        }
+        Effect::ToAgent(
+            c,
+            MasterMessage {
+                message: Some(M::Refused(r)),
+            },
+        ) if *c == conn => Some(r.message.clone()),
         _ => None,
     })
 }
@@ -776,7 +779,9 @@ fn a_registration_with_a_known_id_and_no_or_a_wrong_secret_changes_nothing() {
             }),
             "the rogue's registration touched something else: {e:?}"
         );
-        assert!(e.iter().any(|e| matches!(e, Effect::CloseAgent(c) if *c == conn)));
+        assert!(e
+            .iter()
+            .any(|e| matches!(e, Effect::CloseAgent(c) if *c == conn)));
     }
     let a = &h.c.agents[&AgentId::from("a1")];
     assert_eq!(a.conn, Some(1), "the real agent keeps its stream");
@@ -863,10 +868,15 @@ fn a_spoofed_end_of_another_agents_task_is_ignored() {
     assert_eq!(h.c.agents[&AgentId::from("a1")].used, used_before);
     // Its resources are not offered again: only a1's free cpu is.
     let e = h.tick(6000);
-    let on_a1: Vec<Offer> = offers(&e).into_iter().filter(|o| o.agent_id == "a1").collect();
+    let on_a1: Vec<Offer> = offers(&e)
+        .into_iter()
+        .filter(|o| o.agent_id == "a1")
+        .collect();
     assert_eq!(on_a1.len(), 1);
     assert_eq!(
-        Resources::from_proto(&on_a1[0].resources).unwrap().scalar("cpus"),
+        Resources::from_proto(&on_a1[0].resources)
+            .unwrap()
+            .scalar("cpus"),
         1.0,
         "t1's cpu was offered again"
     );
@@ -985,7 +995,9 @@ fn finished_tasks_are_replicated_with_their_framework_times_and_history() {
     };
     follower.apply(
         &ReplicatedCommand {
-            command: Some(mezz_proto::v1::replicated_command::Command::TasksFinished(batch)),
+            command: Some(mezz_proto::v1::replicated_command::Command::TasksFinished(
+                batch,
+            )),
         },
         0,
     );
@@ -1004,20 +1016,25 @@ fn tasks_ending_together_are_replicated_in_one_bounded_command() {
     for i in 0..5 {
         h.update(
             1,
-            agent_status("a1", &fid, &format!("t{i}"), TaskState::Finished, &format!("u{i}")),
+            agent_status(
+                "a1",
+                &fid,
+                &format!("t{i}"),
+                TaskState::Finished,
+                &format!("u{i}"),
+            ),
         );
     }
-    let proposals: Vec<usize> = h
-        .c
-        .take_effects()
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Propose(ReplicatedCommand {
-                command: Some(mezz_proto::v1::replicated_command::Command::TasksFinished(b)),
-            }) => Some(b.tasks.len()),
-            _ => None,
-        })
-        .collect();
+    let proposals: Vec<usize> =
+        h.c.take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Propose(ReplicatedCommand {
+                    command: Some(mezz_proto::v1::replicated_command::Command::TasksFinished(b)),
+                }) => Some(b.tasks.len()),
+                _ => None,
+            })
+            .collect();
     assert_eq!(proposals, [3], "one command with the newest three");
     assert_eq!(h.c.completed.len(), 3);
 }
