@@ -280,6 +280,8 @@ impl Agent {
             agent: Some(self.info.clone()),
             tasks,
             frameworks: frameworks.into_values().collect(),
+            // Added by the master link, which holds the secret.
+            ..Default::default()
         }
     }
 

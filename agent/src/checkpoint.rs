@@ -1,6 +1,8 @@
 //! The agent's durable memory, in sled at `<work_dir>/meta/checkpoint`: its
 //! id, every task run it has not yet forgotten, and the status updates the
-//! master has not acknowledged, in order. Records are protobuf-encoded so
+//! master has not acknowledged, in order. Beside it, in
+//! `<work_dir>/meta/secret` (mode 0600), the secret that proves the agent's
+//! identity to the masters. Records are protobuf-encoded so
 //! fields can be added later the same way as on the wire. This module knows
 //! nothing of processes or the network; callers `flush` before they
 //! acknowledge or send anything that must survive a crash.
@@ -68,6 +70,10 @@ impl TaskRecord {
 }
 
 const AGENT_ID: &[u8] = b"agent_id";
+/// The agent's secret, beside the checkpoint database.
+const SECRET_FILE: &str = "secret";
+/// Random bytes in a secret (sent hex-encoded).
+const SECRET_BYTES: usize = 32;
 
 /// Handle on the checkpoint database.
 pub struct Checkpoint {
@@ -144,6 +150,40 @@ impl Checkpoint {
         self.meta.insert(AGENT_ID, id.as_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The agent's secret: made from 256 bits of the OS's random source on
+    /// the first start and written (mode 0600, fsynced, then renamed into
+    /// place) before the agent ever registers, so that a crash can never
+    /// leave a master holding a secret the agent lost. The masters pin the
+    /// first secret an id presents and refuse that id without it.
+    pub fn secret(&self) -> Result<String, AgentError> {
+        let path = self.path.with_file_name(SECRET_FILE);
+        let fail = |message: String| AgentError::Checkpoint {
+            path: path.clone(),
+            message,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let secret = text.trim();
+                if secret.len() != 2 * SECRET_BYTES
+                    || !secret.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(fail(format!(
+                        "the agent secret is not {} hex digits; the masters will refuse this \
+                         agent's id without its secret: restore the file, or start the agent \
+                         with an empty --work-dir to join as a new agent",
+                        2 * SECRET_BYTES
+                    )));
+                }
+                restrict_to_owner(&path).map_err(|e| fail(e.to_string()))?;
+                Ok(secret.to_ascii_lowercase())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_new_secret(&path).map_err(|e| fail(format!("cannot write: {e}")))
+            }
+            Err(e) => Err(fail(format!("cannot read: {e}"))),
+        }
     }
 
     /// Every task run on record; corrupt records are logged and skipped.
@@ -236,6 +276,50 @@ impl Checkpoint {
     }
 }
 
+/// Makes a secret and stores it at `path`: written to a fresh file that only
+/// the owner may read, fsynced, renamed into place, and the directory
+/// fsynced, so that it is either wholly there or not at all.
+fn write_new_secret(path: &Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| std::io::Error::other(format!("no random source: {e}")))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_file_name(format!("{SECRET_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(secret)
+}
+
+/// Takes group and other permissions off the secret (a copy restored by
+/// hand may have them).
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} was readable by others (mode {:o}); making it 0600",
+            path.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = key.try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
@@ -319,5 +403,35 @@ mod tests {
         // New updates continue after the highest sequence number.
         let s4 = cp.push_update(&TaskStatus::default()).unwrap();
         assert!(s4 > ups[1].0);
+    }
+
+    #[test]
+    fn the_secret_is_made_once_kept_private_and_survives_a_reopen() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint");
+        let first = Checkpoint::open(&path).unwrap().secret().unwrap();
+        assert_eq!(first.len(), 64);
+        let file = dir.path().join(SECRET_FILE);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cp = Checkpoint::open(&path).unwrap();
+        assert_eq!(
+            cp.secret().unwrap(),
+            first,
+            "the same secret after a restart"
+        );
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "permissions tightened");
+        let other = tempfile::tempdir().unwrap();
+        let second = Checkpoint::open(&other.path().join("checkpoint"))
+            .unwrap()
+            .secret()
+            .unwrap();
+        assert_ne!(first, second, "every agent has its own");
+        std::fs::write(&file, "not a secret").unwrap();
+        let err = cp.secret().unwrap_err().to_string();
+        assert!(err.contains("hex digits"), "{err}");
     }
 }

@@ -110,6 +110,9 @@ pub async fn run(
             id
         }
     };
+    // Made and stored before the first registration (see
+    // `Checkpoint::secret`); never logged.
+    let secret = checkpoint.secret()?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -194,6 +197,7 @@ pub async fn run(
     let link = tokio::spawn(master_link::run(
         Arc::clone(&agent),
         config.masters.clone(),
+        secret,
         stop_rx,
     ));
 

@@ -36,8 +36,14 @@ enum SessionEnd {
     },
 }
 
-/// Runs until `shutdown` turns true.
-pub async fn run(agent: Arc<Agent>, masters: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+/// Runs until `shutdown` turns true. Every registration presents `secret`,
+/// which proves to the masters that this agent owns its id.
+pub async fn run(
+    agent: Arc<Agent>,
+    masters: Vec<String>,
+    secret: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if masters.is_empty() {
         tracing::error!("no master address given; the agent cannot register");
         crate::stopped(&mut shutdown).await;
@@ -55,7 +61,7 @@ pub async fn run(agent: Arc<Agent>, masters: Vec<String>, mut shutdown: watch::R
             return;
         }
         let addr = redirect.take().unwrap_or_else(|| masters[idx].clone());
-        let pause = match session(&agent, &addr, &mut gen, &mut shutdown).await {
+        let pause = match session(&agent, &addr, &secret, &mut gen, &mut shutdown).await {
             SessionEnd::Shutdown => return,
             SessionEnd::Refused(msg) => {
                 tracing::error!(
@@ -157,6 +163,7 @@ fn dispatch(agent: &Arc<Agent>, msg: MasterMessage) -> Dispatch {
 async fn session(
     agent: &Arc<Agent>,
     addr: &str,
+    secret: &str,
     gen: &mut u64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
@@ -175,8 +182,10 @@ async fn session(
         .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    let mut register = agent.register_message();
+    register.secret = secret.to_string();
     let register = AgentMessage {
-        message: Some(agent_message::Message::Register(agent.register_message())),
+        message: Some(agent_message::Message::Register(register)),
     };
     if tx.send(register).await.is_err() {
         return failed("internal: outgoing queue closed".into());

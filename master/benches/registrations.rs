@@ -58,6 +58,7 @@ fn main() {
                 ..Default::default()
             },
             snapshot_every: 1_000,
+            limits: Default::default(),
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
@@ -173,6 +174,7 @@ async fn register(
             agent: Some(info),
             tasks: vec![],
             frameworks: vec![],
+            secret: format!("{i:064x}"),
         })),
     })
     .await

@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod api;
 pub mod cluster;
 pub mod hashing;
+pub mod listener;
 pub mod node;
 pub mod registry;
 pub mod replication;
@@ -37,6 +38,27 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Log entries applied between two snapshots (log compaction).
     pub snapshot_every: u64,
+    /// Connection bounds and timeouts, and how much history to keep.
+    pub limits: Limits,
+}
+
+/// What a master keeps bounded: connections, their idle time, and the
+/// history of finished tasks.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections: how many at once, idle timeout, HTTP/2 keepalive.
+    pub connections: listener::ConnLimits,
+    /// Finished tasks kept in the replicated history (`ps --all`).
+    pub completed_tasks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: listener::ConnLimits::default(),
+            completed_tasks: registry::DEFAULT_FINISHED_KEPT,
+        }
+    }
 }
 
 impl Config {

@@ -1,18 +1,22 @@
 //! The replicated part of the master's state: what cannot be rebuilt from
-//! agents (the agent registry, framework registrations, role weights and
-//! quotas). It changes only
-//! by applying committed raft commands, in log order, on every master.
+//! agents (the agent registry and the hashes of agents' secrets, framework
+//! registrations, role weights and quotas, and the history of finished
+//! tasks). It changes only by applying committed raft commands, in log
+//! order, on every master.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use mezz_proto::v1::{
-    replicated_command::Command, AgentInfo, FrameworkInfo, ReplicatedCommand, ReplicatedSnapshot,
-    RoleConfig,
+    replicated_command::Command, AgentCredential, AgentInfo, FinishedTask, FrameworkInfo,
+    ReplicatedCommand, ReplicatedSnapshot, RoleConfig,
 };
 use mezz_proto::{AgentId, FrameworkId};
 
+/// How many finished tasks the registry keeps unless told otherwise.
+pub const DEFAULT_FINISHED_KEPT: usize = 1000;
+
 /// Agents and frameworks known to the raft group.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Registry {
     /// Registered agents by id.
     pub agents: BTreeMap<AgentId, AgentInfo>,
@@ -27,6 +31,31 @@ pub struct Registry {
     pub removed_frameworks: BTreeSet<FrameworkId>,
     /// Role weights and quotas by role name.
     pub roles: BTreeMap<String, RoleConfig>,
+    /// The salted hash of the first secret each agent id presented (trust
+    /// on first use). Kept when the agent is removed, so that nobody else
+    /// can take its id while it is away.
+    pub agent_credentials: BTreeMap<AgentId, AgentCredential>,
+    /// The most recently finished tasks, newest first, at most
+    /// `finished_kept` of them.
+    pub finished: VecDeque<FinishedTask>,
+    /// The bound on `finished` (a master flag, not replicated: masters
+    /// started with different bounds keep different amounts of history).
+    pub finished_kept: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            agents: BTreeMap::new(),
+            removed_agents: BTreeSet::new(),
+            frameworks: BTreeMap::new(),
+            removed_frameworks: BTreeSet::new(),
+            roles: BTreeMap::new(),
+            agent_credentials: BTreeMap::new(),
+            finished: VecDeque::new(),
+            finished_kept: DEFAULT_FINISHED_KEPT,
+        }
+    }
 }
 
 impl Registry {
@@ -57,6 +86,20 @@ impl Registry {
             Some(Command::SetRole(cfg)) => {
                 self.roles.insert(cfg.role.clone(), cfg.clone());
             }
+            Some(Command::PinAgentSecret(cred)) => {
+                // The first pin wins: two registrations racing for an id
+                // that has none both propose one, and only the first
+                // applied counts, on every master alike.
+                self.agent_credentials
+                    .entry(AgentId(cred.agent_id.clone()))
+                    .or_insert_with(|| cred.clone());
+            }
+            Some(Command::TasksFinished(batch)) => {
+                for t in &batch.tasks {
+                    self.finished.push_front(t.clone());
+                }
+                self.finished.truncate(self.finished_kept);
+            }
             None => tracing::warn!("ignoring an empty replicated command"),
         }
     }
@@ -67,7 +110,9 @@ impl Registry {
             + self.removed_agents.len()
             + self.frameworks.len()
             + self.removed_frameworks.len()
-            + self.roles.len()) as u64
+            + self.roles.len()
+            + self.agent_credentials.len()
+            + self.finished.len()) as u64
     }
 
     /// The registry as a snapshot.
@@ -82,11 +127,23 @@ impl Registry {
                 .map(|f| f.0.clone())
                 .collect(),
             roles: self.roles.values().cloned().collect(),
+            agent_credentials: self.agent_credentials.values().cloned().collect(),
+            finished_tasks: self.finished.iter().cloned().collect(),
         }
     }
 
-    /// A registry restored from a snapshot.
+    /// A registry restored from a snapshot, keeping at most
+    /// [`DEFAULT_FINISHED_KEPT`] finished tasks (see
+    /// [`Registry::from_snapshot_keeping`]).
     pub fn from_snapshot(s: &ReplicatedSnapshot) -> Self {
+        Self::from_snapshot_keeping(s, DEFAULT_FINISHED_KEPT)
+    }
+
+    /// A registry restored from a snapshot that keeps at most
+    /// `finished_kept` finished tasks. Snapshots written before secrets
+    /// and history were replicated have neither: such agents pin the first
+    /// secret they present.
+    pub fn from_snapshot_keeping(s: &ReplicatedSnapshot, finished_kept: usize) -> Self {
         Registry {
             agents: s
                 .agents
@@ -110,6 +167,18 @@ impl Registry {
                 .iter()
                 .map(|r| (r.role.clone(), r.clone()))
                 .collect(),
+            agent_credentials: s
+                .agent_credentials
+                .iter()
+                .map(|c| (AgentId(c.agent_id.clone()), c.clone()))
+                .collect(),
+            finished: s
+                .finished_tasks
+                .iter()
+                .take(finished_kept)
+                .cloned()
+                .collect(),
+            finished_kept,
         }
     }
 }
@@ -149,6 +218,57 @@ mod tests {
         assert_eq!(r.agents.len(), 1);
         assert!(r.frameworks.is_empty());
         assert!(r.removed_frameworks.contains(&FrameworkId::from("f1")));
-        assert_eq!(Registry::from_snapshot(&r.to_snapshot()), r);
+        let pin = |hash: &[u8]| ReplicatedCommand {
+            command: Some(Command::PinAgentSecret(AgentCredential {
+                agent_id: "a1".into(),
+                salt: b"s".to_vec(),
+                hash: hash.to_vec(),
+            })),
+        };
+        r.apply(&pin(b"first"));
+        r.apply(&pin(b"second"));
+        r.apply(&ReplicatedCommand {
+            command: Some(Command::RemoveAgent("a1".into())),
+        });
+        assert_eq!(
+            r.agent_credentials[&AgentId::from("a1")].hash,
+            b"first",
+            "the first pin wins and outlives the agent's removal"
+        );
+        r.finished_kept = 2;
+        for batch in [vec!["t1", "t2"], vec!["t3"]] {
+            r.apply(&ReplicatedCommand {
+                command: Some(Command::TasksFinished(mezz_proto::v1::FinishedTasks {
+                    tasks: batch
+                        .into_iter()
+                        .map(|id| FinishedTask {
+                            record_id: id.into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })),
+            });
+        }
+        let ids: Vec<&str> = r.finished.iter().map(|t| t.record_id.as_str()).collect();
+        assert_eq!(ids, ["t3", "t2"], "newest first, bounded");
+        assert_eq!(Registry::from_snapshot_keeping(&r.to_snapshot(), 2), r);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_secrets_and_history_still_loads() {
+        use prost::Message as _;
+        // Fields 1-5 only, as the previous release wrote them.
+        let old = ReplicatedSnapshot {
+            agents: vec![AgentInfo {
+                id: "a1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let r = Registry::from_snapshot(&ReplicatedSnapshot::decode(old.as_slice()).unwrap());
+        assert_eq!(r.agents.len(), 1);
+        assert!(r.agent_credentials.is_empty());
+        assert!(r.finished.is_empty());
     }
 }

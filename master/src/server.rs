@@ -40,8 +40,8 @@ pub use crate::node::Call;
 /// What the API services hand to the actor.
 #[derive(Debug)]
 pub enum Input {
-    /// First message of an agent stream.
-    AgentRegister(ConnId, RegisterAgent, AgentTx),
+    /// First message of an agent stream, and the peer it came from.
+    AgentRegister(ConnId, RegisterAgent, AgentTx, Option<std::net::SocketAddr>),
     /// Agent heartbeat.
     AgentHeartbeat(ConnId),
     /// Agent status update.
@@ -109,9 +109,22 @@ type Reply = oneshot::Sender<Result<(), CallError>>;
 pub struct Handle {
     tx: mpsc::Sender<Input>,
     conns: Arc<AtomicU64>,
+    /// Why the state machine stopped, once it has.
+    fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Handle {
+    /// `None` while the state machine runs; otherwise why it stopped
+    /// (`/health` then answers 503 until the process exits).
+    pub fn failure(&self) -> Option<String> {
+        if let Some(why) = self.fatal.get() {
+            return Some(why.clone());
+        }
+        self.tx
+            .is_closed()
+            .then(|| "the master's state machine has stopped".to_string())
+    }
+
     /// A fresh stream id.
     pub fn next_conn(&self) -> ConnId {
         self.conns.fetch_add(1, Ordering::Relaxed)
@@ -150,6 +163,8 @@ impl Handle {
 /// The client streams and peer transport a master writes to.
 struct Streams {
     agents: HashMap<ConnId, AgentTx>,
+    /// Where each agent stream came from, for the log of refusals.
+    agent_peers: HashMap<ConnId, std::net::SocketAddr>,
     frameworks: HashMap<ConnId, FrameworkTx>,
     /// Raft messages to the other masters (none in a group of one).
     transport: Option<GrpcTransport>,
@@ -161,6 +176,19 @@ impl Outbox for Streams {
         for e in effects {
             match e {
                 Effect::ToAgent(conn, msg) => {
+                    if let Some(mezz_proto::v1::master_message::Message::Refused(r)) = &msg.message
+                    {
+                        tracing::warn!(
+                            conn,
+                            peer = self
+                                .agent_peers
+                                .get(&conn)
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            "agent registration refused: {}",
+                            r.message
+                        );
+                    }
                     if let Some(tx) = self.agents.get(&conn) {
                         if tx.try_send(Ok(msg)).is_err() {
                             tracing::warn!(
@@ -168,6 +196,7 @@ impl Outbox for Streams {
                                 "agent stream is full or closed; disconnecting it"
                             );
                             self.agents.remove(&conn);
+                            self.agent_peers.remove(&conn);
                             dropped.agents.push(conn);
                         }
                     }
@@ -186,6 +215,7 @@ impl Outbox for Streams {
                 }
                 Effect::CloseAgent(conn) => {
                     self.agents.remove(&conn);
+                    self.agent_peers.remove(&conn);
                 }
                 Effect::CloseFramework(conn) => {
                     self.frameworks.remove(&conn);
@@ -257,19 +287,25 @@ impl Actor {
             return;
         }
         match input {
-            Input::AgentRegister(conn, msg, tx) => match self.node.agent_register(conn, msg, now) {
-                Ok(()) => {
-                    self.streams.agents.insert(conn, tx);
+            Input::AgentRegister(conn, msg, tx, peer) => {
+                match self.node.agent_register(conn, msg, now) {
+                    Ok(()) => {
+                        self.streams.agents.insert(conn, tx);
+                        if let Some(peer) = peer {
+                            self.streams.agent_peers.insert(conn, peer);
+                        }
+                    }
+                    Err(e) => {
+                        let e = self.hint::<()>(Err(e)).unwrap_err();
+                        let _ = tx.try_send(Err(crate::api::status_from(e)));
+                    }
                 }
-                Err(e) => {
-                    let e = self.hint::<()>(Err(e)).unwrap_err();
-                    let _ = tx.try_send(Err(crate::api::status_from(e)));
-                }
-            },
+            }
             Input::AgentHeartbeat(conn) => self.node.agent_heartbeat(conn, now),
             Input::AgentUpdate(conn, status) => self.node.agent_update(conn, status, now),
             Input::AgentGone(conn) => {
                 self.streams.agents.remove(&conn);
+                self.streams.agent_peers.remove(&conn);
                 self.node.agent_gone(conn, now);
             }
             Input::Subscribe(conn, version, info, tx, reply) => {
@@ -376,6 +412,7 @@ impl Actor {
             return Ok(());
         };
         self.streams.agents.clear();
+        self.streams.agent_peers.clear();
         self.streams.frameworks.clear();
         let not_leader = self.not_leader();
         for (_, reply, _) in self.awaiting_commit.drain(..) {
@@ -481,7 +518,7 @@ pub async fn run(
     let voters: Vec<u64> = config.peers.keys().copied().collect();
     let raft_dir = config.data_dir.join("raft");
     let fresh_id = || uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let node = Node::open(
+    let mut node = Node::open(
         &raft_dir,
         config.id,
         &voters,
@@ -489,6 +526,7 @@ pub async fn run(
         config.timeouts.clone(),
         Box::new(fresh_id),
     )?;
+    node.set_finished_kept(config.limits.completed_tasks);
     tracing::info!(master_id = node.cluster().master_id(), data_dir = %config.data_dir.display(), "master starting");
     let mut actor = Actor {
         node,
@@ -497,6 +535,7 @@ pub async fn run(
         started_unix: mezz_proto::unix_now(),
         streams: Streams {
             agents: HashMap::new(),
+            agent_peers: HashMap::new(),
             frameworks: HashMap::new(),
             transport: None,
         },
@@ -532,34 +571,59 @@ pub async fn run(
             source,
         })?;
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let fatal = Arc::new(std::sync::OnceLock::new());
     let handle = Handle {
         tx,
         conns: Arc::new(AtomicU64::new(1)),
+        fatal: Arc::clone(&fatal),
     };
     let (stop_tx, stop_rx) = oneshot::channel();
-    let actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
+    let mut actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
     let router = crate::api::router(handle, config.id, config.peers.keys().copied().collect());
     tracing::info!("master listening on {} (gRPC and HTTP)", config.listen);
-    // Stopping the actor first drops every stream's sender, which ends the
-    // long-lived agent and framework streams so the server can drain.
-    let (drain_tx, drain_rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-        let _ = drain_tx.send(());
-    });
-    // Small gRPC frames must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = drain_rx.await;
+    let (serve_stop_tx, serve_stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        router,
+        config.limits.connections.clone(),
+        async move {
+            let _ = serve_stop_rx.await;
+        },
+    ));
+    let joined = |r: Result<Result<(), MasterError>, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| {
+            Err(MasterError::Serve(format!(
+                "state machine task failed: {e}"
+            )))
         })
-        .await;
-    let acted = actor_task
+    };
+    // The state machine ends on shutdown, or on its own when it cannot go
+    // on (its raft log or state cannot be written: a full disk, a failed
+    // device). Then the master must not linger answering 503 while
+    // `/health` says all is well: the error is logged at once, `/health`
+    // turns red, and the process exits non-zero for its supervisor to
+    // restart it once the cause is gone.
+    tokio::pin!(shutdown);
+    let acted = tokio::select! {
+        _ = &mut shutdown => {
+            // Stopping the actor first drops every stream's sender, which
+            // ends the long-lived agent and framework streams so the
+            // server can drain.
+            let _ = stop_tx.send(());
+            joined(actor_task.await)
+        }
+        r = &mut actor_task => match joined(r) {
+            Ok(()) => Err(MasterError::Serve("the state machine stopped unexpectedly".into())),
+            failed => failed,
+        },
+    };
+    if let Err(e) = &acted {
+        let _ = fatal.set(e.to_string());
+        tracing::error!("the master cannot go on and stops: {e}");
+    }
+    let _ = serve_stop_tx.send(());
+    server
         .await
-        .map_err(|e| MasterError::Serve(format!("state machine task failed: {e}")))?;
-    served.map_err(|e| MasterError::Serve(e.to_string()))?;
+        .map_err(|e| MasterError::Serve(format!("server task failed: {e}")))?;
     acted
 }

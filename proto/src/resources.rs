@@ -53,19 +53,34 @@ pub struct Resources {
 /// The role name that means "unreserved" in `name(role)`, as in Mesos.
 pub const UNRESERVED_ROLE: &str = "*";
 
-/// Checks a role name: segments of letters, digits, `_`, `-` and `.`
-/// separated by `/` (a hierarchy, `eng/ml`), or `*` for the default role.
+/// The longest role name accepted, in bytes.
+pub const MAX_ROLE_LEN: usize = 255;
+
+/// Checks a role name as Mesos does: `*` (the default role), or components
+/// separated by `/` (a hierarchy, `eng/ml`), none of them empty, `.` or
+/// `..`, none starting with `-`, each made of letters, digits, `_`, `-`
+/// and `.`; at most [`MAX_ROLE_LEN`] bytes in all. Roles end up in paths,
+/// metrics labels and HTML, so anything else is refused rather than
+/// escaped everywhere.
 pub fn check_role(role: &str) -> Result<(), String> {
     if role == UNRESERVED_ROLE {
         return Ok(());
     }
     if role.is_empty() {
-        return Err("the role is empty".into());
+        return Err("the role is empty; name a role like 'eng/ml', or '*'".into());
+    }
+    if role.len() > MAX_ROLE_LEN {
+        return Err(format!(
+            "role '{}…' is longer than {MAX_ROLE_LEN} bytes",
+            role.chars().take(32).collect::<String>().escape_debug()
+        ));
     }
     for seg in role.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
             return Err(format!(
-                "role '{role}' has an empty, '.' or '..' segment; write roles like 'eng/ml'"
+                "role '{}' has an empty, '.' or '..' component (or a '/' at an end); \
+                 write roles like 'eng/ml'",
+                role.escape_debug()
             ));
         }
         if let Some(c) = seg
@@ -73,7 +88,14 @@ pub fn check_role(role: &str) -> Result<(), String> {
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
         {
             return Err(format!(
-                "role '{role}' contains '{c}'; use letters, digits, '_', '-', '.' and '/'"
+                "role '{}' contains '{}'; use letters, digits, '_', '-', '.' and '/'",
+                role.escape_debug(),
+                c.escape_debug()
+            ));
+        }
+        if seg.starts_with('-') {
+            return Err(format!(
+                "role '{role}' has a component starting with '-'; start it with a letter or digit"
             ));
         }
     }
@@ -803,6 +825,41 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_are_checked_as_mesos_does() {
+        for ok in [
+            "*",
+            "eng",
+            "eng/ml",
+            "a.b",
+            "team_1/x-y",
+            &"r".repeat(MAX_ROLE_LEN),
+        ] {
+            assert!(check_role(ok).is_ok(), "{ok} refused");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../<script>",
+            "eng/../x",
+            "/eng",
+            "eng/",
+            "eng//ml",
+            "eng ml",
+            "eng\tml",
+            "-eng",
+            "eng/-ml",
+            "*/eng",
+            "eng/*",
+            "é",
+            &"r".repeat(MAX_ROLE_LEN + 1),
+        ] {
+            assert!(check_role(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_role("../<script>").unwrap_err().contains("'..'"));
+    }
 
     #[test]
     fn parse_display_roundtrip() {

@@ -98,6 +98,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             peers: peers.clone(),
             timeouts: args.timeouts.timeouts(),
             snapshot_every: super::master::DEFAULT_SNAPSHOT_EVERY,
+            limits: Default::default(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

@@ -56,6 +56,21 @@ pub struct MasterArgs {
     /// snapshot.
     #[arg(long, default_value_t = DEFAULT_SNAPSHOT_EVERY, value_name = "ENTRIES")]
     pub snapshot_every: u64,
+    /// Finished tasks kept in the replicated history (`mezz ps --all`),
+    /// the same on every master and across restarts.
+    #[arg(long, default_value_t = mezz_master::registry::DEFAULT_FINISHED_KEPT, value_name = "N")]
+    pub max_completed_tasks: usize,
+    /// Connections open at once (gRPC and HTTP together); more are closed
+    /// as they come, with a warning in the log. Lowered to what the
+    /// process's open-file limit allows.
+    #[arg(long, default_value_t = mezz_master::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed
+    /// (never sent one, or an HTTP keep-alive connection between
+    /// requests). Streams of agents, frameworks and peer masters are
+    /// requests in flight and are not cut.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Entries between snapshots unless `--snapshot-every` says otherwise.
@@ -105,6 +120,14 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
         peers,
         timeouts: args.timeouts.timeouts(),
         snapshot_every: args.snapshot_every.max(1),
+        limits: mezz_master::Limits {
+            connections: mezz_master::listener::ConnLimits {
+                max_connections: args.max_connections.max(1),
+                idle_timeout: args.idle_timeout.max(std::time::Duration::from_millis(100)),
+                ..Default::default()
+            },
+            completed_tasks: args.max_completed_tasks.max(1),
+        },
     })
 }
 

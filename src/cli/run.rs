@@ -491,6 +491,15 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             }
         }
     }
+    // The progress channel closes as the driver ends (it drops the
+    // scheduler on its way out), and the loop may see that first: the
+    // driver's error (a refused subscription) still counts.
+    if !driver_done {
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), &mut driver_run).await
+        {
+            driver_error = Some(e.to_string());
+        }
+    }
     for t in tails {
         match t.await {
             Ok(Err(e)) => eprintln!("mezz run: {e:#}"),
@@ -518,8 +527,13 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         };
     }
     let Some(status) = last_status else {
+        // Why the driver ended (a refused subscription, say) says more
+        // than that it did.
         return Err(anyhow!(
-            "the framework ended before task {task_id} reported an outcome"
+            "{}",
+            driver_error.unwrap_or_else(|| format!(
+                "the framework ended before task {task_id} reported an outcome"
+            ))
         ));
     };
     let (code, msg) = exit_code(&status);

@@ -33,6 +33,10 @@ impl AgentGateway for AgentApi {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
         let mut incoming = request.into_inner();
         let first = incoming.next().await.ok_or_else(|| {
             Status::invalid_argument("the agent stream closed before registering")
@@ -45,7 +49,7 @@ impl AgentGateway for AgentApi {
         let conn = self.handle.next_conn();
         let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
         self.handle
-            .send(Input::AgentRegister(conn, register, tx))
+            .send(Input::AgentRegister(conn, register, tx, peer))
             .await?;
         let handle = self.handle.clone();
         tokio::spawn(async move {

@@ -34,7 +34,7 @@ pub struct Http {
 /// The HTTP routes.
 pub fn routes(handle: Handle, grpc: Arc<GrpcStats>) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/api/state", get(api_state))
         .route("/metrics", get(metrics))
         .route(layout::SCRIPT_PATH, get(script))
@@ -50,6 +50,15 @@ pub fn routes(handle: Handle, grpc: Arc<GrpcStats>) -> Router {
             get(task_file),
         )
         .with_state(Http { handle, grpc })
+}
+
+/// 200 while the master serves; 503 from the moment its state machine is
+/// gone (the process is about to exit), so that probes notice.
+async fn health(State(h): State<Http>) -> Response {
+    match h.handle.failure() {
+        None => "ok\n".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

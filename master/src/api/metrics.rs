@@ -212,6 +212,16 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> Stri
             k.status_updates,
         ),
         (
+            "mezz_status_updates_refused_total",
+            "Status updates ignored because the agent does not run the task.",
+            k.status_updates_refused,
+        ),
+        (
+            "mezz_agent_registrations_refused_total",
+            "Agent registrations refused (wrong or missing secret, malformed).",
+            k.agent_registrations_refused,
+        ),
+        (
             "mezz_allocation_runs_total",
             "Allocation cycles.",
             k.allocation_runs,

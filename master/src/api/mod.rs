@@ -52,10 +52,35 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
     routes
         .into_axum_router()
         .merge(http::routes(handle, grpc.clone()))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             grpc,
             metrics::count_grpc,
         ))
+}
+
+/// Unknown paths: 404 for HTTP, so that a probe of a mistyped path fails;
+/// a gRPC call of an unknown service or method gets gRPC's UNIMPLEMENTED.
+async fn not_found(req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        return Status::unimplemented(format!("no gRPC method {}", req.uri().path()))
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        format!(
+            "no page at {}; see / for the status page, /api/state, /metrics and /health\n",
+            req.uri().path()
+        ),
+    )
+        .into_response()
 }
 
 /// Maps a refused call to a gRPC status; a non-leader answer carries the

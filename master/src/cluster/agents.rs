@@ -1,6 +1,11 @@
 //! Agents in the state machine: (re-)registration with the tasks they run,
 //! heartbeats, status updates (forwarded at least once) and agents that go
 //! away (offers rescinded at once, tasks LOST after the re-register timeout).
+//!
+//! Nothing an agent says is taken on trust beyond what it may speak for: a
+//! registration must present the secret pinned for its id (see
+//! `identity`), and an agent's status updates and task lists count only
+//! for tasks the master placed on, or adopted from, that very agent.
 
 use mezz_proto::v1::{
     event, master_message, replicated_command::Command, AgentRefused, AgentRegistered, Event,
@@ -9,11 +14,14 @@ use mezz_proto::v1::{
 };
 use mezz_proto::{AgentId, FrameworkId, Resources, TaskId, PROTOCOL_VERSION};
 
-use super::{Cluster, ConnId, Effect, Millis, Task};
+use super::{identity, Cluster, ConnId, Effect, Millis, Task};
 
 impl Cluster {
+    /// Refuses a registration: the stream gets `AgentRefused` and ends;
+    /// nothing else changes. The shell logs it with the peer's address.
     fn refuse_agent(&mut self, conn: ConnId, message: String) {
-        tracing::warn!(conn, "refusing agent registration: {message}");
+        tracing::debug!(conn, "refusing agent registration: {message}");
+        self.counters.agent_registrations_refused += 1;
         self.effects.push(Effect::ToAgent(
             conn,
             MasterMessage {
@@ -60,6 +68,22 @@ impl Cluster {
             }
         }
         let id = AgentId(info.id.clone());
+        // Who is registering is settled before anything changes: a
+        // registration that is refused leaves the agent of that id, its
+        // stream, tasks and resources exactly as they were.
+        if let Err(e) = identity::check_secret(&id.0, &msg.secret) {
+            return self.refuse_agent(conn, e);
+        }
+        let pinned = self.registry.agent_credentials.get(&id);
+        if let Some(cred) = pinned {
+            if !identity::verify(cred, &id.0, &msg.secret) {
+                return self.refuse_agent(conn, wrong_secret(&id));
+            }
+        }
+        let pin = pinned.is_none().then(|| {
+            let salt = self.next_id("salt");
+            identity::credential(&id.0, salt.as_bytes(), &msg.secret)
+        });
         // Frameworks only the agent remembers (e.g. the master's data was
         // lost) are registered again so they can fail over.
         for fw in &msg.frameworks {
@@ -74,12 +98,20 @@ impl Cluster {
                 self.ensure_framework(fw);
             }
         }
-        if self.registry.agents.get(&id) == Some(&info) {
+        if pin.is_none() && self.registry.agents.get(&id) == Some(&info) {
             self.complete_agent_registration(conn, msg);
         } else {
             tracing::info!(agent_id = %id, "registering agent {} ({})", info.hostname, info.address);
             if let Some((old, _)) = self.pending_agents.insert(id, (conn, msg)) {
                 self.effects.push(Effect::CloseAgent(old));
+            }
+            // An id seen for the first time (or registered before secrets
+            // existed) pins the secret it presents; the pin is applied
+            // before the registration that follows it in the log.
+            if let Some(cred) = pin {
+                self.effects.push(Effect::Propose(ReplicatedCommand {
+                    command: Some(Command::PinAgentSecret(cred)),
+                }));
             }
             self.effects.push(Effect::Propose(ReplicatedCommand {
                 command: Some(Command::RegisterAgent(info)),
@@ -87,9 +119,25 @@ impl Cluster {
         }
     }
 
+    /// Completes a registration whose secret matches the pinned one; the
+    /// check is made again here because two registrations of a new id may
+    /// have raced to pin theirs, and only the first pin applied counts.
     pub(super) fn complete_agent_registration(&mut self, conn: ConnId, msg: RegisterAgent) {
-        let Some(info) = msg.agent else { return };
+        let Some(info) = msg.agent.as_ref() else {
+            return;
+        };
         let id = AgentId(info.id.clone());
+        match self.registry.agent_credentials.get(&id) {
+            Some(cred) if identity::verify(cred, &id.0, &msg.secret) => {}
+            Some(_) => return self.refuse_agent(conn, wrong_secret(&id)),
+            None => {
+                return self.refuse_agent(
+                    conn,
+                    format!("agent {id}: its secret is not recorded yet; register again"),
+                )
+            }
+        }
+        let Some(info) = msg.agent else { return };
         self.ensure_agent(&info);
         let now = self.now;
         let old_conn = self.agents.get(&id).and_then(|a| a.conn);
@@ -149,6 +197,20 @@ impl Cluster {
             let Some(info) = t.task else { continue };
             let fid = FrameworkId(t.framework_id.clone());
             let key = (fid.clone(), TaskId(info.task_id.clone()));
+            if let Some(other) = self
+                .tasks
+                .get(&key)
+                .map(|t| &t.agent_id)
+                .filter(|a| *a != id)
+            {
+                tracing::warn!(
+                    agent_id = %id,
+                    task_id = %info.task_id,
+                    framework_id = %fid,
+                    "agent reports a task that runs on agent {other}; ignored"
+                );
+                continue;
+            }
             seen.insert(key.clone());
             let status = t.latest_status.unwrap_or_default();
             let framework_known = self.frameworks.contains_key(&fid);
@@ -267,18 +329,38 @@ impl Cluster {
         let fid = FrameworkId(status.framework_id.clone());
         let key = (fid.clone(), TaskId(status.task_id.clone()));
         tracing::debug!(task_id = %status.task_id, framework_id = %fid, state = status.state().short_name(), "status update");
-        let active = self.tasks.contains_key(&key);
-        if active {
+        let placed_here = self.tasks.get(&key).map(|t| t.agent_id == agent_id);
+        if placed_here == Some(true) {
             self.set_task_status(&key, status.clone());
-        } else if status.state().is_terminal() {
-            let resources = self.release_killed(&agent_id, &key).unwrap_or_default();
+        } else if placed_here.is_none() && status.state().is_terminal() {
+            // An end of a task the master does not track counts only when
+            // this agent was killing it, or it is the end this agent
+            // already reported (an update sent again).
+            let released = self.release_killed(&agent_id, &key);
+            let ended_here = released.is_some()
+                || self.completed.iter().any(|c| {
+                    c.framework_id == fid
+                        && c.info.task_id == status.task_id
+                        && c.agent_id == agent_id
+                });
+            if !ended_here {
+                return self.drop_update(conn, &agent_id, &status, "a task it does not run");
+            }
             let info = mezz_proto::v1::TaskInfo {
                 task_id: status.task_id.clone(),
                 agent_id: agent_id.0.clone(),
                 ..Default::default()
             };
-            self.remember_ended(&fid, &agent_id, info, resources, status.clone());
+            self.remember_ended(
+                &fid,
+                &agent_id,
+                info,
+                released.unwrap_or_default(),
+                status.clone(),
+            );
             self.maybe_agent_returned(&agent_id);
+        } else if placed_here == Some(false) {
+            return self.drop_update(conn, &agent_id, &status, "a task of another agent");
         } else {
             // Every task an agent runs is either tracked or being killed
             // since it registered, so a live state for an untracked task is
@@ -298,6 +380,27 @@ impl Cluster {
             self.forward_update(status);
         } else if !status.uuid.is_empty() {
             // Nobody will acknowledge it: do so on the framework's behalf.
+            self.effects.push(Effect::ToAgent(
+                conn,
+                ack_message(&status.framework_id, &status.task_id, &status.uuid),
+            ));
+        }
+    }
+
+    /// Drops an update the agent on `conn` may not give: it changes no
+    /// task. It is acknowledged all the same, so that an agent that sends
+    /// an old update again (of an earlier run of a reused task id, say)
+    /// stops sending it.
+    fn drop_update(&mut self, conn: ConnId, agent_id: &AgentId, status: &TaskStatus, what: &str) {
+        tracing::warn!(
+            agent_id = %agent_id,
+            task_id = %status.task_id,
+            framework_id = %status.framework_id,
+            state = status.state().short_name(),
+            "status update for {what}; ignored"
+        );
+        self.counters.status_updates_refused += 1;
+        if !status.uuid.is_empty() {
             self.effects.push(Effect::ToAgent(
                 conn,
                 ack_message(&status.framework_id, &status.task_id, &status.uuid),
@@ -451,6 +554,14 @@ impl Cluster {
 /// still runs: resend it when the agent re-registers.
 fn task_needs_kill(task: Option<&Task>) -> bool {
     task.is_some_and(|t| t.kill_requested && !t.status.state().is_terminal())
+}
+
+fn wrong_secret(id: &AgentId) -> String {
+    format!(
+        "agent {id}: the secret does not match the one this agent id first registered with; \
+         an agent keeps its id and secret in its work dir (meta/): start it with that work \
+         dir, or with an empty one to join as a new agent"
+    )
 }
 
 pub(super) fn ack_message(framework_id: &str, task_id: &str, uuid: &str) -> MasterMessage {

@@ -51,6 +51,8 @@ impl Cluster {
         if info.role.is_empty() {
             info.role = "*".into();
         }
+        mezz_proto::resources::check_role(&info.role)
+            .map_err(|e| CallError::Invalid(format!("framework.role: {e}")))?;
         if info.id.is_empty() {
             info.id = self.next_id("f");
         } else {
@@ -433,8 +435,12 @@ impl Cluster {
         self.forward_update(st);
     }
 
-    /// DECLINE: give offers back and do not offer this agent again for
-    /// refuse-seconds.
+    /// DECLINE: give offers back and do not offer their agents again for
+    /// refuse-seconds. Offers of several agents may be declined at once
+    /// (as Mesos allows), each agent filtered. Offers no longer valid
+    /// (rescinded, expired) are skipped: there is nothing to give back; the
+    /// call fails only when none is valid, or when one was made to another
+    /// framework (then nothing is declined).
     pub fn decline(
         &mut self,
         framework_id: &str,
@@ -445,12 +451,39 @@ impl Cluster {
         self.now = now;
         let fid = FrameworkId(framework_id.to_string());
         self.framework(framework_id)?;
-        let (agent_id, _) = self.take_offers(&fid, offer_ids)?;
-        self.counters.offers_declined += 1;
+        if offer_ids.is_empty() {
+            return Err(CallError::Invalid("no offer ids given".into()));
+        }
+        let mut valid = Vec::new();
+        for oid in offer_ids {
+            match self.offers.get(&OfferId(oid.clone())) {
+                Some(o) if o.framework_id != fid => {
+                    return Err(CallError::Invalid(format!(
+                        "offer {oid} was not made to framework {fid}"
+                    )))
+                }
+                Some(_) => valid.push(OfferId(oid.clone())),
+                None => {
+                    tracing::debug!(offer_id = %oid, framework_id, "declined offer is gone already")
+                }
+            }
+        }
+        if valid.is_empty() {
+            return Err(CallError::NotFound(format!(
+                "offer {} is no longer valid (rescinded, expired or already used)",
+                offer_ids.join(", ")
+            )));
+        }
         let refuse = refuse_ms(refuse_seconds, self.timeouts.default_refuse);
-        if let Some(fw) = self.frameworks.get_mut(&fid) {
-            if refuse > 0 {
-                fw.filters.insert(agent_id, now + refuse);
+        for oid in valid {
+            let Some(o) = self.remove_offer(&oid) else {
+                continue; // named twice
+            };
+            self.counters.offers_declined += 1;
+            if let Some(fw) = self.frameworks.get_mut(&fid) {
+                if refuse > 0 {
+                    fw.filters.insert(o.agent_id, now + refuse);
+                }
             }
         }
         Ok(())

@@ -10,6 +10,8 @@
 
 mod agents;
 mod frameworks;
+mod history;
+pub mod identity;
 mod offers;
 mod roles;
 mod view;
@@ -104,8 +106,9 @@ pub enum CallError {
     NotLeader(Option<String>),
 }
 
-/// How many finished tasks the master remembers for `ps --all`.
-pub const COMPLETED_TASKS_KEPT: usize = 1000;
+/// How many finished tasks the master remembers for `ps --all`, unless
+/// configured otherwise (`--max-completed-tasks`).
+pub const COMPLETED_TASKS_KEPT: usize = crate::registry::DEFAULT_FINISHED_KEPT;
 
 /// How many state changes the master remembers per task (status page).
 pub const TASK_HISTORY_KEPT: usize = 16;
@@ -232,6 +235,10 @@ pub struct Counters {
     pub tasks_launched: u64,
     /// Status updates received from agents.
     pub status_updates: u64,
+    /// Status updates ignored: for a task the agent does not run.
+    pub status_updates_refused: u64,
+    /// Agent registrations refused (bad secret, malformed, wrong version).
+    pub agent_registrations_refused: u64,
     /// Terminal task states by name.
     pub terminal: BTreeMap<&'static str, u64>,
     /// Allocation cycles run.
@@ -268,6 +275,12 @@ pub struct Cluster {
     /// completed tasks, oldest first. Kept beside `Task` so that the places
     /// that build tasks need not know about it; pruned with `completed`.
     history: Map<(FrameworkId, TaskId), VecDeque<TaskStateChange>>,
+    /// Tasks finished since the last [`Cluster::take_effects`], to be
+    /// replicated in one command (see `history`).
+    finished_outbox: Vec<mezz_proto::v1::FinishedTask>,
+    /// Records this instance proposed and already holds in `completed`:
+    /// when they come back applied they are not added again.
+    finished_proposed: Set<String>,
 }
 
 impl Cluster {
@@ -298,13 +311,17 @@ impl Cluster {
             last_framework_heartbeat: now,
             counters: Counters::default(),
             history: Map::default(),
+            finished_outbox: Vec::new(),
+            finished_proposed: Set::default(),
         };
         c.restore(registry);
         c
     }
 
-    /// The effects queued since the last call, in order.
+    /// The effects queued since the last call, in order; the tasks that
+    /// finished meanwhile go last, replicated in one command.
     pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.propose_finished();
         std::mem::take(&mut self.effects)
     }
 
@@ -340,8 +357,12 @@ impl Cluster {
     /// Replaces the registry (a snapshot from the leader, or start-up) and
     /// rebuilds the runtime entries for agents and frameworks that are not
     /// connected yet.
-    pub fn restore(&mut self, registry: Registry) {
+    pub fn restore(&mut self, mut registry: Registry) {
+        // The bound is this master's setting, not the snapshot's.
+        registry.finished_kept = self.registry.finished_kept;
+        registry.finished.truncate(registry.finished_kept);
         self.registry = registry;
+        self.restore_finished();
         let agents: Vec<AgentInfo> = self.registry.agents.values().cloned().collect();
         for info in agents {
             self.ensure_agent(&info);
@@ -384,7 +405,8 @@ impl Cluster {
                 self.dirty_agents.insert(AgentId(id.clone()));
             }
             Some(Command::RemoveAgent(id)) => self.agent_removed(&AgentId(id.clone())),
-            Some(Command::RemoveFramework(_)) | None => {}
+            Some(Command::TasksFinished(batch)) => self.apply_finished(batch),
+            Some(Command::RemoveFramework(_)) | Some(Command::PinAgentSecret(_)) | None => {}
         }
     }
 
@@ -610,14 +632,6 @@ impl Cluster {
             launched_at: mezz_proto::unix_now(),
             kill_requested: false,
         }
-    }
-
-    /// Keeps a finished task for `ps --all` and reconciliation; the list
-    /// (and the state histories with it) stays bounded.
-    fn remember_completed(&mut self, task: Task) {
-        self.completed.push_front(task);
-        self.completed.truncate(COMPLETED_TASKS_KEPT);
-        self.prune_history();
     }
 
     /// Appends `status` to the task's history unless it repeats the last

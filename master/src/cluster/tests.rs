@@ -65,6 +65,7 @@ impl Harness {
                 }),
                 tasks,
                 frameworks: vec![],
+                secret: secret_for(id),
             },
             self.now,
         );
@@ -111,6 +112,12 @@ impl Harness {
         self.c.tick(self.now);
         self.settle()
     }
+}
+
+/// The secret the agent `id` of these tests registers with.
+fn secret_for(id: &str) -> String {
+    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex:0<64.64}")
 }
 
 fn offers(effects: &[Effect]) -> Vec<Offer> {
@@ -728,4 +735,329 @@ fn an_agent_back_before_its_removal_commits_keeps_its_tasks() {
     assert!(!h.c.registry().removed_agents.contains(&AgentId::from("a1")));
     let key = (FrameworkId(fid), TaskId::from("t1"));
     assert_eq!(h.c.tasks[&key].status.state(), TaskState::Running);
+}
+
+/// A registration of agent `id` with `secret`, on `conn`.
+fn register_with_secret(h: &mut Harness, conn: ConnId, id: &str, secret: &str) -> Vec<Effect> {
+    h.c.agent_register(
+        conn,
+        RegisterAgent {
+            protocol_version: mezz_proto::PROTOCOL_VERSION,
+            agent: Some(AgentInfo {
+                id: id.into(),
+                hostname: "rogue".into(),
+                address: "127.0.0.1:9".into(),
+                resources: Resources::parse("cpus:64;mem:65536").unwrap().to_proto(),
+                ..Default::default()
+            }),
+            tasks: vec![],
+            frameworks: vec![],
+            secret: secret.into(),
+        },
+        h.now,
+    );
+    h.settle()
+}
+
+fn refusal(effects: &[Effect], conn: ConnId) -> Option<String> {
+    effects.iter().find_map(|e| match e {
+        Effect::ToAgent(
+            c,
+            MasterMessage {
+                message: Some(M::Refused(r)),
+            },
+        ) if *c == conn => Some(r.message.clone()),
+        _ => None,
+    })
+}
+
+/// Agent a1 runs t1 of a framework; returns the framework id.
+fn a1_runs_t1(h: &mut Harness) -> String {
+    h.register_agent(1, "a1", "cpus:2;mem:1024", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    launch(h, &fid, &o[0], vec![task("t1", "cpus:1;mem:64")]);
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Running, "u1"));
+    h.settle();
+    fid
+}
+
+#[test]
+fn a_registration_with_a_known_id_and_no_or_a_wrong_secret_changes_nothing() {
+    let mut h = Harness::new();
+    let fid = a1_runs_t1(&mut h);
+    let key = (FrameworkId(fid.clone()), TaskId::from("t1"));
+    let agent_before = h.c.agents[&AgentId::from("a1")].clone();
+    let registry_before = h.c.registry().clone();
+    let wrong = "f".repeat(64);
+    for (conn, secret) in [(66, ""), (67, wrong.as_str()), (68, "short")] {
+        let e = register_with_secret(&mut h, conn, "a1", secret);
+        let why = refusal(&e, conn).expect("refused");
+        assert!(why.contains("a1"), "{why}");
+        assert!(
+            e.iter().all(|e| match e {
+                Effect::ToAgent(c, _) | Effect::CloseAgent(c) => *c == conn,
+                Effect::Propose(_) => false,
+                _ => true,
+            }),
+            "the rogue's registration touched something else: {e:?}"
+        );
+        assert!(e
+            .iter()
+            .any(|e| matches!(e, Effect::CloseAgent(c) if *c == conn)));
+    }
+    let a = &h.c.agents[&AgentId::from("a1")];
+    assert_eq!(a.conn, Some(1), "the real agent keeps its stream");
+    assert_eq!(a.info, agent_before.info);
+    assert_eq!(a.used, agent_before.used);
+    assert_eq!(h.c.tasks[&key].status.state(), TaskState::Running);
+    assert_eq!(h.c.registry(), &registry_before);
+    assert_eq!(h.c.counters().agent_registrations_refused, 3);
+    // The real agent, with its secret, still re-registers.
+    let e = h.register_agent(2, "a1", "cpus:2;mem:1024", vec![]);
+    assert!(refusal(&e, 2).is_none(), "{e:?}");
+    assert_eq!(h.c.agents[&AgentId::from("a1")].conn, Some(2));
+}
+
+#[test]
+fn the_first_secret_of_an_id_is_pinned_and_outlives_a_removal() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:1;mem:128", vec![]);
+    let cred = h.c.registry().agent_credentials[&AgentId::from("a1")].clone();
+    assert!(!cred.hash.is_empty());
+    let secret = secret_for("a1");
+    assert!(!format!("{:?}", h.c.registry()).contains(&secret));
+    // Away past the re-register timeout: removed, yet the pin stays.
+    h.c.agent_disconnected(1, h.now);
+    h.tick(Timeouts::default().agent_reregister + 100);
+    assert!(h.c.registry().removed_agents.contains(&AgentId::from("a1")));
+    let e = register_with_secret(&mut h, 5, "a1", &"0".repeat(64));
+    assert!(refusal(&e, 5).is_some(), "a removed agent's id was taken");
+    let e = h.register_agent(6, "a1", "cpus:1;mem:128", vec![]);
+    assert!(refusal(&e, 6).is_none(), "{e:?}");
+}
+
+#[test]
+fn two_new_registrations_racing_for_an_id_leave_the_first_pin() {
+    let mut h = Harness::new();
+    let (s1, s2) = ("1".repeat(64), "2".repeat(64));
+    // Both propose a pin before either is applied.
+    for (conn, s) in [(1, &s1), (2, &s2)] {
+        h.c.agent_register(
+            conn,
+            RegisterAgent {
+                protocol_version: mezz_proto::PROTOCOL_VERSION,
+                agent: Some(AgentInfo {
+                    id: "a1".into(),
+                    resources: Resources::parse("cpus:1").unwrap().to_proto(),
+                    ..Default::default()
+                }),
+                secret: s.clone(),
+                ..Default::default()
+            },
+            h.now,
+        );
+    }
+    let e = h.settle();
+    // The second registration replaced the first one's pending stream, but
+    // the first pin applied is the one kept: the second is refused.
+    assert!(refusal(&e, 2).is_some(), "{e:?}");
+    assert!(h.c.agents[&AgentId::from("a1")].conn.is_none());
+    let e = register_with_secret(&mut h, 3, "a1", &s1);
+    assert!(refusal(&e, 3).is_none());
+}
+
+#[test]
+fn a_spoofed_end_of_another_agents_task_is_ignored() {
+    let mut h = Harness::new();
+    let fid = a1_runs_t1(&mut h);
+    // A second, legitimately registered agent speaks for a1's task.
+    h.register_agent(2, "a2", "cpus:1;mem:128", vec![]);
+    let used_before = h.c.agents[&AgentId::from("a1")].used.clone();
+    for status in [
+        agent_status("a2", &fid, "t1", TaskState::Finished, "spoof1"),
+        // The agent id in the update is the sender's own, or it is refused
+        // outright: both are ignored.
+        agent_status("a1", &fid, "t1", TaskState::Finished, "spoof2"),
+        agent_status("a2", &fid, "never-launched", TaskState::Failed, "spoof3"),
+    ] {
+        h.update(2, status);
+    }
+    let e = h.settle();
+    assert!(updates(&e).is_empty(), "forwarded: {e:?}");
+    let key = (FrameworkId(fid.clone()), TaskId::from("t1"));
+    assert_eq!(h.c.tasks[&key].status.state(), TaskState::Running);
+    assert!(h.c.completed.is_empty(), "{:?}", h.c.completed);
+    assert_eq!(h.c.agents[&AgentId::from("a1")].used, used_before);
+    // Its resources are not offered again: only a1's free cpu is.
+    let e = h.tick(6000);
+    let on_a1: Vec<Offer> = offers(&e)
+        .into_iter()
+        .filter(|o| o.agent_id == "a1")
+        .collect();
+    assert_eq!(on_a1.len(), 1);
+    assert_eq!(
+        Resources::from_proto(&on_a1[0].resources)
+            .unwrap()
+            .scalar("cpus"),
+        1.0,
+        "t1's cpu was offered again"
+    );
+    assert_eq!(h.c.counters().status_updates_refused, 2);
+    // A re-registration of a2 claiming t1 adopts nothing.
+    let claimed = on_agent_a1(
+        &fid,
+        task("t1", "cpus:1;mem:64"),
+        agent_status("a2", &fid, "t1", TaskState::Running, "x"),
+    );
+    h.register_agent(3, "a2", "cpus:1;mem:128", vec![claimed]);
+    assert_eq!(h.c.tasks[&key].agent_id, AgentId::from("a1"));
+    assert!(h.c.agents[&AgentId::from("a2")].used.is_empty());
+}
+
+#[test]
+fn offers_of_several_agents_are_declined_in_one_call() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:1;mem:128", vec![]);
+    h.register_agent(2, "a2", "cpus:1;mem:128", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    assert_eq!(o.len(), 2);
+    let ids: Vec<String> = o.iter().map(|o| o.id.clone()).collect();
+    h.c.decline(&fid, &ids, Some(2.0), h.now).unwrap();
+    assert_eq!(h.c.outstanding_offers().count(), 0, "both given back");
+    assert!(offers(&h.settle()).is_empty(), "both agents filtered");
+    assert_eq!(h.c.counters().offers_declined, 2);
+    let again = offers(&h.tick(2100));
+    assert_eq!(again.len(), 2, "offered again after refuse-seconds");
+    // One stale id among valid ones does not keep the valid one held.
+    let ids = vec!["gone".to_string(), again[0].id.clone()];
+    h.c.decline(&fid, &ids, None, h.now).unwrap();
+    assert_eq!(h.c.outstanding_offers().count(), 1);
+    assert!(matches!(
+        h.c.decline(&fid, &["gone".to_string()], None, h.now),
+        Err(CallError::NotFound(_))
+    ));
+}
+
+#[test]
+fn framework_roles_are_validated() {
+    let mut h = Harness::new();
+    for bad in ["../<script>", "eng/", "a b", "-x"] {
+        let err =
+            h.c.subscribe(
+                1,
+                mezz_proto::PROTOCOL_VERSION,
+                FrameworkInfo {
+                    name: "x".into(),
+                    role: bad.into(),
+                    ..Default::default()
+                },
+                h.now,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Invalid(m) if m.contains("framework.role")),
+            "{bad}: {err}"
+        );
+    }
+    assert!(h.c.set_weight("../x", 2.0).is_err());
+    assert!(h.c.set_quota("a//b", vec![], vec![]).is_err());
+    assert!(h.take_effects_is_empty());
+}
+
+impl Harness {
+    fn take_effects_is_empty(&mut self) -> bool {
+        self.c.take_effects().is_empty()
+    }
+}
+
+#[test]
+fn finished_tasks_are_replicated_with_their_framework_times_and_history() {
+    let mut h = Harness::new();
+    let fid = a1_runs_t1(&mut h);
+    let launched = h.c.tasks[&(FrameworkId(fid.clone()), TaskId::from("t1"))].launched_at;
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Finished, "u2"));
+    h.settle();
+    assert_eq!(h.c.registry().finished.len(), 1);
+    let rec = &h.c.registry().finished[0];
+    assert_eq!(rec.framework_name, "test");
+    assert_eq!(rec.launched_at, launched);
+    assert!(
+        rec.task
+            .as_ref()
+            .and_then(|t| t.command.as_ref())
+            .is_some_and(|c| c.environment.is_empty()),
+        "no environment in the history"
+    );
+    assert_eq!(h.c.completed.len(), 1, "not added twice when applied");
+    // Another leader (a fresh state machine on the same registry) shows the
+    // same finished task, and so does one restored from a snapshot.
+    let view = |c: &Cluster| {
+        let mut v = c.view(true, vec![], String::new(), 0.0).tasks;
+        for t in &mut v {
+            t.agent_address.clear();
+            t.hostname.clear();
+        }
+        v
+    };
+    let before = view(&h.c);
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].state, "FINISHED");
+    let states: Vec<&str> = before[0].history.iter().map(|c| c.state.as_str()).collect();
+    assert_eq!(states, ["STAGING", "RUNNING", "FINISHED"]);
+    let other = Cluster::new("m2".into(), Timeouts::default(), h.c.registry().clone(), 0);
+    assert_eq!(view(&other), before);
+    let snap = Registry::from_snapshot(&h.c.registry().to_snapshot());
+    let restored = Cluster::new("m3".into(), Timeouts::default(), snap, 0);
+    assert_eq!(view(&restored), before);
+    // A follower applying the command builds the same list.
+    let mut follower = Cluster::new("m4".into(), Timeouts::default(), Registry::default(), 0);
+    let batch = mezz_proto::v1::FinishedTasks {
+        tasks: h.c.registry().finished.iter().cloned().collect(),
+    };
+    follower.apply(
+        &ReplicatedCommand {
+            command: Some(mezz_proto::v1::replicated_command::Command::TasksFinished(
+                batch,
+            )),
+        },
+        0,
+    );
+    assert_eq!(view(&follower), before);
+}
+
+#[test]
+fn tasks_ending_together_are_replicated_in_one_bounded_command() {
+    let mut h = Harness::new();
+    h.c.set_finished_kept(3);
+    h.register_agent(1, "a1", "cpus:8;mem:1024", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    let tasks = (0..5).map(|i| task(&format!("t{i}"), "cpus:1")).collect();
+    launch(&mut h, &fid, &o[0], tasks);
+    for i in 0..5 {
+        h.update(
+            1,
+            agent_status(
+                "a1",
+                &fid,
+                &format!("t{i}"),
+                TaskState::Finished,
+                &format!("u{i}"),
+            ),
+        );
+    }
+    let proposals: Vec<usize> =
+        h.c.take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Propose(ReplicatedCommand {
+                    command: Some(mezz_proto::v1::replicated_command::Command::TasksFinished(b)),
+                }) => Some(b.tasks.len()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(proposals, [3], "one command with the newest three");
+    assert_eq!(h.c.completed.len(), 3);
 }

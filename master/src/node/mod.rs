@@ -29,6 +29,22 @@ use crate::MasterError;
 #[cfg(test)]
 mod sim;
 
+/// The name of a replicated command's kind, for logs.
+fn kind(cmd: &mezz_proto::v1::ReplicatedCommand) -> &'static str {
+    use mezz_proto::v1::replicated_command::Command;
+    match &cmd.command {
+        Some(Command::RegisterAgent(_)) => "register-agent",
+        Some(Command::RemoveAgent(_)) => "remove-agent",
+        Some(Command::RegisterFramework(_)) => "register-framework",
+        Some(Command::RemoveFramework(_)) => "remove-framework",
+        Some(Command::SetRole(_)) => "set-role",
+        Some(Command::AgentReturned(_)) => "agent-returned",
+        Some(Command::PinAgentSecret(_)) => "pin-agent-secret",
+        Some(Command::TasksFinished(_)) => "tasks-finished",
+        None => "empty",
+    }
+}
+
 /// A scheduler call.
 #[derive(Debug, Clone)]
 pub enum Call {
@@ -147,6 +163,12 @@ impl Node {
             fresh_id,
             allocation_time: Histogram::default(),
         }
+    }
+
+    /// How many finished tasks this master keeps in its replicated history
+    /// (`--max-completed-tasks`); call before the first settle.
+    pub fn set_finished_kept(&mut self, n: usize) {
+        self.cluster.set_finished_kept(n);
     }
 
     /// The state machine.
@@ -382,7 +404,9 @@ impl Node {
                 match e {
                     Effect::Propose(cmd) => {
                         if let Err(err) = self.replica.propose(&cmd) {
-                            tracing::error!("cannot replicate {cmd:?}: {err}");
+                            // The kind only: a command may carry the hash
+                            // of an agent's secret.
+                            tracing::error!("cannot replicate a {} command: {err}", kind(&cmd));
                         }
                     }
                     other => sends.push(other),

@@ -246,6 +246,8 @@ struct AgentTaskState {
 
 struct SimAgent {
     id: String,
+    /// What it proves its identity with.
+    secret: String,
     total: Resources,
     tasks: BTreeMap<(String, String), AgentTaskState>,
     /// Updates not yet acknowledged, oldest first, with when last sent.
@@ -369,6 +371,7 @@ impl Sim {
         for i in 0..4 {
             sim.agents.push(SimAgent {
                 id: format!("agent-{i}"),
+                secret: format!("{:064x}", 0xa9e0_0000u64 + i as u64),
                 total: Resources::parse(AGENT).map_err(|e| e.to_string())?,
                 tasks: BTreeMap::new(),
                 unacked: Vec::new(),
@@ -763,6 +766,7 @@ impl Sim {
             }),
             tasks,
             frameworks: frameworks.into_values().collect(),
+            secret: agent.secret.clone(),
         }
     }
 
