@@ -166,14 +166,66 @@ fn malformed_resources_name_the_token() {
 }
 
 #[test]
-fn a_task_bigger_than_any_agent_times_out_and_says_why() {
+fn a_task_bigger_than_any_agent_is_refused_at_once_unless_told_to_wait() {
     let c = Cluster::start(SMALL, &[]);
-    let out = c.mezz(&["run", "--cpus", "64", "--timeout", "2s", "--", "true"], T);
+    // No --timeout: without the refusal this would wait forever.
+    let started = Instant::now();
+    let out = c.mezz(&["run", "--cpus", "512", "--", "true"], T);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no agent can ever hold cpus:512") && err.contains("cpus:2;"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the only agent") && err.contains("--wait"),
+        "{err}"
+    );
+    eprintln!("refused after {took:?}");
+
+    // --wait waits (here until its --timeout) and then says why.
+    let out = c.mezz(
+        &[
+            "run",
+            "--cpus",
+            "64",
+            "--wait",
+            "--timeout",
+            "2s",
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("within 2s") && err.contains("cpus:64"),
+        "{err}"
+    );
+    assert!(err.contains("has only cpus:2;"), "{err}");
+
+    // The same for every replica of a `mezz tf run` gang, and for the gang
+    // as a whole.
+    let addr = c.master_addr();
+    let tf = |extra: &[&str]| {
+        let mut args = vec!["tf", "run", "--master", &addr];
+        args.extend_from_slice(extra);
+        mezz(&args, T)
+    };
+    let out = tf(&["--workers", "2", "--cpus", "64", "--", "true"]);
     assert_ne!(out.status.code(), Some(0));
     let err = text(&out.stderr);
-    assert!(err.contains("cpus:64"), "{err}");
     assert!(
-        err.contains("largest agent") && err.contains("cpus:2"),
+        err.contains("a worker replica cannot be placed: no agent can ever hold cpus:64"),
+        "{err}"
+    );
+    let out = tf(&["--workers", "3", "--cpus", "1", "--mem", "64", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the whole gang needs cpus:3;mem:192 at once") && err.contains("--wait"),
         "{err}"
     );
 }

@@ -15,6 +15,7 @@ use mezz_sdk::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::capacity::{never_fits, why_not_offered, Need};
 use super::logs::{Out, Tail};
 use super::MasterArg;
 use crate::{client, duration};
@@ -47,6 +48,11 @@ pub struct RunArgs {
     /// Give up if no agent offers enough resources within this time.
     #[arg(long, value_parser = duration::parse)]
     pub timeout: Option<Duration>,
+    /// Wait for a big enough agent to join even when no registered agent
+    /// could ever hold the task (without it, such a request is refused at
+    /// once, naming the largest agent).
+    #[arg(long)]
+    pub wait: bool,
     /// Print the task id once it runs and return; the task keeps running.
     #[arg(long)]
     pub detach: bool,
@@ -343,6 +349,12 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let need = Resources::new()
         .with_scalar("cpus", args.cpus)
         .with_scalar("mem", args.mem);
+    let request = Need {
+        cpus: args.cpus,
+        mem: args.mem,
+        gpus: args.gpus,
+        role: args.role.clone(),
+    };
     let name = args
         .name
         .clone()
@@ -393,17 +405,36 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let deadline = args.timeout.map(|t| started + t);
+    // Whether any agent could ever hold the task, asked beside the
+    // subscription so a task that fits is not slowed down.
+    let (fits_tx, mut fits_rx) = mpsc::unbounded_channel::<Option<String>>();
+    if !args.wait {
+        let (masters, request) = (masters.clone(), request.clone());
+        tokio::spawn(async move {
+            let state =
+                tokio::time::timeout(Duration::from_secs(5), client::state(&masters, false));
+            if let Ok(Ok(s)) = state.await {
+                let _ = fits_tx.send(never_fits(&s.agents, &request));
+            }
+        });
+    }
+    // Why each agent is not offering the task, asked now and then while
+    // waiting.
+    let (why_tx, mut why_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let mut next_why = Some(started + Duration::from_millis(1500));
     let (finished, finished_rx) = watch::channel(false);
     let mut tails: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
     let mut agent: Option<(String, String)> = None;
     let mut last_status: Option<proto::TaskStatus> = None;
     let mut waiting_said = String::new();
+    let mut why_said = String::new();
     let mut interrupted = 0u32;
     let mut running = false;
     let mut driver_done = false;
     let mut detached = false;
     let mut driver_error: Option<String> = None;
     let driver = || driver_slot.lock().ok().and_then(|d| d.clone());
+    let far = || Instant::now() + Duration::from_secs(86400);
 
     let ctrl_c = super::shutdown_signal();
     tokio::pin!(ctrl_c);
@@ -468,12 +499,39 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                     Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
                 }
             }
+            Some(verdict) = fits_rx.recv() => {
+                if let (Some(why), None) = (verdict, &agent) {
+                    if let Some(d) = driver() { d.teardown(); }
+                    return Err(anyhow!("{why}; pass --wait to wait for a bigger agent to join"));
+                }
+            }
+            _ = tokio::time::sleep_until(next_why.unwrap_or_else(far).into()), if next_why.is_some() && agent.is_none() => {
+                next_why = None;
+                let (masters, request, why_tx) = (masters.clone(), request.clone(), why_tx.clone());
+                tokio::spawn(async move {
+                    let state = tokio::time::timeout(Duration::from_secs(5), client::state(&masters, false));
+                    let why = match state.await {
+                        Ok(Ok(s)) => why_not_offered(&s.agents, &request),
+                        _ => Vec::new(),
+                    };
+                    let _ = why_tx.send(why);
+                });
+            }
+            Some(why) = why_rx.recv() => {
+                next_why = Some(Instant::now() + Duration::from_secs(5));
+                let why = why.join("; ");
+                if agent.is_none() && !why.is_empty() && why != why_said {
+                    eprintln!("mezz run: waiting for resources: needs {}; {why}", request.describe());
+                    why_said = why;
+                }
+            }
             _ = tokio::time::sleep(wait_left), if deadline.is_some() && agent.is_none() => {
-                let largest = largest_agent(&masters).await;
                 if let Some(d) = driver() { d.teardown(); }
                 eprintln!(
-                    "mezz run: no agent offered {need} within {}; {largest}",
-                    humantime(args.timeout.unwrap_or_default())
+                    "mezz run: no agent offered {} within {}; {}",
+                    request.describe(),
+                    humantime(args.timeout.unwrap_or_default()),
+                    why_waiting(&masters, &request).await
                 );
                 return Ok(ExitCode::from(1));
             }
@@ -529,28 +587,40 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// What the largest agent has, for "why is my task waiting" messages.
-async fn largest_agent(masters: &[String]) -> String {
-    match client::state(masters, false).await {
-        Ok(s) => s
-            .agents
-            .iter()
-            .filter(|a| a.status == "connected")
-            .max_by(|a, b| {
-                let c = |m: &std::collections::BTreeMap<String, f64>| {
-                    m.get("cpus").copied().unwrap_or(0.0)
-                };
-                c(&a.total).total_cmp(&c(&b.total))
-            })
-            .map(|a| {
-                format!(
-                    "the largest agent ({}) has {} in total",
-                    a.hostname, a.resources
-                )
-            })
-            .unwrap_or_else(|| "no agent is connected".into()),
-        Err(e) => format!("and the cluster state could not be read: {e}"),
+/// Why nothing was offered: each agent's reason, else the largest agent.
+async fn why_waiting(masters: &[String], need: &Need) -> String {
+    let state = tokio::time::timeout(Duration::from_secs(3), client::state(masters, false)).await;
+    match state {
+        Ok(Ok(s)) => {
+            let why = why_not_offered(&s.agents, need);
+            if why.is_empty() {
+                largest_agent(&s.agents)
+            } else {
+                why.join("; ")
+            }
+        }
+        Ok(Err(e)) => format!("and the cluster state could not be read: {e}"),
+        Err(_) => "and the cluster state could not be read in time".into(),
     }
+}
+
+/// What the largest agent has, for "why is my task waiting" messages.
+fn largest_agent(agents: &[proto::AgentView]) -> String {
+    agents
+        .iter()
+        .filter(|a| a.status == "connected")
+        .max_by(|a, b| {
+            let c =
+                |m: &std::collections::BTreeMap<String, f64>| m.get("cpus").copied().unwrap_or(0.0);
+            c(&a.total).total_cmp(&c(&b.total))
+        })
+        .map(|a| {
+            format!(
+                "the largest agent ({}) has {} in total",
+                a.hostname, a.resources
+            )
+        })
+        .unwrap_or_else(|| "no agent is connected".into())
 }
 
 fn humantime(d: Duration) -> String {
