@@ -166,16 +166,153 @@ fn malformed_resources_name_the_token() {
 }
 
 #[test]
-fn a_task_bigger_than_any_agent_times_out_and_says_why() {
+fn a_task_bigger_than_any_agent_is_refused_at_once_unless_told_to_wait() {
     let c = Cluster::start(SMALL, &[]);
-    let out = c.mezz(&["run", "--cpus", "64", "--timeout", "2s", "--", "true"], T);
-    assert_ne!(out.status.code(), Some(0));
+    // No --timeout: without the refusal this would wait forever.
+    let started = Instant::now();
+    let out = c.mezz(&["run", "--cpus", "512", "--", "true"], T);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("cpus:64"), "{err}");
     assert!(
-        err.contains("largest agent") && err.contains("cpus:2"),
+        err.contains("no agent can ever hold cpus:512") && err.contains("cpus:2;"),
         "{err}"
     );
+    assert!(
+        err.contains("the only agent") && err.contains("--wait"),
+        "{err}"
+    );
+    eprintln!("refused after {took:?}");
+
+    // --wait waits (here until its --timeout) and then says why.
+    let out = c.mezz(
+        &[
+            "run",
+            "--cpus",
+            "64",
+            "--wait",
+            "--timeout",
+            "2s",
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("within 2s") && err.contains("cpus:64"),
+        "{err}"
+    );
+    assert!(err.contains("has only cpus:2;"), "{err}");
+
+    // The same for every replica of a `mezz tf run` gang, and for the gang
+    // as a whole.
+    let addr = c.master_addr();
+    let tf = |extra: &[&str]| {
+        let mut args = vec!["tf", "run", "--master", &addr];
+        args.extend_from_slice(extra);
+        mezz(&args, T)
+    };
+    let out = tf(&["--workers", "2", "--cpus", "64", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("a worker replica cannot be placed: no agent can ever hold cpus:64"),
+        "{err}"
+    );
+    let out = tf(&["--workers", "3", "--cpus", "1", "--mem", "64", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the whole gang needs cpus:3;mem:192 at once") && err.contains("--wait"),
+        "{err}"
+    );
+}
+
+/// Starts `mezz run ARGS` against `c` with its output in a log file.
+fn spawn_run(c: &Cluster, name: &str, args: &[&str]) -> Proc {
+    let mut full: Vec<String> = vec!["run".into(), "--master".into(), c.master_addr()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    spawn_logged(c.dir.path(), name, &full)
+}
+
+/// Sends `signal` to `p` and waits for it to exit; returns its exit code.
+fn signal_and_wait(p: &mut Proc, signal: i32, within: Duration) -> Option<i32> {
+    // SAFETY: a plain kill(2) of a child this test started and still owns.
+    unsafe {
+        libc::kill(p.pid() as i32, signal);
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = p.child.try_wait().expect("wait") {
+            return s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still runs {within:?} after signal {signal}:\n{}",
+            p.name,
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_ends_mezz_run_while_it_waits_and_when_its_kill_is_never_answered() {
+    let c = Cluster::start(SMALL, &[]);
+    // Waiting for resources that never come.
+    let mut waiting = spawn_run(&c, "waiting", &["--cpus", "64", "--wait", "--", "true"]);
+    wait_for("the run to register and wait", T, || {
+        waiting.log_text().contains("waiting for resources")
+    });
+    assert_eq!(signal_and_wait(&mut waiting, libc::SIGTERM, T), Some(130));
+    wait_for("the waiting run's framework to be gone", T, || {
+        c.state()["frameworks"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+
+    // Launched: SIGTERM kills the task, as Ctrl-C does, and ends the client.
+    let mut running = spawn_run(
+        &c,
+        "running",
+        &[
+            "--cpus", "0.1", "--mem", "32", "--name", "held", "--", "sleep", "300",
+        ],
+    );
+    let mut id = String::new();
+    wait_for("the task to run", T, || {
+        let task = c.state()["tasks"].as_array().and_then(|a| {
+            a.iter()
+                .find(|t| t["name"] == "held" && t["state"] == "RUNNING")
+                .cloned()
+        });
+        id = task
+            .map(|t| t["id"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        !id.is_empty()
+    });
+    // Its agent is frozen, so the kill is never answered: the client still
+    // leaves after its grace period, tearing its framework down.
+    let agent = c.agents[0].as_ref().expect("agent").pid() as i32;
+    // SAFETY: plain kill(2) of a process this test started.
+    unsafe {
+        libc::kill(agent, libc::SIGSTOP);
+    }
+    let started = Instant::now();
+    let code = signal_and_wait(&mut running, libc::SIGTERM, T);
+    unsafe {
+        libc::kill(agent, libc::SIGCONT);
+    }
+    eprintln!("left {:?} after SIGTERM", started.elapsed());
+    assert_ne!(code, Some(0), "{}", running.log_text());
+    assert!(
+        running.log_text().contains("tearing the framework down"),
+        "{}",
+        running.log_text()
+    );
+    c.wait_task_state(&id, "KILLED", T);
 }
 
 #[test]

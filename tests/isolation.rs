@@ -55,6 +55,61 @@ fn fake_gpus_are_confined_by_the_devices_cgroup() {
         "agent does not advertise its GPUs: {agents}"
     );
 
+    // CPU-only work runs on an agent whose every machine is a GPU one, and
+    // never sees a GPU.
+    let out = c.mezz(
+        &[
+            "run",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--",
+            &open_script(&nodes),
+        ],
+        T,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for n in &nodes {
+        assert!(stdout.contains(&format!("{n} EPERM")), "{stdout}");
+    }
+    assert!(stdout.lines().any(|l| l == "devices="), "{stdout}");
+    // Half of the agent is kept back for its two idle GPUs: a CPU-only
+    // task larger than the other half waits, and says why.
+    let agent = &c.state()["agents"][0];
+    assert_eq!(agent["idle_gpus"], 2.0, "{agent}");
+    assert_eq!(agent["held_for_gpus"]["cpus"], 1.0, "{agent}");
+    assert_eq!(agent["held_for_gpus"]["mem"], 1024.0, "{agent}");
+    let out = c.mezz(
+        &[
+            "run",
+            "--cpus",
+            "1.5",
+            "--mem",
+            "64",
+            "--timeout",
+            "3s",
+            "--",
+            "true",
+        ],
+        T,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("keeps cpus:1;mem:1024 for its 2 idle GPUs"),
+        "{err}"
+    );
+    // CPU-only work holding all it may use leaves a GPU task its GPU.
+    let sleeper = c.mezz(
+        &[
+            "run", "--detach", "--cpus", "1", "--mem", "1024", "--", "sleep", "300",
+        ],
+        T,
+    );
+    assert_eq!(sleeper.status.code(), Some(0), "{}", text(&sleeper.stderr));
+
     let out = c.mezz(
         &[
             "run",
@@ -81,9 +136,8 @@ fn fake_gpus_are_confined_by_the_devices_cgroup() {
     assert!(stdout.contains(&format!("{given} ENXIO")), "{stdout}");
     assert!(stdout.contains(&format!("{other} EPERM")), "{stdout}");
 
-    // A task without GPUs is refused both nodes: agent/tests/isolation.rs
-    // (the master offers GPU agents only to GPU-capable frameworks, so
-    // `mezz run` without --gpus never lands on this agent).
+    // A task without GPUs is refused both nodes (above, and in
+    // agent/tests/isolation.rs).
 }
 
 #[test]

@@ -375,3 +375,99 @@ fn a_leader_cut_off_from_the_majority_stops_offering() {
         offers() > after
     });
 }
+
+/// (offers outstanding, framework id) of the framework named `name`.
+fn framework_offers(g: &Group, name: &str) -> Option<(u64, String)> {
+    let out = g.mezz(&["frameworks", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.iter().find(|f| f["name"] == name).map(|f| {
+        (
+            f["offers_outstanding"].as_u64().unwrap_or(0),
+            f["id"].as_str().unwrap_or_default().to_string(),
+        )
+    })
+}
+
+#[test]
+fn mezz_run_survives_a_leader_killed_between_offer_and_accept() {
+    let mut g = Group::new(&[]);
+    let leader = g.wait_leader();
+    g.start_agent();
+    wait_for("the agent to register", T, || g.agent_connected());
+
+    // Fill the agent so that the run waits without offers.
+    let out = g.mezz(&[
+        "run", "--detach", "--cpus", "2", "--mem", "1024", "--", "sleep", "300",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let blocker = text(&out.stdout).trim().to_string();
+
+    let list = g.list();
+    let args: Vec<String> = [
+        "run",
+        "--master",
+        &list,
+        "--timeout",
+        "60s",
+        "--cpus",
+        "1",
+        "--mem",
+        "64",
+        "--name",
+        "across",
+        "--",
+        "echo",
+        "made it",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut run = spawn_logged(g.dir.path(), "run", &args);
+    wait_for("the run to register", T, || {
+        framework_offers(&g, "mezz-run across").is_some()
+    });
+
+    // Freeze the run, free the agent: the leader offers it to the frozen
+    // run, whose accept can only reach a master once that one is dead.
+    // SAFETY: plain kill(2) of processes this test started.
+    unsafe {
+        libc::kill(run.pid() as i32, libc::SIGSTOP);
+    }
+    let k = g.mezz(&["kill", &blocker]);
+    assert_eq!(k.status.code(), Some(0), "stderr: {}", text(&k.stderr));
+    wait_for("an offer to the frozen run", T, || {
+        framework_offers(&g, "mezz-run across").is_some_and(|(n, _)| n > 0)
+    });
+    g.masters[leader].as_mut().expect("leader").kill9();
+    let started = Instant::now();
+    unsafe {
+        libc::kill(run.pid() as i32, libc::SIGCONT);
+    }
+
+    // It finishes well within its --timeout (60 s), and the task ran once.
+    let status = loop {
+        if let Some(s) = run.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(75),
+            "mezz run hung across the failover:\n{}",
+            run.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = run.log_text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.lines().any(|l| l == "made it"), "{log}");
+    let runs = g
+        .state()
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["name"] == "across")
+                .filter(|t| t["history"].to_string().contains("RUNNING"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(runs <= 1, "the task ran {runs} times: {}", g.state());
+}

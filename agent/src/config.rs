@@ -38,6 +38,10 @@ pub struct Config {
     pub gpus: crate::gpu::GpuMode,
     /// Tasks may ask to run as root (`CommandInfo.user = "root"`).
     pub allow_root_tasks: bool,
+    /// `--gpu-reserve`: cpus and mem per idle GPU that the master keeps
+    /// back from frameworks without the GPU capability. `None`: the
+    /// master's default share (see `mezz_proto::holdback`).
+    pub gpu_reserve: Option<mezz_proto::Resources>,
 }
 
 impl Config {
@@ -63,6 +67,7 @@ impl Config {
             cgroup_root: "mezzanine".into(),
             gpus: crate::gpu::GpuMode::None,
             allow_root_tasks: false,
+            gpu_reserve: None,
         }
     }
 }

@@ -157,6 +157,11 @@ pub async fn run(
         resources: resources.to_proto(),
         attributes: attributes.into_iter().collect(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        gpu_reserve: config
+            .gpu_reserve
+            .as_ref()
+            .map(mezz_proto::Resources::to_proto)
+            .unwrap_or_default(),
     };
     tracing::info!(
         agent_id = %agent_id,

@@ -55,6 +55,7 @@ fn seed() -> ClusterState {
                 ("gpu_memory_mb".to_string(), "81559".to_string()),
             ]
             .into(),
+            ..Default::default()
         })
         .collect();
     let frameworks = (0..FRAMEWORKS)

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod holdback;
 pub mod ids;
 pub mod resources;
 pub mod state;

@@ -83,6 +83,13 @@ pub struct AgentArgs {
     /// Hostname announced to the master (defaults to the machine's).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// cpus and mem kept back per idle GPU, e.g. 'cpus:2;mem:8192':
+    /// frameworks without the GPU capability are offered this agent's
+    /// cpus, mem, disk and ports (never its GPUs) less this much for every
+    /// GPU no task uses, so CPU-only work never leaves a GPU unusable.
+    /// Default: half of the agent's cpus and mem, shared among its GPUs.
+    #[arg(long, value_name = "RESOURCES")]
+    pub gpu_reserve: Option<String>,
 }
 
 pub fn parse_resources(text: Option<&str>) -> Result<Option<Resources>> {
@@ -108,6 +115,12 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         cgroup_root: "mezzanine".into(),
         gpus: gpu_mode(args.gpus, args.fake_gpus),
         allow_root_tasks: args.allow_root_tasks,
+        gpu_reserve: args
+            .gpu_reserve
+            .as_deref()
+            .map(mezz_proto::holdback::parse_gpu_reserve)
+            .transpose()
+            .map_err(|e| anyhow!("--gpu-reserve: {e}"))?,
     })
 }
 

@@ -130,6 +130,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
                 None => mezz_agent::gpu::GpuMode::None,
             },
             allow_root_tasks: true,
+            gpu_reserve: None,
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

@@ -2,6 +2,7 @@
 //! documentation, so it is written for people.
 
 mod agent;
+mod capacity;
 mod dev;
 mod inspect;
 mod logs;

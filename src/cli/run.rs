@@ -3,6 +3,7 @@
 //! for an offer that fits, launch, stream stdout and stderr, and exit with
 //! the task's exit code.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,11 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use mezz_sdk::{
-    proto, Driver, DriverBuilder, FrameworkId, OfferId, Resources, Scheduler, TaskBuilder,
-    TaskReason, TaskState,
+    proto, Driver, DriverBuilder, FrameworkId, Resources, Scheduler, TaskBuilder, TaskReason,
+    TaskState,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::capacity::{never_fits, why_not_offered, Need};
 use super::logs::{Out, Tail};
 use super::MasterArg;
 use crate::{client, duration};
@@ -44,9 +46,16 @@ pub struct RunArgs {
     /// Environment variable for the task, K=V; repeat for more.
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// Give up if no agent offers enough resources within this time.
+    /// Give up if the task has not started within this time: waiting for
+    /// an offer, for the launch, and for a new master after a failover all
+    /// count. The task is then killed if it was launched.
     #[arg(long, value_parser = duration::parse)]
     pub timeout: Option<Duration>,
+    /// Wait for a big enough agent to join even when no registered agent
+    /// could ever hold the task (without it, such a request is refused at
+    /// once, naming the largest agent).
+    #[arg(long)]
+    pub wait: bool,
     /// Print the task id once it runs and return; the task keeps running.
     #[arg(long)]
     pub detach: bool,
@@ -98,84 +107,229 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// How long after Ctrl-C or SIGTERM `mezz run` waits for its task to end
+/// before it tears its framework down (which kills the task) and leaves.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long a teardown may take to reach the master before `mezz run`
+/// leaves anyway (the master then removes the framework after its
+/// failover timeout, killing what it ran).
+const TEARDOWN_WAIT: Duration = Duration::from_secs(3);
+/// How often a launch whose fate is unsure is asked about.
+const ASK_EVERY: Duration = Duration::from_secs(1);
+/// A launch without news for this long is asked about.
+const LAUNCH_PATIENCE: Duration = Duration::from_secs(5);
+/// Two TASK_UNKNOWN answers at least this far apart: the task was never
+/// launched (one answer could overtake an accept still on its way).
+const UNKNOWN_CONFIRM: Duration = Duration::from_secs(1);
+
 /// What the scheduler tells the foreground.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 enum Progress {
     Waiting(String),
-    Launched {
+    /// An accept was sent for this task.
+    Attempt {
+        task_id: String,
         agent_address: String,
         framework_id: String,
     },
+    /// The launch may not have gone through; the master is being asked.
+    Unsure {
+        task_id: String,
+        why: String,
+    },
+    /// The task never started; offers are taken again.
+    Retry {
+        task_id: String,
+        why: String,
+    },
+    /// An update of the task being launched or run.
     Update(proto::TaskStatus),
     Error(String),
     Disconnected,
 }
 
-struct RunScheduler {
+/// Where the one task of `mezz run` stands.
+#[derive(Debug, Clone, PartialEq)]
+enum Launch {
+    /// No launch in flight: offers are taken.
+    Waiting,
+    /// An accept was sent and the task has not been seen RUNNING (nor
+    /// ended). Once `unsure` (a failed call, a lost master, no news for
+    /// a while) the master is asked about the task until it says: the task
+    /// is launched again only when it does not know it, so it never runs
+    /// twice.
+    Pending {
+        task_id: String,
+        agent_id: String,
+        since: Instant,
+        unsure: bool,
+        unknown_since: Option<Instant>,
+    },
+    /// RUNNING or ended: its updates are what counts.
+    Started { task_id: String },
+}
+
+/// A call to make, as the launch state machine decides it.
+#[derive(Debug)]
+enum Action {
+    Launch {
+        offer_id: String,
+        task: Box<proto::TaskInfo>,
+    },
+    Decline {
+        offer_ids: Vec<String>,
+        refuse_seconds: f64,
+    },
+    Suppress,
+    Revive,
+    Reconcile {
+        task_id: String,
+        agent_id: String,
+    },
+    WakeAfter(Duration),
+    Tell(Progress),
+    Stop,
+    Teardown,
+}
+
+/// `mezz run`'s scheduling, without I/O: callbacks in, actions out, time
+/// passed in (see [`RunScheduler`] for the shell around it).
+struct Launcher {
     need: Resources,
     /// The framework's role: resources reserved for it are used first.
     role: String,
     /// GPUs wanted (a count here; specific ids are picked from the offer).
     gpus: u32,
-    task: Option<TaskBuilder>,
-    task_id: String,
-    launched: bool,
+    template: TaskBuilder,
+    /// The first attempt's task id; later ones get `.2`, `.3`, ….
+    base_id: String,
+    attempts: u32,
+    state: Launch,
     detach: bool,
     largest_offer: Option<(Resources, String)>,
-    tx: mpsc::UnboundedSender<Progress>,
-    driver: Arc<Mutex<Option<Driver>>>,
+    next_wake: Option<Instant>,
 }
 
-impl Scheduler for RunScheduler {
-    fn subscribed(&mut self, driver: &Driver, _id: &FrameworkId, _reconnected: bool) {
-        if let Ok(mut d) = self.driver.lock() {
-            *d = Some(driver.clone());
+impl Launcher {
+    fn new(
+        need: Resources,
+        role: String,
+        gpus: u32,
+        template: TaskBuilder,
+        base_id: String,
+        detach: bool,
+    ) -> Self {
+        Launcher {
+            need,
+            role,
+            gpus,
+            template,
+            base_id,
+            attempts: 0,
+            state: Launch::Waiting,
+            detach,
+            largest_offer: None,
+            next_wake: None,
         }
     }
 
-    fn offers(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
-        let mut decline: Vec<OfferId> = Vec::new();
+    /// The task id of the launch in flight or running.
+    fn task_id(&self) -> Option<&str> {
+        match &self.state {
+            Launch::Waiting => None,
+            Launch::Pending { task_id, .. } | Launch::Started { task_id } => Some(task_id),
+        }
+    }
+
+    /// Asks to be woken `after` from `now`, unless an earlier wake-up is due.
+    fn wake(&mut self, now: Instant, after: Duration, out: &mut Vec<Action>) {
+        let at = now + after;
+        if self.next_wake.is_none_or(|w| at < w || w <= now) {
+            self.next_wake = Some(at);
+            out.push(Action::WakeAfter(after));
+        }
+    }
+
+    /// Marks a pending launch unsure and asks the master about it.
+    fn ask(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Launch::Pending {
+            task_id,
+            agent_id,
+            unsure,
+            ..
+        } = &mut self.state
+        {
+            *unsure = true;
+            out.push(Action::Reconcile {
+                task_id: task_id.clone(),
+                agent_id: agent_id.clone(),
+            });
+            self.wake(now, ASK_EVERY, out);
+        }
+    }
+
+    /// The pending launch did not happen: take offers again.
+    fn retry(&mut self, why: String, out: &mut Vec<Action>) {
+        if let Some(task_id) = self.task_id().map(str::to_string) {
+            self.state = Launch::Waiting;
+            out.push(Action::Revive);
+            out.push(Action::Tell(Progress::Retry { task_id, why }));
+        }
+    }
+
+    fn offers(&mut self, offers: Vec<proto::Offer>, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        // The master takes a decline of one agent's offers at a time.
+        let mut decline: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for offer in offers {
             let offered = Resources::from_proto(&offer.resources).unwrap_or_default();
-            let gpu_ids: Vec<String> = offered
-                .set_items("gpus")
-                .into_iter()
-                .take(self.gpus as usize)
-                .map(str::to_string)
-                .collect();
-            let want = if self.gpus > 0 {
-                self.need.clone().with_set("gpus", &gpu_ids)
-            } else {
-                self.need.clone()
-            };
-            let take = (gpu_ids.len() == self.gpus as usize)
-                .then(|| offered.take_for_role(&want, &self.role))
-                .flatten();
-            if let (false, Some(take)) = (self.launched, take) {
-                if let Some(mut task) = self.task.take() {
-                    task = task.resources(&take);
-                    self.launched = true;
-                    let _ = self.tx.send(Progress::Launched {
+            if self.state == Launch::Waiting {
+                if let Some(take) = self.fit(&offered) {
+                    self.attempts += 1;
+                    let task_id = if self.attempts == 1 {
+                        self.base_id.clone()
+                    } else {
+                        format!("{}.{}", self.base_id, self.attempts)
+                    };
+                    let mut task = self.template.clone().resources(&take).build(&offer);
+                    task.task_id = task_id.clone();
+                    self.state = Launch::Pending {
+                        task_id: task_id.clone(),
+                        agent_id: offer.agent_id.clone(),
+                        since: now,
+                        unsure: false,
+                        unknown_since: None,
+                    };
+                    out.push(Action::Tell(Progress::Attempt {
+                        task_id,
                         agent_address: offer.agent_address.clone(),
                         framework_id: offer.framework_id.clone(),
+                    }));
+                    out.push(Action::Launch {
+                        offer_id: offer.id,
+                        task: Box::new(task),
                     });
-                    driver.launch([offer.id.clone()], vec![task.build(&offer)]);
-                    driver.suppress();
+                    out.push(Action::Suppress);
+                    self.wake(now, LAUNCH_PATIENCE, &mut out);
                     continue;
                 }
+                let bigger = self.largest_offer.as_ref().is_none_or(|(r, _)| {
+                    offered.dominant_share(&self.need) > r.dominant_share(&self.need)
+                });
+                if bigger {
+                    self.largest_offer = Some((offered, offer.hostname.clone()));
+                }
             }
-            let bigger = self.largest_offer.as_ref().is_none_or(|(r, _)| {
-                offered.dominant_share(&self.need) > r.dominant_share(&self.need)
+            decline.entry(offer.agent_id).or_default().push(offer.id);
+        }
+        let waiting = self.state == Launch::Waiting;
+        for (_, offer_ids) in decline {
+            out.push(Action::Decline {
+                offer_ids,
+                refuse_seconds: if waiting { 1.0 } else { 3600.0 },
             });
-            if bigger {
-                self.largest_offer = Some((offered, offer.hostname.clone()));
-            }
-            decline.push(OfferId(offer.id));
         }
-        if !decline.is_empty() {
-            driver.decline(decline, Some(if self.launched { 3600.0 } else { 1.0 }));
-        }
-        if !self.launched {
+        if waiting {
             let why = match &self.largest_offer {
                 Some((r, host)) => format!(
                     "needs {}; the largest offer so far is {r} on {host}",
@@ -188,33 +342,220 @@ impl Scheduler for RunScheduler {
             } else {
                 why
             };
-            let _ = self.tx.send(Progress::Waiting(why));
+            out.push(Action::Tell(Progress::Waiting(why)));
         }
+        out
+    }
+
+    /// What to ask for from `offered`, when it holds the task.
+    fn fit(&self, offered: &Resources) -> Option<Resources> {
+        let gpu_ids: Vec<String> = offered
+            .set_items("gpus")
+            .into_iter()
+            .take(self.gpus as usize)
+            .map(str::to_string)
+            .collect();
+        if gpu_ids.len() != self.gpus as usize {
+            return None;
+        }
+        let want = if self.gpus > 0 {
+            self.need.clone().with_set("gpus", &gpu_ids)
+        } else {
+            self.need.clone()
+        };
+        offered.take_for_role(&want, &self.role)
+    }
+
+    fn status(&mut self, status: &proto::TaskStatus, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.task_id() != Some(status.task_id.as_str()) {
+            return out;
+        }
+        let state = status.state();
+        let mut retry: Option<String> = None;
+        let mut wake: Option<Duration> = None;
+        if let Launch::Pending {
+            unknown_since,
+            since,
+            unsure,
+            ..
+        } = &mut self.state
+        {
+            match state {
+                TaskState::Unknown => match *unknown_since {
+                    Some(t) if now.duration_since(t) >= UNKNOWN_CONFIRM => {
+                        retry = Some(format!(
+                            "the master does not know task {}: it never started",
+                            status.task_id
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        *unknown_since = Some(now);
+                        *unsure = true;
+                        wake = Some(UNKNOWN_CONFIRM);
+                    }
+                },
+                TaskState::Unreachable => {
+                    // Its agent has not re-registered with this master yet.
+                    *unknown_since = None;
+                    *unsure = true;
+                    wake = Some(ASK_EVERY);
+                }
+                TaskState::Dropped if status.reason() == TaskReason::ResourcesUnavailable => {
+                    retry = Some(format!(
+                        "task {} was not launched ({})",
+                        status.task_id, status.message
+                    ));
+                }
+                TaskState::Staging | TaskState::Starting => {
+                    // The master has it; news should follow.
+                    *unknown_since = None;
+                    *unsure = false;
+                    *since = now;
+                }
+                _ => {
+                    self.state = Launch::Started {
+                        task_id: status.task_id.clone(),
+                    };
+                }
+            }
+            if let Some(why) = retry {
+                self.retry(why, &mut out);
+                return out;
+            }
+            if matches!(state, TaskState::Unknown | TaskState::Unreachable) {
+                if let Some(after) = wake {
+                    self.wake(now, after, &mut out);
+                }
+                return out;
+            }
+        } else if matches!(state, TaskState::Unknown | TaskState::Unreachable) {
+            // Reconciliation answers while agents re-register are not news.
+            return out;
+        }
+        out.push(Action::Tell(Progress::Update(status.clone())));
+        if state.is_terminal() {
+            out.push(Action::Teardown);
+        } else if self.detach && state == TaskState::Running {
+            out.push(Action::Stop);
+        }
+        out
+    }
+
+    /// A call failed for good (the message names it).
+    fn failed_call(&mut self, message: &str, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match self.task_id().map(str::to_string) {
+            Some(task_id) if matches!(self.state, Launch::Pending { .. }) => {
+                out.push(Action::Tell(Progress::Unsure {
+                    task_id,
+                    why: message.to_string(),
+                }));
+                self.ask(now, &mut out);
+            }
+            _ => out.push(Action::Tell(Progress::Error(message.to_string()))),
+        }
+        out
+    }
+
+    fn disconnected(&mut self) -> Vec<Action> {
+        if let Launch::Pending { unsure, .. } = &mut self.state {
+            *unsure = true;
+        }
+        vec![Action::Tell(Progress::Disconnected)]
+    }
+
+    fn subscribed(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        // Offers of the last master are void, and so may be an accept that
+        // was on its way: ask the new one.
+        self.ask(now, &mut out);
+        out
+    }
+
+    fn wakeup(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.next_wake.is_some_and(|w| w <= now) {
+            self.next_wake = None;
+        }
+        if let Launch::Pending { since, unsure, .. } = &self.state {
+            let quiet = now.duration_since(*since);
+            if *unsure || quiet >= LAUNCH_PATIENCE {
+                self.ask(now, &mut out);
+            } else {
+                self.wake(now, LAUNCH_PATIENCE - quiet, &mut out);
+            }
+        }
+        out
+    }
+}
+
+/// The shell around [`Launcher`]: SDK callbacks in, driver calls and
+/// progress out.
+struct RunScheduler {
+    launcher: Launcher,
+    tx: mpsc::UnboundedSender<Progress>,
+    driver: Arc<Mutex<Option<Driver>>>,
+}
+
+impl RunScheduler {
+    fn apply(&self, driver: &Driver, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Launch { offer_id, task } => driver.launch([offer_id], vec![*task]),
+                Action::Decline {
+                    offer_ids,
+                    refuse_seconds,
+                } => driver.decline(offer_ids, Some(refuse_seconds)),
+                Action::Suppress => driver.suppress(),
+                Action::Revive => driver.revive(),
+                Action::Reconcile { task_id, agent_id } => {
+                    driver.reconcile(vec![proto::ReconcileTask { task_id, agent_id }])
+                }
+                Action::WakeAfter(d) => driver.wake_after(d),
+                Action::Tell(p) => {
+                    let _ = self.tx.send(p);
+                }
+                Action::Stop => driver.stop(),
+                Action::Teardown => driver.teardown(),
+            }
+        }
+    }
+}
+
+impl Scheduler for RunScheduler {
+    fn subscribed(&mut self, driver: &Driver, _id: &FrameworkId, _reconnected: bool) {
+        if let Ok(mut d) = self.driver.lock() {
+            *d = Some(driver.clone());
+        }
+        let actions = self.launcher.subscribed(Instant::now());
+        self.apply(driver, actions);
+    }
+
+    fn offers(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
+        let actions = self.launcher.offers(offers, Instant::now());
+        self.apply(driver, actions);
     }
 
     fn status_update(&mut self, driver: &Driver, status: &proto::TaskStatus) {
-        if status.task_id != self.task_id {
-            return;
-        }
-        let state = status.state();
-        // Reconciliation answers while agents re-register are not news.
-        if matches!(state, TaskState::Unknown | TaskState::Unreachable) {
-            return;
-        }
-        let _ = self.tx.send(Progress::Update(status.clone()));
-        if state.is_terminal() {
-            driver.teardown();
-        } else if self.detach && state == TaskState::Running {
-            driver.stop();
-        }
+        let actions = self.launcher.status(status, Instant::now());
+        self.apply(driver, actions);
     }
 
-    fn error(&mut self, _driver: &Driver, message: &str) {
-        let _ = self.tx.send(Progress::Error(message.to_string()));
+    fn error(&mut self, driver: &Driver, message: &str) {
+        let actions = self.launcher.failed_call(message, Instant::now());
+        self.apply(driver, actions);
     }
 
-    fn disconnected(&mut self, _driver: &Driver) {
-        let _ = self.tx.send(Progress::Disconnected);
+    fn wakeup(&mut self, driver: &Driver) {
+        let actions = self.launcher.wakeup(Instant::now());
+        self.apply(driver, actions);
+    }
+
+    fn disconnected(&mut self, driver: &Driver) {
+        let actions = self.launcher.disconnected();
+        self.apply(driver, actions);
     }
 }
 
@@ -343,6 +684,12 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let need = Resources::new()
         .with_scalar("cpus", args.cpus)
         .with_scalar("mem", args.mem);
+    let request = Need {
+        cpus: args.cpus,
+        mem: args.mem,
+        gpus: args.gpus,
+        role: args.role.clone(),
+    };
     let name = args
         .name
         .clone()
@@ -355,14 +702,14 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver_slot = Arc::new(Mutex::new(None::<Driver>));
     let scheduler = RunScheduler {
-        need: need.clone(),
-        role: args.role.clone(),
-        gpus: args.gpus,
-        task: Some(builder),
-        task_id: task_id.clone(),
-        launched: false,
-        detach: args.detach,
-        largest_offer: None,
+        launcher: Launcher::new(
+            need.clone(),
+            args.role.clone(),
+            args.gpus,
+            builder,
+            task_id.clone(),
+            args.detach,
+        ),
         tx,
         driver: driver_slot.clone(),
     };
@@ -375,7 +722,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_default(),
-        // Only frameworks that declare it are offered GPU agents.
+        // Only frameworks that declare it are offered GPUs.
         capabilities: if args.gpus > 0 {
             vec![proto::Capability::GpuResources as i32]
         } else {
@@ -393,25 +740,46 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let deadline = args.timeout.map(|t| started + t);
+    // Whether any agent could ever hold the task, asked beside the
+    // subscription so a task that fits is not slowed down.
+    let (fits_tx, mut fits_rx) = mpsc::unbounded_channel::<Option<String>>();
+    if !args.wait {
+        let (masters, request) = (masters.clone(), request.clone());
+        tokio::spawn(async move {
+            let state =
+                tokio::time::timeout(Duration::from_secs(5), client::state(&masters, false));
+            if let Ok(Ok(s)) = state.await {
+                let _ = fits_tx.send(never_fits(&s.agents, &request));
+            }
+        });
+    }
+    // Why each agent is not offering the task, asked now and then while
+    // waiting.
+    let (why_tx, mut why_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let mut next_why = Some(started + Duration::from_millis(1500));
     let (finished, finished_rx) = watch::channel(false);
     let mut tails: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
-    let mut agent: Option<(String, String)> = None;
+    // The launch in flight or running: (task id, agent address, framework).
+    let mut attempt: Option<(String, String, String)> = None;
     let mut last_status: Option<proto::TaskStatus> = None;
     let mut waiting_said = String::new();
+    let mut why_said = String::new();
     let mut interrupted = 0u32;
+    let mut killing_since: Option<Instant> = None;
     let mut running = false;
     let mut driver_done = false;
     let mut detached = false;
     let mut driver_error: Option<String> = None;
     let driver = || driver_slot.lock().ok().and_then(|d| d.clone());
+    let far = || Instant::now() + Duration::from_secs(86400);
 
     let ctrl_c = super::shutdown_signal();
     tokio::pin!(ctrl_c);
     loop {
-        let wait_left = match (deadline, agent.is_some()) {
-            (Some(d), false) => d.saturating_duration_since(Instant::now()),
-            _ => Duration::from_secs(3600),
-        };
+        let task_now = attempt
+            .as_ref()
+            .map(|a| a.0.clone())
+            .unwrap_or_else(|| task_id.clone());
         tokio::select! {
             progress = rx.recv() => match progress {
                 Some(Progress::Waiting(why)) => {
@@ -420,23 +788,32 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                         waiting_said = why;
                     }
                 }
-                Some(Progress::Launched { agent_address, framework_id }) => {
-                    agent = Some((agent_address, framework_id));
+                Some(Progress::Attempt { task_id, agent_address, framework_id }) => {
+                    attempt = Some((task_id, agent_address, framework_id));
+                }
+                Some(Progress::Unsure { task_id, why }) => {
+                    eprintln!("mezz run: {why}; asking the master whether task {task_id} started…");
+                }
+                Some(Progress::Retry { why, .. }) => {
+                    eprintln!("mezz run: {why}; launching it again");
+                    attempt = None;
+                    next_why = Some(Instant::now() + Duration::from_millis(1500));
                 }
                 Some(Progress::Update(status)) => {
                     let state = status.state();
                     if let (TaskState::Running, Some(healthy)) = (state, status.healthy) {
                         eprintln!(
-                            "mezz run: task {task_id} is {}{}",
+                            "mezz run: task {} is {}{}",
+                            status.task_id,
                             if healthy { "healthy" } else { "unhealthy" },
                             if healthy { String::new() } else { format!(": {}", status.message) }
                         );
                     }
-                    if (state == TaskState::Running || state.is_terminal()) && !running && !args.detach {
+                    if (state == TaskState::Running || state.is_terminal()) && !running {
                         running = true;
-                        if let Some((addr, fid)) = &agent {
+                        if let (Some((tid, addr, fid)), false) = (&attempt, args.detach) {
                             for (path, out) in [("stdout", Out::Stdout), ("stderr", Out::Stderr)] {
-                                let (addr, fid, tid, fin) = (addr.clone(), fid.clone(), task_id.clone(), finished_rx.clone());
+                                let (addr, fid, tid, fin) = (addr.clone(), fid.clone(), tid.clone(), finished_rx.clone());
                                 tails.push(tokio::spawn(async move {
                                     Tail::connect(&addr, &fid, &tid, path).await?.follow(out, fin).await
                                 }));
@@ -444,7 +821,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                         }
                     }
                     if args.detach && state == TaskState::Running && !detached {
-                        println!("{task_id}");
+                        println!("{}", status.task_id);
                         detached = true;
                     }
                     if state.is_terminal() {
@@ -456,7 +833,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 Some(Progress::Disconnected) => eprintln!("mezz run: lost the master; reconnecting…"),
                 None => break,
             },
-            done = &mut driver_run, if driver_error.is_none() && !driver_done => {
+            done = &mut driver_run, if !driver_done => {
                 // The scheduler (and with it the progress sender) is dropped
                 // here, so the loop handles what it said last and then ends
                 // when the channel closes.
@@ -468,24 +845,68 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                     Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
                 }
             }
-            _ = tokio::time::sleep(wait_left), if deadline.is_some() && agent.is_none() => {
-                let largest = largest_agent(&masters).await;
-                if let Some(d) = driver() { d.teardown(); }
-                eprintln!(
-                    "mezz run: no agent offered {need} within {}; {largest}",
-                    humantime(args.timeout.unwrap_or_default())
-                );
+            Some(verdict) = fits_rx.recv() => {
+                if let (Some(why), None) = (verdict, &attempt) {
+                    leave(driver(), &mut driver_run, driver_done, TEARDOWN_WAIT).await;
+                    return Err(anyhow!("{why}; pass --wait to wait for a bigger agent to join"));
+                }
+            }
+            _ = tokio::time::sleep_until(next_why.unwrap_or_else(far).into()), if next_why.is_some() && attempt.is_none() && !running => {
+                next_why = None;
+                let (masters, request, why_tx) = (masters.clone(), request.clone(), why_tx.clone());
+                tokio::spawn(async move {
+                    let state = tokio::time::timeout(Duration::from_secs(5), client::state(&masters, false));
+                    let why = match state.await {
+                        Ok(Ok(s)) => why_not_offered(&s.agents, &request),
+                        _ => Vec::new(),
+                    };
+                    let _ = why_tx.send(why);
+                });
+            }
+            Some(why) = why_rx.recv() => {
+                next_why = Some(Instant::now() + Duration::from_secs(5));
+                let why = why.join("; ");
+                if attempt.is_none() && !running && !why.is_empty() && why != why_said {
+                    eprintln!("mezz run: waiting for resources: needs {}; {why}", request.describe());
+                    why_said = why;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far).into()), if deadline.is_some() && !running => {
+                let timeout = humantime(args.timeout.unwrap_or_default());
+                let message = match &attempt {
+                    Some((tid, _, _)) => format!("task {tid} did not start within {timeout}; killing it"),
+                    None => format!(
+                        "no agent offered {} within {timeout}; {}",
+                        request.describe(),
+                        why_waiting(&masters, &request).await
+                    ),
+                };
+                eprintln!("mezz run: {message}");
+                leave(driver(), &mut driver_run, driver_done, TEARDOWN_WAIT).await;
                 return Ok(ExitCode::from(1));
+            }
+            _ = tokio::time::sleep_until(killing_since.map_or_else(far, |t| t + KILL_GRACE).into()), if killing_since.is_some() => {
+                eprintln!(
+                    "mezz run: task {task_now} did not end within {}; tearing the framework down, which kills it",
+                    humantime(KILL_GRACE)
+                );
+                leave(driver(), &mut driver_run, driver_done, TEARDOWN_WAIT).await;
+                return Ok(ExitCode::from(130));
             }
             _ = &mut ctrl_c => {
                 interrupted += 1;
                 let Some(d) = driver() else { return Ok(ExitCode::from(130)) };
-                if interrupted == 1 && agent.is_some() {
-                    eprintln!("mezz run: killing task {task_id} (Ctrl-C again to leave it)…");
-                    d.kill(task_id.as_str(), None);
+                if interrupted == 1 && attempt.is_some() && last_status.is_none() {
+                    eprintln!(
+                        "mezz run: killing task {task_now} (waiting up to {} for it to end; Ctrl-C again to leave now)…",
+                        humantime(KILL_GRACE)
+                    );
+                    d.kill(task_now.as_str(), None);
+                    killing_since = Some(Instant::now());
                     ctrl_c.set(super::shutdown_signal());
                 } else {
-                    d.teardown();
+                    let wait = if interrupted == 1 { TEARDOWN_WAIT } else { Duration::ZERO };
+                    leave(Some(d), &mut driver_run, driver_done, wait).await;
                     return Ok(ExitCode::from(130));
                 }
             }
@@ -507,6 +928,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             Ok(Ok(())) => {}
         }
     }
+    let task_id = attempt.map(|a| a.0).unwrap_or(task_id);
     if args.detach {
         return match last_status {
             Some(s) if s.state() != TaskState::Finished => {
@@ -543,28 +965,56 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// What the largest agent has, for "why is my task waiting" messages.
-async fn largest_agent(masters: &[String]) -> String {
-    match client::state(masters, false).await {
-        Ok(s) => s
-            .agents
-            .iter()
-            .filter(|a| a.status == "connected")
-            .max_by(|a, b| {
-                let c = |m: &std::collections::BTreeMap<String, f64>| {
-                    m.get("cpus").copied().unwrap_or(0.0)
-                };
-                c(&a.total).total_cmp(&c(&b.total))
-            })
-            .map(|a| {
-                format!(
-                    "the largest agent ({}) has {} in total",
-                    a.hostname, a.resources
-                )
-            })
-            .unwrap_or_else(|| "no agent is connected".into()),
-        Err(e) => format!("and the cluster state could not be read: {e}"),
+/// Tears the framework down before `mezz run` exits (which kills its task,
+/// if launched) and waits at most `wait` for the master to hear it: past
+/// that the master removes the framework after its failover timeout.
+async fn leave(
+    driver: Option<Driver>,
+    run: &mut tokio::task::JoinHandle<Result<RunScheduler, mezz_sdk::SdkError>>,
+    done: bool,
+    wait: Duration,
+) {
+    let Some(d) = driver else { return };
+    d.teardown();
+    if !done {
+        let _ = tokio::time::timeout(wait, run).await;
     }
+}
+
+/// Why nothing was offered: each agent's reason, else the largest agent.
+async fn why_waiting(masters: &[String], need: &Need) -> String {
+    let state = tokio::time::timeout(Duration::from_secs(3), client::state(masters, false)).await;
+    match state {
+        Ok(Ok(s)) => {
+            let why = why_not_offered(&s.agents, need);
+            if why.is_empty() {
+                largest_agent(&s.agents)
+            } else {
+                why.join("; ")
+            }
+        }
+        Ok(Err(e)) => format!("and the cluster state could not be read: {e}"),
+        Err(_) => "and the cluster state could not be read in time".into(),
+    }
+}
+
+/// What the largest agent has, for "why is my task waiting" messages.
+fn largest_agent(agents: &[proto::AgentView]) -> String {
+    agents
+        .iter()
+        .filter(|a| a.status == "connected")
+        .max_by(|a, b| {
+            let c =
+                |m: &std::collections::BTreeMap<String, f64>| m.get("cpus").copied().unwrap_or(0.0);
+            c(&a.total).total_cmp(&c(&b.total))
+        })
+        .map(|a| {
+            format!(
+                "the largest agent ({}) has {} in total",
+                a.hostname, a.resources
+            )
+        })
+        .unwrap_or_else(|| "no agent is connected".into())
 }
 
 fn humantime(d: Duration) -> String {
@@ -606,6 +1056,133 @@ mod tests {
             signal: sig,
             ..Default::default()
         }
+    }
+
+    fn launcher() -> Launcher {
+        let need = Resources::parse("cpus:1;mem:64").unwrap();
+        let template = TaskBuilder::exec("t1", "true", Vec::<String>::new()).resources(&need);
+        Launcher::new(need, "*".into(), 0, template, "t1".into(), false)
+    }
+
+    fn offer(id: &str, agent: &str, resources: &str) -> proto::Offer {
+        proto::Offer {
+            id: id.into(),
+            agent_id: agent.into(),
+            resources: Resources::parse(resources).unwrap().to_proto(),
+            ..Default::default()
+        }
+    }
+
+    fn update(task: &str, state: TaskState) -> proto::TaskStatus {
+        proto::TaskStatus {
+            task_id: task.into(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn launched(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Launch { task, .. } => Some(task.task_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reconciles(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Reconcile { .. }))
+            .count()
+    }
+
+    #[test]
+    fn a_failed_accept_is_asked_about_and_launched_again_only_when_unknown() {
+        let mut l = launcher();
+        let t0 = Instant::now();
+        let out = l.offers(vec![offer("o1", "a1", "cpus:2;mem:128")], t0);
+        assert_eq!(launched(&out), vec!["t1"]);
+        assert!(out.iter().any(|a| matches!(a, Action::Suppress)));
+        // The accept fails (the leader died): not launched yet, not lost.
+        let out = l.failed_call("accept: transport error", t0);
+        assert_eq!(reconciles(&out), 1, "{out:?}");
+        // Offers meanwhile are declined, never launched twice.
+        let out = l.offers(vec![offer("o2", "a1", "cpus:2;mem:128")], t0);
+        assert!(launched(&out).is_empty(), "{out:?}");
+        // A new leader: asked again; one UNKNOWN is not enough (the accept
+        // might still be on its way), a second one a second later is.
+        let out = l.subscribed(t0 + Duration::from_millis(100));
+        assert_eq!(reconciles(&out), 1);
+        let t1 = t0 + Duration::from_millis(200);
+        let out = l.status(&update("t1", TaskState::Unknown), t1);
+        assert!(!out.iter().any(|a| matches!(a, Action::Revive)), "{out:?}");
+        let out = l.status(&update("t1", TaskState::Unknown), t1 + UNKNOWN_CONFIRM);
+        assert!(out.iter().any(|a| matches!(a, Action::Revive)), "{out:?}");
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Tell(Progress::Retry { .. }))));
+        // The next launch has its own id, so the two can never be confused.
+        let out = l.offers(vec![offer("o3", "a2", "cpus:2;mem:128")], t1);
+        assert_eq!(launched(&out), vec!["t1.2"]);
+        // Updates of the first attempt are no longer news.
+        assert!(l.status(&update("t1", TaskState::Running), t1).is_empty());
+        let out = l.status(&update("t1.2", TaskState::Running), t1);
+        assert!(
+            matches!(&out[..], [Action::Tell(Progress::Update(_))]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_launch_the_master_knows_is_never_repeated() {
+        let mut l = launcher();
+        let t0 = Instant::now();
+        l.offers(vec![offer("o1", "a1", "cpus:2;mem:128")], t0);
+        l.disconnected();
+        l.subscribed(t0);
+        // STAGING: the master has it; UNKNOWN answers before it are reset.
+        let t1 = t0 + Duration::from_millis(300);
+        l.status(&update("t1", TaskState::Unknown), t0);
+        let out = l.status(&update("t1", TaskState::Staging), t1);
+        assert!(
+            matches!(&out[..], [Action::Tell(Progress::Update(_))]),
+            "{out:?}"
+        );
+        let out = l.status(&update("t1", TaskState::Unknown), t1 + UNKNOWN_CONFIRM);
+        assert!(!out.iter().any(|a| matches!(a, Action::Revive)), "{out:?}");
+        // Quiet for too long: asked about on the next wake-up.
+        let out = l.wakeup(t1 + LAUNCH_PATIENCE * 2);
+        assert_eq!(reconciles(&out), 1, "{out:?}");
+        // Dropped for want of resources: launched again.
+        let dropped = proto::TaskStatus {
+            reason: TaskReason::ResourcesUnavailable as i32,
+            ..update("t1", TaskState::Dropped)
+        };
+        let out = l.status(&dropped, t1);
+        assert!(out.iter().any(|a| matches!(a, Action::Revive)), "{out:?}");
+    }
+
+    #[test]
+    fn declines_name_one_agent_each() {
+        let mut l = launcher();
+        let out = l.offers(
+            vec![
+                offer("o1", "a1", "cpus:0.5;mem:128"),
+                offer("o2", "a2", "cpus:0.5;mem:128"),
+                offer("o3", "a1", "mem:128"),
+            ],
+            Instant::now(),
+        );
+        let declines: Vec<Vec<String>> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Decline { offer_ids, .. } => Some(offer_ids.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(declines, vec![vec!["o1", "o3"], vec!["o2"]]);
     }
 
     #[test]

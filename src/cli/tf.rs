@@ -19,6 +19,7 @@ use mezz_tensorflow::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::capacity::{gang_never_fits, Need};
 use super::logs::Tail;
 use super::MasterArg;
 use crate::client;
@@ -101,6 +102,11 @@ pub struct TfRunArgs {
     /// Role to run under (for fair sharing and quota).
     #[arg(long, default_value = "*")]
     pub role: String,
+    /// Wait for big enough agents to join even when no registered agent
+    /// could ever hold a replica (without it, such a job is refused at
+    /// once, naming the largest agent).
+    #[arg(long)]
+    pub wait: bool,
     /// The command every replica runs, with its arguments.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -235,6 +241,9 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
     let name = spec.name.clone();
     let gpus = spec.groups.values().any(|g| g.gpus > 0);
     let replicas = spec.replicas();
+    if !args.wait {
+        refuse_what_never_fits(&masters, &spec, &args.role).await?;
+    }
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let scheduler = TfScheduler::new(spec, move |e| {
@@ -246,7 +255,7 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
         role: args.role.clone(),
         failover_timeout_secs: 60.0,
         user: std::env::var("USER").unwrap_or_default(),
-        // Only frameworks that declare it are offered GPU agents.
+        // Only frameworks that declare it are offered GPUs.
         capabilities: if gpus {
             vec![proto::Capability::GpuResources as i32]
         } else {
@@ -368,6 +377,36 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
             "{}",
             driver_error.unwrap_or_else(|| format!("the framework of job {name} ended early"))
         )),
+    }
+}
+
+/// Refuses a job the registered agents could never hold: a replica no
+/// agent fits, or a gang larger than all of them together. A cluster state
+/// that cannot be read, or one without agents yet, lets the job wait.
+async fn refuse_what_never_fits(masters: &[String], spec: &JobSpec, role: &str) -> Result<()> {
+    let state = tokio::time::timeout(Duration::from_secs(5), client::state(masters, false)).await;
+    let Ok(Ok(state)) = state else {
+        return Ok(());
+    };
+    let groups: Vec<(String, Need, u32)> = spec
+        .groups
+        .iter()
+        .map(|(kind, g)| {
+            let need = Need {
+                cpus: g.cpus,
+                mem: g.mem,
+                gpus: g.gpus,
+                role: role.to_string(),
+            };
+            (kind.to_string(), need, g.count)
+        })
+        .collect();
+    match gang_never_fits(&state.agents, &groups) {
+        Some(why) => Err(anyhow!(
+            "job {}: {why}; pass --wait to wait for bigger agents to join",
+            spec.name
+        )),
+        None => Ok(()),
     }
 }
 

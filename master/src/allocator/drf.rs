@@ -5,15 +5,18 @@
 //! unreserved resources to meet every unmet guarantee (the quota headroom).
 //! In both, an agent's available resources go to the first eligible
 //! framework in DRF order: reserved resources only to their role (or its
-//! sub-roles), unreserved ones trimmed to the role's quota limit, GPU
-//! agents only to GPU-capable frameworks, never crumbs, and never twice.
+//! sub-roles), unreserved ones trimmed to the role's quota limit, GPUs only
+//! to GPU-capable frameworks (others get a GPU agent's cpus, mem, disk and
+//! ports less what it keeps back for its idle GPUs, and agents without
+//! GPUs first), never crumbs, and never twice.
 
+use mezz_proto::holdback::{without_gpus, HeldBack};
 use mezz_proto::{AgentId, FrameworkId, Resources};
 
 use super::quota::{tighter, trim};
 use super::share::Qty;
 use super::sorter::{Kind, Node, NodeId};
-use super::{allocatable, AgentEntry, Allocation, Allocator, Scope};
+use super::{allocatable, AgentEntry, Allocation, Allocator, Scope, MIN_CPUS_MILLI, MIN_MEM_MILLI};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Stage {
@@ -28,35 +31,72 @@ pub(super) fn cycle(
     scope: Scope<'_>,
     filtered: &dyn Fn(&FrameworkId, &AgentId) -> bool,
 ) -> Vec<Allocation> {
-    let mut out = Vec::new();
     if !a.frameworks.values().any(|f| f.active) {
-        return out;
+        return Vec::new();
     }
     let gpu_takers = a.frameworks.values().any(|f| f.active && f.gpu_capable);
+    // CPU-only work goes to agents without GPUs first: they come first in
+    // the cycle, and a framework without the GPU capability that got one
+    // of them is not also offered a GPU agent in the same cycle.
     let ids: Vec<AgentId> = match scope {
-        Scope::All => a.agents.keys().cloned().collect(),
+        Scope::All => plain_first(a.agents.iter().map(|(id, e)| (id, e.has_gpus()))),
         Scope::Agents(list) => {
-            let mut v: Vec<AgentId> = list
+            let mut v: Vec<&AgentId> = list
                 .iter()
                 .filter(|id| a.agents.contains_key(*id))
-                .cloned()
                 .collect();
             v.sort();
             v.dedup();
-            v
+            plain_first(
+                v.into_iter()
+                    .map(|id| (id, a.agents.get(id).is_some_and(AgentEntry::has_gpus))),
+            )
         }
     };
-    let mut given: Vec<NodeId> = Vec::new();
+    let mut st = CycleState {
+        gpu_takers,
+        filtered,
+        given: Vec::new(),
+        got_plain: Vec::new(),
+        out: Vec::new(),
+    };
     for id in &ids {
-        given.clear();
+        st.given.clear();
         for stage in [Stage::Quota, Stage::Fair] {
             if stage == Stage::Quota && !any_unmet(a) {
                 continue;
             }
-            allocate_agent(a, id, stage, gpu_takers, filtered, &mut given, &mut out);
+            allocate_agent(a, id, stage, &mut st);
         }
     }
-    out
+    st.out
+}
+
+/// The agents without GPUs, then those with, each in the order given.
+fn plain_first<'a>(agents: impl Iterator<Item = (&'a AgentId, bool)>) -> Vec<AgentId> {
+    let (mut plain, mut gpu) = (Vec::new(), Vec::new());
+    for (id, has_gpus) in agents {
+        if has_gpus {
+            gpu.push(id.clone());
+        } else {
+            plain.push(id.clone());
+        }
+    }
+    plain.extend(gpu);
+    plain
+}
+
+/// What one cycle carries from agent to agent.
+struct CycleState<'f> {
+    /// Some active framework has the GPU capability.
+    gpu_takers: bool,
+    filtered: &'f dyn Fn(&FrameworkId, &AgentId) -> bool,
+    /// Framework nodes already given the current agent.
+    given: Vec<NodeId>,
+    /// By framework node: got an offer from an agent without GPUs in this
+    /// cycle (grown on demand).
+    got_plain: Vec<bool>,
+    out: Vec<Allocation>,
 }
 
 fn any_unmet(a: &Allocator) -> bool {
@@ -111,14 +151,27 @@ fn worth_entering(a: &Allocator, role: NodeId, agent: &AgentEntry, stage: Stage)
 }
 
 /// What framework node `fw` would be offered from `agent` in `stage`.
-fn offer_for(a: &Allocator, fw: NodeId, agent: &AgentEntry, stage: Stage) -> Option<Resources> {
+/// `gpu_hold` is set for a framework without the GPU capability on a GPU
+/// agent: what the agent keeps back for its idle GPUs, which such a
+/// framework is never offered, and neither are GPUs.
+fn offer_for(
+    a: &Allocator,
+    fw: NodeId,
+    agent: &AgentEntry,
+    stage: Stage,
+    gpu_hold: Option<HeldBack>,
+) -> Option<Resources> {
     let (unmet, mut cap) = chain_quota(a, fw);
     let mut offer = Resources::new();
     if stage == Stage::Fair {
         for r in a.sorter.role_chain(fw) {
             if let Kind::Role(name) = &a.sorter.node(r).kind {
                 if let Some(res) = agent.available.reserved(name) {
-                    offer.add(&res.reserve(name));
+                    if gpu_hold.is_some() {
+                        offer.add(&without_gpus(res).reserve(name));
+                    } else {
+                        offer.add(&res.reserve(name));
+                    }
                 }
             }
         }
@@ -151,6 +204,10 @@ fn offer_for(a: &Allocator, fw: NodeId, agent: &AgentEntry, stage: Stage) -> Opt
             });
             cap = tighter(cap, headroom);
         }
+        if let Some(hold) = gpu_hold {
+            let open = |i: usize| Some((agent.free.0[i] - hold[i]).max(0));
+            cap = tighter(cap, [open(0), open(1), None, Some(0)]);
+        }
         let mut unreserved = agent.available.unreserved();
         if cap.iter().any(Option::is_some) {
             unreserved = trim(&unreserved, cap);
@@ -164,25 +221,29 @@ fn offer_for(a: &Allocator, fw: NodeId, agent: &AgentEntry, stage: Stage) -> Opt
     allocatable(&offer).then_some(offer)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-fn allocate_agent(
-    a: &mut Allocator,
-    agent_id: &AgentId,
-    stage: Stage,
-    gpu_takers: bool,
-    filtered: &dyn Fn(&FrameworkId, &AgentId) -> bool,
-    given: &mut Vec<NodeId>,
-    out: &mut Vec<Allocation>,
-) {
+fn allocate_agent(a: &mut Allocator, agent_id: &AgentId, stage: Stage, st: &mut CycleState<'_>) {
     loop {
         let Some(agent) = a.agents.get(agent_id) else {
             return;
         };
-        if !allocatable(&agent.available) || (agent.has_gpus && !gpu_takers) {
+        if !allocatable(&agent.available) {
+            return;
+        }
+        let gpus_here = agent.has_gpus();
+        let hold = agent.held_for_gpus();
+        // Whether a framework without the GPU capability could get
+        // anything here: reservations, or unreserved cpus or mem beyond
+        // what is kept back for the idle GPUs.
+        let plain_room = !gpus_here
+            || agent.available.has_reservations()
+            || agent.free.0[0] - hold[0] >= MIN_CPUS_MILLI
+            || agent.free.0[1] - hold[1] >= MIN_MEM_MILLI;
+        if !plain_room && !st.gpu_takers {
             return;
         }
         let mut chosen: Option<(FrameworkId, Resources)> = None;
         let this: &Allocator = a;
+        let (given, got_plain, filtered) = (&st.given, &st.got_plain, st.filtered);
         let mut enter = |id: NodeId, _: &Node| worth_entering(this, id, agent, stage);
         let mut take = |id: NodeId, node: &Node| {
             let Kind::Framework(fid) = &node.kind else {
@@ -191,14 +252,17 @@ fn allocate_agent(
             let Some(f) = this.frameworks.get(fid) else {
                 return false;
             };
-            if !f.active
-                || (agent.has_gpus && !f.gpu_capable)
-                || given.contains(&id)
-                || filtered(fid, agent_id)
-            {
+            if !f.active || given.contains(&id) {
                 return false;
             }
-            match offer_for(this, id, agent, stage) {
+            let gpu_hold = (gpus_here && !f.gpu_capable).then_some(hold);
+            if gpu_hold.is_some() && (!plain_room || got_plain.get(id) == Some(&true)) {
+                return false;
+            }
+            if filtered(fid, agent_id) {
+                return false;
+            }
+            match offer_for(this, id, agent, stage, gpu_hold) {
                 Some(offer) => {
                     chosen = Some((fid.clone(), offer));
                     true
@@ -210,7 +274,13 @@ fn allocate_agent(
         let (Some(node), Some((fid, offer))) = (picked, chosen) else {
             return;
         };
-        given.push(node);
+        st.given.push(node);
+        if !gpus_here {
+            if st.got_plain.len() <= node {
+                st.got_plain.resize(node + 1, false);
+            }
+            st.got_plain[node] = true;
+        }
         let q = Qty::of(&offer);
         let free = Qty::of(&offer.unreserved());
         if let Some(agent) = a.agents.get_mut(agent_id) {
@@ -222,7 +292,7 @@ fn allocate_agent(
             f.held = f.held.plus(q);
         }
         a.sorter.change(node, q.0);
-        out.push(Allocation {
+        st.out.push(Allocation {
             framework: fid,
             agent: agent_id.clone(),
             resources: offer,

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 
 use crate::hashing::Map;
 
+use mezz_proto::holdback::{gpus_milli, held_back_milli, per_gpu, unreserved_cpus_mem, HeldBack};
 use mezz_proto::{AgentId, FrameworkId, Resources};
 
 pub use quota::{Quota, RoleConfig};
@@ -81,10 +82,37 @@ struct FrameworkEntry {
 #[derive(Debug, Clone)]
 struct AgentEntry {
     total: Qty,
-    has_gpus: bool,
+    /// All its GPUs, in thousandths (0: not a GPU agent).
+    gpus_total: i64,
+    /// Unreserved cpus and mem in total: what the GPU hold-back is a
+    /// share of.
+    base: HeldBack,
+    /// `--gpu-reserve` per idle GPU; `None`: the proportional default.
+    per_gpu: Option<HeldBack>,
     available: Resources,
     /// Unreserved part of `available`, compact.
     free: Qty,
+}
+
+impl AgentEntry {
+    fn has_gpus(&self) -> bool {
+        self.gpus_total > 0
+    }
+
+    /// What it keeps back now for its idle GPUs (see
+    /// [`mezz_proto::holdback`]): never offered to frameworks without the
+    /// GPU capability.
+    fn held_for_gpus(&self) -> HeldBack {
+        if !self.has_gpus() {
+            return [0, 0];
+        }
+        held_back_milli(
+            self.base,
+            self.gpus_total,
+            gpus_milli(&self.available),
+            self.per_gpu,
+        )
+    }
 }
 
 /// Which agents a cycle looks at.
@@ -137,10 +165,26 @@ impl Allocator {
     }
 
     /// Adds or refreshes an agent: its total and what is available now.
+    /// A GPU agent keeps back the default share for its idle GPUs.
     pub fn update_agent(&mut self, id: &AgentId, total: &Resources, available: &Resources) {
+        self.update_agent_with_reserve(id, total, available, None);
+    }
+
+    /// [`Allocator::update_agent`] with the agent's own reserve per idle
+    /// GPU (`mezz agent --gpu-reserve`; `None` or naming neither cpus nor
+    /// mem: the default share).
+    pub fn update_agent_with_reserve(
+        &mut self,
+        id: &AgentId,
+        total: &Resources,
+        available: &Resources,
+        gpu_reserve: Option<&Resources>,
+    ) {
         let entry = AgentEntry {
             total: Qty::of(total),
-            has_gpus: total.set_len("gpus") > 0 || total.scalar_milli("gpus") > 0,
+            gpus_total: gpus_milli(total),
+            base: unreserved_cpus_mem(total),
+            per_gpu: gpu_reserve.and_then(per_gpu),
             available: available.clone(),
             free: Qty::of(&available.unreserved()),
         };
@@ -199,6 +243,14 @@ impl Allocator {
     /// What an agent has available, as the allocator last saw it.
     pub fn agent_available(&self, id: &AgentId) -> Option<&Resources> {
         self.agents.get(id).map(|a| &a.available)
+    }
+
+    /// What an agent keeps back for its idle GPUs now, in thousandths of
+    /// cpus and mem (zero for agents without GPUs or unknown ones).
+    pub fn held_for_gpus(&self, id: &AgentId) -> HeldBack {
+        self.agents
+            .get(id)
+            .map_or([0, 0], AgentEntry::held_for_gpus)
     }
 
     /// Sum of every agent's total.

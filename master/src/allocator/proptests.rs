@@ -1,11 +1,14 @@
 //! Property tests over random clusters, frameworks and event sequences:
 //! nothing is offered twice or over-committed, limits hold, guarantees are
-//! held back while unmet, reserved resources reach only their role, GPU
-//! agents only GPU-capable frameworks, and equal demand converges to equal
-//! shares. Case counts are kept small enough for CI on two cores.
+//! held back while unmet, reserved resources reach only their role, GPUs
+//! only GPU-capable frameworks, what a GPU agent keeps back for its idle
+//! GPUs never reaches the others (so CPU-only work never blocks a GPU task
+//! that fits), and equal demand converges to equal shares. Case counts are
+//! kept small enough for CI on two cores.
 
 use std::collections::HashMap;
 
+use mezz_proto::holdback::{gpus_milli, held_back_milli, per_gpu, unreserved_cpus_mem};
 use mezz_proto::{AgentId, FrameworkId, Resources};
 use proptest::prelude::*;
 
@@ -15,9 +18,13 @@ use super::*;
 
 const ROLES: [&str; 4] = ["a", "a/x", "b", "c"];
 
+/// An agent: cpus, mem (× 256 MB), GPUs, a reservation for a role, and a
+/// `--gpu-reserve` of (cpus, mem MB) per GPU.
+type AgentShape = (u32, u32, u32, Option<usize>, Option<(u32, u32)>);
+
 #[derive(Debug, Clone)]
 struct World {
-    agents: Vec<(u32, u32, bool, Option<usize>)>,
+    agents: Vec<AgentShape>,
     frameworks: Vec<(usize, bool, bool)>,
     quotas: Vec<(usize, u32, Option<u32>)>,
     events: Vec<(u8, usize)>,
@@ -25,10 +32,7 @@ struct World {
 
 fn world() -> impl Strategy<Value = World> {
     (
-        prop::collection::vec(
-            (1u32..8, 1u32..8, any::<bool>(), prop::option::of(0usize..4)),
-            1..10,
-        ),
+        prop::collection::vec(agent_shape(), 1..10),
         prop::collection::vec((0usize..4, any::<bool>(), any::<bool>()), 1..6),
         prop::collection::vec((0usize..4, 0u32..6, prop::option::of(0u32..8)), 0..3),
         prop::collection::vec((0u8..3, 0usize..10), 1..8),
@@ -41,16 +45,45 @@ fn world() -> impl Strategy<Value = World> {
         })
 }
 
-fn agent_total(i: usize, w: &World) -> Resources {
-    let (c, m, gpu, reserved) = w.agents[i];
+fn agent_shape() -> impl Strategy<Value = AgentShape> {
+    (
+        1u32..8,
+        1u32..8,
+        prop_oneof![Just(0u32), 1u32..4],
+        prop::option::of(0usize..4),
+        prop::option::of((0u32..3, 0u32..512)),
+    )
+}
+
+fn shape_total(i: usize, shape: AgentShape) -> Resources {
+    let (c, m, gpus, reserved, _) = shape;
     let mut r = res(&format!("cpus:{c};mem:{}", m * 256));
-    if gpu {
-        r.add(&Resources::new().with_set("gpus", [format!("g{i}")]));
+    if gpus > 0 {
+        r.add(&Resources::new().with_set("gpus", (0..gpus).map(|g| format!("g{i}-{g}"))));
     }
     if let Some(role) = reserved {
         r.add(&res("cpus:2;mem:512").reserve(ROLES[role]));
     }
     r
+}
+
+fn shape_reserve(shape: AgentShape) -> Option<Resources> {
+    shape.4.map(|(c, m)| res(&format!("cpus:{c};mem:{m}")))
+}
+
+fn agent_total(i: usize, w: &World) -> Resources {
+    shape_total(i, w.agents[i])
+}
+
+/// What `total` keeps back for the idle GPUs in `available`, computed
+/// from the definition in `mezz_proto::holdback`.
+fn hold(total: &Resources, available: &Resources, reserve: Option<&Resources>) -> [i64; 2] {
+    held_back_milli(
+        unreserved_cpus_mem(total),
+        gpus_milli(total),
+        gpus_milli(available),
+        reserve.and_then(per_gpu),
+    )
 }
 
 fn is_in(role: &str, of: &str) -> bool {
@@ -66,8 +99,9 @@ proptest! {
         let ids: Vec<AgentId> = (0..w.agents.len()).map(|i| format!("a{i}").into()).collect();
         let totals: Vec<Resources> = (0..w.agents.len()).map(|i| agent_total(i, &w)).collect();
         let mut used: Vec<Resources> = vec![Resources::new(); ids.len()];
+        let reserves: Vec<Option<Resources>> = w.agents.iter().map(|&sh| shape_reserve(sh)).collect();
         for (i, id) in ids.iter().enumerate() {
-            a.update_agent(id, &totals[i], &totals[i]);
+            a.update_agent_with_reserve(id, &totals[i], &totals[i], reserves[i].as_ref());
         }
         for &(role, g, l) in &w.quotas {
             let limit = l.map(|l| res(&format!("cpus:{}", l.max(g)))).unwrap_or_default();
@@ -109,6 +143,21 @@ proptest! {
             }
             for o in &out {
                 let ai = ids.iter().position(|i| *i == o.agent).unwrap();
+                let st = &fws.iter().find(|(id, _)| *id == o.framework).unwrap().1;
+                // GPUs only to GPU-capable frameworks, and never what a GPU
+                // agent keeps back for its idle GPUs.
+                if !st.gpu_capable {
+                    prop_assert_eq!(o.resources.set_len("gpus"), 0, "{} got GPUs", o.framework);
+                    let mut before = totals[ai].clone();
+                    before.subtract(&used[ai]);
+                    let held = hold(&totals[ai], &before, reserves[ai].as_ref());
+                    let free = unreserved_cpus_mem(&before);
+                    let got = unreserved_cpus_mem(&o.resources);
+                    for d in 0..2 {
+                        prop_assert!(got[d] <= (free[d] - held[d]).max(0),
+                            "agent {} keeps {:?} for its idle GPUs of {:?} free; {} got {}", o.agent, held, free, o.framework, o.resources);
+                    }
+                }
                 used[ai].add(&o.resources);
                 // Never over-committed, never offered twice.
                 prop_assert!(totals[ai].contains(&used[ai]), "agent {} over-committed: {} of {}", o.agent, used[ai], totals[ai]);
@@ -117,10 +166,6 @@ proptest! {
                 // Reservations only to their role (or a sub-role).
                 for (role, _) in o.resources.reservations() {
                     prop_assert!(is_in(&st.role, role), "{} got {}'s reservation", st.role, role);
-                }
-                // GPU agents only to GPU-capable frameworks.
-                if totals[ai].set_len("gpus") > 0 {
-                    prop_assert!(st.gpu_capable);
                 }
                 held.entry(o.framework.clone()).or_default().add(&o.resources);
             }
@@ -144,7 +189,7 @@ proptest! {
                 used[ai].subtract(&back);
                 let mut avail = totals[ai].clone();
                 avail.subtract(&used[ai]);
-                a.update_agent(id, &totals[ai], &avail);
+                a.update_agent_with_reserve(id, &totals[ai], &avail, reserves[ai].as_ref());
             }
             if kind == 1 {
                 held.clear();
@@ -155,6 +200,70 @@ proptest! {
                 let _ = (fid, h);
             }
         }
+    }
+
+    #[test]
+    fn cpu_work_never_blocks_a_gpu_task_that_fits_an_idle_gpu(
+        gpu_agent in agent_shape().prop_filter("a GPU agent", |s| s.2 > 0),
+        plain in prop::collection::vec(agent_shape().prop_map(|s| (s.0, s.1, 0, None, None)), 0..3),
+        cpu_frameworks in prop::collection::vec((0usize..4, 0u32..4), 1..4),
+        rounds in 1usize..5,
+        gpu_held in 0u32..8,
+        want_frac in 0u32..=4,
+    ) {
+        // CPU-only frameworks take everything they are offered, round
+        // after round; then a GPU task of g idle GPUs, with at most the
+        // cpus and mem kept back for g GPUs, must be offered whole.
+        let mut a = Allocator::new();
+        let gid: AgentId = "gpu-agent".into();
+        let gtotal = shape_total(99, gpu_agent);
+        let reserve = shape_reserve(gpu_agent);
+        let mut gused = Resources::new();
+        a.update_agent_with_reserve(&gid, &gtotal, &gtotal, reserve.as_ref());
+        for (i, &sh) in plain.iter().enumerate() {
+            let t = shape_total(i, sh);
+            a.update_agent(&format!("p{i}").into(), &t, &t);
+        }
+        let mut cpu: Vec<(FrameworkId, FrameworkState)> = cpu_frameworks.iter().enumerate().map(|(i, &(role, c))| {
+            let mut st = fw(ROLES[role], false);
+            st.allocated = res(&format!("cpus:{c}"));
+            (FrameworkId::from(format!("cpu{i}")), st)
+        }).collect();
+        for (id, st) in &cpu {
+            a.update_framework(id, st);
+        }
+        for _ in 0..rounds {
+            for o in a.allocate(Scope::All, &|_, _| false) {
+                // Accepted whole: the resources stay taken.
+                if let Some((_, st)) = cpu.iter_mut().find(|(id, _)| *id == o.framework) {
+                    st.allocated.add(&o.resources);
+                }
+                if o.agent == gid {
+                    gused.add(&o.resources);
+                }
+            }
+            for (id, st) in &cpu {
+                a.update_framework(id, st);
+            }
+        }
+        let mut gavail = gtotal.clone();
+        gavail.subtract(&gused);
+        let idle = gpus_milli(&gavail) / 1000;
+        prop_assert_eq!(idle, gpus_milli(&gtotal) / 1000, "CPU-only work took a GPU");
+        let g = 1 + (idle - 1) * i64::from(want_frac) / 4;
+        let room = held_back_milli(unreserved_cpus_mem(&gtotal), gpus_milli(&gtotal), g * 1000, reserve.as_ref().and_then(per_gpu));
+        let task = Resources::new()
+            .with_scalar("cpus", room[0] as f64 / 1000.0)
+            .with_scalar("mem", room[1] as f64 / 1000.0);
+        let mut gpu_fw = fw("c", true);
+        gpu_fw.allocated = res(&format!("cpus:{gpu_held}"));
+        a.update_framework(&"gpu".into(), &gpu_fw);
+        let out = a.allocate(Scope::All, &|_, _| false);
+        let offer = out.iter().find(|o| o.framework.as_str() == "gpu" && o.agent == gid);
+        prop_assert!(offer.is_some(), "no offer of {gid} ({gavail} available) to the GPU framework: {out:?}");
+        let offer = &offer.unwrap().resources;
+        prop_assert!(gpus_milli(offer) >= g * 1000 && offer.unreserved().contains(&task),
+            "a task of {g} GPU(s) and {task} does not fit the offer {offer}");
     }
 
     #[test]

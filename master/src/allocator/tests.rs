@@ -170,18 +170,78 @@ fn reservations_go_to_their_role_and_sub_roles() {
 }
 
 #[test]
-fn gpu_agents_only_to_gpu_frameworks_and_crumbs_never() {
+fn gpus_only_to_gpu_frameworks_and_crumbs_never() {
     let mut a = Allocator::new();
-    let g = res("cpus:1;mem:100;gpus:{g0}");
+    let g = res("cpus:2;mem:200;disk:50;ports:[31000-31009];gpus:{g0}");
     a.update_agent(&"a1".into(), &g, &g);
     a.update_agent(&"a2".into(), &res("mem:10"), &res("mem:10"));
     a.update_framework(&"cpu".into(), &fw("r", false));
-    assert!(a.allocate(Scope::All, &none).is_empty());
+    // A framework without the GPU capability gets the GPU agent's cpus,
+    // mem, disk and ports, less the half kept back for its idle GPU.
+    let out = a.allocate(Scope::All, &none);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].framework.as_str(), "cpu");
+    assert_eq!(
+        out[0].resources.to_string(),
+        "cpus:1;disk:50;mem:100;ports:[31000-31009]"
+    );
+    // A GPU framework gets the GPU and what was kept back for it.
     a.update_framework(&"gpu".into(), &fw("r", true));
     let out = a.allocate(Scope::All, &none);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].framework.as_str(), "gpu");
-    assert_eq!(out[0].resources.set_items("gpus"), vec!["g0"]);
+    assert_eq!(out[0].resources.to_string(), "cpus:1;mem:100;gpus:{g0}");
+}
+
+#[test]
+fn an_explicit_reserve_holds_per_idle_gpu_and_shrinks_as_gpus_are_used() {
+    let mut a = Allocator::new();
+    let total = res("cpus:8;mem:8192;gpus:{g0,g1,g2}");
+    let reserve = res("cpus:2;mem:1024");
+    a.update_agent_with_reserve(&"a1".into(), &total, &total, Some(&reserve));
+    assert_eq!(a.held_for_gpus(&"a1".into()), [6000, 3_072_000]);
+    a.update_framework(&"cpu".into(), &fw("r", false));
+    let out = a.allocate(Scope::All, &none);
+    assert_eq!(out[0].resources.to_string(), "cpus:2;mem:5120");
+    // Two GPUs taken by a task (with 1 cpu): one idle GPU holds 2 cpus.
+    let mut avail = total.clone();
+    avail.subtract(&res("cpus:1;mem:512;gpus:{g0,g1}"));
+    a.update_agent_with_reserve(&"a1".into(), &total, &avail, Some(&reserve));
+    a.update_framework(&"cpu".into(), &fw("r", false));
+    assert_eq!(a.held_for_gpus(&"a1".into()), [2000, 1_024_000]);
+    let out = a.allocate(Scope::All, &none);
+    assert_eq!(out[0].resources.to_string(), "cpus:5;mem:6656");
+}
+
+#[test]
+fn cpu_work_goes_to_agents_without_gpus_first() {
+    let mut a = Allocator::new();
+    let g = res("cpus:8;mem:8192;gpus:{g0}");
+    // The GPU agent sorts first by name; it is still offered last.
+    a.update_agent(&"a0-gpu".into(), &g, &g);
+    a.update_agent(&"a1".into(), &res("cpus:1;mem:512"), &res("cpus:1;mem:512"));
+    a.update_framework(&"cpu".into(), &fw("r", false));
+    let out = a.allocate(Scope::All, &none);
+    let agents: Vec<&str> = out.iter().map(|o| o.agent.as_str()).collect();
+    assert_eq!(agents, vec!["a1"], "{out:?}");
+    // Declined (filtered) there, it is offered the GPU agent's cpus.
+    let mut avail = res("cpus:1;mem:512");
+    a.update_agent(&"a1".into(), &res("cpus:1;mem:512"), &avail);
+    a.update_framework(&"cpu".into(), &fw("r", false));
+    let a1_filtered = |_: &FrameworkId, ag: &AgentId| ag.as_str() == "a1";
+    let out = a.allocate(Scope::All, &a1_filtered);
+    let agents: Vec<&str> = out.iter().map(|o| o.agent.as_str()).collect();
+    assert_eq!(agents, vec!["a0-gpu"], "{out:?}");
+    assert_eq!(out[0].resources.set_len("gpus"), 0);
+    // The same in an incremental cycle over both agents.
+    avail.subtract(&res("cpus:1"));
+    a.update_agent(&"a1".into(), &res("cpus:1;mem:512"), &avail);
+    a.update_agent(&"a0-gpu".into(), &g, &g);
+    a.update_framework(&"cpu".into(), &fw("r", false));
+    let both: Vec<AgentId> = vec!["a0-gpu".into(), "a1".into()];
+    let out = a.allocate(Scope::Agents(&both), &none);
+    let agents: Vec<&str> = out.iter().map(|o| o.agent.as_str()).collect();
+    assert_eq!(agents, vec!["a1"], "{out:?}");
 }
 
 #[test]

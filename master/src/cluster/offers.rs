@@ -2,11 +2,25 @@
 //! offers back (timeout, agent gone, framework gone). Offers are the
 //! leader's soft state and are never replicated.
 
-use mezz_proto::v1::{event, Event, Offer, Offers, Rescind};
-use mezz_proto::{AgentId, FrameworkId, OfferId};
+use mezz_proto::v1::{event, AgentInfo, Event, Offer, Offers, Rescind};
+use mezz_proto::{AgentId, FrameworkId, OfferId, Resources};
 
 use super::{Cluster, Effect, Millis, OfferRecord};
 use crate::allocator::{FrameworkState, Scope};
+
+/// The agent's `--gpu-reserve`, when it sent a usable one (anything but
+/// cpus and mem is ignored; without it the default share applies).
+pub(super) fn gpu_reserve(info: &AgentInfo) -> Option<Resources> {
+    Resources::from_proto(&info.gpu_reserve)
+        .ok()
+        .filter(|r| mezz_proto::holdback::per_gpu(r).is_some())
+}
+
+/// What the agent keeps back for its idle GPUs now (cpus and mem), by the
+/// same definition the allocator applies, for `/api/state`.
+pub(super) fn held_for_gpus(a: &super::Agent) -> Resources {
+    mezz_proto::holdback::held_back(&a.total, &a.available(), gpu_reserve(&a.info).as_ref())
+}
 
 impl Cluster {
     /// Whether an allocation cycle is due: resources changed somewhere, or
@@ -31,7 +45,13 @@ impl Cluster {
         match self.agents.get(id).filter(usable) {
             Some(a) => {
                 let available = a.available();
-                self.allocator.update_agent(id, &a.total, &available);
+                let reserve = gpu_reserve(&a.info);
+                self.allocator.update_agent_with_reserve(
+                    id,
+                    &a.total,
+                    &available,
+                    reserve.as_ref(),
+                );
             }
             None => self.allocator.remove_agent(id),
         }

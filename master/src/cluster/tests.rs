@@ -1061,3 +1061,41 @@ fn tasks_ending_together_are_replicated_in_one_bounded_command() {
     assert_eq!(proposals, [3], "one command with the newest three");
     assert_eq!(h.c.completed.len(), 3);
 }
+
+#[test]
+fn a_gpu_agents_reserve_is_kept_from_cpu_only_frameworks_and_shown_in_the_view() {
+    let mut h = Harness::new();
+    h.c.agent_register(
+        1,
+        RegisterAgent {
+            protocol_version: mezz_proto::PROTOCOL_VERSION,
+            agent: Some(AgentInfo {
+                id: "a1".into(),
+                hostname: "gpu-box".into(),
+                address: "127.0.0.1:1".into(),
+                resources: Resources::parse("cpus:8;mem:1000;gpus:{g0,g1}")
+                    .unwrap()
+                    .to_proto(),
+                gpu_reserve: Resources::parse("cpus:1;mem:100").unwrap().to_proto(),
+                ..Default::default()
+            }),
+            tasks: vec![],
+            frameworks: vec![],
+            secret: secret_for("a1"),
+        },
+        h.now,
+    );
+    h.settle();
+    let (_, effects) = h.subscribe(100, "", 60.0);
+    let got = offers(&effects);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let offered = Resources::from_proto(&got[0].resources).unwrap();
+    assert_eq!(offered.to_string(), "cpus:6;mem:800");
+    let view = h.c.view(false, vec![], String::new(), 0.0);
+    let agent = &view.agents[0];
+    assert_eq!(agent.idle_gpus, 2.0);
+    assert_eq!(
+        agent.held_for_gpus,
+        [("cpus".to_string(), 2.0), ("mem".to_string(), 200.0)].into()
+    );
+}

@@ -111,6 +111,8 @@ impl Cluster {
                 last_seen: mezz_proto::unix_now()
                     - self.now.saturating_sub(a.last_seen) as f64 / 1000.0,
                 attributes: a.info.attributes.clone(),
+                held_for_gpus: super::offers::held_for_gpus(a).quantities(),
+                idle_gpus: mezz_proto::holdback::gpus_milli(&a.available()) as f64 / 1000.0,
             })
             .collect();
         agents.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));

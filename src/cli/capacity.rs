@@ -1,0 +1,330 @@
+//! What the cluster can hold, as `mezz run` and `mezz tf run` ask before
+//! and while they wait: whether a request fits any registered agent at all
+//! (if not, it is refused at once), and why each agent is not offering it
+//! now (busy, too small, or keeping cpus and mem back for idle GPUs, as
+//! `/api/state` reports with the master's own `mezz_proto::holdback`).
+//! Pure functions over the cluster state; the commands fetch it.
+
+use std::collections::BTreeMap;
+
+use mezz_proto::holdback::gpus_milli;
+use mezz_proto::v1::AgentView;
+use mezz_proto::Resources;
+
+/// One task's request: what `mezz run --cpus --mem --gpus` asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Need {
+    pub cpus: f64,
+    pub mem: f64,
+    pub gpus: u32,
+    /// The framework's role: resources reserved for it count too.
+    pub role: String,
+}
+
+impl Need {
+    /// cpus and mem, as `Resources` (GPUs are a count here).
+    fn scalars(&self) -> Resources {
+        Resources::new()
+            .with_scalar("cpus", self.cpus)
+            .with_scalar("mem", self.mem)
+    }
+
+    /// `cpus:1;mem:256` and, with GPUs, ` and 2 GPU(s)`.
+    pub fn describe(&self) -> String {
+        if self.gpus > 0 {
+            format!("{} and {} GPU(s)", self.scalars(), self.gpus)
+        } else {
+            self.scalars().to_string()
+        }
+    }
+}
+
+/// An agent's name for messages: its hostname, and its address when
+/// several agents share the hostname.
+fn agent_name(a: &AgentView, all: &[AgentView]) -> String {
+    if all.iter().filter(|b| b.hostname == a.hostname).count() > 1 {
+        format!("{} ({})", a.hostname, a.address)
+    } else {
+        a.hostname.clone()
+    }
+}
+
+/// What a framework of `role` may ever use of an agent: its unreserved
+/// resources and those reserved for exactly that role (as `mezz run` takes
+/// them from an offer).
+fn usable(a: &AgentView, role: &str) -> Resources {
+    let Ok(total) = Resources::parse(&a.resources) else {
+        return Resources::new();
+    };
+    let mut out = total.unreserved();
+    if let Some(mine) = total.reserved(role) {
+        out.add(mine);
+    }
+    out
+}
+
+/// How many times `have` holds the request, on its tightest resource
+/// (at least 1.0 when it fits).
+fn coverage(have: &Resources, need: &Need) -> f64 {
+    let ratio = |have: f64, want: f64| {
+        if want > 0.0 {
+            have / want
+        } else {
+            f64::INFINITY
+        }
+    };
+    let gpus = gpus_milli(have) as f64 / 1000.0;
+    ratio(have.scalar("cpus"), need.cpus)
+        .min(ratio(have.scalar("mem"), need.mem))
+        .min(ratio(gpus, f64::from(need.gpus)))
+}
+
+/// `Some(message)` when agents are registered and none of them could ever
+/// hold `need`, even idle: the message names the largest and its totals.
+/// `None` when one could, or when no agent is registered yet.
+pub fn never_fits(agents: &[AgentView], need: &Need) -> Option<String> {
+    let mut best: Option<(&AgentView, f64)> = None;
+    for a in agents {
+        let c = coverage(&usable(a, &need.role), need);
+        if c >= 1.0 {
+            return None;
+        }
+        if best.is_none_or(|(_, b)| c > b) {
+            best = Some((a, c));
+        }
+    }
+    let (largest, _) = best?;
+    let what = if agents.len() == 1 {
+        "the only agent"
+    } else {
+        "the largest agent"
+    };
+    Some(format!(
+        "no agent can ever hold {}: {what}, {}, has {} in total",
+        need.describe(),
+        agent_name(largest, agents),
+        largest.resources
+    ))
+}
+
+/// `Some(message)` when the registered agents could never hold a whole
+/// gang at once: one of its replicas fits no agent (see [`never_fits`]),
+/// or together they need more cpus, mem or GPUs than all agents have.
+/// `groups` are (replica kind, one replica's need, count); all of one role.
+pub fn gang_never_fits(agents: &[AgentView], groups: &[(String, Need, u32)]) -> Option<String> {
+    for (kind, need, _) in groups.iter().filter(|g| g.2 > 0) {
+        if let Some(why) = never_fits(agents, need) {
+            return Some(format!("a {kind} replica cannot be placed: {why}"));
+        }
+    }
+    let role = groups.first()?.1.role.as_str();
+    let mut have = [0.0f64; 3];
+    for a in agents {
+        let r = usable(a, role);
+        have[0] += r.scalar("cpus");
+        have[1] += r.scalar("mem");
+        have[2] += gpus_milli(&r) as f64 / 1000.0;
+    }
+    let mut want = [0.0f64; 3];
+    for (_, need, count) in groups {
+        let n = f64::from(*count);
+        want[0] += need.cpus * n;
+        want[1] += need.mem * n;
+        want[2] += f64::from(need.gpus) * n;
+    }
+    if agents.is_empty() || (0..3).all(|i| want[i] <= have[i] + 1e-9) {
+        return None;
+    }
+    let total = |q: [f64; 3]| {
+        let r = Resources::new()
+            .with_scalar("cpus", q[0])
+            .with_scalar("mem", q[1]);
+        if q[2] > 0.0 {
+            format!("{r} and {} GPU(s)", q[2])
+        } else {
+            r.to_string()
+        }
+    };
+    Some(format!(
+        "the whole gang needs {} at once; all {} agent(s) together have {}",
+        total(want),
+        agents.len(),
+        total(have)
+    ))
+}
+
+fn quantity(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.get(name).copied().unwrap_or(0.0)
+}
+
+/// `cpus:1;mem:12288` from a view's map (cpus and mem only).
+fn cpus_mem(m: &BTreeMap<String, f64>) -> String {
+    Resources::new()
+        .with_scalar("cpus", quantity(m, "cpus"))
+        .with_scalar("mem", quantity(m, "mem"))
+        .to_string()
+}
+
+/// Why each agent is not taking `need` right now, one phrase per agent that
+/// cannot (agents that could are left out): "dev-agent-1 keeps cpus:1;
+/// mem:4096 for its 2 idle GPUs".
+pub fn why_not_offered(agents: &[AgentView], need: &Need) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in agents {
+        let name = agent_name(a, agents);
+        if a.status != "connected" {
+            out.push(format!("{name} is {}", a.status));
+            continue;
+        }
+        let all = usable(a, &need.role);
+        if coverage(&all, need) < 1.0 {
+            out.push(format!("{name} has only {all} in total"));
+            continue;
+        }
+        let free = |n: &str| {
+            (quantity(&a.total, n) - quantity(&a.used, n) - quantity(&a.offered, n)).max(0.0)
+        };
+        let fits = |cpus: f64, mem: f64| cpus + 1e-9 >= need.cpus && mem + 1e-9 >= need.mem;
+        let (cpus, mem) = (free("cpus"), free("mem"));
+        let free_text = Resources::new()
+            .with_scalar("cpus", cpus)
+            .with_scalar("mem", mem)
+            .to_string();
+        let free_text = if free_text.is_empty() {
+            "nothing".to_string()
+        } else {
+            free_text
+        };
+        if need.gpus > 0 {
+            let idle = a.idle_gpus.floor();
+            if idle < f64::from(need.gpus) {
+                out.push(format!(
+                    "{name} has {idle} of its {} GPUs free",
+                    quantity(&a.total, "gpus")
+                ));
+            } else if !fits(cpus, mem) {
+                out.push(format!("{name} has {free_text} free"));
+            }
+            continue;
+        }
+        let held = |n: &str| quantity(&a.held_for_gpus, n);
+        if fits(cpus, mem) && !fits(cpus - held("cpus"), mem - held("mem")) {
+            let idle = a.idle_gpus;
+            out.push(format!(
+                "{name} keeps {} for its {idle} idle GPU{} (CPU-only work may use the rest)",
+                cpus_mem(&a.held_for_gpus),
+                if idle == 1.0 { "" } else { "s" }
+            ));
+        } else if !fits(cpus, mem) {
+            out.push(format!("{name} has {free_text} free"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn agent(host: &str, resources: &str) -> AgentView {
+        let r = Resources::parse(resources).unwrap();
+        AgentView {
+            id: format!("id-{host}"),
+            hostname: host.into(),
+            address: format!("{host}:5051"),
+            status: "connected".into(),
+            resources: resources.into(),
+            total: r.quantities(),
+            idle_gpus: gpus_milli(&r) as f64 / 1000.0,
+            ..Default::default()
+        }
+    }
+
+    fn need(cpus: f64, mem: f64, gpus: u32) -> Need {
+        Need {
+            cpus,
+            mem,
+            gpus,
+            role: "*".into(),
+        }
+    }
+
+    #[test]
+    fn a_request_larger_than_every_agent_names_the_largest() {
+        let agents = vec![
+            agent("small", "cpus:2;mem:4096"),
+            agent("big", "cpus:8;mem:16384;gpus:{g0}"),
+        ];
+        let msg = never_fits(&agents, &need(512.0, 256.0, 0)).unwrap();
+        assert_eq!(
+            msg,
+            "no agent can ever hold cpus:512;mem:256: the largest agent, big, has \
+             cpus:8;mem:16384;gpus:{g0} in total"
+        );
+        assert!(never_fits(&agents, &need(8.0, 256.0, 1)).is_none());
+        assert!(never_fits(&agents, &need(1.0, 256.0, 2))
+            .unwrap()
+            .contains("256 and 2 GPU(s)"));
+        assert!(never_fits(&[], &need(512.0, 1.0, 0)).is_none());
+    }
+
+    #[test]
+    fn a_gang_larger_than_the_cluster_is_refused_even_when_each_replica_fits() {
+        let agents = vec![agent("a", "cpus:2;mem:4096"), agent("b", "cpus:2;mem:4096")];
+        let worker = need(2.0, 1024.0, 0);
+        let fits = [("worker".to_string(), worker.clone(), 2)];
+        assert!(gang_never_fits(&agents, &fits).is_none());
+        let too_many = [("worker".to_string(), worker, 3)];
+        assert_eq!(
+            gang_never_fits(&agents, &too_many).unwrap(),
+            "the whole gang needs cpus:6;mem:3072 at once; all 2 agent(s) together have \
+             cpus:4;mem:8192"
+        );
+        let big = [("ps".to_string(), need(3.0, 1.0, 0), 1)];
+        assert!(gang_never_fits(&agents, &big)
+            .unwrap()
+            .starts_with("a ps replica cannot be placed: no agent can ever hold cpus:3"));
+        assert!(gang_never_fits(&[], &too_many).is_none());
+    }
+
+    #[test]
+    fn reservations_count_only_for_their_role() {
+        let agents = vec![agent("a", "cpus:1;cpus(eng):4;mem:1024")];
+        let mut n = need(3.0, 100.0, 0);
+        assert!(never_fits(&agents, &n).is_some());
+        n.role = "eng".into();
+        assert!(never_fits(&agents, &n).is_none());
+    }
+
+    #[test]
+    fn an_agent_holding_back_for_idle_gpus_says_so() {
+        let mut g = agent("dev-agent-1", "cpus:2;mem:4096;gpus:{g0,g1}");
+        g.held_for_gpus = map(&[("cpus", 1.0), ("mem", 2048.0)]);
+        let mut busy = agent("busy", "cpus:2;mem:4096");
+        busy.used = map(&[("cpus", 1.5)]);
+        let mut gone = agent("gone", "cpus:2;mem:4096");
+        gone.status = "disconnected".into();
+        let agents = vec![g, busy, gone, agent("free", "cpus:8;mem:8192")];
+        let why = why_not_offered(&agents, &need(1.5, 256.0, 0));
+        assert_eq!(
+            why,
+            vec![
+                "dev-agent-1 keeps cpus:1;mem:2048 for its 2 idle GPUs (CPU-only work may use the rest)",
+                "busy has cpus:0.5;mem:4096 free",
+                "gone is disconnected",
+            ]
+        );
+        // A GPU task is not told about the hold-back: it may use it.
+        let why = why_not_offered(&agents[..1], &need(1.5, 256.0, 1));
+        assert!(why.is_empty(), "{why:?}");
+        let why = why_not_offered(&agents[..2], &need(1.0, 256.0, 3));
+        assert_eq!(
+            why[0],
+            "dev-agent-1 has only cpus:2;mem:4096;gpus:{g0,g1} in total"
+        );
+    }
+}
