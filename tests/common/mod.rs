@@ -184,11 +184,33 @@ impl Cluster {
             "--work-dir".into(),
             self.agent_work_dir(i).display().to_string(),
             "--resources".into(),
-            self.agent_resources.clone(),
+            self.resources_of(i),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let p = self.spawn(&format!("agent-{i}"), &args);
         self.agents[i] = Some(p);
+    }
+
+    /// The cluster's agent resources, with agent `i`'s own port range:
+    /// agents of one host must not offer the same ports (the agent refuses
+    /// to start), so agent `i` gets the `i`-th range of the given size
+    /// (31000-32000 when none is given).
+    pub fn resources_of(&self, i: usize) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut range = (31000u64, 32000u64);
+        for part in self.agent_resources.split(';') {
+            match part
+                .strip_prefix("ports:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.split_once('-'))
+            {
+                Some((b, e)) => range = (b.parse().expect("port"), e.parse().expect("port")),
+                None => parts.push(part.to_string()),
+            }
+        }
+        let shift = (range.1 - range.0 + 1) * i as u64;
+        parts.push(format!("ports:[{}-{}]", range.0 + shift, range.1 + shift));
+        parts.join(";")
     }
 
     /// Starts agent `i` with the usual flags, and no GPUs.
