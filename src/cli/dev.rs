@@ -246,38 +246,38 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         Ok((_, addr)) => addr,
         Err(_) => master_addr.to_string(),
     };
-    println!("Mezzanine dev cluster is up.");
-    println!("  status page  http://{leader}/");
+    outln!("Mezzanine dev cluster is up.");
+    outln!("  status page  http://{leader}/");
     if masters.len() == 1 {
-        println!("  master       {master_addr}");
+        outln!("  master       {master_addr}");
     } else {
-        println!("  masters      {} (leader {leader})", masters.join(","));
+        outln!("  masters      {} (leader {leader})", masters.join(","));
     }
     let gpus = match args.fake_gpus {
         Some(g) if g > 0 => format!(" + {g} fake GPU(s)"),
         _ => String::new(),
     };
     if args.agents == 1 {
-        println!(
+        outln!(
             "  agent        dev-agent-1 at 127.0.0.1:{}: {}{gpus}",
             args.port + args.masters,
             shares[0]
         );
     } else {
-        println!(
+        outln!(
             "  agents       {}, each with {}:",
             args.agents,
             share_note(given.as_ref())
         );
         for (i, share) in (0..args.agents).zip(&shares) {
-            println!(
+            outln!(
                 "               dev-agent-{} at 127.0.0.1:{}: {share}{gpus}",
                 i + 1,
                 args.port + args.masters + i,
             );
         }
     }
-    println!(
+    outln!(
         "  data dir     {}{}",
         data_dir.display(),
         if args.data_dir.is_none() {
@@ -287,9 +287,9 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         }
     );
     if masters.len() == 1 && args.port == 5050 {
-        println!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
+        outln!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
     } else {
-        println!(
+        outln!(
             "Try: MEZZ_MASTER={} mezz run -- echo hello      (Ctrl-C stops the cluster)",
             masters.join(",")
         );
@@ -306,18 +306,18 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             };
         }
     }
-    eprintln!("stopping the local cluster…");
+    errln!("stopping the local cluster…");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(done) = tasks.join_next().await {
             if let Ok(Err(e)) = done {
-                eprintln!("mezz dev: {e:#}");
+                errln!("mezz dev: {e:#}");
             }
         }
     })
     .await;
     if drained.is_err() {
-        eprintln!("mezz dev: some components did not stop within 15 s");
+        errln!("mezz dev: some components did not stop within 15 s");
     }
     Ok(ExitCode::SUCCESS)
 }
