@@ -236,6 +236,6 @@ mod tests {
         ]));
         assert!(!keeps(&["ps", "--json"]));
         assert!(!keeps(&["run", "--", "true"]));
-        assert!(!keeps(&["tf", "status"]));
+        assert!(!keeps(&["tf", "status", "job"]));
     }
 }
