@@ -1,8 +1,10 @@
 //! `mezz tf` against real `mezz` processes: TensorFlow MultiWorkerMirrored
-//! training, a parameter-server job's TF_CONFIG, gang placement that waits
-//! for the whole job, a gang restart after a worker is killed, and GPUs.
-//! Only the first test imports TensorFlow (it is slow to start); the
-//! others run plain shell or Python commands.
+//! training on one agent and across two agents of one host, a PyTorch
+//! rendezvous across two agents, a parameter-server job's TF_CONFIG, gang
+//! placement that waits for the whole job, a gang restart after a worker
+//! is killed, and GPUs. Only the MultiWorkerMirrored tests import
+//! TensorFlow (it is slow to start); the others run plain shell or Python
+//! commands.
 
 mod common;
 
@@ -230,6 +232,54 @@ fn two_workers_on_two_agents_of_one_host_train_with_mwms() {
         .collect();
     assert_eq!(agents.len(), 2, "one worker on each agent: {agents:?}");
     assert!(c.active_tasks().is_empty(), "no task of the job remains");
+}
+
+/// The PyTorch flavor across two agents of one host: the replicas meet at
+/// MASTER_ADDR:MASTER_PORT (a standard-library rendezvous, see
+/// `rendezvous.py`; rank 0 listens on the loopback address it is given)
+/// and agree on WORLD_SIZE and distinct RANKs, so the address and port
+/// handed out are reachable and free.
+#[test]
+fn pytorch_replicas_on_two_agents_meet_at_master_addr() {
+    let mut c = Cluster::start("cpus:1;mem:512;disk:1000", &[]);
+    c.add_agent();
+    let rendezvous = script("rendezvous.py");
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "torch2",
+            "--flavor",
+            "pytorch",
+            "--workers",
+            "2",
+            "--cpus",
+            "1",
+            "--mem",
+            "128",
+            "--",
+            "python3",
+            &rendezvous,
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for rank in 0..2 {
+        assert_eq!(
+            lines_with(
+                &out,
+                &format!("[worker/{rank}] rank {rank}: agreed ranks=[0, 1]")
+            )
+            .len(),
+            1,
+            "{out}"
+        );
+    }
+    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "torch2/")
+        .iter()
+        .filter_map(|t| t["agent_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(agents.len(), 2, "one replica on each agent: {agents:?}");
 }
 
 #[test]
