@@ -25,7 +25,8 @@ pub struct DevArgs {
     /// Number of masters (ports P, P+1, …).
     #[arg(long, default_value_t = 1)]
     pub masters: u16,
-    /// Number of agents (ports after the masters').
+    /// Number of agents (ports after the masters'). Each offers an equal
+    /// share of this machine and a port range of its own.
     #[arg(long, default_value_t = 1)]
     pub agents: u16,
     /// First port.
