@@ -209,12 +209,12 @@ impl Drop for Held {
 /// Records `mine` in the claims of `dir`, unless a live agent there
 /// already claims overlapping ports (see [`conflict`]). `Ok(None)` when the
 /// claims file cannot be used: that is logged, and the agent goes on.
-pub fn claim(dir: &Path, mine: Claim) -> Result<Option<Held>, Conflict> {
+pub fn claim(dir: &Path, mine: Claim) -> Result<Option<Held>, Box<Conflict>> {
     let work_dir = mine.work_dir.clone();
     let outcome = with_claims(dir, |claims| {
         claims.retain(is_alive);
         if let Some(c) = conflict(&mine, claims, |_| true) {
-            return Err(c);
+            return Err(Box::new(c));
         }
         claims.retain(|c| c.work_dir != mine.work_dir);
         claims.push(mine.clone());

@@ -44,6 +44,8 @@ pub const LAUNCH_SUBCOMMAND: &str = "__launch";
 #[command(name = "mezz", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log filter (e.g. `info`, `mezz_master=debug`); `RUST_LOG` works too.
+    /// Logs go to stderr, coloured only on a terminal and never with
+    /// `NO_COLOR` set.
     #[arg(long, global = true, env = "MEZZ_LOG")]
     pub log: Option<String>,
     /// Log line format: `text` for people, `json` (one object per line,
