@@ -24,7 +24,16 @@ fn main() -> ExitCode {
         let code = mezz_agent::launch_main(std::path::Path::new(spec));
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    // Rust ignores SIGPIPE, so a write to a closed pipe (`mezz ps | head`)
+    // is an error, and `println!` panics on it. Commands people type die
+    // of SIGPIPE instead, quietly and with the status a shell expects
+    // (141), as `ls | head` does; `--help` and clap's errors included.
+    // Cluster components keep it ignored (see `Command::keeps_running`).
+    set_sigpipe(nix::sys::signal::SigHandler::SigDfl);
     let cli = cli::Cli::parse();
+    if cli.command.keeps_running() {
+        set_sigpipe(nix::sys::signal::SigHandler::SigIgn);
+    }
     cli::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -43,4 +52,10 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn set_sigpipe(handler: nix::sys::signal::SigHandler) {
+    // SAFETY: SIG_DFL and SIG_IGN run no code of ours in a signal handler,
+    // and no other thread exists yet to race on the disposition.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, handler) };
 }

@@ -127,3 +127,103 @@ fn dev_cluster_runs_a_task_and_stops_cleanly_on_sigterm() {
         "nothing listens any more"
     );
 }
+
+/// The port ranges of a resources text such as `cpus:1;ports:[1-2,5-6]`.
+fn port_ranges(resources: &str) -> Vec<(u64, u64)> {
+    resources
+        .split(';')
+        .find_map(|r| r.strip_prefix("ports:["))
+        .map(|r| {
+            r.trim_end_matches(']')
+                .split(',')
+                .map(|range| {
+                    let (b, e) = range.split_once('-').unwrap_or((range, range));
+                    (b.parse().expect("port"), e.parse().expect("port"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn dev_agents_get_disjoint_ports_and_a_share_of_the_machine() {
+    let port = consecutive_free_ports(3);
+    let child = Command::new(MEZZ)
+        .args([
+            "dev",
+            "--port",
+            &port.to_string(),
+            "--agents",
+            "2",
+            "--resources",
+            "mem:512;disk:100",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mezz dev");
+    let mut dev = Proc {
+        name: "dev".into(),
+        child,
+        log: "/dev/null".into(),
+    };
+    let mut lines = std::io::BufReader::new(dev.child.stdout.take().expect("stdout")).lines();
+    let banner: Vec<String> = (0..7)
+        .map(|_| lines.next().expect("banner line").expect("utf-8"))
+        .collect();
+    let banner = banner.join("\n");
+    assert!(
+        banner.contains(
+            "agents       2, each with its own ports and an equal share of this machine's cpus"
+        ),
+        "{banner}"
+    );
+
+    let master = format!("127.0.0.1:{port}");
+    let mut agents = Vec::new();
+    wait_for("both agents to register", T, || {
+        agents = http_get(&master, "/api/state")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|s| s["agents"].as_array().cloned())
+            .unwrap_or_default();
+        agents.len() == 2
+    });
+    let resources: Vec<String> = agents
+        .iter()
+        .map(|a| a["resources"].as_str().expect("resources").to_string())
+        .collect();
+    let (a, b) = (port_ranges(&resources[0]), port_ranges(&resources[1]));
+    assert!(!a.is_empty() && !b.is_empty(), "{resources:?}");
+    for &(ab, ae) in &a {
+        for &(bb, be) in &b {
+            assert!(ae < bb || be < ab, "overlapping ports: {resources:?}");
+        }
+    }
+    let cpus = |r: &str| -> f64 {
+        r.split(';')
+            .find_map(|p| p.strip_prefix("cpus:"))
+            .and_then(|c| c.parse().ok())
+            .expect("cpus")
+    };
+    let machine = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert_eq!(cpus(&resources[0]), cpus(&resources[1]), "{resources:?}");
+    assert!(
+        cpus(&resources[0]) + cpus(&resources[1]) <= machine,
+        "together no more than the machine's {machine} cpus: {resources:?}"
+    );
+    assert!(
+        resources.iter().all(|r| r.contains("mem:512")),
+        "as given: {resources:?}"
+    );
+
+    unsafe {
+        libc::kill(dev.pid() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dev.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "mezz dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,8 +1,10 @@
 //! `mezz tf` against real `mezz` processes: TensorFlow MultiWorkerMirrored
-//! training, a parameter-server job's TF_CONFIG, gang placement that waits
-//! for the whole job, a gang restart after a worker is killed, and GPUs.
-//! Only the first test imports TensorFlow (it is slow to start); the
-//! others run plain shell or Python commands.
+//! training on one agent and across two agents of one host, a PyTorch
+//! rendezvous across two agents, a parameter-server job's TF_CONFIG, gang
+//! placement that waits for the whole job, a gang restart after a worker
+//! is killed, and GPUs. Only the MultiWorkerMirrored tests import
+//! TensorFlow (it is slow to start); the others run plain shell or Python
+//! commands.
 
 mod common;
 
@@ -161,6 +163,123 @@ fn two_workers_train_with_multi_worker_mirrored_strategy() {
     );
     assert!(c.active_tasks().is_empty(), "no task of the job remains");
     eprintln!("MWMS job took {:?}", started.elapsed());
+}
+
+/// The TF_CONFIG a worker printed (see `mwms_train.py`).
+fn tf_config_of(out: &str, worker: usize) -> serde_json::Value {
+    let prefix = format!("[worker/{worker}] TF_CONFIG ");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("worker/{worker} printed no TF_CONFIG:\n{out}"))
+}
+
+/// The case: two agents on one host (as `mezz dev --agents 2`
+/// makes), one worker on each. Both used to get 127.0.0.1:31000 and the
+/// second could not start its gRPC server. TensorFlow binds the wildcard
+/// address, so the whole cluster runs in a network namespace of its own.
+#[test]
+fn two_workers_on_two_agents_of_one_host_train_with_mwms() {
+    const NAME: &str = "two_workers_on_two_agents_of_one_host_train_with_mwms";
+    if !in_private_network_now() {
+        if tf_python().is_some() {
+            in_private_network(NAME, Duration::from_secs(400));
+        }
+        return;
+    }
+    let python = tf_python().expect("checked before");
+    // Each worker needs a whole agent, so the two go to different agents.
+    let mut c = Cluster::start("cpus:1;mem:3072;disk:1000", &[]);
+    c.add_agent();
+    let train = script("mwms_train.py");
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "mwms2",
+            "--workers",
+            "2",
+            "--cpus",
+            "1",
+            "--mem",
+            "2048",
+            "--",
+            &python,
+            &train,
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(300));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let losses: Vec<&str> = lines_with(&out, "final loss")
+        .iter()
+        .filter_map(|l| l.split("final loss ").nth(1))
+        .collect();
+    assert_eq!(losses.len(), 2, "both workers report a loss:\n{out}");
+    assert_eq!(losses[0], losses[1], "the workers agree:\n{out}");
+
+    let spec = tf_config_of(&out, 0)["cluster"]["worker"].clone();
+    assert_eq!(tf_config_of(&out, 1)["cluster"]["worker"], spec, "{out}");
+    let addresses: Vec<&str> = spec
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(addresses.len(), 2, "{spec}");
+    assert_ne!(addresses[0], addresses[1], "{spec}");
+
+    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "mwms2/")
+        .iter()
+        .filter_map(|t| t["agent_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(agents.len(), 2, "one worker on each agent: {agents:?}");
+    assert!(c.active_tasks().is_empty(), "no task of the job remains");
+}
+
+/// The PyTorch flavor across two agents of one host: the replicas meet at
+/// MASTER_ADDR:MASTER_PORT (a standard-library rendezvous, see
+/// `rendezvous.py`; rank 0 listens on the loopback address it is given)
+/// and agree on WORLD_SIZE and distinct RANKs, so the address and port
+/// handed out are reachable and free.
+#[test]
+fn pytorch_replicas_on_two_agents_meet_at_master_addr() {
+    let mut c = Cluster::start("cpus:1;mem:512;disk:1000", &[]);
+    c.add_agent();
+    let rendezvous = script("rendezvous.py");
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "torch2",
+            "--flavor",
+            "pytorch",
+            "--workers",
+            "2",
+            "--cpus",
+            "1",
+            "--mem",
+            "128",
+            "--",
+            "python3",
+            &rendezvous,
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for rank in 0..2 {
+        assert_eq!(
+            lines_with(
+                &out,
+                &format!("[worker/{rank}] rank {rank}: agreed ranks=[0, 1]")
+            )
+            .len(),
+            1,
+            "{out}"
+        );
+    }
+    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "torch2/")
+        .iter()
+        .filter_map(|t| t["agent_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(agents.len(), 2, "one replica on each agent: {agents:?}");
 }
 
 #[test]

@@ -54,4 +54,7 @@ pub enum AgentError {
     /// GPUs were asked for but cannot be set up.
     #[error("{0}")]
     Gpus(String),
+    /// Another agent of this host already offers some of the same ports.
+    #[error("{0}")]
+    Ports(String),
 }

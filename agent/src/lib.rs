@@ -20,6 +20,7 @@ pub mod launch_spec;
 mod launcher;
 pub mod lifecycle;
 mod master_link;
+pub mod port_claims;
 pub mod resources;
 
 use std::future::Future;
@@ -163,6 +164,8 @@ pub async fn run(
             .map(mezz_proto::Resources::to_proto)
             .unwrap_or_default(),
     };
+    // Held until the agent stops; dropping it withdraws the claim.
+    let _port_claim = claim_ports(&config, &info, &resources)?;
     tracing::info!(
         agent_id = %agent_id,
         "agent {agent_id} on {hostname}: API on {bound} (advertised as {}), work dir {}, resources {resources}",
@@ -232,6 +235,38 @@ pub async fn run(
         tracing::warn!("final checkpoint flush failed: {e}");
     }
     outcome
+}
+
+/// Claims the ports this agent offers among the agents of this host, or
+/// refuses to start when another one already offers some of them (see
+/// [`port_claims`]).
+fn claim_ports(
+    config: &Config,
+    info: &AgentInfo,
+    resources: &mezz_proto::Resources,
+) -> Result<Option<port_claims::Held>, AgentError> {
+    let ports = resources.reserve("").ranges("ports").to_vec();
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    let work_dir =
+        std::fs::canonicalize(&config.work_dir).unwrap_or_else(|_| config.work_dir.clone());
+    let claim = port_claims::Claim {
+        agent_id: info.id.clone(),
+        address: info.address.clone(),
+        host: port_claims::advertised_host(&info.address, &info.hostname),
+        root: work_dir
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+        work_dir,
+        masters: config.masters.clone(),
+        ports,
+        pid: std::process::id(),
+        started: port_claims::process_start(std::process::id()).unwrap_or(0),
+    };
+    port_claims::claim(&port_claims::default_dir(), claim)
+        .map_err(|conflict| AgentError::Ports(conflict.to_string()))
 }
 
 async fn agent_flush(agent: &agent::Agent) -> sled::Result<()> {

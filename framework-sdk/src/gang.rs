@@ -4,7 +4,9 @@
 //! hold half of what they need never wait on each other for ever (the
 //! deadlock Mesos documents for frameworks that hoard offers). The core is
 //! pure (`offers`/`expire` take the time); `on_offers`/`on_wakeup` are the
-//! thin shell that talks to a [`Driver`].
+//! thin shell that talks to a [`Driver`]. Ports are picked by [`place`], so
+//! no two tasks of a gang share a host:port, even across agents of one
+//! host.
 
 use std::time::{Duration, Instant};
 
@@ -338,6 +340,35 @@ mod tests {
             g.offers(vec![offer("e", 1.0)], t0),
             GangStep::Decline { .. }
         ));
+    }
+
+    #[test]
+    fn a_gang_over_agents_of_one_host_gets_distinct_addresses() {
+        let on_localhost = |id: &str, port: u16| proto::Offer {
+            id: id.into(),
+            agent_id: format!("agent-{id}"),
+            hostname: format!("dev-agent-{id}"),
+            agent_address: format!("127.0.0.1:{port}"),
+            resources: Resources::parse("cpus:1;ports:[31000-31001]")
+                .expect("valid")
+                .to_proto(),
+            ..Default::default()
+        };
+        let one = Resources::new().with_scalar("cpus", 1.0);
+        let mut g =
+            Gang::new((0..2).map(|i| TaskRequest::new(format!("w{i}"), one.clone()).ports(1)))
+                .strategy(Strategy::Spread)
+                .seed(3);
+        let step = g.offers(
+            vec![on_localhost("a", 5051), on_localhost("b", 5052)],
+            Instant::now(),
+        );
+        let GangStep::Launch { plan, .. } = step else {
+            panic!("the gang fits: {step:?}")
+        };
+        let ports: std::collections::BTreeSet<u64> =
+            plan.placed.iter().flat_map(|p| p.ports.clone()).collect();
+        assert_eq!(ports.len(), 2, "{plan:?}");
     }
 
     #[test]

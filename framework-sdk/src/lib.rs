@@ -134,7 +134,7 @@ mod tracker;
 pub use driver::Driver;
 pub use error::SdkError;
 pub use gang::{Gang, GangStep};
-pub use placement::{place, Placement, Plan, Strategy, TaskRequest, GPUS, PORTS};
+pub use placement::{offer_host, place, Placement, Plan, Strategy, TaskRequest, GPUS, PORTS};
 pub use runtime::{run, DriverBuilder};
 pub use scheduler::Scheduler;
 pub use task::TaskBuilder;

@@ -3,6 +3,11 @@
 //! from the agent's GPU identities. Pure: offers and requests in, a [`Plan`]
 //! out. Whether something fits is [`Resources::contains`], the master's own
 //! check; it is never rewritten here.
+//!
+//! A port is an address only together with its host, and several agents can
+//! share a host (`mezz dev --agents N`, or one agent per NUMA node): two
+//! tasks of one plan never get the same host:port, even from two agents
+//! that offer the same port range on one host.
 
 use std::collections::BTreeMap;
 
@@ -181,26 +186,115 @@ impl Plan {
     }
 }
 
+/// The host that tasks on `offer`'s agent are reached at: the host of the
+/// agent's advertised API address (agents advertise what peers can reach),
+/// else its hostname. Two agents with the same `offer_host` share one
+/// network: a port taken on one is taken on the other.
+///
+/// ```
+/// use mezz_sdk::{offer_host, proto};
+/// let offer = proto::Offer {
+///     hostname: "dev-agent-2".into(),
+///     agent_address: "127.0.0.1:5052".into(),
+///     ..Default::default()
+/// };
+/// assert_eq!(offer_host(&offer), "127.0.0.1");
+/// let v6 = proto::Offer { agent_address: "[::1]:5051".into(), ..Default::default() };
+/// assert_eq!(offer_host(&v6), "::1");
+/// ```
+pub fn offer_host(offer: &proto::Offer) -> String {
+    match offer.agent_address.rsplit_once(':') {
+        Some((host, _)) if !host.is_empty() => host.trim_matches(['[', ']']).to_string(),
+        _ => offer.hostname.clone(),
+    }
+}
+
+/// The names under which an offer's ports are addresses: its
+/// [`offer_host`] and its agent's hostname. Agents that share either share
+/// ports, as far as placement can tell.
+fn host_keys(offer: &proto::Offer) -> Vec<String> {
+    let mut keys = vec![offer_host(offer)];
+    if !offer.hostname.is_empty() && !keys.contains(&offer.hostname) {
+        keys.push(offer.hostname.clone());
+    }
+    keys.retain(|k| !k.is_empty());
+    keys
+}
+
 /// An offer being filled: what is left of it and how many tasks it got.
 struct Slot {
     offer_id: OfferId,
     agent_id: AgentId,
     left: Resources,
+    /// See [`host_keys`].
+    hosts: Vec<String>,
+}
+
+/// Ports already given to a task of this plan: ranges, by host.
+#[derive(Default)]
+struct TakenPorts(BTreeMap<String, Vec<(u64, u64)>>);
+
+impl TakenPorts {
+    fn on<'a>(&'a self, hosts: &'a [String]) -> impl Iterator<Item = (u64, u64)> + 'a {
+        hosts
+            .iter()
+            .filter_map(|h| self.0.get(h))
+            .flat_map(|r| r.iter().copied())
+    }
+
+    /// The end of the furthest taken range holding `port`, if any.
+    fn taken_until(&self, hosts: &[String], port: u64) -> Option<u64> {
+        self.on(hosts)
+            .filter(|&(b, e)| (b..=e).contains(&port))
+            .map(|(_, e)| e)
+            .max()
+    }
+
+    /// Whether any port of `ranges` is taken on one of `hosts`.
+    fn any_taken(&self, hosts: &[String], ranges: &[(u64, u64)]) -> bool {
+        self.on(hosts)
+            .any(|(b, e)| ranges.iter().any(|&(rb, re)| rb <= e && b <= re))
+    }
+
+    fn take(&mut self, hosts: &[String], ranges: &[(u64, u64)]) {
+        for h in hosts {
+            self.0
+                .entry(h.clone())
+                .or_default()
+                .extend_from_slice(ranges);
+        }
+    }
 }
 
 /// What a request takes from an offer: exact resources, ports, GPUs.
 type Claim = (Resources, Vec<u64>, Vec<String>);
 
-/// The exact resources `request` would take from `left`, with the ports
-/// and GPUs picked; `None` when it does not fit.
-fn claim(request: &TaskRequest, left: &Resources) -> Option<Claim> {
+/// The exact resources `request` would take from `slot`, with the ports
+/// (none taken on its host already) and GPUs picked; `None` when it does
+/// not fit.
+fn claim(request: &TaskRequest, slot: &Slot, taken: &TakenPorts) -> Option<Claim> {
+    let left = &slot.left;
+    if taken.any_taken(&slot.hosts, request.resources.ranges(PORTS)) {
+        return None;
+    }
     let rest = left.checked_sub(&request.resources)?;
     let mut ports = Vec::with_capacity(request.ports);
     for &(begin, end) in rest.ranges(PORTS) {
         let mut port = begin;
-        while ports.len() < request.ports && port <= end {
-            ports.push(port);
-            port += 1;
+        while ports.len() < request.ports {
+            // The next port to try, or the end of this range.
+            let next = match taken.taken_until(&slot.hosts, port) {
+                // Skip the whole taken stretch at once.
+                Some(last) => last,
+                None => {
+                    ports.push(port);
+                    port
+                }
+            };
+            if next >= end {
+                break;
+            }
+            port = next + 1;
         }
     }
     let gpus: Vec<String> = rest
@@ -223,8 +317,9 @@ fn claim(request: &TaskRequest, left: &Resources) -> Option<Claim> {
 
 /// Places `requests`, in order, on `offers` by `strategy`. Each request goes
 /// whole to one offer or is listed in [`Plan::unplaced`]; what a request
-/// takes is gone for the next. Offers whose resources cannot be read are
-/// treated as empty.
+/// takes is gone for the next. No two requests get the same port on one
+/// host (see [`offer_host`]), whichever agents offer it. Offers whose
+/// resources cannot be read are treated as empty.
 ///
 /// ```
 /// use mezz_sdk::{place, proto, Resources, Strategy, TaskRequest};
@@ -253,8 +348,10 @@ pub fn place(strategy: Strategy, offers: &[proto::Offer], requests: &[TaskReques
             offer_id: OfferId(o.id.clone()),
             agent_id: AgentId(o.agent_id.clone()),
             left: Resources::from_proto(&o.resources).unwrap_or_default(),
+            hosts: host_keys(o),
         })
         .collect();
+    let mut taken = TakenPorts::default();
     let mut total = Resources::new();
     for slot in &slots {
         total.add(&slot.left);
@@ -268,7 +365,7 @@ pub fn place(strategy: Strategy, offers: &[proto::Offer], requests: &[TaskReques
         let candidates = slots
             .iter()
             .enumerate()
-            .filter_map(|(i, slot)| claim(request, &slot.left).map(|claimed| (i, claimed)));
+            .filter_map(|(i, slot)| claim(request, slot, &taken).map(|claimed| (i, claimed)));
         let score = |i: usize, exact: &Resources| -> (usize, f64) {
             let slot = &slots[i];
             let mut after = slot.left.clone();
@@ -303,6 +400,7 @@ pub fn place(strategy: Strategy, offers: &[proto::Offer], requests: &[TaskReques
         };
         let slot = &mut slots[i];
         slot.left.subtract(&exact);
+        taken.take(&slot.hosts, exact.ranges(PORTS));
         *per_agent.entry(slot.agent_id.clone()).or_default() += 1;
         plan.placed.push(Placement {
             request: index,
@@ -320,6 +418,10 @@ pub fn place(strategy: Strategy, offers: &[proto::Offer], requests: &[TaskReques
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{
+        any, prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig,
+    };
+    use std::collections::BTreeSet;
 
     fn offer(id: &str, agent: &str, resources: &str) -> proto::Offer {
         proto::Offer {
@@ -362,6 +464,81 @@ mod tests {
         assert_eq!(plan.placed[0].resources.range_count(PORTS), 3);
     }
 
+    fn offer_on(id: &str, agent: &str, host: &str, address: &str, res: &str) -> proto::Offer {
+        proto::Offer {
+            hostname: host.into(),
+            agent_address: address.into(),
+            ..offer(id, agent, res)
+        }
+    }
+
+    #[test]
+    fn agents_of_one_host_never_hand_out_one_port_twice() {
+        // `mezz dev --agents 2` as it once was: both agents on 127.0.0.1,
+        // both offering the same range.
+        let offers = [
+            offer_on(
+                "o1",
+                "a1",
+                "dev-agent-1",
+                "127.0.0.1:5051",
+                "cpus:1;ports:[31000-31001]",
+            ),
+            offer_on(
+                "o2",
+                "a2",
+                "dev-agent-2",
+                "127.0.0.1:5052",
+                "cpus:1;ports:[31000-31001]",
+            ),
+        ];
+        let req = TaskRequest::new("t", Resources::parse("cpus:1").expect("valid")).ports(1);
+        let plan = place(Strategy::Spread, &offers, &[req.clone(), req]);
+        assert!(plan.is_complete(), "{plan:?}");
+        let ports: Vec<u64> = plan.placed.iter().flat_map(|p| p.ports.clone()).collect();
+        assert_eq!(ports, [31000, 31001]);
+        let agents: BTreeSet<&str> = plan.placed.iter().map(|p| p.agent_id.as_str()).collect();
+        assert_eq!(agents.len(), 2, "still spread over both agents");
+
+        // Same hostname, addresses that name no host: the hostname decides.
+        let offers = [
+            offer_on("o1", "a1", "gpu-box", "", "cpus:1;ports:[100-100]"),
+            offer_on("o2", "a2", "gpu-box", "", "cpus:1;ports:[100-100]"),
+        ];
+        let req = TaskRequest::new("t", Resources::parse("cpus:1").expect("valid")).ports(1);
+        let plan = place(Strategy::FirstFit, &offers, &[req.clone(), req]);
+        assert_eq!(plan.placed.len(), 1, "{plan:?}");
+        assert_eq!(plan.unplaced, vec![1], "port 100 of gpu-box is taken");
+
+        // Two hosts: the same port on each is fine.
+        let offers = [
+            offer_on("o1", "a1", "h1", "10.0.0.1:5051", "cpus:1;ports:[100-100]"),
+            offer_on("o2", "a2", "h2", "10.0.0.2:5051", "cpus:1;ports:[100-100]"),
+        ];
+        let plan = place(
+            Strategy::FirstFit,
+            &offers,
+            &[
+                TaskRequest::new("a", Resources::parse("cpus:1").expect("valid")).ports(1),
+                TaskRequest::new("b", Resources::parse("cpus:1").expect("valid")).ports(1),
+            ],
+        );
+        assert!(plan.is_complete());
+    }
+
+    #[test]
+    fn an_explicit_port_taken_on_the_host_goes_elsewhere() {
+        let offers = [
+            offer_on("o1", "a1", "h", "10.0.0.1:1", "cpus:4;ports:[100-101]"),
+            offer_on("o2", "a2", "h", "10.0.0.1:2", "cpus:4;ports:[100-101]"),
+            offer_on("o3", "a3", "other", "10.0.0.3:1", "cpus:4;ports:[100-101]"),
+        ];
+        let fixed = TaskRequest::new("f", Resources::new().with_ranges(PORTS, &[(100, 100)]));
+        let plan = place(Strategy::FirstFit, &offers, &[fixed.clone(), fixed]);
+        let on: Vec<&str> = plan.placed.iter().map(|p| p.offer_id.as_str()).collect();
+        assert_eq!(on, ["o1", "o3"]);
+    }
+
     #[test]
     fn strategies_choose_differently() {
         let offers = [
@@ -378,5 +555,72 @@ mod tests {
         assert_eq!(agents, ["a1", "a2"]);
         assert_eq!(spread.used_offers().len(), 2);
         assert!(spread.unused_offers().is_empty());
+    }
+
+    /// An offer on one of three hosts, reached by address or by hostname
+    /// only, with a port range somewhere in 100..=112.
+    fn arb_offer() -> impl proptest::strategy::Strategy<Value = (usize, bool, u64, u64, u32)> {
+        (0..3usize, any::<bool>(), 100..110u64, 0..4u64, 1..4u32)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever the offers (several agents per host, overlapping
+        /// ranges), every placed task fits its offer, gets its ports from
+        /// it, and no host:port is given twice.
+        #[test]
+        fn no_host_port_is_placed_twice(
+            offers in proptest::collection::vec(arb_offer(), 1..6),
+            requests in proptest::collection::vec((0..3usize, proptest::option::of(100..112u64)), 1..10),
+            strategy in prop_oneof![Just(Strategy::FirstFit), Just(Strategy::BinPack), Just(Strategy::Spread)],
+        ) {
+            let offers: Vec<proto::Offer> = offers
+                .iter()
+                .enumerate()
+                .map(|(i, &(host, by_address, begin, len, cpus))| {
+                    let address = if by_address { format!("10.0.0.{host}:{}", 5051 + i) } else { String::new() };
+                    let hostname = if by_address { format!("agent-{i}") } else { format!("10.0.0.{host}") };
+                    offer_on(
+                        &format!("o{i}"),
+                        &format!("a{i}"),
+                        &hostname,
+                        &address,
+                        &format!("cpus:{cpus};ports:[{begin}-{}]", begin + len),
+                    )
+                })
+                .collect();
+            let requests: Vec<TaskRequest> = requests
+                .iter()
+                .enumerate()
+                .map(|(i, &(ports, fixed))| {
+                    let mut r = Resources::new().with_scalar("cpus", 0.5);
+                    if let Some(p) = fixed {
+                        r = r.with_ranges(PORTS, &[(p, p)]);
+                    }
+                    TaskRequest::new(format!("t{i}"), r).ports(ports)
+                })
+                .collect();
+            let plan = place(strategy, &offers, &requests);
+            prop_assert_eq!(plan.placed.len() + plan.unplaced.len(), requests.len());
+            let mut seen: BTreeSet<(String, u64)> = BTreeSet::new();
+            let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
+            for p in &plan.placed {
+                let offer = offers.iter().find(|o| o.id == p.offer_id.as_str()).expect("offer");
+                prop_assert_eq!(p.ports.len(), requests[p.request].ports);
+                let total = used.entry(offer.id.as_str()).or_default();
+                total.add(&p.resources);
+                let offered = Resources::from_proto(&offer.resources).expect("valid");
+                prop_assert!(offered.contains(total), "{} over-committed: {}", offer.id, total);
+                for &(b, e) in p.resources.ranges(PORTS) {
+                    for port in b..=e {
+                        prop_assert!(
+                            seen.insert((offer_host(offer), port)),
+                            "{}:{} given twice in {:?}", offer_host(offer), port, plan
+                        );
+                    }
+                }
+            }
+        }
     }
 }

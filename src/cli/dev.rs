@@ -1,5 +1,7 @@
 //! `mezz dev`: a whole local cluster in one foreground process, for trying
 //! Mezzanine out and for development. Everything listens on 127.0.0.1.
+//! Its agents share one machine, so each gets an equal share of it and a
+//! port range of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,14 +12,21 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use tokio::sync::watch;
 
+use mezz_proto::Resources;
+
 use super::master::TimeoutArgs;
+
+/// The ports `mezz dev` divides among its agents when `--resources` names
+/// none: agent i of N gets the i-th of N equal slices.
+pub const DEV_PORTS: (u64, u64) = (31000, 32999);
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
     /// Number of masters (ports P, P+1, …).
     #[arg(long, default_value_t = 1)]
     pub masters: u16,
-    /// Number of agents (ports after the masters').
+    /// Number of agents (ports after the masters'). Each offers an equal
+    /// share of this machine and a port range of its own.
     #[arg(long, default_value_t = 1)]
     pub agents: u16,
     /// First port.
@@ -30,11 +39,72 @@ pub struct DevArgs {
     /// Give each agent G fake GPUs.
     #[arg(long, value_name = "G")]
     pub fake_gpus: Option<u32>,
-    /// Resources of each agent (default: detected).
+    /// Resources of each agent, e.g. 'cpus:2;mem:4096'. What it does not
+    /// name is an equal share of this machine (detected cpus, memory and
+    /// disk divided by the number of agents). Ports are always split: the
+    /// agents divide the `ports` range given here, or 31000-32999, into
+    /// equal slices, so no two agents offer the same port.
     #[arg(long)]
     pub resources: Option<String>,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+}
+
+/// The resources of agent `i` of `n` on this machine: what `given` names,
+/// and for cpus, mem and disk it does not name, `machine`'s divided by `n`;
+/// the ports (`given`'s unreserved range, else [`DEV_PORTS`]) cut into `n`
+/// equal slices, of which agent `i` gets the `i`-th.
+pub fn agent_share(
+    machine: &Resources,
+    given: Option<&Resources>,
+    i: u16,
+    n: u16,
+) -> Result<Resources> {
+    let mut share = given.cloned().unwrap_or_default();
+    for name in ["cpus", "mem", "disk"] {
+        if share.scalar(name) == 0.0 {
+            let each = machine.scalar(name) / f64::from(n);
+            // Whole MB; hundredths of a CPU.
+            let each = if name == "cpus" {
+                (each * 100.0).floor() / 100.0
+            } else {
+                each.floor()
+            };
+            share.set_scalar(name, each);
+        }
+    }
+    let ports: Vec<(u64, u64)> = match share.ranges("ports") {
+        [] => vec![DEV_PORTS],
+        given => given.to_vec(),
+    };
+    let all: Vec<u64> = ports.iter().flat_map(|&(b, e)| b..=e).collect();
+    let per_agent = all.len() / usize::from(n);
+    if per_agent == 0 {
+        return Err(anyhow!(
+            "--resources ports: {} port(s) cannot be split among {n} agents; give a range of at least {n} ports",
+            all.len()
+        ));
+    }
+    let mine = &all[per_agent * usize::from(i)..per_agent * (usize::from(i) + 1)];
+    let mine: Vec<(u64, u64)> = mine.iter().map(|&p| (p, p)).collect();
+    share.subtract(&Resources::new().with_ranges("ports", &ports));
+    Ok(share.with_ranges("ports", &mine))
+}
+
+/// What each agent's resources are, in words, for the banner.
+fn share_note(given: Option<&Resources>) -> String {
+    let shared: Vec<&str> = ["cpus", "mem", "disk"]
+        .into_iter()
+        .filter(|n| !given.is_some_and(|g| g.scalar(n) != 0.0))
+        .collect();
+    match shared.as_slice() {
+        [] => "its own ports and the --resources given".into(),
+        [one] => format!("its own ports and an equal share of this machine's {one}"),
+        [init @ .., last] => format!(
+            "its own ports and an equal share of this machine's {} and {last}",
+            init.join(", ")
+        ),
+    }
 }
 
 fn stopper(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -76,7 +146,13 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             p
         }
     };
-    let resources = super::agent::parse_resources(args.resources.as_deref())?;
+    let given = super::agent::parse_resources(args.resources.as_deref())?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let machine = mezz_agent::resources::advertised(&data_dir, None);
+    let shares: Vec<Resources> = (0..args.agents)
+        .map(|i| agent_share(&machine, given.as_ref(), i, args.agents))
+        .collect::<Result<_>>()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let master_addrs: Vec<SocketAddr> = (0..args.masters)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], args.port + i)))
@@ -110,14 +186,14 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     }
     let launcher =
         std::env::current_exe().context("locating the mezz binary to launch tasks with")?;
-    for i in 0..args.agents {
+    for (i, share) in (0..args.agents).zip(&shares) {
         let listen = SocketAddr::from(([127, 0, 0, 1], args.port + args.masters + i));
         let config = mezz_agent::Config {
             masters: peers.values().cloned().collect(),
             listen,
             advertise_address: None,
             work_dir: data_dir.join(format!("agent-{}", i + 1)),
-            resources: resources.clone(),
+            resources: Some(share.clone()),
             hostname: Some(format!("dev-agent-{}", i + 1)),
             launcher: launcher.clone(),
             default_kill_grace: Duration::from_secs(5),
@@ -173,20 +249,38 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         Ok((_, addr)) => addr,
         Err(_) => master_addr.to_string(),
     };
-    println!("Mezzanine dev cluster is up.");
-    println!("  status page  http://{leader}/");
+    outln!("Mezzanine dev cluster is up.");
+    outln!("  status page  http://{leader}/");
     if masters.len() == 1 {
-        println!("  master       {master_addr}");
+        outln!("  master       {master_addr}");
     } else {
-        println!("  masters      {} (leader {leader})", masters.join(","));
+        outln!("  masters      {} (leader {leader})", masters.join(","));
     }
-    println!(
-        "  agents       {} (ports {}-{})",
-        args.agents,
-        args.port + args.masters,
-        args.port + args.masters + args.agents - 1
-    );
-    println!(
+    let gpus = match args.fake_gpus {
+        Some(g) if g > 0 => format!(" + {g} fake GPU(s)"),
+        _ => String::new(),
+    };
+    if args.agents == 1 {
+        outln!(
+            "  agent        dev-agent-1 at 127.0.0.1:{}: {}{gpus}",
+            args.port + args.masters,
+            shares[0]
+        );
+    } else {
+        outln!(
+            "  agents       {}, each with {}:",
+            args.agents,
+            share_note(given.as_ref())
+        );
+        for (i, share) in (0..args.agents).zip(&shares) {
+            outln!(
+                "               dev-agent-{} at 127.0.0.1:{}: {share}{gpus}",
+                i + 1,
+                args.port + args.masters + i,
+            );
+        }
+    }
+    outln!(
         "  data dir     {}{}",
         data_dir.display(),
         if args.data_dir.is_none() {
@@ -196,9 +290,9 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         }
     );
     if masters.len() == 1 && args.port == 5050 {
-        println!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
+        outln!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
     } else {
-        println!(
+        outln!(
             "Try: MEZZ_MASTER={} mezz run -- echo hello      (Ctrl-C stops the cluster)",
             masters.join(",")
         );
@@ -215,18 +309,71 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             };
         }
     }
-    eprintln!("stopping the local cluster…");
+    errln!("stopping the local cluster…");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(done) = tasks.join_next().await {
             if let Ok(Err(e)) = done {
-                eprintln!("mezz dev: {e:#}");
+                errln!("mezz dev: {e:#}");
             }
         }
     })
     .await;
     if drained.is_err() {
-        eprintln!("mezz dev: some components did not stop within 15 s");
+        errln!("mezz dev: some components did not stop within 15 s");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Resources {
+        Resources::parse("cpus:2;mem:23000;disk:100001;ports:[31000-32000]").expect("valid")
+    }
+
+    #[test]
+    fn agents_get_equal_shares_and_disjoint_ports() {
+        let a = agent_share(&machine(), None, 0, 2).expect("share");
+        let b = agent_share(&machine(), None, 1, 2).expect("share");
+        assert_eq!(
+            a.to_string(),
+            "cpus:1;disk:50000;mem:11500;ports:[31000-31999]"
+        );
+        assert_eq!(
+            b.to_string(),
+            "cpus:1;disk:50000;mem:11500;ports:[32000-32999]"
+        );
+        let third = agent_share(&machine(), None, 2, 3).expect("share");
+        assert_eq!(third.scalar("cpus"), 0.66);
+        assert_eq!(third.ranges("ports"), &[(32332, 32997)]);
+        let one = agent_share(&machine(), None, 0, 1).expect("share");
+        assert_eq!(one.ranges("ports"), &[DEV_PORTS]);
+        assert_eq!(one.scalar("cpus"), 2.0);
+    }
+
+    #[test]
+    fn given_resources_are_per_agent_but_ports_are_split() {
+        let given =
+            Resources::parse("cpus:4;ports:[40000-40009,50000-50001];gpus:{g}").expect("valid");
+        let a = agent_share(&machine(), Some(&given), 0, 3).expect("share");
+        let c = agent_share(&machine(), Some(&given), 2, 3).expect("share");
+        assert_eq!(a.scalar("cpus"), 4.0, "as given");
+        assert_eq!(a.scalar("mem"), 7666.0, "a share");
+        assert_eq!(a.ranges("ports"), &[(40000, 40003)]);
+        assert_eq!(c.ranges("ports"), &[(40008, 40009), (50000, 50001)]);
+        assert_eq!(c.set_items("gpus"), vec!["g"]);
+        let few = Resources::parse("ports:[1-2]").expect("valid");
+        let err = agent_share(&machine(), Some(&few), 0, 3).expect_err("too few");
+        assert!(
+            err.to_string()
+                .contains("2 port(s) cannot be split among 3 agents"),
+            "{err}"
+        );
+        assert_eq!(
+            share_note(Some(&given)),
+            "its own ports and an equal share of this machine's mem and disk"
+        );
+    }
 }

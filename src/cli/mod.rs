@@ -1,6 +1,25 @@
 //! The command line: one module per subcommand. `--help` is the user
 //! documentation, so it is written for people.
 
+/// `println!` for long-running commands (`mezz dev`): they keep SIGPIPE
+/// ignored (see [`Command::keeps_running`]), and a reader that went away
+/// is no reason to stop a cluster, so a failed write is dropped instead of
+/// panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` for long-running commands; see [`outln!`].
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod agent;
 mod capacity;
 mod dev;
@@ -26,6 +45,8 @@ pub const LAUNCH_SUBCOMMAND: &str = "__launch";
 #[command(name = "mezz", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log filter (e.g. `info`, `mezz_master=debug`); `RUST_LOG` works too.
+    /// Logs go to stderr, coloured only on a terminal and never with
+    /// `NO_COLOR` set.
     #[arg(long, global = true, env = "MEZZ_LOG")]
     pub log: Option<String>,
     /// Log line format: `text` for people, `json` (one object per line,
@@ -86,6 +107,27 @@ pub enum Command {
     Tf(tf::TfArgs),
 }
 
+impl Command {
+    /// Whether the command runs a cluster component (`mezz master`,
+    /// `mezz agent`, `mezz dev`) rather than doing one thing for a person.
+    /// Such a process must outlive a closed pipe: it writes to its tasks'
+    /// pipes and owns tasks to stop cleanly, so it keeps SIGPIPE ignored
+    /// and drops failed writes. Every other command dies of SIGPIPE
+    /// quietly when its reader goes away, as `ls | head` does.
+    pub fn keeps_running(&self) -> bool {
+        matches!(
+            self,
+            Command::Master(_) | Command::Agent(_) | Command::Dev(_)
+        )
+    }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never with
+/// `NO_COLOR` set to anything but the empty string (<https://no-color.org>).
+pub fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Logs go to stderr. Daemons default to `info`; commands people type
 /// default to `warn` so their output stays clean.
 pub fn init_tracing(cli: &Cli) {
@@ -100,8 +142,14 @@ pub fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|| default.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal as _;
+    let ansi = log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -148,4 +196,49 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(!log_colours(false, None), "a file or a pipe");
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(
+            log_colours(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR does not count"
+        );
+    }
+
+    #[test]
+    fn only_cluster_components_outlive_a_closed_pipe() {
+        let keeps = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("mezz").chain(args.iter().copied()))
+                .expect("valid command line")
+                .command
+                .keeps_running()
+        };
+        assert!(keeps(&["dev"]));
+        assert!(keeps(&[
+            "master",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d"
+        ]));
+        assert!(keeps(&[
+            "agent",
+            "--master",
+            "127.0.0.1:1",
+            "--work-dir",
+            "w"
+        ]));
+        assert!(!keeps(&["ps", "--json"]));
+        assert!(!keeps(&["run", "--", "true"]));
+        assert!(!keeps(&["tf", "status", "job"]));
+    }
 }

@@ -184,11 +184,33 @@ impl Cluster {
             "--work-dir".into(),
             self.agent_work_dir(i).display().to_string(),
             "--resources".into(),
-            self.agent_resources.clone(),
+            self.resources_of(i),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let p = self.spawn(&format!("agent-{i}"), &args);
         self.agents[i] = Some(p);
+    }
+
+    /// The cluster's agent resources, with agent `i`'s own port range:
+    /// agents of one host must not offer the same ports (the agent refuses
+    /// to start), so agent `i` gets the `i`-th range of the given size
+    /// (31000-32000 when none is given).
+    pub fn resources_of(&self, i: usize) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut range = (31000u64, 32000u64);
+        for part in self.agent_resources.split(';') {
+            match part
+                .strip_prefix("ports:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.split_once('-'))
+            {
+                Some((b, e)) => range = (b.parse().expect("port"), e.parse().expect("port")),
+                None => parts.push(part.to_string()),
+            }
+        }
+        let shift = (range.1 - range.0 + 1) * i as u64;
+        parts.push(format!("ports:[{}-{}]", range.0 + shift, range.1 + shift));
+        parts.join(";")
     }
 
     /// Starts agent `i` with the usual flags, and no GPUs.
@@ -456,4 +478,82 @@ pub fn consecutive_free_ports(n: u16) -> u16 {
         }
     }
     panic!("no {n} consecutive free ports");
+}
+
+/// Set in the environment of a test run again by [`in_private_network`].
+pub const IN_NETNS: &str = "MEZZ_TEST_IN_NETNS";
+
+/// Whether this process runs inside [`in_private_network`].
+pub fn in_private_network_now() -> bool {
+    std::env::var_os(IN_NETNS).is_some()
+}
+
+/// Runs the test `name` of this test binary again in a network namespace
+/// of its own with only `lo` up (`unshare --net`), for programs that bind
+/// the wildcard address (TensorFlow's gRPC servers) or that must not meet
+/// anything else on this host. Waits up to `timeout` and panics when it
+/// fails, with its output. `false` (skipped, with a message) when
+/// `unshare --net` is not usable here, except under CI, where that fails.
+pub fn in_private_network(name: &str, timeout: Duration) -> bool {
+    let usable = Command::new("unshare")
+        .args(["--net", "--", "ip", "link", "set", "lo", "up"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: {name} needs `unshare --net` and `ip` (root, util-linux, iproute2)"
+        );
+        eprintln!("\n!!!!! SKIPPING {name}: `unshare --net` with `ip` is not usable here (CI=true makes this a failure) !!!!!\n");
+        return false;
+    }
+    let me = std::env::current_exe().expect("the test binary");
+    let log = std::env::temp_dir().join(format!("mezz-netns-{name}-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).expect("log file");
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("unshare")
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$@\"",
+            "sh",
+        ])
+        .arg(&me)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(IN_NETNS, "1")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .expect("spawn unshare");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            // The whole group: the test and the cluster it started.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    eprintln!("---- {name} in its own network namespace ----\n{output}");
+    match status {
+        Some(s) if s.success() && output.contains("1 passed") => true,
+        Some(s) => panic!("{name} failed in its network namespace ({s}):\n{output}"),
+        None => {
+            panic!("{name} did not finish within {timeout:?} in its network namespace:\n{output}")
+        }
+    }
 }

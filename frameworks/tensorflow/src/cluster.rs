@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::spec::{Flavor, JobSpec, ReplicaId, ReplicaType};
 
 /// Where a replica listens: the agent's host and the port it was given.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
     /// The agent's address as workers reach it.
     pub host: String,
@@ -56,6 +56,37 @@ pub fn tf_config(placed: &BTreeMap<ReplicaId, Endpoint>, replica: ReplicaId) -> 
         "task": {"type": replica.kind.as_str(), "index": replica.index},
     })
     .to_string()
+}
+
+/// Refuses a placement in which two replicas would listen on one address:
+/// TensorFlow's second gRPC server could not bind, and PyTorch's ranks
+/// would rendezvous with the wrong peer. The SDK's placement never does
+/// this; two agents that claim to be one host with overlapping port ranges
+/// (or a bug) could.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use mezz_tensorflow::{check_distinct_addresses, Endpoint, ReplicaId, ReplicaType};
+/// let w = |index| ReplicaId { kind: ReplicaType::Worker, index };
+/// let at = |port| Endpoint { host: "127.0.0.1".into(), port };
+/// let clash = BTreeMap::from([(w(0), at(31000)), (w(1), at(31000))]);
+/// let err = check_distinct_addresses(&clash).unwrap_err();
+/// assert!(err.0.contains("worker/0 and worker/1 would both listen on 127.0.0.1:31000"), "{err}");
+/// ```
+pub fn check_distinct_addresses(
+    placed: &BTreeMap<ReplicaId, Endpoint>,
+) -> Result<(), crate::SpecError> {
+    let mut seen: BTreeMap<&Endpoint, ReplicaId> = BTreeMap::new();
+    for (id, at) in placed {
+        if let Some(first) = seen.insert(at, *id) {
+            return Err(crate::SpecError(format!(
+                "replicas {first} and {id} would both listen on {at}: two agents on one host \
+                 offer the same ports; give each agent of a host its own port range \
+                 (mezz agent --resources 'ports:[…]'; mezz dev --agents N does so)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The environment `replica` gets for the job's flavor, job-wide
@@ -206,6 +237,43 @@ mod tests {
         assert_eq!(env["LOCAL_RANK"], "0");
         assert_eq!(env["TF_CPP_MIN_LOG_LEVEL"], "0", "the user's value wins");
         assert!(!env.contains_key("TF_CONFIG"));
+    }
+
+    #[test]
+    fn a_repeated_address_is_refused_and_distinct_ones_pass() {
+        let s = spec(Overrides {
+            chief: true,
+            workers: Some(2),
+            command: vec!["t".into()],
+            ..Default::default()
+        });
+        let mut p = placed(&s);
+        assert_eq!(check_distinct_addresses(&p), Ok(()));
+        let chief = ReplicaId {
+            kind: ReplicaType::Chief,
+            index: 0,
+        };
+        let worker1 = ReplicaId {
+            kind: ReplicaType::Worker,
+            index: 1,
+        };
+        let at = p[&chief].clone();
+        p.insert(worker1, at);
+        let err = check_distinct_addresses(&p).expect_err("repeated address");
+        assert!(
+            err.0
+                .starts_with("replicas chief/0 and worker/1 would both listen on 10.0.0.1:31000"),
+            "{err}"
+        );
+        // The same port on another host is another address.
+        p.insert(
+            worker1,
+            Endpoint {
+                host: "10.0.0.2".into(),
+                port: 31000,
+            },
+        );
+        assert_eq!(check_distinct_addresses(&p), Ok(()));
     }
 
     #[test]

@@ -312,6 +312,20 @@ impl Job {
         }
     }
 
+    /// The placement found cannot be used (`reason` says why): before the
+    /// launch, the job fails at once; later it is not a placement problem
+    /// and nothing changes.
+    pub fn refuse(&mut self, reason: String) -> Vec<Action> {
+        match self.phase {
+            Phase::Placing => {
+                let outcome = Outcome::Failed(reason);
+                self.phase = Phase::Done(outcome.clone());
+                vec![Action::Finish(outcome)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Ctrl-C: kill every replica and fail. Before the launch, fails at
     /// once.
     pub fn interrupt(&mut self, now: Instant) -> Vec<Action> {
@@ -480,5 +494,24 @@ mod tests {
             j.update("j.chief.0.0", Finished, "", now),
             vec![Action::Finish(Outcome::Succeeded)]
         );
+    }
+
+    #[test]
+    fn a_refused_placement_fails_the_job_before_launch_only() {
+        let mut j = job(Overrides {
+            workers: Some(2),
+            ..Default::default()
+        });
+        let why = "replicas worker/0 and worker/1 would both listen on h:1".to_string();
+        assert_eq!(
+            j.refuse(why.clone()),
+            vec![Action::Finish(Outcome::Failed(why.clone()))]
+        );
+        assert_eq!(j.phase(), &Phase::Done(Outcome::Failed(why.clone())));
+
+        let mut running = job(Overrides::default());
+        run_all(&mut running, Instant::now());
+        assert!(running.refuse(why).is_empty());
+        assert_eq!(running.phase(), &Phase::Running);
     }
 }

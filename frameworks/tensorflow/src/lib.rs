@@ -23,7 +23,7 @@ pub mod scheduler;
 pub mod sizes;
 pub mod spec;
 
-pub use cluster::{replica_env, tf_config, Endpoint};
+pub use cluster::{check_distinct_addresses, replica_env, tf_config, Endpoint};
 pub use job::{Action, Job, Outcome, Phase};
 pub use scheduler::{Interrupt, JobEvent, LaunchedReplica, TfScheduler, KILL_GRACE};
 pub use sizes::{Size, SizeError, Sizes};

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mezz_sdk::{
-    place, proto, Driver, FrameworkId, Gang, GangStep, OfferId, Resources, Scheduler, Strategy,
-    TaskBuilder, TaskRequest, TaskState,
+    offer_host, place, proto, Driver, FrameworkId, Gang, GangStep, OfferId, Resources, Scheduler,
+    Strategy, TaskBuilder, TaskRequest, TaskState,
 };
 
-use crate::cluster::{replica_env, Endpoint};
+use crate::cluster::{check_distinct_addresses, replica_env, Endpoint};
 use crate::job::{Action, Job, Outcome, Phase};
 use crate::spec::{JobSpec, ReplicaId};
 
@@ -242,7 +242,7 @@ impl TfScheduler {
             let replica = ids[p.request];
             let offer = self.offers.get(p.offer_id.as_str());
             let agent_address = offer.map(|o| o.agent_address.clone()).unwrap_or_default();
-            let host = offer.map(agent_host).unwrap_or_default();
+            let host = offer.map(offer_host).unwrap_or_default();
             let endpoint = Endpoint {
                 host,
                 port: p.ports.first().copied().unwrap_or(0),
@@ -255,6 +255,18 @@ impl TfScheduler {
                 endpoint,
                 gpus: p.gpus.clone(),
             });
+        }
+        if let Err(e) = check_distinct_addresses(&placed) {
+            // Launching would start a replica that cannot bind, or join
+            // the wrong peer: nothing starts, and the job says why.
+            let offers: Vec<OfferId> = plan.used_offers().into_iter().chain(decline).collect();
+            for id in &offers {
+                self.offers.remove(id.as_str());
+            }
+            driver.decline(offers, None);
+            let actions = self.job.refuse(e.to_string());
+            self.act(driver, actions);
+            return;
         }
         plan.launch(driver, |p| {
             let replica = ids[p.request];
@@ -380,15 +392,6 @@ pub fn missing(spec: &JobSpec, requests: &[TaskRequest], held: &[proto::Offer]) 
         agents.len(),
         lacking.join(", ")
     )
-}
-
-/// The host replicas reach an agent at: its API address's host (agents
-/// advertise the address peers can reach), else its hostname.
-fn agent_host(offer: &proto::Offer) -> String {
-    match offer.agent_address.rsplit_once(':') {
-        Some((host, _)) if !host.is_empty() => host.trim_matches(['[', ']']).to_string(),
-        _ => offer.hostname.clone(),
-    }
 }
 
 /// A task running `command`: one argument with spaces or shell symbols
@@ -570,6 +573,6 @@ mod tests {
         let t = command_builder("x", &["python3".into(), "t.py".into()])
             .build(&proto::Offer::default());
         assert_eq!(t.command.map(|c| c.arguments), Some(vec!["t.py".into()]));
-        assert_eq!(agent_host(&offer("a", "cpus:1")), "127.0.0.1",);
+        assert_eq!(offer_host(&offer("a", "cpus:1")), "127.0.0.1");
     }
 }
