@@ -36,8 +36,18 @@ pub struct Config {
     pub cgroup_root: String,
     /// `--gpus` / `--fake-gpus`.
     pub gpus: crate::gpu::GpuMode,
-    /// Tasks may ask to run as root (`CommandInfo.user = "root"`).
+    /// Tasks (or their frameworks) may ask to run as root.
     pub allow_root_tasks: bool,
+    /// Who runs tasks that name no user that may be used: `--task-user`
+    /// (`nobody`), or the agent's own user (`mezz dev`).
+    pub task_user: crate::task_user::DefaultTaskUser,
+    /// `--task-hidden-path`: directories besides the work dir that tasks
+    /// must not see (a master's data dir on the same machine).
+    pub task_hidden_paths: Vec<PathBuf>,
+    /// `--task-pids-cap`: `pids.max` of the parent cgroup, the most
+    /// processes and threads of all tasks together. `None`: half of the
+    /// kernel's `pid_max`.
+    pub task_pids_cap: Option<u64>,
 }
 
 impl Config {
@@ -63,6 +73,9 @@ impl Config {
             cgroup_root: "mezzanine".into(),
             gpus: crate::gpu::GpuMode::None,
             allow_root_tasks: false,
+            task_user: Default::default(),
+            task_hidden_paths: Vec::new(),
+            task_pids_cap: None,
         }
     }
 }

@@ -54,4 +54,8 @@ pub enum AgentError {
     /// GPUs were asked for but cannot be set up.
     #[error("{0}")]
     Gpus(String),
+    /// Tasks could not run as configured: the task user is missing, or
+    /// cannot reach the work dir, or a hidden path is unusable.
+    #[error("{0}")]
+    Tasks(String),
 }
