@@ -34,7 +34,7 @@ impl Group {
 
     fn new(master_extra: &[&str]) -> Group {
         let mut g = Group {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: cluster_dir(),
             master_extra: master_extra.iter().map(|s| s.to_string()).collect(),
             ports: vec![free_port(), free_port(), free_port()],
             masters: vec![None, None, None],

@@ -24,6 +24,17 @@ fn script(name: &str) -> String {
 
 /// The Python with TensorFlow: `$MEZZ_TEST_PYTHON`, else the venv
 /// `scripts/test.sh` makes. `None` (the test is skipped) when it has no
+/// Agent flags for these tests: the test's Python may live where only root
+/// can reach it (a venv under root's home), so tasks run as root here
+/// instead of as the default unprivileged task user.
+const ROOT_TASKS: &[&str] = &[
+    "--gpus",
+    "none",
+    "--task-user",
+    "root",
+    "--allow-root-tasks",
+];
+
 /// TensorFlow, except under CI, where that is a failure.
 fn tf_python() -> Option<String> {
     let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
@@ -126,7 +137,7 @@ fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
 #[test]
 fn two_workers_train_with_multi_worker_mirrored_strategy() {
     let Some(python) = tf_python() else { return };
-    let c = Cluster::start("cpus:4;mem:8192;disk:1000", &[]);
+    let c = Cluster::start_with_agent_args("cpus:4;mem:8192;disk:1000", ROOT_TASKS);
     let started = Instant::now();
     let train = script("mwms_train.py");
     let job = Job::start(
@@ -284,7 +295,7 @@ fn pytorch_replicas_on_two_agents_meet_at_master_addr() {
 
 #[test]
 fn a_parameter_server_job_gets_tf_config_and_ends_with_its_chief() {
-    let c = Cluster::start("cpus:4;mem:4096;disk:1000", &[]);
+    let c = Cluster::start_with_agent_args("cpus:4;mem:4096;disk:1000", ROOT_TASKS);
     let ps = script("ps_job.py");
     let job = Job::start(
         &c,
@@ -369,7 +380,7 @@ fn a_parameter_server_job_gets_tf_config_and_ends_with_its_chief() {
 
 #[test]
 fn a_gang_that_does_not_fit_waits_whole_until_an_agent_joins() {
-    let mut c = Cluster::start("cpus:3;mem:1024;disk:1000", &[]);
+    let mut c = Cluster::start_with_agent_args("cpus:3;mem:1024;disk:1000", ROOT_TASKS);
     let job = Job::start(
         &c,
         &[
@@ -394,7 +405,11 @@ fn a_gang_that_does_not_fit_waits_whole_until_an_agent_joins() {
         tasks_named(&c, "gang/").is_empty(),
         "nothing launched in part"
     );
-    c.add_agent();
+    let i = c.agents.len();
+    c.agent_ports.push(free_port());
+    c.agents.push(None);
+    c.start_agent_with(i, ROOT_TASKS);
+    c.wait_agents_connected(i + 1);
     let (code, out, err) = job.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     for i in 0..4 {
@@ -420,7 +435,7 @@ fn pid_of(argv: &[&str]) -> Option<i32> {
 
 #[test]
 fn a_killed_worker_restarts_the_gang_once_then_the_job_succeeds() {
-    let c = Cluster::start("cpus:4;mem:1024;disk:1000", &[]);
+    let c = Cluster::start_with_agent_args("cpus:4;mem:1024;disk:1000", ROOT_TASKS);
     let marker = format!("{}", 40000 + free_port() % 20000);
     let cmd = format!(
         "case $MEZZ_TASK_ID in *.worker.1.0) exec sleep {marker};; *.0) exec sleep 300;; \
@@ -470,7 +485,16 @@ fn a_killed_worker_restarts_the_gang_once_then_the_job_succeeds() {
 
 #[test]
 fn gpu_workers_get_distinct_gpus() {
-    let c = Cluster::start_with_agent_args("cpus:4;mem:1024;disk:1000", &["--fake-gpus", "2"]);
+    let c = Cluster::start_with_agent_args(
+        "cpus:4;mem:1024;disk:1000",
+        &[
+            "--fake-gpus",
+            "2",
+            "--task-user",
+            "root",
+            "--allow-root-tasks",
+        ],
+    );
     let job = Job::start(
         &c,
         &[
@@ -538,7 +562,7 @@ fn bench_sixteen_replicas_to_running() {
 /// Runs a 16-replica job (1 chief, 3 ps, 12 workers, `sleep 1`) on a fresh
 /// cluster, asserts it succeeds and returns the CLI's stderr.
 fn run_sixteen_replicas(name: &str) -> String {
-    let c = Cluster::start("cpus:16;mem:16384;disk:1000", &[]);
+    let c = Cluster::start_with_agent_args("cpus:16;mem:16384;disk:1000", ROOT_TASKS);
     let job = Job::start(
         &c,
         &[

@@ -23,7 +23,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200);
-    let sel = isolation::select(IsolationMode::Auto, "mezzanine-bench").expect("isolation");
+    let sel = isolation::select(IsolationMode::Auto, "mezzanine-bench", None).expect("isolation");
     println!(
         "isolation: {} cgroups, namespaces: {}; {runs} runs of `sleep 600`",
         sel.isolator.kind(),
@@ -41,7 +41,7 @@ fn main() {
     for i in 0..runs {
         let t0 = Instant::now();
         let sandbox = dir.path().join(format!("t{i}"));
-        executor::prepare_sandbox(&sandbox).expect("sandbox");
+        executor::prepare_sandbox(&sandbox, None).expect("sandbox");
         let tc = Instant::now();
         let prepared = sel
             .isolator
@@ -61,6 +61,9 @@ fn main() {
             namespaces: sel.namespaces,
             hostname: Some(format!("bench{i}")),
             user: None,
+            hide: Vec::new(),
+            expose: Vec::new(),
+            read_only: Vec::new(),
         };
         let spec_path = executor::write_spec(&sandbox, &spec).expect("spec");
         files.push(t0.elapsed() - cg[cg.len() - 1]);

@@ -21,8 +21,12 @@ use crate::checkpoint::{Checkpoint, TaskRecord};
 use crate::executor::{self, StartLine};
 use crate::health;
 use crate::lifecycle::{self, Observed};
+use crate::task_user::RunAs;
 
 type Key = (String, String);
+
+/// Where the host mounts its cgroup hierarchies; tasks see it read-only.
+const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 
 /// An update the master has not acknowledged.
 struct Pending {
@@ -44,12 +48,16 @@ pub struct Machine {
     pub isolation: crate::isolation::Selected,
     /// This machine's GPUs.
     pub gpus: Vec<crate::gpu::Gpu>,
+    /// Who tasks run as.
+    pub users: crate::task_user::Policy,
+    /// Directories tasks must not see: the work dir and the
+    /// `--task-hidden-path`s, absolute and validated.
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 /// The agent: its identity, its task table and its update queue.
 pub struct Agent {
     machine: Machine,
-    allow_root_tasks: bool,
     info: AgentInfo,
     work_dir: PathBuf,
     launcher: PathBuf,
@@ -98,7 +106,6 @@ impl Agent {
         }
         Agent {
             machine,
-            allow_root_tasks: config.allow_root_tasks,
             info,
             work_dir: config.work_dir.clone(),
             launcher: config.launcher.clone(),
@@ -368,7 +375,14 @@ impl Agent {
     }
 
     async fn start(self: Arc<Self>, key: Key, sandbox: PathBuf) {
-        let Some(task) = self.lock().tasks.get(&key).and_then(|r| r.task.clone()) else {
+        let Some((task, framework_user)) = self.lock().tasks.get(&key).and_then(|r| {
+            let fw_user = r
+                .framework
+                .as_ref()
+                .map(|f| f.user.clone())
+                .unwrap_or_default();
+            r.task.clone().map(|t| (t, fw_user))
+        }) else {
             return;
         };
         let who = executor::TaskIdentity {
@@ -380,11 +394,20 @@ impl Agent {
             key.1.chars().take(64).collect::<String>(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let spawned = executor::prepare_sandbox(&sandbox)
-            .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))
-            .and_then(|()| {
+        let task_user = task.command.as_ref().map(|c| c.user.as_str()).unwrap_or("");
+        let spawned = self
+            .machine
+            .users
+            .choose(task_user, &framework_user, crate::task_user::lookup)
+            .and_then(|run_as| {
+                let owner = match &run_as {
+                    RunAs::User(a) => Some((a.uid, a.gid)),
+                    RunAs::Agent => None,
+                };
+                executor::prepare_sandbox(&sandbox, owner)
+                    .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
                 let mut spec = executor::build_spec(&task, &who, &sandbox);
-                self.isolate(&key, &task, &cgroup_name, &mut spec)?;
+                self.isolate(&key, &task, &run_as, &cgroup_name, &mut spec)?;
                 executor::write_spec(&sandbox, &spec).map_err(|e| {
                     format!("cannot write the launch spec in {}: {e}", sandbox.display())
                 })
@@ -508,11 +531,12 @@ impl Agent {
 
     /// Fills in the spec's isolation for one run: GPUs (environment and
     /// devices), run-as user, the cgroup (created here and checkpointed)
-    /// and namespaces.
+    /// and namespaces with what the task must not see.
     fn isolate(
         &self,
         key: &Key,
         task: &mezz_proto::v1::TaskInfo,
+        run_as: &RunAs,
         cgroup_name: &str,
         spec: &mut crate::launch_spec::LaunchSpec,
     ) -> Result<(), String> {
@@ -528,22 +552,11 @@ impl Agent {
             .collect();
         let gpus = crate::gpu::assign(&self.machine.gpus, &given)?;
         spec.env.extend(gpus.env);
-        let user = task
-            .command
-            .as_ref()
-            .map(|c| c.user.trim().to_string())
-            .filter(|u| !u.is_empty());
-        if user.as_deref() == Some("root") && !self.allow_root_tasks {
-            return Err(format!(
-                "task '{}' asks to run as root, which this agent does not allow (start it with --allow-root-tasks)",
-                key.1
-            ));
+        if let RunAs::User(a) = run_as {
+            spec.env.insert("USER".into(), a.name.clone());
+            spec.user = Some(a.name.clone());
         }
-        if let Some(u) = &user {
-            spec.env.insert("USER".into(), u.clone());
-        }
-        spec.user = user;
-        let mut limits = crate::isolation::Limits::of_task(task);
+        let mut limits = crate::isolation::Limits::of_task(task, self.machine.isolation.pids_cap);
         limits.denied_gpu_minors = gpus.denied_minors;
         let prepared = self
             .machine
@@ -561,6 +574,22 @@ impl Agent {
         spec.cgroup_procs = prepared.procs_files;
         spec.namespaces = self.machine.isolation.namespaces;
         spec.hostname = Some(key.1.clone());
+        if spec.namespaces {
+            spec.hide = self.machine.hidden_paths.clone();
+            // Fake GPU nodes live in the work dir, which is hidden: their
+            // directory comes back (the wrapper binds back only what a
+            // hidden directory covers; /dev is not).
+            let mut expose: Vec<PathBuf> = self
+                .machine
+                .gpus
+                .iter()
+                .filter_map(|g| g.device.parent())
+                .map(Path::to_path_buf)
+                .collect();
+            expose.dedup();
+            spec.expose = expose;
+            spec.read_only = vec![PathBuf::from(CGROUP_MOUNTS)];
+        }
         Ok(())
     }
 

@@ -36,12 +36,22 @@ pub struct Config {
     pub cgroup_root: String,
     /// `--gpus` / `--fake-gpus`.
     pub gpus: crate::gpu::GpuMode,
-    /// Tasks may ask to run as root (`CommandInfo.user = "root"`).
+    /// Tasks (or their frameworks) may ask to run as root.
     pub allow_root_tasks: bool,
     /// `--gpu-reserve`: cpus and mem per idle GPU that the master keeps
     /// back from frameworks without the GPU capability. `None`: the
     /// master's default share (see `mezz_proto::holdback`).
     pub gpu_reserve: Option<mezz_proto::Resources>,
+    /// Who runs tasks that name no user that may be used: `--task-user`
+    /// (`nobody`), or the agent's own user (`mezz dev`).
+    pub task_user: crate::task_user::DefaultTaskUser,
+    /// `--task-hidden-path`: directories besides the work dir that tasks
+    /// must not see (a master's data dir on the same machine).
+    pub task_hidden_paths: Vec<PathBuf>,
+    /// `--task-pids-cap`: `pids.max` of the parent cgroup, the most
+    /// processes and threads of all tasks together. `None`: half of the
+    /// kernel's `pid_max`.
+    pub task_pids_cap: Option<u64>,
 }
 
 impl Config {
@@ -68,6 +78,9 @@ impl Config {
             gpus: crate::gpu::GpuMode::None,
             allow_root_tasks: false,
             gpu_reserve: None,
+            task_user: Default::default(),
+            task_hidden_paths: Vec::new(),
+            task_pids_cap: None,
         }
     }
 }

@@ -57,4 +57,8 @@ pub enum AgentError {
     /// Another agent of this host already offers some of the same ports.
     #[error("{0}")]
     Ports(String),
+    /// Tasks could not run as configured: the task user is missing, or
+    /// cannot reach the work dir, or a hidden path is unusable.
+    #[error("{0}")]
+    Tasks(String),
 }

@@ -32,8 +32,14 @@ pub fn sandbox_path(work_dir: &Path, framework_id: &str, task_id: &str) -> PathB
 }
 
 /// Creates a fresh sandbox at `path` with `stdout`, `stderr`, `tmp/` and
-/// `.mezz/`. A previous run's directory is kept as `<task_id>.<n>`.
-pub fn prepare_sandbox(path: &Path) -> std::io::Result<()> {
+/// `.mezz/`. A previous run's directory is kept as `<task_id>.<n>`. With
+/// `owner` (uid, gid) the sandbox, `tmp/` and the output files are given
+/// to the task's user; `.mezz/`, the agent's own files of the run (launch
+/// spec, exit record), stays the agent's and closed to the task (mode
+/// 0700), so a task cannot forge how it ended: it cannot rename or empty a
+/// directory it may not write.
+pub fn prepare_sandbox(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if path.exists() {
         let mut n = 1u32;
         let aside = loop {
@@ -47,10 +53,31 @@ pub fn prepare_sandbox(path: &Path) -> std::io::Result<()> {
         };
         std::fs::rename(path, &aside)?;
     }
-    std::fs::create_dir_all(path.join("tmp"))?;
-    std::fs::create_dir_all(path.join(META_DIR))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+        if owner.is_some() {
+            // The task's user passes through the framework's directory
+            // to its sandbox but does not list the others.
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
+    std::fs::create_dir(path)?;
+    std::fs::create_dir(path.join("tmp"))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path.join(META_DIR))?;
     for f in ["stdout", "stderr"] {
         std::fs::File::create(path.join(f))?;
+    }
+    if let Some((uid, gid)) = owner {
+        for p in [
+            path.to_path_buf(),
+            path.join("tmp"),
+            path.join("stdout"),
+            path.join("stderr"),
+        ] {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+        }
     }
     Ok(())
 }
@@ -119,6 +146,9 @@ pub fn build_spec(task: &TaskInfo, who: &TaskIdentity<'_>, sandbox: &Path) -> La
         namespaces: false,
         hostname: None,
         user: None,
+        hide: Vec::new(),
+        expose: Vec::new(),
+        read_only: Vec::new(),
     }
 }
 
@@ -350,16 +380,36 @@ mod tests {
     fn previous_sandbox_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let sb = dir.path().join("t");
-        prepare_sandbox(&sb).unwrap();
+        prepare_sandbox(&sb, None).unwrap();
         std::fs::write(sb.join("stdout"), "old").unwrap();
-        prepare_sandbox(&sb).unwrap();
-        prepare_sandbox(&sb).unwrap();
+        prepare_sandbox(&sb, None).unwrap();
+        prepare_sandbox(&sb, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("t.1/stdout")).unwrap(),
             "old"
         );
         assert!(dir.path().join("t.2").is_dir());
         assert_eq!(std::fs::read_to_string(sb.join("stdout")).unwrap(), "");
+    }
+
+    #[test]
+    fn the_sandbox_is_the_tasks_and_its_metadata_the_agents() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: giving a sandbox away needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sb = dir.path().join("fw/t");
+        prepare_sandbox(&sb, Some((65534, 65534))).unwrap();
+        for f in ["", "tmp", "stdout", "stderr"] {
+            let m = std::fs::metadata(sb.join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+        }
+        let meta = std::fs::metadata(sb.join(META_DIR)).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
+        let fw = std::fs::metadata(dir.path().join("fw")).unwrap();
+        assert_eq!(fw.mode() & 0o777, 0o711);
     }
 
     #[test]

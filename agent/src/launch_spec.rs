@@ -46,9 +46,23 @@ pub struct LaunchSpec {
     /// Hostname inside the task's UTS namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// User to run the command as (name); `None`: the agent's user.
+    /// User to run the command as (name); `None`: the agent's user. The
+    /// agent has already given the sandbox to this user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// With `namespaces`: directories the command must not see (the
+    /// agent's work dir, `--task-hidden-path`s), each covered by an empty
+    /// read-only tmpfs in its mount namespace; `cwd` stays reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hide: Vec<PathBuf>,
+    /// With `namespaces`: directories inside hidden ones the command still
+    /// needs (the fake GPU nodes), reachable read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<PathBuf>,
+    /// With `namespaces`: trees whose every mount the command sees
+    /// read-only (the host's `/sys/fs/cgroup`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<PathBuf>,
 }
 
 /// How the command ended: exactly one of the fields is set.

@@ -6,11 +6,9 @@
 //! how the command ended in `exit_status.json`. It never talks to the master
 //! and keeps no state beyond those files.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -84,7 +82,7 @@ pub fn launch_main(spec_path: &Path) -> i32 {
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let why = spawn_error_message(program, &e);
+            let why = spawn_error_message(program, spec.env.get("PATH").map(String::as_str), &e);
             if let Some(f) = stderr_note.as_mut() {
                 let _ = writeln!(f, "mezz: {why}");
             }
@@ -152,48 +150,65 @@ pub fn launch_main(spec_path: &Path) -> i32 {
     0
 }
 
-/// Applies the spec's isolation to `cmd`: resolves the run-as user (and
-/// hands it the sandbox), unshares the namespaces and installs the
-/// pre-exec hook. Returns the read end of init's status pipe.
+/// Applies the spec's isolation to `cmd`: resolves the run-as user, opens
+/// the cgroup's `cgroup.procs` files, unshares the namespaces and builds the
+/// task's view of the filesystem in them, and installs the pre-exec hook
+/// that joins the cgroup and drops privileges. Returns the read end of
+/// init's status pipe.
 fn isolate(spec: &LaunchSpec, cmd: &mut Command) -> Result<Option<OwnedFd>, String> {
-    use crate::isolation::namespaces::{self, Plan};
+    use crate::isolation::{capabilities, mounts, namespaces};
     let user = match &spec.user {
         None => None,
         Some(name) => {
             let u = nix::unistd::User::from_name(name)
                 .map_err(|e| format!("cannot look up user '{name}': {e}"))?
                 .ok_or_else(|| format!("user '{name}' does not exist on this agent"))?;
-            for p in [&spec.cwd, &spec.cwd.join("tmp"), &spec.stdout, &spec.stderr] {
-                nix::unistd::chown(p.as_path(), Some(u.uid), Some(u.gid))
-                    .map_err(|e| format!("cannot give {} to user '{name}': {e}", p.display()))?;
-            }
             Some((u.uid.as_raw(), u.gid.as_raw()))
         }
     };
-    let procs_files = spec
+    // Opened before the namespaces: the task's view of the cgroup
+    // filesystem is read-only, the wrapper's handles are not.
+    let procs = spec
         .cgroup_procs
         .iter()
-        .map(|p| CString::new(p.as_os_str().as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "a cgroup path contains a NUL byte".to_string())?;
-    if user.is_none() && procs_files.is_empty() && !spec.namespaces {
-        return Ok(None);
-    }
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("cannot open {}: {e}", p.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (read_end, write_end) = if spec.namespaces {
         namespaces::unshare_for_task()
             .map_err(|e| format!("cannot create the task's namespaces: {e}"))?;
+        mounts::enter(&mounts::View {
+            sandbox: spec.cwd.clone(),
+            hide: spec.hide.clone(),
+            expose: spec.expose.clone(),
+            read_only: spec.read_only.clone(),
+        })
+        .map_err(|e| format!("cannot set up the task's mounts: {e}"))?;
         let (r, w) = namespaces::status_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
         (Some(r), Some(w))
     } else {
         (None, None)
     };
+    // Only root has capabilities to give up.
+    let drop_caps = if nix::unistd::geteuid().is_root() {
+        let runs_as_root = user.is_none_or(|(uid, _)| uid == 0);
+        capabilities::bounding_drops(capabilities::last_cap(), runs_as_root)
+    } else {
+        Vec::new()
+    };
     let mut hostname = spec.hostname.clone().unwrap_or_else(|| "mezz-task".into());
     hostname.truncate(64);
-    let plan = Plan {
-        procs_files,
+    let plan = namespaces::Plan {
+        procs,
         namespaces: spec.namespaces,
         hostname: hostname.into_bytes(),
         user,
+        drop_caps,
         status_fd: write_end,
     };
     // SAFETY: the wrapper is single-threaded, and the hook only makes
@@ -205,14 +220,30 @@ fn isolate(spec: &LaunchSpec, cmd: &mut Command) -> Result<Option<OwnedFd>, Stri
 }
 
 /// What the agent shows when the command cannot start.
-pub fn spawn_error_message(program: &str, e: &std::io::Error) -> String {
+pub fn spawn_error_message(program: &str, path: Option<&str>, e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => format!("command '{program}' not found"),
+        // A PATH search reports EACCES when some directory of PATH could
+        // not be searched by the task's user (the agent's PATH may name
+        // directories only root can enter), even if no directory holds
+        // the command: then it is simply not there.
+        std::io::ErrorKind::PermissionDenied
+            if !program.contains('/') && !on_path(program, path.unwrap_or("")) =>
+        {
+            format!("command '{program}' not found")
+        }
         std::io::ErrorKind::PermissionDenied => {
             format!("permission denied executing '{program}'")
         }
         _ => format!("cannot execute '{program}': {e}"),
     }
+}
+
+/// Does any directory of `path` (a `PATH` value) hold an entry `program`?
+fn on_path(program: &str, path: &str) -> bool {
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| Path::new(d).join(program).symlink_metadata().is_ok())
 }
 
 extern "C" fn on_termination_signal(_: libc::c_int) {}

@@ -22,6 +22,7 @@ pub mod lifecycle;
 mod master_link;
 pub mod port_claims;
 pub mod resources;
+pub mod task_user;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +52,118 @@ fn ensure_dir(path: &std::path::Path) -> Result<(), AgentError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        AgentError::WorkDir {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Who tasks run as; checks at start-up that the default task user exists
+/// and can reach the sandboxes, so that no task has to fail for it.
+fn task_users(config: &Config) -> Result<task_user::Policy, AgentError> {
+    use task_user::DefaultTaskUser;
+    let policy = task_user::Policy {
+        default: config.task_user.clone(),
+        allow_root: config.allow_root_tasks,
+        agent_uid: nix::unistd::geteuid().as_raw(),
+    };
+    let DefaultTaskUser::Named(name) = &config.task_user else {
+        return Ok(policy);
+    };
+    let account = task_user::lookup(name)
+        .map_err(AgentError::Tasks)?
+        .ok_or_else(|| {
+            AgentError::Tasks(format!(
+                "--task-user '{name}': no such user on this machine; create it or name an existing unprivileged user"
+            ))
+        })?;
+    if policy.agent_uid != 0 {
+        if account.uid != policy.agent_uid {
+            tracing::warn!(
+                "the agent does not run as root, so tasks run as its own user (uid {}), not as --task-user '{name}'",
+                policy.agent_uid
+            );
+        }
+        return Ok(policy);
+    }
+    if account.is_root() {
+        if !config.allow_root_tasks {
+            return Err(AgentError::Tasks(format!(
+                "--task-user '{name}' is root; pass --allow-root-tasks too to run tasks as root"
+            )));
+        }
+        return Ok(policy);
+    }
+    // The work dir is the agent's own: let the task's user pass through.
+    let work = &config.work_dir;
+    let mode = std::fs::metadata(work)
+        .map_err(|source| AgentError::WorkDir {
+            path: work.clone(),
+            source,
+        })
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)?;
+    if mode & 0o011 != 0o011 {
+        set_mode(work, mode | 0o011)?;
+    }
+    let real = work.canonicalize().map_err(|source| AgentError::WorkDir {
+        path: work.clone(),
+        source,
+    })?;
+    let groups = task_user::groups_of(&account);
+    if let Err(e) = task_user::check_traversable(&real, &account, &groups) {
+        return Err(AgentError::Tasks(format!(
+            "work dir '{}': tasks run as user '{name}' (uid {}), who cannot pass through '{}' (mode {:04o}) to reach their sandboxes; run `chmod a+x {}` (or o+x), or choose a --work-dir whose parent directories everyone may pass through",
+            work.display(),
+            account.uid,
+            e.dir.display(),
+            e.mode,
+            e.dir.display()
+        )));
+    }
+    tracing::info!(
+        "tasks run as user '{name}' (uid {}) unless they or their framework name another",
+        account.uid
+    );
+    Ok(policy)
+}
+
+/// The work dir and the `--task-hidden-path`s as absolute real paths: what
+/// each task's mount namespace hides.
+fn hidden_paths(config: &Config) -> Result<Vec<std::path::PathBuf>, AgentError> {
+    let work = config
+        .work_dir
+        .canonicalize()
+        .map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+    let mut out = vec![work];
+    for p in &config.task_hidden_paths {
+        let bad = |why: String| {
+            AgentError::Tasks(format!(
+                "--task-hidden-path '{}': {why}; give an existing directory other than /",
+                p.display()
+            ))
+        };
+        if !p.is_absolute() {
+            return Err(bad("not an absolute path".into()));
+        }
+        let real = p.canonicalize().map_err(|e| bad(e.to_string()))?;
+        if !real.is_dir() {
+            return Err(bad("not a directory".into()));
+        }
+        if real.parent().is_none() {
+            return Err(bad("hiding the root directory would hide everything".into()));
+        }
+        out.push(real);
+    }
+    Ok(out)
 }
 
 async fn open_checkpoint(path: &std::path::Path) -> Result<checkpoint::Checkpoint, AgentError> {
@@ -97,6 +210,12 @@ pub async fn run(
     let meta_dir = config.work_dir.join("meta");
     ensure_dir(&meta_dir)?;
     ensure_dir(&executor::sandboxes_root(&config.work_dir))?;
+    // The checkpoint is the agent's alone; tasks pass through the
+    // sandboxes directory to their own sandbox without listing it.
+    set_mode(&meta_dir, 0o700)?;
+    set_mode(&executor::sandboxes_root(&config.work_dir), 0o711)?;
+    let users = task_users(&config)?;
+    let hidden_paths = hidden_paths(&config)?;
     let checkpoint = open_checkpoint(&meta_dir.join("checkpoint")).await?;
     let agent_id = match checkpoint.agent_id() {
         Some(id) => id,
@@ -131,8 +250,29 @@ pub async fn run(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into())
     });
-    let isolation = isolation::select(config.isolation, &config.cgroup_root)
-        .map_err(|e| AgentError::Isolation(e.to_string()))?;
+    let mut isolation =
+        isolation::select(config.isolation, &config.cgroup_root, config.task_pids_cap)
+            .map_err(|e| AgentError::Isolation(e.to_string()))?;
+    if isolation.isolator.kind() != "none" {
+        let why = if !isolation.namespaces {
+            Some("this machine has no PID, mount and UTS namespaces".to_string())
+        } else {
+            isolation::namespaces::probe(&config.launcher, &config.work_dir)
+                .err()
+                .map(|e| format!("they cannot be made here: {e}"))
+        };
+        if let Some(why) = why {
+            if config.isolation == isolation::IsolationMode::Cgroups {
+                return Err(AgentError::Isolation(format!(
+                    "--isolation cgroups: task namespaces are unusable ({why}); pass --isolation auto to run tasks without them"
+                )));
+            }
+            tracing::warn!(
+                "tasks run WITHOUT their own PID/mount/UTS namespaces ({why}): they can see the host's processes, the agent's work dir with other tasks' sandboxes, and the paths it was told to hide"
+            );
+            isolation.namespaces = false;
+        }
+    }
     let gpu_backend = gpu::discover(config.gpus, &config.work_dir)
         .map_err(|e| AgentError::Gpus(e.to_string()))?;
     let gpus: Vec<gpu::Gpu> = gpu_backend
@@ -178,7 +318,12 @@ pub async fn run(
         info,
         &config,
         checkpoint,
-        agent::Machine { isolation, gpus },
+        agent::Machine {
+            isolation,
+            gpus,
+            users,
+            hidden_paths,
+        },
         stop_rx.clone(),
     ));
     agent.recover().await;

@@ -705,9 +705,12 @@ async fn sandbox_listing_and_tail_stay_inside() {
     let r = files.list_files(list("")).await.unwrap().into_inner();
     assert!(r.task_terminal);
     let names: Vec<&str> = r.entries.iter().map(|e| e.name.as_str()).collect();
-    for want in [".mezz", "escape", "out", "stderr", "stdout", "tmp", "up"] {
+    for want in ["escape", "out", "stderr", "stdout", "tmp", "up"] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
+    // The agent's own files of the run (the launch spec holds the task's
+    // environment) are neither listed nor served.
+    assert!(!names.contains(&".mezz"), "{names:?}");
     let stdout = r.entries.iter().find(|e| e.name == "stdout").unwrap();
     assert_eq!(stdout.size, 3893);
     assert!(!stdout.is_dir && stdout.mtime > 0.0);
@@ -764,6 +767,13 @@ async fn sandbox_listing_and_tail_stay_inside() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = files.tail_file(tail("up", 1)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    for meta in [".mezz/launch.json", "./.mezz/launch.json"] {
+        let e = files.tail_file(tail(meta, 0)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{meta}");
+        assert!(e.message().contains(".mezz"), "{}", e.message());
+    }
+    let e = files.list_files(list(".mezz")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     agent.stop().await;
 }

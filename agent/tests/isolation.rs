@@ -22,7 +22,7 @@ fn isolation() -> Option<Selected> {
     let why = if !nix::unistd::geteuid().is_root() {
         Some("not running as root".to_string())
     } else {
-        match isolation::select(IsolationMode::Cgroups, CGROUP_ROOT) {
+        match isolation::select(IsolationMode::Cgroups, CGROUP_ROOT, None) {
             Ok(s) if s.namespaces => return Some(s),
             Ok(_) => Some("namespaces are not available".to_string()),
             Err(e) => Some(e.to_string()),
@@ -65,7 +65,14 @@ fn start(
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = dir.path().join("sb");
-    executor::prepare_sandbox(&sandbox).unwrap();
+    // The agent gives the sandbox to the task's user before the launch.
+    let owner = user.map(|u| {
+        let a = mezz_agent::task_user::lookup(u)
+            .unwrap()
+            .expect("user exists");
+        (a.uid, a.gid)
+    });
+    executor::prepare_sandbox(&sandbox, owner).unwrap();
     let name = format!("t{}", uuid_like());
     let prepared = sel.isolator.prepare(&name, limits).expect("prepare cgroup");
     let meta = sandbox.join(".mezz");
@@ -87,6 +94,9 @@ fn start(
         namespaces: sel.namespaces,
         hostname: Some(name.clone()),
         user: user.map(str::to_string),
+        hide: Vec::new(),
+        expose: Vec::new(),
+        read_only: Vec::new(),
     };
     let spec_path = executor::write_spec(&sandbox, &spec).unwrap();
     let started = Instant::now();

@@ -77,9 +77,31 @@ pub struct AgentArgs {
     /// turns isolation off.
     #[arg(long, value_enum, default_value = "auto")]
     pub isolation: IsolationArg,
-    /// Let tasks run as root when they ask for it (user "root").
+    /// Let tasks run as root when they, or their framework, ask for it
+    /// (user "root"). Without it such a task fails to launch, and a
+    /// framework's root user is replaced by --task-user.
     #[arg(long)]
     pub allow_root_tasks: bool,
+    /// Who runs tasks that name no user: the framework's user when it
+    /// exists on this machine (and is not root), else this one. It must
+    /// exist, and be able to pass through the parent directories of
+    /// --work-dir. Only an agent running as root switches users; otherwise
+    /// tasks run as the agent's user.
+    #[arg(long, value_name = "USER", default_value = mezz_agent::task_user::NOBODY)]
+    pub task_user: String,
+    /// A directory tasks must not see (repeatable), e.g. the data dir of a
+    /// master on the same machine: each task's mount namespace covers it
+    /// with an empty read-only directory. The agent's own --work-dir
+    /// (other tasks' sandboxes, the checkpoint) is always hidden; a task
+    /// sees only its own sandbox in it.
+    #[arg(long, value_name = "DIR")]
+    pub task_hidden_path: Vec<PathBuf>,
+    /// The most processes and threads all tasks together may have
+    /// (pids.max of the agent's parent cgroup). Each task gets 1024 per
+    /// cpu, at least 256, never more than this. Default: half of the
+    /// kernel's pid_max.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub task_pids_cap: Option<u64>,
     /// Hostname announced to the master (defaults to the machine's).
     #[arg(long)]
     pub hostname: Option<String>,
@@ -121,6 +143,9 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
             .map(mezz_proto::holdback::parse_gpu_reserve)
             .transpose()
             .map_err(|e| anyhow!("--gpu-reserve: {e}"))?,
+        task_user: mezz_agent::task_user::DefaultTaskUser::Named(args.task_user.clone()),
+        task_hidden_paths: args.task_hidden_path.clone(),
+        task_pids_cap: args.task_pids_cap,
     })
 }
 

@@ -46,6 +46,10 @@ pub struct DevArgs {
     /// equal slices, so no two agents offer the same port.
     #[arg(long)]
     pub resources: Option<String>,
+    /// Run tasks as this user (e.g. `nobody`) instead of as you, as a
+    /// production agent would (see `mezz agent --task-user`).
+    #[arg(long, value_name = "USER")]
+    pub task_user: Option<String>,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
 }
@@ -149,6 +153,14 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     let given = super::agent::parse_resources(args.resources.as_deref())?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    if args.task_user.is_some() && args.data_dir.is_none() {
+        // Tasks of another user must pass through the temporary directory
+        // (made 0700) to their sandboxes; they still cannot list it, and
+        // with namespaces they do not see it at all.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("opening {} to the task user", data_dir.display()))?;
+    }
     let machine = mezz_agent::resources::advertised(&data_dir, None);
     let shares: Vec<Resources> = (0..args.agents)
         .map(|i| agent_share(&machine, given.as_ref(), i, args.agents))
@@ -207,6 +219,16 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             },
             allow_root_tasks: true,
             gpu_reserve: None,
+            // A personal cluster: tasks run as whoever started it, unless
+            // told otherwise.
+            task_user: match &args.task_user {
+                Some(u) => mezz_agent::task_user::DefaultTaskUser::Named(u.clone()),
+                None => mezz_agent::task_user::DefaultTaskUser::Agent,
+            },
+            // The masters' state (and the other agents') is not the
+            // tasks' to see.
+            task_hidden_paths: vec![data_dir.clone()],
+            task_pids_cap: None,
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

@@ -91,6 +91,18 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A temporary directory for a cluster's masters and agents. Agents run
+/// tasks as `nobody`, which must pass through the parents of an agent's
+/// work dir to its sandbox (`mezz agent` refuses to start otherwise), so
+/// the directory is 0711: passable, not listable.
+pub fn cluster_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the cluster dir");
+    dir
+}
+
 /// A master and agents in their own temporary directory.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -107,7 +119,7 @@ impl Cluster {
     /// `resources`, both registered before this returns.
     pub fn start(resources: &str, master_args: &[&str]) -> Cluster {
         let mut c = Cluster {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: cluster_dir(),
             master_port: free_port(),
             master: None,
             master_args: master_args.iter().map(|s| s.to_string()).collect(),
@@ -156,7 +168,7 @@ impl Cluster {
     /// command line (e.g. `--fake-gpus 2`).
     pub fn start_with_agent_args(resources: &str, agent_args: &[&str]) -> Cluster {
         let mut c = Cluster {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: cluster_dir(),
             master_port: free_port(),
             master: None,
             master_args: vec![],

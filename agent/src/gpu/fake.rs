@@ -5,6 +5,7 @@
 //! from "denied" (EPERM).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -47,6 +48,15 @@ impl FakeGpus {
                     },
                 )?;
             }
+            // Open to everyone, like the driver's nodes (the umask took
+            // bits away from mknod's): tasks run as an unprivileged user,
+            // and the devices cgroup, not the mode, decides who gets which.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(
+                |e| GpuError::FakeNode {
+                    path: path.clone(),
+                    message: e.to_string(),
+                },
+            )?;
             gpus.push(Gpu {
                 id: GpuUuid(format!("fake-gpu-{i}")),
                 index: i,

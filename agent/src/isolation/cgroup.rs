@@ -38,6 +38,17 @@ pub(super) fn create(path: &str, controllers: &[&str]) -> Result<Cgroup, Isolati
     Ok(cg)
 }
 
+/// Sets `pids.max` of `cg` (the cgroup at `path`), where the pids
+/// controller is there.
+pub(super) fn set_pids_max(cg: &Cgroup, path: &str, max: u64) -> Result<(), IsolationError> {
+    if let Some(pids) = cg.controller_of::<cgroups_rs::fs::pid::PidController>() {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        pids.set_pid_max(cgroups_rs::fs::MaxValue::Value(max))
+            .map_err(|e| err(path, "set pids.max", e))?;
+    }
+    Ok(())
+}
+
 /// The distinct `cgroup.procs` files of `cg` (v2 has one; v1 one per
 /// hierarchy).
 pub(super) fn procs_files(cg: &Cgroup) -> Vec<PathBuf> {

@@ -8,8 +8,6 @@ use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::fs::memory::MemController;
-use cgroups_rs::fs::pid::PidController;
-use cgroups_rs::fs::MaxValue;
 
 use super::cgroup::{self, err};
 use super::{IsolationError, Isolator, Limits, Prepared, NVIDIA_MAJOR};
@@ -27,9 +25,11 @@ pub struct CgroupV1 {
 
 impl CgroupV1 {
     /// Checks that every needed hierarchy is mounted and `root` can be
-    /// created in each.
-    pub fn new(root: &str) -> Result<CgroupV1, IsolationError> {
+    /// created in each, and caps the processes of all tasks together at
+    /// `pids_cap` (`pids.max` of `root`).
+    pub fn new(root: &str, pids_cap: u64) -> Result<CgroupV1, IsolationError> {
         let cg = cgroup::create(root, CONTROLLERS)?;
+        cgroup::set_pids_max(&cg, root, pids_cap)?;
         let have: Vec<String> = cg
             .subsystems()
             .iter()
@@ -76,10 +76,7 @@ impl CgroupV1 {
                 let _ = mem.set_memswap_limit(bytes);
             }
         }
-        if let Some(pids) = cg.controller_of::<PidController>() {
-            pids.set_pid_max(MaxValue::Value(l.pids_max as i64))
-                .map_err(|e| err(path, "set pids.max", e))?;
-        }
+        cgroup::set_pids_max(cg, path, l.pids_max)?;
         if let Some(dev) = cg.controller_of::<DevicesController>() {
             for minor in &l.denied_gpu_minors {
                 dev.deny_device(

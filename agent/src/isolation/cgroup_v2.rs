@@ -6,8 +6,6 @@
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
-use cgroups_rs::fs::pid::PidController;
-use cgroups_rs::fs::MaxValue;
 
 use super::cgroup::{self, err};
 use super::device_filter;
@@ -23,9 +21,11 @@ pub struct CgroupV2 {
 }
 
 impl CgroupV2 {
-    /// Checks that `root` can be created.
-    pub fn new(root: &str) -> Result<CgroupV2, IsolationError> {
-        cgroup::create(root, CONTROLLERS)?;
+    /// Checks that `root` can be created, and caps the processes of all
+    /// tasks together at `pids_cap` (`pids.max` of `root`).
+    pub fn new(root: &str, pids_cap: u64) -> Result<CgroupV2, IsolationError> {
+        let cg = cgroup::create(root, CONTROLLERS)?;
+        cgroup::set_pids_max(&cg, root, pids_cap)?;
         Ok(CgroupV2 {
             root: root.to_string(),
         })
@@ -55,10 +55,7 @@ impl Isolator for CgroupV2 {
                         .map_err(|e| err(&path, "set memory.max", e))?;
                 }
             }
-            if let Some(pids) = cg.controller_of::<PidController>() {
-                pids.set_pid_max(MaxValue::Value(l.pids_max as i64))
-                    .map_err(|e| err(&path, "set pids.max", e))?;
-            }
+            cgroup::set_pids_max(&cg, &path, l.pids_max)?;
             if !l.denied_gpu_minors.is_empty() {
                 let dir = cg
                     .subsystems()

@@ -3,13 +3,16 @@
 //! wrapper spawns (the wrapper's command joins it by writing to the
 //! returned `cgroup.procs` files), `cleanup` kills what is left in it and
 //! removes it (idempotent), `oom_killed` explains a death. The backend is
-//! chosen once at start-up by [`select`]. Namespaces are entered by the
-//! wrapper, not here (see `namespaces.rs`); this module never spawns.
+//! chosen once at start-up by [`select`]. Namespaces, the task's mounts
+//! and its privileges are set up by the wrapper, not here (see
+//! `namespaces.rs`, `mounts.rs`, `capabilities.rs`).
 
+pub mod capabilities;
 mod cgroup;
 pub mod cgroup_v1;
 pub mod cgroup_v2;
 pub mod device_filter;
+pub mod mounts;
 pub mod namespaces;
 pub mod none;
 
@@ -35,13 +38,48 @@ pub struct Limits {
     pub denied_gpu_minors: Vec<u32>,
 }
 
-/// Default `pids_max` when the agent is not told otherwise.
-pub const DEFAULT_PIDS_MAX: u64 = 4096;
+/// `pids.max` of a task without cpus, and the least any task gets: a
+/// shell, a Python interpreter with its helper threads, a small JVM.
+pub const PIDS_FLOOR: u64 = 256;
+/// `pids.max` per cpu: thread pools (JVM, BLAS, data loaders) and worker
+/// processes are sized by the cores a task has, so its processes and
+/// threads grow with its cpus, not with its memory.
+pub const PIDS_PER_CPU: f64 = 1024.0;
+
+/// `pids.max` of a task with `cpus`: `max(PIDS_FLOOR, ceil(1024 × cpus))`,
+/// never above `host_cap` (the agent's parent cgroup's limit, which bounds
+/// all tasks together anyway).
+pub fn task_pids_max(cpus: f64, host_cap: u64) -> u64 {
+    let by_cpus = if cpus.is_finite() && cpus > 0.0 {
+        (cpus * PIDS_PER_CPU).ceil().min(u64::MAX as f64) as u64
+    } else {
+        0
+    };
+    by_cpus.max(PIDS_FLOOR).min(host_cap.max(1))
+}
+
+/// The limit on processes and threads of all tasks together (`pids.max`
+/// of the agent's parent cgroup): half of the kernel's `pid_max`, so that
+/// tasks, however many, leave the other half to the host's own services,
+/// the agent and its task wrappers.
+pub fn host_pids_cap(pid_max: u64) -> u64 {
+    (pid_max / 2).max(PIDS_FLOOR)
+}
+
+/// The kernel's `pid_max` (`/proc/sys/kernel/pid_max`); its default when
+/// unreadable.
+pub fn kernel_pid_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768)
+}
 
 impl Limits {
-    /// The limits of `task` from its scalar resources; `denied_gpu_minors`
-    /// is filled in by the caller, which knows the agent's GPUs.
-    pub fn of_task(task: &TaskInfo) -> Limits {
+    /// The limits of `task` from its scalar resources, its `pids_max` from
+    /// [`task_pids_max`] under `host_cap`; `denied_gpu_minors` is filled in
+    /// by the caller, which knows the agent's GPUs.
+    pub fn of_task(task: &TaskInfo, host_cap: u64) -> Limits {
         let scalar = |name: &str| {
             task.resources
                 .iter()
@@ -52,10 +90,11 @@ impl Limits {
                 })
                 .sum::<f64>()
         };
+        let cpus = scalar("cpus").max(0.0);
         Limits {
-            cpus: scalar("cpus").max(0.0),
+            cpus,
             mem_mb: scalar("mem").max(0.0),
-            pids_max: DEFAULT_PIDS_MAX,
+            pids_max: task_pids_max(cpus, host_cap),
             denied_gpu_minors: Vec::new(),
         }
     }
@@ -131,6 +170,8 @@ pub struct Selected {
     pub isolator: Arc<dyn Isolator>,
     /// Tasks run in their own PID, mount and UTS namespaces.
     pub namespaces: bool,
+    /// `pids.max` of the parent cgroup, the bound of every task's own.
+    pub pids_cap: u64,
 }
 
 /// Why isolation asked for with `--isolation cgroups` cannot be had.
@@ -139,11 +180,18 @@ pub struct Selected {
 pub struct Unavailable(pub String);
 
 /// Chooses the isolator at start-up. `root` is the name of the parent
-/// cgroup under each hierarchy (e.g. `mezzanine`).
-pub fn select(mode: IsolationMode, root: &str) -> Result<Selected, Unavailable> {
+/// cgroup under each hierarchy (e.g. `mezzanine`), whose `pids.max` is set
+/// to `pids_cap` (`None`: [`host_pids_cap`] of the kernel's `pid_max`).
+pub fn select(
+    mode: IsolationMode,
+    root: &str,
+    pids_cap: Option<u64>,
+) -> Result<Selected, Unavailable> {
+    let pids_cap = pids_cap.unwrap_or_else(|| host_pids_cap(kernel_pid_max()));
     let none = || Selected {
         isolator: Arc::new(none::NoIsolation),
         namespaces: false,
+        pids_cap,
     };
     if mode == IsolationMode::None {
         tracing::warn!(
@@ -151,11 +199,11 @@ pub fn select(mode: IsolationMode, root: &str) -> Result<Selected, Unavailable> 
         );
         return Ok(none());
     }
-    let probe = probe(root);
+    let probe = probe(root, pids_cap);
     match (probe, mode) {
         (Ok(sel), _) => {
             tracing::info!(
-                "isolation: {} cgroups under '{root}', PID/mount/UTS namespaces per task",
+                "isolation: {} cgroups under '{root}' (at most {pids_cap} processes for all tasks), PID/mount/UTS namespaces per task",
                 sel.isolator.kind()
             );
             Ok(sel)
@@ -168,17 +216,39 @@ pub fn select(mode: IsolationMode, root: &str) -> Result<Selected, Unavailable> 
     }
 }
 
-fn probe(root: &str) -> Result<Selected, String> {
+fn probe(root: &str, pids_cap: u64) -> Result<Selected, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("the agent is not running as root".into());
     }
     let isolator: Arc<dyn Isolator> = if cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode() {
-        Arc::new(cgroup_v2::CgroupV2::new(root).map_err(|e| e.to_string())?)
+        Arc::new(cgroup_v2::CgroupV2::new(root, pids_cap).map_err(|e| e.to_string())?)
     } else {
-        Arc::new(cgroup_v1::CgroupV1::new(root).map_err(|e| e.to_string())?)
+        Arc::new(cgroup_v1::CgroupV1::new(root, pids_cap).map_err(|e| e.to_string())?)
     };
     Ok(Selected {
         isolator,
         namespaces: namespaces::available(),
+        pids_cap,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_follow_cpus_between_the_floor_and_the_host_cap() {
+        let cap = host_pids_cap(32768);
+        assert_eq!(cap, 16384);
+        assert_eq!(task_pids_max(0.0, cap), 256);
+        assert_eq!(task_pids_max(0.1, cap), 256);
+        assert_eq!(task_pids_max(0.5, cap), 512);
+        assert_eq!(task_pids_max(1.0, cap), 1024);
+        assert_eq!(task_pids_max(2.5, cap), 2560);
+        assert_eq!(task_pids_max(64.0, cap), 16384);
+        assert_eq!(task_pids_max(f64::NAN, cap), 256);
+        assert_eq!(task_pids_max(f64::INFINITY, cap), 256);
+        // A tiny pid_max still leaves tasks the floor.
+        assert_eq!(host_pids_cap(300), 256);
+    }
 }
