@@ -15,7 +15,13 @@
 //! - what that master offers on an agent, plus what really runs there,
 //!   fits the agent (no resource offered twice);
 //! - no agent is ever asked to run more than it has;
-//! - a framework never sees a task go back from a terminal state.
+//! - a framework never sees a task go back from a terminal state;
+//! - a rogue client that registers with the id of an agent that has
+//!   registered before, with the wrong secret, is always refused;
+//! - a status update a rogue agent sends for a task it does not run
+//!   (FINISHED for another agent's task) never reaches a framework (and,
+//!   by the check above, never frees that task's resources for another
+//!   launch on its agent).
 //!
 //! Checked once the faults stop and the cluster has healed:
 //! - every task a framework launched is accounted for: the framework's
@@ -25,7 +31,10 @@
 //!   applied it once, and the agent got its acknowledgement; a live state
 //!   may be skipped only when the framework knows the task is over;
 //! - a framework that never came back within its failover timeout was
-//!   removed and none of its tasks still runs.
+//!   removed and none of its tasks still runs;
+//! - a task whose accept was lost (the call, or its answer) is accounted
+//!   for too: it runs where the framework is told it does, or the
+//!   framework learns by reconciliation that no master knows it.
 //!
 //! Everything random comes from the seed and the run is deterministic (the
 //! crate's tests hash with a fixed key); a failure names its seed. Replay
@@ -131,6 +140,8 @@ enum Down {
 enum Client {
     Agent(usize),
     Framework(usize),
+    /// Speaks the agent protocol; see [`Rogue`].
+    Rogue,
 }
 
 /// A client's stream to one master: ordered and reliable while it lasts,
@@ -219,7 +230,7 @@ impl Outbox for SimOutbox<'_> {
                 Some(_) if self.rng.chance(self.stream_full) => {
                     c.closed_by_master = true;
                     match c.client {
-                        Client::Agent(_) => dropped.agents.push(conn),
+                        Client::Agent(_) | Client::Rogue => dropped.agents.push(conn),
                         Client::Framework(_) => dropped.frameworks.push(conn),
                     }
                 }
@@ -256,6 +267,8 @@ struct SimAgent {
     produced: BTreeMap<String, (String, String, TaskState)>,
     conn: Option<ConnId>,
     registered: bool,
+    /// Registered at least once: its secret is pinned.
+    ever_registered: bool,
     hint: Option<u64>,
     last_heartbeat: u64,
     /// The master on whose side of a partition this agent is.
@@ -312,10 +325,34 @@ struct Sim {
     agents: Vec<SimAgent>,
     frameworks: Vec<SimFramework>,
     leaders: BTreeMap<u64, u64>,
+    rogue: Rogue,
     /// Counters for the report.
     launches: u64,
     failovers: u64,
+    /// Accepts lost on the way to the master, or their answers on the way
+    /// back.
+    accepts_lost: u64,
 }
+
+/// A client that speaks the agent protocol with ill intent: it registers
+/// with the id of a real agent and a wrong secret, or under its own id
+/// (legitimately) and then reports other agents' tasks FINISHED.
+#[derive(Default)]
+struct Rogue {
+    conn: Option<ConnId>,
+    /// The real agent it pretends to be on this stream, if any.
+    impersonating: Option<usize>,
+    registered: bool,
+    hint: Option<u64>,
+    refused: u64,
+    spoofed: u64,
+}
+
+/// The rogue's own agent id and secret.
+const ROGUE_ID: &str = "rogue";
+const ROGUE_SECRET: &str = "0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad";
+/// Spoofed updates carry uuids with this prefix.
+const SPOOF: &str = "spoof-";
 
 /// `MEZZ_SIM_TRACE=text` prints every client message that mentions `text`,
 /// for finding out how a replayed seed went wrong.
@@ -356,8 +393,10 @@ impl Sim {
             agents: Vec::new(),
             frameworks: Vec::new(),
             leaders: BTreeMap::new(),
+            rogue: Rogue::default(),
             launches: 0,
             failovers: 0,
+            accepts_lost: 0,
         };
         for id in 1..=n {
             let dir = root.join(format!("m{id}"));
@@ -378,6 +417,7 @@ impl Sim {
                 produced: BTreeMap::new(),
                 conn: None,
                 registered: false,
+                ever_registered: false,
                 hint: None,
                 last_heartbeat: 0,
                 home: 1 + i as u64 % n,
@@ -446,7 +486,7 @@ impl Sim {
             .and_then(|m| m.node.as_mut())
         {
             match c.client {
-                Client::Agent(_) => node.agent_gone(conn, t),
+                Client::Agent(_) | Client::Rogue => node.agent_gone(conn, t),
                 Client::Framework(_) => node.framework_gone(conn, t),
             }
         }
@@ -467,6 +507,11 @@ impl Sim {
                 if fw.conn == Some(conn) {
                     fw.conn = None;
                     fw.subscribed = false;
+                }
+            }
+            Client::Rogue => {
+                if self.rogue.conn == Some(conn) {
+                    self.rogue.conn = None;
                 }
             }
         }
@@ -628,6 +673,7 @@ impl Sim {
         for fw in 0..self.frameworks.len() {
             self.framework_round(fw, heal)?;
         }
+        self.rogue_round(heal)?;
         self.step += 1;
         Ok(())
     }
@@ -665,6 +711,7 @@ impl Sim {
         let home = match client {
             Client::Agent(a) => self.agents[a].home,
             Client::Framework(f) => self.frameworks[f].home,
+            Client::Rogue => 1,
         };
         !self.partition.cut(home, master)
     }
@@ -818,6 +865,7 @@ impl Sim {
         match msg.message {
             Some(M::Registered(_)) => {
                 self.agents[a].registered = true;
+                self.agents[a].ever_registered = true;
             }
             Some(M::Launch(l)) => {
                 let (Some(fw), Some(task)) = (l.framework, l.task) else {
@@ -921,8 +969,155 @@ impl Sim {
             fw.last_reconcile = step;
         }
         for (call, launching) in calls {
+            if !launching.is_empty() && !heal && self.rng.chance(0.05) {
+                // The accept is lost: the call never reaches the master,
+                // or its answer never comes back (a transport error in an
+                // election). The framework does not know whether it
+                // launched anything and must find out by reconciling.
+                self.accepts_lost += 1;
+                if self.rng.chance(0.5) {
+                    continue;
+                }
+                self.conns.push_up(conn, step + 1, Up::Call(call, vec![]));
+                continue;
+            }
             self.conns
                 .push_up(conn, step + 1, Up::Call(call, launching));
+        }
+        Ok(())
+    }
+
+    /// The rogue's step: connect as a known agent with a wrong secret (it
+    /// must be refused) or as itself, and once registered as itself, report
+    /// tasks of real agents FINISHED (those reports must go nowhere).
+    fn rogue_round(&mut self, heal: bool) -> Result<(), String> {
+        let step = self.step;
+        if heal {
+            if let Some(conn) = self.rogue.conn {
+                self.hang_up(conn);
+            }
+            return Ok(());
+        }
+        let Some(conn) = self.rogue.conn else {
+            if !self.rng.chance(0.05) {
+                return Ok(());
+            }
+            let hint = self.rogue.hint.take();
+            let target = self.pick_master(hint);
+            if !self.master_up(target) || !self.reachable(Client::Rogue, target) {
+                return Ok(());
+            }
+            let known: Vec<usize> = (0..self.agents.len())
+                .filter(|&a| self.agents[a].ever_registered)
+                .collect();
+            let impersonate = (!known.is_empty() && self.rng.chance(0.5))
+                .then(|| known[self.rng.below(known.len() as u64) as usize]);
+            let reg = match impersonate {
+                Some(a) => {
+                    let mut reg = self.register_message(a);
+                    // Its tasks, resources and all: only the secret is
+                    // wrong (or missing).
+                    reg.secret = if self.rng.chance(0.5) {
+                        String::new()
+                    } else {
+                        ROGUE_SECRET.into()
+                    };
+                    reg
+                }
+                None => RegisterAgent {
+                    protocol_version: PROTOCOL_VERSION,
+                    agent: Some(AgentInfo {
+                        id: ROGUE_ID.into(),
+                        hostname: ROGUE_ID.into(),
+                        address: "127.0.0.1:2".into(),
+                        // Too little for any task: it is offered nothing
+                        // a framework takes.
+                        resources: Resources::parse("cpus:0.01;mem:1")
+                            .map_err(|e| e.to_string())?
+                            .to_proto(),
+                        ..Default::default()
+                    }),
+                    secret: ROGUE_SECRET.into(),
+                    ..Default::default()
+                },
+            };
+            let conn = self.conns.open(target, Client::Rogue);
+            self.conns.push_up(conn, step + 1, Up::Register(reg));
+            self.rogue = Rogue {
+                conn: Some(conn),
+                impersonating: impersonate,
+                registered: false,
+                ..std::mem::take(&mut self.rogue)
+            };
+            return Ok(());
+        };
+        let Some(msgs) = self.client_inbox(conn) else {
+            return Ok(());
+        };
+        for m in msgs {
+            match m {
+                Down::Refused(_, hint) => self.rogue.hint = hint,
+                Down::Agent(MasterMessage {
+                    message: Some(master_message::Message::Registered(_)),
+                }) => {
+                    if let Some(a) = self.rogue.impersonating {
+                        return Err(format!(
+                            "a rogue with a wrong secret registered as {}",
+                            self.agents[a].id
+                        ));
+                    }
+                    self.rogue.registered = true;
+                }
+                Down::Agent(MasterMessage {
+                    message: Some(master_message::Message::Refused(_)),
+                }) => self.rogue.refused += 1,
+                // Launches (there is room for none), kills, acks: ignored.
+                Down::Agent(_) => {}
+                Down::Event(_) | Down::Accepted(..) => {
+                    return Err("the rogue got a framework's message".into())
+                }
+            }
+        }
+        if self.rogue.conn != Some(conn) || !self.rogue.registered {
+            return Ok(());
+        }
+        // Report a running task of a real agent FINISHED, under the
+        // rogue's own id or under that agent's.
+        let running: Vec<(usize, (String, String))> = self
+            .agents
+            .iter()
+            .enumerate()
+            .flat_map(|(a, agent)| {
+                agent
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| !t.status.state().is_terminal())
+                    .map(move |(k, _)| (a, k.clone()))
+            })
+            .collect();
+        if !running.is_empty() && self.rng.chance(0.2) {
+            let (a, (fid, tid)) = running[self.rng.below(running.len() as u64) as usize].clone();
+            let agent_id = if self.rng.chance(0.5) {
+                ROGUE_ID.to_string()
+            } else {
+                self.agents[a].id.clone()
+            };
+            self.rogue.spoofed += 1;
+            let status = TaskStatus {
+                task_id: tid,
+                framework_id: fid,
+                agent_id,
+                state: TaskState::Finished as i32,
+                reason: TaskReason::CommandExited as i32,
+                uuid: format!("{SPOOF}{}", self.rogue.spoofed),
+                source: StatusSource::Agent as i32,
+                ..Default::default()
+            };
+            self.conns.push_up(conn, step + 1, Up::Update(status));
+        }
+        self.conns.push_up(conn, step + 1, Up::Heartbeat);
+        if self.rng.chance(0.02) {
+            self.hang_up(conn);
         }
         Ok(())
     }
@@ -1038,6 +1233,14 @@ impl Sim {
                 let Some(st) = u.status else {
                     return Err("an update without a status".into());
                 };
+                if st.uuid.starts_with(SPOOF) {
+                    return Err(format!(
+                        "{}: a spoofed {:?} of {} from a rogue agent got through",
+                        self.frameworks[f].name,
+                        st.state(),
+                        st.task_id
+                    ));
+                }
                 let fw = &mut self.frameworks[f];
                 if !st.uuid.is_empty() && !fw.applied.insert(st.uuid.clone()) {
                     // Delivered again (at least once): acknowledge, do not
@@ -1313,9 +1516,21 @@ fn run(seed: u64, n: u64, steps: u64) -> Result<String, String> {
                     return Err("no task was ever launched".into());
                 }
                 let duplicates: u64 = sim.frameworks.iter().map(|f| f.duplicates).sum();
+                if sim.rogue.refused == 0 || sim.rogue.spoofed == 0 || sim.accepts_lost == 0 {
+                    return Err(format!(
+                        "the rogue was refused {} times and spoofed {} updates, {} accepts \
+                         were lost: too few to test anything",
+                        sim.rogue.refused, sim.rogue.spoofed, sim.accepts_lost
+                    ));
+                }
                 return Ok(format!(
-                    "{} launches, {} elections won, {duplicates} updates delivered again",
-                    sim.launches, sim.failovers
+                    "{} launches, {} elections won, {duplicates} updates delivered again, \
+                     rogue refused {} times, {} spoofed updates sent (none got through), {} accepts lost",
+                    sim.launches,
+                    sim.failovers,
+                    sim.rogue.refused,
+                    sim.rogue.spoofed,
+                    sim.accepts_lost
                 ));
             }
             Some(w) => why = w,
