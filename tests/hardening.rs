@@ -405,6 +405,14 @@ fn a_master_whose_data_dir_fills_up_stops_reporting_healthy_and_recovers() {
         assert!(!status.success(), "the master exited 0 on a full disk");
     }
     let log = std::fs::read_to_string(c.dir.path().join("master.log")).unwrap_or_default();
+    eprintln!(
+        "full data dir: {}",
+        if unhealthy {
+            "/health 503, then exit"
+        } else {
+            "exit"
+        }
+    );
     assert!(
         log.contains("cannot go on"),
         "the error is not in the master's log:\n{log}"
