@@ -136,7 +136,12 @@ fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
 
 #[test]
 fn two_workers_train_with_multi_worker_mirrored_strategy() {
+    const NAME: &str = "two_workers_train_with_multi_worker_mirrored_strategy";
     let Some(python) = tf_python() else { return };
+    // TensorFlow binds the wildcard address.
+    if !private_network(NAME, Duration::from_secs(300), Netns::Needed) {
+        return;
+    }
     let c = Cluster::start_with_agent_args("cpus:4;mem:8192;disk:1000", ROOT_TASKS);
     let started = Instant::now();
     let train = script("mwms_train.py");
@@ -192,16 +197,13 @@ fn tf_config_of(out: &str, worker: usize) -> serde_json::Value {
 #[test]
 fn two_workers_on_two_agents_of_one_host_train_with_mwms() {
     const NAME: &str = "two_workers_on_two_agents_of_one_host_train_with_mwms";
-    if !in_private_network_now() {
-        if tf_python().is_some() {
-            in_private_network(NAME, Duration::from_secs(400));
-        }
+    let Some(python) = tf_python() else { return };
+    if !private_network(NAME, Duration::from_secs(400), Netns::Needed) {
         return;
     }
-    let python = tf_python().expect("checked before");
     // Each worker needs a whole agent, so the two go to different agents.
-    let mut c = Cluster::start("cpus:1;mem:3072;disk:1000", &[]);
-    c.add_agent();
+    let mut c = Cluster::start_with_agent_args("cpus:1;mem:3072;disk:1000", ROOT_TASKS);
+    c.add_agent_with(ROOT_TASKS);
     let train = script("mwms_train.py");
     let job = Job::start(
         &c,
@@ -252,8 +254,12 @@ fn two_workers_on_two_agents_of_one_host_train_with_mwms() {
 /// handed out are reachable and free.
 #[test]
 fn pytorch_replicas_on_two_agents_meet_at_master_addr() {
-    let mut c = Cluster::start("cpus:1;mem:512;disk:1000", &[]);
-    c.add_agent();
+    const NAME: &str = "pytorch_replicas_on_two_agents_meet_at_master_addr";
+    if !private_network(NAME, Duration::from_secs(180), Netns::Wanted) {
+        return;
+    }
+    let mut c = Cluster::start_with_agent_args("cpus:1;mem:512;disk:1000", ROOT_TASKS);
+    c.add_agent_with(ROOT_TASKS);
     let rendezvous = script("rendezvous.py");
     let job = Job::start(
         &c,
@@ -295,6 +301,11 @@ fn pytorch_replicas_on_two_agents_meet_at_master_addr() {
 
 #[test]
 fn a_parameter_server_job_gets_tf_config_and_ends_with_its_chief() {
+    const NAME: &str = "a_parameter_server_job_gets_tf_config_and_ends_with_its_chief";
+    // Its replicas bind their ports, from 31000 up.
+    if !private_network(NAME, Duration::from_secs(180), Netns::Wanted) {
+        return;
+    }
     let c = Cluster::start_with_agent_args("cpus:4;mem:4096;disk:1000", ROOT_TASKS);
     let ps = script("ps_job.py");
     let job = Job::start(

@@ -233,10 +233,16 @@ impl Cluster {
     /// Starts one more agent offering the cluster's resources and waits
     /// until it is connected; returns its index.
     pub fn add_agent(&mut self) -> usize {
+        self.add_agent_with(&["--gpus", "none"])
+    }
+
+    /// Like [`Cluster::add_agent`], with `extra` flags as in
+    /// [`Cluster::start_agent_with`].
+    pub fn add_agent_with(&mut self, extra: &[&str]) -> usize {
         let i = self.agents.len();
         self.agent_ports.push(free_port());
         self.agents.push(None);
-        self.start_agent(i);
+        self.start_agent_with(i, extra);
         self.wait_agents_connected(i + 1);
         i
     }
@@ -492,21 +498,32 @@ pub fn consecutive_free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports");
 }
 
-/// Set in the environment of a test run again by [`in_private_network`].
+/// Set in the environment of a test run again by [`private_network`].
 pub const IN_NETNS: &str = "MEZZ_TEST_IN_NETNS";
 
-/// Whether this process runs inside [`in_private_network`].
-pub fn in_private_network_now() -> bool {
-    std::env::var_os(IN_NETNS).is_some()
+/// Whether the network namespace of a test matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Netns {
+    /// The test starts programs that bind the wildcard address (TensorFlow's
+    /// gRPC servers): without a namespace of its own it is skipped (and
+    /// fails under CI).
+    Needed,
+    /// The test binds fixed loopback ports (task ports from 31000 up) that
+    /// another test of this binary, or another test run on this machine,
+    /// could hold at the same time: its own namespace keeps them apart, and
+    /// without one it runs here all the same.
+    Wanted,
 }
 
-/// Runs the test `name` of this test binary again in a network namespace
-/// of its own with only `lo` up (`unshare --net`), for programs that bind
-/// the wildcard address (TensorFlow's gRPC servers) or that must not meet
-/// anything else on this host. Waits up to `timeout` and panics when it
-/// fails, with its output. `false` (skipped, with a message) when
-/// `unshare --net` is not usable here, except under CI, where that fails.
-pub fn in_private_network(name: &str, timeout: Duration) -> bool {
+/// Gives the test `name` a network namespace of its own: when this process
+/// runs outside one, runs the test again in a namespace with only `lo` up
+/// (`unshare --net`), waits up to `timeout`, panics with its output when it
+/// fails, and returns `false`; inside, returns `true`: run the test's body.
+/// Without a usable `unshare --net`, see [`Netns`].
+pub fn private_network(name: &str, timeout: Duration, netns: Netns) -> bool {
+    if std::env::var_os(IN_NETNS).is_some() {
+        return true;
+    }
     let usable = Command::new("unshare")
         .args(["--net", "--", "ip", "link", "set", "lo", "up"])
         .stdout(Stdio::null())
@@ -514,6 +531,10 @@ pub fn in_private_network(name: &str, timeout: Duration) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !usable {
+        if netns == Netns::Wanted {
+            eprintln!("{name}: `unshare --net` is not usable here; running in this host's network");
+            return true;
+        }
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true: {name} needs `unshare --net` and `ip` (root, util-linux, iproute2)"
@@ -562,7 +583,7 @@ pub fn in_private_network(name: &str, timeout: Duration) -> bool {
     let _ = std::fs::remove_file(&log);
     eprintln!("---- {name} in its own network namespace ----\n{output}");
     match status {
-        Some(s) if s.success() && output.contains("1 passed") => true,
+        Some(s) if s.success() && output.contains("1 passed") => false,
         Some(s) => panic!("{name} failed in its network namespace ({s}):\n{output}"),
         None => {
             panic!("{name} did not finish within {timeout:?} in its network namespace:\n{output}")
