@@ -4,6 +4,7 @@
 mod agent;
 mod dev;
 mod inspect;
+mod jupyter;
 mod logs;
 mod master;
 mod masters;
@@ -83,6 +84,8 @@ pub enum Command {
     Roles(roles::ListArgs),
     /// Distributed TensorFlow/PyTorch training: `mezz tf run`, `mezz tf status`.
     Tf(tf::TfArgs),
+    /// Jupyter notebook servers on the cluster: `mezz jupyter start|ls|url|stop`.
+    Jupyter(jupyter::JupyterArgs),
 }
 
 /// Logs go to stderr. Daemons default to `info`; commands people type
@@ -90,6 +93,9 @@ pub enum Command {
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         Command::Master(_) | Command::Agent(_) | Command::Dev(_) => "info",
+        Command::Jupyter(jupyter::JupyterArgs {
+            command: jupyter::JupyterCommand::Daemon(_),
+        }) => "info",
         _ => "warn",
     };
     let filter = cli
@@ -124,6 +130,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Weight(a) => roles::weight(a).await,
         Command::Roles(a) => roles::roles(a).await,
         Command::Tf(a) => tf::main(a).await,
+        Command::Jupyter(a) => jupyter::main(a).await,
     }
 }
 

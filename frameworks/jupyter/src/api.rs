@@ -194,8 +194,11 @@ impl Client {
                 _ => Error::Daemon(format!("the jupyter daemon answered {}: {text}", r.status)),
             });
         }
-        serde_json::from_slice(&r.body)
-            .map_err(|e| Error::Daemon(format!("the jupyter daemon's answer is not understood: {e}")))
+        serde_json::from_slice(&r.body).map_err(|e| {
+            Error::Daemon(format!(
+                "the jupyter daemon's answer is not understood: {e}"
+            ))
+        })
     }
 
     /// `GET /v1/health`.
@@ -210,7 +213,10 @@ impl Client {
 
     /// One notebook, with its token; `None` when there is none of that name.
     pub async fn get(&self, name: &str) -> Result<Option<NotebookView>, Error> {
-        match Self::decode(self.call("GET", &format!("/v1/notebooks/{name}"), None).await?) {
+        match Self::decode(
+            self.call("GET", &format!("/v1/notebooks/{name}"), None)
+                .await?,
+        ) {
             Ok(v) => Ok(Some(v)),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),

@@ -37,6 +37,10 @@ pub struct Config {
 /// daemon takes them back) or the framework is removed. Returns
 /// `Ok(false)` at once when another daemon holds this state directory.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<bool, Error> {
+    // Everything this process writes is the owner's alone, the framework
+    // id file the SDK writes included. The daemon is a process of its own,
+    // so the process-wide mask touches nothing else.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let store = StateDir::open(&config.state_dir)?;
     let Some(_lock) = store.lock()? else {
         tracing::info!(dir = %store.path().display(), "another daemon serves this state directory");

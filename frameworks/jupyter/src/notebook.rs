@@ -27,8 +27,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if name.is_empty() || name.len() > MAX_NAME_LEN || !starts_well || !name.chars().all(ok_char)
-    {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !starts_well || !name.chars().all(ok_char) {
         return Err(Error::BadRequest(format!(
             "notebook name '{name}' is not valid: use 1 to {MAX_NAME_LEN} lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )));
@@ -145,8 +144,8 @@ pub fn server_url(host: &str, port: u16, lab: bool) -> String {
     format!("http://{host}:{port}/{}", if lab { "lab" } else { "" })
 }
 
-/// The server's command line: `/bin/sh` makes the notebook directory, then
-/// execs Python, so the server is the task's process. The token is not on
+/// The server's command line: `/bin/sh` makes the notebook directory and
+/// enters it, then execs Python, so the server is the task's process. The token is not on
 /// the command line (the status page and `ps` show command lines); it goes
 /// in `JUPYTER_TOKEN`, read by every jupyter_server since 1.x.
 ///
@@ -163,7 +162,9 @@ pub fn server_argv(python: &str, lab: bool, host: &str, port: u16, dir: &str) ->
     let mut argv: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        r#"mkdir -p -- "$MEZZ_NOTEBOOK_DIR" && exec "$@""#.into(),
+        // In the notebook directory: kernels started without a path (the
+        // REST API's default) work there too, not in the sandbox.
+        r#"mkdir -p -- "$MEZZ_NOTEBOOK_DIR" && cd -- "$MEZZ_NOTEBOOK_DIR" && exec "$@""#.into(),
         "jupyter".into(),
         python.into(),
         "-m".into(),
@@ -174,6 +175,9 @@ pub fn server_argv(python: &str, lab: bool, host: &str, port: u16, dir: &str) ->
         "--ServerApp.port_retries=0".into(),
         "--ServerApp.open_browser=False".into(),
         format!("--ServerApp.root_dir={dir}"),
+        // The agent decides whom tasks run as; where that is root (as in
+        // `mezz dev` started by root), Jupyter would refuse to start.
+        "--ServerApp.allow_root=True".into(),
     ];
     if lab {
         // No calls home from a cluster machine: no news feed, no update
@@ -264,7 +268,10 @@ impl IdleClock {
     /// assert_eq!(clock.observe(typed, t0 + Duration::from_secs(6)), Duration::ZERO);
     /// ```
     pub fn observe(&mut self, activity: Activity, now: Instant) -> Duration {
-        let changed = self.last.as_ref().is_some_and(|l| l.stamps != activity.stamps);
+        let changed = self
+            .last
+            .as_ref()
+            .is_some_and(|l| l.stamps != activity.stamps);
         if changed || activity.busy {
             self.active_at = now;
         }

@@ -268,10 +268,7 @@ impl Book {
     /// Every notebook.
     pub fn list(&self) -> Vec<NotebookView> {
         let b = self.lock();
-        b.entries
-            .keys()
-            .filter_map(|n| b.view(n, false))
-            .collect()
+        b.entries.keys().filter_map(|n| b.view(n, false)).collect()
     }
 
     /// One notebook, with its token.
@@ -392,7 +389,11 @@ impl Inner {
             name: nb.name.clone(),
             state: state.into(),
             url: nb.url(),
-            url_with_token: if with_token { nb.url_with_token() } else { None },
+            url_with_token: if with_token {
+                nb.url_with_token()
+            } else {
+                None
+            },
             cpus: nb.cpus,
             mem: nb.mem,
             gpus: nb.gpus,
@@ -431,12 +432,15 @@ impl Inner {
             let base = Resources::new()
                 .with_scalar("cpus", nb.cpus)
                 .with_scalar("mem", nb.mem);
-            let found = offers.iter().filter(|o| !used.contains(&o.id)).find_map(|o| {
-                if nb.agent_id.as_ref().is_some_and(|a| *a != o.agent_id) {
-                    return None;
-                }
-                claim(o, &base, nb.gpus as usize, nb.port).map(|c| (o, c))
-            });
+            let found = offers
+                .iter()
+                .filter(|o| !used.contains(&o.id))
+                .find_map(|o| {
+                    if nb.agent_id.as_ref().is_some_and(|a| *a != o.agent_id) {
+                        return None;
+                    }
+                    claim(o, &base, nb.gpus as usize, nb.port).map(|c| (o, c))
+                });
             let Some((offer, (needs, port, gpus))) = found else {
                 continue;
             };
@@ -560,15 +564,12 @@ fn claim(
     let offered = Resources::from_proto(&offer.resources).ok()?;
     let ranges = offered.ranges(PORTS);
     let inside = |p: u64| ranges.iter().any(|&(b, e)| b <= p && p <= e);
-    let port = want
-        .map(u64::from)
-        .filter(|p| inside(*p))
-        .or_else(|| {
-            ranges
-                .iter()
-                .map(|&(b, _)| b)
-                .find(|p| u16::try_from(*p).is_ok())
-        })?;
+    let port = want.map(u64::from).filter(|p| inside(*p)).or_else(|| {
+        ranges
+            .iter()
+            .map(|&(b, _)| b)
+            .find(|p| u16::try_from(*p).is_ok())
+    })?;
     let port = u16::try_from(port).ok()?;
     let ids: Vec<String> = offered
         .set_items(GPUS)
@@ -716,8 +717,14 @@ mod tests {
             port: Some(31000),
         };
         let needs = Resources::parse("cpus:1;mem:256").unwrap();
-        let task = server_task(&nb, &TaskId("jupyter-t1-0.0".into()), &needs, "10.0.0.7", 31000)
-            .build(&offer("cpus:1"));
+        let task = server_task(
+            &nb,
+            &TaskId("jupyter-t1-0.0".into()),
+            &needs,
+            "10.0.0.7",
+            31000,
+        )
+        .build(&offer("cpus:1"));
         assert_eq!(task.labels["url"], "http://10.0.0.7:31000/");
         assert_eq!(task.labels["notebook_dir"], "/n/t1");
         let cmd = task.command.unwrap();

@@ -53,11 +53,13 @@ pub fn default_dir(masters: &[String]) -> Result<PathBuf, Error> {
     let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x),
         None => {
-            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| {
-                Error::State(
-                    "neither $XDG_STATE_HOME nor $HOME is set; pass --state-dir".into(),
-                )
-            })?;
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    Error::State(
+                        "neither $XDG_STATE_HOME nor $HOME is set; pass --state-dir".into(),
+                    )
+                })?;
             PathBuf::from(home).join(".local/state")
         }
     };
