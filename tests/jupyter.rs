@@ -478,7 +478,11 @@ fn a_notebook_runs_code_survives_restarts_and_stops_cleanly() {
         .iter()
         .map(|t| t["id"].as_str().unwrap_or("").to_string())
         .collect();
-    assert_eq!(ids, [first_id.clone()], "the server was launched twice");
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&first_id),
+        "the server was launched twice"
+    );
 
     // A crashed server is restarted, same files, same URL.
     dev.kill_task_process(&first_id);

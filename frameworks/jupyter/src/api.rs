@@ -57,7 +57,8 @@ impl IntoResponse for Error {
     }
 }
 
-fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the request carries the secret, else the refusal.
+fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -70,15 +71,11 @@ fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
             .zip(api.secret.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
-    if same {
-        Ok(())
-    } else {
-        Err((StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
-    }
+    (!same).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
 }
 
 async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     Json(Health {
@@ -89,7 +86,7 @@ async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     Json(api.book.list()).into_response()
@@ -100,7 +97,7 @@ async fn start(
     headers: HeaderMap,
     Json(req): Json<StartRequest>,
 ) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     match api.book.start(req) {
@@ -110,7 +107,7 @@ async fn start(
 }
 
 async fn get_one(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     match api.book.get(&name) {
@@ -123,7 +120,7 @@ async fn get_one(State(api): State<Api>, headers: HeaderMap, Path(name): Path<St
 }
 
 async fn stop(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(r) = authorized(&api, &headers) {
+    if let Some(r) = refused(&api, &headers) {
         return r;
     }
     match api.book.stop(&name, StopReason::Asked) {

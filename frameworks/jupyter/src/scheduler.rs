@@ -442,6 +442,21 @@ impl Inner {
                     claim(o, &base, nb.gpus as usize, nb.port).map(|c| (o, c))
                 });
             let Some((offer, (needs, port, gpus))) = found else {
+                let wants = format!(
+                    "waiting for an offer with {base} + 1 port{}{}",
+                    if nb.gpus > 0 {
+                        format!(" + {} GPU(s)", nb.gpus)
+                    } else {
+                        String::new()
+                    },
+                    nb.agent_id
+                        .as_ref()
+                        .map(|a| format!(" on agent {a}, where its files are"))
+                        .unwrap_or_default()
+                );
+                if let Some(e) = self.entries.get_mut(&name) {
+                    e.message = wants;
+                }
                 continue;
             };
             let host = agent_host(offer);
@@ -541,12 +556,10 @@ impl Inner {
                 // notebook is over either way.
                 let _ = self.forget(&name);
             }
-            Some(Change::GaveUp) => {
-                if stopping.is_some() {
-                    let _ = self.forget(&name);
-                }
+            Some(Change::GaveUp) if stopping.is_some() => {
+                let _ = self.forget(&name);
             }
-            None => {}
+            Some(Change::GaveUp) | None => {}
         }
     }
 }
