@@ -453,6 +453,21 @@ fn a_notebook_runs_code_survives_restarts_and_stops_cleanly() {
     let files = dev.notebooks().join("t1");
     assert_eq!(task["labels"]["notebook_dir"], files.display().to_string());
     assert!(files.is_dir(), "the notebook directory was not made");
+    let page = format!(
+        "/tasks/{}/{}",
+        task["framework_id"].as_str().unwrap_or(""),
+        task["id"].as_str().unwrap_or("")
+    );
+    let (code, html) = http_get(&dev.master(), &page).expect("the task's page");
+    assert_eq!(code, 200, "{page}: {html}");
+    assert!(
+        html.contains(&format!("href=\"{bare}\"")),
+        "no link on {page}"
+    );
+    assert!(
+        html.contains(&files.display().to_string()),
+        "no files on {page}"
+    );
     assert!(!task["command"].as_str().unwrap_or("").contains(&token));
 
     // A file written by the kernel lives in the notebook directory.

@@ -3,7 +3,9 @@
 //! through a [`TaskTracker`] (restarts with backoff, recognition of running
 //! servers after a failover) and what the servers last reported. The
 //! scheduler callbacks, the local API and the activity monitor all work on
-//! one book behind a mutex; none of them blocks while holding it.
+//! one book behind a mutex, held only for short work: no network call is
+//! made under it (the monitor polls first, then records), and the one disk
+//! write is the small notebooks file.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
