@@ -305,6 +305,10 @@ async fn start(args: StartArgs) -> Result<ExitCode> {
         python,
         lab,
     };
+    // A cluster that does not answer would leave the notebook waiting
+    // silently: say so now, with nothing started.
+    let (masters, _) = resolve(&args.state)?;
+    client::leader(&masters).await?;
     let client = daemon_client(&args.state).await?;
     let view = client.start(&request).await?;
     let name = view.name.clone();

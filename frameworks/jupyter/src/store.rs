@@ -3,9 +3,9 @@
 //! The directory is 0700 and every file 0600: tokens and the secret are
 //! the owner's alone. Only file I/O lives here.
 
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,12 +82,27 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
 }
 
 impl StateDir {
-    /// Opens (creating it 0700 when missing) the directory `dir`.
+    /// Opens the directory `dir`, creating it 0700 when missing. One that
+    /// others can enter is refused rather than changed: it may be a
+    /// directory of the user's own that is shared on purpose.
     pub fn open(dir: impl Into<PathBuf>) -> Result<StateDir, Error> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, "cannot create", e))?;
-        std::fs::set_permissions(&dir, Permissions::from_mode(0o700))
-            .map_err(|e| io_error(&dir, "cannot make private", e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_error(&dir, "cannot create", e))?;
+        let mode = std::fs::metadata(&dir)
+            .map_err(|e| io_error(&dir, "cannot read", e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::State(format!(
+                "the state directory {} is open to others (mode {:o}); it holds notebook tokens: `chmod 700` it or pick another --state-dir",
+                dir.display(),
+                mode & 0o777
+            )));
+        }
         Ok(StateDir { dir })
     }
 
@@ -250,12 +265,17 @@ mod tests {
         assert_eq!(mode(&dir.path().join("notebooks.json")), 0o600);
         std::fs::write(dir.path().join("notebooks.json"), "{").unwrap();
         assert!(dir.load().unwrap_err().to_string().contains("move it away"));
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = StateDir::open(&shared).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
     }
 
     #[test]
     fn one_daemon_per_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::open(tmp.path()).unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
         let first = dir.lock().unwrap();
         assert!(first.is_some());
         assert!(dir.lock().unwrap().is_none());
