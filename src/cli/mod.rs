@@ -24,6 +24,7 @@ mod agent;
 mod capacity;
 mod dev;
 mod inspect;
+mod jupyter;
 mod logs;
 mod master;
 mod masters;
@@ -105,6 +106,8 @@ pub enum Command {
     Roles(roles::ListArgs),
     /// Distributed TensorFlow/PyTorch training: `mezz tf run`, `mezz tf status`.
     Tf(tf::TfArgs),
+    /// Jupyter notebook servers on the cluster: `mezz jupyter start|ls|url|stop`.
+    Jupyter(jupyter::JupyterArgs),
 }
 
 impl Command {
@@ -133,6 +136,9 @@ pub fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>)
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
         Command::Master(_) | Command::Agent(_) | Command::Dev(_) => "info",
+        Command::Jupyter(jupyter::JupyterArgs {
+            command: jupyter::JupyterCommand::Daemon(_),
+        }) => "info",
         _ => "warn",
     };
     let filter = cli
@@ -173,6 +179,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Weight(a) => roles::weight(a).await,
         Command::Roles(a) => roles::roles(a).await,
         Command::Tf(a) => tf::main(a).await,
+        Command::Jupyter(a) => jupyter::main(a).await,
     }
 }
 
