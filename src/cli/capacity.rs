@@ -107,50 +107,17 @@ pub fn never_fits(agents: &[AgentView], need: &Need) -> Option<String> {
     ))
 }
 
-/// `Some(message)` when the registered agents could never hold a whole
-/// gang at once: one of its replicas fits no agent (see [`never_fits`]),
-/// or together they need more cpus, mem or GPUs than all agents have.
-/// `groups` are (replica kind, one replica's need, count); all of one role.
+/// `Some(message)` when some replica of a gang fits no registered agent
+/// (see [`never_fits`]). `groups` are (replica kind, one replica's need,
+/// count), all of one role. A gang larger than all agents together is not
+/// refused: it waits whole for agents to join, and says what is missing.
 pub fn gang_never_fits(agents: &[AgentView], groups: &[(String, Need, u32)]) -> Option<String> {
-    for (kind, need, _) in groups.iter().filter(|g| g.2 > 0) {
-        if let Some(why) = never_fits(agents, need) {
-            return Some(format!("a {kind} replica cannot be placed: {why}"));
-        }
-    }
-    let role = groups.first()?.1.role.as_str();
-    let mut have = [0.0f64; 3];
-    for a in agents {
-        let r = usable(a, role);
-        have[0] += r.scalar("cpus");
-        have[1] += r.scalar("mem");
-        have[2] += gpus_milli(&r) as f64 / 1000.0;
-    }
-    let mut want = [0.0f64; 3];
-    for (_, need, count) in groups {
-        let n = f64::from(*count);
-        want[0] += need.cpus * n;
-        want[1] += need.mem * n;
-        want[2] += f64::from(need.gpus) * n;
-    }
-    if agents.is_empty() || (0..3).all(|i| want[i] <= have[i] + 1e-9) {
-        return None;
-    }
-    let total = |q: [f64; 3]| {
-        let r = Resources::new()
-            .with_scalar("cpus", q[0])
-            .with_scalar("mem", q[1]);
-        if q[2] > 0.0 {
-            format!("{r} and {} GPU(s)", q[2])
-        } else {
-            r.to_string()
-        }
-    };
-    Some(format!(
-        "the whole gang needs {} at once; all {} agent(s) together have {}",
-        total(want),
-        agents.len(),
-        total(have)
-    ))
+    groups
+        .iter()
+        .filter(|g| g.2 > 0)
+        .find_map(|(kind, need, _)| {
+            never_fits(agents, need).map(|why| format!("a {kind} replica cannot be placed: {why}"))
+        })
 }
 
 fn quantity(m: &BTreeMap<String, f64>, name: &str) -> f64 {
@@ -273,22 +240,20 @@ mod tests {
     }
 
     #[test]
-    fn a_gang_larger_than_the_cluster_is_refused_even_when_each_replica_fits() {
+    fn a_gang_is_refused_only_for_a_replica_that_fits_no_agent() {
         let agents = vec![agent("a", "cpus:2;mem:4096"), agent("b", "cpus:2;mem:4096")];
-        let worker = need(2.0, 1024.0, 0);
-        let fits = [("worker".to_string(), worker.clone(), 2)];
-        assert!(gang_never_fits(&agents, &fits).is_none());
-        let too_many = [("worker".to_string(), worker, 3)];
-        assert_eq!(
-            gang_never_fits(&agents, &too_many).unwrap(),
-            "the whole gang needs cpus:6;mem:3072 at once; all 2 agent(s) together have \
-             cpus:4;mem:8192"
-        );
-        let big = [("ps".to_string(), need(3.0, 1.0, 0), 1)];
+        // Larger than both agents together: it may wait for more to join.
+        let many = [("worker".to_string(), need(2.0, 1024.0, 0), 3)];
+        assert!(gang_never_fits(&agents, &many).is_none());
+        let big = [
+            ("worker".to_string(), need(1.0, 1.0, 0), 2),
+            ("ps".to_string(), need(3.0, 1.0, 0), 1),
+        ];
         assert!(gang_never_fits(&agents, &big)
             .unwrap()
             .starts_with("a ps replica cannot be placed: no agent can ever hold cpus:3"));
-        assert!(gang_never_fits(&[], &too_many).is_none());
+        let none = [("ps".to_string(), need(3.0, 1.0, 0), 0)];
+        assert!(gang_never_fits(&agents, &none).is_none());
     }
 
     #[test]

@@ -380,9 +380,9 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
     }
 }
 
-/// Refuses a job the registered agents could never hold: a replica no
-/// agent fits, or a gang larger than all of them together. A cluster state
-/// that cannot be read, or one without agents yet, lets the job wait.
+/// Refuses a job with a replica that no registered agent could ever hold.
+/// A cluster state that cannot be read, or one without agents yet, lets
+/// the job wait.
 async fn refuse_what_never_fits(masters: &[String], spec: &JobSpec, role: &str) -> Result<()> {
     let state = tokio::time::timeout(Duration::from_secs(5), client::state(masters, false)).await;
     let Ok(Ok(state)) = state else {
@@ -403,7 +403,7 @@ async fn refuse_what_never_fits(masters: &[String], spec: &JobSpec, role: &str) 
         .collect();
     match gang_never_fits(&state.agents, &groups) {
         Some(why) => Err(anyhow!(
-            "job {}: {why}; pass --wait to wait for bigger agents to join",
+            "job {}: {why}; pass --wait to wait for a bigger agent to join",
             spec.name
         )),
         None => Ok(()),
