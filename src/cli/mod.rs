@@ -112,7 +112,7 @@ pub enum Command {
 
 impl Command {
     /// Whether the command runs a cluster component (`mezz master`,
-    /// `mezz agent`, `mezz dev`) rather than doing one thing for a person.
+    /// `mezz agent`, `mezz dev`, a framework daemon) rather than doing one thing for a person.
     /// Such a process must outlive a closed pipe: it writes to its tasks'
     /// pipes and owns tasks to stop cleanly, so it keeps SIGPIPE ignored
     /// and drops failed writes. Every other command dies of SIGPIPE
@@ -120,7 +120,12 @@ impl Command {
     pub fn keeps_running(&self) -> bool {
         matches!(
             self,
-            Command::Master(_) | Command::Agent(_) | Command::Dev(_)
+            Command::Master(_)
+                | Command::Agent(_)
+                | Command::Dev(_)
+                | Command::Jupyter(jupyter::JupyterArgs {
+                    command: jupyter::JupyterCommand::Daemon(_),
+                })
         )
     }
 }
