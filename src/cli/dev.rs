@@ -116,7 +116,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             listen,
             advertise_address: None,
             work_dir: data_dir.join(format!("agent-{}", i + 1)),
-            resources: resources.clone(),
+            resources: agent_resources(resources.as_ref(), i, args.agents),
             hostname: Some(format!("dev-agent-{}", i + 1)),
             launcher: launcher.clone(),
             default_kill_grace: Duration::from_secs(5),
@@ -227,4 +227,28 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         eprintln!("mezz dev: some components did not stop within 15 s");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Agent `i`'s resources. The agents of a dev cluster share one host, so
+/// unless `--resources` names ports, each gets its own slice of the
+/// default port range: two tasks on different agents must never be handed
+/// the same port.
+fn agent_resources(
+    resources: Option<&mezz_proto::Resources>,
+    i: u16,
+    agents: u16,
+) -> Option<mezz_proto::Resources> {
+    if resources.is_some_and(|r| r.range_count("ports") > 0) {
+        return resources.cloned();
+    }
+    let (begin, end) = mezz_agent::resources::DEFAULT_PORTS;
+    let width = (end - begin + 1) / u64::from(agents.max(1));
+    let first = begin + width * u64::from(i);
+    let own = (first, first + width - 1);
+    Some(
+        resources
+            .cloned()
+            .unwrap_or_default()
+            .with_ranges("ports", &[own]),
+    )
 }

@@ -9,6 +9,7 @@ mod master;
 mod masters;
 mod roles;
 mod run;
+mod spark;
 mod tf;
 
 use std::process::ExitCode;
@@ -83,6 +84,8 @@ pub enum Command {
     Roles(roles::ListArgs),
     /// Distributed TensorFlow/PyTorch training: `mezz tf run`, `mezz tf status`.
     Tf(tf::TfArgs),
+    /// Apache Spark applications: `mezz spark submit`, `mezz spark ls`, `mezz spark kill`.
+    Spark(spark::SparkArgs),
 }
 
 /// Logs go to stderr. Daemons default to `info`; commands people type
@@ -124,6 +127,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Weight(a) => roles::weight(a).await,
         Command::Roles(a) => roles::roles(a).await,
         Command::Tf(a) => tf::main(a).await,
+        Command::Spark(a) => spark::main(a).await,
     }
 }
 
