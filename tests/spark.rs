@@ -336,6 +336,13 @@ fn ctrl_c_kills_the_whole_application() {
     assert_eq!(&cols[1..4], ["connected", "RUNNING", "2"], "{line}");
     assert!(cols[4].starts_with("http://127.0.0.1:"), "{line}");
     assert_eq!(c.active_tasks().len(), 4);
+    // The master's UI is the framework's web UI on the status page.
+    let frameworks = c.state()["frameworks"].as_array().cloned().unwrap_or_default();
+    let held = frameworks
+        .iter()
+        .find(|f| f["name"].as_str().is_some_and(|n| n.starts_with("mezz-spark held-")))
+        .expect("the framework");
+    assert_eq!(held["webui_url"].as_str(), Some(cols[4]), "{held}");
 
     unsafe {
         libc::kill(app.child.id() as i32, libc::SIGINT);

@@ -304,7 +304,8 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let scheduler = SparkScheduler::new(spec.clone(), args.max_replacements, move |e| {
         let _ = tx.send(e);
-    });
+    })
+    .publish_webui(true);
     let interrupt = scheduler.interrupt_handle();
     let framework = proto::FrameworkInfo {
         name: spec.framework_name(),
@@ -324,13 +325,16 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let mut driver_run = tokio::spawn(
-        DriverBuilder::new()
-            .masters(masters.clone())
-            .framework(framework)
-            .connect_timeout(Duration::from_secs(8))
-            .run(scheduler),
-    );
+    let run_driver = |framework: proto::FrameworkInfo, scheduler: SparkScheduler| {
+        tokio::spawn(
+            DriverBuilder::new()
+                .masters(masters.clone())
+                .framework(framework)
+                .connect_timeout(Duration::from_secs(8))
+                .run(scheduler),
+        )
+    };
+    let mut driver_run = run_driver(framework.clone(), scheduler);
 
     let (finished, finished_rx) = watch::channel(false);
     let mut tails: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
@@ -403,7 +407,20 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
             done = &mut driver_run, if !driver_done => {
                 driver_done = true;
                 match done {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(mut scheduler)) => {
+                        // The application is launched and the master's UI
+                        // known: subscribe again, as the same framework,
+                        // with it as the framework's web UI.
+                        if let Some(url) = scheduler.take_webui_url() {
+                            let framework = proto::FrameworkInfo {
+                                id: scheduler.framework_id().to_string(),
+                                webui_url: url,
+                                ..framework.clone()
+                            };
+                            driver_run = run_driver(framework, scheduler);
+                            driver_done = false;
+                        }
+                    }
                     Ok(Err(e)) => driver_error = Some(e.to_string()),
                     Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
                 }

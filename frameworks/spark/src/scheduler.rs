@@ -152,6 +152,10 @@ pub struct SparkScheduler {
     max_replacements: u32,
     interrupt: Interrupt,
     sink: Box<dyn FnMut(AppEvent) + Send>,
+    publish_webui: bool,
+    /// The master UI's URL, once launched, until the caller took it to
+    /// subscribe again with it as the framework's `webui_url`.
+    webui_to_publish: Option<String>,
 }
 
 impl SparkScheduler {
@@ -180,7 +184,31 @@ impl SparkScheduler {
             max_replacements,
             interrupt: Interrupt::default(),
             sink: Box::new(sink),
+            publish_webui: false,
+            webui_to_publish: None,
         }
+    }
+
+    /// Publish the Spark master's UI as the framework's `webui_url` (shown
+    /// on the status page next to the framework). Its port comes from an
+    /// offer, so it is known only after the subscription: once the
+    /// application is launched the scheduler stops its driver, and the
+    /// caller subscribes again with the same framework id and
+    /// [`SparkScheduler::take_webui_url`] set in its `FrameworkInfo`.
+    pub fn publish_webui(mut self, on: bool) -> Self {
+        self.publish_webui = on;
+        self
+    }
+
+    /// The `webui_url` to subscribe again with, once (see
+    /// [`SparkScheduler::publish_webui`]).
+    pub fn take_webui_url(&mut self) -> Option<String> {
+        self.webui_to_publish.take()
+    }
+
+    /// The framework's id, once subscribed.
+    pub fn framework_id(&self) -> &str {
+        &self.framework_id
     }
 
     /// A handle to interrupt the application from another task.
@@ -249,6 +277,11 @@ impl SparkScheduler {
         let app_ui = ui_url(&driver_at.host, driver_at.ports[2]);
         self.master = Some(master);
         let framework_id = self.framework_id.clone();
+        if self.publish_webui {
+            self.webui_to_publish = Some(master_ui.clone());
+            // Every call queued above is sent before the driver ends.
+            driver.stop();
+        }
         self.emit(AppEvent::Launched {
             framework_id,
             master_url,
