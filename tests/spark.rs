@@ -62,7 +62,9 @@ fn spark_python() -> Option<String> {
     let missing = match (pyspark, java_ok()) {
         (true, true) => return Some(python),
         (false, _) => format!("{python} cannot import pyspark (run scripts/test.sh)"),
-        (true, false) => "no Java 17 or 21 on PATH (apt-get install openjdk-17-jre-headless)".into(),
+        (true, false) => {
+            "no Java 17 or 21 on PATH (apt-get install openjdk-17-jre-headless)".into()
+        }
     };
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
@@ -172,9 +174,7 @@ fn processes_under(dir: &Path) -> Vec<String> {
     entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| {
-            std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
-        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
         .map(|e| {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
@@ -260,13 +260,19 @@ fn a_pyspark_application_runs_on_executors_of_both_agents_and_leaves_nothing() {
             assert!(url.starts_with("http://127.0.0.1:"), "{id}: {t}");
         }
     }
-    let frameworks = c.state()["frameworks"].as_array().cloned().unwrap_or_default();
+    let frameworks = c.state()["frameworks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let spark_framework = frameworks.iter().find(|f| {
         f["name"]
             .as_str()
             .is_some_and(|n| n.starts_with("mezz-spark squares-"))
     });
-    assert!(spark_framework.is_none(), "the framework is gone: {frameworks:#?}");
+    assert!(
+        spark_framework.is_none(),
+        "the framework is gone: {frameworks:#?}"
+    );
     assert_nothing_left(&c);
 }
 
@@ -331,16 +337,28 @@ fn ctrl_c_kills_the_whole_application() {
     let line = listing
         .lines()
         .find(|l| l.starts_with("held-"))
-        .unwrap_or_else(|| panic!("held in `mezz spark ls`:\n{listing}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "held in `mezz spark ls`:\n{listing}\nstderr: {}",
+                text(&ls.stderr)
+            )
+        });
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&cols[1..4], ["connected", "RUNNING", "2"], "{line}");
     assert!(cols[4].starts_with("http://127.0.0.1:"), "{line}");
     assert_eq!(c.active_tasks().len(), 4);
     // The master's UI is the framework's web UI on the status page.
-    let frameworks = c.state()["frameworks"].as_array().cloned().unwrap_or_default();
+    let frameworks = c.state()["frameworks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let held = frameworks
         .iter()
-        .find(|f| f["name"].as_str().is_some_and(|n| n.starts_with("mezz-spark held-")))
+        .find(|f| {
+            f["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("mezz-spark held-"))
+        })
         .expect("the framework");
     assert_eq!(held["webui_url"].as_str(), Some(cols[4]), "{held}");
 
@@ -452,7 +470,10 @@ fn bad_input_is_refused_before_anything_is_launched() {
     assert!(err.contains("unknown size 'huge'"), "{err}");
     let err = submit(&["--spark-home", "/no/spark", &app], None);
     if java_ok() {
-        assert!(err.contains("--spark-home /no/spark is not a Spark"), "{err}");
+        assert!(
+            err.contains("--spark-home /no/spark is not a Spark"),
+            "{err}"
+        );
         let err = submit(
             &["--spark-home", &home, "--executor-memory", "64g", &app],
             None,
@@ -464,6 +485,43 @@ fn bad_input_is_refused_before_anything_is_launched() {
     let err = submit(&["--spark-home", &home, &app], Some("/nonexistent"));
     assert!(err.contains("no Java found"), "{err}");
     assert!(err.contains("openjdk-17"), "{err}");
-    let frameworks = c.state()["frameworks"].as_array().cloned().unwrap_or_default();
+    let frameworks = c.state()["frameworks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(frameworks.is_empty(), "nothing registered: {frameworks:#?}");
+}
+
+#[test]
+fn a_submitter_that_dies_takes_its_application_with_it() {
+    let Some(python) = spark_python() else { return };
+    let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = two_agents();
+    let mut app = Submit::start(
+        &c,
+        &python,
+        &[
+            "--executors",
+            "1",
+            "--executor-memory",
+            "512m",
+            "--driver-memory",
+            "512m",
+            &script("hold.py"),
+            "1",
+            "sleep",
+        ],
+    );
+    app.wait_stdout("ready: executors");
+    assert_eq!(c.active_tasks().len(), 3);
+    // No Ctrl-C, no goodbye: the framework's failover timeout (20 s)
+    // expires and the master kills every task of the application.
+    app.child.kill().expect("SIGKILL mezz spark submit");
+    let _ = app.child.wait();
+    wait_for(
+        "the master to kill the orphaned application",
+        Duration::from_secs(120),
+        || c.active_tasks().is_empty(),
+    );
+    assert_nothing_left(&c);
 }

@@ -160,10 +160,7 @@ fn spec_of(args: &SubmitArgs) -> Result<AppSpec> {
     };
     let driver_memory_mb =
         parse_memory_mb(&args.driver_memory).map_err(|e| anyhow!("--driver-memory: {e}"))?;
-    let gpus_per_executor = args
-        .gpus_per_executor
-        .or(size.map(|s| s.gpus))
-        .unwrap_or(0);
+    let gpus_per_executor = args.gpus_per_executor.or(size.map(|s| s.gpus)).unwrap_or(0);
     let mut conf = Vec::new();
     for kv in &args.conf {
         let (k, v) = kv
@@ -189,8 +186,8 @@ fn spec_of(args: &SubmitArgs) -> Result<AppSpec> {
         .unwrap_or_else(|| PathBuf::from("python3"));
     let (home, pyspark_python) = find_spark(args.spark_home.as_deref(), &python)?;
     let is_python = app.extension().is_some_and(|e| e == "py");
-    let python = pyspark_python
-        .or_else(|| is_python.then(|| mezz_spark::locate::python_path(&python)));
+    let python =
+        pyspark_python.or_else(|| is_python.then(|| mezz_spark::locate::python_path(&python)));
     let name = args.name.clone().unwrap_or_else(|| {
         app.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -499,9 +496,11 @@ async fn ls(args: LsArgs) -> Result<ExitCode> {
     {
         let tasks = app_tasks(&state, &f.id);
         let of_role = |role: &'static str| {
-            tasks
-                .iter()
-                .filter(move |t| t.labels.get(LABEL_ROLE).is_some_and(|r| r.starts_with(role)))
+            tasks.iter().filter(move |t| {
+                t.labels
+                    .get(LABEL_ROLE)
+                    .is_some_and(|r| r.starts_with(role))
+            })
         };
         let url = |role: &'static str| {
             of_role(role)

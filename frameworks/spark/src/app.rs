@@ -186,9 +186,7 @@ impl AppSpec {
         let r = TaskRequest::new(self.task_id(role, attempt), self.resources(role));
         match role {
             Role::Master => r.ports(MASTER_PORTS),
-            Role::Worker(_) => r
-                .ports(WORKER_PORTS)
-                .gpus(self.gpus_per_executor as usize),
+            Role::Worker(_) => r.ports(WORKER_PORTS).gpus(self.gpus_per_executor as usize),
             Role::Driver => r.ports(DRIVER_PORTS),
         }
     }
@@ -323,7 +321,10 @@ impl AppSpec {
             a.push("--conf".into());
             a.push(format!("{k}={v}"));
         };
-        conf("spark.executor.memory", format!("{}m", self.executor_memory_mb));
+        conf(
+            "spark.executor.memory",
+            format!("{}m", self.executor_memory_mb),
+        );
         conf("spark.executor.cores", self.executor_cores.to_string());
         // One executor per worker, and no more than the workers asked for.
         conf(
@@ -446,11 +447,7 @@ pub(crate) mod tests {
     #[test]
     fn task_ids_name_their_role() {
         let s = spec();
-        for (role, attempt) in [
-            (Role::Master, 0),
-            (Role::Driver, 0),
-            (Role::Worker(1), 3),
-        ] {
+        for (role, attempt) in [(Role::Master, 0), (Role::Driver, 0), (Role::Worker(1), 3)] {
             let id = s.task_id(role, attempt);
             assert_eq!(s.role_of(&id), Some((role, attempt)), "{id}");
         }
@@ -510,9 +507,6 @@ pub(crate) mod tests {
         assert_eq!(w.name, "pi-1a2b/worker/1");
         let args = w.command.expect("command").arguments.join(" ");
         assert!(args.contains("--cores 1 --memory 1024m spark://10.0.0.5:31000"));
-        assert_eq!(
-            s.resources(Role::Worker(0)).to_string(),
-            "cpus:1;mem:1792"
-        );
+        assert_eq!(s.resources(Role::Worker(0)).to_string(), "cpus:1;mem:1792");
     }
 }

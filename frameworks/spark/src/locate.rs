@@ -79,11 +79,13 @@ pub fn find_spark(
     spark_home: Option<&Path>,
     python: &Path,
 ) -> Result<(PathBuf, Option<PathBuf>), LocateError> {
-    let given = spark_home.map(|p| (p.to_path_buf(), "--spark-home")).or_else(|| {
-        std::env::var_os("SPARK_HOME")
-            .filter(|h| !h.is_empty())
-            .map(|h| (PathBuf::from(h), "$SPARK_HOME"))
-    });
+    let given = spark_home
+        .map(|p| (p.to_path_buf(), "--spark-home"))
+        .or_else(|| {
+            std::env::var_os("SPARK_HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| (PathBuf::from(h), "$SPARK_HOME"))
+        });
     if let Some((dir, from)) = given {
         if is_spark_home(&dir) {
             return Ok((absolute(&dir), None));

@@ -129,7 +129,10 @@ impl Interrupt {
 enum Phase {
     Placing,
     Running,
-    Stopping { overdue_at: Instant, outcome: Outcome },
+    Stopping {
+        overdue_at: Instant,
+        outcome: Outcome,
+    },
     Done,
 }
 
@@ -249,22 +252,26 @@ impl SparkScheduler {
         }
         let master_index = spec.executors as usize;
         let driver_index = master_index + 1;
-        let (Some(master), Some(driver_at)) =
-            (at.get(&master_index).cloned(), at.get(&driver_index).cloned())
-        else {
+        let (Some(master), Some(driver_at)) = (
+            at.get(&master_index).cloned(),
+            at.get(&driver_index).cloned(),
+        ) else {
             // A complete plan places every request; nothing to launch.
             return;
         };
         plan.launch(driver, |p| {
             let role = spec.gang_role(p.request);
-            let here = at.get(&p.request).cloned().unwrap_or_else(|| master.clone());
+            let here = at
+                .get(&p.request)
+                .cloned()
+                .unwrap_or_else(|| master.clone());
             spec.task(role, 0, &here, &master)
         });
         for id in plan.used_offers().iter().chain(&decline) {
             self.offers.remove(id.as_str());
         }
         if !decline.is_empty() {
-            driver.decline(decline, None);
+            decline_each(driver, decline, None);
         }
         // The application is whole; offers are of no use until a worker
         // needs replacing.
@@ -295,7 +302,7 @@ impl SparkScheduler {
     fn launch_replacements(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
         let ids: Vec<OfferId> = offers.iter().map(|o| OfferId(o.id.clone())).collect();
         let Some(master) = self.master.clone() else {
-            driver.decline(ids, None);
+            decline_each(driver, ids, None);
             return;
         };
         let wanted: Vec<(u32, u32)> = self
@@ -332,7 +339,7 @@ impl SparkScheduler {
         }
         let unused = plan.unused_offers();
         if !unused.is_empty() {
-            driver.decline(unused, Some(1.0));
+            decline_each(driver, unused, Some(1.0));
         }
         if self.replace.is_empty() {
             driver.suppress();
@@ -379,7 +386,13 @@ impl SparkScheduler {
         }
     }
 
-    fn on_task_end(&mut self, driver: &Driver, role: Role, attempt: u32, status: &proto::TaskStatus) {
+    fn on_task_end(
+        &mut self,
+        driver: &Driver,
+        role: Role,
+        attempt: u32,
+        status: &proto::TaskStatus,
+    ) {
         let state = status.state();
         let what = format!(
             "{role} {}{}{}",
@@ -438,7 +451,7 @@ impl SparkScheduler {
                 for o in &offers {
                     self.offers.remove(o.as_str());
                 }
-                driver.decline(offers, Some(refuse_seconds));
+                decline_each(driver, offers, Some(refuse_seconds));
             }
             GangStep::Idle => {}
         }
@@ -550,7 +563,10 @@ pub fn missing(spec: &AppSpec, held: &[proto::Offer]) -> String {
             String::new()
         };
         *wanted
-            .entry(format!("{role} ({}{gpus} + {} ports)", r.resources, r.ports))
+            .entry(format!(
+                "{role} ({}{gpus} + {} ports)",
+                r.resources, r.ports
+            ))
             .or_default() += 1;
     }
     let lacking: Vec<String> = wanted
@@ -565,6 +581,15 @@ pub fn missing(spec: &AppSpec, held: &[proto::Offer]) -> String {
         agents.len(),
         lacking.join(", ")
     )
+}
+
+/// Declines offers one call each: one decline may not combine offers of
+/// different agents, and a refused one would hold its resources until the
+/// offer times out.
+fn decline_each(driver: &Driver, offers: impl IntoIterator<Item = OfferId>, refuse: Option<f64>) {
+    for o in offers {
+        driver.decline([o], refuse);
+    }
 }
 
 /// The host other tasks reach an agent at: its API address's host (agents
@@ -603,7 +628,11 @@ impl Scheduler for SparkScheduler {
                 for o in &offers {
                     self.offers.remove(&o.id);
                 }
-                driver.decline(offers.into_iter().map(|o| o.id), Some(30.0));
+                decline_each(
+                    driver,
+                    offers.into_iter().map(|o| OfferId(o.id)),
+                    Some(30.0),
+                );
             }
         }
     }
@@ -681,7 +710,10 @@ mod tests {
 
     #[test]
     fn the_drivers_exit_code_is_the_applications() {
-        assert_eq!(driver_outcome(&status("d", TaskState::Finished, Some(0))).code, 0);
+        assert_eq!(
+            driver_outcome(&status("d", TaskState::Finished, Some(0))).code,
+            0
+        );
         let failed = driver_outcome(&status("d", TaskState::Failed, Some(3)));
         assert_eq!(failed.code, 3);
         assert!(failed.message.is_some_and(|m| m.contains("driver FAILED")));
@@ -708,7 +740,10 @@ mod tests {
             .collect();
         assert_eq!(workers.len(), 2, "one worker per agent: {plan:?}");
         let text = missing(&spec, &offers[..1]);
-        assert!(text.starts_with("3 of 4 tasks fit the 1 agent(s)"), "{text}");
+        assert!(
+            text.starts_with("3 of 4 tasks fit the 1 agent(s)"),
+            "{text}"
+        );
         assert!(text.contains("missing: 1 × "), "{text}");
         assert!(missing(&spec, &[]).contains("no offer yet"));
         assert_eq!(agent_host(&offers[1]), "127.0.0.2");
