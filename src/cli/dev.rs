@@ -252,3 +252,22 @@ fn agent_resources(
             .with_ranges("ports", &[own]),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_on_one_host_get_disjoint_ports() {
+        let a = agent_resources(None, 0, 2).expect("resources");
+        let b = agent_resources(None, 1, 2).expect("resources");
+        assert_eq!(a.ranges("ports"), &[(31000, 31499)]);
+        assert_eq!(b.ranges("ports"), &[(31500, 31999)]);
+        let given = mezz_proto::Resources::parse("cpus:2;ports:[9000-9009]").expect("valid");
+        assert_eq!(agent_resources(Some(&given), 1, 2), Some(given.clone()));
+        let cpus = mezz_proto::Resources::parse("cpus:2").expect("valid");
+        let c = agent_resources(Some(&cpus), 0, 1).expect("resources");
+        assert_eq!(c.scalar("cpus"), 2.0);
+        assert_eq!(c.ranges("ports"), &[(31000, 32000)]);
+    }
+}
