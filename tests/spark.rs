@@ -332,7 +332,10 @@ fn ctrl_c_kills_the_whole_application() {
     );
     app.wait_stdout("ready: executors");
     // `mezz spark ls` shows it while it runs.
-    let ls = c.mezz(&["spark", "ls"], Duration::from_secs(30));
+    let ls = mezz(
+        &["spark", "ls", "--master", &c.master_addr()],
+        Duration::from_secs(30),
+    );
     let listing = text(&ls.stdout);
     let line = listing
         .lines()
