@@ -30,6 +30,7 @@ mod master;
 mod masters;
 mod roles;
 mod run;
+mod spark;
 mod tf;
 
 use std::process::ExitCode;
@@ -108,6 +109,8 @@ pub enum Command {
     Tf(tf::TfArgs),
     /// Jupyter notebook servers on the cluster: `mezz jupyter start|ls|url|stop`.
     Jupyter(jupyter::JupyterArgs),
+    /// Apache Spark applications: `mezz spark submit`, `mezz spark ls`, `mezz spark kill`.
+    Spark(spark::SparkArgs),
 }
 
 impl Command {
@@ -185,6 +188,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Roles(a) => roles::roles(a).await,
         Command::Tf(a) => tf::main(a).await,
         Command::Jupyter(a) => jupyter::main(a).await,
+        Command::Spark(a) => spark::main(a).await,
     }
 }
 

@@ -1026,7 +1026,7 @@ fn humantime(d: Duration) -> String {
 }
 
 /// A task-id suffix: unique enough across concurrent `mezz run`s.
-fn mezz_random() -> u64 {
+pub(super) fn mezz_random() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -1,0 +1,583 @@
+//! `mezz spark`: Apache Spark applications. `submit` checks Java, Spark
+//! and the cluster, runs the application with the `mezz-spark` framework
+//! (a standalone master, workers and the driver as tasks), streams the
+//! driver's output and exits with its code; `ls` lists the applications,
+//! `kill` ends one. The framework itself lives in `frameworks/spark`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use mezz_proto::v1::{ClusterState, OperatorKillRequest, TaskView};
+use mezz_sdk::sizes::Sizes;
+use mezz_sdk::{proto, DriverBuilder, Resources, TaskState};
+use mezz_spark::app::{FRAMEWORK_PREFIX, LABEL_ROLE, WORKER_OVERHEAD_MB};
+use mezz_spark::{
+    find_java, find_spark, parse_memory_mb, AppEvent, AppSpec, Role, SparkInstall, SparkScheduler,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::logs::{Out, Tail};
+use super::MasterArg;
+use crate::client;
+
+#[derive(Args, Debug)]
+pub struct SparkArgs {
+    #[command(subcommand)]
+    pub command: SparkCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SparkCommand {
+    /// Run a Spark application on the cluster and stream the driver's output.
+    Submit(Box<SubmitArgs>),
+    /// List the Spark applications on the cluster.
+    Ls(LsArgs),
+    /// Kill a Spark application: its driver, workers and master.
+    Kill(KillArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mezz spark submit --executors 2 job.py\n  \
+    mezz spark submit --executors 4 --executor-memory 2g --conf spark.sql.shuffle.partitions=8 etl.py in/ out/\n  \
+    mezz spark submit --class org.example.Main --spark-home /opt/spark app.jar\n\n\
+Each application runs its own Spark standalone cluster as tasks: a master,\n\
+one worker per executor (spread over the agents) and the driver\n\
+(spark-submit --deploy-mode client). All start together or not at all.\n\
+Spark is taken from --spark-home, $SPARK_HOME, or the pyspark package of\n\
+--python / $PYSPARK_PYTHON / python3; it needs Java 17 or 21. Spark, Java,\n\
+Python and the application must be at the same paths on every agent.\n\
+The driver's output is streamed here; the exit code is the driver's (130\n\
+after Ctrl-C). When the driver ends, or this command is interrupted or\n\
+dies, every task of the application is killed.")]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// Executors, each on a worker task of its own.
+    #[arg(long, default_value_t = 2)]
+    pub executors: u32,
+    /// Cores of each executor (default 1, or the --size's CPUs).
+    #[arg(long)]
+    pub executor_cores: Option<u32>,
+    /// Heap of each executor, e.g. 512m or 2g (default 1g). The worker
+    /// task gets 768 MB more for the JVM and Python.
+    #[arg(long)]
+    pub executor_memory: Option<String>,
+    /// Heap of the driver (default 1g).
+    #[arg(long, default_value = "1g")]
+    pub driver_memory: String,
+    /// A named size for each executor's worker task: cpu-small, cpu-medium,
+    /// cpu-large, gpu-small, gpu-large, or one from $MEZZ_SIZES or
+    /// ~/.config/mezz/sizes.toml. --executor-cores, --executor-memory and
+    /// --gpus-per-executor override it.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Whole GPUs for each executor's worker task (CUDA_VISIBLE_DEVICES).
+    #[arg(long)]
+    pub gpus_per_executor: Option<u32>,
+    /// A Spark setting, K=V; repeat for more.
+    #[arg(long = "conf", value_name = "K=V")]
+    pub conf: Vec<String>,
+    /// Python files for the executors' path (comma-separated).
+    #[arg(long, value_name = "FILES")]
+    pub py_files: Option<String>,
+    /// The Python with pyspark, for the driver and the executors (default
+    /// $PYSPARK_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Spark's directory (default $SPARK_HOME, else the pyspark package).
+    #[arg(long)]
+    pub spark_home: Option<PathBuf>,
+    /// The application's name (default: the file's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The main class of a jar application.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// How long to wait for room for the whole application before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub wait: u64,
+    /// Workers replaced at most when they die while the application runs.
+    #[arg(long, default_value_t = 3)]
+    pub max_replacements: u32,
+    /// Role to run under (for fair sharing and quota).
+    #[arg(long, default_value = "*")]
+    pub role: String,
+    /// The application: a .py file or a jar.
+    pub app: PathBuf,
+    /// The application's arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The application's id (see `mezz spark ls`), or its name when only
+    /// one application has it.
+    pub app: String,
+}
+
+pub async fn main(args: SparkArgs) -> Result<ExitCode> {
+    match args.command {
+        SparkCommand::Submit(a) => submit(*a).await,
+        SparkCommand::Ls(a) => ls(a).await,
+        SparkCommand::Kill(a) => kill(a).await,
+    }
+}
+
+/// The application spec from the flags, with every local check done:
+/// the files exist, Java and Spark are there.
+fn spec_of(args: &SubmitArgs) -> Result<AppSpec> {
+    if args.executors == 0 {
+        bail!("--executors 0: an application needs at least one executor");
+    }
+    let size = match &args.size {
+        Some(s) => Some(Sizes::load(Sizes::default_path().as_deref())?.get(s)?),
+        None => None,
+    };
+    let executor_cores = args
+        .executor_cores
+        .or_else(|| size.map(|s| (s.cpus.floor() as u32).max(1)))
+        .unwrap_or(1);
+    if executor_cores == 0 {
+        bail!("--executor-cores 0: an executor needs at least one core");
+    }
+    let executor_memory_mb = match (&args.executor_memory, size) {
+        (Some(m), _) => parse_memory_mb(m).map_err(|e| anyhow!("--executor-memory: {e}"))?,
+        (None, Some(s)) => (s.mem as u64).saturating_sub(WORKER_OVERHEAD_MB).max(512),
+        (None, None) => 1024,
+    };
+    let driver_memory_mb =
+        parse_memory_mb(&args.driver_memory).map_err(|e| anyhow!("--driver-memory: {e}"))?;
+    let gpus_per_executor = args.gpus_per_executor.or(size.map(|s| s.gpus)).unwrap_or(0);
+    let mut conf = Vec::new();
+    for kv in &args.conf {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| anyhow!("--conf '{kv}' is not K=V"))?;
+        conf.push((k.trim().to_string(), v.to_string()));
+    }
+    let app = existing(&args.app, "the application")?;
+    let py_files = match &args.py_files {
+        Some(list) => list
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(|f| existing(Path::new(f), "--py-files").map(|p| p.display().to_string()))
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let java_home = find_java()?;
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var_os("PYSPARK_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let (home, pyspark_python) = find_spark(args.spark_home.as_deref(), &python)?;
+    let is_python = app.extension().is_some_and(|e| e == "py");
+    let python =
+        pyspark_python.or_else(|| is_python.then(|| mezz_spark::locate::python_path(&python)));
+    let name = args.name.clone().unwrap_or_else(|| {
+        app.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "spark".into())
+    });
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let suffix = format!("{:x}", super::run::mezz_random());
+    let id = format!("{clean}-{}", &suffix[..suffix.len().min(6)]);
+    mezz_proto::ids::validate_id("task", &format!("{id}.worker.0.0"))
+        .map_err(|e| anyhow!("--name: {e}"))?;
+    Ok(AppSpec {
+        id,
+        name,
+        app,
+        args: args.args.clone(),
+        class: args.class.clone(),
+        executors: args.executors,
+        executor_cores,
+        executor_memory_mb,
+        driver_memory_mb,
+        gpus_per_executor,
+        conf,
+        py_files,
+        install: SparkInstall {
+            home,
+            java_home,
+            python,
+        },
+    })
+}
+
+fn existing(path: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| anyhow!("{what} {}: {e}", path.display()))
+}
+
+/// Refuses an application whose executor (or master, or driver) fits no
+/// connected agent, naming the largest one.
+fn check_fits(spec: &AppSpec, state: &ClusterState) -> Result<()> {
+    let agents: Vec<(Resources, &str, usize)> = state
+        .agents
+        .iter()
+        .filter(|a| a.status == "connected")
+        .filter_map(|a| {
+            Resources::parse(&a.resources)
+                .ok()
+                .map(|r| (r, a.hostname.as_str(), a.gpus.len()))
+        })
+        .collect();
+    if agents.is_empty() {
+        bail!("no agent is connected to the cluster; start one with `mezz agent` (or `mezz dev`)");
+    }
+    let largest = agents
+        .iter()
+        .max_by(|a, b| {
+            let c = |r: &Resources| (r.scalar("cpus"), r.scalar("mem"));
+            c(&a.0)
+                .partial_cmp(&c(&b.0))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(|(r, host, _)| format!("the largest agent ({host}) has {r}"))
+        .unwrap_or_default();
+    for (role, what) in [
+        (
+            Role::Worker(0),
+            "an executor's worker (--executor-cores, --executor-memory + 768 MB)",
+        ),
+        (Role::Master, "the Spark master"),
+        (Role::Driver, "the driver (--driver-memory + 512 MB)"),
+    ] {
+        let need = spec.resources(role);
+        let gpus = if role == Role::Worker(0) {
+            spec.gpus_per_executor as usize
+        } else {
+            0
+        };
+        if !agents
+            .iter()
+            .any(|(r, _, g)| r.contains(&need) && *g >= gpus)
+        {
+            let gpus = if gpus > 0 {
+                format!(" and {gpus} GPU(s)")
+            } else {
+                String::new()
+            };
+            bail!("{what} needs {need}{gpus}, more than any agent has; {largest}");
+        }
+    }
+    Ok(())
+}
+
+async fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let submitted = Instant::now();
+    let masters = client::masters(args.master.master.as_deref())?;
+    let spec = spec_of(&args)?;
+    let state = client::state(&masters, false)
+        .await
+        .context("reading the cluster state")?;
+    check_fits(&spec, &state)?;
+    let id = spec.id.clone();
+    let driver_task = spec.task_id(Role::Driver, 0);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let scheduler = SparkScheduler::new(spec.clone(), args.max_replacements, move |e| {
+        let _ = tx.send(e);
+    })
+    .publish_webui(true);
+    let interrupt = scheduler.interrupt_handle();
+    let framework = proto::FrameworkInfo {
+        name: spec.framework_name(),
+        role: args.role.clone(),
+        // When this process dies, the master removes the framework, and
+        // with it every task of the application, after this long.
+        failover_timeout_secs: 20.0,
+        user: std::env::var("USER").unwrap_or_default(),
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        capabilities: if spec.gpus_per_executor > 0 {
+            vec![proto::Capability::GpuResources as i32]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    let run_driver = |framework: proto::FrameworkInfo, scheduler: SparkScheduler| {
+        tokio::spawn(
+            DriverBuilder::new()
+                .masters(masters.clone())
+                .framework(framework)
+                .connect_timeout(Duration::from_secs(8))
+                .run(scheduler),
+        )
+    };
+    let mut driver_run = run_driver(framework.clone(), scheduler);
+
+    let (finished, finished_rx) = watch::channel(false);
+    let mut tails: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
+    let mut driver_at: Option<(String, String)> = None;
+    let mut launched = false;
+    let mut waiting_said = String::new();
+    let mut outcome = None;
+    let mut driver_error: Option<String> = None;
+    let mut driver_done = false;
+    let mut interrupted = 0u32;
+    let place_deadline = submitted + Duration::from_secs(args.wait);
+    let ctrl_c = super::shutdown_signal();
+    tokio::pin!(ctrl_c);
+    loop {
+        let wait_left = place_deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(AppEvent::Waiting(why)) => {
+                    if submitted.elapsed() > Duration::from_secs(1) && why != waiting_said {
+                        eprintln!("mezz spark: waiting to place {id}: {why}");
+                        waiting_said = why;
+                    }
+                }
+                Some(AppEvent::Launched { framework_id, master_url, master_ui, app_ui, tasks }) => {
+                    launched = true;
+                    let agents: std::collections::BTreeSet<&str> =
+                        tasks.iter().map(|t| t.agent_id.as_str()).collect();
+                    eprintln!(
+                        "mezz spark: {id}: launched the master, {} worker(s) and the driver on {} agent(s) after {} ms",
+                        spec.executors,
+                        agents.len(),
+                        submitted.elapsed().as_millis()
+                    );
+                    eprintln!("mezz spark: Spark master {master_url}, master UI {master_ui}");
+                    eprintln!("mezz spark: application UI {app_ui} (while the driver runs)");
+                    if let Some(t) = tasks.iter().find(|t| t.role == Role::Driver) {
+                        driver_at = Some((t.agent_address.clone(), framework_id.clone()));
+                    }
+                }
+                Some(AppEvent::Replacing { index, replacement, reason }) => {
+                    eprintln!("mezz spark: {reason}; launching a new worker/{index} (replacement {replacement} of {})", args.max_replacements);
+                }
+                Some(AppEvent::Replaced(t)) => {
+                    eprintln!("mezz spark: {} launched as task {}", t.role, t.task_id);
+                }
+                Some(AppEvent::Task { role, task_id, state, message, stopping }) => {
+                    let starts = state == TaskState::Running || state.is_terminal();
+                    if role == Role::Driver && starts && tails.is_empty() {
+                        if let Some((addr, fid)) = &driver_at {
+                            for (path, out) in [("stdout", Out::Stdout), ("stderr", Out::Stderr)] {
+                                let (addr, fid, tid, fin) = (addr.clone(), fid.clone(), task_id.clone(), finished_rx.clone());
+                                tails.push(tokio::spawn(async move {
+                                    Tail::connect(&addr, &fid, &tid, path).await?.follow(out, fin).await
+                                }));
+                            }
+                        }
+                    }
+                    if state.is_terminal() && role != Role::Driver && !stopping {
+                        eprintln!(
+                            "mezz spark: {role} {}{}{message}",
+                            state.short_name(),
+                            if message.is_empty() { "" } else { ": " }
+                        );
+                    }
+                }
+                Some(AppEvent::Done(o)) => outcome = Some(o),
+                Some(AppEvent::Notice(m)) => eprintln!("mezz spark: {m}"),
+                None => break,
+            },
+            done = &mut driver_run, if !driver_done => {
+                driver_done = true;
+                match done {
+                    Ok(Ok(mut scheduler)) => {
+                        // The application is launched and the master's UI
+                        // known: subscribe again, as the same framework,
+                        // with it as the framework's web UI.
+                        if let Some(url) = scheduler.take_webui_url() {
+                            let framework = proto::FrameworkInfo {
+                                id: scheduler.framework_id().to_string(),
+                                webui_url: url,
+                                ..framework.clone()
+                            };
+                            driver_run = run_driver(framework, scheduler);
+                            driver_done = false;
+                        }
+                    }
+                    Ok(Err(e)) => driver_error = Some(e.to_string()),
+                    Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
+                }
+            }
+            _ = tokio::time::sleep(wait_left), if !launched && outcome.is_none() => {
+                if let Some(d) = interrupt.driver() { d.teardown(); }
+                let why = if waiting_said.is_empty() { "no offer came".to_string() } else { waiting_said.clone() };
+                eprintln!(
+                    "mezz spark: could not place {id} within {}s (--wait): {why}",
+                    args.wait
+                );
+                return Ok(ExitCode::from(1));
+            }
+            _ = &mut ctrl_c => {
+                interrupted += 1;
+                if interrupted == 1 && interrupt.trigger() {
+                    eprintln!("mezz spark: killing every task of {id} (Ctrl-C again to leave now)…");
+                    ctrl_c.set(super::shutdown_signal());
+                } else {
+                    if let Some(d) = interrupt.driver() { d.teardown(); }
+                    return Ok(ExitCode::from(130));
+                }
+            }
+        }
+    }
+    let _ = finished.send(true);
+    for t in tails {
+        match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Ok(Ok(Err(e))) => eprintln!("mezz spark: {e:#}"),
+            Ok(Err(e)) => eprintln!("mezz spark: output stream failed: {e}"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
+    let Some(outcome) = outcome else {
+        bail!(
+            "{}",
+            driver_error.unwrap_or_else(|| format!("the framework of {id} ended early"))
+        );
+    };
+    match &outcome.message {
+        Some(m) => eprintln!(
+            "mezz spark: {id} ended after {} ms: {m} (`mezz logs {driver_task} --stderr` has the driver's log)",
+            submitted.elapsed().as_millis()
+        ),
+        None => eprintln!(
+            "mezz spark: {id} succeeded after {} ms",
+            submitted.elapsed().as_millis()
+        ),
+    }
+    Ok(ExitCode::from(outcome.code))
+}
+
+/// The active tasks of each Spark application, by framework id.
+fn app_tasks<'a>(state: &'a ClusterState, framework_id: &str) -> Vec<&'a TaskView> {
+    const ACTIVE: [&str; 5] = ["STAGING", "STARTING", "RUNNING", "KILLING", "UNREACHABLE"];
+    state
+        .tasks
+        .iter()
+        .filter(|t| t.framework_id == framework_id && ACTIVE.contains(&t.state.as_str()))
+        .collect()
+}
+
+async fn ls(args: LsArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let state = client::state(&masters, false)
+        .await
+        .context("reading the cluster state")?;
+    println!(
+        "{:<24} {:<13} {:<9} {:<10} {:<28} APP UI",
+        "APP", "FRAMEWORK", "DRIVER", "EXECUTORS", "MASTER UI"
+    );
+    for f in state
+        .frameworks
+        .iter()
+        .filter(|f| f.name.starts_with(FRAMEWORK_PREFIX))
+    {
+        let tasks = app_tasks(&state, &f.id);
+        let of_role = |role: &'static str| {
+            tasks.iter().filter(move |t| {
+                t.labels
+                    .get(LABEL_ROLE)
+                    .is_some_and(|r| r.starts_with(role))
+            })
+        };
+        let url = |role: &'static str| {
+            of_role(role)
+                .find_map(|t| t.labels.get("url").cloned())
+                .unwrap_or_else(|| "-".into())
+        };
+        let driver = of_role("driver")
+            .next()
+            .map(|t| t.state.clone())
+            .unwrap_or_else(|| "-".into());
+        let workers = of_role("worker").filter(|t| t.state == "RUNNING").count();
+        let master_ui = if f.webui_url.is_empty() {
+            url("master")
+        } else {
+            f.webui_url.clone()
+        };
+        println!(
+            "{:<24} {:<13} {:<9} {:<10} {:<28} {}",
+            f.name.strip_prefix(FRAMEWORK_PREFIX).unwrap_or(&f.name),
+            f.status,
+            driver,
+            workers,
+            master_ui,
+            url("driver"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn kill(args: KillArgs) -> Result<ExitCode> {
+    let masters = client::masters(args.master.master.as_deref())?;
+    let state = client::state(&masters, false)
+        .await
+        .context("reading the cluster state")?;
+    let apps: Vec<&str> = state
+        .frameworks
+        .iter()
+        .filter_map(|f| f.name.strip_prefix(FRAMEWORK_PREFIX))
+        .collect();
+    let exact = apps.iter().find(|a| **a == args.app);
+    let by_name: Vec<&&str> = apps
+        .iter()
+        .filter(|a| a.rsplit_once('-').is_some_and(|(n, _)| n == args.app))
+        .collect();
+    let app = match (exact, by_name.as_slice()) {
+        (Some(a), _) => *a,
+        (None, [one]) => **one,
+        (None, []) => bail!(
+            "no Spark application '{}' on the cluster; `mezz spark ls` lists them",
+            args.app
+        ),
+        (None, many) => bail!(
+            "{} applications are named '{}' ({}); give the id",
+            many.len(),
+            args.app,
+            many.iter().map(|a| **a).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let framework = state
+        .frameworks
+        .iter()
+        .find(|f| f.name == format!("{FRAMEWORK_PREFIX}{app}"))
+        .ok_or_else(|| anyhow!("application {app} vanished"))?;
+    let mut tasks = app_tasks(&state, &framework.id);
+    // The driver first: its end is the application's end, and its
+    // framework then kills the rest by itself.
+    tasks.sort_by_key(|t| t.labels.get(LABEL_ROLE).map(|r| r != "driver"));
+    let (mut c, addr) = client::leader(&masters).await?;
+    for t in &tasks {
+        c.kill_task(OperatorKillRequest {
+            task_id: t.id.clone(),
+            framework_id: t.framework_id.clone(),
+        })
+        .await
+        .map_err(|s| anyhow!("{}", s.message()))
+        .with_context(|| format!("killing task {} through {addr}", t.id))?;
+    }
+    println!("killing Spark application {app} ({} task(s))", tasks.len());
+    Ok(ExitCode::SUCCESS)
+}
