@@ -421,3 +421,93 @@ fn a_framework_cannot_ask_for_root_unless_the_agent_allows_it() {
     // The framework's root is replaced by the agent's task user.
     assert_eq!(all.trim(), nobody_uid().unwrap().to_string());
 }
+
+#[test]
+fn an_agent_whose_task_user_cannot_reach_the_work_dir_refuses_to_start() {
+    if !usable() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap(); // 0700: nobody cannot pass
+    let closed = top.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let out = mezz(
+        &[
+            "agent",
+            "--master",
+            "127.0.0.1:1",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--work-dir",
+            &closed.join("work").display().to_string(),
+            "--gpus",
+            "none",
+        ],
+        T,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("'nobody'"), "{err}");
+    assert!(err.contains(&closed.display().to_string()), "{err}");
+    assert!(err.contains("chmod"), "{err}");
+}
+
+#[test]
+fn a_command_health_check_sees_only_what_its_task_sees() {
+    if !usable() {
+        return;
+    }
+    let c = cluster(&[]);
+    let other = c.start_sleeper();
+    let other_sandbox = sandbox_of(&c, &other);
+    let master = c.dir.path().join("master");
+    // The check runs the sandbox's own script, as checks often do: the
+    // task's code, which must be held as the task is.
+    let script = format!(
+        "printf '%s\\n' 'echo x > {other}/pwned; echo x > {master}/pwned; ls {meta} && echo x > meta-seen; echo uid=$(id -u) > checked' > check.sh && sleep 300",
+        other = other_sandbox.display(),
+        master = master.display(),
+        meta = c.agent_work_dir(0).join("meta").display(),
+    );
+    let out = c.mezz(
+        &[
+            "run",
+            "--detach",
+            "--cpus",
+            "0.2",
+            "--mem",
+            "64",
+            "--health-cmd",
+            "sh check.sh",
+            "--health-interval",
+            "1s",
+            "--",
+            &script,
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let sandbox = sandbox_of(&c, &id);
+    wait_for("the health check to run", T, || {
+        std::fs::read_to_string(sandbox.join("checked")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let uid = nobody_uid().unwrap();
+    let checked = std::fs::read_to_string(sandbox.join("checked")).unwrap();
+    assert_eq!(checked, format!("uid={uid}\n"));
+    assert!(
+        !sandbox.join("meta-seen").exists(),
+        "the check saw the checkpoint"
+    );
+    assert!(
+        !other_sandbox.join("pwned").exists(),
+        "the check wrote into another sandbox"
+    );
+    assert!(
+        !master.join("pwned").exists(),
+        "the check wrote into the master's data dir"
+    );
+    let _ = c.mezz(&["kill", &id], T);
+    let _ = c.mezz(&["kill", &other], T);
+}

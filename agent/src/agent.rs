@@ -880,7 +880,8 @@ impl Agent {
         let since = Instant::now();
         let ctx = tokio::task::spawn_blocking(move || health::CommandContext::of_sandbox(&sandbox))
             .await
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .in_task_of(pgid);
         let mut tick = tokio::time::interval(policy.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tracker = health::Tracker::new(policy);

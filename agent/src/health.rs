@@ -234,9 +234,23 @@ pub struct CommandContext {
     pub cwd: PathBuf,
     /// The task's user, if it runs as another one.
     pub user: Option<String>,
+    /// The task runs in namespaces of its own: the check enters the mount
+    /// namespace of the task's init (its pid given to
+    /// [`CommandContext::in_task_of`]), so it sees what the task sees and
+    /// nothing more (a check that runs a script of the sandbox runs the
+    /// task's code).
+    pub namespaces: bool,
+    /// Host pid of the task's init, whose mount namespace the check enters.
+    pub task_pid: Option<i32>,
 }
 
 impl CommandContext {
+    /// This context for the run whose init (or command) is host pid `pid`.
+    pub fn in_task_of(mut self, pid: i32) -> Self {
+        self.task_pid = Some(pid);
+        self
+    }
+
     /// The context of the run in `sandbox`, from its launch spec; the bare
     /// sandbox when the spec cannot be read.
     pub fn of_sandbox(sandbox: &Path) -> Self {
@@ -252,6 +266,8 @@ impl CommandContext {
                 env: s.env,
                 cwd: s.cwd,
                 user: s.user,
+                namespaces: s.namespaces,
+                task_pid: None,
             },
             None => CommandContext {
                 cwd: sandbox.to_path_buf(),
@@ -306,11 +322,51 @@ async fn command(cmd: &str, ctx: &CommandContext) -> Result<(), String> {
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(name) = &ctx.user {
-        let u = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("cannot look up user '{name}': {e}"))?
-            .ok_or_else(|| format!("user '{name}' does not exist on this agent"))?;
-        c.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    let user = match &ctx.user {
+        None => None,
+        Some(name) => {
+            let u = nix::unistd::User::from_name(name)
+                .map_err(|e| format!("cannot look up user '{name}': {e}"))?
+                .ok_or_else(|| format!("user '{name}' does not exist on this agent"))?;
+            Some((u.uid.as_raw(), u.gid.as_raw()))
+        }
+    };
+    // Entering the task's mount namespace needs root, so the user switch
+    // comes after it, in the same hook (Command::uid would switch first).
+    let mount_ns = match (ctx.namespaces, ctx.task_pid) {
+        (true, Some(pid)) => Some(
+            std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+                .map_err(|e| format!("cannot enter the task's mount namespace: {e}"))?,
+        ),
+        (true, None) => return Err("the task's mount namespace is not known".into()),
+        (false, _) => None,
+    };
+    let cwd = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(ctx.cwd.as_os_str()))
+        .map_err(|_| "the sandbox path contains a NUL byte".to_string())?;
+    // SAFETY: the hook makes only raw system calls on data prepared above
+    // (fork-safe in the agent's multi-threaded process).
+    unsafe {
+        c.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            if let Some(ns) = &mount_ns {
+                check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;
+                // The working directory still points into the host's view.
+                check(libc::chdir(cwd.as_ptr()))?;
+            }
+            if let Some((uid, gid)) = user {
+                check(libc::setgroups(1, &gid))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
+            }
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        });
     }
     let child = c
         .spawn()
@@ -510,6 +566,8 @@ mod tests {
             env: [("WANT".to_string(), "yes".to_string())].into(),
             cwd: dir.path().to_path_buf(),
             user: None,
+            namespaces: false,
+            task_pid: None,
         };
         let t = Duration::from_secs(5);
         let ok = Probe::Command("test -f ready && test \"$WANT\" = yes".into());
