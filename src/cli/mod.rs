@@ -30,6 +30,7 @@ mod master;
 mod masters;
 mod roles;
 mod run;
+mod serve;
 mod spark;
 mod tf;
 
@@ -111,6 +112,8 @@ pub enum Command {
     Jupyter(jupyter::JupyterArgs),
     /// Apache Spark applications: `mezz spark submit`, `mezz spark ls`, `mezz spark kill`.
     Spark(spark::SparkArgs),
+    /// Model services with replicas, health checks and a proxy: `mezz serve deploy|scale|ls|show|rm`.
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
@@ -129,6 +132,9 @@ impl Command {
                 | Command::Jupyter(jupyter::JupyterArgs {
                     command: jupyter::JupyterCommand::Daemon(_),
                 })
+                | Command::Serve(serve::ServeArgs {
+                    command: serve::ServeCommand::Daemon(_),
+                })
         )
     }
 }
@@ -146,6 +152,9 @@ pub fn init_tracing(cli: &Cli) {
         Command::Master(_) | Command::Agent(_) | Command::Dev(_) => "info",
         Command::Jupyter(jupyter::JupyterArgs {
             command: jupyter::JupyterCommand::Daemon(_),
+        }) => "info",
+        Command::Serve(serve::ServeArgs {
+            command: serve::ServeCommand::Daemon(_),
         }) => "info",
         _ => "warn",
     };
@@ -189,6 +198,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Tf(a) => tf::main(a).await,
         Command::Jupyter(a) => jupyter::main(a).await,
         Command::Spark(a) => spark::main(a).await,
+        Command::Serve(a) => serve::main(a).await,
     }
 }
 

@@ -1,0 +1,310 @@
+//! The daemon's local API, on 127.0.0.1 only, each request carrying the
+//! bearer secret from the 0600 state directory: `GET /v1/health`,
+//! `GET /v1/services`, `POST /v1/services` (deploy), `GET|DELETE
+//! /v1/services/NAME`, `POST /v1/services/NAME/scale`. The server half and the client half (what the CLI
+//! uses) both live here, so they cannot drift apart.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::http;
+use crate::scheduler::{Book, ServiceView};
+use crate::service::DeployRequest;
+use crate::store::DaemonInfo;
+use crate::Error;
+
+/// The daemon's answer to `GET /v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// The framework id, once subscribed.
+    pub framework_id: Option<String>,
+}
+
+#[derive(Clone)]
+struct Api {
+    book: Book,
+    secret: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            code,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// `None` when the request carries the secret, else the refusal.
+fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Equal length and every byte compared: no early exit to time.
+    let same = given.len() == api.secret.len()
+        && given
+            .bytes()
+            .zip(api.secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    (!same).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
+}
+
+async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    Json(Health {
+        pid: std::process::id(),
+        framework_id: api.book.framework_id(),
+    })
+    .into_response()
+}
+
+async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    Json(api.book.list()).into_response()
+}
+
+async fn deploy(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(req): Json<DeployRequest>,
+) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    if let Err(e) = req.validate() {
+        return e.into_response();
+    }
+    if api.book.get(&req.name).is_some() {
+        return Error::Conflict(format!(
+            "a service named '{}' already exists; pick another name, or `mezz serve rm {}` first",
+            req.name, req.name
+        ))
+        .into_response();
+    }
+    // The proxy's port is picked here, once: it is the service's address
+    // for as long as the service lives, across restarts of the daemon.
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => {
+            return Error::Daemon(format!("cannot listen on 127.0.0.1 for the proxy: {e}"))
+                .into_response()
+        }
+    };
+    let port = match listener.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => {
+            return Error::Daemon(format!("cannot read the proxy's port: {e}")).into_response()
+        }
+    };
+    let name = req.name.clone();
+    match api.book.deploy(req, port) {
+        Ok(view) => {
+            let proxy = tokio::spawn(crate::proxy::serve(
+                listener,
+                name.clone(),
+                api.book.clone(),
+            ));
+            api.book.set_proxy(&name, proxy.abort_handle());
+            (StatusCode::CREATED, Json(view)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_one(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.get(&name) {
+        Some(view) => Json(view).into_response(),
+        None => not_found(&name).into_response(),
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!(
+        "no service named '{name}'; `mezz serve ls` lists them"
+    ))
+}
+
+/// The body of `POST /v1/services/NAME/scale`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScaleRequest {
+    /// The new replica count.
+    pub replicas: u32,
+}
+
+async fn scale(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<ScaleRequest>,
+) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.scale(&name, req.replicas) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn remove(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.remove(&name) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String) {
+    let app = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/services", get(list).post(deploy))
+        .route("/v1/services/{name}", get(get_one).delete(remove))
+        .route("/v1/services/{name}/scale", post(scale))
+        .with_state(Api { book, secret });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("the local API stopped: {e}");
+    }
+}
+
+/// The CLI's side: a daemon's address and secret.
+#[derive(Clone, Debug)]
+pub struct Client {
+    info: DaemonInfo,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// A client of the daemon described by `info`.
+    pub fn new(info: DaemonInfo) -> Client {
+        Client { info }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response, Error> {
+        let auth = format!("Bearer {}", self.info.secret);
+        http::request(
+            &self.info.address,
+            method,
+            path,
+            &[("Authorization", &auth)],
+            body.as_deref(),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|e| Error::Daemon(format!("the serving daemon: {e}")))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(r: http::Response) -> Result<T, Error> {
+        if r.status >= 400 {
+            let text = serde_json::from_slice::<ErrorBody>(&r.body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| r.text());
+            return Err(match r.status {
+                400 => Error::BadRequest(text),
+                404 => Error::NotFound(text),
+                409 => Error::Conflict(text),
+                _ => Error::Daemon(format!("the serving daemon answered {}: {text}", r.status)),
+            });
+        }
+        serde_json::from_slice(&r.body).map_err(|e| {
+            Error::Daemon(format!(
+                "the serving daemon's answer is not understood: {e}"
+            ))
+        })
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health, Error> {
+        Self::decode(self.call("GET", "/v1/health", None).await?)
+    }
+
+    /// Every service.
+    pub async fn list(&self) -> Result<Vec<ServiceView>, Error> {
+        Self::decode(self.call("GET", "/v1/services", None).await?)
+    }
+
+    /// One service; `None` when there is none of that name.
+    pub async fn get(&self, name: &str) -> Result<Option<ServiceView>, Error> {
+        match Self::decode(
+            self.call("GET", &format!("/v1/services/{name}"), None)
+                .await?,
+        ) {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deploys a service.
+    pub async fn deploy(&self, req: &DeployRequest) -> Result<ServiceView, Error> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
+        Self::decode(self.call("POST", "/v1/services", Some(body)).await?)
+    }
+
+    /// Sets a service's replica count.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<ServiceView, Error> {
+        let body = serde_json::to_vec(&ScaleRequest { replicas })
+            .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
+        Self::decode(
+            self.call("POST", &format!("/v1/services/{name}/scale"), Some(body))
+                .await?,
+        )
+    }
+
+    /// Asks for a service to be removed.
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        let r = self
+            .call("DELETE", &format!("/v1/services/{name}"), None)
+            .await?;
+        if r.status == 202 {
+            return Ok(());
+        }
+        Self::decode::<serde_json::Value>(r).map(|_| ())
+    }
+}

@@ -1,0 +1,257 @@
+//! A service's HTTP/1.1 reverse proxy on 127.0.0.1: each request goes to
+//! the healthy replica with the fewest requests outstanding through this
+//! proxy; a GET or HEAD whose replica cannot be reached, or drops the
+//! connection before answering, is tried once more on another replica.
+//! Bodies are read whole before forwarding (so a retry can send one again)
+//! and answers are read whole before being passed on.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderMap, HeaderName};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::scheduler::Book;
+
+/// Connecting to a replica past this is a connection failure.
+const CONNECT: Duration = Duration::from_secs(5);
+/// A replica's whole answer past this is a failure (not retried).
+const ANSWER: Duration = Duration::from_secs(300);
+
+/// Requests in flight per replica address.
+#[derive(Default)]
+struct Outstanding(Mutex<HashMap<String, usize>>);
+
+impl Outstanding {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The candidate with the fewest requests in flight, counted as one
+    /// more until the guard drops.
+    fn pick(self: &Arc<Self>, candidates: &[String]) -> Option<InFlight> {
+        let mut counts = self.counts();
+        let best = candidates
+            .iter()
+            .min_by_key(|a| counts.get(*a).copied().unwrap_or(0))?
+            .clone();
+        *counts.entry(best.clone()).or_default() += 1;
+        Some(InFlight {
+            table: self.clone(),
+            address: best,
+        })
+    }
+}
+
+struct InFlight {
+    table: Arc<Outstanding>,
+    address: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts();
+        if let Some(n) = counts.get_mut(&self.address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Why forwarding failed.
+enum Failure {
+    /// The replica could not be reached, or closed before answering: safe
+    /// to try another for an idempotent request.
+    Connection(String),
+    /// Anything else.
+    Other(String),
+}
+
+/// Serves `service`'s proxy on `listener` until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Book) {
+    let table = Arc::new(Outstanding::default());
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: wait rather than spin.
+                tracing::warn!(%service, "proxy accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (service, book, table) = (service.clone(), book.clone(), table.clone());
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |req| {
+                let (service, book, table) = (service.clone(), book.clone(), table.clone());
+                async move { Ok::<_, Infallible>(handle(req, &service, &book, &table).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), handler)
+                .await;
+        });
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    service: &str,
+    book: &Book,
+    table: &Arc<Outstanding>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request: {e}"),
+            )
+        }
+    };
+    let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = String::new();
+    for attempt in 0..2 {
+        let healthy = book.backends(service);
+        let fresh: Vec<String> = healthy
+            .iter()
+            .filter(|a| !tried.contains(a))
+            .cloned()
+            .collect();
+        // With one replica left, a retry goes to it again.
+        let candidates = if fresh.is_empty() { healthy } else { fresh };
+        let Some(slot) = table.pick(&candidates) else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service '{service}' has no healthy replica right now"),
+            );
+        };
+        tried.push(slot.address.clone());
+        match forward(&slot.address, &parts, body.clone()).await {
+            Ok(r) => return r,
+            Err(Failure::Connection(e)) if idempotent && attempt == 0 => {
+                tracing::debug!(%service, address = %slot.address, "retrying after: {e}");
+                last = e;
+            }
+            Err(Failure::Connection(e)) | Err(Failure::Other(e)) => {
+                last = e;
+                break;
+            }
+        }
+    }
+    plain(
+        StatusCode::BAD_GATEWAY,
+        format!("service '{service}': {last}"),
+    )
+}
+
+/// Headers that belong to one connection, not to the request.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !hop_by_hop(k) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+async fn forward(
+    address: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, Failure> {
+    let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| Failure::Connection(format!("{address} did not accept within {CONNECT:?}")))?
+        .map_err(|e| Failure::Connection(format!("cannot connect to {address}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Connection(format!("{address}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = path
+        .parse()
+        .map_err(|e| Failure::Other(format!("bad request path: {e}")))?;
+    copy_headers(&parts.headers, out.headers_mut());
+    let exchange = async {
+        let answer = sender.send_request(out).await.map_err(|e| {
+            // Nothing of an answer arrived: the replica went away.
+            if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+                Failure::Connection(format!("{address} closed the connection: {e}"))
+            } else {
+                Failure::Other(format!("{address}: {e}"))
+            }
+        })?;
+        let (head, body) = answer.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| Failure::Other(format!("{address} broke off its answer: {e}")))?
+            .to_bytes();
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = head.status;
+        copy_headers(&head.headers, r.headers_mut());
+        Ok(r)
+    };
+    tokio::time::timeout(ANSWER, exchange)
+        .await
+        .map_err(|_| Failure::Other(format!("{address} did not answer within {ANSWER:?}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_outstanding_wins_and_guards_release() {
+        let t = Arc::new(Outstanding::default());
+        let all = vec!["a:1".to_string(), "b:1".to_string()];
+        let first = t.pick(&all).unwrap();
+        let second = t.pick(&all).unwrap();
+        assert_ne!(first.address, second.address);
+        drop(first);
+        let third = t.pick(&all).unwrap();
+        assert_ne!(third.address, second.address);
+        assert!(t.pick(&[]).is_none());
+        drop((second, third));
+        assert!(t.counts().is_empty());
+    }
+}

@@ -1,0 +1,804 @@
+//! The framework's book of services and its SDK scheduler. The book holds
+//! the desired state (persisted on every change), each replica slot's task
+//! through a [`TaskTracker`] (restarts with backoff, recognition of running
+//! replicas after a failover) and the health the agents report. The
+//! scheduler callbacks, the local API and the proxies all work on one book
+//! behind a mutex, held only for short work: no network call is made under
+//! it, and the one disk write is the small services file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mezz_sdk::{offer_host, place, proto, Change, Driver, FrameworkId, Phase, Scheduler};
+use mezz_sdk::{AgentId, Resources, RetryPolicy, Strategy, TaskBuilder, TaskId, TaskReason};
+use mezz_sdk::{TaskRequest, TaskTracker};
+use serde::{Deserialize, Serialize};
+
+use crate::service::{DeployRequest, Service, Slot};
+use crate::store::{Desired, StateDir};
+use crate::Error;
+
+/// How long a failed-over framework waits for reconciliation answers
+/// before launching replicas it has not heard of.
+pub const RECOVERY: Duration = Duration::from_secs(3);
+/// SIGTERM to SIGKILL for a replica.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// What is known about one replica slot right now.
+#[derive(Clone, Debug, Default)]
+struct Replica {
+    healthy: bool,
+    message: String,
+}
+
+/// One service and what is known about its replicas.
+struct Entry {
+    service: Service,
+    replicas: HashMap<String, Replica>,
+    /// Replacements of replicas killed for failing health, in a row: the
+    /// backoff before the next one.
+    replaced: u32,
+    message: String,
+    proxy: Option<tokio::task::AbortHandle>,
+}
+
+/// A replica as `mezz serve show` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaView {
+    /// The slot's key.
+    pub key: String,
+    /// The current task's id.
+    pub task_id: Option<String>,
+    /// `waiting`, `starting`, `healthy`, `unhealthy`, `restarting`,
+    /// `stopping`.
+    pub state: String,
+    /// The agent it runs on.
+    pub agent_id: Option<String>,
+    /// `HOST:PORT`, once placed.
+    pub address: Option<String>,
+    /// Restarts after failures.
+    pub restarts: u32,
+    /// The latest word from the agent.
+    pub message: String,
+}
+
+/// A service as `mezz serve ls` and `show` show it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceView {
+    /// Its name.
+    pub name: String,
+    /// `starting`, `running` (every replica healthy), `degraded`,
+    /// `removing`.
+    pub state: String,
+    /// The proxy's URL.
+    pub url: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Replicas healthy (taking traffic).
+    pub healthy: u32,
+    /// CPUs per replica.
+    pub cpus: f64,
+    /// MB per replica.
+    pub mem: f64,
+    /// GPUs per replica.
+    pub gpus: u32,
+    /// The health check's path.
+    pub health_path: String,
+    /// The command.
+    pub command: String,
+    /// Every replica, retiring ones included.
+    pub replica_list: Vec<ReplicaView>,
+    /// The latest word about the service.
+    pub message: String,
+}
+
+/// The shared book; cheap to clone.
+#[derive(Clone)]
+pub struct Book {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    store: StateDir,
+    next_serial: u64,
+    services: BTreeMap<String, Entry>,
+    /// Tracker key to service name.
+    owner: HashMap<String, String>,
+    /// Replacement slots held back until then.
+    not_before: HashMap<String, Instant>,
+    tracker: TaskTracker,
+    driver: Option<Driver>,
+    framework_id: Option<FrameworkId>,
+}
+
+fn tracker() -> TaskTracker {
+    // Services are long-lived: keep restarting a crashing replica, backing
+    // off to a minute between tries.
+    TaskTracker::new(
+        RetryPolicy::up_to(u32::MAX).backoff(Duration::from_secs(1), Duration::from_secs(60)),
+    )
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!(
+        "no service named '{name}'; `mezz serve ls` lists them"
+    ))
+}
+
+impl Book {
+    /// The book of the services stored in `store`. Proxies are not started
+    /// here: see [`Book::proxies`].
+    pub fn load(store: StateDir) -> Result<Book, Error> {
+        let desired = store.load()?;
+        let mut tracker = tracker();
+        let mut owner = HashMap::new();
+        let mut services = BTreeMap::new();
+        for svc in desired.services {
+            for slot in &svc.slots {
+                tracker.add(slot.key.clone());
+                owner.insert(slot.key.clone(), svc.spec.name.clone());
+            }
+            services.insert(
+                svc.spec.name.clone(),
+                Entry {
+                    service: svc,
+                    replicas: HashMap::new(),
+                    replaced: 0,
+                    message: String::new(),
+                    proxy: None,
+                },
+            );
+        }
+        Ok(Book {
+            inner: Arc::new(Mutex::new(Inner {
+                store,
+                next_serial: desired.next_serial,
+                services,
+                owner,
+                not_before: HashMap::new(),
+                tracker,
+                driver: None,
+                framework_id: None,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The scheduler that drives this book.
+    pub fn scheduler(&self) -> ServeScheduler {
+        ServeScheduler { book: self.clone() }
+    }
+
+    /// The framework id, once subscribed.
+    pub fn framework_id(&self) -> Option<String> {
+        self.lock().framework_id.as_ref().map(|f| f.0.clone())
+    }
+
+    /// The driver, once subscribed (to stop it).
+    pub fn driver(&self) -> Option<Driver> {
+        self.lock().driver.clone()
+    }
+
+    /// Every service's name and proxy port, to start the proxies of a
+    /// daemon that loaded them.
+    pub fn proxies(&self) -> Vec<(String, u16)> {
+        let b = self.lock();
+        b.services
+            .values()
+            .map(|e| (e.service.spec.name.clone(), e.service.proxy_port))
+            .collect()
+    }
+
+    /// Records the task that runs a service's proxy, so `rm` can end it.
+    pub fn set_proxy(&self, name: &str, handle: tokio::task::AbortHandle) {
+        match self.lock().services.get_mut(name) {
+            Some(e) => e.proxy = Some(handle),
+            None => handle.abort(),
+        }
+    }
+
+    /// Adds a service whose proxy listens on `proxy_port`; refuses a name
+    /// in use.
+    pub fn deploy(&self, req: DeployRequest, proxy_port: u16) -> Result<ServiceView, Error> {
+        req.validate()?;
+        let mut b = self.lock();
+        let name = req.name.clone();
+        if b.services.contains_key(&name) {
+            return Err(Error::Conflict(format!(
+                "a service named '{name}' already exists; pick another name, `mezz serve scale {name} N` to resize it, or `mezz serve rm {name}` first"
+            )));
+        }
+        let svc = Service {
+            spec: req,
+            proxy_port,
+            slots: Vec::new(),
+            removing: false,
+        };
+        let count = svc.spec.replicas;
+        b.services.insert(
+            name.clone(),
+            Entry {
+                service: svc,
+                replicas: HashMap::new(),
+                replaced: 0,
+                message: String::new(),
+                proxy: None,
+            },
+        );
+        for _ in 0..count {
+            b.add_slot(&name, None);
+        }
+        if let Err(e) = b.persist() {
+            b.services.remove(&name);
+            return Err(e);
+        }
+        tracing::info!(service = %name, replicas = count, proxy_port, "service deployed");
+        if let Some(d) = &b.driver {
+            d.revive();
+        }
+        Ok(b.view(&name).expect("just inserted"))
+    }
+
+    /// Sets a service's replica count: new slots, or the newest retired.
+    pub fn scale(&self, name: &str, replicas: u32) -> Result<ServiceView, Error> {
+        if replicas == 0 {
+            return Err(Error::BadRequest(format!(
+                "a service needs at least 1 replica; `mezz serve rm {name}` removes it"
+            )));
+        }
+        let mut b = self.lock();
+        let Some(e) = b.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        if e.service.removing {
+            return Err(Error::Conflict(format!(
+                "service '{name}' is being removed"
+            )));
+        }
+        e.service.spec.replicas = replicas;
+        let live: Vec<String> = e
+            .service
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .map(|s| s.key.clone())
+            .collect();
+        let have = live.len() as u32;
+        for _ in have..replicas {
+            b.add_slot(name, None);
+        }
+        if have > replicas {
+            // Unhealthy replicas go first: they take no traffic.
+            let healthy =
+                |b: &Inner, k: &String| b.services[name].replicas.get(k).is_some_and(|r| r.healthy);
+            let mut order = live;
+            order.sort_by_key(|k| healthy(&b, k));
+            for key in order.into_iter().take((have - replicas) as usize) {
+                b.retire(name, &key);
+            }
+        }
+        b.persist()?;
+        tracing::info!(service = %name, replicas, "service scaled");
+        if let Some(d) = &b.driver {
+            d.revive();
+        }
+        Ok(b.view(name).expect("present"))
+    }
+
+    /// Removes a service: kills its replicas, and forgets it (and ends its
+    /// proxy) once every kill is confirmed.
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let mut b = self.lock();
+        let Some(e) = b.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        e.service.removing = true;
+        let keys: Vec<String> = e.service.slots.iter().map(|s| s.key.clone()).collect();
+        for key in keys {
+            b.retire(name, &key);
+        }
+        b.finish_removal(name);
+        b.persist()
+    }
+
+    /// Every service.
+    pub fn list(&self) -> Vec<ServiceView> {
+        let b = self.lock();
+        b.services.keys().filter_map(|n| b.view(n)).collect()
+    }
+
+    /// One service.
+    pub fn get(&self, name: &str) -> Option<ServiceView> {
+        self.lock().view(name)
+    }
+
+    /// The addresses of a service's healthy replicas: where its proxy may
+    /// send requests.
+    pub fn backends(&self, name: &str) -> Vec<String> {
+        let b = self.lock();
+        let Some(e) = b.services.get(name) else {
+            return Vec::new();
+        };
+        e.service
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .filter(|s| e.replicas.get(&s.key).is_some_and(|r| r.healthy))
+            .filter(|s| {
+                b.tracker
+                    .get(&s.key)
+                    .is_some_and(|t| t.phase == Phase::Running)
+            })
+            .filter_map(|s| s.address.clone())
+            .collect()
+    }
+}
+
+impl Inner {
+    fn persist(&self) -> Result<(), Error> {
+        self.store.store(&Desired {
+            next_serial: self.next_serial,
+            services: self.services.values().map(|e| e.service.clone()).collect(),
+        })
+    }
+
+    fn persist_or_log(&self) {
+        if let Err(e) = self.persist() {
+            tracing::error!("cannot store the services: {e}");
+        }
+    }
+
+    /// A new slot of `name`, launched no sooner than `not_before`.
+    fn add_slot(&mut self, name: &str, not_before: Option<Instant>) {
+        let key = format!("serve-{name}-{}", self.next_serial);
+        self.next_serial += 1;
+        self.tracker.add(key.clone());
+        self.owner.insert(key.clone(), name.to_string());
+        if let Some(at) = not_before {
+            self.not_before.insert(key.clone(), at);
+        }
+        if let Some(e) = self.services.get_mut(name) {
+            e.service.slots.push(Slot {
+                key,
+                retiring: false,
+                address: None,
+            });
+        }
+    }
+
+    /// Gives a slot up: kills its task, or forgets it when none runs.
+    fn retire(&mut self, name: &str, key: &str) {
+        let Some(e) = self.services.get_mut(name) else {
+            return;
+        };
+        if let Some(s) = e.service.slots.iter_mut().find(|s| s.key == key) {
+            s.retiring = true;
+        }
+        if let Some(r) = e.replicas.get_mut(key) {
+            r.healthy = false;
+        }
+        let task = self.tracker.get(key).cloned();
+        match task {
+            Some(t) if matches!(t.phase, Phase::Launched | Phase::Running) => {
+                if let (Some(id), Some(d)) = (t.task_id, &self.driver) {
+                    d.kill(id, Some(KILL_GRACE));
+                }
+            }
+            _ => self.forget_slot(name, key),
+        }
+    }
+
+    fn forget_slot(&mut self, name: &str, key: &str) {
+        if let Some(e) = self.services.get_mut(name) {
+            e.service.slots.retain(|s| s.key != key);
+            e.replicas.remove(key);
+        }
+        self.not_before.remove(key);
+        self.finish_removal(name);
+    }
+
+    /// Drops a removed service once its last replica is gone.
+    fn finish_removal(&mut self, name: &str) {
+        let done = self
+            .services
+            .get(name)
+            .is_some_and(|e| e.service.removing && e.service.slots.is_empty());
+        if done {
+            if let Some(e) = self.services.remove(name) {
+                if let Some(p) = e.proxy {
+                    p.abort();
+                }
+                tracing::info!(service = %name, "service removed");
+            }
+        }
+    }
+
+    fn view(&self, name: &str) -> Option<ServiceView> {
+        let e = self.services.get(name)?;
+        let svc = &e.service;
+        let mut healthy = 0;
+        let replica_list: Vec<ReplicaView> = svc
+            .slots
+            .iter()
+            .map(|s| {
+                let t = self.tracker.get(&s.key);
+                let r = e.replicas.get(&s.key).cloned().unwrap_or_default();
+                let state = match t.map(|t| t.phase) {
+                    _ if s.retiring => "stopping",
+                    Some(Phase::Running) if r.healthy => "healthy",
+                    Some(Phase::Running) | Some(Phase::Launched) => "starting",
+                    Some(Phase::Waiting) if t.is_some_and(|t| t.restarts > 0) => "restarting",
+                    Some(Phase::Failed) => "failed",
+                    _ => "waiting",
+                };
+                if state == "healthy" {
+                    healthy += 1;
+                }
+                ReplicaView {
+                    key: s.key.clone(),
+                    task_id: t.and_then(|t| t.task_id.as_ref()).map(|i| i.0.clone()),
+                    state: state.into(),
+                    agent_id: t.and_then(|t| t.agent_id.as_ref()).map(|a| a.0.clone()),
+                    address: s.address.clone(),
+                    restarts: t.map(|t| t.restarts).unwrap_or(0),
+                    message: r.message,
+                }
+            })
+            .collect();
+        let state = if svc.removing {
+            "removing"
+        } else if healthy >= svc.spec.replicas {
+            "running"
+        } else if healthy > 0 {
+            "degraded"
+        } else {
+            "starting"
+        };
+        Some(ServiceView {
+            name: svc.spec.name.clone(),
+            state: state.into(),
+            url: svc.url(),
+            replicas: svc.spec.replicas,
+            healthy,
+            cpus: svc.spec.cpus,
+            mem: svc.spec.mem,
+            gpus: svc.spec.gpus,
+            health_path: svc.spec.health_path.clone(),
+            command: svc.spec.command.clone(),
+            replica_list,
+            message: e.message.clone(),
+        })
+    }
+
+    fn slot(&self, key: &str) -> Option<(&Entry, &Slot)> {
+        let name = self.owner.get(key)?;
+        let e = self.services.get(name)?;
+        let s = e.service.slots.iter().find(|s| s.key == key)?;
+        Some((e, s))
+    }
+
+    /// Keys to launch now: due in the tracker, of a live slot, past any
+    /// hold-back.
+    fn due(&self, now: Instant) -> Vec<String> {
+        self.tracker
+            .due(now)
+            .into_iter()
+            .filter(|k| self.slot(k).is_some_and(|(_, s)| !s.retiring))
+            .filter(|k| self.not_before.get(k).is_none_or(|at| *at <= now))
+            .collect()
+    }
+
+    /// How many replicas of `name` run or start on each agent.
+    fn per_agent(&self, name: &str) -> HashMap<String, usize> {
+        let mut n = HashMap::new();
+        if let Some(e) = self.services.get(name) {
+            for s in e.service.slots.iter().filter(|s| !s.retiring) {
+                if let Some(t) = self.tracker.get(&s.key) {
+                    if matches!(t.phase, Phase::Launched | Phase::Running) {
+                        if let Some(a) = &t.agent_id {
+                            *n.entry(a.0.clone()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn launch(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
+        let now = Instant::now();
+        let mut used = std::collections::HashSet::new();
+        for key in self.due(now) {
+            let Some(name) = self.owner.get(&key).cloned() else {
+                continue;
+            };
+            let svc = self.services[&name].service.clone();
+            let resources = Resources::new()
+                .with_scalar("cpus", svc.spec.cpus)
+                .with_scalar("mem", svc.spec.mem);
+            let request = TaskRequest::new(key.clone(), resources.clone())
+                .ports(1)
+                .gpus(svc.spec.gpus as usize);
+            // Spread: the agent with the fewest replicas of this service
+            // first. One replica per offer and round keeps the count true.
+            let counts = self.per_agent(&name);
+            let mut candidates: Vec<&proto::Offer> =
+                offers.iter().filter(|o| !used.contains(&o.id)).collect();
+            candidates.sort_by_key(|o| counts.get(&o.agent_id).copied().unwrap_or(0));
+            let found = candidates.into_iter().find_map(|o| {
+                let plan = place(
+                    Strategy::FirstFit,
+                    std::slice::from_ref(o),
+                    &[request.clone()],
+                );
+                plan.placed.into_iter().next().map(|p| (o, p))
+            });
+            let Some((offer, placement)) = found else {
+                if let Some(e) = self.services.get_mut(&name) {
+                    e.message = format!(
+                        "waiting for an offer with {resources} + 1 port{}",
+                        if svc.spec.gpus > 0 {
+                            format!(" + {} GPU(s)", svc.spec.gpus)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                continue;
+            };
+            let Some(port) = placement.ports.first().and_then(|p| u16::try_from(*p).ok()) else {
+                continue;
+            };
+            let Some(task_id) = self
+                .tracker
+                .launched(&key, Some(AgentId(offer.agent_id.clone())))
+            else {
+                continue;
+            };
+            used.insert(offer.id.clone());
+            let host = offer_host(offer);
+            let address = format!("{host}:{port}");
+            let task = placement.task(replica_task(&svc, &task_id, &address, port));
+            tracing::info!(service = %name, task = %task_id, agent = %offer.agent_id, %address, "launching replica");
+            driver.launch([offer.id.clone()], vec![task]);
+            if let Some(e) = self.services.get_mut(&name) {
+                e.message.clear();
+                e.replicas.insert(key.clone(), Replica::default());
+                if let Some(s) = e.service.slots.iter_mut().find(|s| s.key == key) {
+                    s.address = Some(address);
+                }
+            }
+            self.not_before.remove(&key);
+            self.persist_or_log();
+        }
+        let unused: Vec<_> = offers
+            .iter()
+            .filter(|o| !used.contains(&o.id))
+            .map(|o| o.id.clone())
+            .collect();
+        if !unused.is_empty() {
+            if self.due(now).is_empty() && self.not_before.is_empty() {
+                driver.suppress();
+                driver.decline(unused, Some(30.0));
+            } else {
+                driver.decline(unused, Some(1.0));
+            }
+        }
+    }
+
+    fn update(&mut self, driver: &Driver, status: &proto::TaskStatus) {
+        let now = Instant::now();
+        let change = self.tracker.update(status, now);
+        let Some(key) = self
+            .tracker
+            .key_of(&TaskId(status.task_id.clone()))
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let Some(name) = self.owner.get(&key).cloned() else {
+            return;
+        };
+        let current = self
+            .tracker
+            .get(&key)
+            .and_then(|t| t.task_id.clone())
+            .is_some_and(|id| id.0 == status.task_id);
+        let retiring = self.slot(&key).is_some_and(|(_, s)| s.retiring);
+        if current {
+            if let Some(e) = self.services.get_mut(&name) {
+                let r = e.replicas.entry(key.clone()).or_default();
+                if !status.message.is_empty() {
+                    r.message = status.message.clone();
+                }
+                let running = status.state() == mezz_sdk::TaskState::Running;
+                match status.healthy {
+                    Some(h) if running && !retiring => {
+                        if h && !r.healthy {
+                            tracing::info!(service = %name, task = %status.task_id, "replica healthy");
+                            e.replaced = 0;
+                        }
+                        r.healthy = h;
+                    }
+                    _ if !running => r.healthy = false,
+                    _ => {}
+                }
+            }
+        }
+        match change {
+            Some(Change::Running) => {
+                tracing::info!(service = %name, task = %status.task_id, "replica running");
+                // A replica taken back after a failover may have had a
+                // kill under way: finish it.
+                if retiring {
+                    driver.kill(TaskId(status.task_id.clone()), Some(KILL_GRACE));
+                }
+            }
+            Some(Change::Restart { at }) => {
+                if retiring {
+                    self.forget_slot(&name, &key);
+                    self.persist_or_log();
+                    return;
+                }
+                tracing::warn!(service = %name, task = %status.task_id, state = status.state().short_name(), "replica ended; restarting it");
+                driver.wake_after(at.saturating_duration_since(now));
+            }
+            Some(Change::Killed) | Some(Change::Finished) | Some(Change::GaveUp) => {
+                self.forget_slot(&name, &key);
+                let wanted = self
+                    .services
+                    .get(&name)
+                    .is_some_and(|e| !e.service.removing);
+                if !retiring && wanted {
+                    // Killed for failing its health check, or ended on its
+                    // own: a new slot takes its place, after a backoff that
+                    // grows while replacements keep failing.
+                    let health = status.reason() == TaskReason::HealthCheckFailed;
+                    let replaced = self.services.get(&name).map(|e| e.replaced).unwrap_or(0);
+                    let delay =
+                        Duration::from_secs(1 << replaced.min(6)).min(Duration::from_secs(60));
+                    tracing::warn!(service = %name, task = %status.task_id, health, ?delay, "replica lost; replacing it");
+                    if let Some(e) = self.services.get_mut(&name) {
+                        e.replaced += 1;
+                        e.message = if health {
+                            format!(
+                                "replica {} failed its health check; replaced",
+                                status.task_id
+                            )
+                        } else {
+                            format!("replica {} ended; replaced", status.task_id)
+                        };
+                    }
+                    self.add_slot(&name, Some(now + delay));
+                    driver.wake_after(delay);
+                }
+                self.persist_or_log();
+            }
+            None => {}
+        }
+    }
+}
+
+/// A replica's task: the command by `/bin/sh -c` with its port in
+/// `port_env` (and `PORT0`), an HTTP health check on that port, and its
+/// own and its service's URLs as labels for the status page.
+fn replica_task(svc: &Service, task_id: &TaskId, address: &str, port: u16) -> TaskBuilder {
+    let check = proto::HealthCheck {
+        check: Some(proto::health_check::Check::Http(proto::HttpHealthCheck {
+            port: u32::from(port),
+            path: svc.spec.health_path.clone(),
+            ..Default::default()
+        })),
+        interval_secs: 1.0,
+        timeout_secs: 2.0,
+        // A model can take long to load; failures before the first
+        // success within this count for nothing.
+        grace_period_secs: 120.0,
+        consecutive_failures: 3,
+    };
+    TaskBuilder::shell(task_id.clone(), svc.spec.command.clone())
+        .name(format!("serve/{}", svc.spec.name))
+        .kill_grace(KILL_GRACE)
+        .env(svc.spec.port_env.clone(), port.to_string())
+        .label("service", svc.spec.name.clone())
+        .label("url", format!("http://{address}/"))
+        .label("service_url", svc.url())
+        .health_check(check)
+}
+
+/// The SDK scheduler over a [`Book`].
+pub struct ServeScheduler {
+    book: Book,
+}
+
+impl Scheduler for ServeScheduler {
+    fn subscribed(&mut self, driver: &Driver, id: &FrameworkId, reconnected: bool) {
+        tracing::info!(%id, reconnected, "subscribed");
+        let mut b = self.book.lock();
+        b.driver = Some(driver.clone());
+        b.framework_id = Some(id.clone());
+        if reconnected {
+            // The driver reconciles: learn which replicas still run before
+            // launching any.
+            b.tracker.recover_until(Instant::now() + RECOVERY);
+            driver.wake_after(RECOVERY);
+        }
+        driver.revive();
+    }
+
+    fn offers(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
+        self.book.lock().launch(driver, offers);
+    }
+
+    fn status_update(&mut self, driver: &Driver, status: &proto::TaskStatus) {
+        self.book.lock().update(driver, status);
+    }
+
+    fn wakeup(&mut self, driver: &Driver) {
+        let b = self.book.lock();
+        let now = Instant::now();
+        if !b.due(now).is_empty() {
+            driver.revive();
+        } else {
+            let next = b
+                .tracker
+                .next_retry()
+                .into_iter()
+                .chain(b.not_before.values().copied())
+                .min();
+            if let Some(at) = next {
+                driver.wake_after(
+                    at.saturating_duration_since(now)
+                        .max(Duration::from_millis(50)),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replica_task_carries_port_health_check_and_urls() {
+        let svc = Service {
+            spec: DeployRequest {
+                name: "m".into(),
+                replicas: 1,
+                cpus: 0.5,
+                mem: 64.0,
+                gpus: 0,
+                health_path: "/health".into(),
+                port_env: "PORT".into(),
+                command: "python3 model.py".into(),
+            },
+            proxy_port: 40000,
+            slots: vec![],
+            removing: false,
+        };
+        let offer = proto::Offer {
+            id: "o".into(),
+            agent_id: "a1".into(),
+            ..Default::default()
+        };
+        let t = replica_task(
+            &svc,
+            &TaskId("serve-m-0.0".into()),
+            "127.0.0.1:31000",
+            31000,
+        )
+        .build(&offer);
+        assert_eq!(t.labels["url"], "http://127.0.0.1:31000/");
+        assert_eq!(t.labels["service_url"], "http://127.0.0.1:40000/");
+        assert_eq!(t.command.unwrap().environment["PORT"], "31000");
+        let Some(proto::health_check::Check::Http(h)) = t.health_check.unwrap().check else {
+            panic!("no HTTP health check")
+        };
+        assert_eq!((h.port, h.path.as_str()), (31000, "/health"));
+    }
+}

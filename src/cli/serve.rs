@@ -1,0 +1,492 @@
+//! `mezz serve`: model services on the cluster. `deploy`, `scale`, `ls`,
+//! `show` and `rm` talk to the cluster's serving framework (the daemon,
+//! started in the background on first use) over its local API; `daemon` is
+//! that framework process itself. The framework lives in
+//! `frameworks/serving`; this is the terminal around it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand};
+use mezz_sdk::sizes::Sizes;
+use mezz_serving::{daemon, service, Client, DeployRequest, ServiceView, StateDir};
+
+use super::MasterArg;
+use crate::client;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(subcommand)]
+    pub command: ServeCommand,
+}
+
+/// Where a cluster's services are kept.
+#[derive(Args, Debug, Clone)]
+pub struct StateArg {
+    #[command(flatten)]
+    pub master: MasterArg,
+    /// The framework's state directory (services, framework id, daemon
+    /// log). Default: $XDG_STATE_HOME/mezz/serve/<master>, else
+    /// ~/.local/state/mezz/serve/<master>.
+    #[arg(long, env = "MEZZ_SERVE_STATE", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServeCommand {
+    /// Deploy a service: N replicas of a command behind a proxy; prints the proxy's URL.
+    Deploy(DeployArgs),
+    /// Set a service's number of replicas.
+    Scale(ScaleArgs),
+    /// List the services: proxy URL, replicas healthy and wanted, state.
+    Ls(LsArgs),
+    /// Show one service and each of its replicas.
+    Show(ShowArgs),
+    /// Remove a service: stop its replicas and its proxy.
+    Rm(NameArgs),
+    /// Run the serving framework in the foreground (the other commands run
+    /// it in the background when it is not running).
+    Daemon(DaemonArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mezz serve deploy echo --replicas 2 -- 'python3 -m http.server $PORT'\n  \
+    mezz serve deploy resnet --replicas 3 --size gpu-small -- python3 serve.py\n\n\
+Each replica gets a port of its own in $PORT (or --port-env) and must answer\n\
+GET --health-path with a 2xx or 3xx status; the agent checks it every second\n\
+and a replica failing 3 checks in a row is killed and replaced. Requests go\n\
+through the service's proxy on 127.0.0.1 (its URL is printed), to healthy\n\
+replicas only. A single argument with spaces or shell symbols runs through\n\
+/bin/sh -c; several run as they are.")]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The service's name (letters, digits, '-', '_').
+    pub name: String,
+    /// How many replicas to run.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// CPUs per replica (default 1, or the size's).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory per replica in MB (default 512, or the size's).
+    #[arg(long)]
+    pub mem: Option<f64>,
+    /// Whole GPUs per replica (default 0, or the size's).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// A named size: cpu-small, cpu-medium, cpu-large, gpu-small,
+    /// gpu-large, or one from $MEZZ_SIZES or ~/.config/mezz/sizes.toml.
+    /// --cpus, --mem and --gpus override it.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// The path the health check asks on each replica.
+    #[arg(long, default_value = "/health", value_name = "PATH")]
+    pub health_path: String,
+    /// The environment variable that carries the replica's port.
+    #[arg(long, default_value = "PORT", value_name = "NAME")]
+    pub port_env: String,
+    /// How long to wait for every replica to be healthy.
+    #[arg(long, default_value = "3m", value_name = "DUR")]
+    pub wait: String,
+    /// The command each replica runs.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The service's name.
+    pub name: String,
+    /// The number of replicas.
+    pub replicas: u32,
+    /// How long to wait for the new replicas to be healthy.
+    #[arg(long, default_value = "3m", value_name = "DUR")]
+    pub wait: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// One JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The service's name.
+    pub name: String,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The service's name.
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// How long the replicas keep running while no daemon is connected; a
+    /// daemon started within it takes them back.
+    #[arg(long, default_value = "24h", value_name = "DUR")]
+    pub failover_timeout: String,
+}
+
+pub async fn main(args: ServeArgs) -> Result<ExitCode> {
+    match args.command {
+        ServeCommand::Deploy(a) => deploy(a).await,
+        ServeCommand::Scale(a) => scale(a).await,
+        ServeCommand::Ls(a) => ls(a).await,
+        ServeCommand::Show(a) => show(a).await,
+        ServeCommand::Rm(a) => rm(a).await,
+        ServeCommand::Daemon(a) => run_daemon(a).await,
+    }
+}
+
+fn duration(flag: &str, text: &str) -> Result<Duration> {
+    crate::duration::parse(text).map_err(|e| anyhow!("{flag}: {e}"))
+}
+
+/// The masters and the state directory of a command.
+fn resolve(state: &StateArg) -> Result<(Vec<String>, PathBuf)> {
+    let masters = client::masters(state.master.master.as_deref())?;
+    let dir = match &state.state_dir {
+        Some(d) => absolute(d)?,
+        None => mezz_serving::store::default_dir(&masters)?,
+    };
+    Ok((masters, dir))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(p))
+}
+
+/// A client of the running daemon, starting one in the background (its
+/// output in `daemon.log` of the state directory) when none answers.
+async fn daemon_client(state: &StateArg) -> Result<Client> {
+    let (masters, dir) = resolve(state)?;
+    let store = StateDir::open(&dir)?;
+    if let Some(c) = live(&store).await {
+        return Ok(c);
+    }
+    let log = store.open_log()?;
+    let exe = std::env::current_exe().context("locating the mezz binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "serve",
+        "daemon",
+        "--master",
+        &masters.join(","),
+        "--state-dir",
+    ])
+    .arg(&dir)
+    .env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    )
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().context("opening the daemon log")?)
+    .stderr(log);
+    // Its own session: no terminal, and Ctrl-C in this one does not reach it.
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().context("starting the serving daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = live(&store).await {
+            return Ok(c);
+        }
+        // Exit 0: another daemon won the lock; it will answer soon.
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                return Err(anyhow!(
+                    "the serving daemon exited ({status}); its log: {}\n{}",
+                    store.log_file().display(),
+                    log_tail(&store.log_file())
+                ));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the serving daemon did not come up within 30 s; see {}",
+                store.log_file().display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The daemon that answers, if any.
+async fn live(store: &StateDir) -> Option<Client> {
+    let info = store.daemon().ok()??;
+    let c = Client::new(info);
+    c.health().await.ok().map(|_| c)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// The replica command: one argument as a shell line, several as they are
+/// (each quoted for the shell that runs them).
+fn shell_command(args: &[String]) -> String {
+    if let [one] = args {
+        return one.clone();
+    }
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits until `name` has `want` healthy replicas and nothing else going
+/// on, saying what changes on the way.
+async fn wait_healthy(client: &Client, name: &str, want: u32, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut said = String::new();
+    loop {
+        let v = client
+            .get(name)
+            .await?
+            .ok_or_else(|| anyhow!("service {name} was removed meanwhile"))?;
+        if v.healthy >= want {
+            return Ok(());
+        }
+        let now = format!("{}/{} healthy {}", v.healthy, want, v.message);
+        if now != said {
+            eprintln!(
+                "mezz serve: {name}: {}/{} replicas healthy{}",
+                v.healthy,
+                want,
+                if v.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", v.message)
+                }
+            );
+        }
+        said = now;
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "service {name} has {} of {want} replicas healthy after {wait:?}; it stays deployed: `mezz serve show {name}` shows each replica, `mezz logs TASK --stderr` its output, `mezz serve rm {name}` removes it",
+                v.healthy
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn deploy(args: DeployArgs) -> Result<ExitCode> {
+    // Everything that can be refused is checked before anything runs.
+    let size = match &args.size {
+        Some(s) => Some(Sizes::load(Sizes::default_path().as_deref())?.get(s)?),
+        None => None,
+    };
+    let wait = duration("--wait", &args.wait)?;
+    let request = DeployRequest {
+        name: args.name.clone(),
+        replicas: args.replicas,
+        cpus: args.cpus.or(size.map(|s| s.cpus)).unwrap_or(1.0),
+        mem: args.mem.or(size.map(|s| s.mem)).unwrap_or(512.0),
+        gpus: args.gpus.or(size.map(|s| s.gpus)).unwrap_or(0),
+        health_path: args.health_path.clone(),
+        port_env: args.port_env.clone(),
+        command: shell_command(&args.command),
+    };
+    request.validate()?;
+    // A cluster that does not answer would leave the service waiting
+    // silently: say so now, with nothing started.
+    let (masters, _) = resolve(&args.state)?;
+    client::leader(&masters).await?;
+    let client = daemon_client(&args.state).await?;
+    let view = client.deploy(&request).await?;
+    eprintln!(
+        "mezz serve: deploying {} ({} replicas of {} CPUs, {} MB{}) behind {}",
+        view.name,
+        view.replicas,
+        view.cpus,
+        view.mem,
+        if view.gpus > 0 {
+            format!(", {} GPU(s)", view.gpus)
+        } else {
+            String::new()
+        },
+        view.url
+    );
+    wait_healthy(&client, &view.name, view.replicas, wait).await?;
+    println!("{}", view.url);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn not_found(name: &str) -> anyhow::Error {
+    anyhow!("no service named '{name}'; `mezz serve ls` lists them")
+}
+
+async fn scale(args: ScaleArgs) -> Result<ExitCode> {
+    if service::validate_name(&args.name).is_err() {
+        return Err(not_found(&args.name));
+    }
+    let wait = duration("--wait", &args.wait)?;
+    let client = daemon_client(&args.state).await?;
+    let view = client.scale(&args.name, args.replicas).await?;
+    wait_healthy(&client, &view.name, view.replicas, wait).await?;
+    eprintln!("mezz serve: {} has {} replicas", view.name, view.replicas);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ls(args: LsArgs) -> Result<ExitCode> {
+    let client = daemon_client(&args.state).await?;
+    let list = client.list().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<10} {:<8} {:<28} COMMAND",
+        "NAME", "STATE", "HEALTHY", "URL"
+    );
+    for v in list {
+        println!(
+            "{:<20} {:<10} {:<8} {:<28} {}",
+            v.name,
+            v.state,
+            format!("{}/{}", v.healthy, v.replicas),
+            v.url,
+            v.command
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_text(v: &ServiceView) -> String {
+    let mut out = format!(
+        "name:     {}\nstate:    {}\nurl:      {}\nreplicas: {} wanted, {} healthy\neach:     {} CPUs, {} MB, {} GPUs\nhealth:   GET {}\ncommand:  {}\n",
+        v.name, v.state, v.url, v.replicas, v.healthy, v.cpus, v.mem, v.gpus, v.health_path, v.command
+    );
+    if !v.message.is_empty() {
+        out.push_str(&format!("message:  {}\n", v.message));
+    }
+    out.push_str(&format!(
+        "\n{:<28} {:<11} {:<22} {:<10} MESSAGE\n",
+        "TASK", "STATE", "ADDRESS", "RESTARTS"
+    ));
+    for r in &v.replica_list {
+        out.push_str(&format!(
+            "{:<28} {:<11} {:<22} {:<10} {}\n",
+            r.task_id.as_deref().unwrap_or("-"),
+            r.state,
+            r.address.as_deref().unwrap_or("-"),
+            r.restarts,
+            r.message
+        ));
+    }
+    out
+}
+
+async fn show(args: ShowArgs) -> Result<ExitCode> {
+    if service::validate_name(&args.name).is_err() {
+        return Err(not_found(&args.name));
+    }
+    let client = daemon_client(&args.state).await?;
+    let v = client
+        .get(&args.name)
+        .await?
+        .ok_or_else(|| not_found(&args.name))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", show_text(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rm(args: NameArgs) -> Result<ExitCode> {
+    if service::validate_name(&args.name).is_err() {
+        return Err(not_found(&args.name));
+    }
+    let client = daemon_client(&args.state).await?;
+    client.remove(&args.name).await?;
+    // Gone from the book once every kill is confirmed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(&args.name).await?.is_some() {
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "service {} is still stopping after 60 s; `mezz serve show {}` shows it",
+                args.name,
+                args.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("mezz serve: removed {}", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_daemon(args: DaemonArgs) -> Result<ExitCode> {
+    let (masters, state_dir) = resolve(&args.state)?;
+    let config = daemon::Config {
+        masters,
+        state_dir,
+        failover_timeout: duration("--failover-timeout", &args.failover_timeout)?,
+    };
+    if !daemon::run(config, super::shutdown_signal()).await? {
+        eprintln!("mezz serve: a daemon already serves this state directory");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_arguments_run_as_they_are() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shell_command(&v(&["python3 m.py $PORT"])),
+            "python3 m.py $PORT"
+        );
+        assert_eq!(
+            shell_command(&v(&["python3", "m.py", "it's", "a b"])),
+            r"python3 m.py 'it'\''s' 'a b'"
+        );
+    }
+}
