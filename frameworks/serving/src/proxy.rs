@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,21 +24,31 @@ const CONNECT: Duration = Duration::from_secs(5);
 /// A replica's whole answer past this is a failure (not retried).
 const ANSWER: Duration = Duration::from_secs(300);
 
-/// Requests in flight per replica address.
+/// Requests in flight per replica address, and where the next tie is
+/// broken.
 #[derive(Default)]
-struct Outstanding(Mutex<HashMap<String, usize>>);
+struct Outstanding {
+    counts: Mutex<HashMap<String, usize>>,
+    turn: AtomicUsize,
+}
 
 impl Outstanding {
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The candidate with the fewest requests in flight, counted as one
-    /// more until the guard drops.
+    /// more until the guard drops. Ties go round: one client asking one
+    /// request at a time still reaches every replica.
     fn pick(self: &Arc<Self>, candidates: &[String]) -> Option<InFlight> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % candidates.len();
         let mut counts = self.counts();
-        let best = candidates
+        let best = candidates[start..]
             .iter()
+            .chain(&candidates[..start])
             .min_by_key(|a| counts.get(*a).copied().unwrap_or(0))?
             .clone();
         *counts.entry(best.clone()).or_default() += 1;
@@ -212,14 +223,12 @@ async fn forward(
         .map_err(|e| Failure::Other(format!("bad request path: {e}")))?;
     copy_headers(&parts.headers, out.headers_mut());
     let exchange = async {
-        let answer = sender.send_request(out).await.map_err(|e| {
-            // Nothing of an answer arrived: the replica went away.
-            if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
-                Failure::Connection(format!("{address} closed the connection: {e}"))
-            } else {
-                Failure::Other(format!("{address}: {e}"))
-            }
-        })?;
+        // No answer arrived (refused, reset, closed): the replica went
+        // away, or is going.
+        let answer = sender
+            .send_request(out)
+            .await
+            .map_err(|e| Failure::Connection(format!("{address}: {e}")))?;
         let (head, body) = answer.into_parts();
         let body = body
             .collect()
@@ -253,5 +262,9 @@ mod tests {
         assert!(t.pick(&[]).is_none());
         drop((second, third));
         assert!(t.counts().is_empty());
+        // Nothing in flight: one request at a time goes round.
+        let a = t.pick(&all).unwrap().address.clone();
+        let b = t.pick(&all).unwrap().address.clone();
+        assert_ne!(a, b);
     }
 }

@@ -533,7 +533,7 @@ impl Inner {
                 let plan = place(
                     Strategy::FirstFit,
                     std::slice::from_ref(o),
-                    &[request.clone()],
+                    std::slice::from_ref(&request),
                 );
                 plan.placed.into_iter().next().map(|p| (o, p))
             });

@@ -1,0 +1,460 @@
+//! `mezz serve` against real processes: `mezz dev` with two agents, the
+//! serving framework daemon, and replicas of a small standard-library
+//! Python model server (tests/serving/model.py). Three replicas answer
+//! through the proxy from both agents; a killed replica is replaced while
+//! every request through the proxy keeps succeeding; scale and rm leave
+//! exactly what they say; bad input is refused with one line. Each test
+//! has its own cluster and state directory.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Python start-up and health checks on a busy two-core machine.
+const START: Duration = Duration::from_secs(240);
+const T: Duration = Duration::from_secs(120);
+
+/// A Python 3 to run the model server: `$MEZZ_TEST_PYTHON`, else
+/// `python3`. `None` (the test is skipped) when there is none, except
+/// under CI, where that is a failure.
+fn python() -> Option<String> {
+    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import http.server, json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{python} cannot run the model server; set MEZZ_TEST_PYTHON to a Python 3"
+    );
+    eprintln!("skipping: {python} cannot run the model server (set MEZZ_TEST_PYTHON)");
+    None
+}
+
+fn model_py() -> String {
+    format!("{}/tests/serving/model.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `mezz` binary, linked once per test run: the daemon outlives the
+/// commands that start it and is started later from the same path, so a
+/// rebuild that replaces the file mid-run would mix two builds in one test.
+fn mezz_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("mezz-serving-test-")
+                .and_then(|p| p.parse().ok());
+            if pid.is_some_and(|p: i32| !pid_alive(p)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("mezz-serving-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("bin dir");
+        let copy = dir.join("mezz");
+        if std::fs::hard_link(MEZZ, &copy).is_err() {
+            std::fs::copy(MEZZ, &copy).expect("copy the mezz binary");
+        }
+        copy.display().to_string()
+    })
+}
+
+/// `mezz dev --agents 2` in a temporary directory with a private serving
+/// state directory. Dropping it stops the daemon, the cluster and every
+/// task.
+struct Dev {
+    dir: tempfile::TempDir,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = consecutive_free_ports(3);
+        let replicas = consecutive_free_ports(20);
+        let args: Vec<String> = [
+            "dev",
+            "--agents",
+            "2",
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--resources",
+            &format!(
+                "cpus:4;mem:4096;disk:1000;ports:[{replicas}-{}]",
+                replicas + 19
+            ),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = dir.path().join("dev.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(mezz_bin())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn mezz dev");
+        let dev = Dev {
+            dir,
+            port,
+            proc: Some(Proc {
+                name: "dev".into(),
+                child,
+                log,
+            }),
+        };
+        wait_for("two connected agents", T, || {
+            dev.state()["agents"]
+                .as_array()
+                .is_some_and(|a| a.iter().filter(|x| x["status"] == "connected").count() == 2)
+        });
+        dev
+    }
+
+    fn master(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("serve-state")
+    }
+
+    /// `mezz serve SUB --master … --state-dir … ARGS`.
+    fn serve(&self, sub: &str, args: &[&str], timeout: Duration) -> Output {
+        let mut child = Command::new(mezz_bin())
+            .args(["serve", sub, "--master", &self.master(), "--state-dir"])
+            .arg(self.state_dir())
+            .args(args)
+            .env_remove("MEZZ_MASTER")
+            .env_remove("MEZZ_SERVE_STATE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mezz serve");
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "mezz serve {sub} {args:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+                    text(&out.stdout),
+                    text(&out.stderr),
+                    self.daemon_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    }
+
+    fn ok(&self, sub: &str, args: &[&str], timeout: Duration) -> String {
+        let out = self.serve(sub, args, timeout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "mezz serve {sub} {args:?}\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.daemon_log()
+        );
+        text(&out.stdout)
+    }
+
+    /// A refused command: its one line of error.
+    fn refused(&self, sub: &str, args: &[&str]) -> String {
+        let out = self.serve(sub, args, T);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "mezz serve {sub} {args:?} was not refused"
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        err
+    }
+
+    fn show(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok("show", &[name, "--json"], T)).expect("show --json")
+    }
+
+    fn state(&self) -> serde_json::Value {
+        http_get(&self.master(), "/api/state")
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn active_tasks(&self) -> Vec<serde_json::Value> {
+        const ACTIVE: [&str; 5] = ["STAGING", "STARTING", "RUNNING", "KILLING", "UNREACHABLE"];
+        self.state()["tasks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|t| t["state"].as_str().is_some_and(|s| ACTIVE.contains(&s)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn daemon_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.state_dir().join("daemon.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    }
+
+    fn daemon_log(&self) -> String {
+        let t = std::fs::read_to_string(self.state_dir().join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILLs the process group of a task's command (as a crash would).
+    fn kill_task_process(&self, task_id: &str) {
+        let out = Command::new("find")
+            .arg(self.dir.path().join("data"))
+            .args(["-path", &format!("*/{task_id}/*"), "-name", "child.pid"])
+            .output()
+            .expect("find");
+        let path = text(&out.stdout).lines().next().map(str::to_string);
+        let path = path.unwrap_or_else(|| panic!("no child.pid of task {task_id}"));
+        let pid: i32 = std::fs::read_to_string(&path)
+            .expect("child.pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        assert!(pid > 1);
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid().filter(|p| *p > 1) {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}", self.daemon_log());
+        }
+        if let Some(mut p) = self.proc.take() {
+            unsafe {
+                libc::kill(p.pid() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while p.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            p.kill9();
+        }
+        kill_tasks_under(self.dir.path());
+    }
+}
+
+/// `127.0.0.1:PORT` of a `http://127.0.0.1:PORT/` URL.
+fn address(url: &str) -> String {
+    let a = url
+        .trim()
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("not a proxy URL: {url:?}"));
+    assert!(
+        a.starts_with("127.0.0.1:"),
+        "tests talk to loopback only: {a}"
+    );
+    a.to_string()
+}
+
+/// One request through the proxy: the answering replica's port and
+/// version, or why it failed.
+fn ask(proxy: &str) -> Result<(u64, String), String> {
+    let (code, body) = http_get(proxy, "/predict").ok_or("no HTTP answer")?;
+    if code != 200 {
+        return Err(format!("status {code}: {body}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    Ok((
+        v["port"].as_u64().ok_or("no port")?,
+        v["version"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Port of each healthy replica to its agent.
+fn agents_by_port(show: &serde_json::Value) -> std::collections::HashMap<u64, String> {
+    show["replica_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] == "healthy")
+        .filter_map(|r| {
+            let port = r["address"].as_str()?.rsplit_once(':')?.1.parse().ok()?;
+            Some((port, r["agent_id"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_spread_answer_through_the_proxy_and_a_killed_one_is_replaced() {
+    let Some(python) = python() else { return };
+    let dev = Dev::start();
+    let cmd = format!("{python} {} v1", model_py());
+    let url = dev.ok(
+        "deploy",
+        &[
+            "m",
+            "--replicas",
+            "3",
+            "--cpus",
+            "0.25",
+            "--mem",
+            "64",
+            "--",
+            &cmd,
+        ],
+        START,
+    );
+    let proxy = address(&url);
+    let show = dev.show("m");
+    assert_eq!(show["healthy"], 3, "{show}");
+    assert_eq!(show["state"], "running", "{show}");
+    let agents = agents_by_port(&show);
+    assert_eq!(agents.len(), 3, "{show}");
+
+    // Answers come from replicas on both agents.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let (port, version) = ask(&proxy).expect("a request through the proxy");
+        assert_eq!(version, "v1");
+        seen.insert(agents.get(&port).cloned().expect("a known replica"));
+    }
+    assert_eq!(seen.len(), 2, "answers came from agents {seen:?} only");
+
+    // The status page names each replica's URL and the service's.
+    let tasks = dev.active_tasks();
+    assert_eq!(tasks.len(), 3);
+    for t in &tasks {
+        assert_eq!(t["labels"]["service_url"], url.trim(), "{t}");
+        assert!(
+            t["labels"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("http://127.0.0.1:")),
+            "{t}"
+        );
+    }
+
+    // A bad request about a service that exists, or one that does not.
+    let err = dev.refused("deploy", &["m", "--", &cmd]);
+    assert!(err.contains("already exists"), "{err}");
+    for (sub, args) in [
+        ("show", vec!["nope"]),
+        ("rm", vec!["nope"]),
+        ("scale", vec!["nope", "2"]),
+    ] {
+        let err = dev.refused(sub, &args);
+        assert!(err.contains("no service named 'nope'"), "{sub}: {err}");
+    }
+    let err = dev.refused("scale", &["m", "0"]);
+    assert!(err.contains("at least 1"), "{err}");
+
+    // Kill one replica: requests through the proxy keep succeeding while
+    // it is replaced.
+    let victim = show["replica_list"][0]["task_id"]
+        .as_str()
+        .expect("a task id")
+        .to_string();
+    dev.kill_task_process(&victim);
+    let deadline = Instant::now() + START;
+    let mut requests = 0;
+    loop {
+        for _ in 0..20 {
+            if let Err(e) = ask(&proxy) {
+                panic!("request {requests} through the proxy failed after a replica was killed: {e}\n{}", dev.daemon_log());
+            }
+            requests += 1;
+        }
+        let s = dev.show("m");
+        let replaced = s["replica_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["restarts"].as_u64() >= Some(1) && r["state"] == "healthy");
+        if replaced && s["healthy"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed replica was not replaced: {s}"
+        );
+    }
+    assert!(requests >= 20);
+
+    // Scale down to 2: one replica goes, the others keep answering.
+    dev.ok("scale", &["m", "2"], START);
+    wait_for("two replicas left", T, || dev.active_tasks().len() == 2);
+    for _ in 0..10 {
+        ask(&proxy).expect("a request after scaling down");
+    }
+
+    // rm leaves nothing running and closes the proxy.
+    dev.ok("rm", &["m"], T);
+    wait_for("no replica running", T, || dev.active_tasks().is_empty());
+    let ls = dev.ok("ls", &["--json"], T);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ls).unwrap(),
+        serde_json::json!([])
+    );
+    wait_for("the proxy closed", T, || {
+        std::net::TcpStream::connect(&proxy).is_err()
+    });
+}
+
+#[test]
+fn bad_deploys_are_refused_before_anything_runs() {
+    // No cluster: each is refused before the masters are asked.
+    let master = format!("127.0.0.1:{}", free_port());
+    let state = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let mut all = vec!["serve", "deploy", "--master", &master, "--state-dir"];
+        let dir = state.path().join("s").display().to_string();
+        all.push(&dir);
+        all.extend_from_slice(args);
+        let out = mezz(&all, T);
+        assert_ne!(out.status.code(), Some(0), "{args:?} was not refused");
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        err
+    };
+    let err = run(&["m", "--replicas", "0", "--", "true"]);
+    assert!(err.contains("--replicas must be at least 1"), "{err}");
+    let err = run(&["m", "--size", "huge", "--", "true"]);
+    assert!(err.contains("huge"), "{err}");
+    let err = run(&["a/b", "--", "true"]);
+    assert!(err.contains("not a service name"), "{err}");
+    let err = run(&["m", "--health-path", "health", "--", "true"]);
+    assert!(err.contains("--health-path"), "{err}");
+    assert!(
+        !state.path().join("s").join("daemon.json").exists(),
+        "a refused deploy started the daemon"
+    );
+}
