@@ -83,7 +83,7 @@ impl Dev {
     fn start() -> Dev {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = consecutive_free_ports(3);
-        let replicas = consecutive_free_ports(20);
+        let replicas = consecutive_free_ports(10);
         let args: Vec<String> = [
             "dev",
             "--agents",
@@ -95,7 +95,7 @@ impl Dev {
             "--resources",
             &format!(
                 "cpus:4;mem:4096;disk:1000;ports:[{replicas}-{}]",
-                replicas + 19
+                replicas + 9
             ),
         ]
         .iter()
@@ -457,4 +457,145 @@ fn bad_deploys_are_refused_before_anything_runs() {
         !state.path().join("s").join("daemon.json").exists(),
         "a refused deploy started the daemon"
     );
+}
+
+type Loop = std::thread::JoinHandle<(usize, Vec<String>, std::collections::BTreeSet<String>)>;
+
+/// Asks through `proxy` in a loop until `stop` is set, counting in `count`:
+/// (requests, failures with their reasons, versions seen).
+fn request_loop(
+    proxy: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Loop {
+    std::thread::spawn(move || {
+        let (mut n, mut failed, mut versions) = (0, Vec::new(), std::collections::BTreeSet::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match ask(&proxy) {
+                Ok((_, v)) => {
+                    versions.insert(v);
+                }
+                Err(e) => failed.push(e),
+            }
+            n += 1;
+        }
+        (n, failed, versions)
+    })
+}
+
+#[test]
+fn a_rolling_update_fails_no_request_and_a_failing_version_rolls_back() {
+    let Some(python) = python() else { return };
+    let dev = Dev::start();
+    let model = model_py();
+    let url = dev.ok(
+        "deploy",
+        &[
+            "m",
+            "--replicas",
+            "2",
+            "--cpus",
+            "0.25",
+            "--mem",
+            "64",
+            "--health-grace",
+            "5s",
+            "--",
+            &python,
+            &model,
+            "v1",
+        ],
+        START,
+    );
+    let proxy = address(&url);
+
+    // v1 to v2 under a loop of at least 2,000 requests: none fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let looping = request_loop(proxy.clone(), stop.clone(), count.clone());
+    dev.ok("update", &["m", "--", &python, &model, "v2"], START);
+    let during = count.load(std::sync::atomic::Ordering::Relaxed);
+    let show = dev.show("m");
+    assert_eq!(show["version"], 2, "{show}");
+    assert_eq!(show["note"], "updated to version 2", "{show}");
+    let replicas = show["replica_list"].as_array().cloned().unwrap_or_default();
+    assert_eq!(replicas.len(), 2, "{show}");
+    assert!(
+        replicas
+            .iter()
+            .all(|r| r["version"] == 2 && r["state"] == "healthy"),
+        "{show}"
+    );
+    // The loop goes on to 2,000 requests in all if the update was quicker.
+    wait_for("2,000 requests", START, || {
+        count.load(std::sync::atomic::Ordering::Relaxed) >= 2000
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, failed, versions) = looping.join().expect("request loop");
+    eprintln!("{during} requests during the update, {n} in all");
+    assert!(during > 0, "no request went out during the update");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} requests failed during the update: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(n >= 2000, "only {n} requests");
+    assert!(versions.contains("v2"), "{versions:?}");
+    for _ in 0..10 {
+        assert_eq!(ask(&proxy).expect("a request").1, "v2");
+    }
+
+    // v3 never passes its health check: the update rolls back by itself,
+    // and no request fails or reaches v3.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let looping = request_loop(proxy.clone(), stop.clone(), count);
+    let out = dev.serve(
+        "update",
+        &["m", "--", &python, &model, "v3", "--unhealthy"],
+        START,
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a failing update was reported done"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("rolled back") && err.contains("health check"),
+        "{err}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, failed, versions) = looping.join().expect("request loop");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} requests failed during the rollback: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        versions.into_iter().collect::<Vec<_>>(),
+        vec!["v2".to_string()]
+    );
+    let show = dev.show("m");
+    assert_eq!(show["version"], 2, "{show}");
+    assert!(
+        show["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("rolled back")),
+        "{show}"
+    );
+    wait_for("two v2 replicas and nothing else", T, || {
+        let s = dev.show("m");
+        let r = s["replica_list"].as_array().cloned().unwrap_or_default();
+        r.len() == 2
+            && r.iter()
+                .all(|r| r["version"] == 2 && r["state"] == "healthy")
+    });
+    let text = dev.ok("show", &["m"], T);
+    assert!(text.contains("rolled back"), "{text}");
+    dev.ok("rm", &["m"], T);
+    wait_for("no replica running", T, || dev.active_tasks().is_empty());
 }

@@ -1,5 +1,5 @@
-//! `mezz serve`: model services on the cluster. `deploy`, `scale`, `ls`,
-//! `show` and `rm` talk to the cluster's serving framework (the daemon,
+//! `mezz serve`: model services on the cluster. `deploy`, `scale`,
+//! `update`, `ls`, `show` and `rm` talk to the cluster's serving framework (the daemon,
 //! started in the background on first use) over its local API; `daemon` is
 //! that framework process itself. The framework lives in
 //! `frameworks/serving`; this is the terminal around it.
@@ -40,6 +40,8 @@ pub enum ServeCommand {
     Deploy(DeployArgs),
     /// Set a service's number of replicas.
     Scale(ScaleArgs),
+    /// Roll a service over to a new command, one replica at a time.
+    Update(UpdateArgs),
     /// List the services: proxy URL, replicas healthy and wanted, state.
     Ls(LsArgs),
     /// Show one service and each of its replicas.
@@ -89,6 +91,10 @@ pub struct DeployArgs {
     /// The environment variable that carries the replica's port.
     #[arg(long, default_value = "PORT", value_name = "NAME")]
     pub port_env: String,
+    /// Failed health checks this soon after a replica starts do not count,
+    /// until its first success: time to load the model.
+    #[arg(long, default_value = "2m", value_name = "DUR")]
+    pub health_grace: String,
     /// How long to wait for every replica to be healthy.
     #[arg(long, default_value = "3m", value_name = "DUR")]
     pub wait: String,
@@ -108,6 +114,27 @@ pub struct ScaleArgs {
     /// How long to wait for the new replicas to be healthy.
     #[arg(long, default_value = "3m", value_name = "DUR")]
     pub wait: String,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    mezz serve update echo -- python3 serve.py --model v2\n\n\
+One new replica is started at a time (max surge 1); an old one is stopped\n\
+only once a new one is healthy (max unavailable 0), so the service keeps\n\
+its full number of healthy replicas throughout. A new replica that fails\n\
+its health check or ends rolls the update back by itself; `mezz serve show`\n\
+says why.")]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The service's name.
+    pub name: String,
+    /// How long to wait for the update to finish.
+    #[arg(long, default_value = "10m", value_name = "DUR")]
+    pub wait: String,
+    /// The new command each replica runs.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +179,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     match args.command {
         ServeCommand::Deploy(a) => deploy(a).await,
         ServeCommand::Scale(a) => scale(a).await,
+        ServeCommand::Update(a) => update(a).await,
         ServeCommand::Ls(a) => ls(a).await,
         ServeCommand::Show(a) => show(a).await,
         ServeCommand::Rm(a) => rm(a).await,
@@ -329,6 +357,7 @@ async fn deploy(args: DeployArgs) -> Result<ExitCode> {
         gpus: args.gpus.or(size.map(|s| s.gpus)).unwrap_or(0),
         health_path: args.health_path.clone(),
         port_env: args.port_env.clone(),
+        health_grace_secs: duration("--health-grace", &args.health_grace)?.as_secs_f64(),
         command: shell_command(&args.command),
     };
     request.validate()?;
@@ -372,6 +401,45 @@ async fn scale(args: ScaleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn update(args: UpdateArgs) -> Result<ExitCode> {
+    if service::validate_name(&args.name).is_err() {
+        return Err(not_found(&args.name));
+    }
+    let wait = duration("--wait", &args.wait)?;
+    let client = daemon_client(&args.state).await?;
+    let started = client
+        .update(&args.name, &shell_command(&args.command))
+        .await?;
+    let target = started.version;
+    eprintln!(
+        "mezz serve: updating {} to version {target}, one replica at a time",
+        args.name
+    );
+    let deadline = Instant::now() + wait;
+    loop {
+        let v = client
+            .get(&args.name)
+            .await?
+            .ok_or_else(|| anyhow!("service {} was removed meanwhile", args.name))?;
+        if v.update.is_empty() {
+            if v.version == target {
+                eprintln!("mezz serve: {} runs version {target}", args.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(anyhow!("{}: {}", args.name, v.note));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the update of {} is not done after {wait:?} ({}); it goes on: `mezz serve show {}` shows how far",
+                args.name,
+                v.note,
+                args.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn ls(args: LsArgs) -> Result<ExitCode> {
     let client = daemon_client(&args.state).await?;
     let list = client.list().await?;
@@ -401,17 +469,30 @@ fn show_text(v: &ServiceView) -> String {
         "name:     {}\nstate:    {}\nurl:      {}\nreplicas: {} wanted, {} healthy\neach:     {} CPUs, {} MB, {} GPUs\nhealth:   GET {}\ncommand:  {}\n",
         v.name, v.state, v.url, v.replicas, v.healthy, v.cpus, v.mem, v.gpus, v.health_path, v.command
     );
+    out.push_str(&format!(
+        "version:  {}{}\n",
+        v.version,
+        if v.update.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", v.update)
+        }
+    ));
+    if !v.note.is_empty() {
+        out.push_str(&format!("update:   {}\n", v.note));
+    }
     if !v.message.is_empty() {
         out.push_str(&format!("message:  {}\n", v.message));
     }
     out.push_str(&format!(
-        "\n{:<28} {:<11} {:<22} {:<10} MESSAGE\n",
-        "TASK", "STATE", "ADDRESS", "RESTARTS"
+        "\n{:<28} {:<8} {:<11} {:<22} {:<10} MESSAGE\n",
+        "TASK", "VERSION", "STATE", "ADDRESS", "RESTARTS"
     ));
     for r in &v.replica_list {
         out.push_str(&format!(
-            "{:<28} {:<11} {:<22} {:<10} {}\n",
+            "{:<28} {:<8} {:<11} {:<22} {:<10} {}\n",
             r.task_id.as_deref().unwrap_or("-"),
+            r.version,
             r.state,
             r.address.as_deref().unwrap_or("-"),
             r.restarts,

@@ -1,7 +1,7 @@
 //! The daemon's local API, on 127.0.0.1 only, each request carrying the
 //! bearer secret from the 0600 state directory: `GET /v1/health`,
 //! `GET /v1/services`, `POST /v1/services` (deploy), `GET|DELETE
-//! /v1/services/NAME`, `POST /v1/services/NAME/scale`. The server half and the client half (what the CLI
+//! /v1/services/NAME`, `POST /v1/services/NAME/scale`, `POST /v1/services/NAME/update`. The server half and the client half (what the CLI
 //! uses) both live here, so they cannot drift apart.
 
 use std::time::Duration;
@@ -156,7 +156,7 @@ fn not_found(name: &str) -> Error {
     ))
 }
 
-/// The body of `POST /v1/services/NAME/scale`.
+/// The body of `POST /v1/services/NAME/scale`, `POST /v1/services/NAME/update`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScaleRequest {
     /// The new replica count.
@@ -173,6 +173,28 @@ async fn scale(
         return r;
     }
     match api.book.scale(&name, req.replicas) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The body of `POST /v1/services/NAME/update`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpdateRequest {
+    /// The new command.
+    pub command: String,
+}
+
+async fn update(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateRequest>,
+) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.update(&name, req.command) {
         Ok(view) => Json(view).into_response(),
         Err(e) => e.into_response(),
     }
@@ -195,6 +217,7 @@ pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String
         .route("/v1/services", get(list).post(deploy))
         .route("/v1/services/{name}", get(get_one).delete(remove))
         .route("/v1/services/{name}/scale", post(scale))
+        .route("/v1/services/{name}/update", post(update))
         .with_state(Api { book, secret });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("the local API stopped: {e}");
@@ -293,6 +316,18 @@ impl Client {
             .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
         Self::decode(
             self.call("POST", &format!("/v1/services/{name}/scale"), Some(body))
+                .await?,
+        )
+    }
+
+    /// Starts a rolling update to `command`.
+    pub async fn update(&self, name: &str, command: &str) -> Result<ServiceView, Error> {
+        let body = serde_json::to_vec(&UpdateRequest {
+            command: command.to_string(),
+        })
+        .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
+        Self::decode(
+            self.call("POST", &format!("/v1/services/{name}/update"), Some(body))
                 .await?,
         )
     }

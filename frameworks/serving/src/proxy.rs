@@ -2,8 +2,11 @@
 //! the healthy replica with the fewest requests outstanding through this
 //! proxy; a GET or HEAD whose replica cannot be reached, or drops the
 //! connection before answering, is tried once more on another replica.
-//! Bodies are read whole before forwarding (so a retry can send one again)
-//! and answers are read whole before being passed on.
+//! Connections to replicas are kept open and reused (a new connection per
+//! request would cost a handshake each, and leave thousands of loopback
+//! ports waiting out TIME_WAIT under load). Bodies are read whole before
+//! forwarding (so a retry can send one again) and answers are read whole
+//! before being passed on.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,15 +27,45 @@ const CONNECT: Duration = Duration::from_secs(5);
 /// A replica's whole answer past this is a failure (not retried).
 const ANSWER: Duration = Duration::from_secs(300);
 
-/// Requests in flight per replica address, and where the next tie is
-/// broken.
+/// Idle connections kept per replica.
+const IDLE_PER_REPLICA: usize = 64;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Requests in flight per replica address, where the next tie is broken,
+/// and the idle connections to each replica.
 #[derive(Default)]
 struct Outstanding {
     counts: Mutex<HashMap<String, usize>>,
     turn: AtomicUsize,
+    idle: Mutex<HashMap<String, Vec<Sender>>>,
 }
 
 impl Outstanding {
+    /// An idle connection to `address` that is still open.
+    fn take_idle(&self, address: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(address)?;
+        while let Some(s) = list.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        idle.remove(address);
+        None
+    }
+
+    fn put_idle(&self, address: &str, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(address.to_string()).or_default();
+        if list.len() < IDLE_PER_REPLICA {
+            list.push(sender);
+        }
+    }
+
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -153,7 +186,7 @@ async fn handle(
             );
         };
         tried.push(slot.address.clone());
-        match forward(&slot.address, &parts, body.clone()).await {
+        match forward(table, &slot.address, &parts, body.clone(), idempotent).await {
             Ok(r) => return r,
             Err(Failure::Connection(e)) if idempotent && attempt == 0 => {
                 tracing::debug!(%service, address = %slot.address, "retrying after: {e}");
@@ -195,22 +228,25 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-async fn forward(
-    address: &str,
-    parts: &hyper::http::request::Parts,
-    body: Bytes,
-) -> Result<Response<Full<Bytes>>, Failure> {
+async fn connect(address: &str) -> Result<Sender, Failure> {
     let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| Failure::Connection(format!("{address} did not accept within {CONNECT:?}")))?
         .map_err(|e| Failure::Connection(format!("cannot connect to {address}: {e}")))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Connection(format!("{address}: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(sender)
+}
+
+fn outgoing(
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Failure> {
     let path = parts
         .uri
         .path_and_query()
@@ -222,19 +258,51 @@ async fn forward(
         .parse()
         .map_err(|e| Failure::Other(format!("bad request path: {e}")))?;
     copy_headers(&parts.headers, out.headers_mut());
+    Ok(out)
+}
+
+async fn forward(
+    table: &Outstanding,
+    address: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    idempotent: bool,
+) -> Result<Response<Full<Bytes>>, Failure> {
     let exchange = async {
-        // No answer arrived (refused, reset, closed): the replica went
-        // away, or is going.
-        let answer = sender
-            .send_request(out)
-            .await
-            .map_err(|e| Failure::Connection(format!("{address}: {e}")))?;
+        let mut kept = table.take_idle(address);
+        let (sender, answer) = loop {
+            let reused = kept.is_some();
+            let mut sender = match kept.take() {
+                Some(s) => s,
+                None => connect(address).await?,
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(Failure::Connection(format!(
+                    "{address} closed the connection"
+                )));
+            }
+            match sender.send_request(outgoing(parts, body.clone())?).await {
+                Ok(a) => break (sender, a),
+                // A kept connection the replica closed meanwhile: once
+                // more on a new one, when sending again is safe.
+                Err(e) if reused && (idempotent || e.is_canceled()) => continue,
+                // No answer arrived (refused, reset, closed): the replica
+                // went away, or is going.
+                Err(e) => return Err(Failure::Connection(format!("{address}: {e}"))),
+            }
+        };
         let (head, body) = answer.into_parts();
         let body = body
             .collect()
             .await
             .map_err(|e| Failure::Other(format!("{address} broke off its answer: {e}")))?
             .to_bytes();
+        // The connection is free again once the whole answer is read
+        // (whether it is ready is checked when it is taken again).
+        table.put_idle(address, sender);
         let mut r = Response::new(Full::new(body));
         *r.status_mut() = head.status;
         copy_headers(&head.headers, r.headers_mut());

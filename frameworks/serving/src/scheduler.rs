@@ -15,7 +15,7 @@ use mezz_sdk::{AgentId, Resources, RetryPolicy, Strategy, TaskBuilder, TaskId, T
 use mezz_sdk::{TaskRequest, TaskTracker};
 use serde::{Deserialize, Serialize};
 
-use crate::service::{DeployRequest, Service, Slot};
+use crate::service::{DeployRequest, Service, Slot, Update};
 use crate::store::{Desired, StateDir};
 use crate::Error;
 
@@ -46,6 +46,8 @@ struct Entry {
 /// A replica as `mezz serve show` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReplicaView {
+    /// The service version it runs.
+    pub version: u64,
     /// The slot's key.
     pub key: String,
     /// The current task's id.
@@ -91,6 +93,12 @@ pub struct ServiceView {
     pub replica_list: Vec<ReplicaView>,
     /// The latest word about the service.
     pub message: String,
+    /// The version replicas are wanted at.
+    pub version: u64,
+    /// `updating`, `rolling back`, or empty.
+    pub update: String,
+    /// What the last update came to.
+    pub note: String,
 }
 
 /// The shared book; cheap to clone.
@@ -217,6 +225,9 @@ impl Book {
             proxy_port,
             slots: Vec::new(),
             removing: false,
+            version: 1,
+            update: None,
+            note: String::new(),
         };
         let count = svc.spec.replicas;
         b.services.insert(
@@ -232,6 +243,7 @@ impl Book {
         for _ in 0..count {
             b.add_slot(&name, None);
         }
+
         if let Err(e) = b.persist() {
             b.services.remove(&name);
             return Err(e);
@@ -305,6 +317,15 @@ impl Book {
         b.persist()
     }
 
+    /// Starts a rolling update of `name` to `command`: new replicas are
+    /// started one at a time and an old one is stopped only once a new one
+    /// is healthy; a new replica that fails rolls the update back.
+    pub fn update(&self, name: &str, command: String) -> Result<ServiceView, Error> {
+        let mut b = self.lock();
+        b.start_update(name, command)?;
+        Ok(b.view(name).expect("present"))
+    }
+
     /// Every service.
     pub fn list(&self) -> Vec<ServiceView> {
         let b = self.lock();
@@ -366,6 +387,8 @@ impl Inner {
                 key,
                 retiring: false,
                 address: None,
+                version: e.service.version,
+                command: e.service.spec.command.clone(),
             });
         }
     }
@@ -439,6 +462,7 @@ impl Inner {
                     healthy += 1;
                 }
                 ReplicaView {
+                    version: s.version,
                     key: s.key.clone(),
                     task_id: t.and_then(|t| t.task_id.as_ref()).map(|i| i.0.clone()),
                     state: state.into(),
@@ -471,6 +495,13 @@ impl Inner {
             command: svc.spec.command.clone(),
             replica_list,
             message: e.message.clone(),
+            version: svc.version,
+            update: match &svc.update {
+                Some(u) if u.rolling_back => "rolling back".into(),
+                Some(_) => "updating".into(),
+                None => String::new(),
+            },
+            note: svc.note.clone(),
         })
     }
 
@@ -562,7 +593,14 @@ impl Inner {
             used.insert(offer.id.clone());
             let host = offer_host(offer);
             let address = format!("{host}:{port}");
-            let task = placement.task(replica_task(&svc, &task_id, &address, port));
+            let command = svc
+                .slots
+                .iter()
+                .find(|s| s.key == key)
+                .map(|s| s.command.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| svc.spec.command.clone());
+            let task = placement.task(replica_task(&svc, &command, &task_id, &address, port));
             tracing::info!(service = %name, task = %task_id, agent = %offer.agent_id, %address, "launching replica");
             driver.launch([offer.id.clone()], vec![task]);
             if let Some(e) = self.services.get_mut(&name) {
@@ -629,6 +667,13 @@ impl Inner {
                 }
             }
         }
+        // A replica of the version being rolled out that fails, before the
+        // update is done, fails the update.
+        let failing_update = self.slot(&key).is_some_and(|(e, s)| {
+            !s.retiring
+                && s.version == e.service.version
+                && e.service.update.as_ref().is_some_and(|u| !u.rolling_back)
+        });
         match change {
             Some(Change::Running) => {
                 tracing::info!(service = %name, task = %status.task_id, "replica running");
@@ -642,22 +687,37 @@ impl Inner {
                 if retiring {
                     self.forget_slot(&name, &key);
                     self.persist_or_log();
-                    return;
+                } else if failing_update {
+                    let why = format!(
+                        "replica {} ended ({})",
+                        status.task_id,
+                        status.state().short_name()
+                    );
+                    self.roll_back(&name, &why);
+                } else {
+                    tracing::warn!(service = %name, task = %status.task_id, state = status.state().short_name(), "replica ended; restarting it");
+                    driver.wake_after(at.saturating_duration_since(now));
                 }
-                tracing::warn!(service = %name, task = %status.task_id, state = status.state().short_name(), "replica ended; restarting it");
-                driver.wake_after(at.saturating_duration_since(now));
             }
             Some(Change::Killed) | Some(Change::Finished) | Some(Change::GaveUp) => {
-                self.forget_slot(&name, &key);
+                let health = status.reason() == TaskReason::HealthCheckFailed;
                 let wanted = self
                     .services
                     .get(&name)
                     .is_some_and(|e| !e.service.removing);
-                if !retiring && wanted {
+                if failing_update && !retiring {
+                    let why = if health {
+                        format!("replica {} failed its health check", status.task_id)
+                    } else {
+                        format!("replica {} ended", status.task_id)
+                    };
+                    self.forget_slot(&name, &key);
+                    self.roll_back(&name, &why);
+                } else if !retiring && wanted {
+                    self.forget_slot(&name, &key);
                     // Killed for failing its health check, or ended on its
                     // own: a new slot takes its place, after a backoff that
                     // grows while replacements keep failing.
-                    let health = status.reason() == TaskReason::HealthCheckFailed;
                     let replaced = self.services.get(&name).map(|e| e.replaced).unwrap_or(0);
                     let delay =
                         Duration::from_secs(1 << replaced.min(6)).min(Duration::from_secs(60));
@@ -675,18 +735,178 @@ impl Inner {
                     }
                     self.add_slot(&name, Some(now + delay));
                     driver.wake_after(delay);
+                } else {
+                    self.forget_slot(&name, &key);
                 }
                 self.persist_or_log();
             }
             None => {}
         }
+        self.roll(&name);
+    }
+
+    /// Starts a rolling update of `name` to `command`.
+    fn start_update(&mut self, name: &str, command: String) -> Result<(), Error> {
+        let Some(e) = self.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        if e.service.removing {
+            return Err(Error::Conflict(format!(
+                "service '{name}' is being removed"
+            )));
+        }
+        if e.service.update.is_some() {
+            return Err(Error::Conflict(format!(
+                "service '{name}' is being updated already; `mezz serve show {name}` shows how far"
+            )));
+        }
+        if command.trim().is_empty() {
+            return Err(Error::BadRequest(
+                "no command: put it after `--`, e.g. `-- python3 model.py`".into(),
+            ));
+        }
+        if command == e.service.spec.command {
+            return Err(Error::BadRequest(format!(
+                "service '{name}' runs that command already"
+            )));
+        }
+        // Versions are never reused: a rolled-back one's number included.
+        let next = e
+            .service
+            .slots
+            .iter()
+            .map(|s| s.version)
+            .chain([e.service.version])
+            .max()
+            .unwrap_or(0)
+            + 1;
+        e.service.update = Some(Update {
+            from_version: e.service.version,
+            from_command: std::mem::replace(&mut e.service.spec.command, command),
+            rolling_back: false,
+        });
+        e.service.version = next;
+        e.service.note = format!("updating to version {next}");
+        tracing::info!(service = %name, version = next, "rolling update started");
+        self.roll(name);
+        self.persist()
+    }
+
+    /// Goes back to the version an update started from: its replicas that
+    /// do not answer are stopped at once, the rest once the old version
+    /// is back in full.
+    fn roll_back(&mut self, name: &str, why: &str) {
+        let Some(e) = self.services.get_mut(name) else {
+            return;
+        };
+        let Some(u) = e.service.update.take() else {
+            return;
+        };
+        let failed = e.service.version;
+        tracing::warn!(service = %name, version = failed, "update failed: {why}; rolling back");
+        e.service.note = format!("update to version {failed} rolled back: {why}");
+        e.service.update = Some(Update {
+            from_version: failed,
+            from_command: std::mem::replace(&mut e.service.spec.command, u.from_command),
+            rolling_back: true,
+        });
+        e.service.version = u.from_version;
+        let doomed: Vec<String> = e
+            .service
+            .slots
+            .iter()
+            .filter(|s| !s.retiring && s.version == failed)
+            .filter(|s| !e.replicas.get(&s.key).is_some_and(|r| r.healthy))
+            .map(|s| s.key.clone())
+            .collect();
+        for key in doomed {
+            self.retire(name, &key);
+        }
+        self.roll(name);
+        self.persist_or_log();
+    }
+
+    /// One step of an update, repeated while it changes something: a new
+    /// replica while there are fewer than wanted and at most one more than
+    /// wanted runs (max surge 1), and an old one stopped only when the
+    /// healthy new ones and the other old ones make the number wanted
+    /// (max unavailable 0). Done when no old replica is left.
+    fn roll(&mut self, name: &str) {
+        for _ in 0..64 {
+            if !self.roll_once(name) {
+                return;
+            }
+        }
+    }
+
+    fn roll_once(&mut self, name: &str) -> bool {
+        let Some(e) = self.services.get(name) else {
+            return false;
+        };
+        if e.service.removing || e.service.update.is_none() {
+            return false;
+        }
+        let target = e.service.version;
+        let wanted = e.service.spec.replicas as usize;
+        let healthy = |k: &str| {
+            e.replicas.get(k).is_some_and(|r| r.healthy)
+                && self
+                    .tracker
+                    .get(k)
+                    .is_some_and(|t| t.phase == Phase::Running)
+        };
+        let live: Vec<&Slot> = e.service.slots.iter().filter(|s| !s.retiring).collect();
+        let new: Vec<&Slot> = live
+            .iter()
+            .copied()
+            .filter(|s| s.version == target)
+            .collect();
+        let mut old: Vec<&Slot> = live
+            .iter()
+            .copied()
+            .filter(|s| s.version != target)
+            .collect();
+        if old.is_empty() {
+            let rolled_back = e.service.update.as_ref().is_some_and(|u| u.rolling_back);
+            let e = self.services.get_mut(name).expect("present");
+            e.service.update = None;
+            if !rolled_back {
+                e.service.note = format!("updated to version {target}");
+            }
+            tracing::info!(service = %name, version = target, "update done");
+            self.persist_or_log();
+            return false;
+        }
+        let healthy_new = new.iter().filter(|s| healthy(&s.key)).count();
+        if healthy_new + old.len() > wanted {
+            old.sort_by_key(|s| healthy(&s.key));
+            let key = old[0].key.clone();
+            self.retire(name, &key);
+            self.persist_or_log();
+            return true;
+        }
+        if new.len() < wanted && live.len() < wanted + 1 {
+            self.add_slot(name, None);
+            if let Some(d) = &self.driver {
+                d.revive();
+            }
+            self.persist_or_log();
+            return true;
+        }
+        false
     }
 }
 
 /// A replica's task: the command by `/bin/sh -c` with its port in
 /// `port_env` (and `PORT0`), an HTTP health check on that port, and its
 /// own and its service's URLs as labels for the status page.
-fn replica_task(svc: &Service, task_id: &TaskId, address: &str, port: u16) -> TaskBuilder {
+fn replica_task(
+    svc: &Service,
+    command: &str,
+    task_id: &TaskId,
+    address: &str,
+    port: u16,
+) -> TaskBuilder {
     let check = proto::HealthCheck {
         check: Some(proto::health_check::Check::Http(proto::HttpHealthCheck {
             port: u32::from(port),
@@ -697,10 +917,10 @@ fn replica_task(svc: &Service, task_id: &TaskId, address: &str, port: u16) -> Ta
         timeout_secs: 2.0,
         // A model can take long to load; failures before the first
         // success within this count for nothing.
-        grace_period_secs: 120.0,
+        grace_period_secs: svc.spec.health_grace_secs,
         consecutive_failures: 3,
     };
-    TaskBuilder::shell(task_id.clone(), svc.spec.command.clone())
+    TaskBuilder::shell(task_id.clone(), command.to_string())
         .name(format!("serve/{}", svc.spec.name))
         .kill_grace(KILL_GRACE)
         .env(svc.spec.port_env.clone(), port.to_string())
@@ -775,11 +995,15 @@ mod tests {
                 gpus: 0,
                 health_path: "/health".into(),
                 port_env: "PORT".into(),
+                health_grace_secs: 120.0,
                 command: "python3 model.py".into(),
             },
             proxy_port: 40000,
             slots: vec![],
             removing: false,
+            version: 1,
+            update: None,
+            note: String::new(),
         };
         let offer = proto::Offer {
             id: "o".into(),
@@ -788,6 +1012,7 @@ mod tests {
         };
         let t = replica_task(
             &svc,
+            "python3 model.py",
             &TaskId("serve-m-0.0".into()),
             "127.0.0.1:31000",
             31000,

@@ -22,8 +22,16 @@ pub struct DeployRequest {
     pub health_path: String,
     /// The environment variable that carries the replica's port.
     pub port_env: String,
+    /// Health check failures this long after a replica starts do not
+    /// count, until its first success (loading a model takes time).
+    #[serde(default = "default_grace")]
+    pub health_grace_secs: f64,
     /// The command, run by `/bin/sh -c`.
     pub command: String,
+}
+
+fn default_grace() -> f64 {
+    120.0
 }
 
 /// One replica slot: a tracker key (its attempts are `KEY.N`).
@@ -39,6 +47,26 @@ pub struct Slot {
     /// sends requests, also after a restart of the daemon.
     #[serde(default)]
     pub address: Option<String>,
+    /// The service version the slot runs.
+    #[serde(default)]
+    pub version: u64,
+    /// That version's command.
+    #[serde(default)]
+    pub command: String,
+}
+
+/// A rolling update under way.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Update {
+    /// The version being replaced, and its command: what a failing update
+    /// goes back to.
+    pub from_version: u64,
+    /// The command of `from_version`.
+    pub from_command: String,
+    /// This is the way back from a failed update: it is not rolled back
+    /// again.
+    #[serde(default)]
+    pub rolling_back: bool,
 }
 
 /// A service: the desired state, persisted.
@@ -53,6 +81,15 @@ pub struct Service {
     /// Set once `rm` was asked: the service goes when its replicas have.
     #[serde(default)]
     pub removing: bool,
+    /// The version `spec.command` is: 1 at deploy, one more per update.
+    #[serde(default)]
+    pub version: u64,
+    /// The rolling update under way, if any.
+    #[serde(default)]
+    pub update: Option<Update>,
+    /// What the last update came to (e.g. why it was rolled back).
+    #[serde(default)]
+    pub note: String,
 }
 
 impl Service {
@@ -105,6 +142,11 @@ impl DeployRequest {
                 "--cpus and --mem must be positive numbers".into(),
             ));
         }
+        if !(self.health_grace_secs.is_finite() && self.health_grace_secs >= 0.0) {
+            return Err(Error::BadRequest(
+                "--health-grace must be a duration, e.g. 2m".into(),
+            ));
+        }
         if !self.health_path.starts_with('/') {
             return Err(Error::BadRequest(format!(
                 "--health-path '{}' must start with '/'",
@@ -145,6 +187,7 @@ mod tests {
             gpus: 0,
             health_path: "/health".into(),
             port_env: "PORT".into(),
+            health_grace_secs: 120.0,
             command: "python3 model.py".into(),
         }
     }
