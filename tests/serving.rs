@@ -2,9 +2,12 @@
 //! serving framework daemon, and replicas of a small standard-library
 //! Python model server (tests/serving/model.py). Three replicas answer
 //! through the proxy from both agents; a killed replica is replaced while
-//! every request through the proxy keeps succeeding; scale and rm leave
-//! exactly what they say; bad input is refused with one line. Each test
-//! has its own cluster and state directory.
+//! every request through the proxy keeps succeeding; a restarted daemon
+//! takes its replicas back; scale and rm leave exactly what they say; a
+//! rolling update under a loop of 2,000 requests fails none, and a version
+//! that fails its health check is rolled back by itself; bad input is
+//! refused with one line. Each test has its own cluster and state
+//! directory.
 
 mod common;
 
@@ -315,7 +318,7 @@ fn agents_by_port(show: &serde_json::Value) -> std::collections::HashMap<u64, St
 }
 
 #[test]
-fn replicas_spread_answer_through_the_proxy_and_a_killed_one_is_replaced() {
+fn replicas_spread_answer_through_the_proxy_are_replaced_and_taken_back() {
     let Some(python) = python() else { return };
     let dev = Dev::start();
     let cmd = format!("{python} {} v1", model_py());
@@ -415,6 +418,35 @@ fn replicas_spread_answer_through_the_proxy_and_a_killed_one_is_replaced() {
     for _ in 0..10 {
         ask(&proxy).expect("a request after scaling down");
     }
+
+    // A restarted daemon takes the replicas back, without restarting
+    // them, and serves the same proxy port again.
+    let before: Vec<serde_json::Value> = dev.show("m")["replica_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["task_id"].clone())
+        .collect();
+    let pid = dev.daemon_pid().expect("the daemon's pid");
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    wait_for("the old daemon gone", T, || !pid_alive(pid));
+    wait_for("the replicas taken back, healthy", START, || {
+        let s = dev.show("m");
+        let ids: Vec<serde_json::Value> = s["replica_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["task_id"].clone())
+            .collect();
+        s["healthy"] == 2 && ids == before
+    });
+    assert_ne!(dev.daemon_pid(), Some(pid));
+    for _ in 0..10 {
+        ask(&proxy).expect("a request after the daemon's restart");
+    }
+    assert_eq!(dev.active_tasks().len(), 2);
 
     // rm leaves nothing running and closes the proxy.
     dev.ok("rm", &["m"], T);
