@@ -626,8 +626,23 @@ fn a_rolling_update_fails_no_request_and_a_failing_version_rolls_back() {
             && r.iter()
                 .all(|r| r["version"] == 2 && r["state"] == "healthy")
     });
-    let text = dev.ok("show", &["m"], T);
-    assert!(text.contains("rolled back"), "{text}");
+    let shown = dev.ok("show", &["m"], T);
+    assert!(shown.contains("rolled back"), "{shown}");
+
+    // A command that ends at once is reported by deploy, not waited for.
+    let out = dev.serve(
+        "deploy",
+        &["bad", "--cpus", "0.25", "--mem", "64", "--", "exit 3"],
+        START,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("without answering its health check") && last.contains("exited with code 3"),
+        "{err}"
+    );
+    dev.ok("rm", &["bad"], T);
     dev.ok("rm", &["m"], T);
     wait_for("no replica running", T, || dev.active_tasks().is_empty());
 }

@@ -318,6 +318,18 @@ async fn wait_healthy(client: &Client, name: &str, want: u32, wait: Duration) ->
         if v.healthy >= want {
             return Ok(());
         }
+        // A command that ends at once would be restarted for ever: say so
+        // now rather than after --wait.
+        if v.healthy == 0 {
+            if let Some(r) = v.replica_list.iter().find(|r| r.restarts >= 2) {
+                let task = r.task_id.as_deref().unwrap_or("TASK");
+                return Err(anyhow!(
+                    "service {name}: replica {task} ended {} times without answering its health check{}; `mezz logs {task} --stderr` shows its output; the service stays deployed: fix the command and `mezz serve update {name} -- CMD`, or `mezz serve rm {name}`",
+                    r.restarts,
+                    if r.message.is_empty() { String::new() } else { format!(" ({})", r.message) }
+                ));
+            }
+        }
         let now = format!("{}/{} healthy {}", v.healthy, want, v.message);
         if now != said {
             eprintln!(
