@@ -224,6 +224,15 @@ impl Dev {
         v["pid"].as_i64().map(|p| p as i32)
     }
 
+    fn daemon_address(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.state_dir().join("daemon.json")).expect("daemon.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("daemon.json is JSON");
+        let a = v["address"].as_str().expect("an address").to_string();
+        assert!(a.starts_with("127.0.0.1:"), "{a}");
+        a
+    }
+
     fn daemon_log(&self) -> String {
         let t = std::fs::read_to_string(self.state_dir().join("daemon.log")).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();
@@ -352,6 +361,22 @@ fn replicas_spread_answer_through_the_proxy_are_replaced_and_taken_back() {
         seen.insert(agents.get(&port).cloned().expect("a known replica"));
     }
     assert_eq!(seen.len(), 2, "answers came from agents {seen:?} only");
+
+    // The daemon counts them, per service.
+    let metrics = http_get(&dev.daemon_address(), "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{service=\"m\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} of m in:\n{metrics}"))
+    };
+    assert_eq!(count("mezz_serve_requests_total"), 30);
+    assert_eq!(count("mezz_serve_errors_total"), 0);
+    assert_eq!(count("mezz_serve_request_duration_seconds_count"), 30);
+    assert_eq!(count("mezz_serve_replicas_healthy"), 3);
 
     // The status page names each replica's URL and the service's.
     let tasks = dev.active_tasks();

@@ -1,8 +1,11 @@
 //! The daemon's local API, on 127.0.0.1 only, each request carrying the
 //! bearer secret from the 0600 state directory: `GET /v1/health`,
 //! `GET /v1/services`, `POST /v1/services` (deploy), `GET|DELETE
-//! /v1/services/NAME`, `POST /v1/services/NAME/scale`, `POST /v1/services/NAME/update`. The server half and the client half (what the CLI
-//! uses) both live here, so they cannot drift apart.
+//! /v1/services/NAME`, `POST /v1/services/NAME/scale` and
+//! `POST /v1/services/NAME/update`; and `GET /metrics` (see
+//! [`crate::metrics`]), which needs no secret. The server half and the
+//! client half (what the CLI uses) both live here, so they cannot drift
+//! apart.
 
 use std::time::Duration;
 
@@ -156,7 +159,7 @@ fn not_found(name: &str) -> Error {
     ))
 }
 
-/// The body of `POST /v1/services/NAME/scale`, `POST /v1/services/NAME/update`.
+/// The body of `POST /v1/services/NAME/scale`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScaleRequest {
     /// The new replica count.
@@ -210,10 +213,22 @@ async fn remove(State(api): State<Api>, headers: HeaderMap, Path(name): Path<Str
     }
 }
 
+/// `GET /metrics`: the proxies' metrics, in the Prometheus text format.
+/// Without the secret: the API listens on 127.0.0.1 only, the figures
+/// hold nothing private, and a scraper should not need the secret.
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        api.book.render_metrics(),
+    )
+        .into_response()
+}
+
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String) {
     let app = Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/services", get(list).post(deploy))
         .route("/v1/services/{name}", get(get_one).delete(remove))
         .route("/v1/services/{name}/scale", post(scale))

@@ -16,6 +16,7 @@
 //! - [`store`]: the state directory (files 0600, directory 0700);
 //! - [`scheduler`]: the book of services and the SDK scheduler;
 //! - [`proxy`]: the per-service reverse proxy;
+//! - [`metrics`]: the proxies' request counts and latency histograms;
 //! - [`api`]: the local API, server and client;
 //! - [`daemon`]: the process that ties them together;
 //! - [`http`]: a small HTTP/1.1 client.
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod daemon;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod scheduler;
 pub mod service;

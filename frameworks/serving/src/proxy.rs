@@ -121,6 +121,7 @@ enum Failure {
 /// Serves `service`'s proxy on `listener` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Book) {
     let table = Arc::new(Outstanding::default());
+    let metrics = book.metrics().service(&service);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -132,11 +133,26 @@ pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Boo
             }
         };
         let _ = stream.set_nodelay(true);
-        let (service, book, table) = (service.clone(), book.clone(), table.clone());
+        let (service, book, table, metrics) = (
+            service.clone(),
+            book.clone(),
+            table.clone(),
+            metrics.clone(),
+        );
         tokio::spawn(async move {
             let handler = hyper::service::service_fn(move |req| {
-                let (service, book, table) = (service.clone(), book.clone(), table.clone());
-                async move { Ok::<_, Infallible>(handle(req, &service, &book, &table).await) }
+                let (service, book, table, metrics) = (
+                    service.clone(),
+                    book.clone(),
+                    table.clone(),
+                    metrics.clone(),
+                );
+                async move {
+                    let start = std::time::Instant::now();
+                    let (answer, own) = handle(req, &service, &book, &table, &metrics).await;
+                    metrics.record(start.elapsed(), own);
+                    Ok::<_, Infallible>(answer)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), handler)
@@ -151,20 +167,23 @@ fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// The answer, and whether the proxy gave it itself (no replica could).
 async fn handle(
     req: Request<Incoming>,
     service: &str,
     book: &Book,
     table: &Arc<Outstanding>,
-) -> Response<Full<Bytes>> {
+    metrics: &crate::metrics::ServiceMetrics,
+) -> (Response<Full<Bytes>>, bool) {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return plain(
+            let r = plain(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request: {e}"),
-            )
+            );
+            return (r, false);
         }
     };
     let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
@@ -180,16 +199,18 @@ async fn handle(
         // With one replica left, a retry goes to it again.
         let candidates = if fresh.is_empty() { healthy } else { fresh };
         let Some(slot) = table.pick(&candidates) else {
-            return plain(
+            let r = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("service '{service}' has no healthy replica right now"),
             );
+            return (r, true);
         };
         tried.push(slot.address.clone());
         match forward(table, &slot.address, &parts, body.clone(), idempotent).await {
-            Ok(r) => return r,
+            Ok(r) => return (r, false),
             Err(Failure::Connection(e)) if idempotent && attempt == 0 => {
                 tracing::debug!(%service, address = %slot.address, "retrying after: {e}");
+                metrics.retried();
                 last = e;
             }
             Err(Failure::Connection(e)) | Err(Failure::Other(e)) => {
@@ -198,10 +219,11 @@ async fn handle(
             }
         }
     }
-    plain(
+    let r = plain(
         StatusCode::BAD_GATEWAY,
         format!("service '{service}': {last}"),
-    )
+    );
+    (r, true)
 }
 
 /// Headers that belong to one connection, not to the request.

@@ -105,6 +105,7 @@ pub struct ServiceView {
 #[derive(Clone)]
 pub struct Book {
     inner: Arc<Mutex<Inner>>,
+    metrics: crate::metrics::Registry,
 }
 
 struct Inner {
@@ -159,6 +160,7 @@ impl Book {
             );
         }
         Ok(Book {
+            metrics: crate::metrics::Registry::default(),
             inner: Arc::new(Mutex::new(Inner {
                 store,
                 next_serial: desired.next_serial,
@@ -179,6 +181,21 @@ impl Book {
     /// The scheduler that drives this book.
     pub fn scheduler(&self) -> ServeScheduler {
         ServeScheduler { book: self.clone() }
+    }
+
+    /// The proxies' metrics.
+    pub fn metrics(&self) -> &crate::metrics::Registry {
+        &self.metrics
+    }
+
+    /// The Prometheus text of every service's proxy.
+    pub fn render_metrics(&self) -> String {
+        let healthy: Vec<(String, u32)> = self
+            .list()
+            .into_iter()
+            .map(|v| (v.name, v.healthy))
+            .collect();
+        self.metrics.render(&healthy)
     }
 
     /// The framework id, once subscribed.
