@@ -233,6 +233,18 @@ impl Dev {
         a
     }
 
+    /// A metric of service `m` from the daemon's `/metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let metrics = http_get(&self.daemon_address(), "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{service=\"m\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} of m in:\n{metrics}"))
+    }
+
     fn daemon_log(&self) -> String {
         let t = std::fs::read_to_string(self.state_dir().join("daemon.log")).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();
@@ -312,6 +324,29 @@ fn ask(proxy: &str) -> Result<(u64, String), String> {
     ))
 }
 
+/// A POST with an empty body on loopback: its status, if it answered.
+fn post(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "tests talk to loopback only: {addr}"
+    );
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Port of each healthy replica to its agent.
 fn agents_by_port(show: &serde_json::Value) -> std::collections::HashMap<u64, String> {
     show["replica_list"]
@@ -363,20 +398,10 @@ fn replicas_spread_answer_through_the_proxy_are_replaced_and_taken_back() {
     assert_eq!(seen.len(), 2, "answers came from agents {seen:?} only");
 
     // The daemon counts them, per service.
-    let metrics = http_get(&dev.daemon_address(), "/metrics")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    let count = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{{service=\"m\"}} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} of m in:\n{metrics}"))
-    };
-    assert_eq!(count("mezz_serve_requests_total"), 30);
-    assert_eq!(count("mezz_serve_errors_total"), 0);
-    assert_eq!(count("mezz_serve_request_duration_seconds_count"), 30);
-    assert_eq!(count("mezz_serve_replicas_healthy"), 3);
+    assert_eq!(dev.metric("mezz_serve_requests_total"), 30);
+    assert_eq!(dev.metric("mezz_serve_errors_total"), 0);
+    assert_eq!(dev.metric("mezz_serve_request_duration_seconds_count"), 30);
+    assert_eq!(dev.metric("mezz_serve_replicas_healthy"), 3);
 
     // The status page names each replica's URL and the service's.
     let tasks = dev.active_tasks();
@@ -437,8 +462,27 @@ fn replicas_spread_answer_through_the_proxy_are_replaced_and_taken_back() {
     }
     assert!(requests >= 20);
 
-    // Scale down to 2: one replica goes, the others keep answering.
+    // Scale down to 2 while each replica works on a slow POST (which the
+    // proxy never retries): the replica that goes is drained first, so
+    // all three are answered.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || post(&proxy, "/slow"))
+        })
+        .collect();
+    wait_for("three slow requests in flight", T, || {
+        dev.metric("mezz_serve_requests_in_flight") == 3
+    });
     dev.ok("scale", &["m", "2"], START);
+    for s in slow {
+        let status = s.join().expect("slow request");
+        assert_eq!(
+            status,
+            Some(200),
+            "a slow request was cut off by scaling down"
+        );
+    }
     wait_for("two replicas left", T, || dev.active_tasks().len() == 2);
     for _ in 0..10 {
         ask(&proxy).expect("a request after scaling down");

@@ -1,7 +1,7 @@
 """A stand-in model server for the serving tests: standard library only.
 
-GET /health answers 200 (or 500 when started with --unhealthy); any other
-GET answers JSON with the version given on the command line, the port and
+GET /health answers 200 (or 500 when started with --unhealthy); /slow
+answers after 3 seconds; any other GET or POST answers JSON with the version given on the command line, the port and
 the pid, so a test can tell which replica answered. Listens on 127.0.0.1
 at $PORT (or the variable named by --port-env).
 """
@@ -9,6 +9,7 @@ at $PORT (or the variable named by --port-env).
 import argparse
 import json
 import os
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -39,12 +40,15 @@ def main():
                 else:
                     self.answer(200, '{"healthy": true}')
                 return
+            if self.path == "/slow":
+                time.sleep(3)
             self.answer(
                 200,
                 json.dumps({"version": args.version, "port": port, "pid": os.getpid()}),
             )
 
         do_HEAD = do_GET
+        do_POST = do_GET
 
         def log_message(self, *a):
             pass

@@ -51,13 +51,23 @@ impl ServiceMetrics {
     }
 }
 
+/// Requests in flight per replica address (`HOST:PORT`), counted by the
+/// proxies: what a replica being stopped is drained of first.
+pub type InFlight = Arc<Mutex<std::collections::HashMap<String, usize>>>;
+
 /// Every service's metrics; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Registry {
     services: Arc<Mutex<BTreeMap<String, Arc<ServiceMetrics>>>>,
+    in_flight: InFlight,
 }
 
 impl Registry {
+    /// The table of requests in flight per replica address.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
     /// The metrics of `service`, made on first use.
     pub fn service(&self, service: &str) -> Arc<ServiceMetrics> {
         let mut m = self.services.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,9 +80,9 @@ impl Registry {
         m.remove(service);
     }
 
-    /// The Prometheus text of every service, with `healthy` replicas per
-    /// service as a gauge.
-    pub fn render(&self, healthy: &[(String, u32)]) -> String {
+    /// The Prometheus text of every service, with `(service, healthy
+    /// replicas, requests in flight)` as gauges.
+    pub fn render(&self, gauges: &[(String, u32, usize)]) -> String {
         let services: Vec<(String, Arc<ServiceMetrics>)> = {
             let m = self.services.lock().unwrap_or_else(|p| p.into_inner());
             m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -128,7 +138,15 @@ impl Registry {
             out,
             "# HELP {name} Replicas taking traffic.\n# TYPE {name} gauge"
         );
-        for (s, n) in healthy {
+        for (s, n, _) in gauges {
+            let _ = writeln!(out, "{name}{{service=\"{s}\"}} {n}");
+        }
+        let name = "mezz_serve_requests_in_flight";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests the proxy is waiting on replicas for.\n# TYPE {name} gauge"
+        );
+        for (s, _, n) in gauges {
             let _ = writeln!(out, "{name}{{service=\"{s}\"}} {n}");
         }
         out
@@ -147,7 +165,7 @@ mod tests {
         m.record(Duration::from_millis(3), false);
         m.record(Duration::from_secs(20), true);
         m.retried();
-        let text = r.render(&[("m".into(), 2)]);
+        let text = r.render(&[("m".into(), 2, 1)]);
         assert!(
             text.contains("mezz_serve_requests_total{service=\"m\"} 3\n"),
             "{text}"

@@ -36,7 +36,7 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 /// and the idle connections to each replica.
 #[derive(Default)]
 struct Outstanding {
-    counts: Mutex<HashMap<String, usize>>,
+    counts: crate::metrics::InFlight,
     turn: AtomicUsize,
     idle: Mutex<HashMap<String, Vec<Sender>>>,
 }
@@ -120,7 +120,10 @@ enum Failure {
 
 /// Serves `service`'s proxy on `listener` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Book) {
-    let table = Arc::new(Outstanding::default());
+    let table = Arc::new(Outstanding {
+        counts: book.metrics().in_flight(),
+        ..Default::default()
+    });
     let metrics = book.metrics().service(&service);
     loop {
         let (stream, _) = match listener.accept().await {

@@ -24,6 +24,9 @@ use crate::Error;
 pub const RECOVERY: Duration = Duration::from_secs(3);
 /// SIGTERM to SIGKILL for a replica.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a replica being stopped may take to finish the requests the
+/// proxy sent it before it is killed anyway.
+pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// What is known about one replica slot right now.
 #[derive(Clone, Debug, Default)]
@@ -119,6 +122,7 @@ struct Inner {
     tracker: TaskTracker,
     driver: Option<Driver>,
     framework_id: Option<FrameworkId>,
+    in_flight: crate::metrics::InFlight,
 }
 
 fn tracker() -> TaskTracker {
@@ -159,9 +163,10 @@ impl Book {
                 },
             );
         }
+        let metrics = crate::metrics::Registry::default();
         Ok(Book {
-            metrics: crate::metrics::Registry::default(),
             inner: Arc::new(Mutex::new(Inner {
+                in_flight: metrics.in_flight(),
                 store,
                 next_serial: desired.next_serial,
                 services,
@@ -171,6 +176,7 @@ impl Book {
                 driver: None,
                 framework_id: None,
             })),
+            metrics,
         })
     }
 
@@ -190,12 +196,24 @@ impl Book {
 
     /// The Prometheus text of every service's proxy.
     pub fn render_metrics(&self) -> String {
-        let healthy: Vec<(String, u32)> = self
-            .list()
-            .into_iter()
-            .map(|v| (v.name, v.healthy))
-            .collect();
-        self.metrics.render(&healthy)
+        let gauges: Vec<(String, u32, usize)> = {
+            let b = self.lock();
+            b.services
+                .keys()
+                .filter_map(|n| {
+                    let v = b.view(n)?;
+                    let busy = b.services[n]
+                        .service
+                        .slots
+                        .iter()
+                        .filter_map(|s| s.address.as_deref())
+                        .map(|a| in_flight(&b.in_flight, a))
+                        .sum();
+                    Some((v.name, v.healthy, busy))
+                })
+                .collect()
+        };
+        self.metrics.render(&gauges)
     }
 
     /// The framework id, once subscribed.
@@ -376,6 +394,11 @@ impl Book {
     }
 }
 
+fn in_flight(table: &crate::metrics::InFlight, address: &str) -> usize {
+    let t = table.lock().unwrap_or_else(|p| p.into_inner());
+    t.get(address).copied().unwrap_or(0)
+}
+
 impl Inner {
     fn persist(&self) -> Result<(), Error> {
         self.store.store(&Desired {
@@ -421,11 +444,35 @@ impl Inner {
         if let Some(r) = e.replicas.get_mut(key) {
             r.healthy = false;
         }
+        let address = e
+            .service
+            .slots
+            .iter()
+            .find(|s| s.key == key)
+            .and_then(|s| s.address.clone());
         let task = self.tracker.get(key).cloned();
         match task {
             Some(t) if matches!(t.phase, Phase::Launched | Phase::Running) => {
                 if let (Some(id), Some(d)) = (t.task_id, &self.driver) {
-                    d.kill(id, Some(KILL_GRACE));
+                    // It takes no new requests from now on; the ones the
+                    // proxy sent it finish first (up to DRAIN).
+                    let busy = address
+                        .as_ref()
+                        .is_some_and(|a| in_flight(&self.in_flight, a) > 0);
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) if busy => {
+                            let (d, table) = (d.clone(), self.in_flight.clone());
+                            let address = address.unwrap_or_default();
+                            rt.spawn(async move {
+                                let deadline = Instant::now() + DRAIN;
+                                while in_flight(&table, &address) > 0 && Instant::now() < deadline {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                                d.kill(id, Some(KILL_GRACE));
+                            });
+                        }
+                        _ => d.kill(id, Some(KILL_GRACE)),
+                    }
                 }
             }
             _ => self.forget_slot(name, key),
