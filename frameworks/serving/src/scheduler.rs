@@ -261,6 +261,7 @@ impl Book {
             slots: Vec::new(),
             removing: false,
             version: 1,
+            last_version: 1,
             update: None,
             note: String::new(),
         };
@@ -840,10 +841,11 @@ impl Inner {
             .slots
             .iter()
             .map(|s| s.version)
-            .chain([e.service.version])
+            .chain([e.service.version, e.service.last_version])
             .max()
             .unwrap_or(0)
             + 1;
+        e.service.last_version = next;
         e.service.update = Some(Update {
             from_version: e.service.version,
             from_command: std::mem::replace(&mut e.service.spec.command, command),
@@ -1066,6 +1068,7 @@ mod tests {
             slots: vec![],
             removing: false,
             version: 1,
+            last_version: 1,
             update: None,
             note: String::new(),
         };
@@ -1089,5 +1092,121 @@ mod tests {
             panic!("no HTTP health check")
         };
         assert_eq!((h.port, h.path.as_str()), (31000, "/health"));
+    }
+
+    fn running(b: &mut Inner, key: &str, healthy: bool) {
+        let id = b.tracker.launched(key, None).expect("waiting");
+        let status = proto::TaskStatus {
+            task_id: id.0.clone(),
+            state: mezz_sdk::TaskState::Running as i32,
+            ..Default::default()
+        };
+        b.tracker.update(&status, Instant::now());
+        let name = b.owner[key].clone();
+        let e = b.services.get_mut(&name).unwrap();
+        e.replicas.entry(key.to_string()).or_default().healthy = healthy;
+        if let Some(s) = e.service.slots.iter_mut().find(|s| s.key == key) {
+            s.address = Some(format!("127.0.0.1:{}", 31000 + b.next_serial));
+        }
+    }
+
+    fn live(b: &Inner, version: u64) -> Vec<String> {
+        b.services["m"]
+            .service
+            .slots
+            .iter()
+            .filter(|s| !s.retiring && s.version == version)
+            .map(|s| s.key.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_update_surges_by_one_and_stops_old_only_for_healthy_new() {
+        let tmp = tempfile::tempdir().unwrap();
+        let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
+        let req = DeployRequest {
+            name: "m".into(),
+            replicas: 2,
+            cpus: 0.5,
+            mem: 64.0,
+            gpus: 0,
+            health_path: "/health".into(),
+            port_env: "PORT".into(),
+            health_grace_secs: 1.0,
+            command: "v1".into(),
+        };
+        book.deploy(req, 40000).unwrap();
+        let mut b = book.lock();
+        for k in live(&b, 1) {
+            running(&mut b, &k, true);
+        }
+        b.start_update("m", "v2".into()).unwrap();
+        // One new replica beside the two old ones; none stopped yet.
+        assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (2, 1));
+        // Started but not healthy: still nothing stopped.
+        let first = live(&b, 2)[0].clone();
+        running(&mut b, &first, false);
+        b.roll("m");
+        assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (2, 1));
+        // Healthy: one old one goes, and the next new one is wanted.
+        b.services
+            .get_mut("m")
+            .unwrap()
+            .replicas
+            .get_mut(&first)
+            .unwrap()
+            .healthy = true;
+        b.roll("m");
+        assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (1, 2));
+        let second = live(&b, 2).into_iter().find(|k| *k != first).unwrap();
+        running(&mut b, &second, true);
+        b.roll("m");
+        assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (0, 2));
+        let svc = &b.services["m"].service;
+        assert!(svc.update.is_none());
+        assert_eq!(svc.note, "updated to version 2");
+        assert_eq!(b.view("m").unwrap().healthy, 2);
+    }
+
+    #[test]
+    fn a_failing_update_goes_back_to_the_old_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
+        let req = DeployRequest {
+            name: "m".into(),
+            replicas: 1,
+            cpus: 0.5,
+            mem: 64.0,
+            gpus: 0,
+            health_path: "/health".into(),
+            port_env: "PORT".into(),
+            health_grace_secs: 1.0,
+            command: "v1".into(),
+        };
+        book.deploy(req, 40000).unwrap();
+        let mut b = book.lock();
+        let old = live(&b, 1)[0].clone();
+        running(&mut b, &old, true);
+        b.start_update("m", "v2".into()).unwrap();
+        assert!(
+            b.start_update("m", "v3".into()).is_err(),
+            "two updates at once"
+        );
+        let new = live(&b, 2)[0].clone();
+        b.roll_back("m", "replica x failed its health check");
+        let svc = &b.services["m"].service;
+        assert_eq!((svc.version, svc.spec.command.as_str()), (1, "v1"));
+        assert!(
+            svc.note.contains("rolled back: replica x failed"),
+            "{}",
+            svc.note
+        );
+        // The new replica never ran: it is gone; the old one stays.
+        assert!(svc.slots.iter().all(|s| s.key != new));
+        assert_eq!(live(&b, 1), vec![old]);
+        assert!(svc.update.is_none());
+        // The next update gets a version of its own.
+        b.start_update("m", "v3".into()).unwrap();
+        assert_eq!(b.services["m"].service.version, 3);
     }
 }

@@ -84,6 +84,10 @@ pub struct Service {
     /// The version `spec.command` is: 1 at deploy, one more per update.
     #[serde(default)]
     pub version: u64,
+    /// The highest version ever given, a rolled-back one included: the
+    /// next update's is one more.
+    #[serde(default)]
+    pub last_version: u64,
     /// The rolling update under way, if any.
     #[serde(default)]
     pub update: Option<Update>,
