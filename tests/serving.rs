@@ -5,9 +5,9 @@
 //! every request through the proxy keeps succeeding; a restarted daemon
 //! takes its replicas back; scale and rm leave exactly what they say; a
 //! rolling update under a loop of 2,000 requests fails none, and a version
-//! that fails its health check is rolled back by itself; bad input is
-//! refused with one line. Each test has its own cluster and state
-//! directory.
+//! that fails its health check is rolled back by itself; a canary at
+//! weight 20 gets its share and is promoted; bad input is refused with one
+//! line. Each test has its own cluster and state directory.
 
 mod common;
 
@@ -586,7 +586,7 @@ fn request_loop(
 }
 
 #[test]
-fn a_rolling_update_fails_no_request_and_a_failing_version_rolls_back() {
+fn rolling_updates_and_canaries_fail_no_request() {
     let Some(python) = python() else { return };
     let dev = Dev::start();
     let model = model_py();
@@ -697,6 +697,43 @@ fn a_rolling_update_fails_no_request_and_a_failing_version_rolls_back() {
     });
     let shown = dev.ok("show", &["m"], T);
     assert!(shown.contains("rolled back"), "{shown}");
+
+    // A canary at weight 20 gets between 12% and 28% of 2,000 requests;
+    // promoted, it is the service.
+    dev.ok(
+        "canary",
+        &["m", "--weight", "20", "--", &python, &model, "v4"],
+        START,
+    );
+    let mut on_canary = 0;
+    for i in 0..2000 {
+        let (_, v) =
+            ask(&proxy).unwrap_or_else(|e| panic!("request {i} with a canary failed: {e}"));
+        match v.as_str() {
+            "v4" => on_canary += 1,
+            "v2" => {}
+            other => panic!("an answer from version {other}"),
+        }
+    }
+    assert!(
+        (240..=560).contains(&on_canary),
+        "the canary got {on_canary} of 2000 requests"
+    );
+    let shown = dev.ok("show", &["m"], T);
+    assert!(shown.contains("canary:   20%"), "{shown}");
+    dev.ok("promote", &["m"], START);
+    wait_for("two v4 replicas and no canary", T, || {
+        let s = dev.show("m");
+        let r = s["replica_list"].as_array().cloned().unwrap_or_default();
+        r.len() == 2
+            && r.iter()
+                .all(|r| r["canary"] == false && r["state"] == "healthy")
+    });
+    for _ in 0..10 {
+        assert_eq!(ask(&proxy).expect("a request").1, "v4");
+    }
+    let err = dev.refused("rollback", &["m"]);
+    assert!(err.contains("has no canary"), "{err}");
 
     // A command that ends at once is reported by deploy, not waited for.
     let out = dev.serve(

@@ -112,7 +112,7 @@ pub enum Command {
     Jupyter(jupyter::JupyterArgs),
     /// Apache Spark applications: `mezz spark submit`, `mezz spark ls`, `mezz spark kill`.
     Spark(spark::SparkArgs),
-    /// Model services with replicas, health checks and a proxy: `mezz serve deploy|scale|update|ls|show|rm`.
+    /// Model services with replicas, health checks and a proxy: `mezz serve deploy|scale|update|canary|promote|rollback|ls|show|rm`.
     Serve(serve::ServeArgs),
 }
 

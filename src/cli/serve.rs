@@ -42,6 +42,12 @@ pub enum ServeCommand {
     Scale(ScaleArgs),
     /// Roll a service over to a new command, one replica at a time.
     Update(UpdateArgs),
+    /// Run one replica of a new command beside the service, taking a share of the requests.
+    Canary(CanaryArgs),
+    /// Make the canary's command the service's (a rolling update) and stop the canary.
+    Promote(NameArgs),
+    /// Stop the canary; the service keeps its command.
+    Rollback(NameArgs),
     /// List the services: proxy URL, replicas healthy and wanted, state.
     Ls(LsArgs),
     /// Show one service and each of its replicas.
@@ -138,6 +144,28 @@ pub struct UpdateArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    mezz serve canary echo --weight 10 -- python3 serve.py --model v2\n  \
+    mezz serve promote echo     # or: mezz serve rollback echo\n\n\
+The canary is one replica more, not counted among the service's; once it\n\
+is healthy it gets --weight percent of the requests through the proxy.")]
+pub struct CanaryArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// The service's name.
+    pub name: String,
+    /// The canary's share of the requests, in percent (1 to 99).
+    #[arg(long, default_value_t = 10)]
+    pub weight: u32,
+    /// How long to wait for the canary to be healthy.
+    #[arg(long, default_value = "3m", value_name = "DUR")]
+    pub wait: String,
+    /// The canary's command.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct LsArgs {
     #[command(flatten)]
     pub state: StateArg,
@@ -180,6 +208,9 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         ServeCommand::Deploy(a) => deploy(a).await,
         ServeCommand::Scale(a) => scale(a).await,
         ServeCommand::Update(a) => update(a).await,
+        ServeCommand::Canary(a) => canary(a).await,
+        ServeCommand::Promote(a) => canary_end(a, "promote").await,
+        ServeCommand::Rollback(a) => canary_end(a, "rollback").await,
         ServeCommand::Ls(a) => ls(a).await,
         ServeCommand::Show(a) => show(a).await,
         ServeCommand::Rm(a) => rm(a).await,
@@ -452,6 +483,88 @@ async fn update(args: UpdateArgs) -> Result<ExitCode> {
     }
 }
 
+async fn canary(args: CanaryArgs) -> Result<ExitCode> {
+    if service::validate_name(&args.name).is_err() {
+        return Err(not_found(&args.name));
+    }
+    let wait = duration("--wait", &args.wait)?;
+    let client = daemon_client(&args.state).await?;
+    client
+        .canary(&args.name, &shell_command(&args.command), args.weight)
+        .await?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let v = client
+            .get(&args.name)
+            .await?
+            .ok_or_else(|| anyhow!("service {} was removed meanwhile", args.name))?;
+        let canary: Vec<_> = v.replica_list.iter().filter(|r| r.canary).collect();
+        if canary.iter().any(|r| r.state == "healthy") {
+            eprintln!(
+                "mezz serve: the canary of {} takes {}% of the requests; `mezz serve promote {}` or `mezz serve rollback {}`",
+                args.name, args.weight, args.name, args.name
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(r) = canary.iter().find(|r| r.restarts >= 2) {
+            return Err(anyhow!(
+                "the canary of {} ended {} times without answering its health check{}; `mezz serve rollback {}` stops it",
+                args.name,
+                r.restarts,
+                if r.message.is_empty() { String::new() } else { format!(" ({})", r.message) },
+                args.name
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the canary of {} is not healthy after {wait:?}; `mezz serve show {}` shows it",
+                args.name,
+                args.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn canary_end(args: NameArgs, how: &str) -> Result<ExitCode> {
+    if service::validate_name(&args.name).is_err() {
+        return Err(not_found(&args.name));
+    }
+    let client = daemon_client(&args.state).await?;
+    let v = client.canary_end(&args.name, how).await?;
+    if how == "promote" {
+        let target = v.version;
+        eprintln!(
+            "mezz serve: promoting the canary of {}: updating to version {target}",
+            args.name
+        );
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let v = client
+                .get(&args.name)
+                .await?
+                .ok_or_else(|| anyhow!("service {} was removed meanwhile", args.name))?;
+            if v.update.is_empty() {
+                if v.version == target {
+                    eprintln!("mezz serve: {} runs version {target}", args.name);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(anyhow!("{}: {}", args.name, v.note));
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "the update of {} is not done after 10 minutes; `mezz serve show {}` shows how far",
+                    args.name,
+                    args.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    eprintln!("mezz serve: the canary of {} is stopped", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn ls(args: LsArgs) -> Result<ExitCode> {
     let client = daemon_client(&args.state).await?;
     let list = client.list().await?;
@@ -493,6 +606,9 @@ fn show_text(v: &ServiceView) -> String {
     if !v.note.is_empty() {
         out.push_str(&format!("update:   {}\n", v.note));
     }
+    if let Some(w) = v.canary_weight {
+        out.push_str(&format!("canary:   {w}% of the requests\n"));
+    }
     if !v.message.is_empty() {
         out.push_str(&format!("message:  {}\n", v.message));
     }
@@ -504,7 +620,11 @@ fn show_text(v: &ServiceView) -> String {
         out.push_str(&format!(
             "{:<28} {:<8} {:<11} {:<22} {:<10} {}\n",
             r.task_id.as_deref().unwrap_or("-"),
-            r.version,
+            if r.canary {
+                format!("{} (c)", r.version)
+            } else {
+                r.version.to_string()
+            },
             r.state,
             r.address.as_deref().unwrap_or("-"),
             r.restarts,

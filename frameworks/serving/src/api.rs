@@ -1,8 +1,8 @@
 //! The daemon's local API, on 127.0.0.1 only, each request carrying the
 //! bearer secret from the 0600 state directory: `GET /v1/health`,
 //! `GET /v1/services`, `POST /v1/services` (deploy), `GET|DELETE
-//! /v1/services/NAME`, `POST /v1/services/NAME/scale` and
-//! `POST /v1/services/NAME/update`; and `GET /metrics` (see
+//! /v1/services/NAME`, `POST /v1/services/NAME/scale`, `…/update`,
+//! `…/canary`, `…/promote` and `…/rollback`; and `GET /metrics` (see
 //! [`crate::metrics`]), which needs no secret. The server half and the
 //! client half (what the CLI uses) both live here, so they cannot drift
 //! apart.
@@ -203,6 +203,54 @@ async fn update(
     }
 }
 
+/// The body of `POST /v1/services/NAME/canary`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CanaryRequest {
+    /// The canary's command.
+    pub command: String,
+    /// Its share of the requests, in percent.
+    pub weight: u32,
+}
+
+async fn canary(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<CanaryRequest>,
+) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.canary(&name, req.command, req.weight) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn promote(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.promote(&name) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rollback(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = refused(&api, &headers) {
+        return r;
+    }
+    match api.book.rollback(&name) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn remove(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     if let Some(r) = refused(&api, &headers) {
         return r;
@@ -233,6 +281,9 @@ pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String
         .route("/v1/services/{name}", get(get_one).delete(remove))
         .route("/v1/services/{name}/scale", post(scale))
         .route("/v1/services/{name}/update", post(update))
+        .route("/v1/services/{name}/canary", post(canary))
+        .route("/v1/services/{name}/promote", post(promote))
+        .route("/v1/services/{name}/rollback", post(rollback))
         .with_state(Api { book, secret });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("the local API stopped: {e}");
@@ -344,6 +395,36 @@ impl Client {
         Self::decode(
             self.call("POST", &format!("/v1/services/{name}/update"), Some(body))
                 .await?,
+        )
+    }
+
+    /// Starts a canary.
+    pub async fn canary(
+        &self,
+        name: &str,
+        command: &str,
+        weight: u32,
+    ) -> Result<ServiceView, Error> {
+        let body = serde_json::to_vec(&CanaryRequest {
+            command: command.to_string(),
+            weight,
+        })
+        .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
+        Self::decode(
+            self.call("POST", &format!("/v1/services/{name}/canary"), Some(body))
+                .await?,
+        )
+    }
+
+    /// Promotes the canary (`promote`) or stops it (`rollback`).
+    pub async fn canary_end(&self, name: &str, how: &str) -> Result<ServiceView, Error> {
+        Self::decode(
+            self.call(
+                "POST",
+                &format!("/v1/services/{name}/{how}"),
+                Some(b"{}".to_vec()),
+            )
+            .await?,
         )
     }
 

@@ -38,6 +38,7 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 struct Outstanding {
     counts: crate::metrics::InFlight,
     turn: AtomicUsize,
+    split: AtomicUsize,
     idle: Mutex<HashMap<String, Vec<Sender>>>,
 }
 
@@ -193,14 +194,39 @@ async fn handle(
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::new();
     for attempt in 0..2 {
-        let healthy = book.backends(service);
+        let backends = book.backends(service);
+        // The canary's share by count: of every 100 requests, `weight` go
+        // to the canary while it is healthy.
+        let to_canary = !backends.canary.is_empty()
+            && (table.split.fetch_add(1, Ordering::Relaxed) % 100) < backends.weight as usize;
+        let healthy = if to_canary {
+            backends.canary.clone()
+        } else if backends.stable.is_empty() {
+            backends.all()
+        } else {
+            backends.stable.clone()
+        };
         let fresh: Vec<String> = healthy
             .iter()
             .filter(|a| !tried.contains(a))
             .cloned()
             .collect();
-        // With one replica left, a retry goes to it again.
-        let candidates = if fresh.is_empty() { healthy } else { fresh };
+        // A retry goes to any other healthy replica; with one left, to it
+        // again.
+        let candidates = if !fresh.is_empty() {
+            fresh
+        } else {
+            let others: Vec<String> = backends
+                .all()
+                .into_iter()
+                .filter(|a| !tried.contains(a))
+                .collect();
+            if others.is_empty() {
+                healthy
+            } else {
+                others
+            }
+        };
         let Some(slot) = table.pick(&candidates) else {
             let r = plain(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -15,7 +15,7 @@ use mezz_sdk::{AgentId, Resources, RetryPolicy, Strategy, TaskBuilder, TaskId, T
 use mezz_sdk::{TaskRequest, TaskTracker};
 use serde::{Deserialize, Serialize};
 
-use crate::service::{DeployRequest, Service, Slot, Update};
+use crate::service::{Canary, DeployRequest, Service, Slot, Update};
 use crate::store::{Desired, StateDir};
 use crate::Error;
 
@@ -49,6 +49,8 @@ struct Entry {
 /// A replica as `mezz serve show` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReplicaView {
+    /// A canary replica.
+    pub canary: bool,
     /// The service version it runs.
     pub version: u64,
     /// The slot's key.
@@ -102,6 +104,8 @@ pub struct ServiceView {
     pub update: String,
     /// What the last update came to.
     pub note: String,
+    /// The canary's share of the requests, in percent, while there is one.
+    pub canary_weight: Option<u32>,
 }
 
 /// The shared book; cheap to clone.
@@ -263,6 +267,7 @@ impl Book {
             version: 1,
             last_version: 1,
             update: None,
+            canary: None,
             note: String::new(),
         };
         let count = svc.spec.replicas;
@@ -312,7 +317,7 @@ impl Book {
             .service
             .slots
             .iter()
-            .filter(|s| !s.retiring)
+            .filter(|s| !s.retiring && !s.canary)
             .map(|s| s.key.clone())
             .collect();
         let have = live.len() as u32;
@@ -374,24 +379,126 @@ impl Book {
     }
 
     /// The addresses of a service's healthy replicas: where its proxy may
-    /// send requests.
-    pub fn backends(&self, name: &str) -> Vec<String> {
+    /// send requests; the canary's apart, with its weight.
+    pub fn backends(&self, name: &str) -> Backends {
         let b = self.lock();
         let Some(e) = b.services.get(name) else {
-            return Vec::new();
+            return Backends::default();
         };
-        e.service
-            .slots
-            .iter()
-            .filter(|s| !s.retiring)
-            .filter(|s| e.replicas.get(&s.key).is_some_and(|r| r.healthy))
-            .filter(|s| {
-                b.tracker
-                    .get(&s.key)
-                    .is_some_and(|t| t.phase == Phase::Running)
-            })
-            .filter_map(|s| s.address.clone())
-            .collect()
+        let healthy = |canary: bool| -> Vec<String> {
+            e.service
+                .slots
+                .iter()
+                .filter(|s| s.canary == canary)
+                .filter(|s| !s.retiring)
+                .filter(|s| e.replicas.get(&s.key).is_some_and(|r| r.healthy))
+                .filter(|s| {
+                    b.tracker
+                        .get(&s.key)
+                        .is_some_and(|t| t.phase == Phase::Running)
+                })
+                .filter_map(|s| s.address.clone())
+                .collect()
+        };
+        Backends {
+            stable: healthy(false),
+            canary: healthy(true),
+            weight: e.service.canary.as_ref().map(|c| c.weight).unwrap_or(0),
+        }
+    }
+
+    /// Starts a canary of `name`: one replica of `command` taking
+    /// `weight` percent of the requests once healthy.
+    pub fn canary(&self, name: &str, command: String, weight: u32) -> Result<ServiceView, Error> {
+        let mut b = self.lock();
+        let Some(e) = b.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        if !(1..=99).contains(&weight) {
+            return Err(Error::BadRequest(format!(
+                "--weight {weight} is not a share: give 1 to 99 (percent)"
+            )));
+        }
+        if command.trim().is_empty() {
+            return Err(Error::BadRequest(
+                "no command: put it after `--`, e.g. `-- python3 model.py`".into(),
+            ));
+        }
+        if e.service.removing || e.service.update.is_some() || e.service.canary.is_some() {
+            return Err(Error::Conflict(format!(
+                "service '{name}' has a canary, an update or a removal under way; `mezz serve show {name}` says which"
+            )));
+        }
+        let version = e.service.version.max(e.service.last_version) + 1;
+        e.service.last_version = version;
+        e.service.canary = Some(Canary {
+            version,
+            command,
+            weight,
+        });
+        e.service.note = format!("canary version {version} at {weight}%");
+        b.add_canary_slot(name);
+        b.persist()?;
+        if let Some(d) = &b.driver {
+            d.revive();
+        }
+        Ok(b.view(name).expect("present"))
+    }
+
+    /// Makes the canary the service's command (a rolling update) and
+    /// stops the canary replica.
+    pub fn promote(&self, name: &str) -> Result<ServiceView, Error> {
+        let mut b = self.lock();
+        let Some(e) = b.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        let Some(c) = e.service.canary.take() else {
+            return Err(Error::BadRequest(format!(
+                "service '{name}' has no canary; `mezz serve canary {name} --weight 10 -- CMD` starts one"
+            )));
+        };
+        if let Err(err) = b.start_update(name, c.command.clone()) {
+            if let Some(e) = b.services.get_mut(name) {
+                e.service.canary = Some(c);
+            }
+            return Err(err);
+        }
+        b.retire_canary(name);
+        b.persist()?;
+        Ok(b.view(name).expect("present"))
+    }
+
+    /// Stops the canary; the service keeps its command.
+    pub fn rollback(&self, name: &str) -> Result<ServiceView, Error> {
+        let mut b = self.lock();
+        let Some(e) = b.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        let Some(c) = e.service.canary.take() else {
+            return Err(Error::BadRequest(format!("service '{name}' has no canary")));
+        };
+        e.service.note = format!("canary version {} rolled back", c.version);
+        b.retire_canary(name);
+        b.persist()?;
+        Ok(b.view(name).expect("present"))
+    }
+}
+
+/// Where a proxy may send requests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Backends {
+    /// The healthy replicas of the service's command.
+    pub stable: Vec<String>,
+    /// The healthy canary replicas.
+    pub canary: Vec<String>,
+    /// The canary's share of the requests, in percent.
+    pub weight: u32,
+}
+
+impl Backends {
+    /// Every healthy replica.
+    pub fn all(&self) -> Vec<String> {
+        self.stable.iter().chain(&self.canary).cloned().collect()
     }
 }
 
@@ -414,6 +521,46 @@ impl Inner {
         }
     }
 
+    /// A new canary slot of `name`.
+    fn add_canary_slot(&mut self, name: &str) {
+        let Some(c) = self
+            .services
+            .get(name)
+            .and_then(|e| e.service.canary.clone())
+        else {
+            return;
+        };
+        self.add_slot(name, None);
+        if let Some(s) = self
+            .services
+            .get_mut(name)
+            .and_then(|e| e.service.slots.last_mut())
+        {
+            s.canary = true;
+            s.version = c.version;
+            s.command = c.command;
+        }
+    }
+
+    /// Stops every canary replica of `name`.
+    fn retire_canary(&mut self, name: &str) {
+        let keys: Vec<String> = self
+            .services
+            .get(name)
+            .map(|e| {
+                e.service
+                    .slots
+                    .iter()
+                    .filter(|s| s.canary && !s.retiring)
+                    .map(|s| s.key.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in keys {
+            self.retire(name, &key);
+        }
+    }
+
     /// A new slot of `name`, launched no sooner than `not_before`.
     fn add_slot(&mut self, name: &str, not_before: Option<Instant>) {
         let key = format!("serve-{name}-{}", self.next_serial);
@@ -430,6 +577,7 @@ impl Inner {
                 address: None,
                 version: e.service.version,
                 command: e.service.spec.command.clone(),
+                canary: false,
             });
         }
     }
@@ -523,10 +671,11 @@ impl Inner {
                     Some(Phase::Failed) => "failed",
                     _ => "waiting",
                 };
-                if state == "healthy" {
+                if state == "healthy" && !s.canary {
                     healthy += 1;
                 }
                 ReplicaView {
+                    canary: s.canary,
                     version: s.version,
                     key: s.key.clone(),
                     task_id: t.and_then(|t| t.task_id.as_ref()).map(|i| i.0.clone()),
@@ -567,6 +716,7 @@ impl Inner {
                 None => String::new(),
             },
             note: svc.note.clone(),
+            canary_weight: svc.canary.as_ref().map(|c| c.weight),
         })
     }
 
@@ -712,6 +862,7 @@ impl Inner {
             .and_then(|t| t.task_id.clone())
             .is_some_and(|id| id.0 == status.task_id);
         let retiring = self.slot(&key).is_some_and(|(_, s)| s.retiring);
+        let was_canary = self.slot(&key).is_some_and(|(_, s)| s.canary);
         if current {
             if let Some(e) = self.services.get_mut(&name) {
                 let r = e.replicas.entry(key.clone()).or_default();
@@ -736,6 +887,7 @@ impl Inner {
         // update is done, fails the update.
         let failing_update = self.slot(&key).is_some_and(|(e, s)| {
             !s.retiring
+                && !s.canary
                 && s.version == e.service.version
                 && e.service.update.as_ref().is_some_and(|u| !u.rolling_back)
         });
@@ -798,7 +950,18 @@ impl Inner {
                             format!("replica {} ended; replaced", status.task_id)
                         };
                     }
-                    self.add_slot(&name, Some(now + delay));
+                    if was_canary {
+                        self.add_canary_slot(&name);
+                        if let Some(at) = self
+                            .services
+                            .get(&name)
+                            .and_then(|e| e.service.slots.last())
+                        {
+                            self.not_before.insert(at.key.clone(), now + delay);
+                        }
+                    } else {
+                        self.add_slot(&name, Some(now + delay));
+                    }
                     driver.wake_after(delay);
                 } else {
                     self.forget_slot(&name, &key);
@@ -921,7 +1084,12 @@ impl Inner {
                     .get(k)
                     .is_some_and(|t| t.phase == Phase::Running)
         };
-        let live: Vec<&Slot> = e.service.slots.iter().filter(|s| !s.retiring).collect();
+        let live: Vec<&Slot> = e
+            .service
+            .slots
+            .iter()
+            .filter(|s| !s.retiring && !s.canary)
+            .collect();
         let new: Vec<&Slot> = live
             .iter()
             .copied()
@@ -1070,6 +1238,7 @@ mod tests {
             version: 1,
             last_version: 1,
             update: None,
+            canary: None,
             note: String::new(),
         };
         let offer = proto::Offer {

@@ -53,6 +53,22 @@ pub struct Slot {
     /// That version's command.
     #[serde(default)]
     pub command: String,
+    /// A canary replica: it takes the canary's share of the traffic and
+    /// is not counted among the replicas.
+    #[serde(default)]
+    pub canary: bool,
+}
+
+/// A canary: one replica of another command taking a share of the
+/// requests.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Canary {
+    /// Its version.
+    pub version: u64,
+    /// Its command.
+    pub command: String,
+    /// Its share of the requests, in percent (1 to 99).
+    pub weight: u32,
 }
 
 /// A rolling update under way.
@@ -91,6 +107,9 @@ pub struct Service {
     /// The rolling update under way, if any.
     #[serde(default)]
     pub update: Option<Update>,
+    /// The canary, if any.
+    #[serde(default)]
+    pub canary: Option<Canary>,
     /// What the last update came to (e.g. why it was rolled back).
     #[serde(default)]
     pub note: String,
