@@ -1,4 +1,5 @@
-//! A service's HTTP/1.1 reverse proxy on 127.0.0.1: each request goes to
+//! A service's reverse proxy on 127.0.0.1 (HTTP/1.1, and HTTP/2 by prior
+//! knowledge, towards replicas in HTTP/1.1): each request goes to
 //! the healthy replica with the fewest requests outstanding through this
 //! proxy; a GET or HEAD whose replica cannot be reached, or drops the
 //! connection before answering, is tried once more on another replica.
@@ -18,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::scheduler::Book;
 
@@ -158,7 +159,9 @@ pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Boo
                     Ok::<_, Infallible>(answer)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            // HTTP/1.1, or HTTP/2 without TLS (prior knowledge), as the
+            // client speaks; replicas are asked in HTTP/1.1 either way.
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), handler)
                 .await;
         });
@@ -309,6 +312,12 @@ fn outgoing(
         .parse()
         .map_err(|e| Failure::Other(format!("bad request path: {e}")))?;
     copy_headers(&parts.headers, out.headers_mut());
+    // An HTTP/2 request names its host in the URI, not in a header.
+    if !out.headers().contains_key(hyper::header::HOST) {
+        if let Some(host) = parts.uri.authority().and_then(|a| a.as_str().parse().ok()) {
+            out.headers_mut().insert(hyper::header::HOST, host);
+        }
+    }
     Ok(out)
 }
 
