@@ -83,9 +83,14 @@ impl Registry {
     /// The Prometheus text of every service, with `(service, healthy
     /// replicas, requests in flight)` as gauges.
     pub fn render(&self, gauges: &[(String, u32, usize)]) -> String {
+        // Only the services there are: a removed one's counters are left
+        // behind by its proxy, not shown.
         let services: Vec<(String, Arc<ServiceMetrics>)> = {
             let m = self.services.lock().unwrap_or_else(|p| p.into_inner());
-            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            m.iter()
+                .filter(|(k, _)| gauges.iter().any(|(g, _, _)| g == *k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         };
         let mut out = String::new();
         let counter =
@@ -186,7 +191,10 @@ mod tests {
             text.contains("mezz_serve_replicas_healthy{service=\"m\"} 2\n"),
             "{text}"
         );
-        r.remove("m");
         assert!(!r.render(&[]).contains("service=\"m\""));
+        r.remove("m");
+        assert!(!r
+            .render(&[("m".into(), 0, 0)])
+            .contains("requests_total{service=\"m\"} 3"));
     }
 }

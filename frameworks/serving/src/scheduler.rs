@@ -289,6 +289,8 @@ impl Book {
             b.services.remove(&name);
             return Err(e);
         }
+        // A service of this name deployed before starts its counts anew.
+        self.metrics.remove(&name);
         tracing::info!(service = %name, replicas = count, proxy_port, "service deployed");
         if let Some(d) = &b.driver {
             d.revive();
