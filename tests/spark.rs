@@ -77,9 +77,13 @@ fn spark_python() -> Option<String> {
 /// A master and two agents, each offering its own range of free ports.
 fn two_agents() -> Cluster {
     let ports = |p: u16| format!("cpus:4;mem:6144;disk:2000;ports:[{p}-{}]", p + 99);
-    let mut c = Cluster::start(&ports(consecutive_free_ports(100)), &[]);
-    c.agent_resources = ports(consecutive_free_ports(100));
-    c.add_agent();
+    // Tasks run the test's Python and Spark, which may live where only
+    // root can reach them.
+    let mut c = Cluster::start_with_agent_args(&ports(consecutive_free_ports(100)), ROOT_TASKS);
+    // Agent i offers the i-th block after the cluster's range: name the
+    // block before a free one, so that agent 1 gets the free one.
+    c.agent_resources = ports(consecutive_free_ports(100) - 100);
+    c.add_agent_with(ROOT_TASKS);
     c
 }
 

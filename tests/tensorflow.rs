@@ -24,17 +24,6 @@ fn script(name: &str) -> String {
 
 /// The Python with TensorFlow: `$MEZZ_TEST_PYTHON`, else the venv
 /// `scripts/test.sh` makes. `None` (the test is skipped) when it has no
-/// Agent flags for these tests: the test's Python may live where only root
-/// can reach it (a venv under root's home), so tasks run as root here
-/// instead of as the default unprivileged task user.
-const ROOT_TASKS: &[&str] = &[
-    "--gpus",
-    "none",
-    "--task-user",
-    "root",
-    "--allow-root-tasks",
-];
-
 /// TensorFlow, except under CI, where that is a failure.
 fn tf_python() -> Option<String> {
     let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {

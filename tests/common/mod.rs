@@ -590,3 +590,14 @@ pub fn private_network(name: &str, timeout: Duration, netns: Netns) -> bool {
         }
     }
 }
+
+/// Agent flags for tests whose tasks run the test's Python, which may live
+/// where only root can reach it (a venv under root's home): tasks run as
+/// root there instead of as the default unprivileged task user.
+pub const ROOT_TASKS: &[&str] = &[
+    "--gpus",
+    "none",
+    "--task-user",
+    "root",
+    "--allow-root-tasks",
+];
