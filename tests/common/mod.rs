@@ -488,14 +488,42 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// `n` consecutive free loopback ports; returns the first.
+///
+/// They are taken below the kernel's ephemeral range: a test that makes
+/// thousands of short connections leaves their client ports in TIME_WAIT
+/// for a minute, and a listener cannot bind those, so blocks inside the
+/// ephemeral range are soon hard to find. Below it only listeners live.
 pub fn consecutive_free_ports(n: u16) -> u16 {
-    for _ in 0..100 {
-        let p = free_port();
-        if p < 65000 && (1..n).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the ports `mezz dev` and agents offer by default (31000-32999)
+    // when the range allows, else from 10000.
+    let (low, high) = if ephemeral_low >= 33000 + n {
+        (33000, ephemeral_low - n)
+    } else {
+        (10000, ephemeral_low.saturating_sub(n).max(10001))
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2654435761);
+    for _ in 0..200 {
+        // xorshift: a different start for each try and each test process.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let p = low + (seed % u32::from(high - low)) as u16;
+        let held: Vec<TcpListener> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", p + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
             return p;
         }
     }
-    panic!("no {n} consecutive free ports");
+    panic!("no {n} consecutive free ports between {low} and {high}");
 }
 
 /// Set in the environment of a test run again by [`private_network`].
