@@ -629,3 +629,34 @@ pub const ROOT_TASKS: &[&str] = &[
     "root",
     "--allow-root-tasks",
 ];
+
+/// The Python of the framework tests: `$MEZZ_TEST_PYTHON`, else the venv
+/// `scripts/test.sh` makes, when it can import `modules` (as in `import
+/// a, b`); else why not.
+pub fn python_with(modules: &str) -> Result<String, String> {
+    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/mezzanine/venv/bin/python")
+    });
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{python} cannot import {modules} (scripts/test.sh installs it)"
+        ))
+    }
+}
+
+/// A test that cannot run here says so and is skipped, except under
+/// `CI=true`, where that is a failure.
+pub fn skip_unless_ci(why: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    eprintln!("skipping: {why}");
+}
