@@ -27,27 +27,9 @@ const T: Duration = Duration::from_secs(120);
 /// import jupyter_server and ipykernel, except under CI, where that is a
 /// failure.
 fn jupyter_python() -> Option<String> {
-    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/mezzanine/venv/bin/python")
-    });
-    let ok = Command::new(&python)
-        .args(["-c", "import jupyter_server, ipykernel"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{python} cannot import jupyter_server and ipykernel; scripts/test.sh installs them"
-    );
-    eprintln!(
-        "skipping: {python} cannot import jupyter_server and ipykernel (run scripts/test.sh)"
-    );
-    None
+    python_with("jupyter_server, ipykernel")
+        .map_err(|why| skip_unless_ci(&why))
+        .ok()
 }
 
 /// The `mezz` binary, copied once per test run: the daemon outlives the

@@ -64,9 +64,12 @@ fn the_readme_commands_name_real_subcommands_and_flags() {
         // What goes to the task after `--` is not ours to parse; `…` and
         // `...` stand for more of the same.
         let ours = command.split(" -- ").next().unwrap_or(command);
+        // So does an application after its options (`mezz spark submit
+        // … app.py ARGS`): `--help` after it would be the application's.
         let ours: Vec<&str> = ours
             .split_whitespace()
             .filter(|w| *w != "..." && *w != "…")
+            .take_while(|w| !(w.ends_with(".py") || w.ends_with(".jar")))
             .collect();
         let line = format!("\"$MEZZ\" {} --help", ours[1..].join(" "));
         let out = Command::new("bash")

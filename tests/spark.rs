@@ -49,37 +49,25 @@ fn java_ok() -> bool {
 /// is skipped) when either is missing, except under CI, where that is a
 /// failure.
 fn spark_python() -> Option<String> {
-    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/mezzanine/venv/bin/python")
-    });
-    let pyspark = Command::new(&python)
-        .args(["-c", "import pyspark"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let missing = match (pyspark, java_ok()) {
-        (true, true) => return Some(python),
-        (false, _) => format!("{python} cannot import pyspark (run scripts/test.sh)"),
-        (true, false) => {
-            "no Java 17 or 21 on PATH (apt-get install openjdk-17-jre-headless)".into()
-        }
+    let missing = match python_with("pyspark") {
+        Ok(python) if java_ok() => return Some(python),
+        Ok(_) => "no Java 17 or 21 on PATH (apt-get install openjdk-17-jre-headless)".into(),
+        Err(why) => why,
     };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{missing}; the Spark tests need it"
-    );
-    eprintln!("skipping: {missing}");
+    skip_unless_ci(&format!("{missing}; the Spark tests need it"));
     None
 }
 
 /// A master and two agents, each offering its own range of free ports.
 fn two_agents() -> Cluster {
     let ports = |p: u16| format!("cpus:4;mem:6144;disk:2000;ports:[{p}-{}]", p + 99);
-    let mut c = Cluster::start(&ports(consecutive_free_ports(100)), &[]);
-    c.agent_resources = ports(consecutive_free_ports(100));
-    c.add_agent();
+    // Tasks run the test's Python and Spark, which may live where only
+    // root can reach them.
+    let mut c = Cluster::start_with_agent_args(&ports(consecutive_free_ports(100)), ROOT_TASKS);
+    // Agent i offers the i-th block after the cluster's range: name the
+    // block before a free one, so that agent 1 gets the free one.
+    c.agent_resources = ports(consecutive_free_ports(100) - 100);
+    c.add_agent_with(ROOT_TASKS);
     c
 }
 

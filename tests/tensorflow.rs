@@ -24,39 +24,11 @@ fn script(name: &str) -> String {
 
 /// The Python with TensorFlow: `$MEZZ_TEST_PYTHON`, else the venv
 /// `scripts/test.sh` makes. `None` (the test is skipped) when it has no
-/// Agent flags for these tests: the test's Python may live where only root
-/// can reach it (a venv under root's home), so tasks run as root here
-/// instead of as the default unprivileged task user.
-const ROOT_TASKS: &[&str] = &[
-    "--gpus",
-    "none",
-    "--task-user",
-    "root",
-    "--allow-root-tasks",
-];
-
 /// TensorFlow, except under CI, where that is a failure.
 fn tf_python() -> Option<String> {
-    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/mezzanine/venv/bin/python")
-    });
-    let ok = Command::new(&python)
-        .args(["-c", "import tensorflow"])
-        .env("TF_CPP_MIN_LOG_LEVEL", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{python} cannot import tensorflow; scripts/test.sh installs it"
-    );
-    eprintln!("skipping: {python} cannot import tensorflow (run scripts/test.sh)");
-    None
+    python_with("tensorflow")
+        .map_err(|why| skip_unless_ci(&why))
+        .ok()
 }
 
 /// `mezz tf run …` in the background, its output in files.

@@ -141,7 +141,7 @@ impl Drop for InFlight {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1 close
-/// after the current response) and waits for them, at most [`DRAIN`].
+/// after the current response) and waits for them, at most 10 s (`DRAIN`).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,

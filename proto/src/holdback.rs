@@ -46,7 +46,9 @@ pub fn per_gpu(reserve: &Resources) -> Option<HeldBack> {
 ///   offered (thousandths, see [`gpus_milli`]);
 /// - `per_gpu`: the agent's `--gpu-reserve`, per idle GPU. Without one,
 ///   each GPU's share of half the agent: with every GPU idle, half of the
-///   machine stays open to CPU-only work and half waits for GPU work.
+///   machine stays open to CPU-only work and half waits for GPU work; and
+///   never so much that less than one CPU stays open (an agent of one CPU
+///   holds back none by default).
 ///
 /// Never more than `base`; nothing for an agent without GPUs or without
 /// idle ones.
@@ -58,6 +60,8 @@ pub fn per_gpu(reserve: &Resources) -> Option<HeldBack> {
 /// // --gpu-reserve 'cpus:2;mem:8192', 3 idle GPUs, capped by the total.
 /// assert_eq!(held_back_milli([4000, 65_536_000], 4000, 3000, Some([2000, 8_192_000])), [4000, 24_576_000]);
 /// assert_eq!(held_back_milli([8000, 1000], 0, 0, None), [0, 0]);
+/// // One CPU and two idle GPUs: the CPU stays open to CPU-only work.
+/// assert_eq!(held_back_milli([1000, 8000], 2000, 2000, None), [0, 4000]);
 /// ```
 pub fn held_back_milli(
     base: HeldBack,
@@ -73,7 +77,17 @@ pub fn held_back_milli(
         let want = match per_gpu {
             // A reserve per GPU, times the idle GPUs (thousandths twice).
             Some(p) => i128::from(p[i]) * idle / 1000,
-            None => i128::from(base[i]) * idle / (2 * i128::from(gpus_total)),
+            None => {
+                let share = i128::from(base[i]) * idle / (2 * i128::from(gpus_total));
+                if i == 0 {
+                    // One CPU always stays open to CPU-only work: a task of
+                    // one CPU (`mezz run`'s default) must fit every agent
+                    // that has one, small GPU agents included.
+                    share.min(i128::from(base[0]) - 1000)
+                } else {
+                    share
+                }
+            }
         };
         want.clamp(0, i128::from(base[i].max(0))) as i64
     })

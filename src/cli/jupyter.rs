@@ -28,8 +28,8 @@ pub struct StateArg {
     #[command(flatten)]
     pub master: MasterArg,
     /// The framework's state directory (notebooks, tokens, framework id,
-    /// daemon log). Default: $XDG_STATE_HOME/mezz/jupyter/<master>, else
-    /// ~/.local/state/mezz/jupyter/<master>.
+    /// daemon log). Default: `$XDG_STATE_HOME/mezz/jupyter/<master>`, else
+    /// `~/.local/state/mezz/jupyter/<master>`.
     #[arg(long, env = "MEZZ_JUPYTER_STATE", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }

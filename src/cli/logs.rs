@@ -305,6 +305,18 @@ pub async fn main(args: LogsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Waits (up to 10 s each) for the output streams of a job's tasks to
+/// drain after the job ended, reporting a stream that failed as `who`.
+pub async fn drain(tails: Vec<tokio::task::JoinHandle<Result<()>>>, who: &str) {
+    for t in tails {
+        match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Ok(Ok(Err(e))) => eprintln!("{who}: {e:#}"),
+            Ok(Err(e)) => eprintln!("{who}: output stream failed: {e}"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::last_lines;

@@ -444,13 +444,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         }
     }
     let _ = finished.send(true);
-    for t in tails {
-        match tokio::time::timeout(Duration::from_secs(10), t).await {
-            Ok(Ok(Err(e))) => eprintln!("mezz spark: {e:#}"),
-            Ok(Err(e)) => eprintln!("mezz spark: output stream failed: {e}"),
-            Ok(Ok(Ok(()))) | Err(_) => {}
-        }
-    }
+    super::logs::drain(tails, "mezz spark").await;
     let Some(outcome) = outcome else {
         bail!(
             "{}",

@@ -357,13 +357,7 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
         }
     }
     let _ = finished.send(true);
-    for t in tails {
-        match tokio::time::timeout(Duration::from_secs(10), t).await {
-            Ok(Ok(Err(e))) => eprintln!("mezz tf: {e:#}"),
-            Ok(Err(e)) => eprintln!("mezz tf: output stream failed: {e}"),
-            Ok(Ok(Ok(()))) | Err(_) => {}
-        }
-    }
+    super::logs::drain(tails, "mezz tf").await;
     match outcome {
         Some(Outcome::Succeeded) => {
             eprintln!("mezz tf: {name} succeeded");

@@ -488,14 +488,42 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// `n` consecutive free loopback ports; returns the first.
+///
+/// They are taken below the kernel's ephemeral range: a test that makes
+/// thousands of short connections leaves their client ports in TIME_WAIT
+/// for a minute, and a listener cannot bind those, so blocks inside the
+/// ephemeral range are soon hard to find. Below it only listeners live.
 pub fn consecutive_free_ports(n: u16) -> u16 {
-    for _ in 0..100 {
-        let p = free_port();
-        if p < 65000 && (1..n).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the ports `mezz dev` and agents offer by default (31000-32999)
+    // when the range allows, else from 10000.
+    let (low, high) = if ephemeral_low >= 33000 + n {
+        (33000, ephemeral_low - n)
+    } else {
+        (10000, ephemeral_low.saturating_sub(n).max(10001))
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2654435761);
+    for _ in 0..200 {
+        // xorshift: a different start for each try and each test process.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let p = low + (seed % u32::from(high - low)) as u16;
+        let held: Vec<TcpListener> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", p + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
             return p;
         }
     }
-    panic!("no {n} consecutive free ports");
+    panic!("no {n} consecutive free ports between {low} and {high}");
 }
 
 /// Set in the environment of a test run again by [`private_network`].
@@ -589,4 +617,46 @@ pub fn private_network(name: &str, timeout: Duration, netns: Netns) -> bool {
             panic!("{name} did not finish within {timeout:?} in its network namespace:\n{output}")
         }
     }
+}
+
+/// Agent flags for tests whose tasks run the test's Python, which may live
+/// where only root can reach it (a venv under root's home): tasks run as
+/// root there instead of as the default unprivileged task user.
+pub const ROOT_TASKS: &[&str] = &[
+    "--gpus",
+    "none",
+    "--task-user",
+    "root",
+    "--allow-root-tasks",
+];
+
+/// The Python of the framework tests: `$MEZZ_TEST_PYTHON`, else the venv
+/// `scripts/test.sh` makes, when it can import `modules` (as in `import
+/// a, b`); else why not.
+pub fn python_with(modules: &str) -> Result<String, String> {
+    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/mezzanine/venv/bin/python")
+    });
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{python} cannot import {modules} (scripts/test.sh installs it)"
+        ))
+    }
+}
+
+/// A test that cannot run here says so and is skipped, except under
+/// `CI=true`, where that is a failure.
+pub fn skip_unless_ci(why: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    eprintln!("skipping: {why}");
 }
