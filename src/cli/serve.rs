@@ -28,8 +28,8 @@ pub struct StateArg {
     #[command(flatten)]
     pub master: MasterArg,
     /// The framework's state directory (services, framework id, daemon
-    /// log). Default: $XDG_STATE_HOME/mezz/serve/<master>, else
-    /// ~/.local/state/mezz/serve/<master>.
+    /// log). Default: `$XDG_STATE_HOME/mezz/serve/<master>`, else
+    /// `~/.local/state/mezz/serve/<master>`.
     #[arg(long, env = "MEZZ_SERVE_STATE", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
