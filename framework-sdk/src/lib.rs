@@ -59,6 +59,8 @@
 //!   Hand it your offers, and your [`Scheduler::wakeup`] calls (it asks for
 //!   them with [`Driver::wake_after`]).
 //!
+//! - [`http`]: a small HTTP/1.1 client for a framework daemon's local API
+//!   and the plain-HTTP servers its tasks run.
 //! - [`sizes`]: named sizes (`cpu-small`, `gpu-large`, or the operators'
 //!   own from `$MEZZ_SIZES`), so `--size` means the same in every
 //!   framework.
@@ -123,6 +125,7 @@ mod driver;
 mod error;
 mod framework_id;
 mod gang;
+pub mod http;
 mod placement;
 mod runtime;
 mod scheduler;

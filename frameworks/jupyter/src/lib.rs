@@ -21,7 +21,7 @@
 
 pub mod api;
 pub mod daemon;
-pub mod http;
+pub use mezz_sdk::http;
 pub mod notebook;
 pub mod scheduler;
 pub mod store;

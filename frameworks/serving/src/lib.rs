@@ -24,7 +24,7 @@
 
 pub mod api;
 pub mod daemon;
-pub mod http;
+pub use mezz_sdk::http;
 pub mod metrics;
 pub mod proxy;
 pub mod scheduler;

@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 client for the two plain-HTTP peers the framework
-//! talks to: the daemon's local API and the replicas (tests, health). One
+//! A small HTTP/1.1 client for the plain-HTTP peers a framework daemon
+//! talks to: its own local API, and the servers its tasks run (a Jupyter
+//! server's REST API, a model's health path). One
 //! request per connection (`Connection: close`), bodies read to the end.
 //! A general client (TLS, pooling, redirects) would be weight without use.
 
