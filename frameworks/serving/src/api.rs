@@ -134,7 +134,8 @@ async fn deploy(
             let proxy = tokio::spawn(crate::proxy::serve(
                 listener,
                 name.clone(),
-                api.book.clone(),
+                api.book.routes(),
+                api.book.metrics().clone(),
             ));
             api.book.set_proxy(&name, proxy.abort_handle());
             (StatusCode::CREATED, Json(view)).into_response()

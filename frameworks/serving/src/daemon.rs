@@ -48,13 +48,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
     for (name, port) in book.proxies() {
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
             Ok(l) => {
-                let proxy = tokio::spawn(crate::proxy::serve(l, name.clone(), book.clone()));
+                let proxy = tokio::spawn(crate::proxy::serve(
+                    l,
+                    name.clone(),
+                    book.routes(),
+                    book.metrics().clone(),
+                ));
                 book.set_proxy(&name, proxy.abort_handle());
             }
             Err(e) => {
                 tracing::error!(service = %name, port, "cannot listen for the proxy again: {e}; `mezz serve rm {name}` and deploy it anew")
             }
         }
+    }
+    {
+        let book = book.clone();
+        tokio::spawn(async move {
+            loop {
+                for (name, _) in book.proxies() {
+                    book.routes().set(&name, book.backends(&name));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -21,7 +21,7 @@ use hyper::header::{HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::scheduler::Book;
+use crate::metrics::Registry;
 
 /// Connecting to a replica past this is a connection failure.
 const CONNECT: Duration = Duration::from_secs(5);
@@ -111,6 +111,54 @@ impl Drop for InFlight {
     }
 }
 
+/// Where a proxy may send requests.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Backends {
+    /// The healthy replicas of the service's command.
+    pub stable: Vec<String>,
+    /// The healthy canary replicas.
+    pub canary: Vec<String>,
+    /// The canary's share of the requests, in percent.
+    pub weight: u32,
+}
+
+impl Backends {
+    /// Every healthy replica.
+    pub fn all(&self) -> Vec<String> {
+        self.stable.iter().chain(&self.canary).cloned().collect()
+    }
+}
+
+/// Every service's backends, as the proxies read them on each request;
+/// cheap to clone. Whoever knows the replicas' health (the serving daemon)
+/// sets them; between two settings the proxies keep the last ones.
+#[derive(Clone, Default)]
+pub struct Routes {
+    table: Arc<std::sync::RwLock<HashMap<String, Arc<Backends>>>>,
+}
+
+impl Routes {
+    /// The backends of `service`; none when it is unknown.
+    pub fn get(&self, service: &str) -> Arc<Backends> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.get(service).cloned().unwrap_or_default()
+    }
+
+    /// Sets the backends of `service`.
+    pub fn set(&self, service: &str, backends: Backends) {
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if t.get(service).map(|b| **b != backends).unwrap_or(true) {
+            t.insert(service.to_string(), Arc::new(backends));
+        }
+    }
+
+    /// Forgets `service`.
+    pub fn remove(&self, service: &str) {
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        t.remove(service);
+    }
+}
+
 /// Why forwarding failed.
 enum Failure {
     /// The replica could not be reached, or closed before answering: safe
@@ -120,13 +168,19 @@ enum Failure {
     Other(String),
 }
 
-/// Serves `service`'s proxy on `listener` until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Book) {
+/// Serves `service`'s proxy on `listener`, to the backends `routes` holds
+/// for it, until the task is aborted. Requests are counted in `metrics`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: String,
+    routes: Routes,
+    registry: Registry,
+) {
     let table = Arc::new(Outstanding {
-        counts: book.metrics().in_flight(),
+        counts: registry.in_flight(),
         ..Default::default()
     });
-    let metrics = book.metrics().service(&service);
+    let metrics = registry.service(&service);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -138,23 +192,23 @@ pub async fn serve(listener: tokio::net::TcpListener, service: String, book: Boo
             }
         };
         let _ = stream.set_nodelay(true);
-        let (service, book, table, metrics) = (
+        let (service, routes, table, metrics) = (
             service.clone(),
-            book.clone(),
+            routes.clone(),
             table.clone(),
             metrics.clone(),
         );
         tokio::spawn(async move {
             let handler = hyper::service::service_fn(move |req| {
-                let (service, book, table, metrics) = (
+                let (service, routes, table, metrics) = (
                     service.clone(),
-                    book.clone(),
+                    routes.clone(),
                     table.clone(),
                     metrics.clone(),
                 );
                 async move {
                     let start = std::time::Instant::now();
-                    let (answer, own) = handle(req, &service, &book, &table, &metrics).await;
+                    let (answer, own) = handle(req, &service, &routes, &table, &metrics).await;
                     metrics.record(start.elapsed(), own);
                     Ok::<_, Infallible>(answer)
                 }
@@ -178,7 +232,7 @@ fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
 async fn handle(
     req: Request<Incoming>,
     service: &str,
-    book: &Book,
+    routes: &Routes,
     table: &Arc<Outstanding>,
     metrics: &crate::metrics::ServiceMetrics,
 ) -> (Response<Full<Bytes>>, bool) {
@@ -197,7 +251,7 @@ async fn handle(
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::new();
     for attempt in 0..2 {
-        let backends = book.backends(service);
+        let backends = routes.get(service);
         // The canary's share by count: of every 100 requests, `weight` go
         // to the canary while it is healthy.
         let to_canary = !backends.canary.is_empty()

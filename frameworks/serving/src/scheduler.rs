@@ -113,6 +113,7 @@ pub struct ServiceView {
 pub struct Book {
     inner: Arc<Mutex<Inner>>,
     metrics: crate::metrics::Registry,
+    routes: crate::proxy::Routes,
 }
 
 struct Inner {
@@ -181,7 +182,13 @@ impl Book {
                 framework_id: None,
             })),
             metrics,
+            routes: Default::default(),
         })
+    }
+
+    /// The proxies' routes.
+    pub fn routes(&self) -> crate::proxy::Routes {
+        self.routes.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -486,23 +493,7 @@ impl Book {
     }
 }
 
-/// Where a proxy may send requests.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Backends {
-    /// The healthy replicas of the service's command.
-    pub stable: Vec<String>,
-    /// The healthy canary replicas.
-    pub canary: Vec<String>,
-    /// The canary's share of the requests, in percent.
-    pub weight: u32,
-}
-
-impl Backends {
-    /// Every healthy replica.
-    pub fn all(&self) -> Vec<String> {
-        self.stable.iter().chain(&self.canary).cloned().collect()
-    }
-}
+pub use crate::proxy::Backends;
 
 fn in_flight(table: &crate::metrics::InFlight, address: &str) -> usize {
     let t = table.lock().unwrap_or_else(|p| p.into_inner());
