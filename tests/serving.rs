@@ -2,8 +2,10 @@
 //! serving framework daemon, and replicas of a small standard-library
 //! Python model server (tests/serving/model.py). Three replicas answer
 //! through the proxy from both agents; a killed replica is replaced while
-//! every request through the proxy keeps succeeding; a restarted daemon
-//! takes its replicas back; scale and rm leave exactly what they say; a
+//! every request through the proxy keeps succeeding; a daemon killed
+//! under a request loop fails no request (the proxy process outlives it)
+//! and takes its replicas back; a proxy port taken while the proxy was
+//! down is reported and taken back; scale and rm leave exactly what they say; a
 //! rolling update under a loop of 2,000 requests fails none, and a version
 //! that fails its health check is rolled back by itself; a canary at
 //! weight 20 gets its share and is promoted; bad input is refused with one
@@ -224,6 +226,13 @@ impl Dev {
         v["pid"].as_i64().map(|p| p as i32)
     }
 
+    /// The proxy process's pid, from its file in the state directory.
+    fn proxy_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.state_dir().join("proxy.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    }
+
     fn daemon_address(&self) -> String {
         let text =
             std::fs::read_to_string(self.state_dir().join("daemon.json")).expect("daemon.json");
@@ -245,10 +254,18 @@ impl Dev {
             .unwrap_or_else(|| panic!("no {name} of m in:\n{metrics}"))
     }
 
+    /// The ends of the daemon's and the proxy process's logs.
     fn daemon_log(&self) -> String {
-        let t = std::fs::read_to_string(self.state_dir().join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let tail = |name: &str| {
+            let t = std::fs::read_to_string(self.state_dir().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        format!(
+            "{}\n---- proxy log ----\n{}",
+            tail("daemon.log"),
+            tail("proxy.log")
+        )
     }
 
     /// SIGKILLs the process group of a task's command (as a crash would).
@@ -274,9 +291,11 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        if let Some(pid) = self.daemon_pid().filter(|p| *p > 1) {
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
+        for pid in [self.daemon_pid(), self.proxy_pid()].into_iter().flatten() {
+            if pid > 1 {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
             }
         }
         if std::thread::panicking() {
@@ -517,13 +536,18 @@ fn replicas_spread_answer_through_the_proxy_are_replaced_and_taken_back() {
     }
 
     // A restarted daemon takes the replicas back, without restarting
-    // them, and serves the same proxy port again.
+    // them; the proxy process outlives it, so the service answers every
+    // request throughout, on the same port.
     let before: Vec<serde_json::Value> = dev.show("m")["replica_list"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|r| r["task_id"].clone())
         .collect();
+    let proxy_pid = dev.proxy_pid().expect("the proxy process's pid");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let during = request_loop(proxy.clone(), stop.clone(), count.clone());
     let pid = dev.daemon_pid().expect("the daemon's pid");
     unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -539,11 +563,53 @@ fn replicas_spread_answer_through_the_proxy_are_replaced_and_taken_back() {
             .collect();
         s["healthy"] == 2 && ids == before
     });
+    // And a while after, with routes from the new daemon.
+    let seen = count.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for("requests after the restart", T, || {
+        count.load(std::sync::atomic::Ordering::Relaxed) > seen + 50
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, failed, _) = during.join().expect("request loop");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} requests failed across the daemon's restart: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        dev.daemon_log()
+    );
     assert_ne!(dev.daemon_pid(), Some(pid));
-    for _ in 0..10 {
-        ask(&proxy).expect("a request after the daemon's restart");
-    }
+    assert_eq!(
+        dev.proxy_pid(),
+        Some(proxy_pid),
+        "the proxy process was restarted"
+    );
     assert_eq!(dev.active_tasks().len(), 2);
+
+    // The proxy process and the daemon both gone, and the service's port
+    // taken meanwhile by another program: `show` says so plainly, and the
+    // proxy takes the port back once it is free.
+    let pid = dev.daemon_pid().expect("the daemon's pid");
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::kill(proxy_pid, libc::SIGKILL);
+    }
+    wait_for("daemon and proxy gone", T, || {
+        !pid_alive(pid) && !pid_alive(proxy_pid)
+    });
+    let squatter = std::net::TcpListener::bind(&proxy).expect("the freed proxy port");
+    wait_for("the port conflict reported", START, || {
+        dev.show("m")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot listen on") && m.contains("another program"))
+    });
+    drop(squatter);
+    wait_for("the proxy on its port again", START, || ask(&proxy).is_ok());
+    for _ in 0..10 {
+        ask(&proxy).expect("a request through the proxy on its port again");
+    }
+    assert!(dev.show("m")["message"]
+        .as_str()
+        .is_some_and(|m| !m.contains("cannot listen on")));
 
     // rm leaves nothing running and closes the proxy.
     dev.ok("rm", &["m"], T);
@@ -582,6 +648,30 @@ fn bad_deploys_are_refused_before_anything_runs() {
     assert!(err.contains("not a service name"), "{err}");
     let err = run(&["m", "--health-path", "health", "--", "true"]);
     assert!(err.contains("--health-path"), "{err}");
+    // An update that could never move is refused before the daemon too.
+    let dir = state.path().join("s").display().to_string();
+    let out = mezz(
+        &[
+            "serve",
+            "update",
+            "--master",
+            &master,
+            "--state-dir",
+            &dir,
+            "m",
+            "--max-surge",
+            "0",
+            "--max-unavailable",
+            "0",
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("--max-surge 0"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
     assert!(
         !state.path().join("s").join("daemon.json").exists(),
         "a refused deploy started the daemon"
@@ -643,7 +733,12 @@ fn rolling_updates_and_canaries_fail_no_request() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let looping = request_loop(proxy.clone(), stop.clone(), count.clone());
-    dev.ok("update", &["m", "--", &python, &model, "v2"], START);
+    // Both new replicas at once (a surge of two), none short.
+    dev.ok(
+        "update",
+        &["m", "--max-surge", "2", "--", &python, &model, "v2"],
+        START,
+    );
     let during = count.load(std::sync::atomic::Ordering::Relaxed);
     let show = dev.show("m");
     assert_eq!(show["version"], 2, "{show}");

@@ -133,7 +133,7 @@ impl Command {
                     command: jupyter::JupyterCommand::Daemon(_),
                 })
                 | Command::Serve(serve::ServeArgs {
-                    command: serve::ServeCommand::Daemon(_),
+                    command: serve::ServeCommand::Daemon(_) | serve::ServeCommand::Proxy(_),
                 })
         )
     }
@@ -154,7 +154,7 @@ pub fn init_tracing(cli: &Cli) {
             command: jupyter::JupyterCommand::Daemon(_),
         }) => "info",
         Command::Serve(serve::ServeArgs {
-            command: serve::ServeCommand::Daemon(_),
+            command: serve::ServeCommand::Daemon(_) | serve::ServeCommand::Proxy(_),
         }) => "info",
         _ => "warn",
     };

@@ -57,6 +57,20 @@ pub enum ServeCommand {
     /// Run the serving framework in the foreground (the other commands run
     /// it in the background when it is not running).
     Daemon(DaemonArgs),
+    /// Run the services' proxies (the daemon starts this process and feeds
+    /// it; it outlives the daemon, so services answer while it restarts).
+    #[command(hide = true)]
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// The state directory it shares with the daemon.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// End after this long without a word from a daemon.
+    #[arg(long, default_value = "24h", value_name = "DUR")]
+    pub orphan_timeout: String,
 }
 
 #[derive(Args, Debug)]
@@ -125,11 +139,13 @@ pub struct ScaleArgs {
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  \
     mezz serve update echo -- python3 serve.py --model v2\n\n\
-One new replica is started at a time (max surge 1); an old one is stopped\n\
-only once a new one is healthy (max unavailable 0), so the service keeps\n\
-its full number of healthy replicas throughout. A new replica that fails\n\
-its health check or ends rolls the update back by itself; `mezz serve show`\n\
-says why.")]
+By default one new replica is started at a time (--max-surge 1) and an old\n\
+one is stopped only once a new one is healthy (--max-unavailable 0), so the\n\
+service keeps its full number of healthy replicas throughout. Raise either\n\
+to go faster: --max-surge N runs up to N replicas beyond the number wanted,\n\
+--max-unavailable N lets the service be N healthy replicas short. A new\n\
+replica that fails its health check or ends rolls the update back by\n\
+itself; `mezz serve show` says why.")]
 pub struct UpdateArgs {
     #[command(flatten)]
     pub state: StateArg,
@@ -138,6 +154,12 @@ pub struct UpdateArgs {
     /// How long to wait for the update to finish.
     #[arg(long, default_value = "10m", value_name = "DUR")]
     pub wait: String,
+    /// New replicas that may run beyond the number wanted.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub max_surge: u32,
+    /// Healthy replicas the service may be short of during the update.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_unavailable: u32,
     /// The new command each replica runs.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -215,6 +237,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         ServeCommand::Show(a) => show(a).await,
         ServeCommand::Rm(a) => rm(a).await,
         ServeCommand::Daemon(a) => run_daemon(a).await,
+        ServeCommand::Proxy(a) => run_proxy(a).await,
     }
 }
 
@@ -449,13 +472,26 @@ async fn update(args: UpdateArgs) -> Result<ExitCode> {
         return Err(not_found(&args.name));
     }
     let wait = duration("--wait", &args.wait)?;
+    let pace = mezz_serving::service::Pace {
+        max_surge: args.max_surge,
+        max_unavailable: args.max_unavailable,
+    };
+    pace.validate()?;
     let client = daemon_client(&args.state).await?;
     let started = client
-        .update(&args.name, &shell_command(&args.command))
+        .update(&args.name, &shell_command(&args.command), pace)
         .await?;
     let target = started.version;
+    let how = if pace == Default::default() {
+        "one replica at a time".to_string()
+    } else {
+        format!(
+            "up to {} extra and {} short at a time",
+            pace.max_surge, pace.max_unavailable
+        )
+    };
     eprintln!(
-        "mezz serve: updating {} to version {target}, one replica at a time",
+        "mezz serve: updating {} to version {target}, {how}",
         args.name
     );
     let deadline = Instant::now() + wait;
@@ -679,9 +715,27 @@ async fn run_daemon(args: DaemonArgs) -> Result<ExitCode> {
         masters,
         state_dir,
         failover_timeout: duration("--failover-timeout", &args.failover_timeout)?,
+        proxy_command: Some(vec![
+            std::env::current_exe()
+                .context("locating the mezz binary")?
+                .into(),
+            "serve".into(),
+            "proxy".into(),
+        ]),
     };
     if !daemon::run(config, super::shutdown_signal()).await? {
         eprintln!("mezz serve: a daemon already serves this state directory");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_proxy(args: ProxyArgs) -> Result<ExitCode> {
+    let config = mezz_serving::relay::Config {
+        state_dir: absolute(&args.state_dir)?,
+        orphan_timeout: duration("--orphan-timeout", &args.orphan_timeout)?,
+    };
+    if !mezz_serving::relay::run(config, super::shutdown_signal()).await? {
+        eprintln!("mezz serve: a proxy process already serves this state directory");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 //! client half (what the CLI uses) both live here, so they cannot drift
 //! apart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -17,8 +18,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::http;
+use crate::relay::Link;
 use crate::scheduler::{Book, ServiceView};
-use crate::service::DeployRequest;
+use crate::service::{DeployRequest, Pace};
 use crate::store::DaemonInfo;
 use crate::Error;
 
@@ -34,6 +36,7 @@ pub struct Health {
 #[derive(Clone)]
 struct Api {
     book: Book,
+    link: Arc<Link>,
     secret: String,
 }
 
@@ -60,21 +63,26 @@ impl IntoResponse for Error {
     }
 }
 
-/// `None` when the request carries the secret, else the refusal.
-fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
+/// Whether `headers` carry `Authorization: Bearer SECRET`.
+pub(crate) fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     // Equal length and every byte compared: no early exit to time.
-    let same = given.len() == api.secret.len()
+    given.len() == secret.len()
         && given
             .bytes()
-            .zip(api.secret.bytes())
+            .zip(secret.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    (!same).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
+            == 0
+}
+
+/// `None` when the request carries the secret, else the refusal.
+fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    (!bearer_matches(headers, &api.secret))
+        .then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
 }
 
 async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
@@ -114,30 +122,30 @@ async fn deploy(
         .into_response();
     }
     // The proxy's port is picked here, once: it is the service's address
-    // for as long as the service lives, across restarts of the daemon.
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-        Ok(l) => l,
-        Err(e) => {
-            return Error::Daemon(format!("cannot listen on 127.0.0.1 for the proxy: {e}"))
-                .into_response()
-        }
-    };
-    let port = match listener.local_addr() {
-        Ok(a) => a.port(),
-        Err(e) => {
-            return Error::Daemon(format!("cannot read the proxy's port: {e}")).into_response()
-        }
-    };
+    // for as long as the service lives, across restarts of the daemon and
+    // of the proxy. The link is held from the new port to the book's
+    // record, so no push of routes can close the port in between.
     let name = req.name.clone();
-    match api.book.deploy(req, port) {
+    let deployed = {
+        let mut held = api.link.hold().await;
+        let port = match held.client().await {
+            Ok(c) => match c.listen(&name).await {
+                Ok(p) => p,
+                Err(e) => {
+                    held.forget();
+                    return e.into_response();
+                }
+            },
+            Err(e) => return e.into_response(),
+        };
+        api.book.deploy(req, port)
+    };
+    match deployed {
         Ok(view) => {
-            let proxy = tokio::spawn(crate::proxy::serve(
-                listener,
-                name.clone(),
-                api.book.routes(),
-                api.book.metrics().clone(),
-            ));
-            api.book.set_proxy(&name, proxy.abort_handle());
+            // The proxy learns of it now rather than at the next tick.
+            if let Err(e) = crate::daemon::push_once(&api.book, &api.link).await {
+                tracing::warn!(service = %name, "cannot give the proxy its routes yet: {e}");
+            }
             (StatusCode::CREATED, Json(view)).into_response()
         }
         Err(e) => e.into_response(),
@@ -187,6 +195,9 @@ async fn scale(
 pub struct UpdateRequest {
     /// The new command.
     pub command: String,
+    /// How fast; one new replica at a time and none short when absent.
+    #[serde(default)]
+    pub pace: Pace,
 }
 
 async fn update(
@@ -198,7 +209,7 @@ async fn update(
     if let Some(r) = refused(&api, &headers) {
         return r;
     }
-    match api.book.update(&name, req.command) {
+    match api.book.update(&name, req.command, req.pace) {
         Ok(view) => Json(view).into_response(),
         Err(e) => e.into_response(),
     }
@@ -262,19 +273,19 @@ async fn remove(State(api): State<Api>, headers: HeaderMap, Path(name): Path<Str
     }
 }
 
-/// `GET /metrics`: the proxies' metrics, in the Prometheus text format.
-/// Without the secret: the API listens on 127.0.0.1 only, the figures
-/// hold nothing private, and a scraper should not need the secret.
+/// `GET /metrics`: the proxies' metrics, in the Prometheus text format,
+/// from the proxy process. Without the secret: the API listens on
+/// 127.0.0.1 only, the figures hold nothing private, and a scraper should
+/// not need the secret.
 async fn metrics(State(api): State<Api>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        api.book.render_metrics(),
-    )
-        .into_response()
+    match api.link.metrics().await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String) {
+pub async fn serve(listener: tokio::net::TcpListener, book: Book, link: Arc<Link>, secret: String) {
     let app = Router::new()
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
@@ -285,7 +296,7 @@ pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String
         .route("/v1/services/{name}/canary", post(canary))
         .route("/v1/services/{name}/promote", post(promote))
         .route("/v1/services/{name}/rollback", post(rollback))
-        .with_state(Api { book, secret });
+        .with_state(Api { book, link, secret });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("the local API stopped: {e}");
     }
@@ -388,9 +399,15 @@ impl Client {
     }
 
     /// Starts a rolling update to `command`.
-    pub async fn update(&self, name: &str, command: &str) -> Result<ServiceView, Error> {
+    pub async fn update(
+        &self,
+        name: &str,
+        command: &str,
+        pace: Pace,
+    ) -> Result<ServiceView, Error> {
         let body = serde_json::to_vec(&UpdateRequest {
             command: command.to_string(),
+            pace,
         })
         .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
         Self::decode(

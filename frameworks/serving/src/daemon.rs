@@ -1,15 +1,19 @@
 //! The long-lived framework process (`mezz serve daemon`): one per state
 //! directory (a lock file says so). It subscribes with the persisted
 //! framework id and a failover timeout, so a restarted daemon takes its
-//! running replicas back; serves the local API; and runs every service's
-//! proxy on the port fixed at deploy.
+//! running replicas back; serves the local API; and keeps the proxy
+//! process (see [`crate::relay`]) fed with every service's healthy
+//! replicas.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mezz_sdk::{proto, DriverBuilder};
 
+use crate::relay::Link;
 use crate::scheduler::Book;
 use crate::store::{random_hex, DaemonInfo, StateDir};
 use crate::Error;
@@ -24,8 +28,13 @@ pub struct Config {
     pub masters: Vec<String>,
     /// The state directory.
     pub state_dir: PathBuf,
-    /// How long the replicas keep running while no daemon is subscribed.
+    /// How long the replicas keep running while no daemon is subscribed
+    /// (and the proxy process while no daemon speaks to it).
     pub failover_timeout: Duration,
+    /// The program and leading arguments that run the proxy process
+    /// (`mezz serve proxy`); `None` runs the proxies in the daemon, where
+    /// they stop with it.
+    pub proxy_command: Option<Vec<OsString>>,
 }
 
 /// Runs the daemon until `shutdown` resolves (then the framework stays
@@ -43,35 +52,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
         return Ok(false);
     };
     let book = Book::load(store.clone())?;
-    // The proxies first: their ports are the services' addresses, and a
-    // port taken meanwhile by something else must be said at once.
-    for (name, port) in book.proxies() {
-        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => {
-                let proxy = tokio::spawn(crate::proxy::serve(
-                    l,
-                    name.clone(),
-                    book.routes(),
-                    book.metrics().clone(),
-                ));
-                book.set_proxy(&name, proxy.abort_handle());
-            }
-            Err(e) => {
-                tracing::error!(service = %name, port, "cannot listen for the proxy again: {e}; `mezz serve rm {name}` and deploy it anew")
-            }
-        }
+    let link = Arc::new(Link::new(
+        store.clone(),
+        config.proxy_command.clone(),
+        config.failover_timeout,
+    ));
+    // The proxy first: a proxy process that outlived the last daemon keeps
+    // serving the routes it has; one that is gone is started again, and
+    // takes the services' ports once the replicas' health is known.
+    if let Err(e) = link.hold().await.client().await {
+        tracing::error!("{e}");
     }
-    {
-        let book = book.clone();
-        tokio::spawn(async move {
-            loop {
-                for (name, _) in book.proxies() {
-                    book.routes().set(&name, book.backends(&name));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-    }
+    let pusher = tokio::spawn(push_routes(book.clone(), link.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::State(format!("cannot listen on 127.0.0.1: {e}")))?;
@@ -81,7 +73,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
         .to_string();
     let secret = random_hex()?;
     let pid = std::process::id();
-    tokio::spawn(crate::api::serve(listener, book.clone(), secret.clone()));
+    tokio::spawn(crate::api::serve(
+        listener,
+        book.clone(),
+        link.clone(),
+        secret.clone(),
+    ));
     store.set_daemon(&DaemonInfo {
         pid,
         address: address.clone(),
@@ -117,6 +114,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
             Ok(())
         }
     };
+    pusher.abort();
     store.clear_daemon(pid);
     result.map(|()| true)
+}
+
+/// How often the routes go to the proxy, changed or not: also the
+/// daemon's sign of life to the proxy process.
+pub const PUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// Pushes the book's routes to the proxy, forever.
+async fn push_routes(book: Book, link: Arc<Link>) {
+    let mut tick = tokio::time::interval(PUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        if let Err(e) = push_once(&book, &link).await {
+            if !failing {
+                tracing::warn!("cannot give the proxy its routes: {e}; trying again");
+            }
+            failing = true;
+        } else if failing {
+            tracing::info!("the proxy has its routes again");
+            failing = false;
+        }
+    }
+}
+
+/// One push of the routes, when the book has them (see
+/// [`Book::route_table`]).
+pub(crate) async fn push_once(book: &Book, link: &Link) -> Result<(), Error> {
+    let mut held = link.hold().await;
+    let client = held.client().await?;
+    let as_of = Instant::now();
+    let Some(table) = book.route_table() else {
+        return Ok(());
+    };
+    match client.push(&table).await {
+        Ok(answer) => {
+            book.proxy_said(answer, as_of);
+            Ok(())
+        }
+        Err(e) => {
+            held.forget();
+            Err(e)
+        }
+    }
 }

@@ -7,7 +7,9 @@
 //! from its offer and with an HTTP health check the agent runs, replaces a
 //! failed, unhealthy or lost replica with backoff, and serves each service
 //! through its own reverse proxy on a stable port of 127.0.0.1 that sends
-//! requests only to healthy replicas. It takes its running replicas back
+//! requests only to healthy replicas. The proxies run in a process of
+//! their own that the daemon feeds (see [`relay`]), so services answer
+//! while the daemon restarts. It takes its running replicas back
 //! after a restart of its own (the framework id is persisted and the
 //! framework has a failover timeout). The `mezz serve` commands talk to it
 //! over a small local API.
@@ -16,6 +18,9 @@
 //! - [`store`]: the state directory (files 0600, directory 0700);
 //! - [`scheduler`]: the book of services and the SDK scheduler;
 //! - [`proxy`]: the per-service reverse proxy;
+//! - [`relay`]: the process that runs the proxies apart from the daemon,
+//!   so that services answer while the daemon restarts, and the daemon's
+//!   link to it;
 //! - [`metrics`]: the proxies' request counts and latency histograms;
 //! - [`api`]: the local API, server and client;
 //! - [`daemon`]: the process that ties them together;
@@ -27,6 +32,7 @@ pub mod daemon;
 pub use mezz_sdk::http;
 pub mod metrics;
 pub mod proxy;
+pub mod relay;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -15,7 +15,7 @@ use mezz_sdk::{AgentId, Resources, RetryPolicy, Strategy, TaskBuilder, TaskId, T
 use mezz_sdk::{TaskRequest, TaskTracker};
 use serde::{Deserialize, Serialize};
 
-use crate::service::{Canary, DeployRequest, Service, Slot, Update};
+use crate::service::{Canary, DeployRequest, Pace, Service, Slot, Update};
 use crate::store::{Desired, StateDir};
 use crate::Error;
 
@@ -43,7 +43,8 @@ struct Entry {
     /// backoff before the next one.
     replaced: u32,
     message: String,
-    proxy: Option<tokio::task::AbortHandle>,
+    /// Why the proxy cannot serve the service, when it cannot.
+    proxy_error: Option<String>,
 }
 
 /// A replica as `mezz serve show` shows it.
@@ -112,9 +113,21 @@ pub struct ServiceView {
 #[derive(Clone)]
 pub struct Book {
     inner: Arc<Mutex<Inner>>,
-    metrics: crate::metrics::Registry,
-    routes: crate::proxy::Routes,
 }
+
+/// Requests in flight per replica address, as the proxy last said, and
+/// when the routes it had then were taken from the book.
+#[derive(Clone, Debug, Default)]
+struct InFlight {
+    counts: HashMap<String, usize>,
+    as_of: Option<Instant>,
+}
+
+type SharedInFlight = Arc<Mutex<InFlight>>;
+
+/// How long a replica being stopped waits for a word from the proxy before
+/// it is stopped anyway (no proxy: nothing to drain).
+const PROXY_SILENT: Duration = Duration::from_secs(2);
 
 struct Inner {
     store: StateDir,
@@ -127,7 +140,7 @@ struct Inner {
     tracker: TaskTracker,
     driver: Option<Driver>,
     framework_id: Option<FrameworkId>,
-    in_flight: crate::metrics::InFlight,
+    in_flight: SharedInFlight,
 }
 
 fn tracker() -> TaskTracker {
@@ -145,8 +158,8 @@ fn not_found(name: &str) -> Error {
 }
 
 impl Book {
-    /// The book of the services stored in `store`. Proxies are not started
-    /// here: see [`Book::proxies`].
+    /// The book of the services stored in `store`. The proxies are fed
+    /// from [`Book::route_table`].
     pub fn load(store: StateDir) -> Result<Book, Error> {
         let desired = store.load()?;
         let mut tracker = tracker();
@@ -164,14 +177,13 @@ impl Book {
                     replicas: HashMap::new(),
                     replaced: 0,
                     message: String::new(),
-                    proxy: None,
+                    proxy_error: None,
                 },
             );
         }
-        let metrics = crate::metrics::Registry::default();
         Ok(Book {
             inner: Arc::new(Mutex::new(Inner {
-                in_flight: metrics.in_flight(),
+                in_flight: SharedInFlight::default(),
                 store,
                 next_serial: desired.next_serial,
                 services,
@@ -181,14 +193,7 @@ impl Book {
                 driver: None,
                 framework_id: None,
             })),
-            metrics,
-            routes: Default::default(),
         })
-    }
-
-    /// The proxies' routes.
-    pub fn routes(&self) -> crate::proxy::Routes {
-        self.routes.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -198,33 +203,6 @@ impl Book {
     /// The scheduler that drives this book.
     pub fn scheduler(&self) -> ServeScheduler {
         ServeScheduler { book: self.clone() }
-    }
-
-    /// The proxies' metrics.
-    pub fn metrics(&self) -> &crate::metrics::Registry {
-        &self.metrics
-    }
-
-    /// The Prometheus text of every service's proxy.
-    pub fn render_metrics(&self) -> String {
-        let gauges: Vec<(String, u32, usize)> = {
-            let b = self.lock();
-            b.services
-                .keys()
-                .filter_map(|n| {
-                    let v = b.view(n)?;
-                    let busy = b.services[n]
-                        .service
-                        .slots
-                        .iter()
-                        .filter_map(|s| s.address.as_deref())
-                        .map(|a| in_flight(&b.in_flight, a))
-                        .sum();
-                    Some((v.name, v.healthy, busy))
-                })
-                .collect()
-        };
-        self.metrics.render(&gauges)
     }
 
     /// The framework id, once subscribed.
@@ -237,22 +215,45 @@ impl Book {
         self.lock().driver.clone()
     }
 
-    /// Every service's name and proxy port, to start the proxies of a
-    /// daemon that loaded them.
-    pub fn proxies(&self) -> Vec<(String, u16)> {
-        let b = self.lock();
-        b.services
-            .values()
-            .map(|e| (e.service.spec.name.clone(), e.service.proxy_port))
-            .collect()
+    /// The routes the proxy should have now: every service's port and
+    /// healthy replicas. `None` until the replicas' health is known after a
+    /// (re)subscription: until then the proxy keeps the routes it has, so
+    /// a restarting daemon takes no replica out of service.
+    pub fn route_table(&self) -> Option<crate::relay::RouteTable> {
+        let names: Vec<String> = {
+            let b = self.lock();
+            if b.framework_id.is_none() || b.tracker.recovering(Instant::now()) {
+                return None;
+            }
+            b.services.keys().cloned().collect()
+        };
+        let services = names
+            .into_iter()
+            .filter_map(|n| {
+                let port = self.lock().services.get(&n)?.service.proxy_port;
+                let backends = self.backends(&n);
+                Some((n, crate::relay::Route { port, backends }))
+            })
+            .collect();
+        Some(crate::relay::RouteTable { services })
     }
 
-    /// Records the task that runs a service's proxy, so `rm` can end it.
-    pub fn set_proxy(&self, name: &str, handle: tokio::task::AbortHandle) {
-        match self.lock().services.get_mut(name) {
-            Some(e) => e.proxy = Some(handle),
-            None => handle.abort(),
+    /// What the proxy said after a push of routes taken at `as_of`: the
+    /// services it cannot serve, and the requests in flight per replica.
+    pub fn proxy_said(&self, answer: crate::relay::PushAnswer, as_of: Instant) {
+        let mut b = self.lock();
+        for (name, e) in b.services.iter_mut() {
+            let now = answer.failed.get(name).cloned();
+            if now != e.proxy_error {
+                if let Some(why) = &now {
+                    tracing::error!(service = %name, "{why}");
+                }
+                e.proxy_error = now;
+            }
         }
+        let mut f = b.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        f.counts = answer.in_flight;
+        f.as_of = Some(as_of);
     }
 
     /// Adds a service whose proxy listens on `proxy_port`; refuses a name
@@ -285,7 +286,7 @@ impl Book {
                 replicas: HashMap::new(),
                 replaced: 0,
                 message: String::new(),
-                proxy: None,
+                proxy_error: None,
             },
         );
         for _ in 0..count {
@@ -296,8 +297,6 @@ impl Book {
             b.services.remove(&name);
             return Err(e);
         }
-        // A service of this name deployed before starts its counts anew.
-        self.metrics.remove(&name);
         tracing::info!(service = %name, replicas = count, proxy_port, "service deployed");
         if let Some(d) = &b.driver {
             d.revive();
@@ -370,9 +369,9 @@ impl Book {
     /// Starts a rolling update of `name` to `command`: new replicas are
     /// started one at a time and an old one is stopped only once a new one
     /// is healthy; a new replica that fails rolls the update back.
-    pub fn update(&self, name: &str, command: String) -> Result<ServiceView, Error> {
+    pub fn update(&self, name: &str, command: String, pace: Pace) -> Result<ServiceView, Error> {
         let mut b = self.lock();
-        b.start_update(name, command)?;
+        b.start_update(name, command, pace)?;
         Ok(b.view(name).expect("present"))
     }
 
@@ -466,7 +465,7 @@ impl Book {
                 "service '{name}' has no canary; `mezz serve canary {name} --weight 10 -- CMD` starts one"
             )));
         };
-        if let Err(err) = b.start_update(name, c.command.clone()) {
+        if let Err(err) = b.start_update(name, c.command.clone(), Pace::default()) {
             if let Some(e) = b.services.get_mut(name) {
                 e.service.canary = Some(c);
             }
@@ -495,9 +494,16 @@ impl Book {
 
 pub use crate::proxy::Backends;
 
-fn in_flight(table: &crate::metrics::InFlight, address: &str) -> usize {
+/// Whether the proxy is done with `address`: it said so with routes taken
+/// after `since`, or it has said nothing for a while (no proxy, nothing to
+/// drain).
+fn drained(table: &SharedInFlight, address: &str, since: Instant) -> bool {
     let t = table.lock().unwrap_or_else(|p| p.into_inner());
-    t.get(address).copied().unwrap_or(0)
+    match t.as_of {
+        Some(at) if at > since => t.counts.get(address).copied().unwrap_or(0) == 0,
+        Some(at) => at.elapsed() > PROXY_SILENT && since.elapsed() > PROXY_SILENT,
+        None => since.elapsed() > PROXY_SILENT,
+    }
 }
 
 impl Inner {
@@ -596,18 +602,17 @@ impl Inner {
         match task {
             Some(t) if matches!(t.phase, Phase::Launched | Phase::Running) => {
                 if let (Some(id), Some(d)) = (t.task_id, &self.driver) {
-                    // It takes no new requests from now on; the ones the
-                    // proxy sent it finish first (up to DRAIN).
-                    let busy = address
-                        .as_ref()
-                        .is_some_and(|a| in_flight(&self.in_flight, a) > 0);
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(rt) if busy => {
+                    // It takes no new requests once the proxy has the
+                    // routes without it; the ones the proxy sent it finish
+                    // first (up to DRAIN).
+                    match (tokio::runtime::Handle::try_current(), address) {
+                        (Ok(rt), Some(address)) => {
                             let (d, table) = (d.clone(), self.in_flight.clone());
-                            let address = address.unwrap_or_default();
+                            let since = Instant::now();
                             rt.spawn(async move {
-                                let deadline = Instant::now() + DRAIN;
-                                while in_flight(&table, &address) > 0 && Instant::now() < deadline {
+                                let deadline = since + DRAIN;
+                                while !drained(&table, &address, since) && Instant::now() < deadline
+                                {
                                     tokio::time::sleep(Duration::from_millis(20)).await;
                                 }
                                 d.kill(id, Some(KILL_GRACE));
@@ -637,10 +642,7 @@ impl Inner {
             .get(name)
             .is_some_and(|e| e.service.removing && e.service.slots.is_empty());
         if done {
-            if let Some(e) = self.services.remove(name) {
-                if let Some(p) = e.proxy {
-                    p.abort();
-                }
+            if self.services.remove(name).is_some() {
                 tracing::info!(service = %name, "service removed");
             }
         }
@@ -701,7 +703,10 @@ impl Inner {
             health_path: svc.spec.health_path.clone(),
             command: svc.spec.command.clone(),
             replica_list,
-            message: e.message.clone(),
+            message: match &e.proxy_error {
+                Some(why) => why.clone(),
+                None => e.message.clone(),
+            },
             version: svc.version,
             update: match &svc.update {
                 Some(u) if u.rolling_back => "rolling back".into(),
@@ -801,14 +806,23 @@ impl Inner {
             used.insert(offer.id.clone());
             let host = offer_host(offer);
             let address = format!("{host}:{port}");
-            let command = svc
-                .slots
-                .iter()
-                .find(|s| s.key == key)
+            let slot = svc.slots.iter().find(|s| s.key == key);
+            let command = slot
                 .map(|s| s.command.clone())
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| svc.spec.command.clone());
-            let task = placement.task(replica_task(&svc, &command, &task_id, &address, port));
+            let (version, canary) = slot
+                .map(|s| (s.version, s.canary))
+                .unwrap_or((svc.version, false));
+            let mut builder = replica_task(&svc, &command, &task_id, &address, port)
+                .label("version", version.to_string());
+            if canary {
+                let weight = svc.canary.as_ref().map(|c| c.weight).unwrap_or(0);
+                builder = builder
+                    .label("canary", "true")
+                    .label("weight", weight.to_string());
+            }
+            let task = placement.task(builder);
             tracing::info!(service = %name, task = %task_id, agent = %offer.agent_id, %address, "launching replica");
             driver.launch([offer.id.clone()], vec![task]);
             if let Some(e) = self.services.get_mut(&name) {
@@ -967,7 +981,8 @@ impl Inner {
     }
 
     /// Starts a rolling update of `name` to `command`.
-    fn start_update(&mut self, name: &str, command: String) -> Result<(), Error> {
+    fn start_update(&mut self, name: &str, command: String, pace: Pace) -> Result<(), Error> {
+        pace.validate()?;
         let Some(e) = self.services.get_mut(name) else {
             return Err(not_found(name));
         };
@@ -1006,6 +1021,7 @@ impl Inner {
             from_version: e.service.version,
             from_command: std::mem::replace(&mut e.service.spec.command, command),
             rolling_back: false,
+            pace,
         });
         e.service.version = next;
         e.service.note = format!("updating to version {next}");
@@ -1031,6 +1047,7 @@ impl Inner {
             from_version: failed,
             from_command: std::mem::replace(&mut e.service.spec.command, u.from_command),
             rolling_back: true,
+            pace: u.pace,
         });
         e.service.version = u.from_version;
         let doomed: Vec<String> = e
@@ -1049,10 +1066,10 @@ impl Inner {
     }
 
     /// One step of an update, repeated while it changes something: a new
-    /// replica while there are fewer than wanted and at most one more than
-    /// wanted runs (max surge 1), and an old one stopped only when the
-    /// healthy new ones and the other old ones make the number wanted
-    /// (max unavailable 0). Done when no old replica is left.
+    /// replica while there are fewer new ones than wanted and fewer than
+    /// wanted + max surge run, and an old one stopped only when the
+    /// healthy new ones and the other old ones make at least the number
+    /// wanted less max unavailable. Done when no old replica is left.
     fn roll(&mut self, name: &str) {
         for _ in 0..64 {
             if !self.roll_once(name) {
@@ -1070,6 +1087,13 @@ impl Inner {
         }
         let target = e.service.version;
         let wanted = e.service.spec.replicas as usize;
+        let pace = e
+            .service
+            .update
+            .as_ref()
+            .map(|u| u.pace)
+            .unwrap_or_default();
+        let floor = wanted.saturating_sub(pace.max_unavailable as usize);
         let healthy = |k: &str| {
             e.replicas.get(k).is_some_and(|r| r.healthy)
                 && self
@@ -1093,7 +1117,25 @@ impl Inner {
             .copied()
             .filter(|s| s.version != target)
             .collect();
-        if old.is_empty() {
+        let healthy_new = new.iter().filter(|s| healthy(&s.key)).count();
+        if !old.is_empty() && healthy_new + old.len() > floor {
+            old.sort_by_key(|s| healthy(&s.key));
+            let key = old[0].key.clone();
+            self.retire(name, &key);
+            self.persist_or_log();
+            return true;
+        }
+        if new.len() < wanted && live.len() < wanted + pace.max_surge as usize {
+            self.add_slot(name, None);
+            if let Some(d) = &self.driver {
+                d.revive();
+            }
+            self.persist_or_log();
+            return true;
+        }
+        // Done once only new replicas are left and all of them answer: a
+        // new version that fails before then is still rolled back.
+        if old.is_empty() && healthy_new >= wanted {
             let rolled_back = e.service.update.as_ref().is_some_and(|u| u.rolling_back);
             let e = self.services.get_mut(name).expect("present");
             e.service.update = None;
@@ -1102,23 +1144,6 @@ impl Inner {
             }
             tracing::info!(service = %name, version = target, "update done");
             self.persist_or_log();
-            return false;
-        }
-        let healthy_new = new.iter().filter(|s| healthy(&s.key)).count();
-        if healthy_new + old.len() > wanted {
-            old.sort_by_key(|s| healthy(&s.key));
-            let key = old[0].key.clone();
-            self.retire(name, &key);
-            self.persist_or_log();
-            return true;
-        }
-        if new.len() < wanted && live.len() < wanted + 1 {
-            self.add_slot(name, None);
-            if let Some(d) = &self.driver {
-                d.revive();
-            }
-            self.persist_or_log();
-            return true;
         }
         false
     }
@@ -1126,7 +1151,8 @@ impl Inner {
 
 /// A replica's task: the command by `/bin/sh -c` with its port in
 /// `port_env` (and `PORT0`), an HTTP health check on that port, and its
-/// own and its service's URLs as labels for the status page.
+/// own and its service's URLs as labels for the status page (the caller
+/// adds its version, and for a canary its weight).
 fn replica_task(
     svc: &Service,
     command: &str,
@@ -1302,7 +1328,7 @@ mod tests {
         for k in live(&b, 1) {
             running(&mut b, &k, true);
         }
-        b.start_update("m", "v2".into()).unwrap();
+        b.start_update("m", "v2".into(), Pace::default()).unwrap();
         // One new replica beside the two old ones; none stopped yet.
         assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (2, 1));
         // Started but not healthy: still nothing stopped.
@@ -1331,6 +1357,64 @@ mod tests {
     }
 
     #[test]
+    fn the_pace_bounds_extra_and_missing_replicas() {
+        let tmp = tempfile::tempdir().unwrap();
+        let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
+        let req = DeployRequest {
+            name: "m".into(),
+            replicas: 4,
+            cpus: 0.5,
+            mem: 64.0,
+            gpus: 0,
+            health_path: "/health".into(),
+            port_env: "PORT".into(),
+            health_grace_secs: 1.0,
+            command: "v1".into(),
+        };
+        book.deploy(req, 40000).unwrap();
+        let mut b = book.lock();
+        for k in live(&b, 1) {
+            running(&mut b, &k, true);
+        }
+        let stuck = Pace {
+            max_surge: 0,
+            max_unavailable: 0,
+        };
+        assert!(b.start_update("m", "v2".into(), stuck).is_err());
+        assert!(b.services["m"].service.update.is_none());
+        // No surge, two short: two old ones stop at once and two new ones
+        // take their places; never more than four run.
+        let pace = Pace {
+            max_surge: 0,
+            max_unavailable: 2,
+        };
+        b.start_update("m", "v2".into(), pace).unwrap();
+        assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (2, 2));
+        let first = live(&b, 2);
+        for k in &first {
+            running(&mut b, k, true);
+        }
+        b.roll("m");
+        assert_eq!((live(&b, 1).len(), live(&b, 2).len()), (0, 4));
+        // Not done until the last new ones answer too.
+        assert!(b.services["m"].service.update.is_some());
+        for k in live(&b, 2).iter().filter(|k| !first.contains(k)) {
+            running(&mut b, k, true);
+        }
+        b.roll("m");
+        assert!(b.services["m"].service.update.is_none());
+        drop(b);
+        // A surge of three, none short: three new ones beside the four old.
+        let mut b = book.lock();
+        let pace = Pace {
+            max_surge: 3,
+            max_unavailable: 0,
+        };
+        b.start_update("m", "v3".into(), pace).unwrap();
+        assert_eq!((live(&b, 2).len(), live(&b, 3).len()), (4, 3));
+    }
+
+    #[test]
     fn a_failing_update_goes_back_to_the_old_command() {
         let tmp = tempfile::tempdir().unwrap();
         let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
@@ -1349,9 +1433,9 @@ mod tests {
         let mut b = book.lock();
         let old = live(&b, 1)[0].clone();
         running(&mut b, &old, true);
-        b.start_update("m", "v2".into()).unwrap();
+        b.start_update("m", "v2".into(), Pace::default()).unwrap();
         assert!(
-            b.start_update("m", "v3".into()).is_err(),
+            b.start_update("m", "v3".into(), Pace::default()).is_err(),
             "two updates at once"
         );
         let new = live(&b, 2)[0].clone();
@@ -1368,7 +1452,7 @@ mod tests {
         assert_eq!(live(&b, 1), vec![old]);
         assert!(svc.update.is_none());
         // The next update gets a version of its own.
-        b.start_update("m", "v3".into()).unwrap();
+        b.start_update("m", "v3".into(), Pace::default()).unwrap();
         assert_eq!(b.services["m"].service.version, 3);
     }
 }

@@ -83,6 +83,48 @@ pub struct Update {
     /// again.
     #[serde(default)]
     pub rolling_back: bool,
+    /// How fast it goes.
+    #[serde(default)]
+    pub pace: Pace,
+}
+
+/// How a rolling update trades spare capacity for speed (Kubernetes' and
+/// Nomad's two knobs): at most `max_surge` replicas more than wanted run
+/// at once, and at most `max_unavailable` fewer than wanted are healthy.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pace {
+    /// New replicas started beyond the number wanted.
+    pub max_surge: u32,
+    /// Replicas the service may be short of healthy ones.
+    pub max_unavailable: u32,
+}
+
+impl Default for Pace {
+    /// One new replica at a time, never one healthy replica fewer.
+    fn default() -> Pace {
+        Pace {
+            max_surge: 1,
+            max_unavailable: 0,
+        }
+    }
+}
+
+impl Pace {
+    /// Refuses a pace at which an update could never move.
+    ///
+    /// ```
+    /// use mezz_serving::service::Pace;
+    /// assert!(Pace { max_surge: 0, max_unavailable: 0 }.validate().is_err());
+    /// assert!(Pace { max_surge: 0, max_unavailable: 1 }.validate().is_ok());
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_surge == 0 && self.max_unavailable == 0 {
+            return Err(Error::BadRequest(
+                "--max-surge 0 with --max-unavailable 0 leaves the update no room to move: allow one of them at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A service: the desired state, persisted.

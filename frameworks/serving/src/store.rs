@@ -130,7 +130,12 @@ impl StateDir {
 
     /// Opens the daemon log for appending (0600).
     pub fn open_log(&self) -> Result<File, Error> {
-        let path = self.log_file();
+        self.open_named_log("daemon.log")
+    }
+
+    /// Opens the log `name` of the directory for appending (0600).
+    pub fn open_named_log(&self, name: &str) -> Result<File, Error> {
+        let path = self.dir.join(name);
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -142,7 +147,13 @@ impl StateDir {
     /// Takes the daemon lock: one daemon per state directory. `None` when
     /// another process holds it. The lock lasts as long as the value.
     pub fn lock(&self) -> Result<Option<nix::fcntl::Flock<File>>, Error> {
-        let path = self.dir.join("daemon.lock");
+        self.lock_named("daemon.lock")
+    }
+
+    /// Takes the lock file `name` of the directory; `None` when another
+    /// process holds it.
+    pub fn lock_named(&self, name: &str) -> Result<Option<nix::fcntl::Flock<File>>, Error> {
+        let path = self.dir.join(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -189,6 +200,26 @@ impl StateDir {
         let text = serde_json::to_string(info)
             .map_err(|e| Error::State(format!("cannot encode the daemon file: {e}")))?;
         write_private(&self.daemon_file(), text.as_bytes())
+    }
+
+    /// The proxy process's admin address and secret, if one wrote them.
+    pub fn proxy(&self) -> Result<Option<crate::relay::ProxyInfo>, Error> {
+        let path = self.dir.join("proxy.json");
+        Ok(read_private(&path)?.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Publishes the proxy process's admin address and secret.
+    pub fn set_proxy(&self, info: &crate::relay::ProxyInfo) -> Result<(), Error> {
+        let text = serde_json::to_string(info)
+            .map_err(|e| Error::State(format!("cannot encode the proxy file: {e}")))?;
+        write_private(&self.dir.join("proxy.json"), text.as_bytes())
+    }
+
+    /// Withdraws the proxy file (the proxy process is ending).
+    pub fn clear_proxy(&self, pid: u32) {
+        if self.proxy().ok().flatten().is_some_and(|p| p.pid == pid) {
+            let _ = std::fs::remove_file(self.dir.join("proxy.json"));
+        }
     }
 
     /// Withdraws the daemon file (the daemon is ending).
