@@ -500,12 +500,19 @@ async fn update(args: UpdateArgs) -> Result<ExitCode> {
             .get(&args.name)
             .await?
             .ok_or_else(|| anyhow!("service {} was removed meanwhile", args.name))?;
+        // Done once the old replicas, drained, are gone too.
+        let old_left = v
+            .replica_list
+            .iter()
+            .any(|r| !r.canary && r.version != target);
         if v.update.is_empty() {
-            if v.version == target {
+            if v.version != target {
+                return Err(anyhow!("{}: {}", args.name, v.note));
+            }
+            if !old_left {
                 eprintln!("mezz serve: {} runs version {target}", args.name);
                 return Ok(ExitCode::SUCCESS);
             }
-            return Err(anyhow!("{}: {}", args.name, v.note));
         }
         if Instant::now() > deadline {
             return Err(anyhow!(

@@ -641,10 +641,8 @@ impl Inner {
             .services
             .get(name)
             .is_some_and(|e| e.service.removing && e.service.slots.is_empty());
-        if done {
-            if self.services.remove(name).is_some() {
-                tracing::info!(service = %name, "service removed");
-            }
+        if done && self.services.remove(name).is_some() {
+            tracing::info!(service = %name, "service removed");
         }
     }
 
