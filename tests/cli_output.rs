@@ -53,8 +53,6 @@ fn every_command_goes_quietly_when_its_reader_is_gone() {
         vec!["roles", "--master", m],
         vec!["quota", "ls", "--master", m],
         vec!["logs", &task, "--master", m],
-        vec!["run", "--master", m, "--", "echo", "hi"],
-        vec!["run", "--master", m, "--detach", "--", "true"],
     ];
     for full in commands {
         let (status, stderr) = with_closed_stdout(&full);
@@ -67,6 +65,20 @@ fn every_command_goes_quietly_when_its_reader_is_gone() {
             !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
             "mezz {full:?}: {stderr}"
         );
+    }
+    // `mezz run` owns a task: it ends it, then exits with the status a
+    // shell gives a program killed by SIGPIPE.
+    for full in [
+        vec!["run", "--master", m, "--", "echo", "hi"],
+        vec!["run", "--master", m, "--detach", "--", "true"],
+    ] {
+        let (status, stderr) = with_closed_stdout(&full);
+        assert_eq!(
+            status.code(),
+            Some(141),
+            "mezz {full:?} ({status}): {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "mezz {full:?}: {stderr}");
     }
     for args in [&["--help"][..], &["ps", "--help"], &["--version"]] {
         let (status, stderr) = with_closed_stdout(args);
@@ -93,6 +105,40 @@ fn every_command_goes_quietly_when_its_reader_is_gone() {
         text(&out.stderr)
     );
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_run_whose_reader_goes_away_kills_its_task() {
+    let c = Cluster::start("cpus:2;mem:1024;disk:1000;ports:[31000-31009]", &[]);
+    let master = c.master_addr();
+    // `yes` writes forever; `head` reads one line and goes.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "{MEZZ} run --name endless --master {master} -- yes | head -n 1; \
+                 echo \"status ${{PIPESTATUS[0]}}\""
+            ),
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("bash");
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(stdout, "y\nstatus 141\n", "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("killing task"), "{stderr}");
+    // Killed by the time `mezz run` is gone, not after the framework's
+    // failover timeout.
+    let state = c.state();
+    let task = state["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"] == "endless")
+        .cloned()
+        .unwrap_or_else(|| panic!("no task named endless: {state}"));
+    assert_eq!(task["state"], "KILLED", "{task}");
 }
 
 #[test]

@@ -56,10 +56,19 @@ pub enum Out {
     Stderr,
 }
 
+/// Told once standard output's reader went away (`mezz run … | head`),
+/// for commands that keep SIGPIPE ignored to act on it, as a local
+/// program would die of it.
+pub fn stdout_closed() -> &'static tokio::sync::Notify {
+    static CLOSED: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    CLOSED.get_or_init(tokio::sync::Notify::new)
+}
+
 impl Out {
     fn write(self, data: &[u8]) {
-        // A closed pipe (e.g. `| head`) is not an error worth reporting.
-        let _ = match self {
+        // A closed pipe (e.g. `| head`) is not an error worth reporting;
+        // on standard output it is news for whoever waits on it.
+        let written = match self {
             Out::Stdout => {
                 let mut o = std::io::stdout().lock();
                 o.write_all(data).and_then(|_| o.flush())
@@ -69,6 +78,11 @@ impl Out {
                 o.write_all(data).and_then(|_| o.flush())
             }
         };
+        if let (Out::Stdout, Err(e)) = (self, written) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                stdout_closed().notify_one();
+            }
+        }
     }
 }
 

@@ -20,6 +20,12 @@ macro_rules! errln {
     }};
 }
 
+/// Writes `line` to standard output; false when its reader went away.
+fn print_line(line: &str) -> bool {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+}
+
 mod agent;
 mod capacity;
 mod dev;
@@ -121,13 +127,17 @@ impl Command {
     /// `mezz agent`, `mezz dev`, a framework daemon) rather than doing one thing for a person.
     /// Such a process must outlive a closed pipe: it writes to its tasks'
     /// pipes and owns tasks to stop cleanly, so it keeps SIGPIPE ignored
-    /// and drops failed writes. Every other command dies of SIGPIPE
-    /// quietly when its reader goes away, as `ls | head` does.
+    /// and drops failed writes. So does `mezz run`, which owns a task: when
+    /// its reader goes away it kills the task first (see
+    /// [`logs::stdout_closed`]) and then exits as a program killed by
+    /// SIGPIPE would. Every other command dies of SIGPIPE quietly when its
+    /// reader goes away, as `ls | head` does.
     pub fn keeps_running(&self) -> bool {
         matches!(
             self,
             Command::Master(_)
                 | Command::Agent(_)
+                | Command::Run(_)
                 | Command::Dev(_)
                 | Command::Jupyter(jupyter::JupyterArgs {
                     command: jupyter::JupyterCommand::Daemon(_),
@@ -264,7 +274,7 @@ mod tests {
             "w"
         ]));
         assert!(!keeps(&["ps", "--json"]));
-        assert!(!keeps(&["run", "--", "true"]));
+        assert!(keeps(&["run", "--", "true"]));
         assert!(!keeps(&["tf", "status", "job"]));
     }
 }

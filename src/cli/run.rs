@@ -775,6 +775,10 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
 
     let ctrl_c = super::shutdown_signal();
     tokio::pin!(ctrl_c);
+    // Set once standard output's reader went away: the task is killed, as
+    // a local program writing to a closed pipe dies, and the exit status
+    // is the one a shell gives a program killed by SIGPIPE.
+    let mut reader_gone = false;
     loop {
         let task_now = attempt
             .as_ref()
@@ -784,7 +788,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             progress = rx.recv() => match progress {
                 Some(Progress::Waiting(why)) => {
                     if started.elapsed() > Duration::from_millis(500) && why != waiting_said {
-                        eprintln!("mezz run: waiting for resources: {why}");
+                        errln!("mezz run: waiting for resources: {why}");
                         waiting_said = why;
                     }
                 }
@@ -792,17 +796,17 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                     attempt = Some((task_id, agent_address, framework_id));
                 }
                 Some(Progress::Unsure { task_id, why }) => {
-                    eprintln!("mezz run: {why}; asking the master whether task {task_id} started…");
+                    errln!("mezz run: {why}; asking the master whether task {task_id} started…");
                 }
                 Some(Progress::Retry { why, .. }) => {
-                    eprintln!("mezz run: {why}; launching it again");
+                    errln!("mezz run: {why}; launching it again");
                     attempt = None;
                     next_why = Some(Instant::now() + Duration::from_millis(1500));
                 }
                 Some(Progress::Update(status)) => {
                     let state = status.state();
                     if let (TaskState::Running, Some(healthy)) = (state, status.healthy) {
-                        eprintln!(
+                        errln!(
                             "mezz run: task {} is {}{}",
                             status.task_id,
                             if healthy { "healthy" } else { "unhealthy" },
@@ -821,7 +825,9 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                         }
                     }
                     if args.detach && state == TaskState::Running && !detached {
-                        println!("{}", status.task_id);
+                        if !super::print_line(&status.task_id) {
+                            reader_gone = true;
+                        }
                         detached = true;
                     }
                     if state.is_terminal() {
@@ -829,8 +835,8 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                         last_status = Some(status);
                     }
                 }
-                Some(Progress::Error(m)) => eprintln!("mezz run: {m}"),
-                Some(Progress::Disconnected) => eprintln!("mezz run: lost the master; reconnecting…"),
+                Some(Progress::Error(m)) => errln!("mezz run: {m}"),
+                Some(Progress::Disconnected) => errln!("mezz run: lost the master; reconnecting…"),
                 None => break,
             },
             done = &mut driver_run, if !driver_done => {
@@ -867,7 +873,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 next_why = Some(Instant::now() + Duration::from_secs(5));
                 let why = why.join("; ");
                 if attempt.is_none() && !running && !why.is_empty() && why != why_said {
-                    eprintln!("mezz run: waiting for resources: needs {}; {why}", request.describe());
+                    errln!("mezz run: waiting for resources: needs {}; {why}", request.describe());
                     why_said = why;
                 }
             }
@@ -881,23 +887,32 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                         why_waiting(&masters, &request).await
                     ),
                 };
-                eprintln!("mezz run: {message}");
+                errln!("mezz run: {message}");
                 leave(driver(), &mut driver_run, driver_done, TEARDOWN_WAIT).await;
                 return Ok(ExitCode::from(1));
             }
             _ = tokio::time::sleep_until(killing_since.map_or_else(far, |t| t + KILL_GRACE).into()), if killing_since.is_some() => {
-                eprintln!(
+                errln!(
                     "mezz run: task {task_now} did not end within {}; tearing the framework down, which kills it",
                     humantime(KILL_GRACE)
                 );
                 leave(driver(), &mut driver_run, driver_done, TEARDOWN_WAIT).await;
                 return Ok(ExitCode::from(130));
             }
+            _ = super::logs::stdout_closed().notified(), if !reader_gone => {
+                reader_gone = true;
+                let Some(d) = driver() else { return Ok(ExitCode::from(SIGPIPE_EXIT)) };
+                if attempt.is_some() && last_status.is_none() && killing_since.is_none() {
+                    errln!("mezz run: the output's reader went away; killing task {task_now}…");
+                    d.kill(task_now.as_str(), None);
+                    killing_since = Some(Instant::now());
+                }
+            }
             _ = &mut ctrl_c => {
                 interrupted += 1;
                 let Some(d) = driver() else { return Ok(ExitCode::from(130)) };
                 if interrupted == 1 && attempt.is_some() && last_status.is_none() {
-                    eprintln!(
+                    errln!(
                         "mezz run: killing task {task_now} (waiting up to {} for it to end; Ctrl-C again to leave now)…",
                         humantime(KILL_GRACE)
                     );
@@ -923,8 +938,8 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     }
     for t in tails {
         match t.await {
-            Ok(Err(e)) => eprintln!("mezz run: {e:#}"),
-            Err(e) => eprintln!("mezz run: output stream failed: {e}"),
+            Ok(Err(e)) => errln!("mezz run: {e:#}"),
+            Err(e) => errln!("mezz run: output stream failed: {e}"),
             Ok(Ok(())) => {}
         }
     }
@@ -933,13 +948,14 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         return match last_status {
             Some(s) if s.state() != TaskState::Finished => {
                 let (code, msg) = exit_code(&s);
-                eprintln!(
+                errln!(
                     "mezz run: {}",
                     msg.unwrap_or_else(|| format!("task {task_id} ended"))
                 );
                 Ok(ExitCode::from(code))
             }
             Some(_) => Ok(ExitCode::SUCCESS),
+            None if detached && reader_gone => Ok(ExitCode::from(SIGPIPE_EXIT)),
             None if detached => Ok(ExitCode::SUCCESS),
             None => Err(anyhow!(
                 "{}",
@@ -958,12 +974,18 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             ))
         ));
     };
+    if reader_gone {
+        return Ok(ExitCode::from(SIGPIPE_EXIT));
+    }
     let (code, msg) = exit_code(&status);
     if let Some(m) = msg {
-        eprintln!("mezz run: {m}");
+        errln!("mezz run: {m}");
     }
     Ok(ExitCode::from(code))
 }
+
+/// What a shell reports for a program killed by SIGPIPE (128 + 13).
+const SIGPIPE_EXIT: u8 = 141;
 
 /// Tears the framework down before `mezz run` exits (which kills its task,
 /// if launched) and waits at most `wait` for the master to hear it: past
