@@ -235,6 +235,16 @@ fn a_pyspark_application_runs_on_executors_of_both_agents_and_leaves_nothing() {
             "no executor ran under agent {i} ({dir}): {ran:?}"
         );
     }
+    // The driver's JVM keeps its scratch files in its sandbox, which the
+    // agent cleans, not in the shared /tmp.
+    let tmp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("driver tmpdir "))
+        .unwrap_or_else(|| panic!("no driver tmpdir line: {out}"));
+    assert!(
+        (0..2).any(|i| tmp.starts_with(&c.agent_work_dir(i).display().to_string())),
+        "the driver's java.io.tmpdir is {tmp}, outside every agent's work directory"
+    );
     // The UIs were printed and published: the master's on its task, the
     // application's on the driver's.
     assert!(err.contains("master UI http://127.0.0.1:"), "{err}");

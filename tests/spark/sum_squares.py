@@ -47,6 +47,9 @@ def main():
     print(f"sum={total} sum_of_squares={squares} multiples_of_7={sevens}", flush=True)
     for d in ran_on:
         print(f"ran in {d}", flush=True)
+    # The driver JVM's scratch space: its task's sandbox, not /tmp.
+    tmp = spark.sparkContext._jvm.java.lang.System.getProperty("java.io.tmpdir")
+    print(f"driver tmpdir {tmp}", flush=True)
     spark.stop()
 
 

@@ -383,8 +383,9 @@ pub fn ui_url(host: &str, port: u64) -> String {
 }
 
 /// Run by `bash -c` around every Spark process. Spark's scratch space
-/// (`TMPDIR`, `SPARK_LOCAL_DIRS`, the worker's directory) goes into the
-/// task's sandbox, so it is the agent's to clean; workers and the driver
+/// (`TMPDIR`, `SPARK_LOCAL_DIRS`, the worker's directory, and the JVMs'
+/// `java.io.tmpdir`: the daemons' through `SPARK_DAEMON_JAVA_OPTS`, the
+/// driver's through `SPARK_SUBMIT_OPTS`) goes into the task's sandbox, so it is the agent's to clean; workers and the driver
 /// wait (bounded) for the master's port, so the whole gang can be
 /// launched at once and Spark's slow registration retries never happen.
 const WRAPPER: &str = r#"
@@ -392,6 +393,7 @@ sb="${MEZZ_SANDBOX:-$PWD}"
 mkdir -p "$sb/tmp" "$sb/spark-local" "$sb/work" || exit 1
 export TMPDIR="$sb/tmp" SPARK_LOCAL_DIRS="$sb/spark-local" SPARK_WORKER_DIR="$sb/work"
 export SPARK_DAEMON_JAVA_OPTS="-Djava.io.tmpdir=$sb/tmp $SPARK_DAEMON_JAVA_OPTS"
+export SPARK_SUBMIT_OPTS="-Djava.io.tmpdir=$sb/tmp $SPARK_SUBMIT_OPTS"
 if [ -n "$MEZZ_SPARK_WAIT" ]; then
   host="${MEZZ_SPARK_WAIT%:*}"; port="${MEZZ_SPARK_WAIT##*:}"; n=0
   until (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; do
