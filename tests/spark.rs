@@ -526,3 +526,55 @@ fn a_submitter_that_dies_takes_its_application_with_it() {
     );
     assert_nothing_left(&c);
 }
+
+#[test]
+fn spark_kill_ends_an_application_by_name() {
+    let Some(python) = spark_python() else { return };
+    let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = two_agents();
+    let master = c.master_addr();
+    let t = Duration::from_secs(30);
+    // An application that is not there: one clear line, nothing killed.
+    let out = mezz(&["spark", "kill", "nosuch", "--master", &master], t);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no Spark application 'nosuch'") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let mut app = Submit::start(
+        &c,
+        &python,
+        &[
+            "--executors",
+            "1",
+            "--executor-memory",
+            "512m",
+            "--driver-memory",
+            "512m",
+            "--name",
+            "victim",
+            &script("hold.py"),
+            "1",
+            "sleep",
+        ],
+    );
+    app.wait_stdout("ready: executors");
+    assert_eq!(c.active_tasks().len(), 3);
+    // From another terminal, by the name it was submitted with.
+    let out = mezz(&["spark", "kill", "victim", "--master", &master], t);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("killing Spark application victim-") && said.contains("3 task(s)"),
+        "{said}"
+    );
+    // The submitter sees its driver killed and says so, non-zero.
+    let (code, out, err) = app.wait();
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "a killed application exited {code:?}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(err.contains("KILLED"), "{err}");
+    assert_nothing_left(&c);
+}
