@@ -85,6 +85,8 @@ fn runtime(name: &str, workers: usize) -> Runtime {
 async fn replica(listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors and the like: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -176,7 +178,9 @@ async fn connections(targets: &[SocketAddr], n: usize) -> Vec<Connection> {
 struct Sample {
     micros: Vec<u64>,
     failed: u64,
-    /// Open loop: how late the pacing thread released requests.
+    /// Open loop: how long after its scheduled time each request was
+    /// sent (the pacing thread's lateness, waiting for a free connection,
+    /// and waking the task that sends it).
     late_micros: Vec<u64>,
     /// Closed loop: the measured window.
     window: Duration,
