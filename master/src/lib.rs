@@ -13,6 +13,8 @@ pub mod node;
 pub mod registry;
 pub mod replication;
 pub mod server;
+#[cfg(test)]
+mod sim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

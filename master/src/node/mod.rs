@@ -1,7 +1,8 @@
 //! One master as a whole, still without I/O: the cluster state machine and
 //! its raft replica glued together the way every master runs them. The
 //! shell in `server.rs` feeds it from sockets and a clock; the simulation
-//! in `node/sim.rs` feeds several of them from a seeded, faulty network.
+//! in `sim/node/` (run by the tests in `node/sim.rs`) feeds several of
+//! them from a seeded, faulty network.
 //! Both therefore exercise the same rules:
 //!
 //! - only the leader takes registrations, subscriptions and calls;
