@@ -9,6 +9,7 @@ pub mod api;
 pub mod cluster;
 pub mod hashing;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;

@@ -20,8 +20,8 @@ use mezz_proto::v1::{
 use mezz_proto::{FrameworkId, TaskId};
 use raft::eraftpb::Message as RaftMessage;
 
-use crate::api::metrics::Histogram;
 use crate::cluster::{CallError, Cluster, ConnId, Effect, Millis, Timeouts};
+use crate::metrics::Histogram;
 use crate::registry::Registry;
 use crate::replication::transport::PeerReport;
 use crate::replication::{Applied, Replica};
