@@ -9,10 +9,13 @@ pub mod api;
 pub mod cluster;
 pub mod hashing;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;
 pub mod server;
+#[cfg(test)]
+mod sim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! One master as a whole, still without I/O: the cluster state machine and
 //! its raft replica glued together the way every master runs them. The
 //! shell in `server.rs` feeds it from sockets and a clock; the simulation
-//! in `node/sim.rs` feeds several of them from a seeded, faulty network.
+//! in `sim/node/` (run by the tests in `node/sim.rs`) feeds several of
+//! them from a seeded, faulty network.
 //! Both therefore exercise the same rules:
 //!
 //! - only the leader takes registrations, subscriptions and calls;
@@ -19,8 +20,8 @@ use mezz_proto::v1::{
 use mezz_proto::{FrameworkId, TaskId};
 use raft::eraftpb::Message as RaftMessage;
 
-use crate::api::metrics::Histogram;
 use crate::cluster::{CallError, Cluster, ConnId, Effect, Millis, Timeouts};
+use crate::metrics::Histogram;
 use crate::registry::Registry;
 use crate::replication::transport::PeerReport;
 use crate::replication::{Applied, Replica};

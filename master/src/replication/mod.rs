@@ -468,7 +468,7 @@ impl Replica {
 }
 
 #[cfg(test)]
-pub(crate) mod sim;
+mod sim;
 
 #[cfg(test)]
 mod tests {
