@@ -157,6 +157,7 @@ fn seed() -> ClusterState {
         tasks,
         roles,
         started_at: now - 86_400.0,
+        services: Vec::new(),
     }
 }
 
