@@ -171,7 +171,10 @@ mod tests {
         }
     }
 
-    fn version_counts(s: &ServiceView) -> Vec<(Option<u64>, bool, Option<u32>, u32, u32)> {
+    /// A version as (version, canary, weight, replicas, healthy).
+    type Counts = (Option<u64>, bool, Option<u32>, u32, u32);
+
+    fn version_counts(s: &ServiceView) -> Vec<Counts> {
         s.versions
             .iter()
             .map(|v| (v.version, v.canary, v.weight, v.replicas, v.healthy))
