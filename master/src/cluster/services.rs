@@ -247,6 +247,38 @@ mod tests {
     }
 
     #[test]
+    fn the_json_has_the_documented_shape() {
+        let tasks = vec![task(
+            "r1",
+            "f1",
+            "RUNNING",
+            None,
+            &[
+                ("service", "iris"),
+                ("version", "x"),
+                ("url", "http://127.0.0.1:31001/"),
+            ],
+        )];
+        let json = serde_json::to_value(services(&tasks)).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "name": "iris",
+                "framework_id": "f1",
+                "framework_name": "f1-name",
+                "url": "",
+                "versions": [
+                    { "version": null, "canary": false, "weight": null, "replicas": 1, "healthy": 0 }
+                ],
+                "replicas": [{
+                    "task_id": "r1", "agent_id": "agent-of-r1", "url": "http://127.0.0.1:31001/",
+                    "version": null, "canary": false, "state": "RUNNING", "healthy": null
+                }]
+            }])
+        );
+    }
+
+    #[test]
     fn terminal_tasks_are_not_replicas() {
         let mut tasks: Vec<TaskView> = [
             "FINISHED", "FAILED", "KILLED", "LOST", "ERROR", "DROPPED", "GONE",
