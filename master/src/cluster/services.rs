@@ -81,11 +81,12 @@ pub fn services(tasks: &[TaskView]) -> Vec<ServiceView> {
 fn service(name: &str, framework_id: &str, mut tasks: Vec<&TaskView>) -> ServiceView {
     // The newest replica speaks for the service where replicas disagree
     // (a framework that moved its proxy labels new replicas only).
-    let newest = tasks.iter().max_by(|a, b| {
+    let age = |a: &&&TaskView, b: &&&TaskView| {
         a.launched_at
             .total_cmp(&b.launched_at)
             .then(a.id.cmp(&b.id))
-    });
+    };
+    let newest = tasks.iter().max_by(age);
     let url = tasks
         .iter()
         .filter(|t| {
@@ -93,11 +94,7 @@ fn service(name: &str, framework_id: &str, mut tasks: Vec<&TaskView>) -> Service
                 .get(LABEL_SERVICE_URL)
                 .is_some_and(|u| !u.is_empty())
         })
-        .max_by(|a, b| {
-            a.launched_at
-                .total_cmp(&b.launched_at)
-                .then(a.id.cmp(&b.id))
-        })
+        .max_by(age)
         .and_then(|t| t.labels.get(LABEL_SERVICE_URL).cloned())
         .unwrap_or_default();
     let framework_name = newest.map(|t| t.framework_name.clone()).unwrap_or_default();
