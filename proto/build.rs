@@ -13,6 +13,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".mezzanine.v1.FrameworkView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.TaskView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.RoleView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.ServiceView", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".mezzanine.v1.ServiceVersionView",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(
+            ".mezzanine.v1.ServiceReplicaView",
+            "#[derive(serde::Serialize)]",
+        )
         .type_attribute(
             ".mezzanine.v1.TaskStateChange",
             "#[derive(serde::Serialize)]",

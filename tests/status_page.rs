@@ -223,6 +223,12 @@ fn browser_follows_links_to_a_tasks_output_and_its_gpu() {
     let overview = browser.dom(&format!("{base}/"));
     assert!(overview.contains("Cluster overview"), "{overview}");
     assert!(overview.contains("GPUs"), "{overview}");
+    // No task is labelled as a service replica here (tests/status_services.rs
+    // covers services): the section says so.
+    assert!(overview.contains("No services are running."), "{overview}");
+    let to_services = follow(&links(&overview), |l| l == "/services", "the services");
+    let services = browser.dom(&format!("{base}{to_services}"));
+    assert!(services.contains("No services are running."), "{services}");
     let to_tasks = follow(&links(&overview), |l| l == "/tasks", "the task list");
     let list = browser.dom(&format!("{base}{to_tasks}"));
     let to_task = follow(

@@ -1,7 +1,8 @@
 //! Status page render time for a large cluster: 1,000 agents (8 GPUs each)
-//! and 10,000 tasks across 20 frameworks and 4 roles, seeded straight into
-//! a `ClusterState` (no processes). Times each page's render function and
-//! the `/api/state` JSON, and fails if any page takes a second or more.
+//! and 10,000 tasks across 20 frameworks and 4 roles (the first framework's
+//! 500 labelled as replicas of 50 services), seeded straight into a
+//! `ClusterState` (no processes). Times each page's render function and the
+//! `/api/state` JSON, and fails if any page takes a second or more.
 //!
 //! `cargo bench -p mezz-master --bench page`; figures in BENCHMARKS.md.
 
@@ -15,6 +16,8 @@ use mezz_proto::v1::{
 const AGENTS: usize = 1_000;
 const TASKS: usize = 10_000;
 const FRAMEWORKS: usize = 20;
+/// Services among the first framework's tasks.
+const SERVICES: usize = 50;
 
 fn map(pairs: &[(&str, f64)]) -> std::collections::BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -118,15 +121,12 @@ fn seed() -> ClusterState {
                         message: String::new(),
                     })
                     .collect(),
-                healthy: None,
-                labels: [(
-                    "url".to_string(),
-                    format!("http://node-{agent:05}.rack0.example:8888/"),
-                )]
-                .into(),
+                healthy: (t % 4 != 3).then_some(t % 7 != 0),
+                labels: service_labels(t, agent),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let services = mezz_master::cluster::services::services(&tasks);
     let roles = (0..4)
         .map(|r| RoleView {
             name: format!("role{r}"),
@@ -157,7 +157,33 @@ fn seed() -> ClusterState {
         tasks,
         roles,
         started_at: now - 86_400.0,
+        services,
     }
+}
+
+/// Every task serves a URL; those of the first framework are also replicas
+/// of one of [`SERVICES`] services, some of them canaries.
+fn service_labels(t: usize, agent: usize) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::from([(
+        "url".to_string(),
+        format!("http://node-{agent:05}.rack0.example:8888/"),
+    )]);
+    if t.is_multiple_of(FRAMEWORKS) {
+        let svc = t / FRAMEWORKS % SERVICES;
+        let canary = t.is_multiple_of(7);
+        for (k, v) in [
+            ("service", format!("model-{svc}")),
+            ("service_url", format!("http://127.0.0.1:{}/", 40_000 + svc)),
+            ("version", if canary { "2" } else { "1" }.to_string()),
+        ] {
+            labels.insert(k.to_string(), v);
+        }
+        if canary {
+            labels.insert("canary".into(), "true".into());
+            labels.insert("weight".into(), "10".into());
+        }
+    }
+    labels
 }
 
 fn time(name: &str, runs: usize, mut f: impl FnMut() -> usize) -> Duration {
@@ -212,6 +238,7 @@ fn main() {
         }),
         time("/frameworks", runs, || page::frameworks(&s, &ctx).len()),
         time("/roles", runs, || page::roles(&s, &ctx).len()),
+        time("/services", runs, || page::services(&s, &ctx).len()),
         time("/tasks (first 1000)", runs, || {
             page::tasks(&s, &ctx, &TaskFilter::default()).len()
         }),

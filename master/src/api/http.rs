@@ -43,6 +43,7 @@ pub fn routes(handle: Handle, grpc: Arc<GrpcStats>) -> Router {
         .route("/agents/{id}", get(agent))
         .route("/frameworks", get(frameworks))
         .route("/roles", get(roles))
+        .route("/services", get(services))
         .route("/tasks", get(tasks))
         .route("/tasks/{framework_id}/{task_id}", get(task))
         .route(
@@ -172,6 +173,7 @@ simple_page!(overview, page::overview);
 simple_page!(agents, page::agents);
 simple_page!(frameworks, page::frameworks);
 simple_page!(roles, page::roles);
+simple_page!(services, page::services);
 
 async fn agent(State(h): State<Http>, Path(id): Path<String>) -> Response {
     match snapshot(&h).await {

@@ -14,6 +14,7 @@ mod history;
 pub mod identity;
 mod offers;
 mod roles;
+pub mod services;
 mod view;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -165,6 +165,8 @@ impl Cluster {
                 .total_cmp(&a.launched_at)
                 .then(a.id.cmp(&b.id))
         });
+        // Only active tasks are replicas; take them before completed ones join.
+        let services = super::services::services(&tasks);
         if completed {
             tasks.extend(self.completed.iter().map(|t| task_view(self, t)));
         }
@@ -178,6 +180,7 @@ impl Cluster {
             tasks,
             roles: self.role_views(),
             started_at,
+            services,
         }
     }
 }

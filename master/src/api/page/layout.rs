@@ -147,6 +147,7 @@ pub fn page(ctx: &Ctx, title: &str, nav: &str, live: &str, extra: &str) -> Strin
         ("/agents", "Agents"),
         ("/frameworks", "Frameworks"),
         ("/roles", "Roles"),
+        ("/services", "Services"),
         ("/tasks", "Tasks"),
     ] {
         let on = if name == nav { " class=on" } else { "" };

@@ -1,5 +1,6 @@
 //! The status page: server-rendered HTML built from a [`ClusterState`]
-//! (overview, agents, frameworks, roles, tasks and one page per task). The
+//! (overview, agents, frameworks, roles, services, tasks and one page per
+//! task). The
 //! render functions are pure — state in, HTML out — so they are tested and
 //! benchmarked without a server; `routes` is the thin HTTP shell around
 //! them. A small embedded script refreshes `<div id=live>` and follows
@@ -9,6 +10,7 @@ mod agents;
 mod frameworks;
 pub mod layout;
 mod overview;
+mod services;
 mod tasks;
 
 use std::collections::HashSet;
@@ -18,6 +20,7 @@ use mezz_proto::v1::{ClusterState, TaskView};
 pub use agents::{agent, agents};
 pub use frameworks::{frameworks, roles};
 pub use overview::overview;
+pub use services::services;
 pub use tasks::{task, tasks, LogPane, TaskFilter};
 
 /// What a page needs besides the cluster state.
@@ -197,6 +200,95 @@ mod tests {
         let html = overview(&state(), &ctx(false));
         assert!(html.contains("This master follows; the leader is <b>127.0.0.1:5050</b>"));
         assert!(!overview(&state(), &ctx(true)).contains("This master follows"));
+    }
+
+    fn replica(id: &str, healthy: Option<bool>, labels: &[(&str, &str)]) -> TaskView {
+        TaskView {
+            id: id.into(),
+            name: "serve/iris".into(),
+            framework_id: "f1".into(),
+            framework_name: "mezz-serve".into(),
+            agent_id: "a1".into(),
+            state: "RUNNING".into(),
+            healthy,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn services_show_versions_health_and_canary_weight() {
+        let html = overview(&state(), &ctx(true));
+        assert!(html.contains("No services are running."), "{html}");
+        let stable = [
+            ("service", "iris<b>"),
+            ("version", "1"),
+            ("url", "http://127.0.0.1:31001/"),
+            ("service_url", "http://127.0.0.1:40000/"),
+        ];
+        let mut canary = stable.to_vec();
+        canary[1] = ("version", "2");
+        canary.extend([("canary", "true"), ("weight", "20")]);
+        let mut s = state();
+        s.tasks = vec![
+            replica("r1", Some(true), &stable),
+            replica("r2", Some(false), &stable),
+            replica("c1", None, &canary),
+            replica(
+                "odd",
+                Some(true),
+                &[("service", "iris<b>"), ("version", "two")],
+            ),
+        ];
+        s.services = crate::cluster::services::services(&s.tasks);
+        for html in [overview(&s, &ctx(true)), services(&s, &ctx(true))] {
+            assert!(!html.contains("No services are running."), "{html}");
+            assert!(!html.contains("iris<b>"), "{html}");
+            assert!(
+                html.contains("href=\"http://127.0.0.1:40000/\" rel=\"noopener noreferrer\" target=_blank>iris&lt;b&gt;</a>"),
+                "{html}"
+            );
+            assert!(
+                html.contains("<b>v1</b> <span class=\"hc\">1/2 healthy</span>"),
+                "{html}"
+            );
+            assert!(
+                html.contains("<b>v2</b> <span class=\"pill s-canary\">canary 20%</span> <span class=\"hc\">0/1 healthy</span>"),
+                "{html}"
+            );
+            assert!(
+                html.contains("<b>version unknown</b> <span class=\"hc ok\">1/1 healthy</span>"),
+                "{html}"
+            );
+            for (id, health) in [
+                ("r1", "s-healthy\">healthy"),
+                ("r2", "s-unhealthy\">unhealthy"),
+                (
+                    "c1",
+                    "s-unknown\" title=\"no health check result yet\">health unknown",
+                ),
+            ] {
+                let row = html
+                    .split("<div class=rep>")
+                    .find(|r| r.contains(&format!("href=\"/tasks/f1/{id}\"")))
+                    .unwrap_or_else(|| panic!("no replica row for {id}: {html}"));
+                assert!(row.contains(health), "{id}: {row}");
+            }
+            assert!(html.contains("href=\"http://127.0.0.1:31001/\""), "{html}");
+        }
+        // A proxy URL that is not plain http(s) is shown as text, unlinked.
+        s.tasks = vec![replica(
+            "r1",
+            Some(true),
+            &[("service", "x"), ("service_url", "javascript:alert(1)")],
+        )];
+        s.services = crate::cluster::services::services(&s.tasks);
+        let html = services(&s, &ctx(true));
+        assert!(!html.contains("javascript:"), "{html}");
+        assert!(html.contains("<td>x</td>"), "{html}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/`: leader and masters, cluster totals with usage bars, counts of
-//! agents, frameworks and tasks by state, and recent failures.
+//! agents, frameworks and tasks by state, services and their health, and
+//! recent failures.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -74,6 +75,8 @@ pub fn overview(s: &ClusterState, ctx: &Ctx) -> String {
         );
     }
     b.push_str("</div></div></div>");
+
+    b.push_str(&super::services::section(s, "h2"));
 
     b.push_str(
         "<h2>Masters</h2><table><tr><th>Id</th><th>Address</th><th>Role</th><th>Term</th>\
