@@ -3,15 +3,16 @@
 //! and the wrapper spawned; the wrapper's start line makes the run RUNNING
 //! and its exit ends it with a terminal update.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use mezz_proto::v1::{LaunchTask, TaskReason, TaskState};
 use tracing::Instrument;
 
-use super::{secs, state_of, task_span, Agent, Key, CGROUP_MOUNTS};
+use super::{secs, state_of, task_span, Agent, Key};
 use crate::checkpoint::TaskRecord;
 use crate::executor::{self, StartLine};
+use crate::isolation::steps;
 use crate::lifecycle::{self, Observed};
 use crate::task_user::RunAs;
 
@@ -65,11 +66,7 @@ impl Agent {
             framework_id: &key.0,
             agent_id: &self.info.id,
         };
-        let cgroup_name = format!(
-            "{}.{}",
-            key.1.chars().take(64).collect::<String>(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let cgroup_name = crate::isolation::run_cgroup_name(&key.1, &self.owner);
         let task_user = task.command.as_ref().map(|c| c.user.as_str()).unwrap_or("");
         let spawned = self
             .machine
@@ -203,9 +200,10 @@ impl Agent {
         self.emit(status, true).await;
     }
 
-    /// Fills in the spec's isolation for one run: GPUs (environment and
-    /// devices), run-as user, the cgroup (created here and checkpointed)
-    /// and namespaces with what the task must not see.
+    /// Runs the isolation steps (GPUs, user, cgroup, namespaces; see
+    /// `crate::isolation::steps`) over the run's spec. The cgroup they
+    /// made is checkpointed even when a later step fails, so the failed
+    /// launch's cleanup finds it.
     fn isolate(
         &self,
         key: &Key,
@@ -214,76 +212,40 @@ impl Agent {
         cgroup_name: &str,
         spec: &mut crate::launch_spec::LaunchSpec,
     ) -> Result<(), String> {
-        let given: Vec<String> = task
-            .resources
-            .iter()
-            .filter(|r| r.name == crate::gpu::RESOURCE)
-            .filter_map(|r| match &r.value {
-                Some(mezz_proto::v1::resource::Value::Set(s)) => Some(s.item.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        let gpus = crate::gpu::assign(&self.machine.gpus, &given)?;
-        spec.env.extend(gpus.env);
-        if let RunAs::User(a) = run_as {
-            spec.env.insert("USER".into(), a.name.clone());
-            spec.user = Some(a.name.clone());
-        }
-        let mut limits = crate::isolation::Limits::of_task(task, self.machine.isolation.pids_cap);
-        limits.denied_gpu_minors = gpus.denied_minors;
-        let prepared = self
-            .machine
-            .isolation
-            .isolator
-            .prepare(cgroup_name, &limits)
-            .map_err(|e| e.to_string())?;
-        {
+        let mut run = steps::Run {
+            task,
+            run_as,
+            cgroup_name,
+            spec,
+            denied_gpu_minors: Vec::new(),
+            cgroup: None,
+        };
+        let prepared = self.steps.prepare(&mut run);
+        if let Some(cgroup) = run.cgroup {
             let mut st = self.lock();
             if let Some(rec) = st.tasks.get_mut(key) {
-                rec.cgroup = Some(prepared.cgroup.clone());
+                rec.cgroup = Some(cgroup);
                 self.put(rec);
             }
         }
-        spec.cgroup_procs = prepared.procs_files;
-        spec.namespaces = self.machine.isolation.namespaces;
-        spec.hostname = Some(key.1.clone());
-        if spec.namespaces {
-            spec.hide = self.machine.hidden_paths.clone();
-            // Fake GPU nodes live in the work dir, which is hidden: their
-            // directory comes back (the wrapper binds back only what a
-            // hidden directory covers; /dev is not).
-            let mut expose: Vec<PathBuf> = self
-                .machine
-                .gpus
-                .iter()
-                .filter_map(|g| g.device.parent())
-                .map(Path::to_path_buf)
-                .collect();
-            expose.dedup();
-            spec.expose = expose;
-            spec.read_only = vec![PathBuf::from(CGROUP_MOUNTS)];
-        }
-        Ok(())
+        prepared
     }
 
-    /// Kills what is left of the run's cgroup and removes it; returns
-    /// whether the OOM killer acted in it. Idempotent.
+    /// Runs the isolation steps' cleanup for the run: kills what is left
+    /// of its cgroup and removes it; returns whether the OOM killer acted
+    /// in it. Idempotent.
     pub(super) async fn cleanup_cgroup(&self, key: &Key) -> bool {
         let Some(cgroup) = self.lock().tasks.get(key).and_then(|r| r.cgroup.clone()) else {
             return false;
         };
-        let isolator = std::sync::Arc::clone(&self.machine.isolation.isolator);
-        let done = tokio::task::spawn_blocking(move || {
-            let oom = isolator.oom_killed(&cgroup);
-            (oom, isolator.cleanup(&cgroup))
-        })
-        .await;
+        let steps = Arc::clone(&self.steps);
+        let done = tokio::task::spawn_blocking(move || steps.cleanup(&cgroup)).await;
         match done {
-            Ok((oom, Ok(()))) => oom,
-            Ok((oom, Err(e))) => {
-                tracing::warn!(framework_id = %key.0, task_id = %key.1, "{e}");
-                oom
+            Ok((ended, errors)) => {
+                for e in errors {
+                    tracing::warn!(framework_id = %key.0, task_id = %key.1, "{e}");
+                }
+                ended.oom_killed
             }
             Err(e) => {
                 tracing::warn!("cgroup cleanup task failed: {e}");

@@ -15,7 +15,7 @@ mod updates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mezz_proto::v1::{AgentInfo, TaskState, TaskStatus};
@@ -24,9 +24,6 @@ use tokio::sync::{watch, Notify};
 use crate::checkpoint::{Checkpoint, TaskRecord};
 
 type Key = (String, String);
-
-/// Where the host mounts its cgroup hierarchies; tasks see it read-only.
-const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 
 /// An update the master has not acknowledged.
 struct Pending {
@@ -58,6 +55,10 @@ pub struct Machine {
 /// The agent: its identity, its task table and its update queue.
 pub struct Agent {
     machine: Machine,
+    /// The isolation steps every launch runs through.
+    steps: Arc<crate::isolation::steps::Steps>,
+    /// Marks this agent's run cgroups (see `isolation::owner_tag`).
+    owner: String,
     info: AgentInfo,
     work_dir: PathBuf,
     launcher: PathBuf,
@@ -104,7 +105,14 @@ impl Agent {
                 },
             );
         }
+        let steps = crate::isolation::steps::Steps::standard(
+            &machine.isolation,
+            &machine.gpus,
+            &machine.hidden_paths,
+        );
         Agent {
+            steps: Arc::new(steps),
+            owner: crate::isolation::owner_tag(&info.id),
             machine,
             info,
             work_dir: config.work_dir.clone(),

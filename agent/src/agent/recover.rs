@@ -1,6 +1,8 @@
-//! Recovery after an agent restart: runs whose wrapper is still alive are
-//! re-attached (watched, their kills and health checks resumed); runs whose
-//! wrapper is gone get their terminal update.
+//! Recovery after an agent restart: what the isolation steps left for runs
+//! no longer on record (cgroups, with their processes) is removed; runs
+//! whose wrapper is still alive are re-attached (watched, their kills and
+//! health checks resumed); runs whose wrapper is gone get their terminal
+//! update.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,12 +12,15 @@ use tracing::Instrument;
 use super::{secs, state_of, task_span, Agent, Key};
 use crate::checkpoint::TaskRecord;
 use crate::executor;
+use crate::isolation::steps;
 use crate::lifecycle::Observed;
 
 impl Agent {
-    /// After a restart: re-attach to wrappers still running, report the
-    /// ending of those that are gone. Runs before the first registration.
+    /// After a restart: remove orphans, re-attach to wrappers still
+    /// running, report the ending of those that are gone. Runs before the
+    /// first registration, so before any launch.
     pub async fn recover(self: &Arc<Self>) {
+        self.recover_orphans().await;
         let records: Vec<(Key, TaskRecord)> = self
             .lock()
             .tasks
@@ -68,5 +73,39 @@ impl Agent {
                 .instrument(span),
             );
         }
+    }
+
+    /// Runs the isolation steps' `recover`: cgroups of this agent's runs
+    /// that no record names (a crash between creating a cgroup and
+    /// checkpointing it, or a run whose record is gone) are killed and
+    /// removed. Logs each and returns how many things were removed.
+    pub async fn recover_orphans(&self) -> usize {
+        let known = steps::Known {
+            owner: self.owner.clone(),
+            cgroups: self
+                .lock()
+                .tasks
+                .values()
+                .filter_map(|rec| rec.cgroup.clone())
+                .collect(),
+        };
+        let steps = Arc::clone(&self.steps);
+        let removed = match tokio::task::spawn_blocking(move || steps.recover(&known)).await {
+            Ok(removed) => removed,
+            Err(e) => {
+                tracing::warn!("recovering orphaned cgroups failed: {e}");
+                return 0;
+            }
+        };
+        for what in &removed {
+            tracing::info!("removed orphaned {what} and its processes: no task on record owns it");
+        }
+        if !removed.is_empty() {
+            tracing::warn!(
+                "removed {} orphan(s) left by an earlier run of this agent",
+                removed.len()
+            );
+        }
+        removed.len()
     }
 }
