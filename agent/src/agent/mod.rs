@@ -5,12 +5,14 @@
 //! which only calls in here. This file holds the table and its helpers;
 //! each kind of event has its own module: `updates` (the update queue and
 //! acks), `launch`, `kill`, `recover` (after a restart) and
-//! `health_checks`.
+//! `health_checks`; `spawned` counts the background tasks they start, so
+//! that shutdown can wait for them.
 
 mod health_checks;
 mod kill;
 mod launch;
 mod recover;
+mod spawned;
 mod updates;
 
 use std::collections::{BTreeMap, HashMap};
@@ -67,6 +69,8 @@ pub struct Agent {
     state: Mutex<State>,
     updates_ready: Notify,
     shutdown: watch::Receiver<bool>,
+    /// The background tasks, for shutdown to wait for.
+    spawned: spawned::Spawned,
 }
 
 fn state_of(rec: &TaskRecord) -> TaskState {
@@ -80,6 +84,12 @@ fn task_span(framework_id: &str, task_id: &str) -> tracing::Span {
 }
 
 impl Agent {
+    /// Waits, at most `limit`, for the agent's background tasks to end
+    /// once the shutdown signal is set; true when they all did.
+    pub async fn wait_for_tasks(&self, limit: Duration) -> bool {
+        self.spawned.wait(limit).await
+    }
+
     /// An agent over an opened checkpoint; `shutdown` turning true stops
     /// every background job it starts.
     pub fn new(
@@ -122,6 +132,7 @@ impl Agent {
             state: Mutex::new(state),
             updates_ready: Notify::new(),
             shutdown,
+            spawned: spawned::Spawned::new(),
         }
     }
 
@@ -146,7 +157,7 @@ impl Agent {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.spawned.spawn(async move {
             tokio::select! {
                 _ = fut => {}
                 _ = crate::stopped(&mut shutdown) => {}
