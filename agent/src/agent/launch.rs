@@ -1,7 +1,9 @@
 //! Launching a task run: the record is written synchronously, then in the
-//! background the sandbox is made, the run isolated, its launch spec written
-//! and the wrapper spawned; the wrapper's start line makes the run RUNNING
-//! and its exit ends it with a terminal update.
+//! background the sandbox is made, the run isolated (the isolation steps
+//! of `crate::isolation::steps`), its launch spec written and the wrapper
+//! spawned; the wrapper's start line makes the run RUNNING and its exit
+//! ends it with a terminal update, sent once the steps' cleanup has
+//! removed what is left of the run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
