@@ -1,6 +1,6 @@
 //! A task run's limits as plain writes to cgroup files, the way youki's
 //! cgroup managers set them: [`v1`] and [`v2`] say which file of which
-//! controller gets which value for some [`Limits`], and [`write`] writes
+//! controller gets which value for some [`Limits`], and [`write()`] writes
 //! them under directories it is given as paths. The isolators pass the
 //! run's cgroup directories in the mounted hierarchies; the tests pass a
 //! temporary directory, so every limit is checked without root. Creating,
