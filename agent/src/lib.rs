@@ -41,6 +41,10 @@ pub use launcher::launch_main;
 /// the checkpoint's file lock.
 const CHECKPOINT_LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for the agent's own background tasks to end
+/// before the final checkpoint flush.
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// Both ids are usable as path components.
 fn validate_ids(framework_id: &str, task_id: &str) -> bool {
     mezz_proto::ids::validate_id("framework", framework_id).is_ok()
@@ -375,6 +379,13 @@ pub async fn run(
     let _ = link.await;
     if outcome.is_ok() {
         let _ = server.await;
+    }
+    // What those tasks write (a kill request, a status) goes into the
+    // final flush; one stuck in a blocking call does not hold the stop.
+    if !agent.wait_for_tasks(TASKS_STOP_WAIT).await {
+        tracing::warn!(
+            "some of the agent's background tasks did not end within {TASKS_STOP_WAIT:?}; flushing the checkpoint anyway"
+        );
     }
     if let Err(e) = agent_flush(&agent).await {
         tracing::warn!("final checkpoint flush failed: {e}");

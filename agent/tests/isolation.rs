@@ -385,3 +385,142 @@ fn exit_codes_and_run_as_user() {
         .as_raw();
     assert_eq!(run.stdout(), format!("{uid}\nwrote\n"));
 }
+
+/// A `sleep` moved into the cgroup whose `cgroup.procs` files are `procs`.
+fn sleeper_in(procs: &[PathBuf]) -> std::process::Child {
+    let child = Command::new("sleep").arg("600").spawn().unwrap();
+    for f in procs {
+        std::fs::write(f, child.id().to_string()).unwrap();
+    }
+    child
+}
+
+/// Waits (with a deadline) for `child` to end; how it ended.
+fn ended(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "pid {} still runs", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cgroup_exists(procs: &[PathBuf]) -> bool {
+    procs.iter().any(|f| f.parent().is_some_and(Path::exists))
+}
+
+#[test]
+fn recover_removes_only_this_agents_unknown_cgroups() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(sel) = isolation() else { return };
+    let owner = isolation::owner_tag(&uuid_like());
+    let other = isolation::owner_tag(&format!("b{}", uuid_like()));
+    assert_ne!(owner, other);
+    let lim = limits(0.1, 64.0);
+    let kept = sel
+        .isolator
+        .prepare(&isolation::run_cgroup_name("kept", &owner), &lim)
+        .unwrap();
+    let orphan = sel
+        .isolator
+        .prepare(&isolation::run_cgroup_name("lost", &owner), &lim)
+        .unwrap();
+    let foreign = sel
+        .isolator
+        .prepare(&isolation::run_cgroup_name("lost", &other), &lim)
+        .unwrap();
+    let mut in_orphan = sleeper_in(&orphan.procs_files);
+    let mut in_foreign = sleeper_in(&foreign.procs_files);
+    assert_eq!(sel.isolator.pids(&orphan.cgroup), vec![in_orphan.id()]);
+
+    let known = [kept.cgroup.clone()].into_iter().collect();
+    let removed = sel.isolator.recover(&owner, &known).unwrap();
+
+    assert_eq!(removed, vec![orphan.cgroup.clone()]);
+    assert_eq!(ended(&mut in_orphan).signal(), Some(libc::SIGKILL));
+    assert!(
+        !cgroup_exists(&orphan.procs_files),
+        "the orphan is still there"
+    );
+    // What is on record, and another agent's run, stay as they were.
+    assert!(cgroup_exists(&kept.procs_files));
+    assert!(cgroup_exists(&foreign.procs_files));
+    assert_eq!(sel.isolator.pids(&foreign.cgroup), vec![in_foreign.id()]);
+    // Nothing left to remove the second time.
+    assert!(sel.isolator.recover(&owner, &known).unwrap().is_empty());
+
+    for c in [&kept.cgroup, &foreign.cgroup] {
+        sel.isolator.cleanup(c).unwrap();
+    }
+    assert_eq!(ended(&mut in_foreign).signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn an_agent_removes_its_orphaned_cgroups_when_it_starts() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(sel) = isolation() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let meta = work.path().join("meta");
+    std::fs::create_dir_all(&meta).unwrap();
+    // The agent's id, as an earlier run of it stored it.
+    let agent_id = format!("agent-{}", uuid_like());
+    mezz_agent::checkpoint::Checkpoint::open(&meta.join("checkpoint"))
+        .unwrap()
+        .set_agent_id(&agent_id)
+        .unwrap();
+    // That run crashed after making a cgroup and starting the task in it,
+    // before checkpointing either; a neighbour agent's run is beside it.
+    let lim = limits(0.0, 0.0);
+    let orphan = sel
+        .isolator
+        .prepare(
+            &isolation::run_cgroup_name("lost", &isolation::owner_tag(&agent_id)),
+            &lim,
+        )
+        .unwrap();
+    let neighbour = sel
+        .isolator
+        .prepare(
+            &isolation::run_cgroup_name("lost", &isolation::owner_tag("neighbour-1")),
+            &lim,
+        )
+        .unwrap();
+    let mut in_orphan = sleeper_in(&orphan.procs_files);
+    let mut in_neighbour = sleeper_in(&neighbour.procs_files);
+
+    let mut config = mezz_agent::Config::new(
+        // Nothing listens there: recovery does not wait for a master.
+        vec!["127.0.0.1:1".into()],
+        "127.0.0.1:0".parse().unwrap(),
+        work.path().to_path_buf(),
+        PathBuf::from(WRAPPER),
+    );
+    config.cgroup_root = CGROUP_ROOT.into();
+    config.resources = Some(mezz_proto::Resources::parse("cpus:1;mem:256").unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = rt.spawn(mezz_agent::run(config, async {
+        let _ = stopped.await;
+    }));
+
+    assert_eq!(ended(&mut in_orphan).signal(), Some(libc::SIGKILL));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cgroup_exists(&orphan.procs_files) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned cgroup is still there"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = stop.send(());
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), agent).await })
+        .expect("the agent stops")
+        .expect("the agent task")
+        .expect("the agent ran");
+    assert!(cgroup_exists(&neighbour.procs_files));
+    assert_eq!(in_neighbour.try_wait().unwrap(), None);
+    sel.isolator.cleanup(&neighbour.cgroup).unwrap();
+    assert_eq!(ended(&mut in_neighbour).signal(), Some(libc::SIGKILL));
+}

@@ -2,25 +2,28 @@
 //! cpu, cpuacct, memory, pids and devices hierarchies. cpu.shares and the
 //! CFS quota follow `cpus`, memory.limit_in_bytes follows `mem`, and the
 //! devices controller denies the agent's GPU nodes the task was not given
-//! (`c 195:N rwm`); everything else keeps the default allow-all.
+//! (`c 195:N rwm`); everything else keeps the default allow-all. The
+//! values are written as files (`limit_files.rs`).
 
-use cgroups_rs::fs::cpu::CpuController;
+use std::collections::HashSet;
+use std::path::PathBuf;
+
 use cgroups_rs::fs::cpuacct::CpuAcctController;
-use cgroups_rs::fs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::fs::memory::MemController;
 
 use super::cgroup::{self, err};
-use super::{IsolationError, Isolator, Limits, Prepared, NVIDIA_MAJOR};
+use super::limit_files;
+use super::{IsolationError, Isolator, Limits, Prepared};
+
+pub use super::limit_files::{CFS_PERIOD_US, SHARES_PER_CPU};
 
 const CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "devices"];
-/// The CFS period; the quota is `cpus` times it.
-pub const CFS_PERIOD_US: u64 = 100_000;
-/// cpu.shares per CPU (the kernel's default weight of one task).
-pub const SHARES_PER_CPU: f64 = 1024.0;
 
 /// cgroup v1 isolation under `<hierarchy>/<root>/<run>`.
 pub struct CgroupV1 {
     root: String,
+    /// `root`'s directory in each hierarchy, by controller.
+    parents: Vec<(String, PathBuf)>,
 }
 
 impl CgroupV1 {
@@ -49,6 +52,7 @@ impl CgroupV1 {
         }
         Ok(CgroupV1 {
             root: root.to_string(),
+            parents: cgroup::dirs(&cg),
         })
     }
 
@@ -56,45 +60,11 @@ impl CgroupV1 {
         format!("{}/{name}", self.root)
     }
 
+    /// Writes `l` into the run's cgroup `cg` (at `path`), through its
+    /// directories in each hierarchy.
     fn apply(cg: &cgroups_rs::fs::Cgroup, path: &str, l: &Limits) -> Result<(), IsolationError> {
-        if l.cpus > 0.0 {
-            if let Some(cpu) = cg.controller_of::<CpuController>() {
-                let shares = (l.cpus * SHARES_PER_CPU).round().max(2.0) as u64;
-                cpu.set_shares(shares)
-                    .map_err(|e| err(path, "set cpu.shares", e))?;
-                let quota = (l.cpus * CFS_PERIOD_US as f64).round().max(1000.0) as i64;
-                cpu.set_cfs_quota_and_period(Some(quota), Some(CFS_PERIOD_US))
-                    .map_err(|e| err(path, "set the CFS quota", e))?;
-            }
-        }
-        if l.mem_mb > 0.0 {
-            if let Some(mem) = cg.controller_of::<MemController>() {
-                let bytes = (l.mem_mb * 1024.0 * 1024.0) as i64;
-                mem.set_limit(bytes)
-                    .map_err(|e| err(path, "set memory.limit_in_bytes", e))?;
-                // No swap beyond the limit, where swap accounting exists.
-                let _ = mem.set_memswap_limit(bytes);
-            }
-        }
-        cgroup::set_pids_max(cg, path, l.pids_max)?;
-        if let Some(dev) = cg.controller_of::<DevicesController>() {
-            for minor in &l.denied_gpu_minors {
-                dev.deny_device(
-                    DeviceType::Char,
-                    NVIDIA_MAJOR as i64,
-                    *minor as i64,
-                    &DevicePermissions::all(),
-                )
-                .map_err(|e| {
-                    err(
-                        path,
-                        &format!("deny GPU device c {NVIDIA_MAJOR}:{minor}"),
-                        e,
-                    )
-                })?;
-            }
-        }
-        Ok(())
+        let dirs = cgroup::dirs(cg);
+        limit_files::write(path, &|c| cgroup::dir_of(&dirs, c), &limit_files::v1(l))
     }
 }
 
@@ -139,5 +109,9 @@ impl Isolator for CgroupV1 {
 
     fn cleanup(&self, cgroup: &str) -> Result<(), IsolationError> {
         cgroup::cleanup(cgroup, CONTROLLERS)
+    }
+
+    fn recover(&self, owner: &str, known: &HashSet<String>) -> Result<Vec<String>, IsolationError> {
+        cgroup::remove_orphans(&self.root, &self.parents, owner, known, CONTROLLERS)
     }
 }

@@ -1,23 +1,24 @@
-//! The cgroup v2 isolator (unified hierarchy): cpu.weight and cpu.max from
-//! `cpus`, memory.max from `mem`, pids.max, OOM kills from memory.events,
+//! The cgroup v2 isolator (unified hierarchy): cpu.max from `cpus`,
+//! memory.max from `mem`, pids.max (written as files, `limit_files.rs`),
+//! OOM kills from memory.events,
 //! and the GPUs the task was not given denied by an eBPF device program
 //! attached to the cgroup (v2 has no devices controller; see
 //! `device_filter.rs`). Removing the cgroup releases the program.
 
-use cgroups_rs::fs::cpu::CpuController;
-use cgroups_rs::fs::memory::MemController;
+use std::collections::HashSet;
+use std::path::PathBuf;
 
 use super::cgroup::{self, err};
-use super::device_filter;
+use super::{device_filter, limit_files};
 use super::{IsolationError, Isolator, Limits, Prepared};
 
 const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
-/// The CFS period; the quota is `cpus` times it.
-const CFS_PERIOD_US: u64 = 100_000;
 
 /// cgroup v2 isolation under `/sys/fs/cgroup/<root>/<run>`.
 pub struct CgroupV2 {
     root: String,
+    /// `root`'s directory, once per controller enabled in it.
+    parents: Vec<(String, PathBuf)>,
 }
 
 impl CgroupV2 {
@@ -28,6 +29,7 @@ impl CgroupV2 {
         cgroup::set_pids_max(&cg, root, pids_cap)?;
         Ok(CgroupV2 {
             root: root.to_string(),
+            parents: cgroup::dirs(&cg),
         })
     }
 }
@@ -42,20 +44,8 @@ impl Isolator for CgroupV2 {
         cgroup::cleanup(&path, CONTROLLERS)?;
         let cg = cgroup::create(&path, CONTROLLERS)?;
         let apply = || -> Result<(), IsolationError> {
-            if l.cpus > 0.0 {
-                if let Some(cpu) = cg.controller_of::<CpuController>() {
-                    let quota = (l.cpus * CFS_PERIOD_US as f64).round().max(1000.0) as i64;
-                    cpu.set_cfs_quota_and_period(Some(quota), Some(CFS_PERIOD_US))
-                        .map_err(|e| err(&path, "set cpu.max", e))?;
-                }
-            }
-            if l.mem_mb > 0.0 {
-                if let Some(mem) = cg.controller_of::<MemController>() {
-                    mem.set_limit((l.mem_mb * 1024.0 * 1024.0) as i64)
-                        .map_err(|e| err(&path, "set memory.max", e))?;
-                }
-            }
-            cgroup::set_pids_max(&cg, &path, l.pids_max)?;
+            let dirs = cgroup::dirs(&cg);
+            limit_files::write(&path, &|c| cgroup::dir_of(&dirs, c), &limit_files::v2(l))?;
             if !l.denied_gpu_minors.is_empty() {
                 let dir = cg
                     .subsystems()
@@ -110,5 +100,9 @@ impl Isolator for CgroupV2 {
 
     fn cleanup(&self, cgroup: &str) -> Result<(), IsolationError> {
         cgroup::cleanup(cgroup, CONTROLLERS)
+    }
+
+    fn recover(&self, owner: &str, known: &HashSet<String>) -> Result<Vec<String>, IsolationError> {
+        cgroup::remove_orphans(&self.root, &self.parents, owner, known, CONTROLLERS)
     }
 }

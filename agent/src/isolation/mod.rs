@@ -2,9 +2,12 @@
 //! cpu, memory, pids and devices limits. `prepare` creates it before the
 //! wrapper spawns (the wrapper's command joins it by writing to the
 //! returned `cgroup.procs` files), `cleanup` kills what is left in it and
-//! removes it (idempotent), `oom_killed` explains a death. The backend is
-//! chosen once at start-up by [`select`]. Namespaces, the task's mounts
-//! and its privileges are set up by the wrapper, not here (see
+//! removes it (idempotent), `oom_killed` explains a death, and `recover`
+//! removes, at agent start, the cgroups of runs the agent no longer knows.
+//! The backend is chosen once at start-up by [`select`]. The launch runs
+//! through the ordered [`steps`] (GPUs, user, cgroup, namespaces), of
+//! which the cgroup step drives the isolator. Namespaces, the task's
+//! mounts and its privileges are made by the wrapper, not here (see
 //! `namespaces.rs`, `mounts.rs`, `capabilities.rs`).
 
 pub mod capabilities;
@@ -12,10 +15,13 @@ mod cgroup;
 pub mod cgroup_v1;
 pub mod cgroup_v2;
 pub mod device_filter;
+pub mod limit_files;
 pub mod mounts;
 pub mod namespaces;
 pub mod none;
+pub mod steps;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -100,6 +106,35 @@ impl Limits {
     }
 }
 
+/// The tag that marks an agent's run cgroups as its own: `a` and the first
+/// twelve letters and digits of its id. Several agents can share a host
+/// and a cgroup root; `recover` removes only cgroups with its own tag.
+pub fn owner_tag(agent_id: &str) -> String {
+    let id: String = agent_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    format!("a{id}")
+}
+
+/// The cgroup name of a new run of `task_id` for the agent tagged `owner`:
+/// `<task id (64 characters at most)>.<8 random hex digits>.<owner>`.
+pub fn run_cgroup_name(task_id: &str, owner: &str) -> String {
+    format!(
+        "{}.{}.{owner}",
+        task_id.chars().take(64).collect::<String>(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Is `name` (a child of the cgroup root) a run cgroup of `owner`?
+pub fn owned_by(name: &str, owner: &str) -> bool {
+    name.strip_suffix(owner)
+        .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1)
+}
+
 /// A prepared cgroup.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prepared {
@@ -148,6 +183,18 @@ pub trait Isolator: Send + Sync {
     /// Kills every process of the cgroup and removes it. Idempotent: a
     /// cgroup that is already gone is fine.
     fn cleanup(&self, cgroup: &str) -> Result<(), IsolationError>;
+    /// At agent start: kills and removes every run cgroup of the agent
+    /// tagged `owner` (see [`owner_tag`]) that is not in `known` (the
+    /// cgroups on record, as `prepare` returned them): left by a crash
+    /// between creating a cgroup and checkpointing it, or by a run whose
+    /// record is gone. Returns the cgroups removed.
+    fn recover(
+        &self,
+        _owner: &str,
+        _known: &HashSet<String>,
+    ) -> Result<Vec<String>, IsolationError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Which isolator to use (`mezz agent --isolation`).
@@ -250,5 +297,22 @@ mod tests {
         assert_eq!(task_pids_max(f64::INFINITY, cap), 256);
         // A tiny pid_max still leaves tasks the floor.
         assert_eq!(host_pids_cap(300), 256);
+    }
+
+    #[test]
+    fn run_cgroups_carry_their_agents_tag() {
+        let owner = owner_tag("5F0C2A9E-1b7d-4c3e-9a8f-0123456789ab");
+        assert_eq!(owner, "a5f0c2a9e1b7d");
+        let name = run_cgroup_name("web.v2", &owner);
+        assert!(name.starts_with("web.v2."), "{name}");
+        assert!(owned_by(&name, &owner), "{name}");
+        assert!(!owned_by(&name, &owner_tag("77777777")), "{name}");
+        // Names of an earlier version, and the bare tag, are nobody's.
+        assert!(!owned_by("web.0a1b2c3d", &owner));
+        assert!(!owned_by(&owner, &owner));
+        assert!(!owned_by(&format!(".{owner}"), &owner));
+        assert!(!owned_by(&format!("x{owner}"), &owner));
+        let long = "t".repeat(128);
+        assert!(run_cgroup_name(&long, &owner).len() < 100);
     }
 }
