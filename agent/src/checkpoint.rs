@@ -327,8 +327,27 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use mezz_proto::v1::TaskState;
+
+    /// Opens the checkpoint again in the same process. sled's background
+    /// flusher may hold the file lock a moment after the last handle is
+    /// dropped (a restarted agent is a new process and never meets this),
+    /// so a busy machine gets a few seconds.
+    fn reopen(path: &Path) -> Checkpoint {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Checkpoint::open(path) {
+                Ok(cp) => return cp,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopening the checkpoint: {e}; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot reopen the checkpoint: {e}"),
+            }
+        }
+    }
 
     fn record(fw: &str, task: &str) -> TaskRecord {
         let mut status = TaskStatus {
@@ -384,7 +403,7 @@ mod tests {
             cp.tasks.insert(b"f9/broken", &b"\xff\xff\xff"[..]).unwrap();
             cp.flush_blocking().unwrap();
         }
-        let cp = Checkpoint::open(&path).unwrap();
+        let cp = reopen(&path);
         assert_eq!(cp.agent_id().as_deref(), Some("agent-1"));
         assert_eq!(cp.tasks(), vec![record("f1", "t1")]);
         let ups = cp.updates();
@@ -416,7 +435,7 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let cp = Checkpoint::open(&path).unwrap();
+        let cp = reopen(&path);
         assert_eq!(
             cp.secret().unwrap(),
             first,
