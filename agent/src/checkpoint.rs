@@ -327,7 +327,6 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use mezz_proto::v1::TaskState;
 
