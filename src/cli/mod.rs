@@ -22,6 +22,7 @@ macro_rules! errln {
 
 mod agent;
 mod capacity;
+mod daemon_start;
 mod dev;
 mod inspect;
 mod jupyter;
