@@ -6,7 +6,7 @@
 //! means is the framework's health probe.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,28 @@ pub struct FrameworkDaemon<'a> {
     pub command: &'a str,
     /// The framework's name in messages ("the jupyter daemon …").
     pub name: &'a str,
+    /// Its kind in the default state directory's path (see
+    /// `mezz_sdk::daemon::default_dir`).
+    pub kind: &'a str,
 }
 
 impl FrameworkDaemon<'_> {
+    /// The masters (`--master`, else the environment's) and the state
+    /// directory (`--state-dir` made absolute, else the default for the
+    /// masters) of a command.
+    pub fn resolve(
+        &self,
+        master: Option<&str>,
+        state_dir: Option<&Path>,
+    ) -> Result<(Vec<String>, PathBuf)> {
+        let masters = crate::client::masters(master)?;
+        let dir = match state_dir {
+            Some(d) => absolute(d)?,
+            None => mezz_sdk::daemon::default_dir(self.kind, &masters)?,
+        };
+        Ok((masters, dir))
+    }
+
     /// A client of the daemon of `state` that answers `probe` (given what
     /// `daemon.json` says, it returns a client once the daemon answers),
     /// starting one for `masters` in the background when none does.
@@ -99,6 +118,17 @@ impl FrameworkDaemon<'_> {
     }
 }
 
+/// `p`, relative to the current directory when it is relative: the
+/// daemon runs elsewhere and later.
+pub fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(p))
+}
+
 /// The daemon that answers, if any.
 async fn live<C, P, F>(state: &StateDir, probe: &P) -> Option<C>
 where
@@ -147,6 +177,7 @@ mod tests {
         let fw = FrameworkDaemon {
             command: "none",
             name: "none",
+            kind: "none",
         };
         let got = fw
             .client(&[], &state, |i| async move { Some(i.pid) })

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use mezz_jupyter::{daemon, notebook, store, Client, NotebookView, StartRequest};
 use mezz_sdk::sizes::Sizes;
 
-use super::daemon_start::FrameworkDaemon;
+use super::daemon_start::{absolute, FrameworkDaemon};
 use super::MasterArg;
 use crate::client;
 
@@ -141,27 +141,14 @@ fn duration(flag: &str, text: &str) -> Result<Duration> {
 
 /// The masters and the state directory of a command.
 fn resolve(state: &StateArg) -> Result<(Vec<String>, PathBuf)> {
-    let masters = client::masters(state.master.master.as_deref())?;
-    let dir = match &state.state_dir {
-        Some(d) => absolute(d)?,
-        None => store::default_dir(&masters)?,
-    };
-    Ok((masters, dir))
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_path_buf());
-    }
-    Ok(std::env::current_dir()
-        .context("reading the current directory")?
-        .join(p))
+    DAEMON.resolve(state.master.master.as_deref(), state.state_dir.as_deref())
 }
 
 /// How `mezz jupyter` finds or starts its daemon.
 const DAEMON: FrameworkDaemon = FrameworkDaemon {
     command: "jupyter",
     name: "jupyter",
+    kind: store::KIND,
 };
 
 /// A client of the running daemon, starting one in the background (its

@@ -13,6 +13,9 @@ pub use mezz_sdk::daemon::{DaemonInfo, Document, StateDir};
 use crate::notebook::Notebook;
 use crate::Error;
 
+/// The framework's kind in the default state directory's path.
+pub const KIND: &str = "jupyter";
+
 /// What the state directory holds that others must not read (said when
 /// one is open to them).
 pub const HOLDS: &str = "notebook tokens";
@@ -40,7 +43,7 @@ pub fn open(dir: impl Into<PathBuf>) -> Result<StateDir, Error> {
 /// assert!(d.unwrap().ends_with("mezz/jupyter/127.0.0.1_5050"));
 /// ```
 pub fn default_dir(masters: &[String]) -> Result<PathBuf, Error> {
-    Ok(mezz_sdk::daemon::default_dir("jupyter", masters)?)
+    Ok(mezz_sdk::daemon::default_dir(KIND, masters)?)
 }
 
 /// The notebooks file, `notebooks.json`, of `dir`.
