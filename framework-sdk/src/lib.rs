@@ -59,6 +59,8 @@
 //!   Hand it your offers, and your [`Scheduler::wakeup`] calls (it asks for
 //!   them with [`Driver::wake_after`]).
 //!
+//! - [`daemon`]: a kit for a framework's long-lived daemon: its private
+//!   state directory, lock, log, local API secret, and run skeleton.
 //! - [`http`]: a small HTTP/1.1 client for a framework daemon's local API
 //!   and the plain-HTTP servers its tasks run.
 //! - [`sizes`]: named sizes (`cpu-small`, `gpu-large`, or the operators'
@@ -121,6 +123,7 @@
 #![warn(missing_docs)]
 
 mod connection;
+pub mod daemon;
 mod driver;
 mod error;
 mod framework_id;

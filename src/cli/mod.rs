@@ -28,6 +28,7 @@ fn print_line(line: &str) -> bool {
 
 mod agent;
 mod capacity;
+mod daemon_start;
 mod dev;
 mod inspect;
 mod jupyter;

@@ -18,6 +18,7 @@ use crate::notebook::StartRequest;
 use crate::scheduler::{Book, NotebookView, StopReason};
 use crate::store::DaemonInfo;
 use crate::Error;
+use mezz_sdk::daemon::bearer_matches;
 
 /// The daemon's answer to `GET /v1/health`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,19 +60,9 @@ impl IntoResponse for Error {
 
 /// `None` when the request carries the secret, else the refusal.
 fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Equal length and every byte compared: no early exit to time.
-    let same = given.len() == api.secret.len()
-        && given
-            .bytes()
-            .zip(api.secret.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    (!same).then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    (!bearer_matches(given, &api.secret))
+        .then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
 }
 
 async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
@@ -166,7 +157,7 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<http::Response, Error> {
-        let auth = format!("Bearer {}", self.info.secret);
+        let auth = self.info.authorization();
         http::request(
             &self.info.address,
             method,

@@ -12,7 +12,8 @@
 //!
 //! - [`notebook`]: a notebook's record, the server command, URLs, the idle
 //!   clock (pure);
-//! - [`store`]: the state directory (files 0600, directory 0700);
+//! - [`store`]: the notebooks file in the state directory (the rest of
+//!   the directory is the SDK's daemon kit, [`mezz_sdk::daemon`]);
 //! - [`scheduler`]: the book of notebooks and the SDK scheduler;
 //! - [`api`]: the local API, server and client;
 //! - [`daemon`]: the process that ties them together;
@@ -43,9 +44,9 @@ pub enum Error {
     /// No notebook of that name.
     #[error("{0}")]
     NotFound(String),
-    /// The state directory cannot be used.
-    #[error("{0}")]
-    State(String),
+    /// The state directory or the local API cannot be used.
+    #[error(transparent)]
+    State(#[from] mezz_sdk::daemon::DaemonError),
     /// The daemon cannot be reached, or failed.
     #[error("{0}")]
     Daemon(String),

@@ -16,7 +16,7 @@ use mezz_sdk::{AgentId, Resources, RetryPolicy, TaskId, GPUS, PORTS};
 use serde::{Deserialize, Serialize};
 
 use crate::notebook::{self, IdleClock, Notebook, StartRequest};
-use crate::store::{random_hex, Desired, StateDir};
+use crate::store::{self, random_hex, Desired, Document, StateDir};
 use crate::Error;
 
 /// How long a failed-over framework waits for reconciliation answers
@@ -102,7 +102,7 @@ pub struct Book {
 }
 
 struct Inner {
-    store: StateDir,
+    store: Document<Desired>,
     next_serial: u64,
     entries: BTreeMap<String, Entry>,
     tracker: TaskTracker,
@@ -111,9 +111,10 @@ struct Inner {
 }
 
 impl Book {
-    /// The book of the notebooks stored in `store`.
-    pub fn load(store: StateDir) -> Result<Book, Error> {
-        let desired = store.load()?;
+    /// The book of the notebooks stored in the state directory `dir`.
+    pub fn load(dir: &StateDir) -> Result<Book, Error> {
+        let store = store::notebooks(dir);
+        let desired = store.read()?.unwrap_or_default();
         // Servers are long-lived: keep restarting a crashing one, backing
         // off to a minute between tries.
         let mut tracker = TaskTracker::new(
@@ -343,10 +344,10 @@ impl Book {
 
 impl Inner {
     fn persist(&self) -> Result<(), Error> {
-        self.store.store(&Desired {
+        Ok(self.store.write(&Desired {
             next_serial: self.next_serial,
             notebooks: self.entries.values().map(|e| e.notebook.clone()).collect(),
-        })
+        })?)
     }
 
     fn persist_or_log(&self) {
