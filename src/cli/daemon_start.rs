@@ -2,7 +2,7 @@
 //! find the daemon that answers for a state directory, or start one in the
 //! background (`mezz FRAMEWORK daemon`, in its own session, its output in
 //! the directory's `daemon.log`) and wait until it answers. Shared by the
-//! framework commands that keep a daemon (`mezz jupyter`); what "answers"
+//! framework commands that keep a daemon (`mezz jupyter`, `mezz serve`); what "answers"
 //! means is the framework's health probe.
 
 use std::future::Future;

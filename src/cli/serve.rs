@@ -4,14 +4,16 @@
 //! that framework process itself. The framework lives in
 //! `frameworks/serving`; this is the terminal around it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use mezz_sdk::sizes::Sizes;
-use mezz_serving::{daemon, service, Client, DeployRequest, ServiceView, StateDir};
+use mezz_serving::{daemon, service, Client, DeployRequest, ServiceView};
+
+use super::daemon_start::{absolute, FrameworkDaemon};
 
 use super::MasterArg;
 use crate::client;
@@ -247,95 +249,27 @@ fn duration(flag: &str, text: &str) -> Result<Duration> {
 
 /// The masters and the state directory of a command.
 fn resolve(state: &StateArg) -> Result<(Vec<String>, PathBuf)> {
-    let masters = client::masters(state.master.master.as_deref())?;
-    let dir = match &state.state_dir {
-        Some(d) => absolute(d)?,
-        None => mezz_serving::store::default_dir(&masters)?,
-    };
-    Ok((masters, dir))
+    DAEMON.resolve(state.master.master.as_deref(), state.state_dir.as_deref())
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_path_buf());
-    }
-    Ok(std::env::current_dir()
-        .context("reading the current directory")?
-        .join(p))
-}
+/// How `mezz serve` finds or starts its daemon.
+const DAEMON: FrameworkDaemon = FrameworkDaemon {
+    command: "serve",
+    name: "serving",
+    kind: mezz_serving::store::KIND,
+};
 
 /// A client of the running daemon, starting one in the background (its
 /// output in `daemon.log` of the state directory) when none answers.
 async fn daemon_client(state: &StateArg) -> Result<Client> {
     let (masters, dir) = resolve(state)?;
-    let store = StateDir::open(&dir)?;
-    if let Some(c) = live(&store).await {
-        return Ok(c);
-    }
-    let log = store.open_log()?;
-    let exe = std::env::current_exe().context("locating the mezz binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "serve",
-        "daemon",
-        "--master",
-        &masters.join(","),
-        "--state-dir",
-    ])
-    .arg(&dir)
-    .env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    )
-    .stdin(Stdio::null())
-    .stdout(log.try_clone().context("opening the daemon log")?)
-    .stderr(log);
-    // Its own session: no terminal, and Ctrl-C in this one does not reach it.
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = cmd.spawn().context("starting the serving daemon")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(c) = live(&store).await {
-            return Ok(c);
-        }
-        // Exit 0: another daemon won the lock; it will answer soon.
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                return Err(anyhow!(
-                    "the serving daemon exited ({status}); its log: {}\n{}",
-                    store.log_file().display(),
-                    log_tail(&store.log_file())
-                ));
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(anyhow!(
-                "the serving daemon did not come up within 30 s; see {}",
-                store.log_file().display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The daemon that answers, if any.
-async fn live(store: &StateDir) -> Option<Client> {
-    let info = store.daemon().ok()??;
-    let c = Client::new(info);
-    c.health().await.ok().map(|_| c)
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
+    let store = mezz_serving::store::open(&dir)?;
+    DAEMON
+        .client(&masters, &store, |info| async move {
+            let c = Client::new(info);
+            c.health().await.ok().map(|_| c)
+        })
+        .await
 }
 
 /// The replica command: one argument as a shell line, several as they are

@@ -129,7 +129,13 @@ impl StateDir {
 
     /// Opens the daemon log for appending (created 0600).
     pub fn open_log(&self) -> Result<File, DaemonError> {
-        let path = self.log_file();
+        self.open_log_named("daemon.log")
+    }
+
+    /// Opens the log `name` of the directory for appending (created 0600):
+    /// for a process of the framework's beside the daemon.
+    pub fn open_log_named(&self, name: &str) -> Result<File, DaemonError> {
+        let path = self.dir.join(name);
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -141,7 +147,14 @@ impl StateDir {
     /// Takes the daemon lock, `daemon.lock`: one daemon per state
     /// directory. `None` when another process holds it.
     pub fn lock(&self) -> Result<Option<DaemonLock>, DaemonError> {
-        let path = self.dir.join("daemon.lock");
+        self.lock_named("daemon.lock")
+    }
+
+    /// Takes the lock file `name` of the directory: one process of a kind
+    /// per directory, for a framework's processes beside the daemon.
+    /// `None` when another process holds it.
+    pub fn lock_named(&self, name: &str) -> Result<Option<DaemonLock>, DaemonError> {
+        let path = self.dir.join(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -395,6 +408,10 @@ mod tests {
         // The same directory opened anew shares the lock file.
         let again = StateDir::open(dir.path(), "x").unwrap();
         assert!(again.lock().unwrap().is_none());
+        // Another process's lock of the same directory is its own.
+        let other = dir.lock_named("proxy.lock").unwrap();
+        assert!(other.is_some());
+        assert!(dir.lock_named("proxy.lock").unwrap().is_none());
         drop(first);
         assert!(dir.lock().unwrap().is_some());
     }

@@ -64,24 +64,14 @@ impl IntoResponse for Error {
 }
 
 /// Whether `headers` carry `Authorization: Bearer SECRET`.
-pub(crate) fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Equal length and every byte compared: no early exit to time.
-    given.len() == secret.len()
-        && given
-            .bytes()
-            .zip(secret.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+pub(crate) fn carries_secret(headers: &HeaderMap, secret: &str) -> bool {
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    mezz_sdk::daemon::bearer_matches(given, secret)
 }
 
 /// `None` when the request carries the secret, else the refusal.
 fn refused(api: &Api, headers: &HeaderMap) -> Option<Response> {
-    (!bearer_matches(headers, &api.secret))
+    (!carries_secret(headers, &api.secret))
         .then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
 }
 
@@ -327,7 +317,7 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<http::Response, Error> {
-        let auth = format!("Bearer {}", self.info.secret);
+        let auth = self.info.authorization();
         http::request(
             &self.info.address,
             method,

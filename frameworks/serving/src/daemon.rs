@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mezz_sdk::daemon::Daemon;
 use mezz_sdk::{proto, DriverBuilder};
 
 use crate::relay::Link;
 use crate::scheduler::Book;
-use crate::store::{random_hex, DaemonInfo, StateDir};
-use crate::Error;
+use crate::{store, Error};
 
 /// The framework's name on the cluster.
 pub const FRAMEWORK_NAME: &str = "mezz-serving";
@@ -42,18 +42,12 @@ pub struct Config {
 /// next daemon takes them back) or the framework is removed. Returns
 /// `Ok(false)` at once when another daemon holds this state directory.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<bool, Error> {
-    // Everything this process writes is the owner's alone, the framework
-    // id file the SDK writes included. The daemon is a process of its own,
-    // so the process-wide mask touches nothing else.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let store = StateDir::open(&config.state_dir)?;
-    let Some(_lock) = store.lock()? else {
-        tracing::info!(dir = %store.path().display(), "another daemon serves this state directory");
+    let Some(daemon) = Daemon::start(&config.state_dir, store::HOLDS)? else {
         return Ok(false);
     };
-    let book = Book::load(store.clone())?;
+    let book = Book::load(daemon.state())?;
     let link = Arc::new(Link::new(
-        store.clone(),
+        daemon.state().clone(),
         config.proxy_command.clone(),
         config.failover_timeout,
     ));
@@ -64,28 +58,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
         tracing::error!("{e}");
     }
     let pusher = tokio::spawn(push_routes(book.clone(), link.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Error::State(format!("cannot listen on 127.0.0.1: {e}")))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| Error::State(format!("cannot read the API address: {e}")))?
-        .to_string();
-    let secret = random_hex()?;
-    let pid = std::process::id();
+    let (listener, info) = daemon.listen(&config.masters).await?;
     tokio::spawn(crate::api::serve(
         listener,
         book.clone(),
         link.clone(),
-        secret.clone(),
+        info.secret.clone(),
     ));
-    store.set_daemon(&DaemonInfo {
-        pid,
-        address: address.clone(),
-        secret,
-        masters: config.masters.clone(),
-    })?;
-    tracing::info!(%address, dir = %store.path().display(), "serving daemon ready");
+    daemon.publish(&info)?;
+    tracing::info!(address = %info.address, dir = %daemon.state().path().display(), "serving daemon ready");
 
     let framework = proto::FrameworkInfo {
         name: FRAMEWORK_NAME.into(),
@@ -98,25 +79,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
     };
     let driver = DriverBuilder::new()
         .masters(config.masters.clone())
-        .framework(framework)
-        .framework_id_file(store.framework_id_file())
-        .run(book.scheduler());
-    tokio::pin!(driver);
-    tokio::pin!(shutdown);
-    let result = tokio::select! {
-        done = &mut driver => done.map(|_| ()).map_err(|e| Error::Daemon(e.to_string())),
-        _ = &mut shutdown => {
-            tracing::info!("stopping; the replicas keep running until a daemon takes them back");
-            if let Some(d) = book.driver() {
-                d.stop();
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut driver).await;
-            }
-            Ok(())
-        }
+        .framework(framework);
+    let shutdown = async {
+        shutdown.await;
+        tracing::info!("stopping; the replicas keep running, and the proxy serving them, until a daemon takes them back");
     };
+    let result = daemon
+        .run_driver(driver, book.scheduler(), || book.driver(), shutdown)
+        .await;
     pusher.abort();
-    store.clear_daemon(pid);
-    result.map(|()| true)
+    result
+        .map(|()| true)
+        .map_err(|e| Error::Daemon(e.to_string()))
 }
 
 /// How often the routes go to the proxy, changed or not: also the

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::Registry;
 use crate::proxy::{Backends, Routes};
-use crate::store::{random_hex, StateDir};
+use crate::store::{self, random_hex, StateDir};
 use crate::{http, Error};
 
 /// Where the proxy process's admin API listens and its secret.
@@ -249,7 +249,7 @@ impl Relay {
     }
 
     fn refused(&self, headers: &HeaderMap) -> Option<Response> {
-        (!crate::api::bearer_matches(headers, &self.secret))
+        (!crate::api::carries_secret(headers, &self.secret))
             .then(|| (StatusCode::UNAUTHORIZED, "missing or wrong secret").into_response())
     }
 }
@@ -330,14 +330,14 @@ pub struct Config {
 /// directory.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<bool, Error> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let store = StateDir::open(&config.state_dir)?;
-    let Some(_lock) = store.lock_named("proxy.lock")? else {
-        tracing::info!(dir = %store.path().display(), "another proxy process serves this state directory");
+    let dir = store::open(&config.state_dir)?;
+    let Some(_lock) = dir.lock_named(store::PROXY_LOCK)? else {
+        tracing::info!(dir = %dir.path().display(), "another proxy process serves this state directory");
         return Ok(false);
     };
     let (relay, info) = start_admin().await?;
-    store.set_proxy(&info)?;
-    tracing::info!(address = %info.address, dir = %store.path().display(), "proxy process ready");
+    store::set_proxy(&dir, &info)?;
+    tracing::info!(address = %info.address, dir = %dir.path().display(), "proxy process ready");
     let pid = info.pid;
     let watch = async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -350,7 +350,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
                 );
                 return;
             }
-            match store.proxy() {
+            match store::proxy(&dir) {
                 Ok(Some(p)) if p.pid == pid => {}
                 _ => {
                     tracing::info!("the state directory no longer names this process: ending");
@@ -363,7 +363,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<b
         _ = watch => {}
         _ = shutdown => tracing::info!("stopping"),
     }
-    store.clear_proxy(pid);
+    store::clear_proxy(&dir, pid);
     Ok(true)
 }
 
@@ -477,7 +477,7 @@ const START: Duration = Duration::from_secs(15);
 /// starts one, and talks to it one call at a time (so that a deploy's new
 /// port and the next push of routes cannot cross).
 pub struct Link {
-    store: StateDir,
+    dir: StateDir,
     command: Option<Vec<OsString>>,
     orphan_timeout: Duration,
     client: tokio::sync::Mutex<Option<ProxyClient>>,
@@ -494,9 +494,9 @@ impl Link {
     /// arguments that run `mezz serve proxy` (the link adds
     /// `--state-dir DIR --orphan-timeout SECS`); without one, the proxies
     /// run inside this process.
-    pub fn new(store: StateDir, command: Option<Vec<OsString>>, orphan_timeout: Duration) -> Link {
+    pub fn new(dir: StateDir, command: Option<Vec<OsString>>, orphan_timeout: Duration) -> Link {
         Link {
-            store,
+            dir,
             command,
             orphan_timeout,
             client: tokio::sync::Mutex::new(None),
@@ -517,7 +517,7 @@ impl Link {
     }
 
     async fn find(&self) -> Option<ProxyClient> {
-        let info = self.store.proxy().ok()??;
+        let info = store::proxy(&self.dir).ok()??;
         let c = ProxyClient::new(info);
         c.alive().await.then_some(c)
     }
@@ -532,14 +532,14 @@ impl Link {
             let _ = relay;
             return Ok(ProxyClient::new(info));
         };
-        let log = self.store.open_named_log("proxy.log")?;
+        let log = self.dir.open_log_named(store::PROXY_LOG)?;
         let log2 = log
             .try_clone()
             .map_err(|e| Error::State(format!("cannot open the proxy log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&command[0]);
         cmd.args(&command[1..])
             .arg("--state-dir")
-            .arg(self.store.path())
+            .arg(self.dir.path())
             .arg("--orphan-timeout")
             .arg(format!("{}s", self.orphan_timeout.as_secs().max(1)))
             .stdin(std::process::Stdio::null())
@@ -570,14 +570,14 @@ impl Link {
                 if !status.success() {
                     return Err(Error::Daemon(format!(
                         "the proxy process exited ({status}); see {}",
-                        self.store.path().join("proxy.log").display()
+                        self.dir.path().join(store::PROXY_LOG).display()
                     )));
                 }
             }
             if Instant::now() > deadline {
                 return Err(Error::Daemon(format!(
                     "the proxy process did not answer within {START:?}; see {}",
-                    self.store.path().join("proxy.log").display()
+                    self.dir.path().join(store::PROXY_LOG).display()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

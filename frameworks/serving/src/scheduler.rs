@@ -16,7 +16,7 @@ use mezz_sdk::{TaskRequest, TaskTracker};
 use serde::{Deserialize, Serialize};
 
 use crate::service::{Canary, DeployRequest, Pace, Service, Slot, Update};
-use crate::store::{Desired, StateDir};
+use crate::store::{Desired, Document, StateDir};
 use crate::Error;
 
 /// How long a failed-over framework waits for reconciliation answers
@@ -130,7 +130,7 @@ type SharedInFlight = Arc<Mutex<InFlight>>;
 const PROXY_SILENT: Duration = Duration::from_secs(2);
 
 struct Inner {
-    store: StateDir,
+    store: Document<Desired>,
     next_serial: u64,
     services: BTreeMap<String, Entry>,
     /// Tracker key to service name.
@@ -160,8 +160,9 @@ fn not_found(name: &str) -> Error {
 impl Book {
     /// The book of the services stored in `store`. The proxies are fed
     /// from [`Book::route_table`].
-    pub fn load(store: StateDir) -> Result<Book, Error> {
-        let desired = store.load()?;
+    pub fn load(dir: &StateDir) -> Result<Book, Error> {
+        let store = crate::store::services(dir);
+        let desired = store.read()?.unwrap_or_default();
         let mut tracker = tracker();
         let mut owner = HashMap::new();
         let mut services = BTreeMap::new();
@@ -508,10 +509,10 @@ fn drained(table: &SharedInFlight, address: &str, since: Instant) -> bool {
 
 impl Inner {
     fn persist(&self) -> Result<(), Error> {
-        self.store.store(&Desired {
+        Ok(self.store.write(&Desired {
             next_serial: self.next_serial,
             services: self.services.values().map(|e| e.service.clone()).collect(),
-        })
+        })?)
     }
 
     fn persist_or_log(&self) {
@@ -1309,7 +1310,7 @@ mod tests {
     #[test]
     fn an_update_surges_by_one_and_stops_old_only_for_healthy_new() {
         let tmp = tempfile::tempdir().unwrap();
-        let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
+        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
         let req = DeployRequest {
             name: "m".into(),
             replicas: 2,
@@ -1357,7 +1358,7 @@ mod tests {
     #[test]
     fn the_pace_bounds_extra_and_missing_replicas() {
         let tmp = tempfile::tempdir().unwrap();
-        let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
+        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
         let req = DeployRequest {
             name: "m".into(),
             replicas: 4,
@@ -1415,7 +1416,7 @@ mod tests {
     #[test]
     fn a_failing_update_goes_back_to_the_old_command() {
         let tmp = tempfile::tempdir().unwrap();
-        let book = Book::load(StateDir::open(tmp.path().join("s")).unwrap()).unwrap();
+        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
         let req = DeployRequest {
             name: "m".into(),
             replicas: 1,
