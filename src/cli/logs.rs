@@ -64,6 +64,13 @@ pub fn stdout_closed() -> &'static tokio::sync::Notify {
     CLOSED.get_or_init(tokio::sync::Notify::new)
 }
 
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a write to standard output has met a closed pipe.
+pub fn stdout_is_closed() -> bool {
+    STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Out {
     fn write(self, data: &[u8]) {
         // A closed pipe (e.g. `| head`) is not an error worth reporting;
@@ -80,6 +87,7 @@ impl Out {
         };
         if let (Out::Stdout, Err(e)) = (self, written) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
+                STDOUT_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
                 stdout_closed().notify_one();
             }
         }

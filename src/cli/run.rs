@@ -944,7 +944,13 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         }
     }
     let task_id = attempt.map(|a| a.0).unwrap_or(task_id);
+    // The output's last lines may have met the closed pipe only now.
+    reader_gone |= super::logs::stdout_is_closed();
     if args.detach {
+        // The task's id could not be printed: the caller never learns it.
+        if reader_gone {
+            return Ok(ExitCode::from(SIGPIPE_EXIT));
+        }
         return match last_status {
             Some(s) if s.state() != TaskState::Finished => {
                 let (code, msg) = exit_code(&s);
@@ -955,7 +961,6 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
                 Ok(ExitCode::from(code))
             }
             Some(_) => Ok(ExitCode::SUCCESS),
-            None if detached && reader_gone => Ok(ExitCode::from(SIGPIPE_EXIT)),
             None if detached => Ok(ExitCode::SUCCESS),
             None => Err(anyhow!(
                 "{}",
