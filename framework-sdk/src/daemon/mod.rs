@@ -15,7 +15,8 @@
 //!   state), written atomically and 0600, read back or `None`, and a
 //!   damaged one refused with what to do rather than overwritten.
 //! - [`random_hex`] draws secrets and tokens; [`bearer_matches`] checks an
-//!   API request's secret in constant time.
+//!   API request's secret in constant time; [`LocalClient`] is the command
+//!   line's side of the API, and [`ErrorBody`] the shape of its errors.
 //! - [`Daemon`]: the run skeleton. [`Daemon::start`] sets the file mask,
 //!   opens the directory and takes the lock; [`Daemon::listen`] binds the
 //!   API on `127.0.0.1:0` and draws its secret; the framework serves its
@@ -55,6 +56,7 @@
 //! }
 //! ```
 
+mod client;
 mod state;
 
 use std::fs::File;
@@ -67,6 +69,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Driver, DriverBuilder, Scheduler, SdkError};
 
+pub use client::{decode, CallError, ErrorBody, LocalClient};
 pub use state::{default_dir, read_private, write_private, DaemonLock, Document, StateDir};
 
 /// Why a state directory or a daemon's local API cannot be used; each text

@@ -13,7 +13,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::http;
+use mezz_sdk::daemon::{decode, CallError, ErrorBody, LocalClient};
+
 use crate::notebook::StartRequest;
 use crate::scheduler::{Book, NotebookView, StopReason};
 use crate::store::DaemonInfo;
@@ -33,11 +34,6 @@ pub struct Health {
 struct Api {
     book: Book,
     secret: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrorBody {
-    error: String,
 }
 
 impl IntoResponse for Error {
@@ -136,14 +132,42 @@ pub async fn serve(listener: tokio::net::TcpListener, book: Book, secret: String
 #[derive(Clone, Debug)]
 pub struct Client {
     info: DaemonInfo,
+    api: LocalClient,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// No request body.
+const NO_BODY: Option<&()> = None;
+
+/// What a failed call means here.
+fn failed(e: CallError) -> Error {
+    match e {
+        CallError::Refused {
+            status: 400,
+            message,
+        } => Error::BadRequest(message),
+        CallError::Refused {
+            status: 404,
+            message,
+        } => Error::NotFound(message),
+        CallError::Refused {
+            status: 409,
+            message,
+        } => Error::Conflict(message),
+        e @ CallError::Refused { .. } => Error::Daemon(format!("the jupyter daemon {e}")),
+        CallError::Unreachable(m) => Error::Daemon(format!("the jupyter daemon: {m}")),
+        CallError::Garbled(m) => Error::Daemon(format!(
+            "the jupyter daemon's answer is not understood: {m}"
+        )),
+    }
+}
+
 impl Client {
     /// A client of the daemon described by `info`.
     pub fn new(info: DaemonInfo) -> Client {
-        Client { info }
+        let api = LocalClient::new(&info.address, &info.secret, TIMEOUT);
+        Client { info, api }
     }
 
     /// The daemon's pid.
@@ -151,60 +175,31 @@ impl Client {
         self.info.pid
     }
 
-    async fn call(
+    async fn ask<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<http::Response, Error> {
-        let auth = self.info.authorization();
-        http::request(
-            &self.info.address,
-            method,
-            path,
-            &[("Authorization", &auth)],
-            body.as_deref(),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| Error::Daemon(format!("the jupyter daemon: {e}")))
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(r: http::Response) -> Result<T, Error> {
-        if r.status >= 400 {
-            let text = serde_json::from_slice::<ErrorBody>(&r.body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| r.text());
-            return Err(match r.status {
-                400 => Error::BadRequest(text),
-                404 => Error::NotFound(text),
-                409 => Error::Conflict(text),
-                _ => Error::Daemon(format!("the jupyter daemon answered {}: {text}", r.status)),
-            });
-        }
-        serde_json::from_slice(&r.body).map_err(|e| {
-            Error::Daemon(format!(
-                "the jupyter daemon's answer is not understood: {e}"
-            ))
-        })
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        self.api.json(method, path, body).await.map_err(failed)
     }
 
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<Health, Error> {
-        Self::decode(self.call("GET", "/v1/health", None).await?)
+        self.ask("GET", "/v1/health", NO_BODY).await
     }
 
     /// Every notebook.
     pub async fn list(&self) -> Result<Vec<NotebookView>, Error> {
-        Self::decode(self.call("GET", "/v1/notebooks", None).await?)
+        self.ask("GET", "/v1/notebooks", NO_BODY).await
     }
 
     /// One notebook, with its token; `None` when there is none of that name.
     pub async fn get(&self, name: &str) -> Result<Option<NotebookView>, Error> {
-        match Self::decode(
-            self.call("GET", &format!("/v1/notebooks/{name}"), None)
-                .await?,
-        ) {
+        match self
+            .ask("GET", &format!("/v1/notebooks/{name}"), NO_BODY)
+            .await
+        {
             Ok(v) => Ok(Some(v)),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -213,19 +208,16 @@ impl Client {
 
     /// Adds a notebook.
     pub async fn start(&self, req: &StartRequest) -> Result<NotebookView, Error> {
-        let body = serde_json::to_vec(req)
-            .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
-        Self::decode(self.call("POST", "/v1/notebooks", Some(body)).await?)
+        self.ask("POST", "/v1/notebooks", Some(req)).await
     }
 
     /// Asks for a notebook to be stopped.
     pub async fn stop(&self, name: &str) -> Result<(), Error> {
-        let r = self
-            .call("DELETE", &format!("/v1/notebooks/{name}"), None)
-            .await?;
+        let path = format!("/v1/notebooks/{name}");
+        let r = self.api.call("DELETE", &path, None).await.map_err(failed)?;
         if r.status == 202 {
             return Ok(());
         }
-        Self::decode::<serde_json::Value>(r).map(|_| ())
+        decode::<serde_json::Value>(r).map(|_| ()).map_err(failed)
     }
 }

@@ -17,7 +17,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::http;
+use mezz_sdk::daemon::{decode, CallError, ErrorBody, LocalClient};
+
 use crate::relay::Link;
 use crate::scheduler::{Book, ServiceView};
 use crate::service::{DeployRequest, Pace};
@@ -38,11 +39,6 @@ struct Api {
     book: Book,
     link: Arc<Link>,
     secret: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrorBody {
-    error: String,
 }
 
 impl IntoResponse for Error {
@@ -296,14 +292,42 @@ pub async fn serve(listener: tokio::net::TcpListener, book: Book, link: Arc<Link
 #[derive(Clone, Debug)]
 pub struct Client {
     info: DaemonInfo,
+    api: LocalClient,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// No request body.
+const NO_BODY: Option<&()> = None;
+
+/// What a failed call means here.
+fn failed(e: CallError) -> Error {
+    match e {
+        CallError::Refused {
+            status: 400,
+            message,
+        } => Error::BadRequest(message),
+        CallError::Refused {
+            status: 404,
+            message,
+        } => Error::NotFound(message),
+        CallError::Refused {
+            status: 409,
+            message,
+        } => Error::Conflict(message),
+        e @ CallError::Refused { .. } => Error::Daemon(format!("the serving daemon {e}")),
+        CallError::Unreachable(m) => Error::Daemon(format!("the serving daemon: {m}")),
+        CallError::Garbled(m) => Error::Daemon(format!(
+            "the serving daemon's answer is not understood: {m}"
+        )),
+    }
+}
+
 impl Client {
     /// A client of the daemon described by `info`.
     pub fn new(info: DaemonInfo) -> Client {
-        Client { info }
+        let api = LocalClient::new(&info.address, &info.secret, TIMEOUT);
+        Client { info, api }
     }
 
     /// The daemon's pid.
@@ -311,60 +335,31 @@ impl Client {
         self.info.pid
     }
 
-    async fn call(
+    async fn ask<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<http::Response, Error> {
-        let auth = self.info.authorization();
-        http::request(
-            &self.info.address,
-            method,
-            path,
-            &[("Authorization", &auth)],
-            body.as_deref(),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| Error::Daemon(format!("the serving daemon: {e}")))
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(r: http::Response) -> Result<T, Error> {
-        if r.status >= 400 {
-            let text = serde_json::from_slice::<ErrorBody>(&r.body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| r.text());
-            return Err(match r.status {
-                400 => Error::BadRequest(text),
-                404 => Error::NotFound(text),
-                409 => Error::Conflict(text),
-                _ => Error::Daemon(format!("the serving daemon answered {}: {text}", r.status)),
-            });
-        }
-        serde_json::from_slice(&r.body).map_err(|e| {
-            Error::Daemon(format!(
-                "the serving daemon's answer is not understood: {e}"
-            ))
-        })
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        self.api.json(method, path, body).await.map_err(failed)
     }
 
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<Health, Error> {
-        Self::decode(self.call("GET", "/v1/health", None).await?)
+        self.ask("GET", "/v1/health", NO_BODY).await
     }
 
     /// Every service.
     pub async fn list(&self) -> Result<Vec<ServiceView>, Error> {
-        Self::decode(self.call("GET", "/v1/services", None).await?)
+        self.ask("GET", "/v1/services", NO_BODY).await
     }
 
     /// One service; `None` when there is none of that name.
     pub async fn get(&self, name: &str) -> Result<Option<ServiceView>, Error> {
-        match Self::decode(
-            self.call("GET", &format!("/v1/services/{name}"), None)
-                .await?,
-        ) {
+        match self
+            .ask("GET", &format!("/v1/services/{name}"), NO_BODY)
+            .await
+        {
             Ok(v) => Ok(Some(v)),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -373,19 +368,14 @@ impl Client {
 
     /// Deploys a service.
     pub async fn deploy(&self, req: &DeployRequest) -> Result<ServiceView, Error> {
-        let body = serde_json::to_vec(req)
-            .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
-        Self::decode(self.call("POST", "/v1/services", Some(body)).await?)
+        self.ask("POST", "/v1/services", Some(req)).await
     }
 
     /// Sets a service's replica count.
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<ServiceView, Error> {
-        let body = serde_json::to_vec(&ScaleRequest { replicas })
-            .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
-        Self::decode(
-            self.call("POST", &format!("/v1/services/{name}/scale"), Some(body))
-                .await?,
-        )
+        let path = format!("/v1/services/{name}/scale");
+        self.ask("POST", &path, Some(&ScaleRequest { replicas }))
+            .await
     }
 
     /// Starts a rolling update to `command`.
@@ -395,15 +385,12 @@ impl Client {
         command: &str,
         pace: Pace,
     ) -> Result<ServiceView, Error> {
-        let body = serde_json::to_vec(&UpdateRequest {
+        let req = UpdateRequest {
             command: command.to_string(),
             pace,
-        })
-        .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
-        Self::decode(
-            self.call("POST", &format!("/v1/services/{name}/update"), Some(body))
-                .await?,
-        )
+        };
+        self.ask("POST", &format!("/v1/services/{name}/update"), Some(&req))
+            .await
     }
 
     /// Starts a canary.
@@ -413,37 +400,27 @@ impl Client {
         command: &str,
         weight: u32,
     ) -> Result<ServiceView, Error> {
-        let body = serde_json::to_vec(&CanaryRequest {
+        let req = CanaryRequest {
             command: command.to_string(),
             weight,
-        })
-        .map_err(|e| Error::BadRequest(format!("cannot encode the request: {e}")))?;
-        Self::decode(
-            self.call("POST", &format!("/v1/services/{name}/canary"), Some(body))
-                .await?,
-        )
+        };
+        self.ask("POST", &format!("/v1/services/{name}/canary"), Some(&req))
+            .await
     }
 
     /// Promotes the canary (`promote`) or stops it (`rollback`).
     pub async fn canary_end(&self, name: &str, how: &str) -> Result<ServiceView, Error> {
-        Self::decode(
-            self.call(
-                "POST",
-                &format!("/v1/services/{name}/{how}"),
-                Some(b"{}".to_vec()),
-            )
-            .await?,
-        )
+        let path = format!("/v1/services/{name}/{how}");
+        self.ask("POST", &path, Some(&serde_json::json!({}))).await
     }
 
     /// Asks for a service to be removed.
     pub async fn remove(&self, name: &str) -> Result<(), Error> {
-        let r = self
-            .call("DELETE", &format!("/v1/services/{name}"), None)
-            .await?;
+        let path = format!("/v1/services/{name}");
+        let r = self.api.call("DELETE", &path, None).await.map_err(failed)?;
         if r.status == 202 {
             return Ok(());
         }
-        Self::decode::<serde_json::Value>(r).map(|_| ())
+        decode::<serde_json::Value>(r).map(|_| ()).map_err(failed)
     }
 }

@@ -1297,6 +1297,24 @@ mod tests {
         }
     }
 
+    /// A book in `tmp` with service `m` of `replicas` replicas of `v1`.
+    fn deployed(tmp: &tempfile::TempDir, replicas: u32) -> Book {
+        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
+        let req = DeployRequest {
+            name: "m".into(),
+            replicas,
+            cpus: 0.5,
+            mem: 64.0,
+            gpus: 0,
+            health_path: "/health".into(),
+            port_env: "PORT".into(),
+            health_grace_secs: 1.0,
+            command: "v1".into(),
+        };
+        book.deploy(req, 40000).unwrap();
+        book
+    }
+
     fn live(b: &Inner, version: u64) -> Vec<String> {
         b.services["m"]
             .service
@@ -1310,19 +1328,7 @@ mod tests {
     #[test]
     fn an_update_surges_by_one_and_stops_old_only_for_healthy_new() {
         let tmp = tempfile::tempdir().unwrap();
-        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
-        let req = DeployRequest {
-            name: "m".into(),
-            replicas: 2,
-            cpus: 0.5,
-            mem: 64.0,
-            gpus: 0,
-            health_path: "/health".into(),
-            port_env: "PORT".into(),
-            health_grace_secs: 1.0,
-            command: "v1".into(),
-        };
-        book.deploy(req, 40000).unwrap();
+        let book = deployed(&tmp, 2);
         let mut b = book.lock();
         for k in live(&b, 1) {
             running(&mut b, &k, true);
@@ -1358,19 +1364,7 @@ mod tests {
     #[test]
     fn the_pace_bounds_extra_and_missing_replicas() {
         let tmp = tempfile::tempdir().unwrap();
-        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
-        let req = DeployRequest {
-            name: "m".into(),
-            replicas: 4,
-            cpus: 0.5,
-            mem: 64.0,
-            gpus: 0,
-            health_path: "/health".into(),
-            port_env: "PORT".into(),
-            health_grace_secs: 1.0,
-            command: "v1".into(),
-        };
-        book.deploy(req, 40000).unwrap();
+        let book = deployed(&tmp, 4);
         let mut b = book.lock();
         for k in live(&b, 1) {
             running(&mut b, &k, true);
@@ -1416,19 +1410,7 @@ mod tests {
     #[test]
     fn a_failing_update_goes_back_to_the_old_command() {
         let tmp = tempfile::tempdir().unwrap();
-        let book = Book::load(&crate::store::open(tmp.path().join("s")).unwrap()).unwrap();
-        let req = DeployRequest {
-            name: "m".into(),
-            replicas: 1,
-            cpus: 0.5,
-            mem: 64.0,
-            gpus: 0,
-            health_path: "/health".into(),
-            port_env: "PORT".into(),
-            health_grace_secs: 1.0,
-            command: "v1".into(),
-        };
-        book.deploy(req, 40000).unwrap();
+        let book = deployed(&tmp, 1);
         let mut b = book.lock();
         let old = live(&b, 1)[0].clone();
         running(&mut b, &old, true);
