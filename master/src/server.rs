@@ -528,11 +528,15 @@ pub async fn run(
     )?;
     node.set_finished_kept(config.limits.completed_tasks);
     tracing::info!(master_id = node.cluster().master_id(), data_dir = %config.data_dir.display(), "master starting");
+    // The shell's clock starts here; the state machine stamps wall-clock
+    // times from it and reads no clock itself.
+    let (started, started_unix) = (Instant::now(), mezz_proto::unix_now());
+    node.set_wall_epoch(started_unix);
     let mut actor = Actor {
         node,
         config: config.clone(),
-        started: Instant::now(),
-        started_unix: mezz_proto::unix_now(),
+        started,
+        started_unix,
         streams: Streams {
             agents: HashMap::new(),
             agent_peers: HashMap::new(),

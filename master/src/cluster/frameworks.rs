@@ -389,7 +389,7 @@ impl Cluster {
             framework_id: fid.0.clone(),
             agent_id: agent_id.0.clone(),
             state: TaskState::Staging as i32,
-            timestamp: mezz_proto::unix_now(),
+            timestamp: self.unix_time(),
             source: StatusSource::Master as i32,
             ..Default::default()
         };

@@ -251,6 +251,10 @@ pub struct Cluster {
     master_id: String,
     timeouts: Timeouts,
     now: Millis,
+    /// Unix time, in seconds, at `Millis` 0 of the shell's clock: the
+    /// state machine reads no clock, and stamps wall-clock times (a
+    /// registration, a launch, a status) from `now` and this.
+    wall_epoch: f64,
     registry: Registry,
     agents: Map<AgentId, Agent>,
     frameworks: Map<FrameworkId, Framework>,
@@ -285,6 +289,22 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Sets the Unix time, in seconds, of `Millis` 0 of the shell's
+    /// clock (0 until set: times then count from the shell's start).
+    pub fn set_wall_epoch(&mut self, unix_secs: f64) {
+        self.wall_epoch = unix_secs;
+    }
+
+    /// See [`Cluster::set_wall_epoch`].
+    pub fn wall_epoch(&self) -> f64 {
+        self.wall_epoch
+    }
+
+    /// The wall-clock time of `now`, in Unix seconds.
+    pub(crate) fn unix_time(&self) -> f64 {
+        self.wall_epoch + self.now as f64 / 1000.0
+    }
+
     /// A state machine for the master `master_id`, starting from `registry`
     /// (restored from a snapshot, or empty).
     pub fn new(master_id: String, timeouts: Timeouts, registry: Registry, now: Millis) -> Self {
@@ -292,6 +312,7 @@ impl Cluster {
             master_id,
             timeouts,
             now,
+            wall_epoch: 0.0,
             registry: Registry::default(),
             agents: Map::default(),
             frameworks: Map::default(),
@@ -414,7 +435,7 @@ impl Cluster {
     fn ensure_agent(&mut self, info: &AgentInfo) {
         let id = AgentId(info.id.clone());
         let total = Resources::from_proto(&info.resources).unwrap_or_default();
-        let now = self.now;
+        let (now, unix) = (self.now, self.unix_time());
         let agent = self.agents.entry(id).or_insert_with(|| Agent {
             info: info.clone(),
             conn: None,
@@ -423,7 +444,7 @@ impl Cluster {
             offered: Resources::new(),
             last_seen: now,
             disconnected_since: Some(now),
-            registered_at: mezz_proto::unix_now(),
+            registered_at: unix,
             killing: Map::default(),
             removal_proposed: false,
         });
@@ -434,7 +455,7 @@ impl Cluster {
 
     fn ensure_framework(&mut self, info: &FrameworkInfo) {
         let id = FrameworkId(info.id.clone());
-        let now = self.now;
+        let (now, unix) = (self.now, self.unix_time());
         let fw = self.frameworks.entry(id).or_insert_with(|| Framework {
             info: info.clone(),
             conn: None,
@@ -444,7 +465,7 @@ impl Cluster {
             unacked: Unacked::default(),
             used: Resources::new(),
             offered: Resources::new(),
-            registered_at: mezz_proto::unix_now(),
+            registered_at: unix,
         });
         fw.info = info.clone();
         self.dirty_frameworks.insert(FrameworkId(info.id.clone()));
@@ -494,7 +515,7 @@ impl Cluster {
             state: state as i32,
             reason: reason as i32,
             message,
-            timestamp: mezz_proto::unix_now(),
+            timestamp: self.unix_time(),
             uuid: if with_uuid {
                 self.next_id("u")
             } else {
@@ -630,7 +651,7 @@ impl Cluster {
             agent_id,
             resources,
             status,
-            launched_at: mezz_proto::unix_now(),
+            launched_at: self.unix_time(),
             kill_requested: false,
         }
     }

@@ -1099,3 +1099,21 @@ fn a_gpu_agents_reserve_is_kept_from_cpu_only_frameworks_and_shown_in_the_view()
         [("cpus".to_string(), 2.0), ("mem".to_string(), 200.0)].into()
     );
 }
+
+#[test]
+fn wall_clock_times_come_from_the_inputs_not_a_clock() {
+    let mut h = Harness::new();
+    h.c.set_wall_epoch(1_700_000_000.0);
+    h.now = 2_500;
+    h.register_agent(1, "a1", "cpus:2;mem:1024", vec![]);
+    h.now = 4_000;
+    let (fid, _) = h.subscribe(10, "", 60.0);
+    let view = h.c.view(false, vec![], String::new(), 0.0);
+    assert_eq!(view.agents[0].registered_at, 1_700_000_002.5);
+    assert_eq!(view.agents[0].last_seen, 1_700_000_002.5);
+    let fw = view.frameworks.iter().find(|f| f.id == fid).unwrap();
+    assert_eq!(fw.registered_at, 1_700_000_004.0);
+    // The same inputs give the same record, however late they are replayed.
+    let again = h.c.view(false, vec![], String::new(), 0.0);
+    assert_eq!(again.agents[0].registered_at, view.agents[0].registered_at);
+}

@@ -107,9 +107,8 @@ impl Cluster {
                     .collect(),
                 registered_at: a.registered_at,
                 // The state machine's clock is monotonic; the view speaks
-                // wall-clock time, so translate by the age of the heartbeat.
-                last_seen: mezz_proto::unix_now()
-                    - self.now.saturating_sub(a.last_seen) as f64 / 1000.0,
+                // wall-clock time.
+                last_seen: self.wall_epoch + a.last_seen as f64 / 1000.0,
                 attributes: a.info.attributes.clone(),
                 held_for_gpus: super::offers::held_for_gpus(a).quantities(),
                 idle_gpus: mezz_proto::holdback::gpus_milli(&a.available()) as f64 / 1000.0,

@@ -166,6 +166,12 @@ impl Node {
         }
     }
 
+    /// Sets the Unix time, in seconds, at which the shell's clock read 0
+    /// (see [`Cluster::set_wall_epoch`]).
+    pub fn set_wall_epoch(&mut self, unix_secs: f64) {
+        self.cluster.set_wall_epoch(unix_secs);
+    }
+
     /// How many finished tasks this master keeps in its replicated history
     /// (`--max-completed-tasks`); call before the first settle.
     pub fn set_finished_kept(&mut self, n: usize) {
@@ -373,7 +379,9 @@ impl Node {
         }
         self.was_leader = leader;
         let registry = self.cluster.registry().clone();
+        let wall_epoch = self.cluster.wall_epoch();
         self.cluster = Cluster::new((self.fresh_id)(), self.timeouts.clone(), registry, now);
+        self.cluster.set_wall_epoch(wall_epoch);
         if leader {
             tracing::info!(term = self.replica.term(), "this master is now the leader");
         } else {
