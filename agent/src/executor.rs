@@ -1,7 +1,7 @@
 //! Running one task on this machine: its sandbox, its environment, spawning
 //! the wrapper and reading its start line, signalling the task's process
 //! group, and watching a wrapper the agent did not spawn (after a restart).
-//! It decides nothing about task states; `agent.rs` does.
+//! It decides nothing about task states; the agent (`agent/`) does.
 //!
 //! Isolation (cgroups, namespaces, GPUs) is filled into the spec by the
 //! agent from `isolation/` and `gpu/`; this module only carries it.

@@ -3,7 +3,7 @@
 //! time is passed in), and the probes themselves (`probe`: a command in the
 //! task's sandbox and environment, an HTTP GET or a TCP connect to
 //! 127.0.0.1). Which task runs a check, and what an effect does to it, is
-//! `agent.rs`'s business.
+//! the agent's business (`agent/health_checks.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,11 @@
 //! crate shares: identifiers, task-state helpers and the one resource math
 //! that decides offers, validates accepts and will check quota.
 //!
-//! This crate owns no I/O. Master, agent and SDK depend on it; it depends on
-//! none of them.
+//! This crate holds no state and runs nothing by itself: its only I/O is
+//! [`client`]'s channels to masters, made when a caller asks, and its only
+//! clock read is [`unix_now`], for the shells (state machines take time as
+//! a parameter). Master, agent and SDK depend on it; it depends on none of
+//! them.
 #![warn(missing_docs)]
 
 pub mod client;

@@ -1,5 +1,8 @@
-//! One master as a whole, still without I/O: the cluster state machine and
-//! its raft replica glued together the way every master runs them. The
+//! One master as a whole, without sockets: the cluster state machine and
+//! its raft replica glued together the way every master runs them. Its
+//! only I/O is the replica's own storage (sled on disk, the same code in a
+//! temporary directory under the simulation), and its only clock read
+//! times an allocation cycle for the metrics, never deciding anything. The
 //! shell in `server.rs` feeds it from sockets and a clock; the simulation
 //! in `sim/node/` (run by the tests in `node/sim.rs`) feeds several of
 //! them from a seeded, faulty network.
