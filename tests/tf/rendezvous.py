@@ -38,7 +38,8 @@ if rank == 0:
     # means rank 0 has not started yet.
     server = socket.create_server((addr, port))
     server.settimeout(120)
-    threading.Thread(target=serve, args=(server,), daemon=True).start()
+    host = threading.Thread(target=serve, args=(server,), daemon=True)
+    host.start()
 
 deadline = time.monotonic() + 120
 while True:
@@ -53,4 +54,8 @@ conn.settimeout(120)
 conn.sendall((json.dumps({"rank": rank, "world": world}) + "\n").encode())
 verdict = conn.makefile().readline().strip()
 print(f"rank {rank}: {verdict}", flush=True)
+if rank == 0:
+    # Rank 0's own answer may come first: it must not exit (and take the
+    # serving thread with it) before the others have theirs.
+    host.join(timeout=120)
 sys.exit(0 if verdict.startswith("agreed") else 1)
