@@ -12,7 +12,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,14 +22,9 @@ use common::*;
 const START: Duration = Duration::from_secs(300);
 const T: Duration = Duration::from_secs(120);
 
-/// The Python with Jupyter: `$MEZZ_TEST_PYTHON`, else the venv
-/// `scripts/test.sh` makes. `None` (the test is skipped) when it cannot
-/// import jupyter_server and ipykernel, except under CI, where that is a
-/// failure.
-fn jupyter_python() -> Option<String> {
-    python_with("jupyter_server, ipykernel")
-        .map_err(|why| skip_unless_ci(&why))
-        .ok()
+/// The Python with Jupyter (see `need_python`).
+fn jupyter_python() -> String {
+    need_python("jupyter_server, ipykernel")
 }
 
 /// The `mezz` binary, copied once per test run: the daemon outlives the
@@ -60,13 +55,6 @@ fn mezz_bin() -> &'static str {
         }
         copy.display().to_string()
     })
-}
-
-/// Can tasks be confined by the devices cgroup here (root and cgroups)?
-fn isolation_usable() -> bool {
-    nix::unistd::geteuid().is_root()
-        && (Path::new("/sys/fs/cgroup/devices").is_dir()
-            || Path::new("/sys/fs/cgroup/cgroup.controllers").exists())
 }
 
 /// `mezz dev` (one master, one agent) in a temporary directory, with a
@@ -397,10 +385,9 @@ fn notebook_task(dev: &Dev, name: &str) -> Option<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs jupyter-server"]
 fn a_notebook_runs_code_survives_restarts_and_stops_cleanly() {
-    let Some(python) = jupyter_python() else {
-        return;
-    };
+    let python = jupyter_python();
     let dev = Dev::start(&python, &[]);
     let url = dev.start_notebook("t1", &[]);
     let (addr, token) = split_url(&url);
@@ -510,10 +497,9 @@ fn a_notebook_runs_code_survives_restarts_and_stops_cleanly() {
 }
 
 #[test]
+#[ignore = "needs jupyter-server"]
 fn an_idle_notebook_is_stopped_and_its_resources_freed() {
-    let Some(python) = jupyter_python() else {
-        return;
-    };
+    let python = jupyter_python();
     let dev = Dev::start(&python, &[]);
     dev.start_notebook("idle", &["--idle-timeout", "3s"]);
     wait_for("the idle notebook to be stopped", T, || {
@@ -524,10 +510,10 @@ fn an_idle_notebook_is_stopped_and_its_resources_freed() {
 }
 
 #[test]
+#[ignore = "needs jupyter-server, root and cgroups"]
 fn a_gpu_notebook_sees_only_its_own_gpu() {
-    let Some(python) = jupyter_python() else {
-        return;
-    };
+    let python = jupyter_python();
+    need_root_cgroups();
     let dev = Dev::start(&python, &["--fake-gpus", "2"]);
     let url = dev.start_notebook("gpu", &["--gpus", "1"]);
     let (addr, token) = split_url(&url);
@@ -562,29 +548,20 @@ fn a_gpu_notebook_sees_only_its_own_gpu() {
         Some(1),
         "{listed:?}"
     );
-    if isolation_usable() {
-        let other = if cuda == "0" { "nvidia1" } else { "nvidia0" };
-        assert!(printed.contains(&format!("{given} ENXIO")), "{printed}");
-        assert!(
-            printed
-                .lines()
-                .any(|l| l.contains(other) && l.ends_with("EPERM")),
-            "{printed}"
-        );
-    } else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: the devices cgroup check needs root and cgroups"
-        );
-        eprintln!("!!!!! not checking the devices cgroup: needs root and cgroups !!!!!");
-    }
+    let other = if cuda == "0" { "nvidia1" } else { "nvidia0" };
+    assert!(printed.contains(&format!("{given} ENXIO")), "{printed}");
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.contains(other) && l.ends_with("EPERM")),
+        "{printed}"
+    );
 }
 
 #[test]
+#[ignore = "needs jupyter-server"]
 fn bad_input_is_refused_with_one_line_and_launches_nothing() {
-    let Some(python) = jupyter_python() else {
-        return;
-    };
+    let python = jupyter_python();
     let dev = Dev::start(&python, &[]);
     let one_line = |out: &Output, needle: &str| {
         let err = text(&out.stderr);

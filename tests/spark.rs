@@ -44,18 +44,15 @@ fn java_ok() -> bool {
         })
 }
 
-/// The Python with pyspark: `$MEZZ_TEST_PYTHON`, else the venv
-/// `scripts/test.sh` makes, with Java 17 or 21 on PATH. `None` (the test
-/// is skipped) when either is missing, except under CI, where that is a
-/// failure.
-fn spark_python() -> Option<String> {
-    let missing = match python_with("pyspark") {
-        Ok(python) if java_ok() => return Some(python),
-        Ok(_) => "no Java 17 or 21 on PATH (apt-get install openjdk-17-jre-headless)".into(),
-        Err(why) => why,
-    };
-    skip_unless_ci(&format!("{missing}; the Spark tests need it"));
-    None
+/// The Python with pyspark (see `need_python`), with Java 17 or 21 on
+/// PATH.
+fn spark_python() -> String {
+    let python = need_python("pyspark");
+    assert!(
+        java_ok(),
+        "the Spark tests need Java 17 or 21 on PATH (apt-get install openjdk-17-jre-headless)"
+    );
+    python
 }
 
 /// A master and two agents, each offering its own range of free ports.
@@ -196,8 +193,9 @@ fn tasks_of(c: &Cluster, app_prefix: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
 fn a_pyspark_application_runs_on_executors_of_both_agents_and_leaves_nothing() {
-    let Some(python) = spark_python() else { return };
+    let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
     let n = "200000";
@@ -275,8 +273,9 @@ fn a_pyspark_application_runs_on_executors_of_both_agents_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
 fn a_failing_application_exits_non_zero_with_sparks_error() {
-    let Some(python) = spark_python() else { return };
+    let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
     let app = Submit::start(
@@ -307,8 +306,9 @@ fn a_failing_application_exits_non_zero_with_sparks_error() {
 }
 
 #[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
 fn ctrl_c_kills_the_whole_application() {
-    let Some(python) = spark_python() else { return };
+    let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
     let mut app = Submit::start(
@@ -372,8 +372,9 @@ fn ctrl_c_kills_the_whole_application() {
 }
 
 #[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
 fn a_worker_that_dies_is_replaced_and_the_application_finishes() {
-    let Some(python) = spark_python() else { return };
+    let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
     let mut app = Submit::start(
@@ -494,8 +495,9 @@ fn bad_input_is_refused_before_anything_is_launched() {
 }
 
 #[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
 fn a_submitter_that_dies_takes_its_application_with_it() {
-    let Some(python) = spark_python() else { return };
+    let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
     let mut app = Submit::start(
@@ -528,8 +530,9 @@ fn a_submitter_that_dies_takes_its_application_with_it() {
 }
 
 #[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
 fn spark_kill_ends_an_application_by_name() {
-    let Some(python) = spark_python() else { return };
+    let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
     let master = c.master_addr();

@@ -22,15 +22,6 @@ fn script(name: &str) -> String {
         .to_string()
 }
 
-/// The Python with TensorFlow: `$MEZZ_TEST_PYTHON`, else the venv
-/// `scripts/test.sh` makes. `None` (the test is skipped) when it has no
-/// TensorFlow, except under CI, where that is a failure.
-fn tf_python() -> Option<String> {
-    python_with("tensorflow")
-        .map_err(|why| skip_unless_ci(&why))
-        .ok()
-}
-
 /// `mezz tf run …` in the background, its output in files.
 struct Job {
     child: Child,
@@ -107,9 +98,10 @@ fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
 }
 
 #[test]
+#[ignore = "needs TensorFlow and a network namespace (root)"]
 fn two_workers_train_with_multi_worker_mirrored_strategy() {
     const NAME: &str = "two_workers_train_with_multi_worker_mirrored_strategy";
-    let Some(python) = tf_python() else { return };
+    let python = need_python("tensorflow");
     // TensorFlow binds the wildcard address.
     if !private_network(NAME, Duration::from_secs(300), Netns::Needed) {
         return;
@@ -167,9 +159,10 @@ fn tf_config_of(out: &str, worker: usize) -> serde_json::Value {
 /// second could not start its gRPC server. TensorFlow binds the wildcard
 /// address, so the whole cluster runs in a network namespace of its own.
 #[test]
+#[ignore = "needs TensorFlow and a network namespace (root)"]
 fn two_workers_on_two_agents_of_one_host_train_with_mwms() {
     const NAME: &str = "two_workers_on_two_agents_of_one_host_train_with_mwms";
-    let Some(python) = tf_python() else { return };
+    let python = need_python("tensorflow");
     if !private_network(NAME, Duration::from_secs(400), Netns::Needed) {
         return;
     }

@@ -1,8 +1,11 @@
 //! Isolation conformance: the selected cgroup isolator (v1 on these
 //! machines, v2 where the unified hierarchy is mounted) with the real task
-//! wrapper, the way the agent drives them. Needs root and cgroups: under
-//! CI=true a missing prerequisite FAILS the test; elsewhere it is skipped
-//! with a loud message.
+//! wrapper, the way the agent drives them. Needs root and cgroups, so a
+//! plain `cargo test` reports these tests as ignored (see
+//! `tests/common/needs.rs`).
+
+#[path = "../../tests/common/needs.rs"]
+mod needs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,23 +20,16 @@ use mezz_agent::launch_spec::{read_exit_record, ExitRecord, LaunchSpec};
 const WRAPPER: &str = env!("CARGO_BIN_EXE_mezz-task-wrapper");
 const CGROUP_ROOT: &str = "mezzanine-test";
 
-/// The isolator, or `None` (skip) outside CI when isolation is unusable.
-fn isolation() -> Option<Selected> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("not running as root".to_string())
-    } else {
-        match isolation::select(IsolationMode::Cgroups, CGROUP_ROOT, None) {
-            Ok(s) if s.namespaces => return Some(s),
-            Ok(_) => Some("namespaces are not available".to_string()),
-            Err(e) => Some(e.to_string()),
-        }
-    };
-    let why = why.unwrap_or_default();
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true: isolation tests need root, cgroups and namespaces: {why}");
-    }
-    eprintln!("\n!!!!! SKIPPING isolation test: {why} (run as root with cgroups; CI=true makes this a failure) !!!!!\n");
-    None
+/// The isolator, with namespaces.
+fn isolation() -> Selected {
+    needs::need_root_cgroups();
+    let sel = isolation::select(IsolationMode::Cgroups, CGROUP_ROOT, None)
+        .unwrap_or_else(|e| panic!("the isolation tests need a usable cgroup isolator: {e}"));
+    assert!(
+        sel.namespaces,
+        "the isolation tests need PID, mount and UTS namespaces"
+    );
+    sel
 }
 
 /// One task run through the wrapper; cleans its cgroup up on drop.
@@ -195,8 +191,9 @@ for p in sys.argv[1:]:
 ' "$@""#;
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn devices_cgroup_confines_gpus() {
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let work = tempfile::tempdir().unwrap();
     let fake = FakeGpus::create(work.path(), 2).expect("mknod fake GPUs");
     let nodes: Vec<String> = fake
@@ -232,8 +229,9 @@ fn devices_cgroup_confines_gpus() {
 }
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn memory_limit_ends_the_task_with_oom() {
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let mut run = start(
         &sel,
         "python3 -c 'x = bytearray(400 * 1024 * 1024); print(len(x))'",
@@ -262,8 +260,9 @@ fn memory_limit_ends_the_task_with_oom() {
 }
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn half_a_cpu_is_about_half_a_core() {
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let mut run = start(
         &sel,
         "python3 -c '
@@ -298,8 +297,9 @@ while time.time() - t < 2.0: pass'",
 }
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn pid_namespace_shows_only_the_task_and_kill_leaves_nothing() {
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let mut run = start(
         &sel,
         "sleep 30 & echo self=$$; echo host=$(hostname); ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; wait",
@@ -365,8 +365,9 @@ fn proc_is_zombie(pid: u32) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn exit_codes_and_run_as_user() {
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let mut run = start(&sel, "exit 7", &limits(0.0, 0.0), &[], None);
     assert_eq!(run.wait(Duration::from_secs(10)).0.exit_code, Some(7));
     let mut run = start(
@@ -412,9 +413,10 @@ fn cgroup_exists(procs: &[PathBuf]) -> bool {
 }
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn recover_removes_only_this_agents_unknown_cgroups() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let owner = isolation::owner_tag(&uuid_like());
     let other = isolation::owner_tag(&format!("b{}", uuid_like()));
     assert_ne!(owner, other);
@@ -458,9 +460,10 @@ fn recover_removes_only_this_agents_unknown_cgroups() {
 }
 
 #[test]
+#[ignore = "needs root, cgroups and namespaces"]
 fn an_agent_removes_its_orphaned_cgroups_when_it_starts() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(sel) = isolation() else { return };
+    let sel = isolation();
     let work = tempfile::tempdir().unwrap();
     let meta = work.path().join("meta");
     std::fs::create_dir_all(&meta).unwrap();
