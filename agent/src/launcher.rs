@@ -97,10 +97,10 @@ pub fn launch_main(spec_path: &Path) -> i32 {
     wait_without_reaping(pid);
     // The command is a zombie now, so its pid (= the group id) cannot be
     // reused: kill whatever it left behind in its group, then reap it.
-    // SAFETY: killpg has no memory-safety preconditions.
-    unsafe {
-        libc::killpg(pid as libc::pid_t, libc::SIGKILL);
-    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as libc::pid_t),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let waited = child.wait();
     // With namespaces the child is the task's init: the command's own
     // status comes over the pipe; without it (init killed) init's counts.
@@ -271,30 +271,15 @@ fn report(line: &str) {
     let _ = out.flush();
     drop(out);
     if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto fd 1 with a valid open fd.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
-        }
+        let _ = nix::unistd::dup2_stdout(&null);
     }
 }
 
 /// Blocks until `pid` has exited, leaving it a zombie (`WNOWAIT`).
 fn wait_without_reaping(pid: u32) {
-    loop {
-        // SAFETY: an all-zero siginfo_t is a valid value to be filled in.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is a valid, writable siginfo_t.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return;
-        }
-    }
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let pid = nix::unistd::Pid::from_raw(pid as libc::pid_t);
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
 }

@@ -63,16 +63,12 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// the open-file limit would be reached first (the master would then fail
 /// to open its own files, or stop accepting without saying why).
 pub fn effective_max_connections(configured: usize) -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => soft,
+        _ => return configured.max(1),
     };
-    // SAFETY: getrlimit only writes the struct it is given.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    if !ok || lim.rlim_cur == libc::RLIM_INFINITY {
-        return configured.max(1);
-    }
-    let budget = lim.rlim_cur.saturating_sub(RESERVED_FDS).max(16);
+    let budget = soft.saturating_sub(RESERVED_FDS).max(16);
     configured.clamp(1, usize::try_from(budget).unwrap_or(usize::MAX))
 }
 

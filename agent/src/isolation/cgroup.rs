@@ -173,11 +173,12 @@ pub(super) fn cleanup(path: &str, controllers: &[&str]) -> Result<(), IsolationE
             });
         }
         for pid in left {
-            // SAFETY: kill has no memory-safety preconditions; the pid is
-            // a member of the task's cgroup, not of the agent's.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
+            // A member of the task's cgroup, not of the agent's; one that
+            // is gone already is what we want.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as libc::pid_t),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
