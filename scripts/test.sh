@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: what CI runs (`.ci/run` calls this script).
-# Idempotent: installs what the tests need, then builds and tests everything.
+# Idempotent: installs what the tests need (Debian's Chromium when missing,
+# as root; a Python virtualenv at $HOME/.cache/mezzanine/venv with the
+# pinned packages of scripts/test-requirements.txt: TensorFlow, Jupyter
+# Server, PySpark and what they pull in), then checks formatting, runs
+# clippy, every test (those that need root, cgroups or the tools above
+# too, when present: see below) and the docs build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -2,7 +2,9 @@
 //! choice weighs the task's own request, its framework's user (Mesos'
 //! `FrameworkInfo.user`), the agent's `--task-user` and the agent's own user;
 //! it is a pure function over a user lookup, so every rule is tested
-//! without /etc/passwd. Switching users happens in the task wrapper.
+//! without /etc/passwd. Whether the user can reach its sandbox reads the
+//! modes of the directories above it (the one check here that touches the
+//! file system). Switching users happens in the task wrapper.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
