@@ -6,6 +6,7 @@
 //!
 //! `run` is the whole agent; `launch_main` is the task wrapper that the
 //! `mezz` binary runs for its hidden `__launch` subcommand.
+#![warn(missing_docs)]
 
 mod agent;
 pub mod checkpoint;
