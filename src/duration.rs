@@ -1,32 +1,31 @@
-//! Human durations for flags: `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+//! Human durations for flags: `500ms`, `5s`, `2m`, `1h 30m`, `30d`, or
+//! plain seconds (`3`). The one parser of the CLI.
 
 use std::time::Duration;
+
+/// The longest duration a flag takes (about 31 years).
+const MAX: Duration = Duration::from_secs(1_000_000_000);
 
 /// Parses a duration flag value.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration; use e.g. 500ms, 5s, 2m or 1h"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "'{text}': unknown unit '{other}'; use ms, s, m or h"
-            ))
+    let d = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let secs: f64 = t.parse().map_err(|_| {
+            format!("'{text}' is not a duration; use e.g. 500ms, 5s, 2m, 1h or 30d")
+        })?;
+        if !secs.is_finite() || secs > MAX.as_secs_f64() {
+            return Err(format!("'{text}' is out of range"));
         }
+        Duration::from_secs_f64(secs)
+    } else {
+        humantime::parse_duration(t).map_err(|e| {
+            format!("'{text}' is not a duration ({e}); use e.g. 500ms, 5s, 2m, 1h or 30d")
+        })?
     };
-    if !secs.is_finite() || !(0.0..=1.0e9).contains(&secs) {
+    if d > MAX {
         return Err(format!("'{text}' is out of range"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -38,8 +37,15 @@ mod tests {
         assert_eq!(parse("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("30d").unwrap(), Duration::from_secs(30 * 86400));
         assert_eq!(parse("3").unwrap(), Duration::from_secs(3));
-        assert!(parse("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse("5 parsecs")
+            .unwrap_err()
+            .contains("unknown time unit"));
         assert!(parse("x").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("40000y").unwrap_err().contains("out of range"));
     }
 }

@@ -38,3 +38,38 @@ pub fn unix_now() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+/// A short age for people: `42s`, `5m`, `1.5h`, `3.0d` (seconds and
+/// minutes whole, hours and days to one decimal). The CLI and the status
+/// page show ages this one way.
+pub fn age_text(secs: f64) -> String {
+    let d = secs.max(0.0);
+    if d < 60.0 {
+        format!("{:.0}s", d.floor())
+    } else if d < 3600.0 {
+        format!("{:.0}m", (d / 60.0).floor())
+    } else if d < 86400.0 {
+        format!("{:.1}h", d / 3600.0)
+    } else {
+        format!("{:.1}d", d / 86400.0)
+    }
+}
+
+#[cfg(test)]
+mod age_tests {
+    #[test]
+    fn ages_read_the_same_everywhere() {
+        let cases = [
+            (-3.0, "0s"),
+            (0.4, "0s"),
+            (59.9, "59s"),
+            (60.0, "1m"),
+            (3599.0, "59m"),
+            (5400.0, "1.5h"),
+            (86400.0 * 3.0, "3.0d"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(super::age_text(secs), want, "{secs}");
+        }
+    }
+}

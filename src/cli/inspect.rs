@@ -82,13 +82,7 @@ fn outcome(t: &TaskView) -> String {
 }
 
 fn age(since: f64) -> String {
-    let secs = (mezz_proto::unix_now() - since).max(0.0) as u64;
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86399 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
+    mezz_proto::age_text(mezz_proto::unix_now() - since)
 }
 
 pub async fn ps(args: PsArgs) -> Result<ExitCode> {

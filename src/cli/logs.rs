@@ -260,13 +260,7 @@ async fn list(agent_addr: &str, framework_id: &str, task_id: &str, dir: &str) ->
             (true, _) => "dir",
             _ => "file",
         };
-        let age = (now - e.mtime).max(0.0) as u64;
-        let age = match age {
-            a if a < 120 => format!("{a}s ago"),
-            a if a < 7200 => format!("{}m ago", a / 60),
-            a if a < 172_800 => format!("{}h ago", a / 3600),
-            a => format!("{}d ago", a / 86_400),
-        };
+        let age = format!("{} ago", mezz_proto::age_text(now - e.mtime));
         let slash = if e.is_dir { "/" } else { "" };
         out.push_str(&format!(
             "{kind:<5} {:<9} {age:<9} {}{slash}\n",

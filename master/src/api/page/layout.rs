@@ -95,16 +95,7 @@ pub fn ago(now: f64, t: f64) -> String {
     if t <= 0.0 {
         return "—".into();
     }
-    let d = (now - t).max(0.0);
-    let text = if d < 60.0 {
-        format!("{d:.0}s ago")
-    } else if d < 3600.0 {
-        format!("{:.0}m ago", d / 60.0)
-    } else if d < 86400.0 {
-        format!("{:.1}h ago", d / 3600.0)
-    } else {
-        format!("{:.1}d ago", d / 86400.0)
-    };
+    let text = format!("{} ago", mezz_proto::age_text(now - t));
     format!("<span title=\"{}\">{text}</span>", utc(t))
 }
 
