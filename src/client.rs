@@ -15,7 +15,7 @@ pub const DEFAULT_MASTER: &str = "127.0.0.1:5050";
 
 /// The masters to try: the flag, else `$MEZZ_MASTER`, else the default.
 pub fn masters(flag: Option<&str>) -> Result<Vec<String>> {
-    let env = std::env::var("MEZZ_MASTER")
+    let env = std::env::var(mezz_proto::client::MASTER_ENV)
         .ok()
         .filter(|s| !s.trim().is_empty());
     let list = flag

@@ -101,7 +101,15 @@ impl Checkpoint {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let db = sled::Config::new().path(path).open().map_err(err)?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| match is_lock_held(&e) {
+                true => AgentError::CheckpointLocked {
+                    path: path.to_path_buf(),
+                },
+                false => err(e),
+            })?;
         let meta = db.open_tree("meta").map_err(err)?;
         let tasks = db.open_tree("tasks").map_err(err)?;
         let updates = db.open_tree("updates").map_err(err)?;
@@ -325,6 +333,13 @@ fn seq_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
+/// Whether sled refused to open a database because another process holds
+/// its file lock. sled reports that only as an I/O error of kind `Other`
+/// with its own wording, so this is the one place that knows the wording.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +360,18 @@ mod tests {
                 }
                 Err(e) => panic!("cannot reopen the checkpoint: {e}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_held_open_is_reported_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp");
+        let _held = Checkpoint::open(&path).unwrap();
+        match Checkpoint::open(&path) {
+            Err(AgentError::CheckpointLocked { path: p }) => assert_eq!(p, path),
+            Err(e) => panic!("want CheckpointLocked, got {e}"),
+            Ok(_) => panic!("a second open of a held checkpoint succeeded"),
         }
     }
 

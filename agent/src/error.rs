@@ -16,6 +16,15 @@ pub enum AgentError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Another process holds the checkpoint database's lock (another
+    /// agent on this `--work-dir`, or one that is just exiting).
+    #[error(
+        "checkpoint '{path}' is locked by another process; is another agent using this --work-dir?"
+    )]
+    CheckpointLocked {
+        /// The database directory.
+        path: PathBuf,
+    },
     /// The checkpoint database cannot be opened or written.
     #[error("checkpoint '{path}' is unusable: {message}; is another agent using this --work-dir?")]
     Checkpoint {

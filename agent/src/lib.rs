@@ -176,12 +176,9 @@ async fn open_checkpoint(path: &std::path::Path) -> Result<checkpoint::Checkpoin
     loop {
         match checkpoint::Checkpoint::open(path) {
             Ok(cp) => return Ok(cp),
-            // sled reports a held lock as an I/O error; the holder may be
-            // an agent that is just exiting.
-            Err(AgentError::Checkpoint { message, .. })
-                if message.contains("lock") && tokio::time::Instant::now() < deadline =>
-            {
-                tracing::debug!("checkpoint is locked ({message}); waiting");
+            // The holder may be an agent that is just exiting.
+            Err(AgentError::CheckpointLocked { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("checkpoint is locked; waiting");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+/// The environment variable every command reads for the masters' addresses
+/// when no `--master` is given.
+pub const MASTER_ENV: &str = "MEZZ_MASTER";
+
 /// gRPC metadata key a non-leading master sets to the leader's address when
 /// it refuses a call with `UNAVAILABLE`. Clients reconnect there.
 pub const LEADER_HINT_KEY: &str = "mezz-leader";

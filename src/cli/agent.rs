@@ -48,7 +48,7 @@ pub fn gpu_mode(gpus: GpuMode, fake_gpus: Option<u32>) -> mezz_agent::gpu::GpuMo
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// Master address(es), HOST:PORT[,HOST:PORT…].
-    #[arg(long, value_name = "ADDR[,ADDR…]", env = "MEZZ_MASTER")]
+    #[arg(long, value_name = "ADDR[,ADDR…]", env = mezz_proto::client::MASTER_ENV)]
     pub master: String,
     /// Address of the agent's own API (task sandboxes and logs).
     #[arg(long, default_value = "127.0.0.1:5051")]

@@ -185,7 +185,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             id,
             peers: peers.clone(),
             timeouts: args.timeouts.timeouts(),
-            snapshot_every: super::master::DEFAULT_SNAPSHOT_EVERY,
+            snapshot_every: mezz_master::replication::SNAPSHOT_EVERY,
             limits: Default::default(),
         };
         let stop = stopper(&stop_rx);

@@ -54,7 +54,7 @@ pub struct MasterArgs {
     /// Compact the replicated log into a snapshot every this many applied
     /// entries. A follower that falls further behind catches up by
     /// snapshot.
-    #[arg(long, default_value_t = DEFAULT_SNAPSHOT_EVERY, value_name = "ENTRIES")]
+    #[arg(long, default_value_t = mezz_master::replication::SNAPSHOT_EVERY, value_name = "ENTRIES")]
     pub snapshot_every: u64,
     /// Finished tasks kept in the replicated history (`mezz ps --all`),
     /// the same on every master and across restarts.
@@ -72,9 +72,6 @@ pub struct MasterArgs {
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub idle_timeout: std::time::Duration,
 }
-
-/// Entries between snapshots unless `--snapshot-every` says otherwise.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>> {

@@ -45,8 +45,9 @@ pub enum Applied {
 }
 
 /// How many applied entries between two snapshots (log compaction), unless
-/// set otherwise with [`Replica::set_snapshot_every`].
-const SNAPSHOT_EVERY: u64 = 1000;
+/// set otherwise with [`Replica::set_snapshot_every`] (`mezz master
+/// --snapshot-every`).
+pub const SNAPSHOT_EVERY: u64 = 1000;
 
 /// One member of the master's raft group.
 pub struct Replica {

@@ -84,9 +84,7 @@ impl SledStorage {
                 .open()
             {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(e) => return Err(sled_err(e)),
@@ -343,6 +341,13 @@ impl Storage for SledStorage {
         }
         Ok(snap)
     }
+}
+
+/// Whether sled refused to open a database because another process holds
+/// its file lock. sled reports that only as an I/O error of kind `Other`
+/// with its own wording, so this is the one place that knows the wording.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 #[cfg(test)]
