@@ -172,6 +172,13 @@ pub(super) fn cleanup(path: &str, controllers: &[&str]) -> Result<(), IsolationE
                 left: left.len(),
             });
         }
+        // cgroup v2 on Linux 5.14+ kills the whole cgroup at once
+        // (`cgroup.kill`), which no fork can race; elsewhere (v1, older
+        // kernels) that fails and each pid is signalled below.
+        if cg.v2() && cg.kill().is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         for pid in left {
             // A member of the task's cgroup, not of the agent's; one that
             // is gone already is what we want.
