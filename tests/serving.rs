@@ -10,6 +10,11 @@
 //! that fails its health check is rolled back by itself; a canary at
 //! weight 20 gets its share and is promoted; bad input is refused with one
 //! line. Each test has its own cluster and state directory.
+//!
+//! One file of some 850 lines on purpose: each test binary links the whole
+//! workspace, and these tests share one harness (the dev cluster, the
+//! daemon, the request loop), so splitting them would cost build time and
+//! say nothing new.
 
 mod common;
 

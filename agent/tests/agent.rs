@@ -1,5 +1,8 @@
 //! The agent against a fake master on loopback: real wrapper processes,
 //! real sandboxes, real checkpoint, and a restart of the agent in between.
+//!
+//! One file of some 800 lines on purpose: the fake master is its harness,
+//! and a second test binary would link the agent again for no new seam.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
