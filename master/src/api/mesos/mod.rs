@@ -9,6 +9,8 @@
 //! stream and the HTTP status codes Mesos gives.
 
 pub mod codec;
+#[cfg(test)]
+mod conformance;
 pub mod state;
 
 use std::collections::HashMap;
