@@ -472,6 +472,39 @@ fn bad_calls_get_mesos_status_codes() {
         c.task("t2").is_none_or(|t| t["state"] != "RUNNING"),
         "t2 never ran"
     );
+
+    // What operator tools read, in Mesos' shape, while the framework is
+    // still subscribed.
+    for path in ["/master/state", "/state.json", "/master/state.json"] {
+        let (code, _, body) = request(&addr, "GET", path, &[], b"");
+        assert_eq!(code, 200, "{path}: {body}");
+        let s: serde_json::Value = serde_json::from_str(&body).expect("state JSON");
+        assert_eq!(s["leader"], format!("master@{addr}"), "{path}");
+        assert_eq!(s["activated_slaves"], 1, "{path}");
+        assert_eq!(s["slaves"][0]["resources"]["cpus"], 2.0, "{path}");
+        assert_eq!(
+            s["slaves"][0]["resources"]["ports"], "[31000-31099]",
+            "{path}"
+        );
+        let fw = s["frameworks"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["id"] == fid.as_str()))
+            .unwrap_or_else(|| panic!("{path}: framework {fid} missing: {s}"));
+        assert_eq!(fw["name"], "raw");
+        assert_eq!(fw["active"], true);
+        let done = fw["completed_tasks"].as_array().expect("completed_tasks");
+        assert!(
+            done.iter()
+                .any(|t| t["id"] == "t1" && t["state"] == "TASK_KILLED"),
+            "{path}: {fw}"
+        );
+    }
+    let (code, headers, _) = request(&addr, "GET", "/master/redirect", &[], b"");
+    assert_eq!(code, 307);
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("//{addr}").as_str())
+    );
 }
 
 /// Three masters in one raft group and one agent that knows them all.
