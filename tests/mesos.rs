@@ -23,10 +23,10 @@ fn script(name: &str) -> String {
         .to_string()
 }
 
-/// The test Python with pymesos installed (idempotently, by
+/// The test Python with pymesos and mesoshttp installed (idempotently, by
 /// `tests/mesos/install.py`); `None` (skipped) where that cannot be done,
 /// except under CI, where it is a failure.
-fn pymesos_python() -> Option<String> {
+fn mesos_clients_python() -> Option<String> {
     let python = match python_with("json") {
         Ok(p) => p,
         Err(why) => {
@@ -122,7 +122,7 @@ impl Drop for Script {
 
 #[test]
 fn pymesos_scheduler_runs_unchanged() {
-    let Some(python) = pymesos_python() else {
+    let Some(python) = mesos_clients_python() else {
         return;
     };
     let mut c = Cluster::start(RESOURCES, &[]);
@@ -173,6 +173,48 @@ fn pymesos_scheduler_runs_unchanged() {
 
 /// An HTTP answer: status, lower-cased headers, body.
 type Answer = (u16, Vec<(String, String)>, String);
+
+#[test]
+fn mesoshttp_scheduler_runs_unchanged() {
+    let Some(python) = mesos_clients_python() else {
+        return;
+    };
+    let c = Cluster::start(RESOURCES, &[]);
+    let run = Script::start(
+        c.dir.path(),
+        &python,
+        "mesoshttp_scheduler.py",
+        &[&format!("http://{}", c.master_addr())],
+    );
+    let steps = run.wait_ok(Duration::from_secs(300));
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "subscribed",
+            "launched",
+            "finished",
+            "reconciled",
+            "revived",
+            "torn_down"
+        ]
+    );
+    assert_eq!(steps[3]["state"], "TASK_FINISHED");
+    let fid = steps[0]["framework_id"].as_str().expect("framework id");
+    let tid = steps[1]["task_id"].as_str().expect("task id");
+    let (code, out) = http_get(
+        &c.master_addr(),
+        &format!("/api/tasks/{fid}/{tid}/files/stdout"),
+    )
+    .expect("GET stdout");
+    assert_eq!(code, 200, "{out}");
+    assert!(out.contains("hello from mesoshttp"), "stdout: {out:?}");
+    wait_for("the framework to be gone", Duration::from_secs(20), || {
+        c.state()["frameworks"]
+            .as_array()
+            .is_some_and(|f| f.iter().all(|f| f["id"] != fid))
+    });
+}
 
 /// One HTTP/1.1 request.
 fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
@@ -642,7 +684,7 @@ fn try_request(addr: &str, path: &str) -> Option<Answer> {
 
 #[test]
 fn pymesos_framework_survives_leader_failover() {
-    let Some(python) = pymesos_python() else {
+    let Some(python) = mesos_clients_python() else {
         return;
     };
     let mut g = Group::start();

@@ -1,5 +1,6 @@
-"""Installs the Mesos client libraries the Mesos API tests drive, unmodified,
-into the running interpreter's environment; does nothing when they import.
+"""Installs the Mesos client libraries the Mesos API tests drive, unmodified
+(pymesos 0.3.15, mesoshttp 0.4.2), into the running interpreter's
+environment; does nothing when they import.
 
 pymesos 0.3.15 depends on http-parser, whose sdist compiles a Cython-made C
 parser that does not build on Python 3.11. pymesos falls back to
@@ -24,6 +25,8 @@ PYMESOS = "pymesos==0.3.15"
 HTTP_PARSER = "http-parser==0.9.0"
 # pymesos's other dependencies, pinned (kazoo is only for zk:// masters).
 DEPS = ["six==1.17.0", "addict==2.4.0"]
+# mesoshttp installs as it is, with its dependencies pinned here.
+MESOSHTTP = ["mesoshttp==0.4.2", "kazoo==2.11.0", "PyJWT==2.15.1", "cryptography==51.0.1"]
 
 
 def importable(*names):
@@ -59,8 +62,10 @@ def main():
     if not importable("pymesos"):
         pip("install", *DEPS)
         pip("install", "--no-deps", PYMESOS)
-    if not importable("pymesos", "http_parser.pyparser"):
-        sys.exit("pymesos is still not importable after installing it")
+    if not importable("mesoshttp.client"):
+        pip("install", *MESOSHTTP)
+    if not importable("pymesos", "http_parser.pyparser", "mesoshttp.client"):
+        sys.exit("pymesos or mesoshttp is still not importable after installing them")
 
 
 if __name__ == "__main__":

@@ -388,7 +388,10 @@ fn task_info(t: &Value) -> Result<TaskInfo, BadCall> {
     };
     Ok(TaskInfo {
         name: str_field(t, "name").unwrap_or(&task_id).to_string(),
-        agent_id: id_value(t.get("agent_id")).unwrap_or_default(),
+        // Pre-1.0 clients (mesoshttp) name the agent `slave_id`.
+        agent_id: id_value(t.get("agent_id"))
+            .or_else(|| id_value(t.get("slave_id")))
+            .unwrap_or_default(),
         resources,
         command: Some(CommandInfo {
             value: str_field(c, "value").unwrap_or_default().to_string(),
