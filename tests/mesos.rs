@@ -171,6 +171,81 @@ fn pymesos_scheduler_runs_unchanged() {
     });
 }
 
+#[test]
+fn protobuf_clients_get_protobuf_events() {
+    use mezz_proto::mesos::v1::scheduler::{call, event, Call, Event};
+    use mezz_proto::mesos::v1::{FrameworkId, FrameworkInfo};
+    use prost::Message as _;
+
+    let c = Cluster::start(RESOURCES, &[]);
+    let addr = c.master_addr();
+    let subscribe = Call {
+        r#type: Some(call::Type::Subscribe as i32),
+        subscribe: Some(call::Subscribe {
+            framework_info: FrameworkInfo {
+                user: "nobody".into(),
+                name: "protobuf".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut sub =
+        RawSubscription::start(&addr, "application/x-protobuf", &subscribe.encode_to_vec());
+    let first = Event::decode(sub.next_bytes().as_slice()).expect("a protobuf Event");
+    assert_eq!(first.r#type(), event::Type::Subscribed);
+    let fid = first.subscribed.expect("subscribed").framework_id;
+    let offer = loop {
+        let ev = Event::decode(sub.next_bytes().as_slice()).expect("a protobuf Event");
+        if let Some(o) = ev.offers.and_then(|o| o.offers.into_iter().next()) {
+            break o;
+        }
+    };
+    let cpus = offer
+        .resources
+        .iter()
+        .find(|r| r.name == "cpus")
+        .and_then(|r| r.scalar.as_ref())
+        .map(|s| s.value);
+    assert_eq!(cpus, Some(2.0), "{offer:?}");
+    let decline = Call {
+        framework_id: Some(FrameworkId {
+            value: fid.value.clone(),
+        }),
+        r#type: Some(call::Type::Decline as i32),
+        decline: Some(call::Decline {
+            offer_ids: vec![offer.id.clone()],
+            filters: None,
+        }),
+        ..Default::default()
+    };
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/scheduler",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Mesos-Stream-Id", &sub.stream_id),
+        ],
+        &decline.encode_to_vec(),
+    );
+    assert_eq!(code, 202, "{body}");
+    // The declined offer is gone: a second DECLINE of it names it.
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/scheduler",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Mesos-Stream-Id", &sub.stream_id),
+        ],
+        &decline.encode_to_vec(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains(&offer.id.value), "{body}");
+}
+
 /// An HTTP answer: status, lower-cased headers, body.
 type Answer = (u16, Vec<(String, String)>, String);
 
@@ -268,22 +343,37 @@ impl RawSubscription {
     fn open(addr: &str) -> RawSubscription {
         let body =
             r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"nobody","name":"raw"}}}"#;
+        let mut sub = RawSubscription::start(addr, "application/json", body.as_bytes());
+        let first = sub.next_record();
+        assert_eq!(first["type"], "SUBSCRIBED", "{first}");
+        sub.framework_id = first["subscribed"]["framework_id"]["value"]
+            .as_str()
+            .expect("framework id")
+            .to_string();
+        sub
+    }
+
+    /// Posts a SUBSCRIBE encoded as `content_type` (events are asked for in
+    /// the same encoding) and reads the response head.
+    fn start(addr: &str, content_type: &str, body: &[u8]) -> RawSubscription {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         write!(
             s,
-            "POST /api/v1/scheduler HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
+            "POST /api/v1/scheduler HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
+             Accept: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .expect("write");
+        s.write_all(body).expect("write");
         let mut reader = BufReader::new(s);
         let mut stream_id = String::new();
         let mut status = String::new();
         reader.read_line(&mut status).expect("status line");
         assert!(status.contains(" 200 "), "SUBSCRIBE answered {status}");
         let mut chunked = false;
+        let mut media = String::new();
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).expect("header");
@@ -295,26 +385,28 @@ impl RawSubscription {
             if let Some(v) = lower.strip_prefix("mesos-stream-id:") {
                 stream_id = v.trim().to_string();
             }
+            if let Some(v) = lower.strip_prefix("content-type:") {
+                media = v.trim().to_string();
+            }
             chunked |= lower == "transfer-encoding: chunked";
         }
         assert!(chunked, "the event stream is chunked");
         assert!(!stream_id.is_empty(), "a Mesos-Stream-Id header");
-        let mut sub = RawSubscription {
+        assert_eq!(media, content_type, "events come as asked");
+        RawSubscription {
             reader,
             stream_id,
             framework_id: String::new(),
-        };
-        let first = sub.next_record();
-        assert_eq!(first["type"], "SUBSCRIBED", "{first}");
-        sub.framework_id = first["subscribed"]["framework_id"]["value"]
-            .as_str()
-            .expect("framework id")
-            .to_string();
-        sub
+        }
+    }
+
+    /// The next RecordIO record as JSON.
+    fn next_record(&mut self) -> serde_json::Value {
+        serde_json::from_slice(&self.next_bytes()).expect("record JSON")
     }
 
     /// The next RecordIO record, read through the HTTP chunking.
-    fn next_record(&mut self) -> serde_json::Value {
+    fn next_bytes(&mut self) -> Vec<u8> {
         let mut data = Vec::new();
         loop {
             // A record is `LEN\nJSON`; chunk boundaries may fall anywhere.
@@ -325,7 +417,7 @@ impl RawSubscription {
                     .expect("decimal length");
                 if data.len() >= nl + 1 + len {
                     assert_eq!(data.len(), nl + 1 + len, "one record per read here");
-                    return serde_json::from_slice(&data[nl + 1..]).expect("record JSON");
+                    return data[nl + 1..].to_vec();
                 }
             }
             let mut size = String::new();
@@ -374,10 +466,19 @@ fn bad_calls_get_mesos_status_codes() {
         &addr,
         "POST",
         "/api/v1/scheduler",
-        &[("Content-Type", "application/x-protobuf")],
-        b"\x08\x01",
+        &[("Content-Type", "text/plain")],
+        b"SUBSCRIBE",
     );
     assert_eq!(code, 415, "{body}");
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/x-protobuf")],
+        b"\xff\xff\xff",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not a protobuf"), "{body}");
 
     let big = vec![b' '; 5 * 1024 * 1024];
     let (code, _, body) = request(&addr, "POST", "/api/v1/scheduler", &json, &big);

@@ -670,11 +670,10 @@ pub fn event_json(ev: &Event, master: &MasterInfo) -> Option<Value> {
     })
 }
 
-/// One RecordIO record: the decimal length of `json`, a newline, `json`.
-pub fn record(json: &Value) -> Vec<u8> {
-    let body = json.to_string();
-    let mut out = format!("{}\n", body.len()).into_bytes();
-    out.extend_from_slice(body.as_bytes());
+/// One RecordIO record: the decimal length of `data`, a newline, `data`.
+pub fn record(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{}\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
     out
 }
 
@@ -843,7 +842,7 @@ mod tests {
 
     #[test]
     fn records_are_length_prefixed() {
-        let r = record(&json!({"type": "HEARTBEAT"}));
+        let r = record(json!({"type": "HEARTBEAT"}).to_string().as_bytes());
         assert_eq!(r, b"20\n{\"type\":\"HEARTBEAT\"}".to_vec());
     }
 }
