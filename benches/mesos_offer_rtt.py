@@ -19,6 +19,7 @@ Usage: python benches/mesos_offer_rtt.py --mezz target/debug/mezz [--runs 100]
 import argparse
 import json
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def main():
     finally:
         dev.terminate()
         dev.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":
