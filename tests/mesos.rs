@@ -850,3 +850,93 @@ fn pymesos_framework_survives_leader_failover() {
         "{steps:?}"
     );
 }
+
+#[test]
+fn unacknowledged_updates_are_sent_again() {
+    let c = Cluster::start(RESOURCES, &[]);
+    let addr = c.master_addr();
+    let mut sub = RawSubscription::open(&addr);
+    let offer = loop {
+        let ev = sub.next_record();
+        if ev["type"] == "OFFERS" {
+            break ev["offers"]["offers"][0].clone();
+        }
+    };
+    let launch = serde_json::json!({"type": "ACCEPT",
+        "framework_id": {"value": sub.framework_id},
+        "accept": {"offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH",
+        "launch": {"task_infos": [{"name": "s", "task_id": {"value": "s1"},
+        "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+        "command": {"value": "sleep 60"}}]}}]}});
+    let (code, _, body) = request(
+        &addr,
+        "POST",
+        "/api/v1/scheduler",
+        &[
+            ("Content-Type", "application/json"),
+            ("Mesos-Stream-Id", &sub.stream_id),
+        ],
+        launch.to_string().as_bytes(),
+    );
+    assert_eq!(code, 202, "{body}");
+    // The first update that needs an acknowledgement, never acknowledged:
+    // it comes again, with the same uuid, as in Mesos.
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the update was not sent again");
+        let ev = sub.next_record();
+        if ev["type"] != "UPDATE" {
+            continue;
+        }
+        let st = ev["update"]["status"].clone();
+        let Some(uuid) = st["uuid"].as_str().map(str::to_string) else {
+            continue;
+        };
+        match &first {
+            None => first = Some((uuid, st["state"].clone())),
+            Some((u, state)) if *u == uuid => {
+                assert_eq!(st["state"], *state);
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[test]
+fn subscribe_waits_for_an_election_then_answers_503() {
+    let mut g = Group::start();
+    let leader = g.wait_leader();
+    // Leave one master: it can never win an election alone.
+    let survivor = (0..3).find(|&i| i != leader).expect("a follower");
+    for i in (0..3).filter(|&i| i != survivor) {
+        if let Some(p) = g.masters[i].as_mut() {
+            p.kill9();
+        }
+        g.masters[i] = None;
+    }
+    let addr = g.addr(survivor);
+    wait_for(
+        "the survivor to know no leader",
+        Duration::from_secs(30),
+        || try_request(&addr, "/master/redirect").is_some_and(|(code, _, _)| code == 503),
+    );
+    let body =
+        r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"nobody","name":"x"}}}"#;
+    let asked = Instant::now();
+    let (code, _, text) = request(
+        &addr,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    let held = asked.elapsed();
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("no leading master"), "{text}");
+    // Held for the election rather than answered at once (the wait is 5 s;
+    // a lower bound only, so a slow machine cannot fail it).
+    assert!(held >= Duration::from_secs(4), "answered after {held:?}");
+}
