@@ -27,9 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize)]",
         )
         .compile_protos(&["proto/mezzanine.proto"], &["proto"])?;
-    // Mesos' own v1 protos, vendored unmodified, for the Mesos API's
-    // conformance tests; the descriptor set lets them decode JSON by
-    // Mesos' field names.
+    // Mesos' own v1 protos, vendored unmodified, for the master's Mesos
+    // API: its descriptor set transcodes protobuf calls and events, and the
+    // conformance tests decode the API's JSON by Mesos' field names.
     println!("cargo:rerun-if-changed=mesos");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     // Plain prost (there are no services); Mesos' comments are not

@@ -22,8 +22,8 @@ pub mod v1 {
 }
 
 /// Mesos' own v1 protos (`mesos.v1`, `mesos.v1.scheduler`, vendored
-/// unmodified from Apache Mesos 1.11.0 under `proto/mesos/`), against which
-/// the Mesos API's JSON is checked.
+/// unmodified from Apache Mesos 1.11.0 under `proto/mesos/`): the master's
+/// Mesos API transcodes protobuf with them and checks its JSON against them.
 #[allow(missing_docs, clippy::all)] // generated code from Mesos' .proto files
 pub mod mesos {
     /// `mesos.v1`.
