@@ -27,5 +27,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize)]",
         )
         .compile_protos(&["proto/mezzanine.proto"], &["proto"])?;
+    // Mesos' own v1 protos, vendored unmodified, for the master's Mesos
+    // API: its descriptor set transcodes protobuf calls and events, and the
+    // conformance tests decode the API's JSON by Mesos' field names.
+    println!("cargo:rerun-if-changed=mesos");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // Plain prost (there are no services); Mesos' comments are not
+    // rustdoc: their indented examples would run as doctests and their
+    // brackets and <tags> break rustdoc.
+    let mut mesos = tonic_prost_build::Config::new();
+    mesos
+        .disable_comments(["."])
+        .file_descriptor_set_path(out.join("mesos_descriptor.bin"))
+        .compile_protos(
+            &[
+                "mesos/mesos/v1/mesos.proto",
+                "mesos/mesos/v1/scheduler/scheduler.proto",
+            ],
+            &["mesos"],
+        )?;
     Ok(())
 }

@@ -21,6 +21,24 @@ pub mod v1 {
     tonic::include_proto!("mezzanine.v1");
 }
 
+/// Mesos' own v1 protos (`mesos.v1`, `mesos.v1.scheduler`, vendored
+/// unmodified from Apache Mesos 1.11.0 under `proto/mesos/`): the master's
+/// Mesos API transcodes protobuf with them and checks its JSON against them.
+#[allow(missing_docs, clippy::all)] // generated code from Mesos' .proto files
+pub mod mesos {
+    /// `mesos.v1`.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.rs"));
+        /// `mesos.v1.scheduler`.
+        pub mod scheduler {
+            include!(concat!(env!("OUT_DIR"), "/mesos.v1.scheduler.rs"));
+        }
+    }
+    /// The encoded `FileDescriptorSet` of both files, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/mesos_descriptor.bin"));
+}
+
 pub use ids::{AgentId, FrameworkId, OfferId, TaskId};
 pub use resources::{ResourceError, Resources};
 

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod http;
+pub mod mesos;
 pub mod metrics;
 pub mod operator;
 pub mod page;
@@ -51,7 +52,8 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
     let grpc = metrics::GrpcStats::new();
     routes
         .into_axum_router()
-        .merge(http::routes(handle, grpc.clone()))
+        .merge(http::routes(handle.clone(), grpc.clone()))
+        .merge(mesos::routes(handle))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             grpc,

@@ -13,7 +13,7 @@ use super::agents::ack_message;
 use super::{CallError, Cluster, ConnId, Effect, Millis};
 
 /// The longest failover timeout a framework may ask for (one week).
-const MAX_FAILOVER_SECS: f64 = 7.0 * 24.0 * 3600.0;
+pub const MAX_FAILOVER_SECS: f64 = 7.0 * 24.0 * 3600.0;
 
 impl Cluster {
     /// A framework subscribes on stream `conn`. `Ok` means the stream

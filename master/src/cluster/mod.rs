@@ -17,6 +17,8 @@ mod roles;
 pub mod services;
 mod view;
 
+pub use frameworks::MAX_FAILOVER_SECS;
+
 use std::collections::{BTreeMap, VecDeque};
 
 pub(crate) use crate::hashing::{Map, Set};
