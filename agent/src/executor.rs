@@ -152,24 +152,21 @@ pub fn build_spec(task: &TaskInfo, who: &TaskIdentity<'_>, sandbox: &Path) -> La
     }
 }
 
-/// The ports given to the task, in order.
+/// The ports given to the task, in the order its framework gave them
+/// (`PORT0` is the first one it asked for). Read from the wire form, not
+/// through `Resources`, which keeps ranges sorted and merged.
 fn task_ports(task: &TaskInfo) -> Vec<u64> {
-    let mut out = Vec::new();
-    for r in task.resources.iter().filter(|r| r.name == "ports") {
-        if let Some(resource::Value::Ranges(rs)) = &r.value {
-            for range in &rs.range {
-                let mut p = range.begin;
-                while p <= range.end && out.len() < MAX_PORT_VARS {
-                    out.push(p);
-                    if p == u64::MAX {
-                        break;
-                    }
-                    p += 1;
-                }
-            }
-        }
-    }
-    out
+    task.resources
+        .iter()
+        .filter(|r| r.name == mezz_proto::resources::PORTS)
+        .filter_map(|r| match &r.value {
+            Some(resource::Value::Ranges(rs)) => Some(rs.range.iter()),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(|range| range.begin..=range.end)
+        .take(MAX_PORT_VARS)
+        .collect()
 }
 
 /// Writes the spec to `<sandbox>/.mezz/launch.json`; returns that path.

@@ -25,6 +25,7 @@ pub mod port_claims;
 pub mod resources;
 pub mod task_user;
 
+use mezz_proto::resources::PORTS;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -399,7 +400,7 @@ fn claim_ports(
     info: &AgentInfo,
     resources: &mezz_proto::Resources,
 ) -> Result<Option<port_claims::Held>, AgentError> {
-    let ports = resources.reserve("").ranges("ports").to_vec();
+    let ports = resources.reserve("").ranges(PORTS).to_vec();
     if ports.is_empty() {
         return Ok(None);
     }

@@ -2,9 +2,21 @@
 //! OS and overridden name by name by `--resources`. Reads /proc and statvfs
 //! only; it does not track what tasks use (the master does).
 
+use mezz_proto::resources::{CPUS, DISK, MEM, PORTS};
 use std::path::Path;
 
+use mezz_proto::v1::TaskInfo;
 use mezz_proto::Resources;
+
+/// A task's resources, read through the one resource math. The master
+/// validated them before the launch; anything it let through that does not
+/// parse is logged and read as nothing (no limits, no ports, no GPUs).
+pub fn of_task(task: &TaskInfo) -> Resources {
+    Resources::from_proto(&task.resources).unwrap_or_else(|e| {
+        tracing::warn!(task = %task.task_id, "the task's resources do not parse ({e}); reading none");
+        Resources::new()
+    })
+}
 
 /// Port range advertised when `--resources` names no `ports`.
 pub const DEFAULT_PORTS: (u64, u64) = (31000, 32000);
@@ -38,12 +50,12 @@ pub fn advertised(work_dir: &Path, overrides: Option<&Resources>) -> Resources {
 /// Detected resources from raw facts (pure, for tests).
 pub fn detected(cpus: usize, meminfo: &str, disk_free_mb: u64) -> Resources {
     let mut r = Resources::new()
-        .with_scalar("cpus", cpus as f64)
-        .with_ranges("ports", &[DEFAULT_PORTS]);
+        .with_scalar(CPUS, cpus as f64)
+        .with_ranges(PORTS, &[DEFAULT_PORTS]);
     if let Some(total) = mem_total_mb(meminfo) {
-        r.set_scalar("mem", usable_mem_mb(total) as f64);
+        r.set_scalar(MEM, usable_mem_mb(total) as f64);
     }
-    r.set_scalar("disk", disk_free_mb as f64);
+    r.set_scalar(DISK, disk_free_mb as f64);
     r
 }
 

@@ -140,7 +140,9 @@ mod tracker;
 pub use driver::Driver;
 pub use error::SdkError;
 pub use gang::{Gang, GangStep};
-pub use placement::{offer_host, place, Placement, Plan, Strategy, TaskRequest, GPUS, PORTS};
+/// The resource names, as the master and agents spell them.
+pub use mezz_proto::resources::{CPUS, DISK, GPUS, MEM, PORTS};
+pub use placement::{offer_host, place, Placement, Plan, Strategy, TaskRequest};
 pub use runtime::{run, DriverBuilder};
 pub use scheduler::Scheduler;
 pub use task::TaskBuilder;

@@ -14,10 +14,7 @@ use std::collections::BTreeMap;
 use crate::proto;
 use crate::{AgentId, Driver, OfferId, Resources, TaskBuilder};
 
-/// The range resource ports are picked from.
-pub const PORTS: &str = "ports";
-/// The set resource that holds an agent's GPU identities.
-pub const GPUS: &str = "gpus";
+pub use mezz_proto::resources::{GPUS, PORTS};
 
 /// What one task needs: fixed resources, plus a number of ports and GPUs
 /// that placement picks from the offer.

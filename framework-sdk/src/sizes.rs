@@ -4,6 +4,7 @@
 //! CPU job to a GPU job, shared by every framework so that a size means the
 //! same thing to `mezz tf run`, `mezz spark submit` and the rest.
 
+use mezz_proto::resources::{CPUS, MEM};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -41,8 +42,8 @@ impl Size {
     /// ```
     pub fn resources(&self) -> Resources {
         Resources::new()
-            .with_scalar("cpus", self.cpus)
-            .with_scalar("mem", self.mem)
+            .with_scalar(CPUS, self.cpus)
+            .with_scalar(MEM, self.mem)
     }
 }
 

@@ -9,11 +9,11 @@
 
 use crate::Resources;
 
-/// The resource name of GPUs.
-pub const GPUS: &str = "gpus";
+pub use crate::resources::GPUS;
+use crate::resources::{CPUS, MEM};
 
 /// The names that are held back, in the order of [`HeldBack`].
-pub const HELD_NAMES: [&str; 2] = ["cpus", "mem"];
+pub const HELD_NAMES: [&str; 2] = [CPUS, MEM];
 
 /// cpus and mem in thousandths (the unit of [`Resources::scalar_milli`]).
 pub type HeldBack = [i64; 2];

@@ -58,6 +58,21 @@ pub struct Resources {
 /// The role name that means "unreserved" in `name(role)`, as in Mesos.
 pub const UNRESERVED_ROLE: &str = "*";
 
+/// CPUs (scalar, fractional).
+pub const CPUS: &str = "cpus";
+/// Memory in MB (scalar).
+pub const MEM: &str = "mem";
+/// Disk in MB (scalar).
+pub const DISK: &str = "disk";
+/// GPUs: a scalar count in requests, a set of GPU identities in offers and
+/// launches.
+pub const GPUS: &str = "gpus";
+/// Ports (ranges).
+pub const PORTS: &str = "ports";
+/// The resources that count towards dominant shares, quotas and the
+/// views' totals, in this order everywhere.
+pub const SHARE_NAMES: [&str; 4] = [CPUS, MEM, DISK, GPUS];
+
 /// The longest role name accepted, in bytes.
 pub const MAX_ROLE_LEN: usize = 255;
 
@@ -776,7 +791,7 @@ impl Resources {
     pub fn dominant_share(&self, total: &Resources) -> f64 {
         let mine = self.quantities();
         let all = total.quantities();
-        ["cpus", "mem", "disk", "gpus"]
+        SHARE_NAMES
             .iter()
             .filter_map(|n| {
                 let t = all.get(*n).copied().unwrap_or(0.0);

@@ -5,6 +5,7 @@
 //! `/api/state` reports with the master's own `mezz_proto::holdback`).
 //! Pure functions over the cluster state; the commands fetch it.
 
+use mezz_proto::resources::{CPUS, MEM};
 use std::collections::BTreeMap;
 
 use mezz_proto::holdback::gpus_milli;
@@ -25,8 +26,8 @@ impl Need {
     /// cpus and mem, as `Resources` (GPUs are a count here).
     fn scalars(&self) -> Resources {
         Resources::new()
-            .with_scalar("cpus", self.cpus)
-            .with_scalar("mem", self.mem)
+            .with_scalar(CPUS, self.cpus)
+            .with_scalar(MEM, self.mem)
     }
 
     /// `cpus:1;mem:256` and, with GPUs, ` and 2 GPU(s)`.
@@ -74,8 +75,8 @@ fn coverage(have: &Resources, need: &Need) -> f64 {
         }
     };
     let gpus = gpus_milli(have) as f64 / 1000.0;
-    ratio(have.scalar("cpus"), need.cpus)
-        .min(ratio(have.scalar("mem"), need.mem))
+    ratio(have.scalar(CPUS), need.cpus)
+        .min(ratio(have.scalar(MEM), need.mem))
         .min(ratio(gpus, f64::from(need.gpus)))
 }
 
@@ -127,8 +128,8 @@ fn quantity(m: &BTreeMap<String, f64>, name: &str) -> f64 {
 /// `cpus:1;mem:12288` from a view's map (cpus and mem only).
 fn cpus_mem(m: &BTreeMap<String, f64>) -> String {
     Resources::new()
-        .with_scalar("cpus", quantity(m, "cpus"))
-        .with_scalar("mem", quantity(m, "mem"))
+        .with_scalar(CPUS, quantity(m, "cpus"))
+        .with_scalar(MEM, quantity(m, "mem"))
         .to_string()
 }
 
@@ -154,8 +155,8 @@ pub fn why_not_offered(agents: &[AgentView], need: &Need) -> Vec<String> {
         let fits = |cpus: f64, mem: f64| cpus + 1e-9 >= need.cpus && mem + 1e-9 >= need.mem;
         let (cpus, mem) = (free("cpus"), free("mem"));
         let free_text = Resources::new()
-            .with_scalar("cpus", cpus)
-            .with_scalar("mem", mem)
+            .with_scalar(CPUS, cpus)
+            .with_scalar(MEM, mem)
             .to_string();
         let free_text = if free_text.is_empty() {
             "nothing".to_string()

@@ -2,6 +2,7 @@
 //! control of role weights and quotas. Changes go through the master's
 //! replicated state and survive a restart.
 
+use mezz_proto::resources::{CPUS, DISK, GPUS, MEM};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
@@ -92,7 +93,7 @@ pub async fn quota(a: QuotaArgs) -> Result<ExitCode> {
 
 async fn quota_set(a: QuotaSetArgs) -> Result<ExitCode> {
     let mut g = Resources::new();
-    for (name, v) in [("cpus", a.cpus), ("mem", a.mem), ("disk", a.disk)] {
+    for (name, v) in [(CPUS, a.cpus), (MEM, a.mem), (DISK, a.disk)] {
         if let Some(v) = v {
             if !v.is_finite() || v < 0.0 {
                 return Err(anyhow!("--{name} {v}: give a number of 0 or more"));
@@ -101,7 +102,7 @@ async fn quota_set(a: QuotaSetArgs) -> Result<ExitCode> {
         }
     }
     if let Some(n) = a.gpus.filter(|&n| n > 0) {
-        g.set_scalar("gpus", n as f64);
+        g.set_scalar(GPUS, n as f64);
     }
     let limit = match &a.limit {
         Some(l) => Resources::parse(l).with_context(|| format!("--limit '{l}'"))?,

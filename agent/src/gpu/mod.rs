@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Name of the set resource whose items are GPU ids.
-pub const RESOURCE: &str = "gpus";
+pub const RESOURCE: &str = mezz_proto::resources::GPUS;
 
 /// A GPU's identity: the NVML UUID (`GPU-…`), or `fake-gpu-N`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

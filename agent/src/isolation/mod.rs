@@ -86,20 +86,12 @@ impl Limits {
     /// [`task_pids_max`] under `host_cap`; `denied_gpu_minors` is filled in
     /// by the caller, which knows the agent's GPUs.
     pub fn of_task(task: &TaskInfo, host_cap: u64) -> Limits {
-        let scalar = |name: &str| {
-            task.resources
-                .iter()
-                .filter(|r| r.name == name)
-                .filter_map(|r| match r.value {
-                    Some(mezz_proto::v1::resource::Value::Scalar(v)) if v.is_finite() => Some(v),
-                    _ => None,
-                })
-                .sum::<f64>()
-        };
-        let cpus = scalar("cpus").max(0.0);
+        use mezz_proto::resources::{CPUS, MEM};
+        let r = crate::resources::of_task(task);
+        let cpus = r.scalar(CPUS).max(0.0);
         Limits {
             cpus,
-            mem_mb: scalar("mem").max(0.0),
+            mem_mb: r.scalar(MEM).max(0.0),
             pids_max: task_pids_max(cpus, host_cap),
             denied_gpu_minors: Vec::new(),
         }

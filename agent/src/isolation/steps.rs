@@ -88,16 +88,10 @@ impl Step for GpuStep {
     }
 
     fn prepare(&self, run: &mut Run<'_>) -> Result<(), String> {
-        let given: Vec<String> = run
-            .task
-            .resources
-            .iter()
-            .filter(|r| r.name == crate::gpu::RESOURCE)
-            .filter_map(|r| match &r.value {
-                Some(mezz_proto::v1::resource::Value::Set(s)) => Some(s.item.clone()),
-                _ => None,
-            })
-            .flatten()
+        let given: Vec<String> = crate::resources::of_task(run.task)
+            .set_items(crate::gpu::RESOURCE)
+            .into_iter()
+            .map(str::to_string)
             .collect();
         let gpus = crate::gpu::assign(&self.gpus, &given)?;
         run.spec.env.extend(gpus.env);

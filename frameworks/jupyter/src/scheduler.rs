@@ -7,6 +7,7 @@
 //! made under it (the monitor polls first, then records), and the one disk
 //! write is the small notebooks file.
 
+use mezz_sdk::{CPUS, MEM};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -433,8 +434,8 @@ impl Inner {
             };
             let nb = self.entries[&name].notebook.clone();
             let base = Resources::new()
-                .with_scalar("cpus", nb.cpus)
-                .with_scalar("mem", nb.mem);
+                .with_scalar(CPUS, nb.cpus)
+                .with_scalar(MEM, nb.mem);
             let found = offers
                 .iter()
                 .filter(|o| !used.contains(&o.id))

@@ -3,6 +3,7 @@
 //! command lines of the master, the workers and the driver. Pure: no
 //! process is started and no file is read here.
 
+use mezz_sdk::{CPUS, MEM};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -177,8 +178,8 @@ impl AppSpec {
             ),
         };
         Resources::new()
-            .with_scalar("cpus", cpus)
-            .with_scalar("mem", mem)
+            .with_scalar(CPUS, cpus)
+            .with_scalar(MEM, mem)
     }
 
     /// The placement request of `role`'s task.

@@ -5,6 +5,7 @@
 //! [`Driver`]. What happens is reported as [`JobEvent`]s to a sink the
 //! caller gives (the CLI prints them).
 
+use mezz_sdk::{CPUS, MEM};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -348,8 +349,8 @@ pub fn requests_for(spec: &JobSpec, attempt: u32) -> Vec<TaskRequest> {
                 crate::spec::ReplicaGroup::new(0)
             });
             let need = Resources::new()
-                .with_scalar("cpus", g.cpus)
-                .with_scalar("mem", g.mem);
+                .with_scalar(CPUS, g.cpus)
+                .with_scalar(MEM, g.mem);
             TaskRequest::new(r.task_id(&spec.name, attempt), need)
                 .ports(1)
                 .gpus(g.gpus as usize)

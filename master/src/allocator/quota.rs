@@ -3,6 +3,7 @@
 //! while unmet; a limit is never exceeded. Both count cpus, mem, disk and
 //! gpus; this file also trims an offer to fit under a cap.
 
+use mezz_proto::resources::GPUS as GPUS_NAME;
 use mezz_proto::Resources;
 
 use super::share::{Qty, GPUS, SHARE_NAMES};
@@ -102,17 +103,17 @@ pub fn trim(res: &Resources, cap: [Option<i64>; 4]) -> Resources {
     if let Some(c) = cap[GPUS] {
         let keep = (c / 1000).max(0) as usize;
         let items: Vec<String> = res
-            .set_items("gpus")
+            .set_items(GPUS_NAME)
             .into_iter()
             .map(String::from)
             .collect();
         if items.len() > keep {
-            let drop = Resources::new().with_set("gpus", items[keep..].iter().cloned());
+            let drop = Resources::new().with_set(GPUS_NAME, items[keep..].iter().cloned());
             out.subtract(&drop);
         }
-        let g = res.scalar_milli("gpus");
+        let g = res.scalar_milli(GPUS_NAME);
         if g > 0 && g > c {
-            out.set_scalar("gpus", c as f64 / 1000.0);
+            out.set_scalar(GPUS_NAME, c as f64 / 1000.0);
         }
     }
     out

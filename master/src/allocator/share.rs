@@ -1,12 +1,10 @@
 //! Compact quantities for Dominant Resource Fairness: cpus, mem, disk and
 //! gpus in thousandths, as fixed-size arrays, so that shares and quota
-//! checks on the allocator's hot path neither allocate nor walk maps. Only
-//! this file knows which resource names count towards shares.
+//! checks on the allocator's hot path neither allocate nor walk maps. Which
+//! resource names count towards shares is `mezz_proto`'s one list.
 
+pub use mezz_proto::resources::SHARE_NAMES;
 use mezz_proto::Resources;
-
-/// The resources that count towards dominant shares and quotas.
-pub const SHARE_NAMES: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
 /// Index of gpus in [`Qty`].
 pub const GPUS: usize = 3;
 

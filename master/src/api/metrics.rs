@@ -226,7 +226,7 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> Stri
         "Resources of all agents.",
     );
     let mut used_lines = String::new();
-    for res in ["cpus", "mem", "disk", "gpus"] {
+    for res in mezz_proto::resources::SHARE_NAMES {
         let total: f64 = s.agents.iter().filter_map(|a| a.total.get(res)).sum();
         let used: f64 = s.agents.iter().filter_map(|a| a.used.get(res)).sum();
         let _ = writeln!(out, "mezz_resources_total{{resource=\"{res}\"}} {total}");

@@ -2,6 +2,7 @@
 //! the scheduler API (accept, decline, revive, suppress, kill, acknowledge,
 //! reconcile, teardown) and removal when a failover timeout runs out.
 
+use mezz_proto::resources::{CPUS, MEM};
 use mezz_proto::v1::{
     event, master_message, operation, replicated_command::Command, AcceptRequest, Event,
     FrameworkInfo, LaunchTask, MasterMessage, ReconcileTask, ReplicatedCommand, ShutdownFramework,
@@ -333,7 +334,7 @@ impl Cluster {
         }
         let resources =
             Resources::from_proto(&task.resources).map_err(|e| format!("task {tid}: {e}"))?;
-        if resources.scalar("cpus") <= 0.0 && resources.scalar("mem") <= 0.0 {
+        if resources.scalar(CPUS) <= 0.0 && resources.scalar(MEM) <= 0.0 {
             return Err(format!(
                 "task {tid} asks for no cpus and no mem; give it at least one"
             ));

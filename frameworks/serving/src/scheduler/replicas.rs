@@ -2,6 +2,7 @@
 //! tasks on offers, and what each status update means for a slot.
 
 use super::*;
+use mezz_sdk::{CPUS, MEM};
 
 impl Inner {
     /// A new canary slot of `name`.
@@ -139,8 +140,8 @@ impl Inner {
             };
             let svc = self.services[&name].service.clone();
             let resources = Resources::new()
-                .with_scalar("cpus", svc.spec.cpus)
-                .with_scalar("mem", svc.spec.mem);
+                .with_scalar(CPUS, svc.spec.cpus)
+                .with_scalar(MEM, svc.spec.mem);
             let request = TaskRequest::new(key.clone(), resources.clone())
                 .ports(1)
                 .gpus(svc.spec.gpus as usize);

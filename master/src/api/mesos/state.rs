@@ -22,7 +22,7 @@ const TERMINAL: [&str; 7] = [
 /// Mesos' resource object: scalars by name, and `ports` as `[a-b, …]`.
 fn resources(quantities: &BTreeMap<String, f64>, text: &str) -> Value {
     let mut m = Map::new();
-    for name in ["cpus", "mem", "disk", "gpus"] {
+    for name in mezz_proto::resources::SHARE_NAMES {
         m.insert(
             name.into(),
             json!(quantities.get(name).copied().unwrap_or(0.0)),

@@ -41,7 +41,7 @@ pub fn agents(s: &ClusterState, ctx: &Ctx) -> String {
             esc(&a.id),
             pill(&a.status)
         );
-        for res in ["cpus", "mem", "disk", "gpus"] {
+        for res in mezz_proto::resources::SHARE_NAMES {
             b.push_str(&use_cell(a, res));
         }
         let _ = write!(

@@ -2,6 +2,7 @@
 //! agents, frameworks and tasks by state, services and their health, and
 //! recent failures.
 
+use mezz_proto::resources::{CPUS, DISK, GPUS, MEM};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -23,10 +24,10 @@ pub fn overview(s: &ClusterState, ctx: &Ctx) -> String {
     );
     b.push_str("<div class=cards>");
     for (res, label, unit) in [
-        ("cpus", "CPUs", ""),
-        ("mem", "Memory", " MB"),
-        ("disk", "Disk", " MB"),
-        ("gpus", "GPUs", ""),
+        (CPUS, "CPUs", ""),
+        (MEM, "Memory", " MB"),
+        (DISK, "Disk", " MB"),
+        (GPUS, "GPUs", ""),
     ] {
         let total: f64 = s.agents.iter().map(|a| get(&a.total, res)).sum();
         let used: f64 = s.agents.iter().map(|a| get(&a.used, res)).sum();
