@@ -174,7 +174,7 @@ async fn session(
     let channel = tokio::select! {
         c = mezz_proto::client::connect(addr) => match c {
             Ok(c) => c,
-            Err(e) => return failed(format!("cannot connect: {e}")),
+            Err(e) => return failed(format!("cannot connect: {}", mezz_proto::tls::describe(&e))),
         },
         _ = crate::stopped(shutdown) => return SessionEnd::Shutdown,
     };
