@@ -118,7 +118,11 @@ fn end_from_status(status: &tonic::Status, registered: bool) -> SessionEnd {
     }
     SessionEnd::Failed {
         registered,
-        why: format!("{}: {}", status.code(), status.message()),
+        why: format!(
+            "{}: {}",
+            status.code(),
+            mezz_proto::tls::describe_status(status)
+        ),
     }
 }
 

@@ -212,7 +212,14 @@ pub async fn serve_with_tls(
         let tls = tls.clone();
         tasks.spawn(async move {
             match tls {
-                None => serve_one(tcp, peer, router, &limits, stop).await,
+                // A TLS client of this plaintext port is told so (and not
+                // left to die of a broken pipe); the peek costs nothing
+                // to a client that speaks first, as HTTP and gRPC do.
+                None => match mezz_proto::tls::opens_with_tls(&tcp, limits.idle_timeout).await {
+                    Some(false) => serve_one(tcp, peer, router, &limits, stop).await,
+                    Some(true) => mezz_proto::tls::refuse_tls_client(tcp).await,
+                    None => {}
+                },
                 Some(tls) => match tls.accept(tcp, peer).await {
                     Some(Accepted::Tls(stream)) => {
                         serve_one(*stream, peer, router, &limits, stop).await

@@ -454,6 +454,38 @@ pub fn scheme() -> &'static str {
     }
 }
 
+/// On a plaintext port: `Some(true)` when the peer opened with a TLS
+/// handshake, `Some(false)` for anything else, `None` when it sent
+/// nothing within `wait` or went away.
+pub async fn opens_with_tls(tcp: &TcpStream, wait: Duration) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(wait, tcp.peek(&mut first)).await {
+        Ok(Ok(1..)) => Some(first[0] == TLS_HANDSHAKE_RECORD),
+        _ => None,
+    }
+}
+
+/// Answers a TLS client of a plaintext port with bytes its TLS library
+/// reports as "not TLS", then lets it send its alert and close before
+/// closing: a client whose alert hits a closed socket dies of SIGPIPE
+/// (as `mezz` commands do) instead of saying what went wrong.
+pub async fn refuse_tls_client(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = "this server does not speak TLS; connect without --tls-ca/MEZZ_TLS_CA\n";
+    let resp = format!(
+        "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        tcp.write_all(resp.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// What a plaintext client hears from a TLS server.
 pub const PLAINTEXT_REFUSAL: &str =
     "this master speaks TLS; pass --tls-ca (or set MEZZ_TLS_CA) with the cluster's CA certificate";
@@ -463,6 +495,26 @@ pub const PLAINTEXT_REFUSAL: &str =
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    match hint(&text, client_tls().is_some()) {
+        Some(h) => format!("{text} ({h})"),
+        None => text,
+    }
+}
+
+/// A failed call's status as text: its message, every cause under it
+/// (a refused handshake shows up only there) and, for a TLS mismatch,
+/// what to do.
+pub fn describe_status(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
     while let Some(c) = cause {
         let s = c.to_string();
         if !text.contains(&s) {
