@@ -81,9 +81,31 @@ impl TlsArgs {
         Ok(Some(Arc::new(tls)))
     }
 
-    /// Makes this process's client TLS the flags' (or the environment's).
+    /// Makes this process's client TLS the flags' (or the environment's),
+    /// and remembers them for the processes it starts ([`child_env`]).
     pub fn install_client(&self) -> Result<()> {
         mezz_proto::tls::set_client_tls(self.client()?);
+        let env: Vec<(&'static str, PathBuf)> = [
+            (mezz_proto::tls::ENV_CA, &self.tls_ca),
+            (mezz_proto::tls::ENV_CERT, &self.tls_cert),
+            (mezz_proto::tls::ENV_KEY, &self.tls_key),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let v = v.as_ref()?;
+            Some((k, std::path::absolute(v).unwrap_or_else(|_| v.clone())))
+        })
+        .collect();
+        let _ = CHILD_ENV.set(env);
         Ok(())
     }
+}
+
+static CHILD_ENV: std::sync::OnceLock<Vec<(&'static str, PathBuf)>> = std::sync::OnceLock::new();
+
+/// `MEZZ_TLS_*` for a `mezz` process this one starts (a framework
+/// daemon), so that it connects as this one does, also when the files
+/// were given as flags.
+pub fn child_env() -> Vec<(&'static str, PathBuf)> {
+    CHILD_ENV.get().cloned().unwrap_or_default()
 }
