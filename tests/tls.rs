@@ -259,6 +259,19 @@ fn a_client_without_the_ca_is_refused_with_a_message_not_a_hang() {
         text(&out.stderr)
     );
 
+    // Peers that never finish a handshake (silent, or a bare handshake
+    // record byte) hold up nobody: the handshake runs in each
+    // connection's own task.
+    let stuck: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut s = TcpStream::connect(&master).expect("connect");
+            if i % 2 == 0 {
+                s.write_all(&[0x16]).expect("write");
+            }
+            s
+        })
+        .collect();
+
     // The right CA, by flag or environment: served.
     let ca_flag = pki.ca.display().to_string();
     let out = mezz_env(&["ps", "--master", &master, "--tls-ca", &ca_flag], &[], T);
@@ -268,6 +281,7 @@ fn a_client_without_the_ca_is_refused_with_a_message_not_a_hang() {
     let (code, body) = https_get(&master, "/api/state", &pki.ca).expect("https");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"masters\""), "{body}");
+    drop(stuck);
     m.kill9();
 
     // A TLS client and a plaintext master: said so.

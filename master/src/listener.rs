@@ -211,24 +211,50 @@ pub async fn serve_with_tls(
         let stop = stop_rx.clone();
         let tls = tls.clone();
         tasks.spawn(async move {
-            match tls {
-                // A TLS client of this plaintext port is told so (and not
-                // left to die of a broken pipe); the peek costs nothing
-                // to a client that speaks first, as HTTP and gRPC do.
-                None => match mezz_proto::tls::opens_with_tls(&tcp, limits.idle_timeout).await {
-                    Some(false) => serve_one(tcp, peer, router, &limits, stop).await,
-                    Some(true) => mezz_proto::tls::refuse_tls_client(tcp).await,
-                    None => {}
-                },
-                Some(tls) => match tls.accept(tcp, peer).await {
-                    Some(Accepted::Tls(stream)) => {
-                        serve_one(*stream, peer, router, &limits, stop).await
+            // Until the first byte (and the handshake) a connection is not
+            // yet served: a shutdown drops it rather than wait for it.
+            let mut stopping = stop.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let first = async {
+                match tls {
+                    // A TLS client of this plaintext port is told so (and
+                    // not left to die of a broken pipe); the peek costs
+                    // nothing to a client that speaks first, as HTTP and
+                    // gRPC do.
+                    None => {
+                        match mezz_proto::tls::opens_with_tls(&tcp, limits.idle_timeout).await {
+                            Some(false) => Some(Accepted::Plaintext(tcp)),
+                            Some(true) => {
+                                mezz_proto::tls::refuse_tls_client(tcp).await;
+                                None
+                            }
+                            None => None,
+                        }
                     }
-                    Some(Accepted::Plaintext(tcp)) => {
-                        serve_one(tcp, peer, plaintext_refusal(), &limits, stop).await
-                    }
-                    None => {}
-                },
+                    Some(tls) => match tls.accept(tcp, peer).await {
+                        Some(Accepted::Plaintext(tcp)) => {
+                            // Served, but only with the refusal.
+                            serve_one(tcp, peer, plaintext_refusal(), &limits, stop.clone()).await;
+                            None
+                        }
+                        tls => tls,
+                    },
+                }
+            };
+            let accepted = tokio::select! {
+                a = first => a,
+                _ = stopped => None,
+            };
+            match accepted {
+                // Plaintext on a plaintext port (a TLS port's plaintext
+                // clients got their refusal above).
+                Some(Accepted::Plaintext(tcp)) => serve_one(tcp, peer, router, &limits, stop).await,
+                Some(Accepted::Tls(stream)) => {
+                    serve_one(*stream, peer, router, &limits, stop).await
+                }
+                None => {}
             }
             open.fetch_sub(1, Ordering::SeqCst);
         });
