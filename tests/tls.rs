@@ -582,6 +582,20 @@ fn dev_tls_runs_three_masters_and_serves_the_pages_over_https() {
     assert_eq!(code, 200);
     let state: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
     assert_eq!(state["masters"].as_array().map(Vec::len), Some(3));
+    // The task's output, which the leader fetches from the agent's file
+    // API: master to agent over TLS too.
+    let task = state["tasks"]
+        .as_array()
+        .and_then(|t| t.first())
+        .cloned()
+        .expect("the finished task in /api/state");
+    let path = format!(
+        "/api/tasks/{}/{}/files/stdout",
+        task["framework_id"].as_str().expect("framework id"),
+        task["id"].as_str().expect("task id")
+    );
+    let (code, stdout) = https_get(&leader, &path, &ca).expect("stdout over https");
+    assert_eq!((code, stdout.contains("hello")), (200, true), "{stdout}");
     assert!(
         https_get(
             &leader,
