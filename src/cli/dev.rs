@@ -55,7 +55,8 @@ pub struct DevArgs {
     /// TLS on every connection: makes a throwaway CA and certificates for
     /// 127.0.0.1 under <data-dir>/tls/ (afresh at each start), and prints
     /// how clients trust it (`export MEZZ_TLS_CA=…`). Masters and agents
-    /// present their certificates to each other.
+    /// present their certificates to each other. `mezz dev` itself does
+    /// not use --tls-ca, --tls-cert, --tls-key or MEZZ_TLS_*.
     #[arg(long)]
     pub tls: bool,
     /// With --tls: `optional` (the default) checks a client certificate
