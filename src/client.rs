@@ -31,14 +31,7 @@ async fn operator_at(addr: &str) -> Result<OperatorClient<Channel>, String> {
         .timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| {
-            format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            )
-        })?;
+        .map_err(|e| mezz_proto::tls::describe(&e))?;
     Ok(OperatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

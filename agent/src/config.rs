@@ -52,6 +52,10 @@ pub struct Config {
     /// processes and threads of all tasks together. `None`: half of the
     /// kernel's `pid_max`.
     pub task_pids_cap: Option<u64>,
+    /// TLS on the agent's own API (`--tls-cert`, `--tls-key`, `--tls-ca`,
+    /// `--tls-client-auth`); `None`: plaintext. Its calls to the masters
+    /// use the process's client TLS ([`mezz_proto::tls::client_tls`]).
+    pub tls: Option<std::sync::Arc<mezz_proto::tls::ServerTls>>,
 }
 
 impl Config {
@@ -81,6 +85,7 @@ impl Config {
             task_user: Default::default(),
             task_hidden_paths: Vec::new(),
             task_pids_cap: None,
+            tls: None,
         }
     }
 }

@@ -196,6 +196,46 @@ fn advertised_address(config: &Config, bound: SocketAddr, hostname: &str) -> Str
     }
 }
 
+/// The agent API's connections over TLS. Each handshake runs in a task
+/// of its own (bounded by [`mezz_proto::tls::HANDSHAKE_TIMEOUT`]), so a
+/// slow or failing peer never holds up the others; failures are logged by
+/// [`mezz_proto::tls::ServerTls`] at a bounded rate, and a plaintext
+/// client is dropped. The accept loop ends with the server.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<mezz_proto::tls::ServerTls>,
+) -> impl tokio_stream::Stream<
+    Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors, typically: give
+                        // connections a moment to close rather than spin.
+                        tracing::warn!("agent API: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let tls = Arc::clone(&tls);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(mezz_proto::tls::Accepted::Tls(stream)) = tls.accept(tcp, peer).await {
+                    let _ = tx.send(Ok(*stream)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Runs the agent until `shutdown` resolves. Tasks keep running after it
 /// returns (they are checkpointed and re-attached by the next start).
 /// Fails only on a local problem: unusable work dir, checkpoint or launcher,
@@ -335,21 +375,27 @@ pub async fn run(
         .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES);
     let mut server_stop = stop_rx.clone();
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    });
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(files)
+    let server_stopped = async move {
+        let _ = server_stop.wait_for(|v| *v).await;
+    };
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(files);
+    let mut server = match config.tls.clone() {
+        None => {
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            });
             // With our own listener tonic's tcp_nodelay does not apply: set
             // it per connection, or small responses wait for delayed ACKs.
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop.wait_for(|v| *v).await;
-            }),
-    );
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, server_stopped))
+        }
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(tls_incoming(listener, tls), server_stopped),
+        ),
+    };
     let link = tokio::spawn(master_link::run(
         Arc::clone(&agent),
         config.masters.clone(),

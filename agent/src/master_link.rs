@@ -118,7 +118,11 @@ fn end_from_status(status: &tonic::Status, registered: bool) -> SessionEnd {
     }
     SessionEnd::Failed {
         registered,
-        why: format!("{}: {}", status.code(), status.message()),
+        why: format!(
+            "{}: {}",
+            status.code(),
+            mezz_proto::tls::describe_status(status)
+        ),
     }
 }
 
@@ -174,7 +178,7 @@ async fn session(
     let channel = tokio::select! {
         c = mezz_proto::client::connect(addr) => match c {
             Ok(c) => c,
-            Err(e) => return failed(format!("cannot connect: {e}")),
+            Err(e) => return failed(format!("cannot connect: {}", mezz_proto::tls::describe(&e))),
         },
         _ = crate::stopped(shutdown) => return SessionEnd::Shutdown,
     };

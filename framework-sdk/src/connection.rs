@@ -154,7 +154,7 @@ pub(crate) struct Subscription {
 async fn attempt(addr: &str, request: proto::SubscribeRequest) -> Result<Subscription, Refusal> {
     let channel = mezz_proto::client::connect(addr)
         .await
-        .map_err(|e| Refusal::Transient(chain(&e)))?;
+        .map_err(|e| Refusal::Transient(mezz_proto::tls::describe(&e)))?;
     let mut client = client(channel);
     let mut events = client
         .subscribe(request)

@@ -45,6 +45,7 @@ pub struct DriverBuilder {
     connect_timeout: Option<Duration>,
     manual_acknowledgements: bool,
     framework_id_file: Option<PathBuf>,
+    tls: Option<mezz_proto::tls::ClientTls>,
 }
 
 impl DriverBuilder {
@@ -121,6 +122,17 @@ impl DriverBuilder {
         self
     }
 
+    /// Connect to the masters over TLS, trusting `tls`'s CA (and
+    /// presenting its client certificate, if it has one), e.g.
+    /// `ClientTls::load(ca, cert, key)`. Without it the driver takes
+    /// `MEZZ_TLS_CA`, `MEZZ_TLS_CERT` and `MEZZ_TLS_KEY` from the
+    /// environment, or connects in plaintext when they are unset. TLS is a
+    /// setting of the whole process: the first one made holds.
+    pub fn tls(mut self, tls: mezz_proto::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Runs `scheduler` until it calls [`Driver::stop`] or
     /// [`Driver::teardown`] (then `Ok` with the scheduler back), or until
     /// the framework is removed, refused, or no master could be reached
@@ -128,6 +140,17 @@ impl DriverBuilder {
     pub async fn run<S: Scheduler>(self, scheduler: S) -> Result<S, SdkError> {
         let list = self.masters.join(",");
         let masters = mezz_proto::client::parse_master_list(&list).map_err(SdkError::Config)?;
+        match self.tls {
+            Some(tls) => {
+                if !mezz_proto::tls::set_client_tls(Some(tls)) {
+                    tracing::warn!(
+                        "this process's TLS setting was made before the driver started; keeping it"
+                    );
+                }
+            }
+            None => mezz_proto::tls::init_client_tls_from_env()
+                .map_err(|e| SdkError::Config(e.to_string()))?,
+        }
         let mut framework = self.framework;
         if framework.name.trim().is_empty() {
             return Err(SdkError::Config(

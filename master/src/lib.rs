@@ -43,6 +43,11 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Connection bounds and timeouts, and how much history to keep.
     pub limits: Limits,
+    /// TLS on the master's port (`--tls-cert`, `--tls-key`, `--tls-ca`,
+    /// `--tls-client-auth`); `None`: plaintext. Its own outgoing calls
+    /// (peers, agents) use the process's client TLS
+    /// ([`mezz_proto::tls::client_tls`]).
+    pub tls: Option<std::sync::Arc<mezz_proto::tls::ServerTls>>,
 }
 
 /// What a master keeps bounded: connections, their idle time, and the

@@ -22,6 +22,7 @@ use axum::http::{Request, Response};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mezz_proto::tls::{Accepted, ServerTls, PLAINTEXT_REFUSAL};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -144,6 +145,22 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_with_tls(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`], with TLS when `tls` is given: each connection's handshake
+/// runs in that connection's task (bounded by
+/// [`mezz_proto::tls::HANDSHAKE_TIMEOUT`]), so a slow or failing peer
+/// never holds up the accept loop; failures are logged at a bounded rate.
+/// A plaintext client gets no data, only a refusal that says to use TLS
+/// (see [`plaintext_refusal`]).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnLimits,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let max = effective_max_connections(limits.max_connections);
     if max < limits.max_connections {
         tracing::info!(
@@ -188,8 +205,53 @@ pub async fn serve(
         let router = router.clone();
         let limits = limits.clone();
         let stop = stop_rx.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            serve_one(tcp, peer, router, &limits, stop).await;
+            // Until the first byte (and the handshake) a connection is not
+            // yet served: a shutdown drops it rather than wait for it.
+            let mut stopping = stop.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let first = async {
+                match tls {
+                    // A TLS client of this plaintext port is told so (and
+                    // not left to die of a broken pipe); the peek costs
+                    // nothing to a client that speaks first, as HTTP and
+                    // gRPC do.
+                    None => {
+                        match mezz_proto::tls::opens_with_tls(&tcp, limits.idle_timeout).await {
+                            Some(false) => Some(Accepted::Plaintext(tcp)),
+                            Some(true) => {
+                                mezz_proto::tls::refuse_tls_client(tcp).await;
+                                None
+                            }
+                            None => None,
+                        }
+                    }
+                    Some(tls) => match tls.accept(tcp, peer).await {
+                        Some(Accepted::Plaintext(tcp)) => {
+                            // Served, but only with the refusal.
+                            serve_one(tcp, peer, plaintext_refusal(), &limits, stop.clone()).await;
+                            None
+                        }
+                        tls => tls,
+                    },
+                }
+            };
+            let accepted = tokio::select! {
+                a = first => a,
+                _ = stopped => None,
+            };
+            match accepted {
+                // Plaintext on a plaintext port (a TLS port's plaintext
+                // clients got their refusal above).
+                Some(Accepted::Plaintext(tcp)) => serve_one(tcp, peer, router, &limits, stop).await,
+                Some(Accepted::Tls(stream)) => {
+                    serve_one(*stream, peer, router, &limits, stop).await
+                }
+                None => {}
+            }
             open.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -206,13 +268,37 @@ pub async fn serve(
     }
 }
 
-async fn serve_one(
-    tcp: tokio::net::TcpStream,
+/// What a plaintext client of a TLS port gets, whatever it asks: gRPC
+/// callers a FAILED_PRECONDITION status, browsers and curl a 400, both
+/// saying to use TLS. Nothing of the cluster's is served without it.
+pub fn plaintext_refusal() -> axum::Router {
+    axum::Router::new().fallback(|req: Request<Body>| async move {
+        let grpc = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc"));
+        if grpc {
+            tonic::Status::failed_precondition(PLAINTEXT_REFUSAL).into_http::<Body>()
+        } else {
+            let mut resp = Response::new(Body::from(format!(
+                "{PLAINTEXT_REFUSAL}; in a browser or with curl, use https://\n"
+            )));
+            *resp.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+            resp
+        }
+    })
+}
+
+async fn serve_one<IO>(
+    tcp: IO,
     peer: SocketAddr,
     router: axum::Router,
     limits: &ConnLimits,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         idle_since: AtomicU64::new(0),

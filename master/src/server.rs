@@ -584,12 +584,17 @@ pub async fn run(
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
     let router = crate::api::router(handle, config.id, config.peers.keys().copied().collect());
-    tracing::info!("master listening on {} (gRPC and HTTP)", config.listen);
+    tracing::info!(
+        "master listening on {} (gRPC and HTTP{})",
+        config.listen,
+        if config.tls.is_some() { ", TLS" } else { "" }
+    );
     let (serve_stop_tx, serve_stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(crate::listener::serve(
+    let server = tokio::spawn(crate::listener::serve_with_tls(
         listener,
         router,
         config.limits.connections.clone(),
+        config.tls.clone(),
         async move {
             let _ = serve_stop_rx.await;
         },

@@ -15,7 +15,8 @@ pub const MASTER_ENV: &str = "MEZZ_MASTER";
 pub const LEADER_HINT_KEY: &str = "mezz-leader";
 
 /// Splits `ADDR[,ADDR…]` into addresses, trimming blanks. An address is
-/// `host:port`; an `http://` prefix is accepted and dropped.
+/// `host:port`; an `http://` or `https://` prefix is accepted and dropped
+/// (whether to use TLS is this process's setting, see [`crate::tls`]).
 pub fn parse_master_list(list: &str) -> Result<Vec<String>, String> {
     let addrs: Vec<String> = list
         .split(',')
@@ -23,6 +24,7 @@ pub fn parse_master_list(list: &str) -> Result<Vec<String>, String> {
         .filter(|a| !a.is_empty())
         .map(|a| {
             a.trim_start_matches("http://")
+                .trim_start_matches("https://")
                 .trim_end_matches('/')
                 .to_string()
         })
@@ -97,13 +99,22 @@ impl Default for Backoff {
 /// client uses: a short connect timeout so a dead address is reported fast,
 /// TCP_NODELAY for latency, and HTTP/2 keep-alives so a silent peer is
 /// noticed on long-lived streams.
+///
+/// With this process's client TLS set (see [`crate::tls::client_tls`]),
+/// the endpoint is `https://` and trusts only the configured CA.
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let tls = crate::tls::client_tls();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.tonic_config()),
+        None => Ok(endpoint),
+    }
 }
 
 /// Connects to `addr`, failing within the connect timeout when nobody

@@ -14,6 +14,7 @@ pub mod holdback;
 pub mod ids;
 pub mod resources;
 pub mod state;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for package `mezzanine.v1`.
 #[allow(missing_docs)] // generated code; the .proto file carries the docs

@@ -112,6 +112,8 @@ pub struct AgentArgs {
     /// Default: half of the agent's cpus and mem, shared among its GPUs.
     #[arg(long, value_name = "RESOURCES")]
     pub gpu_reserve: Option<String>,
+    #[command(flatten)]
+    pub tls_server: super::tls::ServerTlsArgs,
 }
 
 pub fn parse_resources(text: Option<&str>) -> Result<Option<Resources>> {
@@ -146,11 +148,20 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         task_user: mezz_agent::task_user::DefaultTaskUser::Named(args.task_user.clone()),
         task_hidden_paths: args.task_hidden_path.clone(),
         task_pids_cap: args.task_pids_cap,
+        tls: None,
     })
 }
 
-pub async fn main(args: AgentArgs) -> Result<ExitCode> {
-    let config = config(&args)?;
+/// `mezz agent`, with TLS on its own API from `--tls-cert`, `--tls-key`,
+/// `--tls-ca` and `--tls-client-auth`.
+pub async fn main(args: AgentArgs, tls: &super::tls::TlsArgs) -> Result<ExitCode> {
+    let mut config = config(&args)?;
+    config.tls = tls.server(&args.tls_server)?;
+    if config.tls.is_some() && tls.tls_ca.is_none() {
+        return Err(anyhow!(
+            "--tls-cert: also pass --tls-ca, the CA that signed the masters' certificates; the agent trusts it when it calls them"
+        ));
+    }
     mezz_agent::run(config, super::shutdown_signal())
         .await
         .context("agent stopped")?;

@@ -75,6 +75,7 @@ impl FrameworkDaemon<'_> {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(super::tls::child_env())
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("opening the daemon log")?)
         .stderr(log);

@@ -52,6 +52,23 @@ pub struct DevArgs {
     pub task_user: Option<String>,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+    /// TLS on every connection: makes a throwaway CA and certificates for
+    /// 127.0.0.1 under <data-dir>/tls/ (afresh at each start), and prints
+    /// how clients trust it (`export MEZZ_TLS_CA=…`). Masters and agents
+    /// present their certificates to each other. `mezz dev` itself does
+    /// not use --tls-ca, --tls-cert, --tls-key or MEZZ_TLS_*.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: `optional` (the default) checks a client certificate
+    /// when one is shown, as masters and agents do; `required` refuses
+    /// every caller without one (then clients also need the printed
+    /// MEZZ_TLS_CERT and MEZZ_TLS_KEY).
+    #[arg(long, value_name = "optional|required", requires = "tls", value_parser = parse_dev_client_auth)]
+    pub tls_client_auth: Option<mezz_proto::tls::ClientAuth>,
+}
+
+fn parse_dev_client_auth(s: &str) -> Result<mezz_proto::tls::ClientAuth, String> {
+    s.parse()
 }
 
 /// The resources of agent `i` of `n` on this machine: what `given` names,
@@ -165,6 +182,14 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     let shares: Vec<Resources> = (0..args.agents)
         .map(|i| agent_share(&machine, given.as_ref(), i, args.agents))
         .collect::<Result<_>>()?;
+    let tls = if args.tls {
+        Some(dev_tls_setup(&data_dir, args.tls_client_auth)?)
+    } else {
+        // Plain `mezz dev` is plaintext, whatever MEZZ_TLS_* say.
+        mezz_proto::tls::set_client_tls(None);
+        None
+    };
+    let server_tls = tls.as_ref().map(|(_, s)| std::sync::Arc::clone(s));
     let (stop_tx, stop_rx) = watch::channel(false);
     let master_addrs: Vec<SocketAddr> = (0..args.masters)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], args.port + i)))
@@ -187,6 +212,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             timeouts: args.timeouts.timeouts(),
             snapshot_every: mezz_master::replication::SNAPSHOT_EVERY,
             limits: Default::default(),
+            tls: server_tls.clone(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
@@ -229,6 +255,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             // tasks' to see.
             task_hidden_paths: vec![data_dir.clone()],
             task_pids_cap: None,
+            tls: server_tls.clone(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
@@ -272,7 +299,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         Err(_) => master_addr.to_string(),
     };
     outln!("Mezzanine dev cluster is up.");
-    outln!("  status page  http://{leader}/");
+    outln!("  status page  {}://{leader}/", mezz_proto::tls::scheme());
     if masters.len() == 1 {
         outln!("  master       {master_addr}");
     } else {
@@ -311,6 +338,9 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             ""
         }
     );
+    if let Some((files, _)) = &tls {
+        dev_tls_banner(files, args.tls_client_auth);
+    }
     if masters.len() == 1 && args.port == 5050 {
         outln!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");
     } else {
@@ -345,6 +375,46 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         errln!("mezz dev: some components did not stop within 15 s");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes the dev CA and certificates and this process's client TLS
+/// (masters and agents present the node certificate when they call out).
+fn dev_tls_setup(
+    data_dir: &std::path::Path,
+    auth: Option<mezz_proto::tls::ClientAuth>,
+) -> Result<(
+    super::dev_tls::DevTls,
+    std::sync::Arc<mezz_proto::tls::ServerTls>,
+)> {
+    use mezz_proto::tls::{ClientAuth, ClientTls, ServerTls, ServerTlsFiles};
+    let files = super::dev_tls::make(&data_dir.join("tls"))?;
+    let server = ServerTls::load(&ServerTlsFiles {
+        cert: files.node_cert.clone(),
+        key: files.node_key.clone(),
+        ca: Some(files.ca.clone()),
+        client_auth: match auth {
+            None | Some(ClientAuth::None) => ClientAuth::Optional,
+            Some(a) => a,
+        },
+    })?;
+    let client = ClientTls::load(&files.ca, Some(&files.node_cert), Some(&files.node_key))?;
+    mezz_proto::tls::set_client_tls(Some(client));
+    Ok((files, std::sync::Arc::new(server)))
+}
+
+fn dev_tls_banner(files: &super::dev_tls::DevTls, auth: Option<mezz_proto::tls::ClientAuth>) {
+    outln!(
+        "  TLS          on, with a throwaway CA: {}",
+        files.ca.display()
+    );
+    outln!("  clients      export MEZZ_TLS_CA={}", files.ca.display());
+    if auth == Some(mezz_proto::tls::ClientAuth::Required) {
+        outln!(
+            "               export MEZZ_TLS_CERT={} MEZZ_TLS_KEY={}",
+            files.client_cert.display(),
+            files.client_key.display()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ pub struct MasterArgs {
     /// requests in flight and are not cut.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub idle_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub tls_server: super::tls::ServerTlsArgs,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -125,11 +127,20 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
             },
             completed_tasks: args.max_completed_tasks.max(1),
         },
+        tls: None,
     })
 }
 
-pub async fn main(args: MasterArgs) -> Result<ExitCode> {
-    let config = config(&args)?;
+/// `mezz master`, with TLS from `--tls-cert`, `--tls-key`, `--tls-ca` and
+/// `--tls-client-auth`.
+pub async fn main(args: MasterArgs, tls: &super::tls::TlsArgs) -> Result<ExitCode> {
+    let mut config = config(&args)?;
+    config.tls = tls.server(&args.tls_server)?;
+    if config.tls.is_some() && tls.tls_ca.is_none() {
+        return Err(anyhow!(
+            "--tls-cert: also pass --tls-ca, the CA that signed the masters' and agents' certificates; the master trusts it when it calls its peers and agents"
+        ));
+    }
     mezz_master::run(config, super::shutdown_signal())
         .await
         .context("master stopped")?;

@@ -30,6 +30,7 @@ mod agent;
 mod capacity;
 mod daemon_start;
 mod dev;
+mod dev_tls;
 mod inspect;
 mod jupyter;
 mod logs;
@@ -40,6 +41,7 @@ mod run;
 mod serve;
 mod spark;
 mod tf;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,8 @@ pub struct Cli {
     /// with span fields) for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MEZZ_LOG_FORMAT")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -192,10 +196,14 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    // `mezz dev` makes its own TLS setting (see `mezz dev --tls`).
+    if !matches!(cli.command, Command::Dev(_)) {
+        cli.tls.install_client()?;
+    }
     match cli.command {
         Command::Dev(a) => dev::main(a).await,
-        Command::Master(a) => master::main(a).await,
-        Command::Agent(a) => agent::main(a).await,
+        Command::Master(a) => master::main(a, &cli.tls).await,
+        Command::Agent(a) => agent::main(a, &cli.tls).await,
         Command::Run(a) => run::main(a).await,
         Command::Ps(a) => inspect::ps(a).await,
         Command::Logs(a) => logs::main(a).await,

@@ -86,7 +86,10 @@ async fn redirect_to_leader(h: &Handle, path_and_query: &str) -> Option<Response
     Some(
         (
             StatusCode::TEMPORARY_REDIRECT,
-            [(header::LOCATION, format!("http://{leader}{path_and_query}"))],
+            [(
+                header::LOCATION,
+                format!("{}://{leader}{path_and_query}", mezz_proto::tls::scheme()),
+            )],
             format!("this master follows; the leader is {leader}\n"),
         )
             .into_response(),

@@ -165,7 +165,7 @@ pub fn page(ctx: &Ctx, title: &str, nav: &str, live: &str, extra: &str) -> Strin
                 b,
                 "<div class=banner>This master follows; the leader is <b>{0}</b>. \
                  Its view of agents, frameworks and tasks is the registry only: \
-                 see <a href=\"http://{0}/\">the leader's status page</a>.</div>",
+                 see <a href=\"//{0}/\">the leader's status page</a>.</div>",
                 esc(l)
             ),
             None => write!(

@@ -86,7 +86,7 @@ pub fn overview(s: &ClusterState, ctx: &Ctx) -> String {
     for m in &s.masters {
         let _ = write!(
             b,
-            "<tr><td class=num>{}</td><td class=mono><a href=\"http://{1}/\">{1}</a></td><td>{2}</td>\
+            "<tr><td class=num>{}</td><td class=mono><a href=\"//{1}/\">{1}</a></td><td>{2}</td>\
              <td class=num>{3}</td><td class=num>{4}</td></tr>",
             m.id,
             esc(&m.address),
