@@ -53,7 +53,7 @@ pub struct DevArgs {
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     /// TLS on every connection: makes a throwaway CA and certificates for
-    /// 127.0.0.1 under <data-dir>/tls/ (afresh at each start), and prints
+    /// 127.0.0.1 under `<data-dir>/tls/` (afresh at each start), and prints
     /// how clients trust it (`export MEZZ_TLS_CA=…`). Masters and agents
     /// present their certificates to each other. `mezz dev` itself does
     /// not use --tls-ca, --tls-cert, --tls-key or MEZZ_TLS_*.
