@@ -1,4 +1,5 @@
-//! Human durations for flags: `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+//! Human durations for flags: `500ms`, `5s`, `2m`, `1h`, `30d`, or plain
+//! seconds.
 
 use std::time::Duration;
 
@@ -17,9 +18,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "s" | "" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "'{text}': unknown unit '{other}'; use ms, s, m or h"
+                "'{text}': unknown unit '{other}'; use ms, s, m, h or d"
             ))
         }
     };
@@ -38,6 +40,7 @@ mod tests {
         assert_eq!(parse("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse("30d").unwrap(), Duration::from_secs(30 * 86400));
         assert_eq!(parse("3").unwrap(), Duration::from_secs(3));
         assert!(parse("5 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse("x").is_err());

@@ -52,6 +52,9 @@ pub struct Config {
     /// processes and threads of all tasks together. `None`: half of the
     /// kernel's `pid_max`.
     pub task_pids_cap: Option<u64>,
+    /// The bearer token presented to masters that require one
+    /// (`--credentials FILE` or `$MEZZ_TOKEN`).
+    pub token: Option<mezz_proto::auth::Token>,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             task_user: Default::default(),
             task_hidden_paths: Vec::new(),
             task_pids_cap: None,
+            token: None,
         }
     }
 }

@@ -147,6 +147,7 @@ pub use task::TaskBuilder;
 pub use tracker::{Change, Phase, RetryPolicy, TaskTracker, TrackedTask};
 
 /// Parses `ADDR[,ADDR…]` (e.g. a `--master` flag) into master addresses.
+pub use mezz_proto::auth::Token;
 pub use mezz_proto::client::parse_master_list;
 /// The wire protocol (`mezzanine.v1`): offers, task infos, statuses.
 pub use mezz_proto::v1 as proto;

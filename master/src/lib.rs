@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;
+pub mod security;
 pub mod server;
 #[cfg(test)]
 mod sim;
@@ -43,6 +44,8 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Connection bounds and timeouts, and how much history to keep.
     pub limits: Limits,
+    /// Who must present a token, the bootstrap token, the ACLs.
+    pub security: security::SecurityConfig,
 }
 
 /// What a master keeps bounded: connections, their idle time, and the

@@ -146,6 +146,8 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         task_user: mezz_agent::task_user::DefaultTaskUser::Named(args.task_user.clone()),
         task_hidden_paths: args.task_hidden_path.clone(),
         task_pids_cap: args.task_pids_cap,
+        // --credentials (global), $MEZZ_CREDENTIALS or $MEZZ_TOKEN.
+        token: crate::client::credentials()?,
     })
 }
 

@@ -71,6 +71,8 @@ pub struct MasterArgs {
     /// requests in flight and are not cut.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub idle_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub security: super::auth::MasterSecurityArgs,
 }
 
 /// Entries between snapshots unless `--snapshot-every` says otherwise.
@@ -128,6 +130,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
             },
             completed_tasks: args.max_completed_tasks.max(1),
         },
+        security: args.security.config()?,
     })
 }
 

@@ -27,6 +27,7 @@ fn print_line(line: &str) -> bool {
 }
 
 mod agent;
+mod auth;
 mod capacity;
 mod daemon_start;
 mod dev;
@@ -63,6 +64,11 @@ pub struct Cli {
     /// with span fields) for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MEZZ_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// A file holding the bearer token to present to masters that require
+    /// one; its mode must be 0600 or stricter. Defaults to
+    /// $MEZZ_CREDENTIALS, then the token in $MEZZ_TOKEN.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -121,6 +127,10 @@ pub enum Command {
     Spark(spark::SparkArgs),
     /// Model services with replicas, health checks and a proxy: `mezz serve deploy|scale|update|canary|promote|rollback|ls|show|rm`.
     Serve(serve::ServeArgs),
+    /// Bearer tokens of principals: `mezz token create|revoke|ls`.
+    Token(auth::TokenArgs),
+    /// Access control lists: `mezz acl show|set FILE`.
+    Acl(auth::AclArgs),
 }
 
 impl Command {
@@ -192,6 +202,11 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    if let Some(path) = &cli.credentials {
+        let token = mezz_proto::auth::Token::from_file(path)
+            .map_err(|e| anyhow::anyhow!("--credentials: {e}"))?;
+        crate::client::use_credentials(Some(token));
+    }
     match cli.command {
         Command::Dev(a) => dev::main(a).await,
         Command::Master(a) => master::main(a).await,
@@ -210,6 +225,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Jupyter(a) => jupyter::main(a).await,
         Command::Spark(a) => spark::main(a).await,
         Command::Serve(a) => serve::main(a).await,
+        Command::Token(a) => auth::token(a).await,
+        Command::Acl(a) => auth::acl(a).await,
     }
 }
 

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{denied, principal};
 use super::{status_from, GuardedStream};
+use crate::security::Action;
 use crate::server::{Call, Handle, Input};
 
 /// Serves the scheduler API.
@@ -50,10 +52,22 @@ impl Scheduler for SchedulerApi {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = principal(&request);
         let req = request.into_inner();
         let info = req
             .framework
             .ok_or_else(|| Status::invalid_argument("SubscribeRequest.framework is missing"))?;
+        // As Mesos does at registration: the role, and the user its tasks
+        // run as unless a task names another.
+        let guard = self.handle.guard();
+        guard
+            .check(who.as_ref(), Action::RegisterFramework(&info.role))
+            .map_err(denied)?;
+        if !info.user.is_empty() {
+            guard
+                .check(who.as_ref(), Action::RunTaskAs(&info.user))
+                .map_err(denied)?;
+        }
         let conn = self.handle.next_conn();
         let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
         self.handle
@@ -68,8 +82,26 @@ impl Scheduler for SchedulerApi {
     }
 
     async fn accept(&self, request: Request<AcceptRequest>) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
+        let guard = self.handle.guard();
+        for op in &req.operations {
+            let Some(mezz_proto::v1::operation::Operation::Launch(launch)) = &op.operation else {
+                continue;
+            };
+            for user in launch
+                .tasks
+                .iter()
+                .filter_map(|t| t.command.as_ref())
+                .map(|c| c.user.as_str())
+                .filter(|u| !u.is_empty())
+            {
+                guard
+                    .check(who.as_ref(), Action::RunTaskAs(user))
+                    .map_err(denied)?;
+            }
+        }
         self.call(Call::Accept(req)).await
     }
 

@@ -14,6 +14,7 @@ mod history;
 pub mod identity;
 mod offers;
 mod roles;
+mod security;
 pub mod services;
 mod view;
 
@@ -428,7 +429,12 @@ impl Cluster {
             }
             Some(Command::RemoveAgent(id)) => self.agent_removed(&AgentId(id.clone())),
             Some(Command::TasksFinished(batch)) => self.apply_finished(batch),
-            Some(Command::RemoveFramework(_)) | Some(Command::PinAgentSecret(_)) | None => {}
+            Some(Command::RemoveFramework(_))
+            | Some(Command::PinAgentSecret(_))
+            | Some(Command::AddToken(_))
+            | Some(Command::RevokeTokens(_))
+            | Some(Command::SetAcls(_))
+            | None => {}
         }
     }
 
