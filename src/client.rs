@@ -19,10 +19,40 @@ use mezz_proto::MAX_MESSAGE_BYTES;
 static CREDENTIALS: std::sync::OnceLock<Result<Option<Token>, CredentialsError>> =
     std::sync::OnceLock::new();
 
+/// The file `--credentials` named, for the framework daemons this
+/// process starts.
+static CREDENTIALS_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 /// Presents `token` on every call of this process. Only the first choice
 /// counts; false when one was made already.
 pub fn use_credentials(token: Option<Token>) -> bool {
     CREDENTIALS.set(Ok(token)).is_ok()
+}
+
+/// Presents the token in `path` (mode 0600 or stricter) on every call of
+/// this process and of the daemons it starts.
+pub fn use_credentials_file(path: &std::path::Path) -> Result<()> {
+    let token = Token::from_file(path).map_err(|e| anyhow!("--credentials: {e}"))?;
+    use_credentials(Some(token));
+    let _ = CREDENTIALS_FILE.set(path.to_path_buf());
+    Ok(())
+}
+
+/// Where a daemon started by this process finds its token: the
+/// environment to add to its command (`$MEZZ_CREDENTIALS`), if any.
+pub fn credentials_env() -> Option<(&'static str, std::path::PathBuf)> {
+    CREDENTIALS_FILE
+        .get()
+        .map(|p| (mezz_proto::auth::CREDENTIALS_ENV, p.clone()))
+}
+
+/// A framework driver that presents this process's token.
+pub fn driver() -> Result<mezz_sdk::DriverBuilder> {
+    let b = mezz_sdk::DriverBuilder::new();
+    Ok(match credentials()? {
+        Some(t) => b.token(t),
+        None => b,
+    })
 }
 
 /// The token this process presents, if any.

@@ -203,9 +203,7 @@ pub fn init_tracing(cli: &Cli) {
 
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     if let Some(path) = &cli.credentials {
-        let token = mezz_proto::auth::Token::from_file(path)
-            .map_err(|e| anyhow::anyhow!("--credentials: {e}"))?;
-        crate::client::use_credentials(Some(token));
+        crate::client::use_credentials_file(path)?;
     }
     match cli.command {
         Command::Dev(a) => dev::main(a).await,

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use mezz_sdk::{
-    proto, Driver, DriverBuilder, FrameworkId, Resources, Scheduler, TaskBuilder, TaskReason,
-    TaskState,
+    proto, Driver, FrameworkId, Resources, Scheduler, TaskBuilder, TaskReason, TaskState,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -731,7 +730,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let mut driver_run = tokio::spawn(
-        DriverBuilder::new()
+        crate::client::driver()?
             .masters(masters.clone())
             .framework(framework)
             .connect_timeout(Duration::from_secs(8))

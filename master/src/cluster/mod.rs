@@ -206,6 +206,8 @@ pub(crate) struct Task {
     pub framework_id: FrameworkId,
     /// Kept so finished tasks still show it after the framework is gone.
     pub framework_name: String,
+    /// The framework's role, kept for the same reason (ACLs on viewing).
+    pub framework_role: String,
     pub agent_id: AgentId,
     pub resources: Resources,
     pub status: TaskStatus,
@@ -646,12 +648,10 @@ impl Cluster {
         resources: Resources,
         status: TaskStatus,
     ) -> Task {
+        let framework = self.frameworks.get(framework_id);
         Task {
-            framework_name: self
-                .frameworks
-                .get(framework_id)
-                .map(|f| f.info.name.clone())
-                .unwrap_or_default(),
+            framework_name: framework.map(|f| f.info.name.clone()).unwrap_or_default(),
+            framework_role: framework.map(|f| f.info.role.clone()).unwrap_or_default(),
             info,
             framework_id: framework_id.clone(),
             agent_id,

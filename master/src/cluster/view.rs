@@ -48,11 +48,7 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
         name: t.info.name.clone(),
         framework_id: t.framework_id.0.clone(),
         framework_name: t.framework_name.clone(),
-        role: c
-            .frameworks
-            .get(&t.framework_id)
-            .map(|f| f.info.role.clone())
-            .unwrap_or_default(),
+        role: t.framework_role.clone(),
         agent_id: t.agent_id.0.clone(),
         agent_address: agent.map(|a| a.info.address.clone()).unwrap_or_default(),
         hostname: agent.map(|a| a.info.hostname.clone()).unwrap_or_default(),

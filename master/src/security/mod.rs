@@ -271,8 +271,7 @@ pub fn filter_state(state: &mut ClusterState, acls: &Acls, principal: &Principal
         }
         ok
     });
-    // A task whose framework is gone has no role left: only those who
-    // may view every role see it.
+    // A task keeps its framework's role after the framework is gone.
     state
         .tasks
         .retain(|t| visible.contains(&t.framework_id) || may(&t.role));
