@@ -403,12 +403,32 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
             .is_some_and(|a| a.iter().any(|x| x["status"] == "connected"))
     });
     let mut task = std::collections::BTreeMap::new();
+    // Each task gets a secret in its environment, which must show nowhere.
+    let mut secrets = Vec::new();
     for (who, role) in [("alice", "eng"), ("bob", "ops")] {
+        let value = mezz_proto::auth::Token::generate()
+            .expect("randomness")
+            .secret()
+            .to_string();
+        let secret_env = format!("SECRET_K={value}");
+        secrets.push(value);
         let out = m.mezz_as(
             &files[who],
             &[
-                "run", "--detach", "--role", role, "--cpus", "0.1", "--mem", "32", "--", "sleep",
-                "300",
+                "run",
+                "--detach",
+                "--role",
+                role,
+                "--cpus",
+                "0.1",
+                "--mem",
+                "32",
+                "--secret-env",
+                &secret_env,
+                "--",
+                "sh",
+                "-c",
+                "echo secret-length=${#SECRET_K}; exec sleep 300",
             ],
         );
         assert_eq!(out.status.code(), Some(0), "{who}: {}", text(&out.stderr));
@@ -643,6 +663,18 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
         );
     }
 
+    // The task got its secret (its length is 64 hex digits).
+    let (fw, id) = &task["eng"];
+    wait_for("alice's task to print", T, || {
+        get(
+            &m.addr,
+            &format!("/api/tasks/{fw}/{id}/files/stdout"),
+            Some(&bearer(&tokens["alice"])),
+        )
+        .1
+        .contains("secret-length=64")
+    });
+
     // kill_tasks: bob may not kill alice's task; alice may.
     let (_, eng_task) = &task["eng"];
     for (who, want) in [("bob", false), ("carol", false), ("alice", true)] {
@@ -689,7 +721,35 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
     );
     let (_, state) = get(&m.addr, "/api/state", Some(&bearer(&m.admin)));
     let (_, page) = get(&m.addr, "/", Some(&bearer(&m.admin)));
+    let ps = m.mezz_as(&m.admin_file, &["ps", "--all", "--json"]);
+    assert_eq!(ps.status.code(), Some(0), "{}", text(&ps.stderr));
+    let (_, tasks_page) = get(&m.addr, "/tasks", Some(&bearer(&m.admin)));
     let printed = m.outputs.borrow().clone();
+    for value in &secrets {
+        for log in &logs {
+            let body = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(
+                !body.contains(value.as_str()),
+                "a secret env value in {}",
+                log.display()
+            );
+        }
+        for (what, body) in [
+            ("/api/state", &state),
+            ("the status page", &page),
+            ("the task list", &tasks_page),
+        ] {
+            assert!(
+                !body.contains(value.as_str()),
+                "a secret env value in {what}"
+            );
+        }
+        // The command line of `mezz run` itself held it; nothing printed it.
+        assert!(
+            !printed.contains(value.as_str()),
+            "a secret env value printed"
+        );
+    }
     for (who, t) in &tokens {
         let s = secret(t);
         for log in &logs {

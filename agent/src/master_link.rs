@@ -225,7 +225,17 @@ async fn session(
                     message: Some(master_message::Message::Refused(r)),
                 })) => return Err(SessionEnd::Refused(r.message)),
                 Ok(Some(other)) => {
-                    tracing::debug!("message before AgentRegistered: {other:?}");
+                    // The kind only: a launch carries the task's environment.
+                    use master_message::Message as M;
+                    let kind = match other.message {
+                        Some(M::Launch(_)) => "launch",
+                        Some(M::Kill(_)) => "kill",
+                        Some(M::Ack(_)) => "ack",
+                        Some(M::ShutdownFramework(_)) => "shutdown-framework",
+                        Some(M::Registered(_)) | Some(M::Refused(_)) => "registration",
+                        None => "empty",
+                    };
+                    tracing::debug!("message before AgentRegistered: {kind}");
                 }
                 Ok(None) => return Err(failed("the stream ended before registration".into())),
                 Err(s) => return Err(end_from_status(&s, false)),
