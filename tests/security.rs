@@ -675,6 +675,63 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
         .contains("secret-length=64")
     });
 
+    // A framework is its registering principal's alone, ACLs or not.
+    let (alice_fw, _) = task["eng"].clone();
+    for who in ["alice", "bob", "admin"] {
+        let auth = bearer(&tokens[who]);
+        let (revive, resubscribe) = rt.block_on(async {
+            let mut c = SchedulerClient::new(channel(&m.addr, Some(&auth)).await);
+            let revive = c
+                .revive(mezz_proto::v1::ReviveRequest {
+                    framework_id: alice_fw.clone(),
+                })
+                .await;
+            if who == "alice" {
+                // Taking her own framework over would end the detached
+                // run's registration, and its task with it.
+                return (revive, Err(tonic::Status::cancelled("not tried")));
+            }
+            let resubscribe = c
+                .subscribe(SubscribeRequest {
+                    protocol_version: mezz_proto::PROTOCOL_VERSION,
+                    framework: Some(FrameworkInfo {
+                        id: alice_fw.clone(),
+                        name: "taken".into(),
+                        role: "eng".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map(|_| ());
+            (revive, resubscribe)
+        });
+        for (what, r) in [
+            ("revive", revive.map(|_| ())),
+            ("subscribe as", resubscribe),
+        ] {
+            if r.as_ref().is_err_and(|s| s.code() == Code::Cancelled) {
+                continue;
+            }
+            // (alice's own re-subscription may be refused by the
+            // framework's rules, never for want of permission)
+            let permitted = r
+                .as_ref()
+                .err()
+                .is_none_or(|s| s.code() != Code::PermissionDenied);
+            if let Err(e) = &r {
+                if !permitted {
+                    assert!(
+                        e.message().contains(&format!("'{who}'"))
+                            && e.message().contains("'alice'"),
+                        "{}",
+                        e.message()
+                    );
+                }
+            }
+            check(who, what, "alice's framework", who == "alice", permitted);
+        }
+    }
+
     // kill_tasks: bob may not kill alice's task; alice may.
     let (_, eng_task) = &task["eng"];
     for (who, want) in [("bob", false), ("carol", false), ("alice", true)] {

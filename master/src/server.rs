@@ -271,6 +271,8 @@ struct Actor {
     was_current: bool,
     /// Where the applied tokens and ACLs are published.
     guard: Arc<Guard>,
+    /// The (state machine instance, epoch) last published to `guard`.
+    published: Option<(String, u64)>,
     /// The bootstrap token's record (`--bootstrap-token-file`), proposed
     /// whenever this master becomes a current leader of a group that
     /// holds no token.
@@ -470,9 +472,21 @@ impl Actor {
     /// Hands the applied tokens and ACLs to the API layer (before answers
     /// go out, so that a revocation is in force on this master once
     /// `mezz token revoke` returns).
-    fn publish_security(&self) {
-        let registry = self.node.cluster().registry();
-        self.guard.publish(&registry.tokens, &registry.acls);
+    fn publish_security(&mut self) {
+        let cluster = self.node.cluster();
+        let at = (cluster.master_id().to_string(), cluster.security_epoch());
+        if self.published.as_ref() == Some(&at) {
+            return;
+        }
+        let registry = cluster.registry();
+        let owners = registry
+            .frameworks
+            .iter()
+            .filter(|(_, f)| !f.principal.is_empty())
+            .map(|(id, f)| (id.0.clone(), f.principal.clone()))
+            .collect();
+        self.guard.publish(&registry.tokens, &registry.acls, owners);
+        self.published = Some(at);
     }
 
     /// A leader that just became current seeds what its flags give and
@@ -635,6 +649,7 @@ pub async fn run(
         held: Vec::new(),
         was_current: false,
         guard: Arc::clone(&guard),
+        published: None,
         bootstrap,
     };
     // Replay the log; a group of one also wins its election before serving.

@@ -289,6 +289,10 @@ pub struct Cluster {
     /// Records this instance proposed and already holds in `completed`:
     /// when they come back applied they are not added again.
     finished_proposed: Set<String>,
+    /// Changes with every applied change of tokens, ACLs or framework
+    /// registrations, and every restore: the shell republishes them to the
+    /// API layer when it moves (with `master_id`, unique per instance).
+    security_epoch: u64,
 }
 
 impl Cluster {
@@ -338,6 +342,7 @@ impl Cluster {
             history: Map::default(),
             finished_outbox: Vec::new(),
             finished_proposed: Set::default(),
+            security_epoch: 0,
         };
         c.restore(registry);
         c
@@ -353,6 +358,12 @@ impl Cluster {
     /// The replicated registry as applied so far.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Moves whenever the tokens, the ACLs or the frameworks' principals
+    /// may have changed (see the field).
+    pub fn security_epoch(&self) -> u64 {
+        self.security_epoch
     }
 
     /// Counters for `/metrics`.
@@ -387,6 +398,7 @@ impl Cluster {
         registry.finished_kept = self.registry.finished_kept;
         registry.finished.truncate(registry.finished_kept);
         self.registry = registry;
+        self.security_epoch += 1;
         self.restore_finished();
         let agents: Vec<AgentInfo> = self.registry.agents.values().cloned().collect();
         for info in agents {
@@ -410,6 +422,16 @@ impl Cluster {
         use mezz_proto::v1::replicated_command::Command;
         self.now = now;
         self.registry.apply(cmd);
+        if matches!(
+            cmd.command,
+            Some(Command::RegisterFramework(_))
+                | Some(Command::RemoveFramework(_))
+                | Some(Command::AddToken(_))
+                | Some(Command::RevokeTokens(_))
+                | Some(Command::SetAcls(_))
+        ) {
+            self.security_epoch += 1;
+        }
         match &cmd.command {
             Some(Command::RegisterAgent(info)) => {
                 self.ensure_agent(info);

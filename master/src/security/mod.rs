@@ -152,6 +152,8 @@ struct Published {
     tokens: BTreeMap<String, TokenRecord>,
     acls_json: String,
     acls: Option<Arc<Acls>>,
+    /// Framework id → the principal that registered it.
+    owners: BTreeMap<String, String>,
 }
 
 /// The API layer's view of tokens and ACLs. See the module docs.
@@ -175,29 +177,50 @@ impl Guard {
         self.classes
     }
 
-    /// Takes the registry's tokens and ACLs when they differ from what is
-    /// held. Cheap when nothing changed.
-    pub fn publish(&self, tokens: &BTreeMap<String, TokenRecord>, acls_json: &str) {
-        let changed = {
-            let p = self.read();
-            p.tokens != *tokens || p.acls_json != acls_json
-        };
-        if !changed {
-            return;
-        }
+    /// Takes the registry's tokens, ACLs and framework principals.
+    pub fn publish(
+        &self,
+        tokens: &BTreeMap<String, TokenRecord>,
+        acls_json: &str,
+        owners: BTreeMap<String, String>,
+    ) {
+        let same_acls = self.read().acls_json == acls_json;
         // Validated before it was proposed; a document that no longer
         // parses (a later release's action) denies everything rather than
         // allowing everything.
-        let acls = (!acls_json.is_empty()).then(|| {
-            Arc::new(Acls::parse(acls_json).unwrap_or_else(|e| {
-                tracing::error!("the replicated ACLs do not parse ({e}); denying everything");
-                Acls::default()
-            }))
-        });
+        let acls = if same_acls {
+            self.read().acls.clone()
+        } else {
+            (!acls_json.is_empty()).then(|| {
+                Arc::new(Acls::parse(acls_json).unwrap_or_else(|e| {
+                    tracing::error!("the replicated ACLs do not parse ({e}); denying everything");
+                    Acls::default()
+                }))
+            })
+        };
         let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
         p.tokens = tokens.clone();
         p.acls_json = acls_json.to_string();
         p.acls = acls;
+        p.owners = owners;
+    }
+
+    /// Whether `principal` may act for framework `id`: a framework is its
+    /// registering principal's alone; one registered without a token (or
+    /// not known) is anyone's. The refusal says whose it is.
+    pub fn check_owner(&self, principal: Option<&Principal>, id: &str) -> Result<(), String> {
+        let p = self.read();
+        let Some(owner) = p.owners.get(id) else {
+            return Ok(());
+        };
+        match principal {
+            Some(who) if who.0 == *owner => Ok(()),
+            who => Err(format!(
+                "principal '{}' may not act for framework {id}: it was registered by \
+                 principal '{owner}'; subscribe with that principal's token",
+                who.map(|w| w.0.as_str()).unwrap_or(ANONYMOUS)
+            )),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {
@@ -324,7 +347,7 @@ mod tests {
             t.id().to_string(),
             tokens::record(&t, "alice", b"s", 0.0, 0.0),
         );
-        g.publish(&table, "");
+        g.publish(&table, "", BTreeMap::new());
         let good = mezz_proto::auth::bearer_header(&t);
         assert_eq!(g.authenticate(CallClass::Frameworks, None, 1.0), Ok(None));
         assert_eq!(
@@ -343,11 +366,26 @@ mod tests {
         assert_eq!(g.authenticate(CallClass::Open, Some("junk"), 1.0), Ok(None));
         // ACLs off: everything allowed; on: deny by default.
         assert!(g.check(None, Action::CreateToken).is_ok());
-        g.publish(&table, r#"{"create_tokens": [{"principals": ["alice"]}]}"#);
+        g.publish(
+            &table,
+            r#"{"create_tokens": [{"principals": ["alice"]}]}"#,
+            [("f1".to_string(), "alice".to_string())].into(),
+        );
         let alice = Principal("alice".into());
         assert!(g.check(Some(&alice), Action::CreateToken).is_ok());
         assert!(g.check(Some(&alice), Action::View("x")).is_err());
         let e = g.check(None, Action::CreateToken).unwrap_err();
         assert_eq!(e.principal, ANONYMOUS);
+        // Frameworks belong to who registered them.
+        assert!(g.check_owner(Some(&alice), "f1").is_ok());
+        assert!(
+            g.check_owner(Some(&alice), "f2").is_ok(),
+            "unknown: anyone's"
+        );
+        let e = g
+            .check_owner(Some(&Principal("bob".into())), "f1")
+            .unwrap_err();
+        assert!(e.contains("'bob'") && e.contains("'alice'"), "{e}");
+        assert!(g.check_owner(None, "f1").is_err());
     }
 }
