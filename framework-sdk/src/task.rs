@@ -91,10 +91,11 @@ impl TaskBuilder {
     /// logs it (`CommandInfo.secret_keys`).
     ///
     /// ```
-    /// # use mezz_sdk::TaskBuilder;
+    /// # use mezz_sdk::{proto, TaskBuilder};
+    /// # let offer = proto::Offer { agent_id: "a1".into(), ..Default::default() };
     /// let task = TaskBuilder::exec("t1", "app", Vec::<String>::new())
     ///     .secret_env("API_KEY", "s3cr3t")
-    ///     .build();
+    ///     .build(&offer);
     /// let cmd = task.command.unwrap();
     /// assert_eq!(cmd.environment["API_KEY"], "s3cr3t");
     /// assert_eq!(cmd.secret_keys, ["API_KEY"]);
