@@ -115,6 +115,10 @@ pub fn classify(path: &str) -> CallClass {
     if path == "/health" {
         return CallClass::Open;
     }
+    // The Mesos v1 scheduler API over HTTP is a framework's, not a page's.
+    if path == "/api/v1/scheduler" || path.starts_with("/api/v1/scheduler/") {
+        return CallClass::Frameworks;
+    }
     let Some(rest) = path.strip_prefix("/mezzanine.v1.") else {
         return CallClass::Http;
     };
@@ -335,6 +339,8 @@ mod tests {
             CallClass::Operators
         );
         assert_eq!(classify("/mezzanine.v1.RaftPeer/Send"), CallClass::Peers);
+        assert_eq!(classify("/api/v1/scheduler"), CallClass::Frameworks);
+        assert_eq!(classify("/master/state"), CallClass::Http);
         assert_eq!(classify("/mezzanine.v1.Other/X"), CallClass::Operators);
     }
 
