@@ -5,7 +5,8 @@
 //! refusal is gRPC's UNAUTHENTICATED or HTTP's 401, with a message that
 //! names the token by its id only.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -23,12 +24,50 @@ pub fn is_grpc(req: &Request) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+/// Refusals are logged at most every this often, with a count, so that a
+/// peer hammering the port with bad tokens cannot flood the log.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the middleware holds.
+pub struct AuthState {
+    guard: Arc<Guard>,
+    /// Refusals since the last logged one, and when that was.
+    refusals: Mutex<(u64, Option<Instant>)>,
+}
+
+impl AuthState {
+    /// The middleware's state over `guard`.
+    pub fn new(guard: Arc<Guard>) -> Arc<AuthState> {
+        Arc::new(AuthState {
+            guard,
+            refusals: Mutex::new((0, None)),
+        })
+    }
+
+    /// Whether to log this refusal: the refusals counted since the last
+    /// logged one, this one included, when it is time to log again.
+    fn log_now(&self) -> Option<u64> {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        r.0 += 1;
+        let now = Instant::now();
+        if r.1
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
+            return None;
+        }
+        let count = r.0;
+        *r = (0, Some(now));
+        Some(count)
+    }
+}
+
 /// The middleware: see the module docs.
 pub async fn authenticate(
-    State(guard): State<Arc<Guard>>,
+    State(auth): State<Arc<AuthState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let guard = &auth.guard;
     let class = classify(req.uri().path());
     let header = req
         .headers()
@@ -41,11 +80,14 @@ pub async fn authenticate(
         }
         Ok(None) => next.run(req).await,
         Err(e) => {
-            tracing::info!(
-                caller = class.name(),
-                path = req.uri().path(),
-                "call refused: {e}"
-            );
+            if let Some(refused) = auth.log_now() {
+                tracing::info!(
+                    caller = class.name(),
+                    path = req.uri().path(),
+                    refused,
+                    "call refused: {e} (refusals counted since the last such line)"
+                );
+            }
             if is_grpc(&req) {
                 Status::unauthenticated(e.to_string())
                     .into_http::<axum::body::Body>()

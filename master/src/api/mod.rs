@@ -56,7 +56,7 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
         .merge(http::routes(handle, grpc.clone()))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            guard,
+            auth::AuthState::new(guard),
             auth::authenticate,
         ))
         .layer(axum::middleware::from_fn_with_state(
