@@ -227,3 +227,103 @@ fn dev_agents_get_disjoint_ports_and_a_share_of_the_machine() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn dev_auth_makes_an_admin_token_and_refuses_calls_without_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let port = two_ports();
+    let dir = cluster_dir();
+    let data_dir = dir.path().join("dev");
+    let child = Command::new(MEZZ)
+        .args([
+            "dev",
+            "--auth",
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--resources",
+            "cpus:2;mem:1024;disk:1000;ports:[31000-31009]",
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("MEZZ_TOKEN")
+        .env_remove("MEZZ_CREDENTIALS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mezz dev --auth");
+    let mut dev = Proc {
+        name: "dev".into(),
+        child,
+        log: "/dev/null".into(),
+    };
+    let mut banner = Vec::new();
+    let mut lines = std::io::BufReader::new(dev.child.stdout.take().expect("stdout")).lines();
+    while !banner
+        .last()
+        .is_some_and(|l: &String| l.starts_with("Try:"))
+    {
+        banner.push(lines.next().expect("banner line").expect("utf-8"));
+    }
+    let banner = banner.join("\n");
+    let token_file = data_dir.join("admin.token");
+    assert!(
+        banner.contains(&format!("export MEZZ_CREDENTIALS={}", token_file.display())),
+        "{banner}"
+    );
+    let mode = std::fs::metadata(&token_file)
+        .expect("the admin token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    assert!(
+        !banner.contains(token.trim()),
+        "the token itself is not printed"
+    );
+
+    let master = format!("127.0.0.1:{port}");
+    let out = mezz(&["ps", "--master", &master], T);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no token"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(http_get(&master, "/api/state").map(|r| r.0), Some(401));
+    assert_eq!(http_get(&master, "/health").map(|r| r.0), Some(200));
+    let creds = token_file.display().to_string();
+    let out = mezz(
+        &[
+            "run",
+            "--master",
+            &master,
+            "--credentials",
+            &creds,
+            "--cpus",
+            "0.1",
+            "--mem",
+            "32",
+            "--",
+            "echo",
+            "hello",
+        ],
+        T,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "hello\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+
+    unsafe {
+        libc::kill(dev.pid() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dev.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "mezz dev --auth did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

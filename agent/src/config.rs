@@ -56,6 +56,9 @@ pub struct Config {
     /// `--tls-client-auth`); `None`: plaintext. Its calls to the masters
     /// use the process's client TLS ([`mezz_proto::tls::client_tls`]).
     pub tls: Option<std::sync::Arc<mezz_proto::tls::ServerTls>>,
+    /// The bearer token presented to masters that require one
+    /// (`--credentials FILE` or `$MEZZ_TOKEN`).
+    pub token: Option<mezz_proto::auth::Token>,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ impl Config {
             task_hidden_paths: Vec::new(),
             task_pids_cap: None,
             tls: None,
+            token: None,
         }
     }
 }

@@ -340,6 +340,7 @@ mod tests {
                 shell: false,
                 environment: [("HOME".to_string(), "/h".to_string())].into(),
                 user: String::new(),
+                secret_keys: vec![],
             }),
             resources: vec![Resource {
                 name: "ports".into(),

@@ -400,6 +400,7 @@ pub async fn run(
         Arc::clone(&agent),
         config.masters.clone(),
         secret,
+        config.token.clone(),
         stop_rx,
     ));
 

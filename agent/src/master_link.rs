@@ -42,6 +42,7 @@ pub async fn run(
     agent: Arc<Agent>,
     masters: Vec<String>,
     secret: String,
+    token: Option<mezz_proto::auth::Token>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if masters.is_empty() {
@@ -61,7 +62,16 @@ pub async fn run(
             return;
         }
         let addr = redirect.take().unwrap_or_else(|| masters[idx].clone());
-        let pause = match session(&agent, &addr, &secret, &mut gen, &mut shutdown).await {
+        let pause = match session(
+            &agent,
+            &addr,
+            &secret,
+            token.as_ref(),
+            &mut gen,
+            &mut shutdown,
+        )
+        .await
+        {
             SessionEnd::Shutdown => return,
             SessionEnd::Refused(msg) => {
                 tracing::error!(
@@ -116,6 +126,13 @@ fn end_from_status(status: &tonic::Status, registered: bool) -> SessionEnd {
             .to_string();
         return SessionEnd::Redirect(leader);
     }
+    // An ACL that does not let this agent in: retrying at once will not
+    // help, the operator must act. (A token the master does not know yet
+    // may be one a new leader is about to apply: that is retried as any
+    // failure is.)
+    if status.code() == tonic::Code::PermissionDenied {
+        return SessionEnd::Refused(status.message().to_string());
+    }
     SessionEnd::Failed {
         registered,
         why: format!(
@@ -168,6 +185,7 @@ async fn session(
     agent: &Arc<Agent>,
     addr: &str,
     secret: &str,
+    token: Option<&mezz_proto::auth::Token>,
     gen: &mut u64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
@@ -182,7 +200,7 @@ async fn session(
         },
         _ = crate::stopped(shutdown) => return SessionEnd::Shutdown,
     };
-    let mut client = AgentGatewayClient::new(channel)
+    let mut client = AgentGatewayClient::new(mezz_proto::auth::authed(channel, token))
         .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
@@ -211,7 +229,17 @@ async fn session(
                     message: Some(master_message::Message::Refused(r)),
                 })) => return Err(SessionEnd::Refused(r.message)),
                 Ok(Some(other)) => {
-                    tracing::debug!("message before AgentRegistered: {other:?}");
+                    // The kind only: a launch carries the task's environment.
+                    use master_message::Message as M;
+                    let kind = match other.message {
+                        Some(M::Launch(_)) => "launch",
+                        Some(M::Kill(_)) => "kill",
+                        Some(M::Ack(_)) => "ack",
+                        Some(M::ShutdownFramework(_)) => "shutdown-framework",
+                        Some(M::Registered(_)) | Some(M::Refused(_)) => "registration",
+                        None => "empty",
+                    };
+                    tracing::debug!("message before AgentRegistered: {kind}");
                 }
                 Ok(None) => return Err(failed("the stream ended before registration".into())),
                 Err(s) => return Err(end_from_status(&s, false)),

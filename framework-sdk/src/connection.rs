@@ -5,8 +5,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+use mezz_proto::auth::{AuthChannel, Token};
 use tokio::time::{timeout, Instant};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{chain, SdkError};
@@ -14,14 +14,14 @@ use crate::proto;
 use crate::proto::scheduler_client::SchedulerClient;
 
 /// The gRPC client every call goes through.
-pub(crate) type Client = SchedulerClient<Channel>;
+pub(crate) type Client = SchedulerClient<AuthChannel>;
 
 /// How long one address may take to connect, answer the subscription and
 /// send its `Subscribed` event.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client with Mezzanine's message size limits.
-pub(crate) fn client(channel: Channel) -> Client {
+pub(crate) fn client(channel: AuthChannel) -> Client {
     SchedulerClient::new(channel)
         .max_decoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
@@ -151,11 +151,15 @@ pub(crate) struct Subscription {
 }
 
 /// Connects to `addr`, subscribes and waits for the `Subscribed` event.
-async fn attempt(addr: &str, request: proto::SubscribeRequest) -> Result<Subscription, Refusal> {
+async fn attempt(
+    addr: &str,
+    request: proto::SubscribeRequest,
+    token: Option<&Token>,
+) -> Result<Subscription, Refusal> {
     let channel = mezz_proto::client::connect(addr)
         .await
         .map_err(|e| Refusal::Transient(mezz_proto::tls::describe(&e)))?;
-    let mut client = client(channel);
+    let mut client = client(mezz_proto::auth::authed(channel, token));
     let mut events = client
         .subscribe(request)
         .await
@@ -202,15 +206,22 @@ pub(crate) struct Connector {
     preferred: Option<String>,
     backoff: Backoff,
     connect_timeout: Option<Duration>,
+    /// Presented on every call (`DriverBuilder::token`, `$MEZZ_TOKEN`).
+    token: Option<Token>,
 }
 
 impl Connector {
-    pub(crate) fn new(masters: Vec<String>, connect_timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        masters: Vec<String>,
+        connect_timeout: Option<Duration>,
+        token: Option<Token>,
+    ) -> Self {
         Connector {
             masters,
             preferred: None,
             backoff: Backoff::new(),
             connect_timeout,
+            token,
         }
     }
 
@@ -250,7 +261,7 @@ impl Connector {
                     Some(d) => ATTEMPT_TIMEOUT.min(d - Instant::now()),
                     None => ATTEMPT_TIMEOUT,
                 };
-                let outcome = timeout(limit, attempt(&addr, request.clone()))
+                let outcome = timeout(limit, attempt(&addr, request.clone(), self.token.as_ref()))
                     .await
                     .unwrap_or_else(|_| {
                         Err(Refusal::Transient(format!("no answer within {limit:.1?}")))

@@ -149,6 +149,7 @@ pub use task::TaskBuilder;
 pub use tracker::{Change, Phase, RetryPolicy, TaskTracker, TrackedTask};
 
 /// Parses `ADDR[,ADDR…]` (e.g. a `--master` flag) into master addresses.
+pub use mezz_proto::auth::Token;
 pub use mezz_proto::client::parse_master_list;
 /// What a framework trusts (and presents) when the masters speak TLS; see
 /// [`DriverBuilder::tls`].

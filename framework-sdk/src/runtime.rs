@@ -46,9 +46,32 @@ pub struct DriverBuilder {
     manual_acknowledgements: bool,
     framework_id_file: Option<PathBuf>,
     tls: Option<mezz_proto::tls::ClientTls>,
+    token: Option<mezz_proto::auth::Token>,
 }
 
 impl DriverBuilder {
+    /// The bearer token the framework presents to masters that require
+    /// one (`mezz master --authenticate`). Without this, the driver uses
+    /// the credentials file named by `$MEZZ_CREDENTIALS` (mode 0600), else
+    /// `$MEZZ_TOKEN`, else none.
+    ///
+    /// ```no_run
+    /// # use mezz_sdk::{proto, DriverBuilder, Scheduler};
+    /// # async fn f<S: Scheduler>(my_scheduler: S) -> Result<(), Box<dyn std::error::Error>> {
+    /// let token = mezz_sdk::Token::from_file("/etc/my-framework/credentials".as_ref())?;
+    /// DriverBuilder::new()
+    ///     .masters(["127.0.0.1:5050"])
+    ///     .framework(proto::FrameworkInfo { name: "mine".into(), ..Default::default() })
+    ///     .token(token)
+    ///     .run(my_scheduler)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn token(mut self, token: mezz_proto::auth::Token) -> Self {
+        self.token = Some(token);
+        self
+    }
+
     /// A builder with no masters and an empty framework.
     pub fn new() -> Self {
         Self::default()
@@ -175,10 +198,15 @@ impl DriverBuilder {
                 _ => {}
             }
         }
+        let token = match self.token {
+            Some(t) => Some(t),
+            None => mezz_proto::auth::Token::from_env_or_file(None)
+                .map_err(|e| SdkError::Config(e.to_string()))?,
+        };
         let span = tracing::info_span!("framework", name = %framework.name);
         let runtime = Runtime {
             scheduler,
-            connector: Connector::new(masters, self.connect_timeout),
+            connector: Connector::new(masters, self.connect_timeout, token),
             framework,
             manual_acknowledgements: self.manual_acknowledgements,
             id_file: self.framework_id_file,

@@ -86,6 +86,31 @@ impl TaskBuilder {
         self
     }
 
+    /// An environment variable whose value is secret (a password, an API
+    /// key): the task sees it like any other, and Mezzanine never shows or
+    /// logs it (`CommandInfo.secret_keys`).
+    ///
+    /// ```
+    /// # use mezz_sdk::{proto, TaskBuilder};
+    /// # let offer = proto::Offer { agent_id: "a1".into(), ..Default::default() };
+    /// let task = TaskBuilder::exec("t1", "app", Vec::<String>::new())
+    ///     .secret_env("API_KEY", "s3cr3t")
+    ///     .build(&offer);
+    /// let cmd = task.command.unwrap();
+    /// assert_eq!(cmd.environment["API_KEY"], "s3cr3t");
+    /// assert_eq!(cmd.secret_keys, ["API_KEY"]);
+    /// ```
+    pub fn secret_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        if let Some(command) = self.info.command.as_mut() {
+            if !command.secret_keys.contains(&key) {
+                command.secret_keys.push(key.clone());
+            }
+            command.environment.insert(key, value.into());
+        }
+        self
+    }
+
     /// A label, kept with the task and shown by `mezz ps`.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.info.labels.insert(key.into(), value.into());

@@ -90,6 +90,7 @@ fn seed() -> ClusterState {
                 name: format!("trainer-{}", t % 300),
                 framework_id: format!("fw-{:03}", t % FRAMEWORKS),
                 framework_name: format!("framework-{}", t % FRAMEWORKS),
+                role: format!("team-{}", t % FRAMEWORKS),
                 agent_id: format!("agent-{agent:05}"),
                 agent_address: format!("10.0.{}.{}:5051", agent / 250, agent % 250),
                 hostname: format!("node-{agent:05}.rack{}.example", agent % 40),

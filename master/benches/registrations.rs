@@ -60,6 +60,7 @@ fn main() {
             snapshot_every: 1_000,
             limits: Default::default(),
             tls: None,
+            security: Default::default(),
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;
+pub mod security;
 pub mod server;
 #[cfg(test)]
 mod sim;
@@ -48,6 +49,8 @@ pub struct Config {
     /// (peers, agents) use the process's client TLS
     /// ([`mezz_proto::tls::client_tls`]).
     pub tls: Option<std::sync::Arc<mezz_proto::tls::ServerTls>>,
+    /// Who must present a token, the bootstrap token, the ACLs.
+    pub security: security::SecurityConfig,
 }
 
 /// What a master keeps bounded: connections, their idle time, and the

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use mezz_proto::v1::{
     replicated_command::Command, AgentCredential, AgentInfo, FinishedTask, FrameworkInfo,
-    ReplicatedCommand, ReplicatedSnapshot, RoleConfig,
+    ReplicatedCommand, ReplicatedSnapshot, RoleConfig, TokenRecord,
 };
 use mezz_proto::{AgentId, FrameworkId};
 
@@ -41,6 +41,11 @@ pub struct Registry {
     /// The bound on `finished` (a master flag, not replicated: masters
     /// started with different bounds keep different amounts of history).
     pub finished_kept: usize,
+    /// Bearer tokens by id, as salted hashes; revoked ones are kept so
+    /// their use is refused as revoked.
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// The ACLs as canonical JSON; empty: ACLs are off.
+    pub acls: String,
 }
 
 impl Default for Registry {
@@ -54,6 +59,8 @@ impl Default for Registry {
             agent_credentials: BTreeMap::new(),
             finished: VecDeque::new(),
             finished_kept: DEFAULT_FINISHED_KEPT,
+            tokens: BTreeMap::new(),
+            acls: String::new(),
         }
     }
 }
@@ -100,6 +107,29 @@ impl Registry {
                 }
                 self.finished.truncate(self.finished_kept);
             }
+            Some(Command::AddToken(t)) => {
+                // A bootstrap token counts only while the group holds no
+                // token at all: several masters may each propose one, and
+                // the first applied wins on every master alike. An id is
+                // never reused.
+                if !t.bootstrap || self.tokens.is_empty() {
+                    self.tokens.entry(t.id.clone()).or_insert_with(|| t.clone());
+                }
+            }
+            Some(Command::RevokeTokens(r)) => {
+                for id in &r.ids {
+                    if let Some(t) = self.tokens.get_mut(id) {
+                        if t.revoked_at == 0.0 {
+                            t.revoked_at = r.at;
+                        }
+                    }
+                }
+            }
+            Some(Command::SetAcls(doc)) => {
+                if !doc.seed || self.acls.is_empty() {
+                    self.acls = doc.json.clone();
+                }
+            }
             None => tracing::warn!("ignoring an empty replicated command"),
         }
     }
@@ -112,7 +142,8 @@ impl Registry {
             + self.removed_frameworks.len()
             + self.roles.len()
             + self.agent_credentials.len()
-            + self.finished.len()) as u64
+            + self.finished.len()
+            + self.tokens.len()) as u64
     }
 
     /// The registry as a snapshot.
@@ -129,6 +160,11 @@ impl Registry {
             roles: self.roles.values().cloned().collect(),
             agent_credentials: self.agent_credentials.values().cloned().collect(),
             finished_tasks: self.finished.iter().cloned().collect(),
+            tokens: self.tokens.values().cloned().collect(),
+            acls: (!self.acls.is_empty()).then(|| mezz_proto::v1::AclDocument {
+                json: self.acls.clone(),
+                seed: false,
+            }),
         }
     }
 
@@ -179,6 +215,8 @@ impl Registry {
                 .cloned()
                 .collect(),
             finished_kept,
+            tokens: s.tokens.iter().map(|t| (t.id.clone(), t.clone())).collect(),
+            acls: s.acls.as_ref().map(|a| a.json.clone()).unwrap_or_default(),
         }
     }
 }
@@ -249,6 +287,37 @@ mod tests {
                 })),
             });
         }
+        let token = |id: &str, bootstrap: bool| ReplicatedCommand {
+            command: Some(Command::AddToken(TokenRecord {
+                id: id.into(),
+                principal: "p".into(),
+                bootstrap,
+                ..Default::default()
+            })),
+        };
+        r.apply(&token("boot1", true));
+        r.apply(&token("boot2", true));
+        r.apply(&token("t1", false));
+        r.apply(&ReplicatedCommand {
+            command: Some(Command::RevokeTokens(mezz_proto::v1::RevokeTokens {
+                ids: vec!["t1".into(), "nope".into()],
+                at: 7.0,
+            })),
+        });
+        let ids: Vec<&str> = r.tokens.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["boot1", "t1"], "the first bootstrap wins");
+        assert_eq!(r.tokens["t1"].revoked_at, 7.0);
+        let acls = |json: &str, seed: bool| ReplicatedCommand {
+            command: Some(Command::SetAcls(mezz_proto::v1::AclDocument {
+                json: json.into(),
+                seed,
+            })),
+        };
+        r.apply(&acls("{\"a\":1}", true));
+        r.apply(&acls("{\"b\":1}", true));
+        assert_eq!(r.acls, "{\"a\":1}", "a seed applies only to none");
+        r.apply(&acls("{}", false));
+        assert_eq!(r.acls, "{}");
         let ids: Vec<&str> = r.finished.iter().map(|t| t.record_id.as_str()).collect();
         assert_eq!(ids, ["t3", "t2"], "newest first, bounded");
         assert_eq!(Registry::from_snapshot_keeping(&r.to_snapshot(), 2), r);

@@ -19,6 +19,7 @@ use tonic::Status;
 use crate::cluster::{CallError, ConnId, Effect, Millis};
 use crate::node::{Dropped, Node, Outbox};
 use crate::replication::transport::{GrpcTransport, PeerReport, Transport};
+use crate::security::Guard;
 use crate::{Config, MasterError};
 
 /// Outbound queue of one stream. A peer that falls this far behind is
@@ -76,6 +77,17 @@ pub enum Input {
     ),
     /// Operator: set a role's weight; answered once durable.
     SetWeight(String, f64, oneshot::Sender<Result<(), CallError>>),
+    /// Operator: add a token (its salted hash); answered once durable.
+    AddToken(
+        mezz_proto::v1::TokenRecord,
+        oneshot::Sender<Result<(), CallError>>,
+    ),
+    /// Operator: revoke the tokens of an id or a principal at a Unix
+    /// time; answered once durable.
+    RevokeTokens(String, f64, oneshot::Sender<Result<(), CallError>>),
+    /// Operator: replace the ACLs (JSON; empty turns them off); answered
+    /// once durable.
+    SetAcls(String, oneshot::Sender<Result<(), CallError>>),
     /// Raft messages from a peer master.
     Raft(Vec<raft::eraftpb::Message>),
     /// Whether this master leads, and the leader's address if known.
@@ -97,6 +109,9 @@ impl Input {
                 | Input::OperatorKill(..)
                 | Input::SetQuota(..)
                 | Input::SetWeight(..)
+                | Input::AddToken(..)
+                | Input::RevokeTokens(..)
+                | Input::SetAcls(..)
         )
     }
 }
@@ -111,9 +126,16 @@ pub struct Handle {
     conns: Arc<AtomicU64>,
     /// Why the state machine stopped, once it has.
     fatal: Arc<std::sync::OnceLock<String>>,
+    /// Tokens and ACLs as last applied, for the API layer.
+    guard: Arc<Guard>,
 }
 
 impl Handle {
+    /// Who may call, and do what.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
+    }
+
     /// `None` while the state machine runs; otherwise why it stopped
     /// (`/health` then answers 503 until the process exits).
     pub fn failure(&self) -> Option<String> {
@@ -247,6 +269,14 @@ struct Actor {
     held: Vec<Input>,
     /// Whether the last settle left this master a current leader.
     was_current: bool,
+    /// Where the applied tokens and ACLs are published.
+    guard: Arc<Guard>,
+    /// The (state machine instance, epoch) last published to `guard`.
+    published: Option<(String, u64)>,
+    /// The bootstrap token's record (`--bootstrap-token-file`), proposed
+    /// whenever this master becomes a current leader of a group that
+    /// holds no token.
+    bootstrap: Option<mezz_proto::v1::TokenRecord>,
 }
 
 impl Actor {
@@ -333,6 +363,18 @@ impl Actor {
             }
             Input::SetWeight(role, weight, reply) => {
                 let result = self.node.set_weight(&role, weight);
+                self.after_settle.push((reply, self.hint(result)));
+            }
+            Input::AddToken(record, reply) => {
+                let result = self.node.add_token(record);
+                self.after_settle.push((reply, self.hint(result)));
+            }
+            Input::RevokeTokens(which, at, reply) => {
+                let result = self.node.revoke_tokens(&which, at).map(|_| ());
+                self.after_settle.push((reply, self.hint(result)));
+            }
+            Input::SetAcls(json, reply) => {
+                let result = self.node.set_acls(&json, false);
                 self.after_settle.push((reply, self.hint(result)));
             }
             Input::Raft(msgs) => self.node.step_raft(msgs),
@@ -427,6 +469,54 @@ impl Actor {
         Ok(())
     }
 
+    /// Hands the applied tokens and ACLs to the API layer (before answers
+    /// go out, so that a revocation is in force on this master once
+    /// `mezz token revoke` returns).
+    fn publish_security(&mut self) {
+        let cluster = self.node.cluster();
+        let at = (cluster.master_id().to_string(), cluster.security_epoch());
+        if self.published.as_ref() == Some(&at) {
+            return;
+        }
+        let registry = cluster.registry();
+        let owners = registry
+            .frameworks
+            .iter()
+            .filter(|(_, f)| !f.principal.is_empty())
+            .map(|(id, f)| (id.0.clone(), f.principal.clone()))
+            .collect();
+        self.guard.publish(&registry.tokens, &registry.acls, owners);
+        self.published = Some(at);
+    }
+
+    /// A leader that just became current seeds what its flags give and
+    /// the group lacks: the bootstrap token, the ACLs.
+    fn seed_security(&mut self) {
+        let registry = self.node.cluster().registry();
+        let (no_tokens, no_acls) = (registry.tokens.is_empty(), registry.acls.is_empty());
+        let differs = self.config.security.acls.as_ref().is_some_and(|json| {
+            crate::security::Acls::canonical(json).ok().as_deref() != Some(registry.acls.as_str())
+        });
+        if let (Some(record), true) = (self.bootstrap.clone(), no_tokens) {
+            let id = record.id.clone();
+            match self.node.add_token(record) {
+                Ok(()) => tracing::info!(token_id = id, "proposing the bootstrap token"),
+                Err(e) => tracing::warn!("cannot propose the bootstrap token: {e}"),
+            }
+        }
+        match self.config.security.acls.clone() {
+            Some(json) if no_acls => match self.node.set_acls(&json, true) {
+                Ok(()) => tracing::info!("seeding the ACLs from --acls"),
+                Err(e) => tracing::warn!("cannot seed the ACLs: {e}"),
+            },
+            Some(_) if differs => tracing::warn!(
+                "the ACLs in force differ from this master's --acls file (changed with \
+                 `mezz acl set`); the replicated ones apply"
+            ),
+            _ => {}
+        }
+    }
+
     /// Operator changes are answered once applied, which in a group of
     /// several masters means committed by a majority.
     fn answer_durable(&mut self) {
@@ -486,6 +576,8 @@ impl Actor {
                         held = self.held.len(),
                         "this leader's state is current; serving clients"
                     );
+                    self.seed_security();
+                    self.settle()?;
                 }
             }
             if !self.held.is_empty() && (self.node.is_current_leader() || !self.node.is_leader()) {
@@ -494,6 +586,7 @@ impl Actor {
                 }
                 self.settle()?;
             }
+            self.publish_security();
             self.answer_durable();
         }
     }
@@ -532,6 +625,14 @@ pub async fn run(
     // times from it and reads no clock itself.
     let (started, started_unix) = (Instant::now(), mezz_proto::unix_now());
     node.set_wall_epoch(started_unix);
+    let bootstrap = match &config.security.bootstrap_token_file {
+        Some(path) => Some(bootstrap_record(
+            path,
+            &config.security.bootstrap_principal,
+        )?),
+        None => None,
+    };
+    let guard = Guard::new(config.security.classes);
     let mut actor = Actor {
         node,
         config: config.clone(),
@@ -547,6 +648,9 @@ pub async fn run(
         awaiting_commit: Vec::new(),
         held: Vec::new(),
         was_current: false,
+        guard: Arc::clone(&guard),
+        published: None,
+        bootstrap,
     };
     // Replay the log; a group of one also wins its election before serving.
     // A group of several elects once the peers can talk, i.e. after serving.
@@ -562,6 +666,7 @@ pub async fn run(
     if config.peers.len() > 1 {
         actor.streams.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
     }
+    actor.publish_security();
     tracing::info!(
         agents = actor.node.cluster().registry().agents.len(),
         frameworks = actor.node.cluster().registry().frameworks.len(),
@@ -580,6 +685,7 @@ pub async fn run(
         tx,
         conns: Arc::new(AtomicU64::new(1)),
         fatal: Arc::clone(&fatal),
+        guard,
     };
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
@@ -635,4 +741,38 @@ pub async fn run(
         .await
         .map_err(|e| MasterError::Serve(format!("server task failed: {e}")))?;
     acted
+}
+
+/// The record of the bootstrap token in `path`: read when the file exists
+/// (it must be private), else made and written there (mode 0600) first.
+fn bootstrap_record(
+    path: &std::path::Path,
+    principal: &str,
+) -> Result<mezz_proto::v1::TokenRecord, MasterError> {
+    use mezz_proto::auth::Token;
+    let bad = |reason: String| {
+        MasterError::Config(format!(
+            "--bootstrap-token-file {}: {reason}",
+            path.display()
+        ))
+    };
+    crate::security::tokens::check_principal(principal).map_err(bad)?;
+    let token = if path.exists() {
+        Token::from_file(path).map_err(|e| bad(e.to_string()))?
+    } else {
+        let t = Token::generate().map_err(bad)?;
+        t.write_new_file(path).map_err(|e| bad(e.to_string()))?;
+        tracing::info!(path = %path.display(), token_id = t.id(), "wrote a new bootstrap token");
+        t
+    };
+    // The salt need not be secret, only unique: the token id is random.
+    let mut record = crate::security::tokens::record(
+        &token,
+        principal,
+        token.id().as_bytes(),
+        mezz_proto::unix_now(),
+        0.0,
+    );
+    record.bootstrap = true;
+    Ok(record)
 }

@@ -9,6 +9,7 @@
 //! them.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod holdback;
 pub mod ids;

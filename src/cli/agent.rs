@@ -149,6 +149,8 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         task_hidden_paths: args.task_hidden_path.clone(),
         task_pids_cap: args.task_pids_cap,
         tls: None,
+        // --credentials (global), $MEZZ_CREDENTIALS or $MEZZ_TOKEN.
+        token: crate::client::credentials()?,
     })
 }
 

@@ -70,8 +70,11 @@ impl FrameworkDaemon<'_> {
             &masters.join(","),
             "--state-dir",
         ])
-        .arg(state.path())
-        .env(
+        .arg(state.path());
+        if let Some((key, path)) = crate::client::credentials_env() {
+            cmd.env(key, path);
+        }
+        cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )

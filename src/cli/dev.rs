@@ -50,6 +50,13 @@ pub struct DevArgs {
     /// production agent would (see `mezz agent --task-user`).
     #[arg(long, value_name = "USER")]
     pub task_user: Option<String>,
+    /// Require a bearer token from every caller (frameworks, agents, the
+    /// CLI, the status page), as `mezz master --authenticate all` does.
+    /// An admin token is made and written to <data-dir>/admin.token (mode
+    /// 0600); point the CLI at it with
+    /// `export MEZZ_CREDENTIALS=<data-dir>/admin.token`.
+    #[arg(long)]
+    pub auth: bool,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     /// TLS on every connection: makes a throwaway CA and certificates for
@@ -69,6 +76,22 @@ pub struct DevArgs {
 
 fn parse_dev_client_auth(s: &str) -> Result<mezz_proto::tls::ClientAuth, String> {
     s.parse()
+}
+
+/// The file `mezz dev --auth` keeps the admin token in, under its data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The admin token of `mezz dev --auth`: the one in `path` when the data
+/// dir is reused, else a new one written there (mode 0600).
+fn admin_token(path: &std::path::Path) -> Result<mezz_proto::auth::Token> {
+    use mezz_proto::auth::Token;
+    if path.exists() {
+        return Token::from_file(path).map_err(|e| anyhow!("{e}"));
+    }
+    let t = Token::generate().map_err(|e| anyhow!(e))?;
+    t.write_new_file(path)
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    Ok(t)
 }
 
 /// The resources of agent `i` of `n` on this machine: what `given` names,
@@ -178,6 +201,24 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("opening {} to the task user", data_dir.display()))?;
     }
+    let token_file = data_dir.join(ADMIN_TOKEN_FILE);
+    let token = if args.auth {
+        let t = admin_token(&token_file)?;
+        // This process's own calls (waiting for the agents) present it.
+        crate::client::use_credentials(Some(t.clone()));
+        Some(t)
+    } else {
+        None
+    };
+    let security = match &token {
+        Some(_) => mezz_master::security::SecurityConfig {
+            classes: mezz_master::security::AuthClasses::ALL,
+            bootstrap_token_file: Some(token_file.clone()),
+            bootstrap_principal: mezz_master::security::DEFAULT_ADMIN.into(),
+            acls: None,
+        },
+        None => Default::default(),
+    };
     let machine = mezz_agent::resources::advertised(&data_dir, None);
     let shares: Vec<Resources> = (0..args.agents)
         .map(|i| agent_share(&machine, given.as_ref(), i, args.agents))
@@ -213,6 +254,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             snapshot_every: mezz_master::replication::SNAPSHOT_EVERY,
             limits: Default::default(),
             tls: server_tls.clone(),
+            security: security.clone(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
@@ -256,6 +298,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             task_hidden_paths: vec![data_dir.clone()],
             task_pids_cap: None,
             tls: server_tls.clone(),
+            token: token.clone(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
@@ -340,6 +383,19 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     );
     if let Some((files, _)) = &tls {
         dev_tls_banner(files, args.tls_client_auth);
+    }
+    if token.is_some() {
+        outln!(
+            "  auth         on for every caller; admin token in {} (mode 0600)",
+            token_file.display()
+        );
+        outln!(
+            "               export MEZZ_CREDENTIALS={}",
+            token_file.display()
+        );
+        outln!(
+            "               the status page asks for a login: any user name, the token as password"
+        );
     }
     if masters.len() == 1 && args.port == 5050 {
         outln!("Try: mezz run -- echo hello      (Ctrl-C stops the cluster)");

@@ -73,6 +73,8 @@ pub struct MasterArgs {
     pub idle_timeout: std::time::Duration,
     #[command(flatten)]
     pub tls_server: super::tls::ServerTlsArgs,
+    #[command(flatten)]
+    pub security: super::auth::MasterSecurityArgs,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -128,6 +130,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
             completed_tasks: args.max_completed_tasks.max(1),
         },
         tls: None,
+        security: args.security.config()?,
     })
 }
 

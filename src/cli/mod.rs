@@ -27,6 +27,7 @@ fn print_line(line: &str) -> bool {
 }
 
 mod agent;
+mod auth;
 mod capacity;
 mod daemon_start;
 mod dev;
@@ -67,6 +68,11 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    /// A file holding the bearer token to present to masters that require
+    /// one; its mode must be 0600 or stricter. Defaults to
+    /// $MEZZ_CREDENTIALS, then the token in $MEZZ_TOKEN.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -125,6 +131,10 @@ pub enum Command {
     Spark(spark::SparkArgs),
     /// Model services with replicas, health checks and a proxy: `mezz serve deploy|scale|update|canary|promote|rollback|ls|show|rm`.
     Serve(serve::ServeArgs),
+    /// Bearer tokens of principals: `mezz token create|revoke|ls`.
+    Token(auth::TokenArgs),
+    /// Access control lists: `mezz acl show|set FILE`.
+    Acl(auth::AclArgs),
 }
 
 impl Command {
@@ -200,6 +210,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     if !matches!(cli.command, Command::Dev(_)) {
         cli.tls.install_client()?;
     }
+    if let Some(path) = &cli.credentials {
+        crate::client::use_credentials_file(path)?;
+    }
     match cli.command {
         Command::Dev(a) => dev::main(a).await,
         Command::Master(a) => master::main(a, &cli.tls).await,
@@ -218,6 +231,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Jupyter(a) => jupyter::main(a).await,
         Command::Spark(a) => spark::main(a).await,
         Command::Serve(a) => serve::main(a).await,
+        Command::Token(a) => auth::token(a).await,
+        Command::Acl(a) => auth::acl(a).await,
     }
 }
 

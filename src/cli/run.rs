@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use mezz_sdk::{
-    proto, Driver, DriverBuilder, FrameworkId, Resources, Scheduler, TaskBuilder, TaskReason,
-    TaskState,
+    proto, Driver, FrameworkId, Resources, Scheduler, TaskBuilder, TaskReason, TaskState,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -46,6 +45,12 @@ pub struct RunArgs {
     /// Environment variable for the task, K=V; repeat for more.
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// A secret environment variable for the task: K=V, or K alone to pass
+    /// this shell's $K (which keeps the value off the command line, where
+    /// `ps` on this machine would show it). The task sees it like --env;
+    /// Mezzanine never shows or logs its value. Repeat for more.
+    #[arg(long = "secret-env", value_name = "K[=V]")]
+    pub secret_env: Vec<String>,
     /// Give up if the task has not started within this time: waiting for
     /// an offer, for the launch, and for a new master after a failover all
     /// count. The task is then killed if it was launched.
@@ -583,6 +588,24 @@ fn task_builder(args: &RunArgs, task_id: &str, need: &Resources) -> Result<TaskB
             .ok_or_else(|| anyhow!("--env '{kv}' is not K=V"))?;
         b = b.env(k, v);
     }
+    for kv in &args.secret_env {
+        // The value never goes into a message: only the key.
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => {
+                let v = std::env::var(kv).map_err(|_| {
+                    anyhow!("--secret-env {kv}: ${kv} is not set here; set it, or give {kv}=VALUE")
+                })?;
+                (kv.clone(), v)
+            }
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            return Err(anyhow!(
+                "--secret-env: a variable name is empty or has blanks"
+            ));
+        }
+        b = b.secret_env(k, v);
+    }
     Ok(b)
 }
 
@@ -731,7 +754,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let mut driver_run = tokio::spawn(
-        DriverBuilder::new()
+        crate::client::driver()?
             .masters(masters.clone())
             .framework(framework)
             .connect_timeout(Duration::from_secs(8))

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use mezz_proto::v1::{ClusterState, OperatorKillRequest, TaskView};
 use mezz_sdk::sizes::Sizes;
-use mezz_sdk::{proto, DriverBuilder, Resources, TaskState};
+use mezz_sdk::{proto, Resources, TaskState};
 use mezz_spark::app::{FRAMEWORK_PREFIX, LABEL_ROLE, WORKER_OVERHEAD_MB};
 use mezz_spark::{
     find_java, find_spark, parse_memory_mb, AppEvent, AppSpec, Role, SparkInstall, SparkScheduler,
@@ -322,9 +322,11 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         },
         ..Default::default()
     };
+    let builder = crate::client::driver()?;
     let run_driver = |framework: proto::FrameworkInfo, scheduler: SparkScheduler| {
         tokio::spawn(
-            DriverBuilder::new()
+            builder
+                .clone()
                 .masters(masters.clone())
                 .framework(framework)
                 .connect_timeout(Duration::from_secs(8))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use mezz_sdk::{proto, DriverBuilder, TaskState};
+use mezz_sdk::{proto, TaskState};
 use mezz_tensorflow::{
     Flavor, JobEvent, JobFile, JobSpec, LaunchedReplica, Outcome, Overrides, RestartPolicy, Sizes,
     TfScheduler,
@@ -264,7 +264,7 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let mut driver_run = tokio::spawn(
-        DriverBuilder::new()
+        crate::client::driver()?
             .masters(masters)
             .framework(framework)
             .connect_timeout(Duration::from_secs(8))

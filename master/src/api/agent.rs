@@ -33,6 +33,13 @@ impl AgentGateway for AgentApi {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        self.handle
+            .guard()
+            .check(
+                super::auth::principal(&request).as_ref(),
+                crate::security::Action::RegisterAgent,
+            )
+            .map_err(super::auth::denied)?;
         let peer = request
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

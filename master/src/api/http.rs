@@ -15,8 +15,10 @@ use mezz_proto::v1::agent_files_client::AgentFilesClient;
 use mezz_proto::v1::{ClusterState, ReadFileRequest};
 use mezz_proto::MAX_MESSAGE_BYTES;
 
+use super::auth::forbidden;
 use super::metrics::GrpcStats;
 use super::page::{self, layout, Ctx, LogPane, TaskFilter};
+use crate::security::{self, Action, Principal};
 use crate::server::{Handle, Input};
 
 /// The most bytes one file read returns, and the tail a task page shows.
@@ -96,8 +98,31 @@ async fn redirect_to_leader(h: &Handle, path_and_query: &str) -> Option<Response
     )
 }
 
+/// The caller's principal, when it presented a token.
+type Caller = Option<axum::Extension<Principal>>;
+
+/// `state` as `who` may view it (all of it while ACLs are off).
+fn visible(h: &Http, who: &Caller, state: &mut ClusterState) {
+    if let Some(acls) = h.handle.guard().acls() {
+        let anonymous = Principal(security::ANONYMOUS.into());
+        let who = who.as_ref().map(|e| &e.0).unwrap_or(&anonymous);
+        security::filter_state(state, &acls, who);
+    }
+}
+
+/// Whether `who` may view a task of `role`: a 403 naming who, what and
+/// which role when not.
+fn may_view(h: &Http, who: &Caller, role: &str) -> Option<Response> {
+    h.handle
+        .guard()
+        .check(who.as_ref().map(|e| &e.0), Action::View(role))
+        .err()
+        .map(forbidden)
+}
+
 async fn api_state(
     State(h): State<Http>,
+    who: Caller,
     Query(q): Query<StateQuery>,
     uri: axum::http::Uri,
 ) -> Response {
@@ -109,7 +134,10 @@ async fn api_state(
         return r;
     }
     match h.handle.ask(|r| Input::State(q.completed, r)).await {
-        Ok(state) => axum::Json(state).into_response(),
+        Ok(mut state) => {
+            visible(&h, &who, &mut state);
+            axum::Json(state).into_response()
+        }
         Err(e) => unavailable(e),
     }
 }
@@ -137,7 +165,14 @@ async fn script() -> Response {
 
 /// The state (with completed tasks) and the page context, from this
 /// master's own view: a follower renders its registry and says who leads.
-async fn snapshot(h: &Http) -> Result<(ClusterState, Ctx), Response> {
+async fn snapshot(h: &Http, who: &Caller) -> Result<(ClusterState, Ctx), Response> {
+    let (mut state, ctx) = snapshot_all(h).await?;
+    visible(h, who, &mut state);
+    Ok((state, ctx))
+}
+
+/// [`snapshot`] with everything in it, whoever asks.
+async fn snapshot_all(h: &Http) -> Result<(ClusterState, Ctx), Response> {
     let (leads, leader) = h.handle.ask(Input::WhoLeads).await.map_err(unavailable)?;
     let state = h
         .handle
@@ -163,8 +198,8 @@ fn html(found: bool, body: String) -> Response {
 
 macro_rules! simple_page {
     ($name:ident, $render:path) => {
-        async fn $name(State(h): State<Http>) -> Response {
-            match snapshot(&h).await {
+        async fn $name(State(h): State<Http>, who: Caller) -> Response {
+            match snapshot(&h, &who).await {
                 Ok((s, ctx)) => html(true, $render(&s, &ctx)),
                 Err(r) => r,
             }
@@ -178,8 +213,8 @@ simple_page!(frameworks, page::frameworks);
 simple_page!(roles, page::roles);
 simple_page!(services, page::services);
 
-async fn agent(State(h): State<Http>, Path(id): Path<String>) -> Response {
-    match snapshot(&h).await {
+async fn agent(State(h): State<Http>, who: Caller, Path(id): Path<String>) -> Response {
+    match snapshot(&h, &who).await {
         Ok((s, ctx)) => {
             let (found, body) = page::agent(&s, &ctx, &id);
             html(found, body)
@@ -188,8 +223,8 @@ async fn agent(State(h): State<Http>, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn tasks(State(h): State<Http>, Query(f): Query<TaskFilter>) -> Response {
-    match snapshot(&h).await {
+async fn tasks(State(h): State<Http>, who: Caller, Query(f): Query<TaskFilter>) -> Response {
+    match snapshot(&h, &who).await {
         Ok((s, ctx)) => html(true, page::tasks(&s, &ctx, &f)),
         Err(r) => r,
     }
@@ -197,14 +232,26 @@ async fn tasks(State(h): State<Http>, Query(f): Query<TaskFilter>) -> Response {
 
 async fn task(
     State(h): State<Http>,
+    who: Caller,
     Path((framework_id, task_id)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let refresh = headers.contains_key("x-mezz-live");
-    let (s, ctx) = match snapshot(&h).await {
+    let (s, ctx) = match snapshot_all(&h).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    if let Some(t) = s
+        .tasks
+        .iter()
+        .find(|t| t.framework_id == framework_id && t.id == task_id)
+    {
+        if let Some(r) = may_view(&h, &who, &t.role) {
+            return r;
+        }
+    }
+    let mut s = s;
+    visible(&h, &who, &mut s);
     let agent = s
         .tasks
         .iter()
@@ -323,6 +370,7 @@ fn bad_request(msg: String) -> Response {
 
 async fn task_file(
     State(h): State<Http>,
+    who: Caller,
     Path((framework_id, task_id, file)): Path<(String, String, String)>,
     Query(q): Query<FileQuery>,
 ) -> Response {
@@ -340,10 +388,16 @@ async fn task_file(
         Ok(s) => s,
         Err(e) => return unavailable(e),
     };
-    let Some(addr) = state
+    let found = state
         .tasks
         .iter()
-        .find(|t| t.framework_id == framework_id && t.id == task_id)
+        .find(|t| t.framework_id == framework_id && t.id == task_id);
+    if let Some(t) = found {
+        if let Some(r) = may_view(&h, &who, &t.role) {
+            return r;
+        }
+    }
+    let Some(addr) = found
         .map(|t| t.agent_address.clone())
         .filter(|a| !a.is_empty())
     else {

@@ -2,6 +2,7 @@
 //! in `server.rs`. They validate sizes and shapes, never state.
 
 pub mod agent;
+pub mod auth;
 pub mod http;
 pub mod mesos;
 pub mod metrics;
@@ -50,11 +51,16 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     );
     let grpc = metrics::GrpcStats::new();
+    let guard = handle.guard().clone();
     routes
         .into_axum_router()
         .merge(http::routes(handle.clone(), grpc.clone()))
         .merge(mesos::routes(handle))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            auth::AuthState::new(guard),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             grpc,
             metrics::count_grpc,

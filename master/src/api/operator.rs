@@ -1,15 +1,23 @@
 //! The operator API (`mezzanine.v1.Operator`) the CLI uses: cluster state,
 //! who leads, killing a task by id, and role weights and quotas.
 
+use mezz_proto::auth::Token;
 use mezz_proto::v1::{
-    operator_server::Operator, ClusterState, Empty, GetLeaderRequest, GetLeaderResponse,
-    GetStateRequest, ListRolesRequest, ListRolesResponse, OperatorKillRequest,
-    OperatorKillResponse, SetQuotaRequest, SetWeightRequest,
+    operator_server::Operator, AclDocument, ClusterState, CreateTokenRequest, CreateTokenResponse,
+    Empty, GetAclsRequest, GetLeaderRequest, GetLeaderResponse, GetStateRequest, ListRolesRequest,
+    ListRolesResponse, ListTokensRequest, ListTokensResponse, OperatorKillRequest,
+    OperatorKillResponse, RevokeTokenRequest, RevokeTokenResponse, SetQuotaRequest,
+    SetWeightRequest,
 };
 use tonic::{Request, Response, Status};
 
+use super::auth::{denied, principal};
 use super::status_from;
+use crate::security::{self, Action, Principal};
 use crate::server::{Handle, Input};
+
+/// The longest a token may be valid for: ten years.
+const MAX_TOKEN_SECS: f64 = 10.0 * 365.0 * 86400.0;
 
 /// Serves the operator API.
 pub struct OperatorApi {
@@ -22,6 +30,24 @@ impl OperatorApi {
     pub fn new(handle: Handle, me: u64) -> Self {
         OperatorApi { handle, me }
     }
+
+    fn check(&self, who: Option<&Principal>, action: Action<'_>) -> Result<(), Status> {
+        self.handle.guard().check(who, action).map_err(denied)
+    }
+
+    /// The cluster state as `who` may see it.
+    async fn state_for(
+        &self,
+        who: Option<&Principal>,
+        completed: bool,
+    ) -> Result<ClusterState, Status> {
+        let mut state = self.handle.ask(|r| Input::State(completed, r)).await?;
+        if let Some(acls) = self.handle.guard().acls() {
+            let anonymous = Principal(security::ANONYMOUS.into());
+            security::filter_state(&mut state, &acls, who.unwrap_or(&anonymous));
+        }
+        Ok(state)
+    }
 }
 
 #[tonic::async_trait]
@@ -30,9 +56,10 @@ impl Operator for OperatorApi {
         &self,
         request: Request<GetStateRequest>,
     ) -> Result<Response<ClusterState>, Status> {
+        let who = principal(&request);
         let completed = request.into_inner().completed;
         Ok(Response::new(
-            self.handle.ask(|r| Input::State(completed, r)).await?,
+            self.state_for(who.as_ref(), completed).await?,
         ))
     }
 
@@ -52,9 +79,25 @@ impl Operator for OperatorApi {
         &self,
         request: Request<OperatorKillRequest>,
     ) -> Result<Response<OperatorKillResponse>, Status> {
+        let who = principal(&request);
         let req = request.into_inner();
         if req.task_id.is_empty() {
             return Err(Status::invalid_argument("task_id is empty"));
+        }
+        if self.handle.guard().acls().is_some() {
+            // The object is the role of the task's framework.
+            let state = self.handle.ask(|r| Input::State(false, r)).await?;
+            let task = state.tasks.iter().find(|t| {
+                t.id == req.task_id
+                    && (req.framework_id.is_empty() || t.framework_id == req.framework_id)
+            });
+            if let Some(t) = task {
+                self.check(who.as_ref(), Action::KillTask(&t.role))?;
+            } else {
+                // Unknown here; refuse the way an unknown task is refused
+                // only to those who may kill anything.
+                self.check(who.as_ref(), Action::KillTask("*"))?;
+            }
         }
         let (fid, tid) = self
             .handle
@@ -71,10 +114,12 @@ impl Operator for OperatorApi {
         &self,
         request: Request<SetQuotaRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
         let req = request.into_inner();
         if req.role.is_empty() {
             return Err(Status::invalid_argument("role is empty; name the role"));
         }
+        self.check(who.as_ref(), Action::SetQuota(&req.role))?;
         self.handle
             .ask(|r| Input::SetQuota(req.role, req.guarantee, req.limit, r))
             .await?
@@ -86,10 +131,12 @@ impl Operator for OperatorApi {
         &self,
         request: Request<SetWeightRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
         let req = request.into_inner();
         if req.role.is_empty() {
             return Err(Status::invalid_argument("role is empty; name the role"));
         }
+        self.check(who.as_ref(), Action::SetWeight(&req.role))?;
         self.handle
             .ask(|r| Input::SetWeight(req.role, req.weight, r))
             .await?
@@ -99,9 +146,121 @@ impl Operator for OperatorApi {
 
     async fn list_roles(
         &self,
-        _request: Request<ListRolesRequest>,
+        request: Request<ListRolesRequest>,
     ) -> Result<Response<ListRolesResponse>, Status> {
-        let state = self.handle.ask(|r| Input::State(false, r)).await?;
+        let who = principal(&request);
+        let state = self.state_for(who.as_ref(), false).await?;
         Ok(Response::new(ListRolesResponse { roles: state.roles }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let who = principal(&request);
+        let req = request.into_inner();
+        self.check(who.as_ref(), Action::CreateToken)?;
+        security::tokens::check_principal(&req.principal).map_err(Status::invalid_argument)?;
+        let secs = req.expires_in_secs;
+        if !secs.is_finite() || !(0.0..=MAX_TOKEN_SECS).contains(&secs) {
+            return Err(Status::invalid_argument(format!(
+                "expires_in_secs {secs} must be 0 (never) or a positive number of seconds up to ten years"
+            )));
+        }
+        let token = Token::generate().map_err(Status::internal)?;
+        let salt = Token::generate().map_err(Status::internal)?;
+        let now = mezz_proto::unix_now();
+        let expires_at = if secs > 0.0 { now + secs } else { 0.0 };
+        let record = security::tokens::record(
+            &token,
+            &req.principal,
+            salt.id().as_bytes(),
+            now,
+            expires_at,
+        );
+        self.handle
+            .ask(|r| Input::AddToken(record, r))
+            .await?
+            .map_err(status_from)?;
+        tracing::info!(
+            token_id = token.id(),
+            principal = req.principal,
+            by = who
+                .as_ref()
+                .map(|p| p.0.as_str())
+                .unwrap_or(security::ANONYMOUS),
+            "token created"
+        );
+        Ok(Response::new(CreateTokenResponse {
+            token: token.expose(),
+            id: token.id().to_string(),
+            expires_at,
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let who = principal(&request);
+        let req = request.into_inner();
+        self.check(who.as_ref(), Action::CreateToken)?;
+        let which = req.id_or_principal.trim().to_string();
+        if which.is_empty() {
+            return Err(Status::invalid_argument(
+                "name a token id or a principal to revoke",
+            ));
+        }
+        let ids = self.handle.guard().to_revoke(&which);
+        self.handle
+            .ask(|r| Input::RevokeTokens(which.clone(), mezz_proto::unix_now(), r))
+            .await?
+            .map_err(status_from)?;
+        tracing::info!(tokens = ?ids, "tokens revoked");
+        Ok(Response::new(RevokeTokenResponse { ids }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        self.check(principal(&request).as_ref(), Action::CreateToken)?;
+        Ok(Response::new(ListTokensResponse {
+            tokens: self.handle.guard().token_views(),
+        }))
+    }
+
+    async fn get_acls(
+        &self,
+        request: Request<GetAclsRequest>,
+    ) -> Result<Response<AclDocument>, Status> {
+        self.check(principal(&request).as_ref(), Action::ManageAcls)?;
+        Ok(Response::new(AclDocument {
+            json: self.handle.guard().acls_json(),
+            seed: false,
+        }))
+    }
+
+    async fn set_acls(&self, request: Request<AclDocument>) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
+        self.check(who.as_ref(), Action::ManageAcls)?;
+        let json = request.into_inner().json;
+        if !json.trim().is_empty() {
+            let acls = security::Acls::parse(&json).map_err(Status::invalid_argument)?;
+            let anonymous = Principal(security::ANONYMOUS.into());
+            let me = who.as_ref().unwrap_or(&anonymous);
+            if !acls.allows(me, Action::ManageAcls) {
+                return Err(Status::invalid_argument(format!(
+                    "these ACLs would deny you ('{me}') manage_acls, so nobody could change them \
+                     again; add a `manage_acls` rule for '{me}'"
+                )));
+            }
+        }
+        self.handle
+            .ask(|r| Input::SetAcls(json, r))
+            .await?
+            .map_err(status_from)?;
+        tracing::info!("ACLs replaced");
+        Ok(Response::new(Empty {}))
     }
 }

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{denied, principal};
 use super::{status_from, GuardedStream};
+use crate::security::Action;
 use crate::server::{Call, Handle, Input};
 
 /// Serves the scheduler API.
@@ -42,6 +44,17 @@ fn need_framework(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Refuses a call for a framework another principal registered.
+fn owned<T>(handle: &Handle, request: &Request<T>, id: &str) -> Result<(), Status> {
+    handle
+        .guard()
+        .check_owner(principal(request).as_ref(), id)
+        .map_err(|m| {
+            tracing::info!(framework_id = id, "call refused: {m}");
+            Status::permission_denied(m)
+        })
+}
+
 #[tonic::async_trait]
 impl Scheduler for SchedulerApi {
     type SubscribeStream = GuardedStream<Event>;
@@ -50,10 +63,30 @@ impl Scheduler for SchedulerApi {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = principal(&request);
         let req = request.into_inner();
-        let info = req
+        let mut info = req
             .framework
             .ok_or_else(|| Status::invalid_argument("SubscribeRequest.framework is missing"))?;
+        // Who registered it is the master's to say, from the token.
+        info.principal = who.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        if !info.id.is_empty() {
+            self.handle
+                .guard()
+                .check_owner(who.as_ref(), &info.id)
+                .map_err(Status::permission_denied)?;
+        }
+        // As Mesos does at registration: the role, and the user its tasks
+        // run as unless a task names another.
+        let guard = self.handle.guard();
+        guard
+            .check(who.as_ref(), Action::RegisterFramework(&info.role))
+            .map_err(denied)?;
+        if !info.user.is_empty() {
+            guard
+                .check(who.as_ref(), Action::RunTaskAs(&info.user))
+                .map_err(denied)?;
+        }
         let conn = self.handle.next_conn();
         let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
         self.handle
@@ -68,12 +101,32 @@ impl Scheduler for SchedulerApi {
     }
 
     async fn accept(&self, request: Request<AcceptRequest>) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
+        let guard = self.handle.guard();
+        for op in &req.operations {
+            let Some(mezz_proto::v1::operation::Operation::Launch(launch)) = &op.operation else {
+                continue;
+            };
+            for user in launch
+                .tasks
+                .iter()
+                .filter_map(|t| t.command.as_ref())
+                .map(|c| c.user.as_str())
+                .filter(|u| !u.is_empty())
+            {
+                guard
+                    .check(who.as_ref(), Action::RunTaskAs(user))
+                    .map_err(denied)?;
+            }
+        }
         self.call(Call::Accept(req)).await
     }
 
     async fn decline(&self, request: Request<DeclineRequest>) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Decline {
@@ -85,18 +138,21 @@ impl Scheduler for SchedulerApi {
     }
 
     async fn revive(&self, request: Request<ReviveRequest>) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Revive(req.framework_id)).await
     }
 
     async fn suppress(&self, request: Request<SuppressRequest>) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Suppress(req.framework_id)).await
     }
 
     async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Kill {
@@ -111,6 +167,7 @@ impl Scheduler for SchedulerApi {
         &self,
         request: Request<AcknowledgeRequest>,
     ) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Acknowledge {
@@ -126,6 +183,7 @@ impl Scheduler for SchedulerApi {
         &self,
         request: Request<ReconcileRequest>,
     ) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Reconcile(req.framework_id, req.tasks))
@@ -133,6 +191,7 @@ impl Scheduler for SchedulerApi {
     }
 
     async fn teardown(&self, request: Request<TeardownRequest>) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Teardown(req.framework_id)).await

@@ -39,6 +39,7 @@ impl Cluster {
         self.finished_outbox.push(FinishedTask {
             framework_id: task.framework_id.0.clone(),
             framework_name: task.framework_name.clone(),
+            framework_role: task.framework_role.clone(),
             agent_id: task.agent_id.0.clone(),
             task: Some(public_part(&task.info, &task.resources)),
             status: Some(task.status.clone()),
@@ -112,6 +113,7 @@ impl Cluster {
             info,
             framework_id: key.0,
             framework_name: t.framework_name.clone(),
+            framework_role: t.framework_role.clone(),
             agent_id: AgentId(t.agent_id.clone()),
             status: t.status.clone().unwrap_or_default(),
             launched_at: t.launched_at,

@@ -14,6 +14,7 @@ mod history;
 pub mod identity;
 mod offers;
 mod roles;
+mod security;
 pub mod services;
 mod view;
 
@@ -207,6 +208,8 @@ pub(crate) struct Task {
     pub framework_id: FrameworkId,
     /// Kept so finished tasks still show it after the framework is gone.
     pub framework_name: String,
+    /// The framework's role, kept for the same reason (ACLs on viewing).
+    pub framework_role: String,
     pub agent_id: AgentId,
     pub resources: Resources,
     pub status: TaskStatus,
@@ -288,6 +291,10 @@ pub struct Cluster {
     /// Records this instance proposed and already holds in `completed`:
     /// when they come back applied they are not added again.
     finished_proposed: Set<String>,
+    /// Changes with every applied change of tokens, ACLs or framework
+    /// registrations, and every restore: the shell republishes them to the
+    /// API layer when it moves (with `master_id`, unique per instance).
+    security_epoch: u64,
 }
 
 impl Cluster {
@@ -337,6 +344,7 @@ impl Cluster {
             history: Map::default(),
             finished_outbox: Vec::new(),
             finished_proposed: Set::default(),
+            security_epoch: 0,
         };
         c.restore(registry);
         c
@@ -352,6 +360,12 @@ impl Cluster {
     /// The replicated registry as applied so far.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Moves whenever the tokens, the ACLs or the frameworks' principals
+    /// may have changed (see the field).
+    pub fn security_epoch(&self) -> u64 {
+        self.security_epoch
     }
 
     /// Counters for `/metrics`.
@@ -386,6 +400,7 @@ impl Cluster {
         registry.finished_kept = self.registry.finished_kept;
         registry.finished.truncate(registry.finished_kept);
         self.registry = registry;
+        self.security_epoch += 1;
         self.restore_finished();
         let agents: Vec<AgentInfo> = self.registry.agents.values().cloned().collect();
         for info in agents {
@@ -409,6 +424,16 @@ impl Cluster {
         use mezz_proto::v1::replicated_command::Command;
         self.now = now;
         self.registry.apply(cmd);
+        if matches!(
+            cmd.command,
+            Some(Command::RegisterFramework(_))
+                | Some(Command::RemoveFramework(_))
+                | Some(Command::AddToken(_))
+                | Some(Command::RevokeTokens(_))
+                | Some(Command::SetAcls(_))
+        ) {
+            self.security_epoch += 1;
+        }
         match &cmd.command {
             Some(Command::RegisterAgent(info)) => {
                 self.ensure_agent(info);
@@ -430,7 +455,12 @@ impl Cluster {
             }
             Some(Command::RemoveAgent(id)) => self.agent_removed(&AgentId(id.clone())),
             Some(Command::TasksFinished(batch)) => self.apply_finished(batch),
-            Some(Command::RemoveFramework(_)) | Some(Command::PinAgentSecret(_)) | None => {}
+            Some(Command::RemoveFramework(_))
+            | Some(Command::PinAgentSecret(_))
+            | Some(Command::AddToken(_))
+            | Some(Command::RevokeTokens(_))
+            | Some(Command::SetAcls(_))
+            | None => {}
         }
     }
 
@@ -642,12 +672,10 @@ impl Cluster {
         resources: Resources,
         status: TaskStatus,
     ) -> Task {
+        let framework = self.frameworks.get(framework_id);
         Task {
-            framework_name: self
-                .frameworks
-                .get(framework_id)
-                .map(|f| f.info.name.clone())
-                .unwrap_or_default(),
+            framework_name: framework.map(|f| f.info.name.clone()).unwrap_or_default(),
+            framework_role: framework.map(|f| f.info.role.clone()).unwrap_or_default(),
             info,
             framework_id: framework_id.clone(),
             agent_id,

@@ -48,6 +48,7 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
         name: t.info.name.clone(),
         framework_id: t.framework_id.0.clone(),
         framework_name: t.framework_name.clone(),
+        role: t.framework_role.clone(),
         agent_id: t.agent_id.0.clone(),
         agent_address: agent.map(|a| a.info.address.clone()).unwrap_or_default(),
         hostname: agent.map(|a| a.info.hostname.clone()).unwrap_or_default(),

@@ -45,6 +45,9 @@ fn kind(cmd: &mezz_proto::v1::ReplicatedCommand) -> &'static str {
         Some(Command::AgentReturned(_)) => "agent-returned",
         Some(Command::PinAgentSecret(_)) => "pin-agent-secret",
         Some(Command::TasksFinished(_)) => "tasks-finished",
+        Some(Command::AddToken(_)) => "add-token",
+        Some(Command::RevokeTokens(_)) => "revoke-tokens",
+        Some(Command::SetAcls(_)) => "set-acls",
         None => "empty",
     }
 }
@@ -335,6 +338,29 @@ impl Node {
     pub fn set_weight(&mut self, role: &str, weight: f64) -> Result<(), CallError> {
         self.lead()?;
         self.cluster.set_weight(role, weight)
+    }
+
+    /// Operator: adds a token; durable as for [`Node::set_quota`].
+    pub fn add_token(&mut self, record: mezz_proto::v1::TokenRecord) -> Result<(), CallError> {
+        self.lead()?;
+        self.cluster.add_token(record)
+    }
+
+    /// Operator: revokes tokens by id or principal; durable as for
+    /// [`Node::set_quota`].
+    pub fn revoke_tokens(
+        &mut self,
+        id_or_principal: &str,
+        at: f64,
+    ) -> Result<Vec<String>, CallError> {
+        self.lead()?;
+        self.cluster.revoke_tokens(id_or_principal, at)
+    }
+
+    /// Operator: replaces the ACLs; durable as for [`Node::set_quota`].
+    pub fn set_acls(&mut self, json: &str, seed: bool) -> Result<(), CallError> {
+        self.lead()?;
+        self.cluster.set_acls(json, seed)
     }
 
     /// Raft messages from another master. Stale and duplicate messages are

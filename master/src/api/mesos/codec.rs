@@ -261,6 +261,9 @@ fn framework_info(v: &Value) -> Result<FrameworkInfo, BadCall> {
         capabilities,
         hostname: str_field(v, "hostname").unwrap_or_default().to_string(),
         webui_url: str_field(v, "webui_url").unwrap_or_default().to_string(),
+        // Who registered it is the master's to say, from the token, never
+        // the client's (Mesos' `principal` field is ignored).
+        principal: String::new(),
     })
 }
 
@@ -400,6 +403,7 @@ fn task_info(t: &Value) -> Result<TaskInfo, BadCall> {
             shell: c.get("shell").and_then(Value::as_bool).unwrap_or(true),
             environment,
             user: str_field(c, "user").unwrap_or_default().to_string(),
+            secret_keys: vec![],
         }),
         kill_grace_period_secs: grace_period(t.get("kill_policy"))?.unwrap_or(0.0),
         labels,

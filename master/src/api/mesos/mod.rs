@@ -33,7 +33,10 @@ use tokio::sync::mpsc;
 
 use self::codec::{MasterInfo, MesosCall};
 use self::protobuf::Format;
+use super::auth::forbidden;
 use crate::cluster::{CallError, ConnId};
+use crate::node::Call;
+use crate::security::{Action, Principal};
 use crate::server::{Handle, Input};
 
 /// The largest call body accepted (Mesos' own limit is larger, but a call
@@ -165,13 +168,23 @@ async fn scheduler(State(m): State<Mesos>, req: Request) -> Response {
         Ok(c) => c,
         Err(why) => return bad(StatusCode::BAD_REQUEST, why),
     };
+    // Set by the authentication layer when the master requires tokens.
+    let who = parts.extensions.get::<Principal>().cloned();
     match call {
-        MesosCall::Subscribe(info) => subscribe(m, &parts.headers, info, events).await,
+        MesosCall::Subscribe(mut info) => {
+            if let Err(refusal) = may_subscribe(&m.handle, who.as_ref(), &mut info) {
+                return *refusal;
+            }
+            subscribe(m, &parts.headers, info, events).await
+        }
         MesosCall::Call {
             framework_id,
             kind,
             call,
         } => {
+            if let Err(refusal) = may_call(&m.handle, who.as_ref(), &framework_id, call.as_ref()) {
+                return *refusal;
+            }
             let given = parts
                 .headers
                 .get(STREAM_ID)
@@ -226,6 +239,66 @@ async fn scheduler(State(m): State<Mesos>, req: Request) -> Response {
             }
         }
     }
+}
+
+/// The checks the gRPC scheduler service makes at SUBSCRIBE, the same here:
+/// the framework belongs to the principal whose token registered it, and
+/// the ACLs decide its role and the user its tasks run as. 403 as Mesos
+/// answers an unauthorized framework.
+fn may_subscribe(
+    handle: &Handle,
+    who: Option<&Principal>,
+    info: &mut mezz_proto::v1::FrameworkInfo,
+) -> Result<(), Box<Response>> {
+    info.principal = who.map(|p| p.0.clone()).unwrap_or_default();
+    let guard = handle.guard();
+    if !info.id.is_empty() {
+        guard
+            .check_owner(who, &info.id)
+            .map_err(|m| Box::new(bad(StatusCode::FORBIDDEN, m)))?;
+    }
+    guard
+        .check(who, Action::RegisterFramework(&info.role))
+        .map_err(|d| Box::new(forbidden(d)))?;
+    if !info.user.is_empty() {
+        guard
+            .check(who, Action::RunTaskAs(&info.user))
+            .map_err(|d| Box::new(forbidden(d)))?;
+    }
+    Ok(())
+}
+
+/// A call acts only for a framework its principal registered, and launches
+/// only as users the ACLs allow.
+fn may_call(
+    handle: &Handle,
+    who: Option<&Principal>,
+    framework_id: &str,
+    call: Option<&Call>,
+) -> Result<(), Box<Response>> {
+    let guard = handle.guard();
+    guard
+        .check_owner(who, framework_id)
+        .map_err(|m| Box::new(bad(StatusCode::FORBIDDEN, m)))?;
+    if let Some(Call::Accept(accept)) = call {
+        for op in &accept.operations {
+            let Some(mezz_proto::v1::operation::Operation::Launch(launch)) = &op.operation else {
+                continue;
+            };
+            for user in launch
+                .tasks
+                .iter()
+                .filter_map(|t| t.command.as_ref())
+                .map(|c| c.user.as_str())
+                .filter(|u| !u.is_empty())
+            {
+                guard
+                    .check(who, Action::RunTaskAs(user))
+                    .map_err(|d| Box::new(forbidden(d)))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn subscribe(

@@ -1,0 +1,397 @@
+//! Who may call the master, and what they may do: bearer tokens
+//! ([`tokens`]), ACLs ([`acl`]), which kinds of callers must present a
+//! token ([`AuthClasses`]), and the [`Guard`] the API layer asks. The
+//! tokens and ACLs live in the replicated registry; the actor publishes
+//! them to the guard whenever they change, so that checking a call never
+//! waits for the actor. Everything here but the guard's lock is pure.
+
+pub mod acl;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use mezz_proto::auth::Token;
+use mezz_proto::v1::{ClusterState, TokenRecord};
+
+pub use acl::{Acls, Action, Denied};
+pub use tokens::{AuthError, Principal};
+
+/// The kinds of callers `--authenticate` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthClasses {
+    /// Schedulers (`mezzanine.v1.Scheduler`).
+    pub frameworks: bool,
+    /// Agents (`mezzanine.v1.AgentGateway`).
+    pub agents: bool,
+    /// Operators and the CLI (`mezzanine.v1.Operator`).
+    pub operators: bool,
+    /// HTTP: the status page, `/api/*` and `/metrics`; `/health` stays open.
+    pub http: bool,
+}
+
+impl AuthClasses {
+    /// Every kind of caller.
+    pub const ALL: AuthClasses = AuthClasses {
+        frameworks: true,
+        agents: true,
+        operators: true,
+        http: true,
+    };
+
+    /// Parses `frameworks,agents,operators,http`, `all` or `none`.
+    pub fn parse(list: &str) -> Result<AuthClasses, String> {
+        let mut c = AuthClasses::default();
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "all" => c = AuthClasses::ALL,
+                "none" => {}
+                "frameworks" => c.frameworks = true,
+                "agents" => c.agents = true,
+                "operators" => c.operators = true,
+                "http" => c.http = true,
+                other => {
+                    return Err(format!(
+                        "--authenticate: unknown kind '{other}'; give a list of \
+                         frameworks, agents, operators, http, or all"
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether any kind of caller must present a token.
+    pub fn any(&self) -> bool {
+        self.frameworks || self.agents || self.operators || self.http
+    }
+
+    fn covers(&self, class: CallClass) -> bool {
+        match class {
+            CallClass::Frameworks => self.frameworks,
+            CallClass::Agents => self.agents,
+            CallClass::Operators => self.operators,
+            CallClass::Http => self.http,
+            CallClass::Peers | CallClass::Open => false,
+        }
+    }
+}
+
+/// Which kind of caller a request is, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallClass {
+    /// A scheduler call.
+    Frameworks,
+    /// An agent's stream.
+    Agents,
+    /// An operator call.
+    Operators,
+    /// A page or an HTTP API.
+    Http,
+    /// Raft between masters: not authenticated by token (see
+    /// docs/security.md; mutual TLS is the plan).
+    Peers,
+    /// `/health`: probes need no token.
+    Open,
+}
+
+impl CallClass {
+    /// The class in words, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CallClass::Frameworks => "framework",
+            CallClass::Agents => "agent",
+            CallClass::Operators => "operator",
+            CallClass::Http => "http",
+            CallClass::Peers => "peer",
+            CallClass::Open => "open",
+        }
+    }
+}
+
+/// The class of a request for `path`.
+pub fn classify(path: &str) -> CallClass {
+    if path == "/health" {
+        return CallClass::Open;
+    }
+    // The Mesos v1 scheduler API over HTTP is a framework's, not a page's.
+    if path == "/api/v1/scheduler" || path.starts_with("/api/v1/scheduler/") {
+        return CallClass::Frameworks;
+    }
+    let Some(rest) = path.strip_prefix("/mezzanine.v1.") else {
+        return CallClass::Http;
+    };
+    match rest.split('/').next() {
+        Some("Scheduler") => CallClass::Frameworks,
+        Some("AgentGateway") => CallClass::Agents,
+        Some("RaftPeer") => CallClass::Peers,
+        // The operator API, and any service added later: authenticated as
+        // operators rather than left open by accident.
+        _ => CallClass::Operators,
+    }
+}
+
+/// How a master authenticates and authorizes (its flags).
+#[derive(Debug, Clone, Default)]
+pub struct SecurityConfig {
+    /// Who must present a token (`--authenticate`; all with `--acls`).
+    pub classes: AuthClasses,
+    /// `--bootstrap-token-file`: the first admin token, made and written
+    /// here when the file does not exist.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// The principal the bootstrap token is for.
+    pub bootstrap_principal: String,
+    /// `--acls`: the ACL document (validated), seeded when the group has
+    /// none.
+    pub acls: Option<String>,
+}
+
+/// The principal of the bootstrap token unless told otherwise.
+pub const DEFAULT_ADMIN: &str = "admin";
+
+/// What the guard holds: the replicated tokens and ACLs as last applied.
+#[derive(Debug, Default)]
+struct Published {
+    tokens: BTreeMap<String, TokenRecord>,
+    acls_json: String,
+    acls: Option<Arc<Acls>>,
+    /// Framework id → the principal that registered it.
+    owners: BTreeMap<String, String>,
+}
+
+/// The API layer's view of tokens and ACLs. See the module docs.
+#[derive(Debug)]
+pub struct Guard {
+    classes: AuthClasses,
+    published: RwLock<Published>,
+}
+
+impl Guard {
+    /// A guard that asks `classes` for tokens, with no tokens or ACLs yet.
+    pub fn new(classes: AuthClasses) -> Arc<Guard> {
+        Arc::new(Guard {
+            classes,
+            published: RwLock::new(Published::default()),
+        })
+    }
+
+    /// Who must present a token.
+    pub fn classes(&self) -> AuthClasses {
+        self.classes
+    }
+
+    /// Takes the registry's tokens, ACLs and framework principals.
+    pub fn publish(
+        &self,
+        tokens: &BTreeMap<String, TokenRecord>,
+        acls_json: &str,
+        owners: BTreeMap<String, String>,
+    ) {
+        let same_acls = self.read().acls_json == acls_json;
+        // Validated before it was proposed; a document that no longer
+        // parses (a later release's action) denies everything rather than
+        // allowing everything.
+        let acls = if same_acls {
+            self.read().acls.clone()
+        } else {
+            (!acls_json.is_empty()).then(|| {
+                Arc::new(Acls::parse(acls_json).unwrap_or_else(|e| {
+                    tracing::error!("the replicated ACLs do not parse ({e}); denying everything");
+                    Acls::default()
+                }))
+            })
+        };
+        let mut p = self.published.write().unwrap_or_else(|e| e.into_inner());
+        p.tokens = tokens.clone();
+        p.acls_json = acls_json.to_string();
+        p.acls = acls;
+        p.owners = owners;
+    }
+
+    /// Whether `principal` may act for framework `id`: a framework is its
+    /// registering principal's alone; one registered without a token (or
+    /// not known) is anyone's. The refusal says whose it is.
+    pub fn check_owner(&self, principal: Option<&Principal>, id: &str) -> Result<(), String> {
+        let p = self.read();
+        let Some(owner) = p.owners.get(id) else {
+            return Ok(());
+        };
+        match principal {
+            Some(who) if who.0 == *owner => Ok(()),
+            who => Err(format!(
+                "principal '{}' may not act for framework {id}: it was registered by \
+                 principal '{owner}'; subscribe with that principal's token",
+                who.map(|w| w.0.as_str()).unwrap_or(ANONYMOUS)
+            )),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {
+        // A writer that panicked left whole maps behind: keep serving.
+        self.published.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks the `authorization` header of a call of `class` at `now`
+    /// (Unix seconds): the caller's principal when it presented a valid
+    /// token, `None` when this class needs none and none came.
+    pub fn authenticate(
+        &self,
+        class: CallClass,
+        header: Option<&str>,
+        now: f64,
+    ) -> Result<Option<Principal>, AuthError> {
+        if class == CallClass::Open || class == CallClass::Peers {
+            return Ok(None);
+        }
+        if !self.classes.covers(class) && header.is_none_or(|h| h.trim().is_empty()) {
+            return Ok(None);
+        }
+        let token: Token = tokens::from_header(header)?;
+        tokens::authenticate(&self.read().tokens, &token, now).map(Some)
+    }
+
+    /// The tokens as `mezz token ls` lists them.
+    pub fn token_views(&self) -> Vec<mezz_proto::v1::TokenView> {
+        self.read().tokens.values().map(tokens::view).collect()
+    }
+
+    /// The live tokens an id or a principal names.
+    pub fn to_revoke(&self, id_or_principal: &str) -> Vec<String> {
+        tokens::to_revoke(&self.read().tokens, id_or_principal)
+    }
+
+    /// The ACL document in force; empty when ACLs are off.
+    pub fn acls_json(&self) -> String {
+        self.read().acls_json.clone()
+    }
+
+    /// The ACLs in force; `None` when ACLs are off.
+    pub fn acls(&self) -> Option<Arc<Acls>> {
+        self.read().acls.clone()
+    }
+
+    /// Whether `principal` may do `action`: always when ACLs are off; with
+    /// ACLs on, a caller without a principal is `anonymous`.
+    pub fn check(&self, principal: Option<&Principal>, action: Action<'_>) -> Result<(), Denied> {
+        let Some(acls) = self.acls() else {
+            return Ok(());
+        };
+        let anonymous = Principal(ANONYMOUS.into());
+        acls.check(principal.unwrap_or(&anonymous), action)
+    }
+}
+
+/// The principal of a caller that presented no token, in ACL decisions.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// `state` with only what `principal` may view: the frameworks of roles it
+/// may view and their tasks, the roles it may view. Masters and agents
+/// stay (they hold nobody's work).
+pub fn filter_state(state: &mut ClusterState, acls: &Acls, principal: &Principal) {
+    let may = |role: &str| acls.allows(principal, Action::View(role));
+    let mut visible = std::collections::BTreeSet::new();
+    state.frameworks.retain(|f| {
+        let ok = may(&f.role);
+        if ok {
+            visible.insert(f.id.clone());
+        }
+        ok
+    });
+    // A task keeps its framework's role after the framework is gone.
+    state
+        .tasks
+        .retain(|t| visible.contains(&t.framework_id) || may(&t.role));
+    state.roles.retain(|r| may(&r.name));
+    state.services.retain(|s| visible.contains(&s.framework_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_parse() {
+        assert_eq!(AuthClasses::parse("all").unwrap(), AuthClasses::ALL);
+        let c = AuthClasses::parse("frameworks, http").unwrap();
+        assert!(c.frameworks && c.http && !c.agents && !c.operators);
+        assert!(!AuthClasses::parse("").unwrap().any());
+        assert!(AuthClasses::parse("people")
+            .unwrap_err()
+            .contains("unknown kind 'people'"));
+    }
+
+    #[test]
+    fn paths_classify() {
+        assert_eq!(classify("/health"), CallClass::Open);
+        assert_eq!(classify("/"), CallClass::Http);
+        assert_eq!(classify("/api/state"), CallClass::Http);
+        assert_eq!(
+            classify("/mezzanine.v1.Scheduler/Subscribe"),
+            CallClass::Frameworks
+        );
+        assert_eq!(
+            classify("/mezzanine.v1.AgentGateway/Attach"),
+            CallClass::Agents
+        );
+        assert_eq!(
+            classify("/mezzanine.v1.Operator/GetState"),
+            CallClass::Operators
+        );
+        assert_eq!(classify("/mezzanine.v1.RaftPeer/Send"), CallClass::Peers);
+        assert_eq!(classify("/api/v1/scheduler"), CallClass::Frameworks);
+        assert_eq!(classify("/master/state"), CallClass::Http);
+        assert_eq!(classify("/mezzanine.v1.Other/X"), CallClass::Operators);
+    }
+
+    #[test]
+    fn the_guard_asks_only_the_classes_it_covers() {
+        let g = Guard::new(AuthClasses::parse("operators").unwrap());
+        let t = Token::generate().unwrap();
+        let mut table = BTreeMap::new();
+        table.insert(
+            t.id().to_string(),
+            tokens::record(&t, "alice", b"s", 0.0, 0.0),
+        );
+        g.publish(&table, "", BTreeMap::new());
+        let good = mezz_proto::auth::bearer_header(&t);
+        assert_eq!(g.authenticate(CallClass::Frameworks, None, 1.0), Ok(None));
+        assert_eq!(
+            g.authenticate(CallClass::Operators, None, 1.0),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            g.authenticate(CallClass::Operators, Some(&good), 1.0),
+            Ok(Some(Principal("alice".into())))
+        );
+        // A token given where none is needed still names the caller.
+        assert_eq!(
+            g.authenticate(CallClass::Http, Some(&good), 1.0),
+            Ok(Some(Principal("alice".into())))
+        );
+        assert_eq!(g.authenticate(CallClass::Open, Some("junk"), 1.0), Ok(None));
+        // ACLs off: everything allowed; on: deny by default.
+        assert!(g.check(None, Action::CreateToken).is_ok());
+        g.publish(
+            &table,
+            r#"{"create_tokens": [{"principals": ["alice"]}]}"#,
+            [("f1".to_string(), "alice".to_string())].into(),
+        );
+        let alice = Principal("alice".into());
+        assert!(g.check(Some(&alice), Action::CreateToken).is_ok());
+        assert!(g.check(Some(&alice), Action::View("x")).is_err());
+        let e = g.check(None, Action::CreateToken).unwrap_err();
+        assert_eq!(e.principal, ANONYMOUS);
+        // Frameworks belong to who registered them.
+        assert!(g.check_owner(Some(&alice), "f1").is_ok());
+        assert!(
+            g.check_owner(Some(&alice), "f2").is_ok(),
+            "unknown: anyone's"
+        );
+        let e = g
+            .check_owner(Some(&Principal("bob".into())), "f1")
+            .unwrap_err();
+        assert!(e.contains("'bob'") && e.contains("'alice'"), "{e}");
+        assert!(g.check_owner(None, "f1").is_err());
+    }
+}

@@ -1,0 +1,830 @@
+//! Authentication and ACLs against real `mezz` processes: every kind of bad
+//! token refused with its reason over gRPC and HTTP; an ACL matrix of
+//! (principal, action, object) cases with the expected allow or deny,
+//! checked over gRPC and over HTTP; and no token secret in any log line of
+//! the whole run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use mezz_proto::v1::{
+    agent_gateway_client::AgentGatewayClient, agent_message, operator_client::OperatorClient,
+    scheduler_client::SchedulerClient, AgentInfo, AgentMessage, ClusterState, FrameworkInfo,
+    GetAclsRequest, GetStateRequest, ListTokensRequest, OperatorKillRequest, RegisterAgent,
+    SetQuotaRequest, SetWeightRequest, SubscribeRequest,
+};
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+const RESOURCES: &str = "cpus:2;mem:1024;disk:1000;ports:[31000-31099]";
+
+/// A plain HTTP/1.1 GET with an optional `authorization` header.
+fn get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let sock: SocketAddr = addr.parse().expect("address");
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let resp = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A channel whose calls carry `authorization` exactly as given (or none).
+async fn channel(
+    addr: &str,
+    authorization: Option<&str>,
+) -> tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    impl tonic::service::Interceptor + Clone,
+> {
+    let ch = mezz_proto::client::connect(addr).await.expect("connect");
+    let value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        authorization.map(|a| a.parse().expect("ascii"));
+    tonic::service::interceptor::InterceptedService::new(ch, move |mut req: tonic::Request<()>| {
+        if let Some(v) = &value {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    })
+}
+
+async fn grpc_state(
+    addr: &str,
+    authorization: Option<&str>,
+) -> Result<ClusterState, tonic::Status> {
+    OperatorClient::new(channel(addr, authorization).await)
+        .get_state(GetStateRequest { completed: false })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Writes a token to a private file, as a principal would keep it.
+fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!("{name}.token"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("token file");
+    writeln!(f, "{token}").expect("write token");
+    path
+}
+
+/// A master with `flags`, its admin token (from --bootstrap-token-file,
+/// made by the master) once that token works.
+struct Master {
+    dir: tempfile::TempDir,
+    addr: String,
+    _proc: Proc,
+    admin: String,
+    admin_file: PathBuf,
+    /// Everything the CLI printed, to search for secrets.
+    outputs: std::cell::RefCell<String>,
+}
+
+impl Master {
+    fn start(flags: &[&str]) -> Master {
+        let dir = cluster_dir();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin_file = dir.path().join("admin.token");
+        let mut args: Vec<String> = vec![
+            "master".into(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            dir.path().join("master").display().to_string(),
+            "--bootstrap-token-file".into(),
+            admin_file.display().to_string(),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        for f in flags {
+            if f.ends_with(".json") {
+                assert!(Path::new(f).exists(), "{f}");
+            }
+        }
+        let proc = spawn_logged(dir.path(), "master", &args);
+        wait_for("the master's /health", T, || {
+            TcpStream::connect(&addr).is_ok() && get(&addr, "/health", None).0 == 200
+        });
+        let admin = std::fs::read_to_string(&admin_file)
+            .expect("the master wrote the bootstrap token")
+            .trim()
+            .to_string();
+        let m = Master {
+            dir,
+            addr,
+            _proc: proc,
+            admin,
+            admin_file,
+            outputs: Default::default(),
+        };
+        wait_for("the bootstrap token to be in force", T, || {
+            get(&m.addr, "/api/state", Some(&bearer(&m.admin))).0 == 200
+        });
+        m
+    }
+
+    /// `mezz ARGS` with `--master ADDR --credentials FILE` before the first
+    /// flag (so after the subcommands, and never after `--`).
+    fn mezz_as(&self, credentials: &Path, args: &[&str]) -> std::process::Output {
+        let cred = credentials.display().to_string();
+        let at = args
+            .iter()
+            .position(|a| a.starts_with('-'))
+            .unwrap_or(args.len());
+        let mut full: Vec<&str> = args[..at].to_vec();
+        full.extend(["--master", self.addr.as_str(), "--credentials", &cred]);
+        full.extend_from_slice(&args[at..]);
+        let out = mezz(&full, T);
+        let mut o = self.outputs.borrow_mut();
+        o.push_str(&text(&out.stderr));
+        o.push_str(&text(&out.stdout));
+        out
+    }
+
+    /// A new token for `principal` (with `extra` flags), kept in a file.
+    fn token(&self, principal: &str, extra: &[&str]) -> (String, PathBuf) {
+        let mut args = vec!["token", "create", principal];
+        args.extend_from_slice(extra);
+        let out = self.mezz_as(&self.admin_file, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let token = text(&out.stdout).trim().to_string();
+        assert!(token.starts_with("mezz_"), "{token}");
+        let file = token_file(self.dir.path(), principal, &token);
+        (token, file)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+    }
+}
+
+/// The secret part of a token.
+fn secret(token: &str) -> &str {
+    token.rsplit('_').next().expect("a token")
+}
+
+#[test]
+fn every_bad_token_is_refused_with_its_reason_over_grpc_and_http() {
+    let m = Master::start(&["--authenticate", "all"]);
+    let (alice, alice_file) = m.token("alice", &[]);
+    let (short, _) = m.token("shorty", &["--expires", "1s"]);
+    let (gone, _) = m.token("leaver", &[]);
+    let out = m.mezz_as(&m.admin_file, &["token", "revoke", "leaver"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let alice_id = alice.split('_').nth(1).expect("id");
+    let wrong = format!("mezz_{alice_id}_{}", "0".repeat(64));
+    let unknown = format!("mezz_{}_{}", "f".repeat(16), "1".repeat(64));
+
+    let rt = runtime();
+    // The one that works, over both.
+    assert!(rt
+        .block_on(grpc_state(&m.addr, Some(&bearer(&alice))))
+        .is_ok());
+    assert_eq!(get(&m.addr, "/api/state", Some(&bearer(&alice))).0, 200);
+    // /health stays open for probes.
+    assert_eq!(get(&m.addr, "/health", None).0, 200);
+
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no token", None, "no token"),
+        (
+            "malformed",
+            Some("Bearer nonsense".into()),
+            "malformed token",
+        ),
+        (
+            "wrong scheme",
+            Some(format!("Digest {alice}")),
+            "malformed token",
+        ),
+        ("wrong secret", Some(bearer(&wrong)), "wrong token"),
+        ("unknown id", Some(bearer(&unknown)), "unknown token"),
+        ("revoked", Some(bearer(&gone)), "revoked token"),
+    ];
+    for (what, auth, want) in &cases {
+        let status = rt
+            .block_on(grpc_state(&m.addr, auth.as_deref()))
+            .expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(
+            status.message().contains(want),
+            "{what}: {}",
+            status.message()
+        );
+        let (code, body) = get(&m.addr, "/api/state", auth.as_deref());
+        assert_eq!(code, 401, "{what}: {body}");
+        assert!(body.contains(want), "{what}: {body}");
+        let (code, _) = get(&m.addr, "/", auth.as_deref());
+        assert_eq!(code, 401, "{what}: the status page");
+    }
+    // What to do comes with the refusal.
+    let (_, body) = get(&m.addr, "/api/state", None);
+    assert!(
+        body.contains("MEZZ_TOKEN") && body.contains("--credentials"),
+        "{body}"
+    );
+
+    // An expired token: valid for a second, then refused as expired.
+    wait_for("the short token to expire", T, || {
+        rt.block_on(grpc_state(&m.addr, Some(&bearer(&short))))
+            .is_err_and(|s| {
+                s.code() == Code::Unauthenticated && s.message().contains("expired token")
+            })
+    });
+    let (code, body) = get(&m.addr, "/api/state", Some(&bearer(&short)));
+    assert_eq!(code, 401);
+    assert!(body.contains("expired token"), "{body}");
+
+    // The CLI: without a token, with a credentials file others can read.
+    let out = mezz(&["ps", "--master", &m.addr], T);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no token"),
+        "{}",
+        text(&out.stderr)
+    );
+    let open = m.dir.path().join("open.token");
+    std::fs::write(&open, format!("{alice}\n")).expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let out = m.mezz_as(&open, &["ps"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = m.mezz_as(&alice_file, &["ps"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // `token ls` lists ids, never secrets.
+    let out = m.mezz_as(&m.admin_file, &["token", "ls"]);
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains(alice_id) && listed.contains("revoked"),
+        "{listed}"
+    );
+    for t in [&m.admin, &alice, &short, &gone] {
+        assert!(!listed.contains(secret(t)), "a secret in `token ls`");
+        assert!(!m.log().contains(secret(t)), "a secret in the master's log");
+    }
+    assert!(m.log().contains("call refused"), "refusals are logged");
+}
+
+/// The ACLs of the matrix.
+const ACLS: &str = r#"{
+  "register_frameworks": [
+    {"principals": ["alice"], "roles": ["eng"]},
+    {"principals": ["bob"], "roles": ["ops/*"]},
+    {"principals": ["admin"], "roles": "ANY"}
+  ],
+  "run_tasks": [{"principals": ["alice", "bob", "admin"], "users": "ANY"}],
+  "register_agents": [{"principals": ["agent"]}],
+  "set_quotas": [{"principals": ["admin"], "roles": "ANY"}],
+  "set_weights": [
+    {"principals": ["admin"], "roles": "ANY"},
+    {"principals": ["bob"], "roles": ["ops"]}
+  ],
+  "kill_tasks": [
+    {"principals": ["admin"], "roles": "ANY"},
+    {"principals": ["alice"], "roles": ["eng"]}
+  ],
+  "view": [
+    {"principals": ["alice"], "roles": ["eng"]},
+    {"principals": ["bob"], "roles": ["ops/*"]},
+    {"principals": ["admin"], "roles": "ANY"}
+  ],
+  "create_tokens": [{"principals": ["admin"]}],
+  "manage_acls": [{"principals": ["admin"]}]
+}"#;
+
+const WHO: [&str; 5] = ["admin", "alice", "bob", "carol", "agent"];
+
+/// Whether a gRPC answer is an allow (anything but PERMISSION_DENIED) or a
+/// deny whose message names who, what and on what.
+fn allowed<T>(r: &Result<T, tonic::Status>, who: &str, action: &str) -> bool {
+    match r {
+        Err(s) if s.code() == Code::PermissionDenied => {
+            assert!(
+                s.message().contains(&format!("'{who}'")) && s.message().contains(action),
+                "{who} {action}: {}",
+                s.message()
+            );
+            false
+        }
+        Err(s) => {
+            assert_ne!(s.code(), Code::Unauthenticated, "{who} {action}: {s:?}");
+            true
+        }
+        Ok(_) => true,
+    }
+}
+
+#[test]
+fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
+    let acl_dir = tempfile::tempdir().expect("tempdir");
+    let acl_file = acl_dir.path().join("acls.json");
+    std::fs::write(&acl_file, ACLS).expect("write ACLs");
+    let m = Master::start(&["--acls", &acl_file.display().to_string()]);
+    let mut tokens = std::collections::BTreeMap::new();
+    let mut files = std::collections::BTreeMap::new();
+    tokens.insert("admin", m.admin.clone());
+    files.insert("admin", m.admin_file.clone());
+    for who in &WHO[1..] {
+        let (t, f) = m.token(who, &[]);
+        tokens.insert(*who, t);
+        files.insert(*who, f);
+    }
+
+    // An agent with its own token; tasks of alice (role eng) and bob (ops).
+    let agent_port = free_port();
+    let agent_args: Vec<String> = [
+        "agent",
+        "--master",
+        &m.addr,
+        "--listen",
+        &format!("127.0.0.1:{agent_port}"),
+        "--work-dir",
+        &m.dir.path().join("agent").display().to_string(),
+        "--resources",
+        RESOURCES,
+        "--gpus",
+        "none",
+        "--credentials",
+        &files["agent"].display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _agent = spawn_logged(m.dir.path(), "agent", &agent_args);
+    let admin_state = || -> serde_json::Value {
+        let (code, body) = get(&m.addr, "/api/state", Some(&bearer(&m.admin)));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    wait_for("the agent to connect with its token", T, || {
+        admin_state()["agents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["status"] == "connected"))
+    });
+    let mut task = std::collections::BTreeMap::new();
+    // Each task gets a secret in its environment, which must show nowhere.
+    let mut secrets = Vec::new();
+    for (who, role) in [("alice", "eng"), ("bob", "ops")] {
+        let value = mezz_proto::auth::Token::generate()
+            .expect("randomness")
+            .secret()
+            .to_string();
+        let secret_env = format!("SECRET_K={value}");
+        secrets.push(value);
+        let out = m.mezz_as(
+            &files[who],
+            &[
+                "run",
+                "--detach",
+                "--role",
+                role,
+                "--cpus",
+                "0.1",
+                "--mem",
+                "32",
+                "--secret-env",
+                &secret_env,
+                "--",
+                "sh",
+                "-c",
+                "echo secret-length=${#SECRET_K}; exec sleep 300",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{who}: {}", text(&out.stderr));
+        let id = text(&out.stdout).trim().to_string();
+        wait_for(&format!("{who}'s task to run"), T, || {
+            admin_state()["tasks"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|t| t["id"] == id && t["state"] == "RUNNING"))
+        });
+        let fw = admin_state()["tasks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["id"] == id).cloned())
+            .expect("the task")["framework_id"]
+            .as_str()
+            .expect("framework id")
+            .to_string();
+        task.insert(role, (fw, id));
+    }
+
+    let rt = runtime();
+    let mut cases = 0usize;
+    let mut wrong = Vec::new();
+    let mut check = |who: &str, action: &str, object: &str, want: bool, got: bool| {
+        cases += 1;
+        if want != got {
+            wrong.push(format!("{who} {action} {object}: want {want}, got {got}"));
+        }
+    };
+
+    // gRPC: (principal, action, object) → allowed?
+    let grpc: Vec<(&str, &str, &str, bool)> = vec![
+        // register_frameworks
+        ("admin", "register_frameworks", "eng", true),
+        ("admin", "register_frameworks", "ops", true),
+        ("admin", "register_frameworks", "ops/batch", true),
+        ("alice", "register_frameworks", "eng", true),
+        ("alice", "register_frameworks", "ops", false),
+        ("alice", "register_frameworks", "ops/batch", false),
+        ("bob", "register_frameworks", "eng", false),
+        ("bob", "register_frameworks", "ops", true),
+        ("bob", "register_frameworks", "ops/batch", true),
+        ("carol", "register_frameworks", "eng", false),
+        ("carol", "register_frameworks", "ops", false),
+        ("carol", "register_frameworks", "ops/batch", false),
+        ("agent", "register_frameworks", "eng", false),
+        ("agent", "register_frameworks", "ops", false),
+        ("agent", "register_frameworks", "ops/batch", false),
+        // set_quotas
+        ("admin", "set_quotas", "eng", true),
+        ("alice", "set_quotas", "eng", false),
+        ("bob", "set_quotas", "eng", false),
+        ("carol", "set_quotas", "eng", false),
+        ("agent", "set_quotas", "eng", false),
+        // set_weights
+        ("admin", "set_weights", "ops", true),
+        ("admin", "set_weights", "eng", true),
+        ("alice", "set_weights", "ops", false),
+        ("alice", "set_weights", "eng", false),
+        ("bob", "set_weights", "ops", true),
+        ("bob", "set_weights", "eng", false),
+        ("carol", "set_weights", "ops", false),
+        ("carol", "set_weights", "eng", false),
+        ("agent", "set_weights", "ops", false),
+        ("agent", "set_weights", "eng", false),
+        // create_tokens (listing them is the same right)
+        ("admin", "create_tokens", "-", true),
+        ("alice", "create_tokens", "-", false),
+        ("bob", "create_tokens", "-", false),
+        ("carol", "create_tokens", "-", false),
+        ("agent", "create_tokens", "-", false),
+        // manage_acls
+        ("admin", "manage_acls", "-", true),
+        ("alice", "manage_acls", "-", false),
+        ("bob", "manage_acls", "-", false),
+        ("carol", "manage_acls", "-", false),
+        ("agent", "manage_acls", "-", false),
+        // register_agents
+        ("admin", "register_agents", "-", false),
+        ("alice", "register_agents", "-", false),
+        ("bob", "register_agents", "-", false),
+        ("carol", "register_agents", "-", false),
+        ("agent", "register_agents", "-", true),
+        // view, through GetState: does the role's task show?
+        ("admin", "view", "eng", true),
+        ("admin", "view", "ops", true),
+        ("alice", "view", "eng", true),
+        ("alice", "view", "ops", false),
+        ("bob", "view", "eng", false),
+        ("bob", "view", "ops", true),
+        ("carol", "view", "eng", false),
+        ("carol", "view", "ops", false),
+        ("agent", "view", "eng", false),
+        ("agent", "view", "ops", false),
+    ];
+    for (who, action, object, want) in &grpc {
+        let auth = bearer(&tokens[who]);
+        let got = rt.block_on(async {
+            let ch = channel(&m.addr, Some(&auth)).await;
+            match *action {
+                "register_frameworks" => {
+                    let r = SchedulerClient::new(ch)
+                        .subscribe(SubscribeRequest {
+                            protocol_version: mezz_proto::PROTOCOL_VERSION,
+                            framework: Some(FrameworkInfo {
+                                name: format!("matrix-{who}"),
+                                role: object.to_string(),
+                                ..Default::default()
+                            }),
+                        })
+                        .await;
+                    allowed(&r, who, action)
+                }
+                "set_quotas" => allowed(
+                    &OperatorClient::new(ch)
+                        .set_quota(SetQuotaRequest {
+                            role: object.to_string(),
+                            ..Default::default()
+                        })
+                        .await,
+                    who,
+                    action,
+                ),
+                "set_weights" => allowed(
+                    &OperatorClient::new(ch)
+                        .set_weight(SetWeightRequest {
+                            role: object.to_string(),
+                            weight: 1.0,
+                        })
+                        .await,
+                    who,
+                    action,
+                ),
+                "create_tokens" => allowed(
+                    &OperatorClient::new(ch)
+                        .list_tokens(ListTokensRequest {})
+                        .await,
+                    who,
+                    action,
+                ),
+                "manage_acls" => allowed(
+                    &OperatorClient::new(ch).get_acls(GetAclsRequest {}).await,
+                    who,
+                    action,
+                ),
+                "register_agents" => {
+                    // A malformed secret: past the ACL, the master refuses
+                    // the registration itself, so no agent is added.
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    tx.send(AgentMessage {
+                        message: Some(agent_message::Message::Register(RegisterAgent {
+                            protocol_version: mezz_proto::PROTOCOL_VERSION,
+                            agent: Some(AgentInfo {
+                                id: format!("matrix-{who}"),
+                                hostname: "matrix".into(),
+                                ..Default::default()
+                            }),
+                            secret: "not-a-secret".into(),
+                            ..Default::default()
+                        })),
+                    })
+                    .await
+                    .expect("queue");
+                    let r = AgentGatewayClient::new(ch)
+                        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await;
+                    allowed(&r, who, action)
+                }
+                "view" => {
+                    let s = OperatorClient::new(ch)
+                        .get_state(GetStateRequest { completed: false })
+                        .await
+                        .expect("GetState")
+                        .into_inner();
+                    let (_, id) = &task[object];
+                    s.tasks.iter().any(|t| &t.id == id)
+                }
+                other => panic!("no such action {other}"),
+            }
+        });
+        check(who, action, object, *want, got);
+    }
+
+    // HTTP: the task's output, its page and /api/state, per principal.
+    let http: Vec<(&str, &str, bool)> = vec![
+        ("admin", "eng", true),
+        ("admin", "ops", true),
+        ("alice", "eng", true),
+        ("alice", "ops", false),
+        ("bob", "eng", false),
+        ("bob", "ops", true),
+        ("carol", "eng", false),
+        ("carol", "ops", false),
+        ("agent", "eng", false),
+        ("agent", "ops", false),
+    ];
+    for (who, role, want) in &http {
+        let auth = bearer(&tokens[who]);
+        let (fw, id) = &task[role];
+        for path in [
+            format!("/api/tasks/{fw}/{id}/files/stdout"),
+            format!("/tasks/{fw}/{id}"),
+        ] {
+            let (code, body) = get(&m.addr, &path, Some(&auth));
+            assert!(code == 200 || code == 403, "{who} {path}: {code} {body}");
+            if code == 403 {
+                assert!(
+                    body.contains(&format!("'{who}'"))
+                        && body.contains("view")
+                        && body.contains(&format!("role '{role}'")),
+                    "{body}"
+                );
+            }
+            check(who, "view (http)", &path, *want, code == 200);
+        }
+        let (code, body) = get(&m.addr, "/api/state", Some(&auth));
+        assert_eq!(code, 200);
+        check(
+            who,
+            "view (/api/state)",
+            role,
+            *want,
+            body.contains(id.as_str()),
+        );
+        let (code, body) = get(&m.addr, "/tasks", Some(&auth));
+        assert_eq!(code, 200);
+        check(
+            who,
+            "view (/tasks)",
+            role,
+            *want,
+            body.contains(id.as_str()),
+        );
+    }
+
+    // The task got its secret (its length is 64 hex digits).
+    let (fw, id) = &task["eng"];
+    wait_for("alice's task to print", T, || {
+        get(
+            &m.addr,
+            &format!("/api/tasks/{fw}/{id}/files/stdout"),
+            Some(&bearer(&tokens["alice"])),
+        )
+        .1
+        .contains("secret-length=64")
+    });
+
+    // A framework is its registering principal's alone, ACLs or not.
+    let (alice_fw, _) = task["eng"].clone();
+    for who in ["alice", "bob", "admin"] {
+        let auth = bearer(&tokens[who]);
+        let (revive, resubscribe) = rt.block_on(async {
+            let mut c = SchedulerClient::new(channel(&m.addr, Some(&auth)).await);
+            let revive = c
+                .revive(mezz_proto::v1::ReviveRequest {
+                    framework_id: alice_fw.clone(),
+                })
+                .await;
+            if who == "alice" {
+                // Taking her own framework over would end the detached
+                // run's registration, and its task with it.
+                return (revive, Err(tonic::Status::cancelled("not tried")));
+            }
+            let resubscribe = c
+                .subscribe(SubscribeRequest {
+                    protocol_version: mezz_proto::PROTOCOL_VERSION,
+                    framework: Some(FrameworkInfo {
+                        id: alice_fw.clone(),
+                        name: "taken".into(),
+                        role: "eng".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map(|_| ());
+            (revive, resubscribe)
+        });
+        for (what, r) in [
+            ("revive", revive.map(|_| ())),
+            ("subscribe as", resubscribe),
+        ] {
+            if r.as_ref().is_err_and(|s| s.code() == Code::Cancelled) {
+                continue;
+            }
+            // (alice's own re-subscription may be refused by the
+            // framework's rules, never for want of permission)
+            let permitted = r
+                .as_ref()
+                .err()
+                .is_none_or(|s| s.code() != Code::PermissionDenied);
+            if let Err(e) = &r {
+                if !permitted {
+                    assert!(
+                        e.message().contains(&format!("'{who}'"))
+                            && e.message().contains("'alice'"),
+                        "{}",
+                        e.message()
+                    );
+                }
+            }
+            check(who, what, "alice's framework", who == "alice", permitted);
+        }
+    }
+
+    // kill_tasks: bob may not kill alice's task; alice may.
+    let (_, eng_task) = &task["eng"];
+    for (who, want) in [("bob", false), ("carol", false), ("alice", true)] {
+        let auth = bearer(&tokens[who]);
+        let r = rt.block_on(async {
+            OperatorClient::new(channel(&m.addr, Some(&auth)).await)
+                .kill_task(OperatorKillRequest {
+                    task_id: eng_task.clone(),
+                    framework_id: String::new(),
+                })
+                .await
+        });
+        check(
+            who,
+            "kill_tasks",
+            "eng",
+            want,
+            allowed(&r, who, "kill_tasks"),
+        );
+    }
+    assert!(cases >= 50, "{cases} cases");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // No token secret anywhere: every log file of the run, the state, the
+    // page, and whatever the CLI printed except `token create`'s answer.
+    let mut logs = Vec::new();
+    let mut stack = vec![m.dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log")
+                || p.file_name()
+                    .is_some_and(|n| n == "stdout" || n == "stderr")
+            {
+                logs.push(p);
+            }
+        }
+    }
+    assert!(
+        logs.len() >= 2,
+        "the master's and the agent's logs: {logs:?}"
+    );
+    let (_, state) = get(&m.addr, "/api/state", Some(&bearer(&m.admin)));
+    let (_, page) = get(&m.addr, "/", Some(&bearer(&m.admin)));
+    let ps = m.mezz_as(&m.admin_file, &["ps", "--all", "--json"]);
+    assert_eq!(ps.status.code(), Some(0), "{}", text(&ps.stderr));
+    let (_, tasks_page) = get(&m.addr, "/tasks", Some(&bearer(&m.admin)));
+    let printed = m.outputs.borrow().clone();
+    for value in &secrets {
+        for log in &logs {
+            let body = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(
+                !body.contains(value.as_str()),
+                "a secret env value in {}",
+                log.display()
+            );
+        }
+        for (what, body) in [
+            ("/api/state", &state),
+            ("the status page", &page),
+            ("the task list", &tasks_page),
+        ] {
+            assert!(
+                !body.contains(value.as_str()),
+                "a secret env value in {what}"
+            );
+        }
+        // The command line of `mezz run` itself held it; nothing printed it.
+        assert!(
+            !printed.contains(value.as_str()),
+            "a secret env value printed"
+        );
+    }
+    for (who, t) in &tokens {
+        let s = secret(t);
+        for log in &logs {
+            let body = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(
+                !body.contains(s),
+                "{who}'s token secret in {}",
+                log.display()
+            );
+        }
+        assert!(
+            !state.contains(s) && !page.contains(s),
+            "{who}'s secret shown"
+        );
+        // Created tokens were printed once, on stdout of `token create`.
+        assert!(
+            printed.matches(s).count() <= 1,
+            "{who}'s secret printed more than once"
+        );
+    }
+}
