@@ -199,6 +199,8 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             bootstrap_token_file: Some(token_file.clone()),
             bootstrap_principal: mezz_master::security::DEFAULT_ADMIN.into(),
             acls: None,
+            audit_log: None,
+            rate_limits: Default::default(),
         },
         None => Default::default(),
     };
@@ -228,7 +230,13 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             timeouts: args.timeouts.timeouts(),
             snapshot_every: super::master::DEFAULT_SNAPSHOT_EVERY,
             limits: Default::default(),
-            security: security.clone(),
+            security: mezz_master::security::SecurityConfig {
+                // One audit log per master: each appends what it saw.
+                audit_log: token
+                    .is_some()
+                    .then(|| data_dir.join(format!("audit-master-{id}.log"))),
+                ..security.clone()
+            },
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

@@ -73,6 +73,8 @@ pub struct MasterArgs {
     pub idle_timeout: std::time::Duration,
     #[command(flatten)]
     pub security: super::auth::MasterSecurityArgs,
+    #[command(flatten)]
+    pub guard: super::guard::MasterGuardArgs,
 }
 
 /// Entries between snapshots unless `--snapshot-every` says otherwise.
@@ -130,7 +132,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
             },
             completed_tasks: args.max_completed_tasks.max(1),
         },
-        security: args.security.config()?,
+        security: args.guard.apply(args.security.config()?)?,
     })
 }
 

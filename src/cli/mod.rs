@@ -31,6 +31,7 @@ mod auth;
 mod capacity;
 mod daemon_start;
 mod dev;
+mod guard;
 mod inspect;
 mod jupyter;
 mod logs;

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod operator;
@@ -53,6 +54,7 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
     let guard = handle.guard().clone();
     routes
         .into_axum_router()
+        .merge(guard::routes(handle.clone()))
         .merge(http::routes(handle, grpc.clone()))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
