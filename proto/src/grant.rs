@@ -1,7 +1,9 @@
 //! Sandbox grants: the master's word to an agent that a caller may read
 //! one task's files until a moment. When the master authenticates callers
-//! it gives each agent a random key in `AgentRegistered` (fresh for every
-//! leader: agents register again after a failover); it signs a grant for a
+//! it gives each agent a key of its own in `AgentRegistered` (derived from
+//! the leader's random key and the agent's id, so an agent can sign grants
+//! for itself only; fresh for every leader: agents register again after a
+//! failover); it signs a grant for a
 //! principal that may view the task's role, and the agent verifies it
 //! before serving. A grant is `v1.<expires_at>.<hex HMAC-SHA256>` over the
 //! framework id, the task id, the agent id and the expiry: it opens that
@@ -79,7 +81,7 @@ pub fn sign(key: &[u8], framework_id: &str, task_id: &str, agent_id: &str, expir
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -118,6 +120,16 @@ pub fn verify(
         return Err(GrantError::Expired(expires));
     }
     Ok(())
+}
+
+/// The key of agent `agent_id` under the master's key: each agent gets its
+/// own, so that an agent can sign grants for nothing but itself.
+pub fn agent_key(master_key: &[u8], agent_id: &str) -> Vec<u8> {
+    let mut m =
+        <Hmac<Sha256> as Mac>::new_from_slice(master_key).expect("HMAC takes any key length");
+    m.update(b"mezzanine agent grant key\0");
+    m.update(agent_id.as_bytes());
+    m.finalize().into_bytes().to_vec()
 }
 
 /// A fresh random key.
@@ -190,5 +202,10 @@ mod tests {
             );
         }
         assert!(new_key().unwrap() != new_key().unwrap());
+        // One agent's key signs nothing another agent accepts.
+        let (a1, a2) = (agent_key(KEY, "a1"), agent_key(KEY, "a2"));
+        assert_ne!(a1, a2);
+        let g = sign(&a1, "f1", "t1", "a2", 1000);
+        assert!(verify(&a2, Some(&g), "f1", "t1", "a2", 1.0).is_err());
     }
 }

@@ -372,6 +372,10 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             token_file.display()
         );
         outln!(
+            "  audit log    {} (and GET /api/audit)",
+            data_dir.join("audit-master-1.log").display()
+        );
+        outln!(
             "               the status page asks for a login: any user name, the token as password"
         );
     }

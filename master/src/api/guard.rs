@@ -176,7 +176,7 @@ pub fn with_grant_key(
                 message: Some(master_message::Message::Registered(r)),
             }) = &mut msg
             {
-                r.grant_key = key.clone();
+                r.grant_key = mezz_proto::grant::agent_key(&key, &r.agent_id);
             }
             if tx.send(msg).await.is_err() {
                 return;

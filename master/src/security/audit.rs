@@ -25,8 +25,12 @@ const SEEN: usize = 10_000;
 pub struct Audit {
     file: Option<(PathBuf, Mutex<File>)>,
     recent: Mutex<VecDeque<String>>,
-    seen: Mutex<(HashSet<(String, String)>, VecDeque<(String, String)>)>,
+    seen: Mutex<Seen>,
 }
+
+/// (token id, address) pairs seen, and the order they came in.
+type Pair = (String, String);
+type Seen = (HashSet<Pair>, VecDeque<Pair>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A writer that panicked left whole entries behind: keep auditing.
@@ -77,7 +81,8 @@ impl Audit {
         let line = Value::Object(entry).to_string();
         if let Some((path, f)) = &self.file {
             let mut f = lock(f);
-            if let Err(e) = writeln!(f, "{line}") {
+            // One write per entry, so that a reader never sees half a line.
+            if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
                 tracing::error!(path = %path.display(), "cannot append to the audit log: {e}");
             }
         }

@@ -225,7 +225,13 @@ impl Guard {
         let expires = now.max(0.0) as u64 + mezz_proto::grant::GRANT_SECS;
         match self.grant_key() {
             Some(key) => (
-                mezz_proto::grant::sign(key, framework_id, task_id, agent_id, expires),
+                mezz_proto::grant::sign(
+                    &mezz_proto::grant::agent_key(key, agent_id),
+                    framework_id,
+                    task_id,
+                    agent_id,
+                    expires,
+                ),
                 expires as f64,
             ),
             None => (String::new(), expires as f64),
