@@ -225,19 +225,33 @@ impl Tail {
     /// Hands what is new to `sink`; returns (bytes, task is terminal).
     pub async fn step_with(&mut self, sink: &mut impl FnMut(&[u8])) -> Result<(usize, bool)> {
         self.fresh_grant().await?;
-        let r = self
+        let request = ReadFileRequest {
+            framework_id: self.framework_id.clone(),
+            task_id: self.task_id.clone(),
+            path: self.path.clone(),
+            offset: self.offset,
+            length: 0,
+        };
+        let r = match self
             .client
-            .read_file(with_grant(
-                ReadFileRequest {
-                    framework_id: self.framework_id.clone(),
-                    task_id: self.task_id.clone(),
-                    path: self.path.clone(),
-                    offset: self.offset,
-                    length: 0,
-                },
-                &self.grant,
-            ))
+            .read_file(with_grant(request.clone(), &self.grant))
             .await
+        {
+            // A new leader gave the agent a new key (after a failover):
+            // ask it for a grant once more.
+            Err(s)
+                if s.code() == tonic::Code::PermissionDenied
+                    && matches!(self.grant, Grant::Held(..)) =>
+            {
+                self.grant = Grant::Stale;
+                self.fresh_grant().await?;
+                self.client
+                    .read_file(with_grant(request, &self.grant))
+                    .await
+            }
+            other => other,
+        };
+        let r = r
             .map_err(|s| {
                 anyhow!(
                     "reading {} of task {}: {}",
