@@ -75,7 +75,21 @@ pub fn masters(flag: Option<&str>) -> Result<Vec<String>> {
         .map(str::to_string)
         .or(env)
         .unwrap_or_else(|| DEFAULT_MASTER.to_string());
-    parse_master_list(&list).map_err(|e| anyhow!("--master: {e}"))
+    let parsed = parse_master_list(&list).map_err(|e| anyhow!("--master: {e}"))?;
+    let _ = MASTERS.set(parsed.clone());
+    Ok(parsed)
+}
+
+/// The masters this command was pointed at, for calls made deep inside it
+/// (a sandbox grant for each output stream it follows).
+static MASTERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The masters of [`masters`] as first resolved, else the defaults.
+pub fn known_masters() -> Result<Vec<String>> {
+    match MASTERS.get() {
+        Some(m) => Ok(m.clone()),
+        None => masters(None),
+    }
 }
 
 async fn operator_at(addr: &str) -> Result<OperatorClient<AuthChannel>, String> {

@@ -317,6 +317,11 @@ fn dev_auth_makes_an_admin_token_and_refuses_calls_without_one() {
         "stderr: {}",
         text(&out.stderr)
     );
+    // The output came through a sandbox grant, and the master audited the
+    // admin token's first use.
+    let audit = std::fs::read_to_string(data_dir.join("audit-master-1.log"))
+        .expect("mezz dev --auth keeps an audit log under its data dir");
+    assert!(audit.contains("\"token_first_use\""), "{audit}");
 
     unsafe {
         libc::kill(dev.pid() as i32, libc::SIGTERM);

@@ -350,17 +350,38 @@ pub fn read_chunk(
 }
 
 impl FilesService {
-    /// Validates the ids and returns what opening their sandbox needs.
-    fn target(&self, framework_id: &str, task_id: &str) -> Result<Target, Status> {
+    /// Validates the ids and the master's grant, and returns what opening
+    /// their sandbox needs.
+    fn target(
+        &self,
+        grant: Option<&str>,
+        framework_id: &str,
+        task_id: &str,
+    ) -> Result<Target, Status> {
         for (kind, id) in [("framework", framework_id), ("task", task_id)] {
             mezz_proto::ids::validate_id(kind, id).map_err(Status::invalid_argument)?;
         }
+        self.agent
+            .check_grant(grant, framework_id, task_id)
+            .map_err(|e| {
+                tracing::info!(framework_id, task_id, "sandbox read refused: {e}");
+                Status::permission_denied(e.to_string())
+            })?;
         Ok(Target {
             work_dir: self.agent.work_dir().to_path_buf(),
             framework_id: framework_id.to_string(),
             task_id: task_id.to_string(),
         })
     }
+}
+
+/// The sandbox grant a call carries, if any.
+fn grant_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(mezz_proto::grant::GRANT_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// A task's sandbox, by validated ids.
@@ -391,8 +412,9 @@ impl AgentFiles for FilesService {
         &self,
         request: Request<ListFilesRequest>,
     ) -> Result<Response<ListFilesResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
-        let target = self.target(&req.framework_id, &req.task_id)?;
+        let target = self.target(grant.as_deref(), &req.framework_id, &req.task_id)?;
         let task_terminal = self.agent.task_terminal(&req.framework_id, &req.task_id);
         let rel = req.path.clone();
         let entries = blocking(move || {
@@ -411,8 +433,9 @@ impl AgentFiles for FilesService {
         &self,
         request: Request<TailFileRequest>,
     ) -> Result<Response<ReadFileResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
-        let target = self.target(&req.framework_id, &req.task_id)?;
+        let target = self.target(grant.as_deref(), &req.framework_id, &req.task_id)?;
         let task_terminal = self.agent.task_terminal(&req.framework_id, &req.task_id);
         let rel = req.path.clone();
         let length = req.length;
@@ -433,8 +456,9 @@ impl AgentFiles for FilesService {
         &self,
         request: Request<ReadFileRequest>,
     ) -> Result<Response<ReadFileResponse>, Status> {
+        let grant = grant_of(&request);
         let req = request.into_inner();
-        let target = self.target(&req.framework_id, &req.task_id)?;
+        let target = self.target(grant.as_deref(), &req.framework_id, &req.task_id)?;
         // Ask before reading: a terminal task's file is complete once read.
         let task_terminal = self.agent.task_terminal(&req.framework_id, &req.task_id);
         let rel = req.path.clone();

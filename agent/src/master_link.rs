@@ -265,6 +265,7 @@ async fn session(
         "registered with master {addr} as agent {} (heartbeat every {heartbeat_every:?})",
         agent.id()
     );
+    agent.set_grant_key(reg.grant_key.clone());
     *gen += 1;
     let gen = *gen;
     let broken = || SessionEnd::Failed {

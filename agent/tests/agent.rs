@@ -61,6 +61,7 @@ impl AgentGateway for FakeMaster {
                     .unwrap_or_default(),
                 master_id: "fake".into(),
                 heartbeat_interval_secs: 0.5,
+                grant_key: Vec::new(),
             })),
         }));
         let (in_tx, inbound) = mpsc::unbounded_channel();

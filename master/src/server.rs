@@ -632,7 +632,16 @@ pub async fn run(
         )?),
         None => None,
     };
-    let guard = Guard::new(config.security.classes);
+    let audit = match &config.security.audit_log {
+        Some(path) => crate::security::Audit::to_file(path).map_err(MasterError::Config)?,
+        None => crate::security::Audit::in_memory(),
+    };
+    let guard = Guard::with(
+        config.security.classes,
+        audit,
+        config.security.rate_limits.clone(),
+    )
+    .map_err(MasterError::Config)?;
     let mut actor = Actor {
         node,
         config: config.clone(),

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod grant;
 pub mod holdback;
 pub mod ids;
 pub mod resources;

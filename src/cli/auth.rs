@@ -69,6 +69,7 @@ impl MasterSecurityArgs {
             bootstrap_token_file: self.bootstrap_token_file.clone(),
             bootstrap_principal: self.bootstrap_principal.clone(),
             acls,
+            ..SecurityConfig::default()
         })
     }
 }

@@ -216,6 +216,8 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             bootstrap_token_file: Some(token_file.clone()),
             bootstrap_principal: mezz_master::security::DEFAULT_ADMIN.into(),
             acls: None,
+            audit_log: None,
+            rate_limits: Default::default(),
         },
         None => Default::default(),
     };
@@ -254,7 +256,13 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             snapshot_every: mezz_master::replication::SNAPSHOT_EVERY,
             limits: Default::default(),
             tls: server_tls.clone(),
-            security: security.clone(),
+            security: mezz_master::security::SecurityConfig {
+                // One audit log per master: each appends what it saw.
+                audit_log: token
+                    .is_some()
+                    .then(|| data_dir.join(format!("audit-master-{id}.log"))),
+                ..security.clone()
+            },
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {
@@ -392,6 +400,10 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         outln!(
             "               export MEZZ_CREDENTIALS={}",
             token_file.display()
+        );
+        outln!(
+            "  audit log    {} (and GET /api/audit)",
+            data_dir.join("audit-master-1.log").display()
         );
         outln!(
             "               the status page asks for a login: any user name, the token as password"

@@ -47,6 +47,61 @@ pub struct Tail {
     task_id: String,
     path: String,
     offset: u64,
+    grant: Grant,
+}
+
+/// The master's grant to read this task's sandbox (see
+/// `mezz_proto::grant`), renewed before it expires.
+enum Grant {
+    /// Not asked yet, or due for renewal.
+    Stale,
+    /// This grant, until then (Unix seconds).
+    Held(String, f64),
+    /// The master asks for none (it authenticates nobody, or predates
+    /// grants).
+    NotNeeded,
+}
+
+/// Renew a grant this long before it expires.
+const GRANT_MARGIN_SECS: f64 = 30.0;
+
+/// Asks the leading master for a grant to read a task's sandbox.
+async fn fetch_grant(framework_id: &str, task_id: &str) -> Result<Grant> {
+    let masters = client::known_masters()?;
+    let (mut op, addr) = client::leader(&masters).await?;
+    match op
+        .grant_task_files(mezz_proto::v1::GrantTaskFilesRequest {
+            framework_id: framework_id.to_string(),
+            task_id: task_id.to_string(),
+        })
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            Ok(if r.grant.is_empty() {
+                Grant::NotNeeded
+            } else {
+                Grant::Held(r.grant, r.expires_at)
+            })
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(Grant::NotNeeded),
+        Err(s) => Err(anyhow!(
+            "master {addr} refused to open the sandbox of task {task_id}: {}",
+            s.message()
+        )),
+    }
+}
+
+/// `msg` as a request carrying `grant`, when there is one.
+fn with_grant<T>(msg: T, grant: &Grant) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Grant::Held(g, _) = grant {
+        if let Ok(v) = g.parse() {
+            req.metadata_mut()
+                .insert(mezz_proto::grant::GRANT_METADATA, v);
+        }
+    }
+    req
 }
 
 /// Where `Tail` writes.
@@ -115,20 +170,38 @@ impl Tail {
             task_id: task_id.to_string(),
             path: path.to_string(),
             offset: 0,
+            grant: Grant::Stale,
         })
+    }
+
+    /// A grant that is good for a while yet (or none needed).
+    async fn fresh_grant(&mut self) -> Result<()> {
+        let due = match &self.grant {
+            Grant::Stale => true,
+            Grant::Held(_, until) => *until - mezz_proto::unix_now() < GRANT_MARGIN_SECS,
+            Grant::NotNeeded => false,
+        };
+        if due {
+            self.grant = fetch_grant(&self.framework_id, &self.task_id).await?;
+        }
+        Ok(())
     }
 
     /// Writes the last `lines` lines (within the file's last MiB) and moves
     /// the offset to the end of what it wrote.
     pub async fn last_lines(&mut self, lines: usize, out: Out) -> Result<()> {
+        self.fresh_grant().await?;
         let r = self
             .client
-            .tail_file(TailFileRequest {
-                framework_id: self.framework_id.clone(),
-                task_id: self.task_id.clone(),
-                path: self.path.clone(),
-                length: 0,
-            })
+            .tail_file(with_grant(
+                TailFileRequest {
+                    framework_id: self.framework_id.clone(),
+                    task_id: self.task_id.clone(),
+                    path: self.path.clone(),
+                    length: 0,
+                },
+                &self.grant,
+            ))
             .await
             .map_err(|s| {
                 anyhow!(
@@ -151,16 +224,34 @@ impl Tail {
 
     /// Hands what is new to `sink`; returns (bytes, task is terminal).
     pub async fn step_with(&mut self, sink: &mut impl FnMut(&[u8])) -> Result<(usize, bool)> {
-        let r = self
+        self.fresh_grant().await?;
+        let request = ReadFileRequest {
+            framework_id: self.framework_id.clone(),
+            task_id: self.task_id.clone(),
+            path: self.path.clone(),
+            offset: self.offset,
+            length: 0,
+        };
+        let r = match self
             .client
-            .read_file(ReadFileRequest {
-                framework_id: self.framework_id.clone(),
-                task_id: self.task_id.clone(),
-                path: self.path.clone(),
-                offset: self.offset,
-                length: 0,
-            })
+            .read_file(with_grant(request.clone(), &self.grant))
             .await
+        {
+            // A new leader gave the agent a new key (after a failover):
+            // ask it for a grant once more.
+            Err(s)
+                if s.code() == tonic::Code::PermissionDenied
+                    && matches!(self.grant, Grant::Held(..)) =>
+            {
+                self.grant = Grant::Stale;
+                self.fresh_grant().await?;
+                self.client
+                    .read_file(with_grant(request, &self.grant))
+                    .await
+            }
+            other => other,
+        };
+        let r = r
             .map_err(|s| {
                 anyhow!(
                     "reading {} of task {}: {}",
@@ -242,13 +333,17 @@ async fn list(agent_addr: &str, framework_id: &str, task_id: &str, dir: &str) ->
         .with_context(|| {
             format!("connecting to agent {agent_addr} for the sandbox of task {task_id}")
         })?;
+    let grant = fetch_grant(framework_id, task_id).await?;
     let r = AgentFilesClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .list_files(ListFilesRequest {
-            framework_id: framework_id.to_string(),
-            task_id: task_id.to_string(),
-            path: dir.to_string(),
-        })
+        .list_files(with_grant(
+            ListFilesRequest {
+                framework_id: framework_id.to_string(),
+                task_id: task_id.to_string(),
+                path: dir.to_string(),
+            },
+            &grant,
+        ))
         .await
         .map_err(|s| anyhow!("listing the sandbox of task {task_id}: {}", s.message()))?
         .into_inner();

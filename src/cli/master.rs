@@ -75,6 +75,8 @@ pub struct MasterArgs {
     pub tls_server: super::tls::ServerTlsArgs,
     #[command(flatten)]
     pub security: super::auth::MasterSecurityArgs,
+    #[command(flatten)]
+    pub guard: super::guard::MasterGuardArgs,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -130,7 +132,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
             completed_tasks: args.max_completed_tasks.max(1),
         },
         tls: None,
-        security: args.security.config()?,
+        security: args.guard.apply(args.security.config()?)?,
     })
 }
 

@@ -32,6 +32,7 @@ mod capacity;
 mod daemon_start;
 mod dev;
 mod dev_tls;
+mod guard;
 mod inspect;
 mod jupyter;
 mod logs;

@@ -71,6 +71,9 @@ pub struct Agent {
     shutdown: watch::Receiver<bool>,
     /// The background tasks, for shutdown to wait for.
     spawned: spawned::Spawned,
+    /// The key of the leading master's sandbox grants, when it asks for
+    /// them (see `mezz_proto::grant` and `files`).
+    grant_key: std::sync::RwLock<Option<Vec<u8>>>,
 }
 
 fn state_of(rec: &TaskRecord) -> TaskState {
@@ -133,6 +136,7 @@ impl Agent {
             updates_ready: Notify::new(),
             shutdown,
             spawned: spawned::Spawned::new(),
+            grant_key: std::sync::RwLock::new(None),
         }
     }
 
@@ -149,6 +153,38 @@ impl Agent {
     /// The work directory.
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
+    }
+
+    /// Takes the grant key of the master this agent registered with: from
+    /// then on a task's files are served only with a grant signed with it.
+    /// An empty key (a master that authenticates nobody) is kept too, as
+    /// "no grants": once a master asked for grants, a later one that does
+    /// not is believed, since it is the one that leads.
+    pub fn set_grant_key(&self, key: Vec<u8>) {
+        let mut k = self.grant_key.write().unwrap_or_else(|e| e.into_inner());
+        *k = (!key.is_empty()).then_some(key);
+    }
+
+    /// Checks a sandbox grant for a task (see `mezz_proto::grant`): always
+    /// passes while the master asks for none.
+    pub fn check_grant(
+        &self,
+        grant: Option<&str>,
+        framework_id: &str,
+        task_id: &str,
+    ) -> Result<(), mezz_proto::grant::GrantError> {
+        let k = self.grant_key.read().unwrap_or_else(|e| e.into_inner());
+        match k.as_deref() {
+            None => Ok(()),
+            Some(key) => mezz_proto::grant::verify(
+                key,
+                grant,
+                framework_id,
+                task_id,
+                self.id(),
+                mezz_proto::unix_now(),
+            ),
+        }
     }
 
     /// Runs `fut` until it ends or the agent shuts down.

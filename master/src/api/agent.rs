@@ -87,7 +87,7 @@ impl AgentGateway for AgentApi {
             let _ = handle.send(Input::AgentGone(conn)).await;
         });
         Ok(Response::new(GuardedStream::new(
-            ReceiverStream::new(rx),
+            ReceiverStream::new(super::guard::with_grant_key(rx, self.handle.guard())),
             self.handle.clone(),
             Input::AgentGone(conn),
         )))

@@ -75,12 +75,16 @@ pub async fn authenticate(
         .map(|v| v.to_str().unwrap_or("?"));
     match guard.authenticate(class, header, mezz_proto::unix_now()) {
         Ok(Some(principal)) => {
+            super::guard::audit_token_use(guard, &req, header, &principal);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
         Ok(None) => next.run(req).await,
         Err(e) => {
             if let Some(refused) = auth.log_now() {
+                // Audited at the log's bounded rate: a peer with bad
+                // tokens must not fill the disk.
+                super::guard::audit_refusal(guard, &req, class.name(), &e, refused);
                 tracing::info!(
                     caller = class.name(),
                     path = req.uri().path(),

@@ -256,13 +256,15 @@ async fn task(
         .tasks
         .iter()
         .find(|t| t.framework_id == framework_id && t.id == task_id)
-        .map(|t| t.agent_address.clone());
+        .map(|t| (t.agent_address.clone(), t.agent_id.clone()));
     let mut panes = Vec::new();
     // The live part of the page is refreshed by the script, which follows
     // the logs by itself: skip the agent round trips for those requests.
-    if let Some(addr) = agent.filter(|a| !a.is_empty() && !refresh) {
+    if let Some((addr, agent_id)) = agent.filter(|a| !a.0.is_empty() && !refresh) {
+        // Checked above: this caller may view the task's role.
+        let grant = super::guard::page_grant(&h.handle, &framework_id, &task_id, &agent_id);
         for file in FILES {
-            panes.push(tail(&addr, &framework_id, &task_id, file).await);
+            panes.push(tail(&addr, &grant, &framework_id, &task_id, file).await);
         }
     }
     let (found, body) = page::task(&s, &ctx, &framework_id, &task_id, &panes);
@@ -270,7 +272,7 @@ async fn task(
 }
 
 /// Reads the last [`MAX_FILE_CHUNK`] bytes of a sandbox file.
-async fn tail(addr: &str, framework_id: &str, task_id: &str, file: &str) -> LogPane {
+async fn tail(addr: &str, grant: &str, framework_id: &str, task_id: &str, file: &str) -> LogPane {
     let pane = |error: Option<String>| LogPane {
         file: file.to_string(),
         text: String::new(),
@@ -278,13 +280,14 @@ async fn tail(addr: &str, framework_id: &str, task_id: &str, file: &str) -> LogP
         next_offset: 0,
         error,
     };
-    let first = match read(addr, framework_id, task_id, file, 0).await {
+    let first = match read(addr, grant, framework_id, task_id, file, 0).await {
         Ok(r) => r,
         Err(e) => return pane(Some(e)),
     };
     let r = if first.size > first.data.len() as u64 {
         match read(
             addr,
+            grant,
             framework_id,
             task_id,
             file,
@@ -321,6 +324,7 @@ fn utf8_prefix(data: &[u8]) -> (String, usize) {
 
 async fn read(
     addr: &str,
+    grant: &str,
     framework_id: &str,
     task_id: &str,
     file: &str,
@@ -330,19 +334,24 @@ async fn read(
         .await
         .map_err(|e| format!("cannot reach agent {addr}: {e}"))?;
     let mut client = AgentFilesClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let resp = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        client.read_file(ReadFileRequest {
-            framework_id: framework_id.to_string(),
-            task_id: task_id.to_string(),
-            path: file.to_string(),
-            offset,
-            length: MAX_FILE_CHUNK,
-        }),
-    )
-    .await
-    .map_err(|_| format!("agent {addr} did not answer within 5 s"))?
-    .map_err(|e| format!("agent {addr}: {}", e.message()))?;
+    let mut request = tonic::Request::new(ReadFileRequest {
+        framework_id: framework_id.to_string(),
+        task_id: task_id.to_string(),
+        path: file.to_string(),
+        offset,
+        length: MAX_FILE_CHUNK,
+    });
+    if let Ok(v) = grant.parse() {
+        if !grant.is_empty() {
+            request
+                .metadata_mut()
+                .insert(mezz_proto::grant::GRANT_METADATA, v);
+        }
+    }
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_file(request))
+        .await
+        .map_err(|_| format!("agent {addr} did not answer within 5 s"))?
+        .map_err(|e| format!("agent {addr}: {}", e.message()))?;
     let mut r = resp.into_inner();
     r.data.truncate(MAX_FILE_CHUNK as usize);
     Ok(r)
@@ -397,9 +406,9 @@ async fn task_file(
             return r;
         }
     }
-    let Some(addr) = found
-        .map(|t| t.agent_address.clone())
-        .filter(|a| !a.is_empty())
+    let Some((addr, agent_id)) = found
+        .map(|t| (t.agent_address.clone(), t.agent_id.clone()))
+        .filter(|a| !a.0.is_empty())
     else {
         return (
             StatusCode::NOT_FOUND,
@@ -407,7 +416,9 @@ async fn task_file(
         )
             .into_response();
     };
-    match read(&addr, &framework_id, &task_id, &file, q.offset).await {
+    // Checked above: this caller may view the task's role.
+    let grant = super::guard::page_grant(&h.handle, &framework_id, &task_id, &agent_id);
+    match read(&addr, &grant, &framework_id, &task_id, &file, q.offset).await {
         Ok(r) => {
             let (data, used) = utf8_prefix(&r.data);
             let next_offset = r.offset + used as u64;

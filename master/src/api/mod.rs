@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod guard;
 pub mod http;
 pub mod mesos;
 pub mod metrics;
@@ -54,6 +55,7 @@ pub fn router(handle: Handle, me: u64, peers: Vec<u64>) -> axum::Router {
     let guard = handle.guard().clone();
     routes
         .into_axum_router()
+        .merge(guard::routes(handle.clone()))
         .merge(http::routes(handle.clone(), grpc.clone()))
         .merge(mesos::routes(handle))
         .fallback(not_found)

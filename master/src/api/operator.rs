@@ -9,9 +9,12 @@ use mezz_proto::v1::{
     OperatorKillResponse, RevokeTokenRequest, RevokeTokenResponse, SetQuotaRequest,
     SetWeightRequest,
 };
+use mezz_proto::v1::{AuditEntries, GetAuditRequest, GrantTaskFilesRequest, TaskFilesGrant};
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::auth::{denied, principal};
+use super::guard::audit;
 use super::status_from;
 use crate::security::{self, Action, Principal};
 use crate::server::{Handle, Input};
@@ -104,6 +107,12 @@ impl Operator for OperatorApi {
             .ask(|r| Input::OperatorKill(req.task_id, req.framework_id, r))
             .await?
             .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "kill",
+            json!({"framework_id": fid.0, "task_id": tid.0, "by": "operator"}),
+        );
         Ok(Response::new(OperatorKillResponse {
             framework_id: fid.0,
             task_id: tid.0,
@@ -120,10 +129,17 @@ impl Operator for OperatorApi {
             return Err(Status::invalid_argument("role is empty; name the role"));
         }
         self.check(who.as_ref(), Action::SetQuota(&req.role))?;
+        let role = req.role.clone();
         self.handle
             .ask(|r| Input::SetQuota(req.role, req.guarantee, req.limit, r))
             .await?
             .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "set_quota",
+            json!({"role": role}),
+        );
         Ok(Response::new(Empty {}))
     }
 
@@ -137,10 +153,17 @@ impl Operator for OperatorApi {
             return Err(Status::invalid_argument("role is empty; name the role"));
         }
         self.check(who.as_ref(), Action::SetWeight(&req.role))?;
+        let (role, weight) = (req.role.clone(), req.weight);
         self.handle
             .ask(|r| Input::SetWeight(req.role, req.weight, r))
             .await?
             .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "set_weight",
+            json!({"role": role, "weight": weight}),
+        );
         Ok(Response::new(Empty {}))
     }
 
@@ -182,6 +205,12 @@ impl Operator for OperatorApi {
             .ask(|r| Input::AddToken(record, r))
             .await?
             .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "create_token",
+            json!({"token_id": token.id(), "for": req.principal, "expires_at": expires_at}),
+        );
         tracing::info!(
             token_id = token.id(),
             principal = req.principal,
@@ -216,6 +245,12 @@ impl Operator for OperatorApi {
             .ask(|r| Input::RevokeTokens(which.clone(), mezz_proto::unix_now(), r))
             .await?
             .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "revoke_token",
+            json!({"which": which, "token_ids": ids}),
+        );
         tracing::info!(tokens = ?ids, "tokens revoked");
         Ok(Response::new(RevokeTokenResponse { ids }))
     }
@@ -245,6 +280,7 @@ impl Operator for OperatorApi {
         let who = principal(&request);
         self.check(who.as_ref(), Action::ManageAcls)?;
         let json = request.into_inner().json;
+        let cleared = json.trim().is_empty();
         if !json.trim().is_empty() {
             let acls = security::Acls::parse(&json).map_err(Status::invalid_argument)?;
             let anonymous = Principal(security::ANONYMOUS.into());
@@ -260,7 +296,35 @@ impl Operator for OperatorApi {
             .ask(|r| Input::SetAcls(json, r))
             .await?
             .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "set_acls",
+            json!({"cleared": cleared}),
+        );
         tracing::info!("ACLs replaced");
         Ok(Response::new(Empty {}))
+    }
+
+    async fn grant_task_files(
+        &self,
+        request: Request<GrantTaskFilesRequest>,
+    ) -> Result<Response<TaskFilesGrant>, Status> {
+        let who = principal(&request);
+        let req = request.into_inner();
+        super::guard::grant_task_files(&self.handle, who.as_ref(), &req.framework_id, &req.task_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_audit(
+        &self,
+        request: Request<GetAuditRequest>,
+    ) -> Result<Response<AuditEntries>, Status> {
+        let who = principal(&request);
+        let limit = request.into_inner().limit as usize;
+        let lines =
+            super::guard::audit_lines(self.handle.guard(), who.as_ref(), limit).map_err(denied)?;
+        Ok(Response::new(AuditEntries { lines }))
     }
 }

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{denied, principal};
+use super::guard::{audit, charge};
 use super::{status_from, GuardedStream};
 use crate::security::Action;
 use crate::server::{Call, Handle, Input};
@@ -64,6 +65,7 @@ impl Scheduler for SchedulerApi {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = principal(&request);
+        charge(self.handle.guard(), who.as_ref(), 1.0)?;
         let req = request.into_inner();
         let mut info = req
             .framework
@@ -103,6 +105,18 @@ impl Scheduler for SchedulerApi {
     async fn accept(&self, request: Request<AcceptRequest>) -> Result<Response<Empty>, Status> {
         let who = principal(&request);
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        // A launch costs one per task, so that launching is what is
+        // limited, not the number of calls it is split into.
+        let tasks: usize = request
+            .get_ref()
+            .operations
+            .iter()
+            .filter_map(|op| match &op.operation {
+                Some(mezz_proto::v1::operation::Operation::Launch(l)) => Some(l.tasks.len()),
+                _ => None,
+            })
+            .sum();
+        charge(self.handle.guard(), who.as_ref(), tasks.max(1) as f64)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         let guard = self.handle.guard();
@@ -127,6 +141,7 @@ impl Scheduler for SchedulerApi {
 
     async fn decline(&self, request: Request<DeclineRequest>) -> Result<Response<Empty>, Status> {
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Decline {
@@ -139,6 +154,7 @@ impl Scheduler for SchedulerApi {
 
     async fn revive(&self, request: Request<ReviveRequest>) -> Result<Response<Empty>, Status> {
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Revive(req.framework_id)).await
@@ -146,15 +162,24 @@ impl Scheduler for SchedulerApi {
 
     async fn suppress(&self, request: Request<SuppressRequest>) -> Result<Response<Empty>, Status> {
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Suppress(req.framework_id)).await
     }
 
     async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "kill",
+            serde_json::json!({"framework_id": req.framework_id, "task_id": req.task_id, "by": "framework"}),
+        );
         self.call(Call::Kill {
             framework_id: req.framework_id,
             task_id: req.task_id,
@@ -168,6 +193,7 @@ impl Scheduler for SchedulerApi {
         request: Request<AcknowledgeRequest>,
     ) -> Result<Response<Empty>, Status> {
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Acknowledge {
@@ -184,6 +210,7 @@ impl Scheduler for SchedulerApi {
         request: Request<ReconcileRequest>,
     ) -> Result<Response<Empty>, Status> {
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::Reconcile(req.framework_id, req.tasks))
@@ -191,9 +218,17 @@ impl Scheduler for SchedulerApi {
     }
 
     async fn teardown(&self, request: Request<TeardownRequest>) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "teardown",
+            serde_json::json!({"framework_id": req.framework_id, "by": "framework"}),
+        );
         self.call(Call::Teardown(req.framework_id)).await
     }
 }

@@ -160,6 +160,9 @@ impl Cluster {
                     agent_id: id.0.clone(),
                     master_id: self.master_id.clone(),
                     heartbeat_interval_secs: self.timeouts.agent_heartbeat as f64 / 1000.0,
+                    // The shell's to fill in (a random key is no part of
+                    // the replicated state): see `api::guard`.
+                    grant_key: Vec::new(),
                 })),
             },
         ));

@@ -6,6 +6,8 @@
 //! waits for the actor. Everything here but the guard's lock is pure.
 
 pub mod acl;
+pub mod audit;
+pub mod ratelimit;
 pub mod tokens;
 
 use std::collections::BTreeMap;
@@ -16,6 +18,8 @@ use mezz_proto::auth::Token;
 use mezz_proto::v1::{ClusterState, TokenRecord};
 
 pub use acl::{Acls, Action, Denied};
+pub use audit::Audit;
+pub use ratelimit::{Limited, RateLimits};
 pub use tokens::{AuthError, Principal};
 
 /// The kinds of callers `--authenticate` names.
@@ -145,6 +149,11 @@ pub struct SecurityConfig {
     /// `--acls`: the ACL document (validated), seeded when the group has
     /// none.
     pub acls: Option<String>,
+    /// `--audit-log`: where the audit log's JSON lines go (also kept in
+    /// memory for `/api/audit`).
+    pub audit_log: Option<PathBuf>,
+    /// `--rate-limits` and its flags: scheduler calls per principal.
+    pub rate_limits: RateLimits,
 }
 
 /// The principal of the bootstrap token unless told otherwise.
@@ -165,14 +174,87 @@ struct Published {
 pub struct Guard {
     classes: AuthClasses,
     published: RwLock<Published>,
+    /// This master's key for sandbox grants (see `mezz_proto::grant`).
+    grant_key: Vec<u8>,
+    audit: Audit,
+    limiter: ratelimit::Limiter,
+    /// The origin of the rate limiter's clock.
+    started: std::time::Instant,
 }
 
 impl Guard {
     /// A guard that asks `classes` for tokens, with no tokens or ACLs yet.
     pub fn new(classes: AuthClasses) -> Arc<Guard> {
-        Arc::new(Guard {
+        Guard::with(classes, Audit::in_memory(), RateLimits::default())
+            .expect("the OS gives randomness")
+    }
+
+    /// A guard that also audits to `audit` and enforces `limits`, with a
+    /// fresh grant key.
+    pub fn with(
+        classes: AuthClasses,
+        audit: Audit,
+        limits: RateLimits,
+    ) -> Result<Arc<Guard>, String> {
+        Ok(Arc::new(Guard {
             classes,
             published: RwLock::new(Published::default()),
+            grant_key: mezz_proto::grant::new_key()?,
+            audit,
+            limiter: ratelimit::Limiter::new(limits),
+            started: std::time::Instant::now(),
+        }))
+    }
+
+    /// The key agents verify sandbox grants with: `None` while this master
+    /// authenticates nobody (agents then serve files as they always did).
+    pub fn grant_key(&self) -> Option<&[u8]> {
+        self.classes.any().then_some(self.grant_key.as_slice())
+    }
+
+    /// A grant for one task's sandbox on agent `agent_id`, valid for
+    /// [`mezz_proto::grant::GRANT_SECS`] from `now`; empty while
+    /// grants are off. The caller has checked `View` of the task's role.
+    pub fn sign_grant(
+        &self,
+        framework_id: &str,
+        task_id: &str,
+        agent_id: &str,
+        now: f64,
+    ) -> (String, f64) {
+        let expires = now.max(0.0) as u64 + mezz_proto::grant::GRANT_SECS;
+        match self.grant_key() {
+            Some(key) => (
+                mezz_proto::grant::sign(
+                    &mezz_proto::grant::agent_key(key, agent_id),
+                    framework_id,
+                    task_id,
+                    agent_id,
+                    expires,
+                ),
+                expires as f64,
+            ),
+            None => (String::new(), expires as f64),
+        }
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Charges `cost` scheduler calls to `principal` (anonymous when
+    /// none); refused while over its rate limit.
+    pub fn rate_limit(&self, principal: Option<&Principal>, cost: f64) -> Result<(), Limited> {
+        let who = principal.map(|p| p.0.as_str()).unwrap_or(ANONYMOUS);
+        let now = self.started.elapsed().as_secs_f64();
+        self.limiter.take(who, cost, now).inspect_err(|l| {
+            self.audit.record(
+                mezz_proto::unix_now(),
+                "rate_limited",
+                who,
+                serde_json::json!({"retry_after_secs": l.retry_after_secs}),
+            )
         })
     }
 
@@ -219,12 +301,22 @@ impl Guard {
         };
         match principal {
             Some(who) if who.0 == *owner => Ok(()),
-            who => Err(format!(
-                "principal '{}' may not act for framework {id}: it was registered by \
-                 principal '{owner}'; subscribe with that principal's token",
-                who.map(|w| w.0.as_str()).unwrap_or(ANONYMOUS)
-            )),
+            who => Err(self.denied_owner(who, id, owner)),
         }
+    }
+
+    fn denied_owner(&self, who: Option<&Principal>, id: &str, owner: &str) -> String {
+        let name = who.map(|w| w.0.as_str()).unwrap_or(ANONYMOUS);
+        self.audit.record(
+            mezz_proto::unix_now(),
+            "denied",
+            name,
+            serde_json::json!({"action": "act_for_framework", "object": format!("framework {id}")}),
+        );
+        format!(
+            "principal '{name}' may not act for framework {id}: it was registered by \
+             principal '{owner}'; subscribe with that principal's token"
+        )
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {
@@ -279,6 +371,14 @@ impl Guard {
         };
         let anonymous = Principal(ANONYMOUS.into());
         acls.check(principal.unwrap_or(&anonymous), action)
+            .inspect_err(|d| {
+                self.audit.record(
+                    mezz_proto::unix_now(),
+                    "denied",
+                    &d.principal,
+                    serde_json::json!({"action": d.action, "object": d.object}),
+                )
+            })
     }
 }
 

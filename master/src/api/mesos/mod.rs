@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use self::codec::{MasterInfo, MesosCall};
 use self::protobuf::Format;
 use super::auth::forbidden;
+use super::guard::too_many;
 use crate::cluster::{CallError, ConnId};
 use crate::node::Call;
 use crate::security::{Action, Principal};
@@ -252,6 +253,9 @@ fn may_subscribe(
 ) -> Result<(), Box<Response>> {
     info.principal = who.map(|p| p.0.clone()).unwrap_or_default();
     let guard = handle.guard();
+    guard
+        .rate_limit(who, 1.0)
+        .map_err(|l| Box::new(too_many(l)))?;
     if !info.id.is_empty() {
         guard
             .check_owner(who, &info.id)
@@ -280,6 +284,21 @@ fn may_call(
     guard
         .check_owner(who, framework_id)
         .map_err(|m| Box::new(bad(StatusCode::FORBIDDEN, m)))?;
+    // As on gRPC: one token a call, an ACCEPT one per task it launches.
+    let launches: usize = match call {
+        Some(Call::Accept(a)) => a
+            .operations
+            .iter()
+            .filter_map(|op| match &op.operation {
+                Some(mezz_proto::v1::operation::Operation::Launch(l)) => Some(l.tasks.len()),
+                _ => None,
+            })
+            .sum(),
+        _ => 0,
+    };
+    guard
+        .rate_limit(who, launches.max(1) as f64)
+        .map_err(|l| Box::new(too_many(l)))?;
     if let Some(Call::Accept(accept)) = call {
         for op in &accept.operations {
             let Some(mezz_proto::v1::operation::Operation::Launch(launch)) = &op.operation else {
