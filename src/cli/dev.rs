@@ -52,7 +52,7 @@ pub struct DevArgs {
     pub task_user: Option<String>,
     /// Require a bearer token from every caller (frameworks, agents, the
     /// CLI, the status page), as `mezz master --authenticate all` does.
-    /// An admin token is made and written to <data-dir>/admin.token (mode
+    /// An admin token is made and written to `<data-dir>/admin.token` (mode
     /// 0600); point the CLI at it with
     /// `export MEZZ_CREDENTIALS=<data-dir>/admin.token`.
     #[arg(long)]
