@@ -7,10 +7,12 @@
 pub mod allocator;
 pub mod api;
 pub mod cluster;
+pub mod handle;
 pub mod hashing;
 pub mod listener;
 pub mod metrics;
 pub mod node;
+pub mod peer_grpc;
 pub mod registry;
 pub mod replication;
 pub mod security;

@@ -5,182 +5,28 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mezz_proto::v1::{
-    ClusterState, Event, FrameworkInfo, MasterMessage, MasterView, RegisterAgent, TaskStatus,
-};
-use mezz_proto::{FrameworkId, TaskId};
+use mezz_proto::v1::{ClusterState, MasterView};
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
 use crate::cluster::{CallError, ConnId, Effect, Millis};
+use crate::handle::{AgentTx, FrameworkTx, Handle, Input};
 use crate::node::{Dropped, Node, Outbox};
-use crate::replication::transport::{GrpcTransport, PeerReport, Transport};
+use crate::peer_grpc::GrpcTransport;
+use crate::replication::transport::{PeerReport, Transport};
 use crate::security::Guard;
 use crate::{Config, MasterError};
 
-/// Outbound queue of one stream. A peer that falls this far behind is
-/// disconnected rather than letting the master's memory grow.
-pub const STREAM_QUEUE_LEN: usize = 4096;
 /// Inputs waiting for the actor.
 const INPUT_QUEUE: usize = 16384;
 /// Raft and timer tick: with raft's election timeout of 10 ticks, a
 /// leader that dies is replaced within 0.5 to 1 s.
 const TICK: Duration = Duration::from_millis(50);
 
-/// Sender half of an agent's response stream.
-pub type AgentTx = mpsc::Sender<Result<MasterMessage, Status>>;
-/// Sender half of a framework's event stream.
-pub type FrameworkTx = mpsc::Sender<Result<Event, Status>>;
-
-pub use crate::node::Call;
-
-/// What the API services hand to the actor.
-#[derive(Debug)]
-pub enum Input {
-    /// First message of an agent stream, and the peer it came from.
-    AgentRegister(ConnId, RegisterAgent, AgentTx, Option<std::net::SocketAddr>),
-    /// Agent heartbeat.
-    AgentHeartbeat(ConnId),
-    /// Agent status update.
-    AgentUpdate(ConnId, TaskStatus),
-    /// Agent stream ended.
-    AgentGone(ConnId),
-    /// A framework subscribes.
-    Subscribe(
-        ConnId,
-        u32,
-        FrameworkInfo,
-        FrameworkTx,
-        oneshot::Sender<Result<(), CallError>>,
-    ),
-    /// Framework stream ended.
-    FrameworkGone(ConnId),
-    /// A scheduler call.
-    Call(Call, oneshot::Sender<Result<(), CallError>>),
-    /// Operator kill.
-    OperatorKill(
-        String,
-        String,
-        oneshot::Sender<Result<(FrameworkId, TaskId), CallError>>,
-    ),
-    /// Operator: set a role's quota (role, guarantee, limit); answered
-    /// once the change is durable in the replicated log.
-    SetQuota(
-        String,
-        Vec<mezz_proto::v1::Resource>,
-        Vec<mezz_proto::v1::Resource>,
-        oneshot::Sender<Result<(), CallError>>,
-    ),
-    /// Operator: set a role's weight; answered once durable.
-    SetWeight(String, f64, oneshot::Sender<Result<(), CallError>>),
-    /// Operator: add a token (its salted hash); answered once durable.
-    AddToken(
-        mezz_proto::v1::TokenRecord,
-        oneshot::Sender<Result<(), CallError>>,
-    ),
-    /// Operator: revoke the tokens of an id or a principal at a Unix
-    /// time; answered once durable.
-    RevokeTokens(String, f64, oneshot::Sender<Result<(), CallError>>),
-    /// Operator: replace the ACLs (JSON; empty turns them off); answered
-    /// once durable.
-    SetAcls(String, oneshot::Sender<Result<(), CallError>>),
-    /// Raft messages from a peer master.
-    Raft(Vec<raft::eraftpb::Message>),
-    /// Whether this master leads, and the leader's address if known.
-    WhoLeads(oneshot::Sender<(bool, Option<String>)>),
-    /// Read the cluster state.
-    State(bool, oneshot::Sender<ClusterState>),
-    /// Prometheus text.
-    Metrics(oneshot::Sender<String>),
-}
-
-impl Input {
-    /// Whether only a leader whose state is current may act on this.
-    fn needs_leader(&self) -> bool {
-        matches!(
-            self,
-            Input::AgentRegister(..)
-                | Input::Subscribe(..)
-                | Input::Call(..)
-                | Input::OperatorKill(..)
-                | Input::SetQuota(..)
-                | Input::SetWeight(..)
-                | Input::AddToken(..)
-                | Input::RevokeTokens(..)
-                | Input::SetAcls(..)
-        )
-    }
-}
-
 /// Where the answer to an operator change goes.
 type Reply = oneshot::Sender<Result<(), CallError>>;
-
-/// A cheap handle the services use to reach the actor.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Input>,
-    conns: Arc<AtomicU64>,
-    /// Why the state machine stopped, once it has.
-    fatal: Arc<std::sync::OnceLock<String>>,
-    /// Tokens and ACLs as last applied, for the API layer.
-    guard: Arc<Guard>,
-}
-
-impl Handle {
-    /// Who may call, and do what.
-    pub fn guard(&self) -> &Arc<Guard> {
-        &self.guard
-    }
-
-    /// `None` while the state machine runs; otherwise why it stopped
-    /// (`/health` then answers 503 until the process exits).
-    pub fn failure(&self) -> Option<String> {
-        if let Some(why) = self.fatal.get() {
-            return Some(why.clone());
-        }
-        self.tx
-            .is_closed()
-            .then(|| "the master's state machine has stopped".to_string())
-    }
-
-    /// A fresh stream id.
-    pub fn next_conn(&self) -> ConnId {
-        self.conns.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues an input.
-    pub async fn send(&self, input: Input) -> Result<(), Status> {
-        self.tx
-            .send(input)
-            .await
-            .map_err(|_| Status::unavailable("the master is shutting down"))
-    }
-
-    /// Queues an input from a context that cannot wait (a `Drop`).
-    pub fn send_later(&self, input: Input) {
-        let tx = self.tx.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = tx.send(input).await;
-            });
-        }
-    }
-
-    /// Sends an input built around a reply channel and waits for the reply.
-    pub async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Input,
-    ) -> Result<T, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.send(make(tx)).await?;
-        rx.await
-            .map_err(|_| Status::unavailable("the master is shutting down"))
-    }
-}
 
 /// The client streams and peer transport a master writes to.
 struct Streams {
@@ -690,12 +536,7 @@ pub async fn run(
         })?;
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let fatal = Arc::new(std::sync::OnceLock::new());
-    let handle = Handle {
-        tx,
-        conns: Arc::new(AtomicU64::new(1)),
-        fatal: Arc::clone(&fatal),
-        guard,
-    };
+    let handle = Handle::new(tx, Arc::clone(&fatal), guard);
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
     let router = crate::api::router(handle, config.id, config.peers.keys().copied().collect());

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::GuardedStream;
-use crate::server::{Handle, Input};
+use crate::handle::{Handle, Input};
 
 /// Serves the agent gateway.
 pub struct AgentApi {
@@ -54,7 +54,7 @@ impl AgentGateway for AgentApi {
             ));
         };
         let conn = self.handle.next_conn();
-        let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
+        let (tx, rx) = mpsc::channel(crate::handle::STREAM_QUEUE_LEN);
         self.handle
             .send(Input::AgentRegister(conn, register, tx, peer))
             .await?;

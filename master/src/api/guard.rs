@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::auth::{denied, forbidden};
+use crate::handle::{Handle, Input};
 use crate::security::{self, Action, Guard, Limited, Principal};
-use crate::server::{Handle, Input};
 
 fn name(who: Option<&Principal>) -> &str {
     who.map(|p| p.0.as_str()).unwrap_or(security::ANONYMOUS)
@@ -169,7 +169,7 @@ pub fn with_grant_key(
     let Some(key) = guard.grant_key().map(<[u8]>::to_vec) else {
         return from_actor;
     };
-    let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
+    let (tx, rx) = mpsc::channel(crate::handle::STREAM_QUEUE_LEN);
     tokio::spawn(async move {
         while let Some(mut msg) = from_actor.recv().await {
             if let Ok(MasterMessage {

@@ -18,8 +18,8 @@ use mezz_proto::MAX_MESSAGE_BYTES;
 use super::auth::forbidden;
 use super::metrics::GrpcStats;
 use super::page::{self, layout, Ctx, LogPane, TaskFilter};
+use crate::handle::{Handle, Input};
 use crate::security::{self, Action, Principal};
-use crate::server::{Handle, Input};
 
 /// The most bytes one file read returns, and the tail a task page shows.
 pub const MAX_FILE_CHUNK: u64 = 64 * 1024;

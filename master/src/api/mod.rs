@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::cluster::CallError;
-use crate::server::{Handle, Input};
+use crate::handle::{Handle, Input};
 
 /// The gRPC services and HTTP routes on one router, for master `me` of the
 /// group `peers`.

@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 use super::auth::{denied, principal};
 use super::guard::audit;
 use super::status_from;
+use crate::handle::{Handle, Input};
 use crate::security::{self, Action, Principal};
-use crate::server::{Handle, Input};
 
 /// The longest a token may be valid for: ten years.
 const MAX_TOKEN_SECS: f64 = 10.0 * 365.0 * 86400.0;

@@ -4,8 +4,8 @@
 use mezz_proto::v1::{raft_peer_server::RaftPeer, Empty, RaftBatch};
 use tonic::{Request, Response, Status};
 
+use crate::handle::{Handle, Input};
 use crate::replication::transport::decode_batch;
-use crate::server::{Handle, Input};
 
 /// Serves raft traffic from peers.
 pub struct RaftApi {

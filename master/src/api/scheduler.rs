@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use super::auth::{denied, principal};
 use super::guard::{audit, charge};
 use super::{status_from, GuardedStream};
+use crate::handle::{Call, Handle, Input};
 use crate::security::Action;
-use crate::server::{Call, Handle, Input};
 
 /// Serves the scheduler API.
 pub struct SchedulerApi {
@@ -90,7 +90,7 @@ impl Scheduler for SchedulerApi {
                 .map_err(denied)?;
         }
         let conn = self.handle.next_conn();
-        let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
+        let (tx, rx) = mpsc::channel(crate::handle::STREAM_QUEUE_LEN);
         self.handle
             .ask(|reply| Input::Subscribe(conn, req.protocol_version, info, tx, reply))
             .await?

@@ -36,9 +36,9 @@ use self::protobuf::Format;
 use super::auth::forbidden;
 use super::guard::too_many;
 use crate::cluster::{CallError, ConnId};
+use crate::handle::{Handle, Input};
 use crate::node::Call;
 use crate::security::{Action, Principal};
-use crate::server::{Handle, Input};
 
 /// The largest call body accepted (Mesos' own limit is larger, but a call
 /// bigger than our gRPC message limit could not be carried on anyway).
@@ -327,7 +327,7 @@ async fn subscribe(
     format: Format,
 ) -> Response {
     let conn = m.handle.next_conn();
-    let (tx, rx) = mpsc::channel(crate::server::STREAM_QUEUE_LEN);
+    let (tx, rx) = mpsc::channel(crate::handle::STREAM_QUEUE_LEN);
     let deadline = Instant::now() + LEADER_WAIT;
     loop {
         let asked = m

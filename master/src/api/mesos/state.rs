@@ -12,7 +12,7 @@ use mezz_proto::v1::{ClusterState, TaskView};
 use serde_json::{json, Map, Value};
 
 use super::{codec, Mesos};
-use crate::server::Input;
+use crate::handle::Input;
 
 /// Task states our view reports that are over (`/api/state` names).
 const TERMINAL: [&str; 7] = [
