@@ -14,7 +14,7 @@ use super::auth::{denied, principal};
 use super::guard::{audit, charge};
 use super::{status_from, GuardedStream};
 use crate::handle::{Call, Handle, Input};
-use crate::security::Action;
+use crate::security::RegistrationRefused;
 
 /// Serves the scheduler API.
 pub struct SchedulerApi {
@@ -70,25 +70,13 @@ impl Scheduler for SchedulerApi {
         let mut info = req
             .framework
             .ok_or_else(|| Status::invalid_argument("SubscribeRequest.framework is missing"))?;
-        // Who registered it is the master's to say, from the token.
-        info.principal = who.as_ref().map(|p| p.0.clone()).unwrap_or_default();
-        if !info.id.is_empty() {
-            self.handle
-                .guard()
-                .check_owner(who.as_ref(), &info.id)
-                .map_err(Status::permission_denied)?;
-        }
-        // As Mesos does at registration: the role, and the user its tasks
-        // run as unless a task names another.
-        let guard = self.handle.guard();
-        guard
-            .check(who.as_ref(), Action::RegisterFramework(&info.role))
-            .map_err(denied)?;
-        if !info.user.is_empty() {
-            guard
-                .check(who.as_ref(), Action::RunTaskAs(&info.user))
-                .map_err(denied)?;
-        }
+        self.handle
+            .guard()
+            .check_registration(who.as_ref(), &mut info)
+            .map_err(|r| match r {
+                RegistrationRefused::NotOwner(m) => Status::permission_denied(m),
+                RegistrationRefused::Denied(d) => denied(d),
+            })?;
         let conn = self.handle.next_conn();
         let (tx, rx) = mpsc::channel(crate::handle::STREAM_QUEUE_LEN);
         self.handle
@@ -105,37 +93,17 @@ impl Scheduler for SchedulerApi {
     async fn accept(&self, request: Request<AcceptRequest>) -> Result<Response<Empty>, Status> {
         let who = principal(&request);
         owned(&self.handle, &request, &request.get_ref().framework_id)?;
-        // A launch costs one per task, so that launching is what is
-        // limited, not the number of calls it is split into.
-        let tasks: usize = request
-            .get_ref()
-            .operations
-            .iter()
-            .filter_map(|op| match &op.operation {
-                Some(mezz_proto::v1::operation::Operation::Launch(l)) => Some(l.tasks.len()),
-                _ => None,
-            })
-            .sum();
-        charge(self.handle.guard(), who.as_ref(), tasks.max(1) as f64)?;
+        charge(
+            self.handle.guard(),
+            who.as_ref(),
+            crate::security::accept_cost(request.get_ref()),
+        )?;
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
-        let guard = self.handle.guard();
-        for op in &req.operations {
-            let Some(mezz_proto::v1::operation::Operation::Launch(launch)) = &op.operation else {
-                continue;
-            };
-            for user in launch
-                .tasks
-                .iter()
-                .filter_map(|t| t.command.as_ref())
-                .map(|c| c.user.as_str())
-                .filter(|u| !u.is_empty())
-            {
-                guard
-                    .check(who.as_ref(), Action::RunTaskAs(user))
-                    .map_err(denied)?;
-            }
-        }
+        self.handle
+            .guard()
+            .check_launch_users(who.as_ref(), &req)
+            .map_err(denied)?;
         self.call(Call::Accept(req)).await
     }
 

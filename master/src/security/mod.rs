@@ -363,6 +363,45 @@ impl Guard {
         self.read().acls.clone()
     }
 
+    /// The checks of a framework's SUBSCRIBE, on every path that takes
+    /// one (gRPC and the Mesos API): the master stamps `info` with the
+    /// caller's principal; a known framework id must be the caller's own;
+    /// and, as Mesos does at registration, the ACLs must give the caller
+    /// the role and the user its tasks run as unless a task names another.
+    pub fn check_registration(
+        &self,
+        principal: Option<&Principal>,
+        info: &mut mezz_proto::v1::FrameworkInfo,
+    ) -> Result<(), RegistrationRefused> {
+        info.principal = principal.map(|p| p.0.clone()).unwrap_or_default();
+        if !info.id.is_empty() {
+            self.check_owner(principal, &info.id)
+                .map_err(RegistrationRefused::NotOwner)?;
+        }
+        self.check(principal, Action::RegisterFramework(&info.role))
+            .map_err(RegistrationRefused::Denied)?;
+        if !info.user.is_empty() {
+            self.check(principal, Action::RunTaskAs(&info.user))
+                .map_err(RegistrationRefused::Denied)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `principal` may launch the tasks of `accept` as the users
+    /// their commands name (a task without a user runs as its framework's,
+    /// checked at registration).
+    pub fn check_launch_users(
+        &self,
+        principal: Option<&Principal>,
+        accept: &mezz_proto::v1::AcceptRequest,
+    ) -> Result<(), Denied> {
+        launches(accept)
+            .filter_map(|t| t.command.as_ref())
+            .map(|c| c.user.as_str())
+            .filter(|u| !u.is_empty())
+            .try_for_each(|user| self.check(principal, Action::RunTaskAs(user)))
+    }
+
     /// Whether `principal` may do `action`: always when ACLs are off; with
     /// ACLs on, a caller without a principal is `anonymous`.
     pub fn check(&self, principal: Option<&Principal>, action: Action<'_>) -> Result<(), Denied> {
@@ -404,6 +443,37 @@ pub fn filter_state(state: &mut ClusterState, acls: &Acls, principal: &Principal
         .retain(|t| visible.contains(&t.framework_id) || may(&t.role));
     state.roles.retain(|r| may(&r.name));
     state.services.retain(|s| visible.contains(&s.framework_id));
+}
+
+/// Why a SUBSCRIBE was refused ([`Guard::check_registration`]).
+#[derive(Debug)]
+pub enum RegistrationRefused {
+    /// The framework id belongs to another principal (the message names
+    /// both).
+    NotOwner(String),
+    /// The ACLs deny the role or the user.
+    Denied(Denied),
+}
+
+/// The tasks an ACCEPT launches, over all its LAUNCH operations.
+pub fn launches(
+    accept: &mezz_proto::v1::AcceptRequest,
+) -> impl Iterator<Item = &mezz_proto::v1::TaskInfo> {
+    accept
+        .operations
+        .iter()
+        .filter_map(|op| match &op.operation {
+            Some(mezz_proto::v1::operation::Operation::Launch(l)) => Some(l.tasks.iter()),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// What an ACCEPT costs against its principal's rate limit: one per task
+/// it launches (so launching is what is limited, not the number of calls
+/// it is split into), and at least one.
+pub fn accept_cost(accept: &mezz_proto::v1::AcceptRequest) -> f64 {
+    launches(accept).count().max(1) as f64
 }
 
 #[cfg(test)]

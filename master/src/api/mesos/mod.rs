@@ -38,7 +38,7 @@ use super::guard::too_many;
 use crate::cluster::{CallError, ConnId};
 use crate::handle::{Handle, Input};
 use crate::node::Call;
-use crate::security::{Action, Principal};
+use crate::security::{Principal, RegistrationRefused};
 
 /// The largest call body accepted (Mesos' own limit is larger, but a call
 /// bigger than our gRPC message limit could not be carried on anyway).
@@ -251,24 +251,14 @@ fn may_subscribe(
     who: Option<&Principal>,
     info: &mut mezz_proto::v1::FrameworkInfo,
 ) -> Result<(), Box<Response>> {
-    info.principal = who.map(|p| p.0.clone()).unwrap_or_default();
     let guard = handle.guard();
     guard
         .rate_limit(who, 1.0)
         .map_err(|l| Box::new(too_many(l)))?;
-    if !info.id.is_empty() {
-        guard
-            .check_owner(who, &info.id)
-            .map_err(|m| Box::new(bad(StatusCode::FORBIDDEN, m)))?;
-    }
-    guard
-        .check(who, Action::RegisterFramework(&info.role))
-        .map_err(|d| Box::new(forbidden(d)))?;
-    if !info.user.is_empty() {
-        guard
-            .check(who, Action::RunTaskAs(&info.user))
-            .map_err(|d| Box::new(forbidden(d)))?;
-    }
+    guard.check_registration(who, info).map_err(|r| match r {
+        RegistrationRefused::NotOwner(m) => Box::new(bad(StatusCode::FORBIDDEN, m)),
+        RegistrationRefused::Denied(d) => Box::new(forbidden(d)),
+    })?;
     Ok(())
 }
 
@@ -285,37 +275,17 @@ fn may_call(
         .check_owner(who, framework_id)
         .map_err(|m| Box::new(bad(StatusCode::FORBIDDEN, m)))?;
     // As on gRPC: one token a call, an ACCEPT one per task it launches.
-    let launches: usize = match call {
-        Some(Call::Accept(a)) => a
-            .operations
-            .iter()
-            .filter_map(|op| match &op.operation {
-                Some(mezz_proto::v1::operation::Operation::Launch(l)) => Some(l.tasks.len()),
-                _ => None,
-            })
-            .sum(),
-        _ => 0,
+    let cost = match call {
+        Some(Call::Accept(a)) => crate::security::accept_cost(a),
+        _ => 1.0,
     };
     guard
-        .rate_limit(who, launches.max(1) as f64)
+        .rate_limit(who, cost)
         .map_err(|l| Box::new(too_many(l)))?;
     if let Some(Call::Accept(accept)) = call {
-        for op in &accept.operations {
-            let Some(mezz_proto::v1::operation::Operation::Launch(launch)) = &op.operation else {
-                continue;
-            };
-            for user in launch
-                .tasks
-                .iter()
-                .filter_map(|t| t.command.as_ref())
-                .map(|c| c.user.as_str())
-                .filter(|u| !u.is_empty())
-            {
-                guard
-                    .check(who, Action::RunTaskAs(user))
-                    .map_err(|d| Box::new(forbidden(d)))?;
-            }
-        }
+        guard
+            .check_launch_users(who, accept)
+            .map_err(|d| Box::new(forbidden(d)))?;
     }
     Ok(())
 }
