@@ -975,26 +975,13 @@ fn the_mesos_api_checks_tokens_acls_owners_and_rate_limits() {
     )
     .expect("limits");
     let admin_file = dir.path().join("admin.token");
-    let args: Vec<String> = [
-        "master",
-        "--listen",
-        &addr,
-        "--data-dir",
-        &dir.path().join("master").display().to_string(),
-        "--bootstrap-token-file",
-        &admin_file.display().to_string(),
-        "--acls",
-        &acls.display().to_string(),
-        "--rate-limits",
-        &limits.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let _master = spawn_logged(dir.path(), "master", &args);
-    wait_for("the bootstrap token", T, || {
-        std::fs::read_to_string(&admin_file).is_ok_and(|t| t.trim().starts_with("mezz_"))
-    });
+    let flags: Vec<String> = vec![
+        "--acls".into(),
+        acls.display().to_string(),
+        "--rate-limits".into(),
+        limits.display().to_string(),
+    ];
+    let (_master, _) = start_master_with_admin(dir.path(), &addr, &flags);
     let admin = admin_file.display().to_string();
     let token = |who: &str| {
         let mut made = None;

@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,37 +27,6 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(30);
 const RESOURCES: &str = "cpus:2;mem:1024;disk:1000;ports:[31000-31099]";
-
-/// A plain HTTP/1.1 GET with an optional `authorization` header; the raw
-/// path goes on the wire as given (so `%2e%2e` reaches the server).
-fn get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String, String) {
-    let sock: SocketAddr = addr.parse().expect("address");
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    let resp = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    (code, head.to_string(), body.to_string())
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -160,33 +128,14 @@ impl Shared {
         let acl_file = dir.path().join("acls.json");
         std::fs::write(&acl_file, ACLS).expect("ACLs");
         let audit_file = dir.path().join("audit").join("master.audit");
-        let mut args: Vec<String> = [
-            "master",
-            "--listen",
-            &addr,
-            "--data-dir",
-            &dir.path().join("master").display().to_string(),
-            "--bootstrap-token-file",
-            &admin_file.display().to_string(),
-            "--acls",
-            &acl_file.display().to_string(),
-            "--audit-log",
-            &audit_file.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let master = spawn_logged(dir.path(), "master", &args);
-        wait_for("the master's bootstrap token", T, || {
-            TcpStream::connect(&addr).is_ok()
-                && std::fs::read_to_string(&admin_file)
-                    .is_ok_and(|t| get(&addr, "/api/state", Some(&bearer(t.trim()))).0 == 200)
-        });
-        let admin = std::fs::read_to_string(&admin_file)
-            .expect("admin token")
-            .trim()
-            .to_string();
+        let mut flags: Vec<String> = vec![
+            "--acls".into(),
+            acl_file.display().to_string(),
+            "--audit-log".into(),
+            audit_file.display().to_string(),
+        ];
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let (master, admin) = start_master_with_admin(dir.path(), &addr, &flags);
         let mut s = Shared {
             addr,
             agent_addr: String::new(),
@@ -258,7 +207,8 @@ impl Shared {
     }
 
     fn state(&self) -> serde_json::Value {
-        let (code, _, body) = get(&self.addr, "/api/state", Some(&bearer(self.token("admin"))));
+        let (code, _, body) =
+            http_get_full(&self.addr, "/api/state", Some(&bearer(self.token("admin"))));
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("JSON")
     }
@@ -484,7 +434,7 @@ fn a_sandbox_opens_only_to_a_viewer_with_the_masters_grant_and_only_inside() {
         format!("/api/tasks/{bob_fw}/{bob_id}/files/stdout"),
         format!("/tasks/{bob_fw}/{bob_id}"),
     ] {
-        let (code, _, body) = get(&c.addr, &path, Some(&bearer(alice)));
+        let (code, _, body) = http_get_full(&c.addr, &path, Some(&bearer(alice)));
         assert_eq!(code, 403, "{path}: {body}");
         assert!(
             body.contains("'alice'") && body.contains("role 'ops'"),
@@ -492,7 +442,7 @@ fn a_sandbox_opens_only_to_a_viewer_with_the_masters_grant_and_only_inside() {
         );
         assert!(!body.contains("bob-private-output"));
     }
-    let (code, _, body) = get(
+    let (code, _, body) = http_get_full(
         &c.addr,
         &format!("/api/tasks/{alice_fw}/{alice_id}/files/stdout"),
         Some(&bearer(alice)),
@@ -502,7 +452,7 @@ fn a_sandbox_opens_only_to_a_viewer_with_the_masters_grant_and_only_inside() {
         body.contains("alice-output"),
         "the page's own grant reads: {body}"
     );
-    let (code, _, body) = get(
+    let (code, _, body) = http_get_full(
         &c.addr,
         &format!("/tasks/{alice_fw}/{alice_id}"),
         Some(&bearer(alice)),
@@ -525,7 +475,7 @@ fn a_sandbox_opens_only_to_a_viewer_with_the_masters_grant_and_only_inside() {
         format!("/api/tasks/{alice_fw}/{alice_id}/files/%2e%2e/%2e%2e/%2e%2e/etc/shadow"),
         format!("/tasks/{alice_fw}/%2e%2e%2f{bob_id}"),
     ] {
-        let (code, _, body) = get(&c.addr, &path, Some(&bearer(admin)));
+        let (code, _, body) = http_get_full(&c.addr, &path, Some(&bearer(admin)));
         assert!(matches!(code, 400 | 404), "{path}: {code} {body}");
         assert!(!body.contains("root:"), "{path}: a host file: {body}");
         assert!(!body.contains("bob-private-output"), "{path}: {body}");
@@ -574,7 +524,7 @@ fn the_audit_log_has_operator_actions_kills_first_uses_and_denials_but_no_secret
     let out = c.mezz_as("admin", &["kill", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The audit page: alice is refused (and that refusal is audited too).
-    let (code, _, body) = get(&c.addr, "/api/audit", Some(&bearer(&alice)));
+    let (code, _, body) = http_get_full(&c.addr, "/api/audit", Some(&bearer(&alice)));
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("read_audit"), "{body}");
     let e = rt
@@ -633,7 +583,7 @@ fn the_audit_log_has_operator_actions_kills_first_uses_and_denials_but_no_secret
         .all(|e| e["time"].as_f64().is_some_and(|t| t > 1.0e9)));
 
     // Admin reads the same entries over HTTP and gRPC.
-    let (code, _, body) = get(&c.addr, "/api/audit?limit=500", Some(&bearer(&admin)));
+    let (code, _, body) = http_get_full(&c.addr, "/api/audit?limit=500", Some(&bearer(&admin)));
     assert_eq!(code, 200, "{body}");
     let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let events: Vec<&str> = page["entries"]

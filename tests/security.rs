@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,36 +21,6 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(30);
 const RESOURCES: &str = "cpus:2;mem:1024;disk:1000;ports:[31000-31099]";
-
-/// A plain HTTP/1.1 GET with an optional `authorization` header.
-fn get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let sock: SocketAddr = addr.parse().expect("address");
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    let resp = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    (code, body.to_string())
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -120,41 +89,21 @@ impl Master {
         let dir = cluster_dir();
         let addr = format!("127.0.0.1:{}", free_port());
         let admin_file = dir.path().join("admin.token");
-        let mut args: Vec<String> = vec![
-            "master".into(),
-            "--listen".into(),
-            addr.clone(),
-            "--data-dir".into(),
-            dir.path().join("master").display().to_string(),
-            "--bootstrap-token-file".into(),
-            admin_file.display().to_string(),
-        ];
-        args.extend(flags.iter().map(|s| s.to_string()));
         for f in flags {
             if f.ends_with(".json") {
                 assert!(Path::new(f).exists(), "{f}");
             }
         }
-        let proc = spawn_logged(dir.path(), "master", &args);
-        wait_for("the master's /health", T, || {
-            TcpStream::connect(&addr).is_ok() && get(&addr, "/health", None).0 == 200
-        });
-        let admin = std::fs::read_to_string(&admin_file)
-            .expect("the master wrote the bootstrap token")
-            .trim()
-            .to_string();
-        let m = Master {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let (proc, admin) = start_master_with_admin(dir.path(), &addr, &flags);
+        Master {
             dir,
             addr,
             _proc: proc,
             admin,
             admin_file,
             outputs: Default::default(),
-        };
-        wait_for("the bootstrap token to be in force", T, || {
-            get(&m.addr, "/api/state", Some(&bearer(&m.admin))).0 == 200
-        });
-        m
+        }
     }
 
     /// `mezz ARGS` with `--master ADDR --credentials FILE` before the first
@@ -214,9 +163,12 @@ fn every_bad_token_is_refused_with_its_reason_over_grpc_and_http() {
     assert!(rt
         .block_on(grpc_state(&m.addr, Some(&bearer(&alice))))
         .is_ok());
-    assert_eq!(get(&m.addr, "/api/state", Some(&bearer(&alice))).0, 200);
+    assert_eq!(
+        http_get_as(&m.addr, "/api/state", Some(&bearer(&alice))).0,
+        200
+    );
     // /health stays open for probes.
-    assert_eq!(get(&m.addr, "/health", None).0, 200);
+    assert_eq!(http_get_as(&m.addr, "/health", None).0, 200);
 
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no token", None, "no token"),
@@ -244,14 +196,14 @@ fn every_bad_token_is_refused_with_its_reason_over_grpc_and_http() {
             "{what}: {}",
             status.message()
         );
-        let (code, body) = get(&m.addr, "/api/state", auth.as_deref());
+        let (code, body) = http_get_as(&m.addr, "/api/state", auth.as_deref());
         assert_eq!(code, 401, "{what}: {body}");
         assert!(body.contains(want), "{what}: {body}");
-        let (code, _) = get(&m.addr, "/", auth.as_deref());
+        let (code, _) = http_get_as(&m.addr, "/", auth.as_deref());
         assert_eq!(code, 401, "{what}: the status page");
     }
     // What to do comes with the refusal.
-    let (_, body) = get(&m.addr, "/api/state", None);
+    let (_, body) = http_get_as(&m.addr, "/api/state", None);
     assert!(
         body.contains("MEZZ_TOKEN") && body.contains("--credentials"),
         "{body}"
@@ -264,7 +216,7 @@ fn every_bad_token_is_refused_with_its_reason_over_grpc_and_http() {
                 s.code() == Code::Unauthenticated && s.message().contains("expired token")
             })
     });
-    let (code, body) = get(&m.addr, "/api/state", Some(&bearer(&short)));
+    let (code, body) = http_get_as(&m.addr, "/api/state", Some(&bearer(&short)));
     assert_eq!(code, 401);
     assert!(body.contains("expired token"), "{body}");
 
@@ -393,7 +345,7 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
     .collect();
     let _agent = spawn_logged(m.dir.path(), "agent", &agent_args);
     let admin_state = || -> serde_json::Value {
-        let (code, body) = get(&m.addr, "/api/state", Some(&bearer(&m.admin)));
+        let (code, body) = http_get_as(&m.addr, "/api/state", Some(&bearer(&m.admin)));
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("JSON")
     };
@@ -631,7 +583,7 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
             format!("/api/tasks/{fw}/{id}/files/stdout"),
             format!("/tasks/{fw}/{id}"),
         ] {
-            let (code, body) = get(&m.addr, &path, Some(&auth));
+            let (code, body) = http_get_as(&m.addr, &path, Some(&auth));
             assert!(code == 200 || code == 403, "{who} {path}: {code} {body}");
             if code == 403 {
                 assert!(
@@ -643,7 +595,7 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
             }
             check(who, "view (http)", &path, *want, code == 200);
         }
-        let (code, body) = get(&m.addr, "/api/state", Some(&auth));
+        let (code, body) = http_get_as(&m.addr, "/api/state", Some(&auth));
         assert_eq!(code, 200);
         check(
             who,
@@ -652,7 +604,7 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
             *want,
             body.contains(id.as_str()),
         );
-        let (code, body) = get(&m.addr, "/tasks", Some(&auth));
+        let (code, body) = http_get_as(&m.addr, "/tasks", Some(&auth));
         assert_eq!(code, 200);
         check(
             who,
@@ -666,7 +618,7 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
     // The task got its secret (its length is 64 hex digits).
     let (fw, id) = &task["eng"];
     wait_for("alice's task to print", T, || {
-        get(
+        http_get_as(
             &m.addr,
             &format!("/api/tasks/{fw}/{id}/files/stdout"),
             Some(&bearer(&tokens["alice"])),
@@ -776,11 +728,11 @@ fn the_acl_matrix_over_grpc_and_http_and_no_secret_in_any_log() {
         logs.len() >= 2,
         "the master's and the agent's logs: {logs:?}"
     );
-    let (_, state) = get(&m.addr, "/api/state", Some(&bearer(&m.admin)));
-    let (_, page) = get(&m.addr, "/", Some(&bearer(&m.admin)));
+    let (_, state) = http_get_as(&m.addr, "/api/state", Some(&bearer(&m.admin)));
+    let (_, page) = http_get_as(&m.addr, "/", Some(&bearer(&m.admin)));
     let ps = m.mezz_as(&m.admin_file, &["ps", "--all", "--json"]);
     assert_eq!(ps.status.code(), Some(0), "{}", text(&ps.stderr));
-    let (_, tasks_page) = get(&m.addr, "/tasks", Some(&bearer(&m.admin)));
+    let (_, tasks_page) = http_get_as(&m.addr, "/tasks", Some(&bearer(&m.admin)));
     let printed = m.outputs.borrow().clone();
     for value in &secrets {
         for log in &logs {

@@ -445,6 +445,80 @@ impl Drop for Cluster {
     }
 }
 
+/// A plain HTTP/1.1 GET on loopback with an optional `Authorization`
+/// header value: (status code, head, body). The path goes on the wire as
+/// given (so `%2e%2e` reaches the server).
+pub fn http_get_full(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String, String) {
+    let sock: SocketAddr = addr.parse().expect("address");
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let resp = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, head.to_string(), body.to_string())
+}
+
+/// [`http_get_full`] without the head: (status code, body).
+pub fn http_get_as(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let (code, _, body) = http_get_full(addr, path, authorization);
+    (code, body)
+}
+
+/// The `Authorization` value that presents `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// `mezz master` on `addr` with its data under `dir`, a bootstrap admin
+/// token in `dir/admin.token` and `flags`; returns once that token is in
+/// force, with the process and the token.
+pub fn start_master_with_admin(dir: &Path, addr: &str, flags: &[String]) -> (Proc, String) {
+    let admin_file = dir.join("admin.token");
+    let mut args: Vec<String> = [
+        "master",
+        "--listen",
+        addr,
+        "--data-dir",
+        &dir.join("master").display().to_string(),
+        "--bootstrap-token-file",
+        &admin_file.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend_from_slice(flags);
+    let proc = spawn_logged(dir, "master", &args);
+    let mut admin = String::new();
+    wait_for(
+        "the master's bootstrap token in force",
+        Duration::from_secs(30),
+        || {
+            let Ok(t) = std::fs::read_to_string(&admin_file) else {
+                return false;
+            };
+            admin = t.trim().to_string();
+            TcpStream::connect(addr).is_ok()
+                && http_get_as(addr, "/api/state", Some(&bearer(&admin))).0 == 200
+        },
+    );
+    (proc, admin)
+}
+
 /// A plain HTTP/1.1 GET on loopback: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let sock: SocketAddr = addr.parse().ok()?;
