@@ -402,11 +402,11 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
             token_file.display()
         );
         outln!(
-            "  audit log    {} (and GET /api/audit)",
-            data_dir.join("audit-master-1.log").display()
+            "               the status page asks for a login: any user name, the token as password"
         );
         outln!(
-            "               the status page asks for a login: any user name, the token as password"
+            "  audit log    {} (and GET /api/audit)",
+            data_dir.join("audit-master-1.log").display()
         );
     }
     if masters.len() == 1 && args.port == 5050 {
