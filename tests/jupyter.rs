@@ -350,8 +350,12 @@ fn run_in_kernel(addr: &str, token: &str, code: &str) -> (String, String) {
     ws.send(tungstenite::Message::text(request.to_string()))
         .expect("send execute_request");
     let (mut printed, mut value) = (String::new(), String::new());
+    // The reply comes on the shell channel and the output on iopub, in no
+    // fixed order between them; iopub's `idle` follows every output of the
+    // request. Done once both are in.
+    let (mut replied, mut idle) = (false, false);
     let deadline = Instant::now() + T;
-    loop {
+    while !(replied && idle) {
         assert!(Instant::now() < deadline, "no reply to execute_request");
         let msg = match ws.read().expect("websocket read") {
             tungstenite::Message::Text(t) => t.to_string(),
@@ -370,7 +374,8 @@ fn run_in_kernel(addr: &str, token: &str, code: &str) -> (String, String) {
                     .to_string()
             }
             "error" => panic!("the kernel raised: {}", m["content"]),
-            "execute_reply" => break,
+            "execute_reply" => replied = true,
+            "status" => idle |= m["content"]["execution_state"] == "idle",
             _ => {}
         }
     }
