@@ -1,10 +1,22 @@
-//! Generates the tonic/prost code for `proto/mezzanine.proto` with a vendored
-//! `protoc`, so building needs no system package.
+//! Generates the tonic/prost code for the Mezzanine protocol (`proto/*.proto`,
+//! all in package `mezzanine.v1`) with a vendored `protoc`, so building needs
+//! no system package.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    println!("cargo:rerun-if-changed=proto/mezzanine.proto");
+    // The public API first, then what only masters exchange; one package, so
+    // one generated module (`mezz_proto::v1`).
+    let files = [
+        "proto/common.proto",
+        "proto/scheduler.proto",
+        "proto/agent.proto",
+        "proto/operator.proto",
+        "proto/internal.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
     tonic_prost_build::configure()
         .btree_map(".")
         .type_attribute(".mezzanine.v1.ClusterState", "#[derive(serde::Serialize)]")
@@ -26,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".mezzanine.v1.TaskStateChange",
             "#[derive(serde::Serialize)]",
         )
-        .compile_protos(&["proto/mezzanine.proto"], &["proto"])?;
+        .compile_protos(&files, &["proto"])?;
     // Mesos' own v1 protos, vendored unmodified, for the master's Mesos
     // API: its descriptor set transcodes protobuf calls and events, and the
     // conformance tests decode the API's JSON by Mesos' field names.

@@ -151,10 +151,11 @@ pub use tracker::{Change, Phase, RetryPolicy, TaskTracker, TrackedTask};
 /// Parses `ADDR[,ADDR…]` (e.g. a `--master` flag) into master addresses.
 pub use mezz_proto::auth::Token;
 pub use mezz_proto::client::parse_master_list;
+/// The public wire protocol (`mezzanine.v1` without what only masters
+/// exchange): offers, task infos, statuses.
+pub use mezz_proto::public as proto;
+pub use mezz_proto::public::{TaskReason, TaskState};
 /// What a framework trusts (and presents) when the masters speak TLS; see
 /// [`DriverBuilder::tls`].
 pub use mezz_proto::tls::ClientTls;
-/// The wire protocol (`mezzanine.v1`): offers, task infos, statuses.
-pub use mezz_proto::v1 as proto;
-pub use mezz_proto::v1::{TaskReason, TaskState};
 pub use mezz_proto::{AgentId, FrameworkId, OfferId, ResourceError, Resources, TaskId};

@@ -14,12 +14,14 @@ pub mod client;
 pub mod grant;
 pub mod holdback;
 pub mod ids;
+pub mod public;
 pub mod resources;
 pub mod state;
 pub mod tls;
 
-/// Generated protobuf and gRPC code for package `mezzanine.v1`.
-#[allow(missing_docs)] // generated code; the .proto file carries the docs
+/// Generated protobuf and gRPC code for package `mezzanine.v1`: every
+/// file of it, public and internal (see [`public`] for the public part).
+#[allow(missing_docs)] // generated code; the .proto files carry the docs
 pub mod v1 {
     tonic::include_proto!("mezzanine.v1");
 }
