@@ -414,7 +414,7 @@ fn master_restart_agents_and_a_running_mezz_run_reconnect() {
     std::io::Read::read_to_string(run.child.stderr.as_mut().expect("stderr"), &mut stderr)
         .expect("read");
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
-    assert_eq!(stdout, "done\n");
+    assert_eq!(stdout, "done\n", "stderr: {stderr}");
     let frameworks = c.state()["frameworks"]
         .as_array()
         .map(|a| a.len())

@@ -65,10 +65,14 @@ enum Grant {
 /// Renew a grant this long before it expires.
 const GRANT_MARGIN_SECS: f64 = 30.0;
 
-/// Asks the leading master for a grant to read a task's sandbox.
-async fn fetch_grant(framework_id: &str, task_id: &str) -> Result<Grant> {
+/// Asks the leading master for a grant to read a task's sandbox; `None`
+/// while no master answers (between leaders), so the caller can go on and
+/// ask again later.
+async fn fetch_grant(framework_id: &str, task_id: &str) -> Result<Option<Grant>> {
     let masters = client::known_masters()?;
-    let (mut op, addr) = client::leader(&masters).await?;
+    let Ok((mut op, addr)) = client::leader(&masters).await else {
+        return Ok(None);
+    };
     match op
         .grant_task_files(mezz_proto::v1::GrantTaskFilesRequest {
             framework_id: framework_id.to_string(),
@@ -78,13 +82,25 @@ async fn fetch_grant(framework_id: &str, task_id: &str) -> Result<Grant> {
     {
         Ok(r) => {
             let r = r.into_inner();
-            Ok(if r.grant.is_empty() {
+            Ok(Some(if r.grant.is_empty() {
                 Grant::NotNeeded
             } else {
                 Grant::Held(r.grant, r.expires_at)
-            })
+            }))
         }
-        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(Grant::NotNeeded),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(Some(Grant::NotNeeded)),
+        // The master went away mid-call (a failover): as if none answered.
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+            ) =>
+        {
+            Ok(None)
+        }
         Err(s) => Err(anyhow!(
             "master {addr} refused to open the sandbox of task {task_id}: {}",
             s.message()
@@ -182,7 +198,12 @@ impl Tail {
             Grant::NotNeeded => false,
         };
         if due {
-            self.grant = fetch_grant(&self.framework_id, &self.task_id).await?;
+            // While no master answers, keep what there is (nothing, or a
+            // grant still valid for a while): an agent whose master
+            // authenticates nobody needs none, and the next step asks again.
+            if let Some(grant) = fetch_grant(&self.framework_id, &self.task_id).await? {
+                self.grant = grant;
+            }
         }
         Ok(())
     }
@@ -239,6 +260,13 @@ impl Tail {
         {
             // A new leader gave the agent a new key (after a failover):
             // ask it for a grant once more.
+            // No grant yet because no master answered: try again later.
+            Err(s)
+                if s.code() == tonic::Code::PermissionDenied
+                    && matches!(self.grant, Grant::Stale) =>
+            {
+                return Ok((0, false));
+            }
             Err(s)
                 if s.code() == tonic::Code::PermissionDenied
                     && matches!(self.grant, Grant::Held(..)) =>
@@ -333,7 +361,11 @@ async fn list(agent_addr: &str, framework_id: &str, task_id: &str, dir: &str) ->
         .with_context(|| {
             format!("connecting to agent {agent_addr} for the sandbox of task {task_id}")
         })?;
-    let grant = fetch_grant(framework_id, task_id).await?;
+    // No master answering: list without a grant (an agent that needs one
+    // says so).
+    let grant = fetch_grant(framework_id, task_id)
+        .await?
+        .unwrap_or(Grant::Stale);
     let r = AgentFilesClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .list_files(with_grant(
