@@ -89,11 +89,14 @@ async fn fetch_grant(framework_id: &str, task_id: &str) -> Result<Option<Grant>>
             }))
         }
         Err(s) if s.code() == tonic::Code::Unimplemented => Ok(Some(Grant::NotNeeded)),
-        // The master went away mid-call (a failover): as if none answered.
+        // The master went away mid-call, or is a new leader that has not
+        // heard of the task yet (its agent re-registers after a failover):
+        // as if none answered.
         Err(s)
             if matches!(
                 s.code(),
-                tonic::Code::Unavailable
+                tonic::Code::NotFound
+                    | tonic::Code::Unavailable
                     | tonic::Code::Unknown
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::Cancelled
