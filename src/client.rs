@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mezz_proto::auth::{authed, AuthChannel, CredentialsError, Token};
-use mezz_proto::client::{endpoint, leader_hint, parse_master_list};
+use mezz_proto::client::{endpoint, leader_hint, parse_master_list, LeaderSearch};
 use mezz_proto::v1::operator_client::OperatorClient;
 use mezz_proto::v1::{ClusterState, GetLeaderRequest, GetStateRequest};
 use mezz_proto::MAX_MESSAGE_BYTES;
@@ -111,13 +111,8 @@ pub async fn leader(masters: &[String]) -> Result<(OperatorClient<AuthChannel>, 
     // A bad credentials file is the answer, whatever the masters say.
     credentials()?;
     let mut errors = Vec::new();
-    let mut queue: Vec<String> = masters.to_vec();
-    let mut tried = std::collections::HashSet::new();
-    while let Some(addr) = queue.first().cloned() {
-        queue.remove(0);
-        if !tried.insert(addr.clone()) {
-            continue;
-        }
+    let mut search = LeaderSearch::new(masters, None);
+    while let Some(addr) = search.next_address() {
         let mut client = match operator_at(&addr).await {
             Ok(c) => c,
             Err(e) => {
@@ -131,10 +126,13 @@ pub async fn leader(masters: &[String]) -> Result<(OperatorClient<AuthChannel>, 
                 if r.is_leader {
                     return Ok((client, addr));
                 }
-                if !r.leader.is_empty() {
-                    queue.insert(0, r.leader);
-                } else {
+                if r.leader.is_empty() {
                     errors.push(format!("{addr}: not the leader and no leader known yet"));
+                } else if !search.redirect(&r.leader) {
+                    errors.push(format!(
+                        "{addr}: not the leader; it names {} as the leader, which did not answer",
+                        r.leader
+                    ));
                 }
             }
             Err(status)
@@ -147,7 +145,7 @@ pub async fn leader(masters: &[String]) -> Result<(OperatorClient<AuthChannel>, 
             }
             Err(status) => {
                 if let Some(hint) = leader_hint(&status) {
-                    queue.insert(0, hint);
+                    search.redirect(&hint);
                 }
                 errors.push(format!("{addr}: {}", status.message()));
             }

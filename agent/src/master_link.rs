@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mezz_proto::client::LeaderSearch;
 use mezz_proto::v1::{
     agent_gateway_client::AgentGatewayClient, agent_message, master_message, AgentHeartbeat,
     AgentMessage, MasterMessage, StatusUpdate, TaskStatus,
@@ -50,19 +51,25 @@ pub async fn run(
         crate::stopped(&mut shutdown).await;
         return;
     }
-    let mut idx = 0usize;
-    let mut redirect: Option<String> = None;
+    let mut search = LeaderSearch::new(&masters, None);
     let mut backoff = mezz_proto::client::Backoff::new();
-    // Failures since the last full round over the master list: a dead
-    // master is skipped at once, and only a round where none answered waits.
-    let mut failed_in_round = 0usize;
     let mut gen = 0u64;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let addr = redirect.take().unwrap_or_else(|| masters[idx].clone());
-        let pause = match session(
+        let Some(addr) = search.next_address() else {
+            // A whole round and no master took this agent: wait, then again.
+            let pause = backoff.next_delay();
+            tracing::info!("no master accepted this agent; retrying in {pause:?}");
+            search = LeaderSearch::new(&masters, None);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+            continue;
+        };
+        match session(
             &agent,
             &addr,
             &secret,
@@ -77,42 +84,35 @@ pub async fn run(
                 tracing::error!(
                     "master {addr} refused this agent: {msg}; retrying in {REFUSED_RETRY:?}"
                 );
-                REFUSED_RETRY
+                search = LeaderSearch::new(&masters, Some(&addr));
+                tokio::select! {
+                    _ = tokio::time::sleep(REFUSED_RETRY) => {}
+                    _ = crate::stopped(&mut shutdown) => return,
+                }
             }
             SessionEnd::Redirect(leader) => {
                 tracing::info!("master {addr} is not the leader; trying {leader}");
-                match masters.iter().position(|m| *m == leader) {
-                    Some(i) => idx = i,
-                    None => redirect = Some(leader),
+                if !search.redirect(&leader) {
+                    // This round already tried it (or followed enough
+                    // hints): a new round, led by the hint, after a pause
+                    // so two confused masters cannot spin us.
+                    search = LeaderSearch::new(&masters, Some(&leader));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = crate::stopped(&mut shutdown) => return,
+                    }
                 }
-                Duration::ZERO
             }
             SessionEnd::Failed { registered, why } => {
                 if registered {
                     // The leader went away: a new one is being elected, or
                     // it restarts. Try the others, then it again, quickly.
                     backoff.reset();
-                    failed_in_round = 0;
+                    search = LeaderSearch::after(&masters, &addr);
                     tracing::info!("lost master {addr}: {why}; reconnecting");
                 } else {
                     tracing::debug!("master {addr} failed: {why}");
-                    failed_in_round += 1;
                 }
-                idx = (idx + 1) % masters.len();
-                if failed_in_round >= masters.len() {
-                    failed_in_round = 0;
-                    let pause = backoff.next_delay();
-                    tracing::info!("no master accepted this agent ({why}); retrying in {pause:?}");
-                    pause
-                } else {
-                    Duration::ZERO
-                }
-            }
-        };
-        if !pause.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = crate::stopped(&mut shutdown) => return,
             }
         }
     }
@@ -120,10 +120,6 @@ pub async fn run(
 
 fn end_from_status(status: &tonic::Status, registered: bool) -> SessionEnd {
     if let Some(leader) = mezz_proto::client::leader_hint(status) {
-        let leader = leader
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
         return SessionEnd::Redirect(leader);
     }
     // An ACL that does not let this agent in: retrying at once will not

@@ -2,7 +2,6 @@
 //! addresses are tried, leader hints, backoff and the connect deadline. It
 //! knows nothing of schedulers; it hands back a live subscription.
 
-use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use mezz_proto::auth::{AuthChannel, Token};
@@ -27,59 +26,9 @@ pub(crate) fn client(channel: AuthChannel) -> Client {
         .max_encoding_message_size(mezz_proto::MAX_MESSAGE_BYTES)
 }
 
-/// Delays between connection rounds: the one policy all clients share.
-pub(crate) use mezz_proto::client::Backoff;
-
-/// One pass over the masters: the preferred address (the last one that
-/// worked) first, then the configured ones in order, each at most once. A
-/// follower's leader hint jumps the queue; hints are bounded so two confused
-/// masters cannot bounce us forever.
-#[derive(Debug)]
-pub(crate) struct Round {
-    queue: VecDeque<String>,
-    tried: HashSet<String>,
-    redirects_left: usize,
-}
-
-impl Round {
-    pub(crate) fn new(masters: &[String], preferred: Option<&str>) -> Self {
-        let mut queue = VecDeque::new();
-        for addr in preferred
-            .into_iter()
-            .chain(masters.iter().map(String::as_str))
-        {
-            if !queue.iter().any(|a| a == addr) {
-                queue.push_back(addr.to_string());
-            }
-        }
-        Round {
-            queue,
-            tried: HashSet::new(),
-            redirects_left: masters.len() + 2,
-        }
-    }
-
-    /// The next address to try, or `None` when the round is over.
-    pub(crate) fn next_address(&mut self) -> Option<String> {
-        while let Some(addr) = self.queue.pop_front() {
-            if self.tried.insert(addr.clone()) {
-                return Some(addr);
-            }
-        }
-        None
-    }
-
-    /// A master named `leader` as the leader: try it next, unless it was
-    /// already tried in this round. Returns whether it was queued.
-    pub(crate) fn redirect(&mut self, leader: &str) -> bool {
-        if self.redirects_left == 0 || self.tried.contains(leader) {
-            return false;
-        }
-        self.redirects_left -= 1;
-        self.queue.push_front(leader.to_string());
-        true
-    }
-}
+/// Delays between connection rounds and the order masters are tried in:
+/// the one policy all clients share.
+pub(crate) use mezz_proto::client::{Backoff, LeaderSearch};
 
 /// Can a call or subscription that failed with `code` work a moment later
 /// (possibly on another master)?
@@ -254,7 +203,7 @@ impl Connector {
                 }
             }
             wait = true;
-            let mut round = Round::new(&self.masters, self.preferred.as_deref());
+            let mut round = LeaderSearch::new(&self.masters, self.preferred.as_deref());
             while let Some(addr) = round.next_address() {
                 let limit = match deadline {
                     Some(d) if Instant::now() >= d => break,
@@ -319,54 +268,6 @@ impl Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masters() -> Vec<String> {
-        vec!["m1:1".into(), "m2:2".into(), "m3:3".into()]
-    }
-
-    fn drain(round: &mut Round) -> Vec<String> {
-        std::iter::from_fn(|| round.next_address()).collect()
-    }
-
-    #[test]
-    fn masters_are_tried_in_order_preferred_first() {
-        assert_eq!(
-            drain(&mut Round::new(&masters(), None)),
-            ["m1:1", "m2:2", "m3:3"]
-        );
-        assert_eq!(
-            drain(&mut Round::new(&masters(), Some("m2:2"))),
-            ["m2:2", "m1:1", "m3:3"]
-        );
-        assert_eq!(
-            drain(&mut Round::new(&masters(), Some("elsewhere:9"))),
-            ["elsewhere:9", "m1:1", "m2:2", "m3:3"]
-        );
-    }
-
-    #[test]
-    fn a_leader_hint_is_followed_next_and_only_once() {
-        let mut round = Round::new(&masters(), None);
-        assert_eq!(round.next_address().as_deref(), Some("m1:1"));
-        assert!(round.redirect("m3:3"));
-        assert_eq!(round.next_address().as_deref(), Some("m3:3"));
-        // m3 points back at m1, which was tried: no ping-pong.
-        assert!(!round.redirect("m1:1"));
-        assert_eq!(drain(&mut round), ["m2:2"]);
-    }
-
-    #[test]
-    fn hints_are_bounded() {
-        let mut round = Round::new(&["m1:1".to_string()], None);
-        let mut followed = 0;
-        for i in 0..100 {
-            if round.redirect(&format!("h{i}:1")) {
-                followed += 1;
-                round.next_address();
-            }
-        }
-        assert_eq!(followed, 3);
-    }
 
     #[test]
     fn refusals_are_classified() {

@@ -2,6 +2,7 @@
 //! leader hint a follower answers with. Agents, the SDK and the CLI all find
 //! the leader through this one module.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -22,12 +23,7 @@ pub fn parse_master_list(list: &str) -> Result<Vec<String>, String> {
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .map(|a| {
-            a.trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .trim_end_matches('/')
-                .to_string()
-        })
+        .map(|a| normalize(a).to_string())
         .collect();
     if addrs.is_empty() {
         return Err(format!(
@@ -95,6 +91,88 @@ impl Default for Backoff {
     }
 }
 
+/// One pass over the masters in search of the leader, shared by every
+/// client (the SDK, agents, the CLI): the preferred address (the last one
+/// that worked) first, then the configured ones in order, each at most
+/// once. A follower's leader hint jumps the queue; hints are bounded so two
+/// confused masters cannot bounce a client forever. When
+/// [`LeaderSearch::next_address`] runs dry the round is over: the caller
+/// waits its [`Backoff`] delay and starts a new one.
+#[derive(Debug, Clone)]
+pub struct LeaderSearch {
+    queue: VecDeque<String>,
+    tried: HashSet<String>,
+    redirects_left: usize,
+}
+
+impl LeaderSearch {
+    /// A round over `masters`, `preferred` first when given.
+    pub fn new(masters: &[String], preferred: Option<&str>) -> Self {
+        let mut queue = VecDeque::new();
+        for addr in preferred
+            .into_iter()
+            .chain(masters.iter().map(String::as_str))
+        {
+            if !queue.iter().any(|a| a == addr) {
+                queue.push_back(addr.to_string());
+            }
+        }
+        LeaderSearch {
+            queue,
+            tried: HashSet::new(),
+            redirects_left: masters.len() + 2,
+        }
+    }
+
+    /// A round that tries the masters after `last` first and `last` at the
+    /// end: what a client does when the leader it was connected to goes
+    /// away (another is probably being elected; the old one may come back).
+    pub fn after(masters: &[String], last: &str) -> Self {
+        let mut order: Vec<String> = match masters.iter().position(|m| m == last) {
+            Some(i) => masters[i + 1..]
+                .iter()
+                .chain(&masters[..i])
+                .cloned()
+                .collect(),
+            None => masters.to_vec(),
+        };
+        order.push(last.to_string());
+        Self::new(&order, None)
+    }
+
+    /// The next address to try, or `None` when the round is over.
+    pub fn next_address(&mut self) -> Option<String> {
+        while let Some(addr) = self.queue.pop_front() {
+            if self.tried.insert(addr.clone()) {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// A master named `leader` as the leader (a hint as [`leader_hint`]
+    /// gives it, a scheme or a trailing slash allowed): try it next, unless
+    /// it was already tried in this round or the round followed enough
+    /// hints. Returns whether it was queued.
+    pub fn redirect(&mut self, leader: &str) -> bool {
+        let leader = normalize(leader);
+        if leader.is_empty() || self.redirects_left == 0 || self.tried.contains(leader) {
+            return false;
+        }
+        self.redirects_left -= 1;
+        self.queue.push_front(leader.to_string());
+        true
+    }
+}
+
+/// `host:port` from an address that may carry a scheme or a trailing slash.
+fn normalize(addr: &str) -> &str {
+    addr.trim()
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+}
+
 /// An endpoint for `addr` (`host:port`) with the timeouts every Mezzanine
 /// client uses: a short connect timeout so a dead address is reported fast,
 /// TCP_NODELAY for latency, and HTTP/2 keep-alives so a silent peer is
@@ -146,6 +224,71 @@ mod tests {
         assert_eq!(b.next_delay().as_millis(), 2000);
         b.reset();
         assert_eq!(b.next_delay(), Backoff::FIRST);
+    }
+
+    fn masters() -> Vec<String> {
+        vec!["m1:1".into(), "m2:2".into(), "m3:3".into()]
+    }
+
+    fn drain(search: &mut LeaderSearch) -> Vec<String> {
+        std::iter::from_fn(|| search.next_address()).collect()
+    }
+
+    #[test]
+    fn masters_are_tried_in_order_preferred_first() {
+        assert_eq!(
+            drain(&mut LeaderSearch::new(&masters(), None)),
+            ["m1:1", "m2:2", "m3:3"]
+        );
+        assert_eq!(
+            drain(&mut LeaderSearch::new(&masters(), Some("m2:2"))),
+            ["m2:2", "m1:1", "m3:3"]
+        );
+        assert_eq!(
+            drain(&mut LeaderSearch::new(&masters(), Some("other:9"))),
+            ["other:9", "m1:1", "m2:2", "m3:3"]
+        );
+    }
+
+    #[test]
+    fn after_a_lost_leader_the_others_come_first() {
+        assert_eq!(
+            drain(&mut LeaderSearch::after(&masters(), "m2:2")),
+            ["m3:3", "m1:1", "m2:2"]
+        );
+        assert_eq!(
+            drain(&mut LeaderSearch::after(&masters(), "m3:3")),
+            ["m1:1", "m2:2", "m3:3"]
+        );
+        assert_eq!(
+            drain(&mut LeaderSearch::after(&masters(), "gone:1")),
+            ["m1:1", "m2:2", "m3:3", "gone:1"]
+        );
+    }
+
+    #[test]
+    fn a_leader_hint_is_followed_next_and_only_once() {
+        let mut s = LeaderSearch::new(&masters(), None);
+        assert_eq!(s.next_address().as_deref(), Some("m1:1"));
+        assert!(s.redirect("http://m3:3/"));
+        assert_eq!(s.next_address().as_deref(), Some("m3:3"));
+        // Already tried in this round: not again.
+        assert!(!s.redirect("m3:3"));
+        assert!(!s.redirect(""));
+        assert_eq!(drain(&mut s), ["m2:2"]);
+    }
+
+    #[test]
+    fn hints_are_bounded() {
+        let mut s = LeaderSearch::new(&masters(), None);
+        let mut followed = 0;
+        for i in 0..100 {
+            if s.redirect(&format!("x{i}:1")) {
+                followed += 1;
+                s.next_address();
+            }
+        }
+        assert_eq!(followed, masters().len() + 2);
     }
 
     #[test]
