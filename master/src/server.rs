@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::{CallError, ConnId, Effect, Millis};
 use crate::handle::{AgentTx, FrameworkTx, Handle, Input};
-use crate::node::{Dropped, Node, Outbox};
+use crate::node::{Dropped, Node, Outbox, Waiting};
 use crate::peer_grpc::GrpcTransport;
 use crate::replication::transport::{PeerReport, Transport};
 use crate::security::Guard;
@@ -107,12 +107,9 @@ struct Actor {
     started: Instant,
     started_unix: f64,
     streams: Streams,
-    /// Answers to send once the proposals queued with them are durable.
-    after_settle: Vec<(Reply, Result<(), CallError>)>,
-    /// Answers waiting for the log to be applied up to an index.
-    awaiting_commit: Vec<(u64, Reply, Result<(), CallError>)>,
-    /// Client inputs that came while this master led but was not current.
-    held: Vec<Input>,
+    /// Inputs held while this leader catches up, and answers waiting for
+    /// their changes to be applied (the node's rules, see [`Waiting`]).
+    waiting: Waiting<Input, Reply>,
     /// Whether the last settle left this master a current leader.
     was_current: bool,
     /// Where the applied tokens and ACLs are published.
@@ -151,17 +148,10 @@ impl Actor {
 
     fn handle(&mut self, input: Input) {
         let now = self.now();
-        // A leader just elected takes clients once it has applied its first
-        // entry (see `Node`), a matter of one round trip: hold what comes
-        // meanwhile rather than send clients away to retry.
-        if self.node.is_leader()
-            && !self.node.is_current_leader()
-            && self.held.len() < INPUT_QUEUE
-            && input.needs_leader()
-        {
-            self.held.push(input);
+        let needs_leader = input.needs_leader();
+        let Some(input) = self.waiting.hold(&self.node, input, needs_leader) else {
             return;
-        }
+        };
         match input {
             Input::AgentRegister(conn, msg, tx, peer) => {
                 match self.node.agent_register(conn, msg, now) {
@@ -205,23 +195,23 @@ impl Actor {
             }
             Input::SetQuota(role, guarantee, limit, reply) => {
                 let result = self.node.set_quota(&role, guarantee, limit);
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::SetWeight(role, weight, reply) => {
                 let result = self.node.set_weight(&role, weight);
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::AddToken(record, reply) => {
                 let result = self.node.add_token(record);
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::RevokeTokens(which, at, reply) => {
                 let result = self.node.revoke_tokens(&which, at).map(|_| ());
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::SetAcls(json, reply) => {
                 let result = self.node.set_acls(&json, false);
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::Raft(msgs) => self.node.step_raft(msgs),
             Input::WhoLeads(reply) => {
@@ -303,8 +293,8 @@ impl Actor {
         self.streams.agent_peers.clear();
         self.streams.frameworks.clear();
         let not_leader = self.not_leader();
-        for (_, reply, _) in self.awaiting_commit.drain(..) {
-            let _ = reply.send(Err(not_leader.clone()));
+        for (reply, result) in self.waiting.refuse_waiting(&not_leader) {
+            let _ = reply.send(result);
         }
         if !leader {
             tracing::info!(
@@ -366,22 +356,7 @@ impl Actor {
     /// Operator changes are answered once applied, which in a group of
     /// several masters means committed by a majority.
     fn answer_durable(&mut self) {
-        let last = self.node.replica().last_index();
-        for (reply, result) in self.after_settle.drain(..) {
-            match result {
-                Ok(()) => self.awaiting_commit.push((last, reply, Ok(()))),
-                err => {
-                    let _ = reply.send(err);
-                }
-            }
-        }
-        let applied = self.node.replica().applied();
-        let (done, waiting): (Vec<_>, Vec<_>) = self
-            .awaiting_commit
-            .drain(..)
-            .partition(|(i, _, _)| *i <= applied);
-        self.awaiting_commit = waiting;
-        for (_, reply, result) in done {
+        for (reply, result) in self.waiting.answers(&self.node) {
             let _ = reply.send(result);
         }
     }
@@ -419,15 +394,16 @@ impl Actor {
                 self.was_current = !self.was_current;
                 if self.was_current {
                     tracing::info!(
-                        held = self.held.len(),
+                        held = self.waiting.held(),
                         "this leader's state is current; serving clients"
                     );
                     self.seed_security();
                     self.settle()?;
                 }
             }
-            if !self.held.is_empty() && (self.node.is_current_leader() || !self.node.is_leader()) {
-                for input in std::mem::take(&mut self.held) {
+            let released = self.waiting.release(&self.node);
+            if !released.is_empty() {
+                for input in released {
                     self.handle(input);
                 }
                 self.settle()?;
@@ -499,9 +475,7 @@ pub async fn run(
             frameworks: HashMap::new(),
             transport: None,
         },
-        after_settle: Vec::new(),
-        awaiting_commit: Vec::new(),
-        held: Vec::new(),
+        waiting: Waiting::new(INPUT_QUEUE),
         was_current: false,
         guard: Arc::clone(&guard),
         published: None,

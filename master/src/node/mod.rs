@@ -11,6 +11,9 @@
 //! - only the leader takes registrations, subscriptions and calls;
 //! - offers are made, and launches accepted, only under the leader lease;
 //! - whatever must survive a failover is applied only once committed;
+//! - a leader just elected holds client inputs until its state is
+//!   current, and operator changes are answered only once applied
+//!   ([`Waiting`], which the shell and the simulation both use);
 //! - on a change of leadership the soft state starts afresh from the
 //!   replicated registry, so offers of an old leader are void.
 
@@ -32,6 +35,9 @@ use crate::MasterError;
 
 #[cfg(test)]
 mod sim;
+mod waiting;
+
+pub use waiting::Waiting;
 
 /// The name of a replicated command's kind, for logs.
 fn kind(cmd: &mezz_proto::v1::ReplicatedCommand) -> &'static str {

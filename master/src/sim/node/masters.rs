@@ -7,12 +7,15 @@ use std::path::PathBuf;
 
 use raft::eraftpb::Message as RaftMessage;
 
-use super::streams::{Client, Conns, Down};
+use super::streams::{Client, Conns, Down, Up};
 use super::{now, timeouts, Sim};
 use crate::cluster::{ConnId, Effect};
-use crate::node::{Dropped, Node, Outbox};
+use crate::node::{Dropped, Node, Outbox, Waiting};
 use crate::replication::Replica;
 use crate::sim::world::Rng;
+
+/// Inputs a master holds at most while it catches up as a new leader.
+pub(super) const HELD_INPUTS: usize = 1024;
 
 /// A master's seat: its raft id and sled directory outlive a crash;
 /// `node` is `None` while it is down.
@@ -20,6 +23,9 @@ pub(super) struct Master {
     pub(super) id: u64,
     pub(super) dir: PathBuf,
     pub(super) node: Option<Node>,
+    /// Inputs it holds while it catches up as a new leader (the shell's
+    /// rules, see [`Waiting`]); lost with the process when it crashes.
+    pub(super) waiting: Waiting<(ConnId, Up), ()>,
 }
 
 /// What one master writes to during a settle.
@@ -85,6 +91,7 @@ impl Sim {
             .map_err(|e| format!("master {id} cannot start: {e}"))?;
         let node = Node::from_replica(replica, snapshot, 25, timeouts(), Box::new(fresh));
         self.masters[i].node = Some(node);
+        self.masters[i].waiting = Waiting::new(HELD_INPUTS);
         Ok(())
     }
 

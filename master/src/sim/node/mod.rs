@@ -7,7 +7,9 @@
 //! while simulated agents run tasks and simulated frameworks take offers,
 //! launch, acknowledge and reconcile. Client streams break at random and
 //! clients find the leader again the way real ones do: by trying a master
-//! and following its hint.
+//! and following its hint. A master just elected holds client messages
+//! until its state is current, with the shell's own rules
+//! ([`crate::node::Waiting`]).
 //!
 //! Checked at every step:
 //! - at most one leader per term;
@@ -56,6 +58,7 @@ use mezz_proto::{Resources, PROTOCOL_VERSION};
 
 use super::world::{Clocks, Partition, Rng, SimNet};
 use crate::cluster::{ConnId, Millis, Timeouts};
+use crate::node::{Node, Waiting};
 use crate::replication::transport::Transport;
 
 mod agents;
@@ -67,7 +70,7 @@ mod streams;
 
 use agents::SimAgent;
 use frameworks::SimFramework;
-use masters::{Master, SimOutbox};
+use masters::{Master, SimOutbox, HELD_INPUTS};
 use rogue::Rogue;
 use streams::{Client, Conns, Down, Up};
 
@@ -199,6 +202,7 @@ impl Sim {
                 id,
                 dir,
                 node: None,
+                waiting: Waiting::new(HELD_INPUTS),
             });
             sim.start_master(id as usize - 1)?;
         }
@@ -320,38 +324,13 @@ impl Sim {
                     inbox.push((conn, m));
                 }
             }
-            let node = self.masters[i].node.as_mut().expect("checked");
+            let Master { node, waiting, .. } = &mut self.masters[i];
+            let node = node.as_mut().expect("checked");
             for (conn, msg) in inbox {
                 trace(step, &format!("master {id} <- {conn}"), &msg);
-                let leader_hint = node.replica().leader_id();
-                match msg {
-                    Up::Register(reg) => {
-                        if let Err(e) = node.agent_register(conn, reg, t) {
-                            self.conns
-                                .push_down(conn, step + 1, Down::Refused(e, leader_hint));
-                            if let Some(c) = self.conns.map.get_mut(&conn) {
-                                c.closed_by_master = true;
-                            }
-                        }
-                    }
-                    Up::Heartbeat => node.agent_heartbeat(conn, t),
-                    Up::Update(s) => node.agent_update(conn, s, t),
-                    Up::Subscribe(info) => {
-                        if let Err(e) = node.subscribe(conn, PROTOCOL_VERSION, info, t) {
-                            self.conns
-                                .push_down(conn, step + 1, Down::Refused(e, leader_hint));
-                            if let Some(c) = self.conns.map.get_mut(&conn) {
-                                c.closed_by_master = true;
-                            }
-                        }
-                    }
-                    Up::Call(call, launching) => {
-                        let result = node.call(call, t);
-                        if !launching.is_empty() {
-                            self.conns
-                                .push_down(conn, step + 1, Down::Accepted(launching, result));
-                        }
-                    }
+                let needs_leader = msg.needs_leader();
+                if let Some((conn, msg)) = waiting.hold(node, (conn, msg), needs_leader) {
+                    deliver(node, &mut self.conns, step, conn, msg);
                 }
             }
             if self.clocks.ticks(&mut self.rng, id, step) {
@@ -372,10 +351,34 @@ impl Sim {
                 if leads {
                     self.failovers += 1;
                 }
-                // The shell drops every stream on a change of leadership.
-                for c in self.conns.map.values_mut().filter(|c| c.master == id) {
-                    c.closed_by_master = true;
+                // The shell drops every stream on a change of leadership,
+                // but not one whose first message it holds: that stream is
+                // not among its streams yet.
+                let held: BTreeSet<ConnId> =
+                    waiting.held_inputs().iter().map(|(c, _)| *c).collect();
+                for (conn, c) in self.conns.map.iter_mut() {
+                    if c.master == id && !held.contains(conn) {
+                        c.closed_by_master = true;
+                    }
                 }
+            }
+            // What was held while this leader caught up, as the shell
+            // handles it: at once, then settled again.
+            let released = waiting.release(node);
+            if !released.is_empty() {
+                for (conn, msg) in released {
+                    deliver(node, &mut self.conns, step, conn, msg);
+                }
+                let mut out = SimOutbox {
+                    master: id,
+                    conns: &mut self.conns,
+                    raft: &mut raft_out,
+                    rng: &mut self.rng,
+                    step,
+                    stream_full: f.stream_full,
+                };
+                node.settle(t, &mut out)
+                    .map_err(|e| format!("master {id}: {e}"))?;
             }
         }
         // Raft messages travel.
@@ -452,4 +455,36 @@ pub(crate) fn run(seed: u64, n: u64, steps: u64) -> Result<String, String> {
     Err(format!(
         "the cluster did not settle after the faults stopped: {why}"
     ))
+}
+
+/// One client message handled by a master, as the shell handles it.
+fn deliver(node: &mut Node, conns: &mut Conns, step: u64, conn: ConnId, msg: Up) {
+    let t = now(step);
+    let leader_hint = node.replica().leader_id();
+    match msg {
+        Up::Register(reg) => {
+            if let Err(e) = node.agent_register(conn, reg, t) {
+                conns.push_down(conn, step + 1, Down::Refused(e, leader_hint));
+                if let Some(c) = conns.map.get_mut(&conn) {
+                    c.closed_by_master = true;
+                }
+            }
+        }
+        Up::Heartbeat => node.agent_heartbeat(conn, t),
+        Up::Update(s) => node.agent_update(conn, s, t),
+        Up::Subscribe(info) => {
+            if let Err(e) = node.subscribe(conn, PROTOCOL_VERSION, info, t) {
+                conns.push_down(conn, step + 1, Down::Refused(e, leader_hint));
+                if let Some(c) = conns.map.get_mut(&conn) {
+                    c.closed_by_master = true;
+                }
+            }
+        }
+        Up::Call(call, launching) => {
+            let result = node.call(call, t);
+            if !launching.is_empty() {
+                conns.push_down(conn, step + 1, Down::Accepted(launching, result));
+            }
+        }
+    }
 }

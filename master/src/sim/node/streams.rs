@@ -23,6 +23,14 @@ pub(super) enum Up {
     Call(Call, Vec<String>),
 }
 
+impl Up {
+    /// Whether only a leader takes it (and a new one holds it meanwhile),
+    /// as [`crate::handle::Input::needs_leader`] says for the shell.
+    pub(super) fn needs_leader(&self) -> bool {
+        matches!(self, Up::Register(_) | Up::Subscribe(_) | Up::Call(..))
+    }
+}
+
 /// A master's message on its way to a client.
 #[derive(Debug)]
 // Test messages, moved and never stored in bulk.
