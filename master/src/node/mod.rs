@@ -4,7 +4,7 @@
 //! temporary directory under the simulation), and its only clock read
 //! times an allocation cycle for the metrics, never deciding anything. The
 //! shell in `server.rs` feeds it from sockets and a clock; the simulation
-//! in `sim/node/` (run by the tests in `node/sim.rs`) feeds several of
+//! in `sim/node/` (run by its tests in `sim/node/tests.rs`) feeds several of
 //! them from a seeded, faulty network.
 //! Both therefore exercise the same rules:
 //!
@@ -33,8 +33,6 @@ use crate::replication::transport::PeerReport;
 use crate::replication::{Applied, Replica};
 use crate::MasterError;
 
-#[cfg(test)]
-mod sim;
 mod waiting;
 
 pub use waiting::Waiting;

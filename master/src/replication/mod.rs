@@ -469,9 +469,6 @@ impl Replica {
 }
 
 #[cfg(test)]
-mod sim;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use mezz_proto::v1::replicated_command::Command;

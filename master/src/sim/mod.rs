@@ -9,9 +9,9 @@
 //!   with simulated agents, frameworks and a rogue client as actors, and
 //!   the invariants they must keep.
 //!
-//! The tests that drive them sit beside the code they test
-//! (`replication/sim.rs`, `node/sim.rs`), so a seed replays with the
-//! module path printed on failure. Everything random comes from the seed:
+//! The tests that drive them live here too (`replication_tests.rs`,
+//! `node/tests.rs`), so the modules they simulate never import the
+//! simulation, and a seed replays with the module path printed on failure. Everything random comes from the seed:
 //! `MEZZ_SIM_SEED=N` replays one seed instead of the default range.
 
 pub(crate) mod node;

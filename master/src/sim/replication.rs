@@ -6,9 +6,9 @@
 //! replicas that apply the same commands in the same order, and no
 //! applied command ever lost.
 //!
-//! The tests that drive it live in `replication/sim.rs`; a failure names
+//! The tests that drive it live in `replication_tests.rs`; a failure names
 //! its seed. Replay one with
-//! `MEZZ_SIM_SEED=N cargo test -p mezz-master replication::sim`.
+//! `MEZZ_SIM_SEED=N cargo test -p mezz-master sim::replication`.
 //!
 //! [`world`]: super::world
 
@@ -279,3 +279,7 @@ pub(crate) fn run(seed: u64, n: u64, steps: u64) -> Result<(), String> {
         sim.ever_applied.len()
     ))
 }
+
+#[cfg(test)]
+#[path = "replication_tests.rs"]
+mod tests;

@@ -40,8 +40,8 @@
 //!
 //! Everything random comes from the seed and the run is deterministic (the
 //! crate's tests hash with a fixed key); a failure names its seed. The
-//! tests that drive it live in `node/sim.rs`; replay one with
-//! `MEZZ_SIM_SEED=N cargo test -p mezz-master node::sim`.
+//! tests that drive it live in `tests.rs` beside it; replay one with
+//! `MEZZ_SIM_SEED=N cargo test -p mezz-master sim::node`.
 //!
 //! The masters' network, partitions and clocks are the shared
 //! [`world`](super::world); this module adds the client side and the
@@ -67,6 +67,8 @@ mod frameworks;
 mod masters;
 mod rogue;
 mod streams;
+#[cfg(test)]
+mod tests;
 
 use agents::SimAgent;
 use frameworks::SimFramework;

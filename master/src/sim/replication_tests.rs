@@ -3,16 +3,16 @@
 //! [`crate::sim::replication`].
 //!
 //! A failure names its seed; replay one with
-//! `MEZZ_SIM_SEED=N cargo test -p mezz-master replication::sim`.
+//! `MEZZ_SIM_SEED=N cargo test -p mezz-master sim::replication`.
 
-use crate::sim::replication::run;
+use super::run;
 use crate::sim::seeds;
 
 #[test]
 fn three_masters_stay_safe_under_faults() {
     for seed in seeds(1..7) {
         if let Err(e) = run(seed, 3, 600) {
-            panic!("seed {seed}: {e}\nreplay: MEZZ_SIM_SEED={seed} cargo test -p mezz-master replication::sim");
+            panic!("seed {seed}: {e}\nreplay: MEZZ_SIM_SEED={seed} cargo test -p mezz-master sim::replication");
         }
     }
 }
@@ -21,7 +21,7 @@ fn three_masters_stay_safe_under_faults() {
 fn five_masters_stay_safe_under_faults() {
     for seed in seeds(100..103) {
         if let Err(e) = run(seed, 5, 600) {
-            panic!("seed {seed}: {e}\nreplay: MEZZ_SIM_SEED={seed} cargo test -p mezz-master replication::sim");
+            panic!("seed {seed}: {e}\nreplay: MEZZ_SIM_SEED={seed} cargo test -p mezz-master sim::replication");
         }
     }
 }

@@ -3,11 +3,11 @@
 //! [`crate::sim`], checked by [`crate::sim::node`].
 //!
 //! A failure names its seed; replay one with
-//! `MEZZ_SIM_SEED=N cargo test -p mezz-master node::sim`.
+//! `MEZZ_SIM_SEED=N cargo test -p mezz-master sim::node`.
 //!
-//! [`Node`]: super::Node
+//! [`Node`]: crate::node::Node
 
-use crate::sim::node::run;
+use super::run;
 use crate::sim::seeds;
 
 /// Runs each seed for 800 hostile steps and fails naming the first seed
@@ -17,7 +17,7 @@ fn check(seeds: Vec<u64>, masters: u64) {
         match run(seed, masters, 800) {
             Ok(summary) => eprintln!("seed {seed}: {summary}"),
             Err(e) => panic!(
-                "seed {seed}: {e}\nreplay: MEZZ_SIM_SEED={seed} cargo test -p mezz-master node::sim"
+                "seed {seed}: {e}\nreplay: MEZZ_SIM_SEED={seed} cargo test -p mezz-master sim::node"
             ),
         }
     }
