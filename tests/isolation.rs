@@ -122,6 +122,70 @@ fn fake_gpus_are_confined_by_the_devices_cgroup() {
     // agent/tests/isolation.rs).
 }
 
+/// Four fake GPUs in two NVLink pairs (0-1 on two links, 2-3 on four)
+/// across NUMA nodes: the agent advertises the topology, and a task that
+/// asks for two GPUs gets the four-link pair, then the next one the other
+/// pair, never two strangers.
+#[test]
+#[ignore = "needs root and cgroups"]
+fn several_gpus_are_the_best_connected_ones() {
+    need_root_cgroups();
+    let c = Cluster::start_with_agent_args(
+        "cpus:2;mem:2048;disk:1000;ports:[31000-31100]",
+        &[
+            "--fake-gpus",
+            "4",
+            "--fake-gpu-topology",
+            "0-1=NV2,2-3=NV4,*=SYS",
+        ],
+    );
+    let agent = &c.state()["agents"][0];
+    assert_eq!(
+        agent["attributes"]["gpu_topology"],
+        "fake-gpu-0,fake-gpu-1,fake-gpu-2,fake-gpu-3;NV2,SYS,SYS,SYS,SYS,NV4",
+        "{agent}"
+    );
+    let two = ["run", "--gpus", "2", "--cpus", "0.1", "--mem", "32"];
+    // The first holds the NVLink-4 pair while the second asks.
+    let hold = "echo cuda=$CUDA_VISIBLE_DEVICES; sleep 300";
+    let first = c.mezz(
+        &[&two[..], &["--detach", "--", "sh", "-c", hold]].concat(),
+        T,
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let first_id = text(&first.stdout).trim().to_string();
+    wait_for("the first task's GPUs", T, || {
+        let s = c.state();
+        s["tasks"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t["id"] == first_id.as_str() && t["gpus"].as_array().is_some_and(|g| g.len() == 2)
+            })
+        })
+    });
+    let state = c.state();
+    let task = state["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["id"] == first_id.as_str()))
+        .expect("the first task")
+        .clone();
+    assert_eq!(
+        task["gpus"],
+        serde_json::json!(["fake-gpu-2", "fake-gpu-3"]),
+        "{task}"
+    );
+    let echo = "echo cuda=$CUDA_VISIBLE_DEVICES";
+    let second = c.mezz(&[&two[..], &["--", "sh", "-c", echo]].concat(), T);
+    let stdout = text(&second.stdout);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&second.stderr)
+    );
+    assert!(stdout.contains("cuda=0,1"), "{stdout}");
+    let _ = c.mezz(&["kill", &first_id], T);
+}
+
 #[test]
 #[ignore = "needs root and cgroups"]
 fn without_a_driver_nvml_says_so_once() {

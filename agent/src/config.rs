@@ -36,6 +36,9 @@ pub struct Config {
     pub cgroup_root: String,
     /// `--gpus` / `--fake-gpus`.
     pub gpus: crate::gpu::GpuMode,
+    /// `--fake-gpu-topology`: how fake GPUs are connected (see
+    /// [`crate::gpu::fake::parse_topology`]).
+    pub fake_gpu_topology: Option<String>,
     /// Tasks (or their frameworks) may ask to run as root.
     pub allow_root_tasks: bool,
     /// `--gpu-reserve`: cpus and mem per idle GPU that the master keeps
@@ -83,6 +86,7 @@ impl Config {
             isolation: Default::default(),
             cgroup_root: "mezzanine".into(),
             gpus: crate::gpu::GpuMode::None,
+            fake_gpu_topology: None,
             allow_root_tasks: false,
             gpu_reserve: None,
             task_user: Default::default(),

@@ -316,8 +316,12 @@ pub async fn run(
             isolation.namespaces = false;
         }
     }
-    let gpu_backend = gpu::discover(config.gpus, &config.work_dir)
-        .map_err(|e| AgentError::Gpus(e.to_string()))?;
+    let gpu_backend = gpu::discover(
+        config.gpus,
+        &config.work_dir,
+        config.fake_gpu_topology.as_deref(),
+    )
+    .map_err(|e| AgentError::Gpus(e.to_string()))?;
     let gpus: Vec<gpu::Gpu> = gpu_backend
         .as_ref()
         .map_or_else(Vec::new, |b| b.gpus().to_vec());
@@ -333,6 +337,13 @@ pub async fn run(
     if let Some(first) = gpus.first() {
         attributes.insert("gpu_model".to_string(), first.name.clone());
         attributes.insert("gpu_memory_mb".to_string(), first.memory_mb.to_string());
+    }
+    if let Some(topology) = gpu_backend.as_deref().and_then(gpu::advertised_topology) {
+        tracing::info!(%topology, "GPU topology");
+        attributes.insert(
+            mezz_proto::topology::ATTRIBUTE.to_string(),
+            topology.to_string(),
+        );
     }
     let info = AgentInfo {
         id: agent_id.clone(),

@@ -142,7 +142,7 @@ pub use error::SdkError;
 pub use gang::{Gang, GangStep};
 /// The resource names, as the master and agents spell them.
 pub use mezz_proto::resources::{CPUS, DISK, GPUS, MEM, PORTS};
-pub use placement::{offer_host, place, Placement, Plan, Strategy, TaskRequest};
+pub use placement::{offer_host, pick_gpus, place, Placement, Plan, Strategy, TaskRequest};
 pub use runtime::{run, DriverBuilder};
 pub use scheduler::Scheduler;
 pub use task::TaskBuilder;

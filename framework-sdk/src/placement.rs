@@ -1,6 +1,8 @@
 //! Placement helpers: which offer each task request goes to (first-fit,
 //! bin-pack or spread), with ports picked from the offered ranges and GPUs
-//! from the agent's GPU identities. Pure: offers and requests in, a [`Plan`]
+//! from the agent's GPU identities (several GPUs: the best-connected set,
+//! when the agent advertises its topology, see [`mezz_proto::topology`]).
+//! Pure: offers and requests in, a [`Plan`]
 //! out. Whether something fits is [`Resources::contains`], the master's own
 //! check; it is never rewritten here.
 //!
@@ -15,6 +17,7 @@ use crate::proto;
 use crate::{AgentId, Driver, OfferId, Resources, TaskBuilder};
 
 pub use mezz_proto::resources::{GPUS, PORTS};
+use mezz_proto::topology::Topology;
 
 /// What one task needs: fixed resources, plus a number of ports and GPUs
 /// that placement picks from the offer.
@@ -225,6 +228,8 @@ struct Slot {
     left: Resources,
     /// See [`host_keys`].
     hosts: Vec<String>,
+    /// How the agent's GPUs are connected, when it says.
+    topology: Option<Topology>,
 }
 
 /// Ports already given to a task of this plan: ranges, by host.
@@ -294,12 +299,7 @@ fn claim(request: &TaskRequest, slot: &Slot, taken: &TakenPorts) -> Option<Claim
             port = next + 1;
         }
     }
-    let gpus: Vec<String> = rest
-        .set_items(GPUS)
-        .into_iter()
-        .take(request.gpus)
-        .map(String::from)
-        .collect();
+    let gpus = choose_gpus(slot.topology.as_ref(), &rest, request.gpus).unwrap_or_default();
     if ports.len() < request.ports || gpus.len() < request.gpus {
         return None;
     }
@@ -310,6 +310,37 @@ fn claim(request: &TaskRequest, slot: &Slot, taken: &TakenPorts) -> Option<Claim
     }
     // The one definition of "fits" has the last word.
     left.contains(&exact).then_some((exact, ports, gpus))
+}
+
+/// `k` of the GPUs in `offered`: with two or more and a known topology,
+/// the best-connected set (NVLink before PCIe); else the first ones. `None`
+/// when `offered` has fewer than `k`.
+fn choose_gpus(topology: Option<&Topology>, offered: &Resources, k: usize) -> Option<Vec<String>> {
+    let ids = offered.set_items(GPUS);
+    if ids.len() < k {
+        return None;
+    }
+    match topology {
+        Some(t) if k > 1 => t.best_set(&ids, k),
+        _ => Some(ids.into_iter().take(k).map(String::from).collect()),
+    }
+}
+
+/// `k` GPU ids for a task from those `offered` on `offer`'s agent: the
+/// best-connected set when the agent advertises its topology (the
+/// [`mezz_proto::topology::ATTRIBUTE`] attribute), else the first ones.
+/// `None` when there are fewer than `k`. [`place`] picks GPUs this way;
+/// this is for a scheduler that builds its own launch.
+pub fn pick_gpus(offer: &proto::Offer, offered: &Resources, k: usize) -> Option<Vec<String>> {
+    choose_gpus(offer_topology(offer).as_ref(), offered, k)
+}
+
+/// The topology `offer`'s agent advertises, if any (and readable).
+fn offer_topology(offer: &proto::Offer) -> Option<Topology> {
+    offer
+        .attributes
+        .get(mezz_proto::topology::ATTRIBUTE)
+        .and_then(|t| Topology::parse(t).ok())
 }
 
 /// Places `requests`, in order, on `offers` by `strategy`. Each request goes
@@ -346,6 +377,7 @@ pub fn place(strategy: Strategy, offers: &[proto::Offer], requests: &[TaskReques
             agent_id: AgentId(o.agent_id.clone()),
             left: Resources::from_proto(&o.resources).unwrap_or_default(),
             hosts: host_keys(o),
+            topology: offer_topology(o),
         })
         .collect();
     let mut taken = TakenPorts::default();
@@ -449,6 +481,36 @@ mod tests {
         assert_eq!(p.gpus, vec!["g0", "g1"]);
         assert_eq!(p.resources.ranges(PORTS), &[(100, 101)]);
         assert_eq!(p.resources.set_items(GPUS), vec!["g0", "g1"]);
+    }
+
+    #[test]
+    fn several_gpus_go_to_the_best_connected_set() {
+        let mut o = offer("o1", "a1", "cpus:4;gpus:{g0,g1,g2,g3}");
+        // (0,1) (0,2) (0,3) (1,2) (1,3) (2,3): g2-g3 on four NVLinks, g0-g1
+        // on two, the rest across NUMA nodes.
+        o.attributes.insert(
+            mezz_proto::topology::ATTRIBUTE.into(),
+            "g0,g1,g2,g3;NV2,SYS,SYS,SYS,SYS,NV4".into(),
+        );
+        let req = TaskRequest::new("t", Resources::parse("cpus:1").expect("valid")).gpus(2);
+        let plan = place(
+            Strategy::FirstFit,
+            &[o.clone()],
+            &[req.clone(), req.clone()],
+        );
+        let gpus: Vec<_> = plan.placed.iter().map(|p| p.gpus.clone()).collect();
+        assert_eq!(gpus, [vec!["g2", "g3"], vec!["g0", "g1"]]);
+        // One GPU, or an agent that says nothing: the first ones.
+        let one = TaskRequest::new("t", Resources::parse("cpus:1").expect("valid")).gpus(1);
+        assert_eq!(
+            place(Strategy::FirstFit, &[o], &[one]).placed[0].gpus,
+            ["g0"]
+        );
+        let plain = offer("o2", "a2", "cpus:4;gpus:{g0,g1,g2,g3}");
+        assert_eq!(
+            place(Strategy::FirstFit, &[plain], &[req]).placed[0].gpus,
+            ["g0", "g1"]
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod public;
 pub mod resources;
 pub mod state;
 pub mod tls;
+pub mod topology;
 
 /// Generated protobuf and gRPC code for package `mezzanine.v1`: every
 /// file of it, public and internal (see [`public`] for the public part).

@@ -71,6 +71,11 @@ pub struct AgentArgs {
     /// advertised as fake-gpu-0…, for machines without NVIDIA. Needs root.
     #[arg(long, value_name = "G", conflicts_with = "gpus")]
     pub fake_gpus: Option<u32>,
+    /// How the fake GPUs are connected, with the codes of `nvidia-smi topo
+    /// -m`: comma-separated I-J=CODE pairs by index and `*=CODE` for the
+    /// rest (default PHB), e.g. '0-1=NV4,2-3=NV4,*=SYS' (two NVLink pairs).
+    #[arg(long, value_name = "SPEC", requires = "fake_gpus")]
+    pub fake_gpu_topology: Option<String>,
     /// Task isolation: `auto` uses cgroups (cpu, memory, pids, devices) and
     /// PID/mount/UTS namespaces when running as root, and warns and runs
     /// tasks unconfined otherwise; `cgroups` makes that an error; `none`
@@ -138,6 +143,7 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         isolation: args.isolation.into(),
         cgroup_root: "mezzanine".into(),
         gpus: gpu_mode(args.gpus, args.fake_gpus),
+        fake_gpu_topology: args.fake_gpu_topology.clone(),
         allow_root_tasks: args.allow_root_tasks,
         gpu_reserve: args
             .gpu_reserve

@@ -39,6 +39,10 @@ pub struct DevArgs {
     /// Give each agent G fake GPUs.
     #[arg(long, value_name = "G")]
     pub fake_gpus: Option<u32>,
+    /// How each agent's fake GPUs are connected, as `mezz agent
+    /// --fake-gpu-topology` takes it, e.g. '0-1=NV4,2-3=NV4,*=SYS'.
+    #[arg(long, value_name = "SPEC", requires = "fake_gpus")]
+    pub fake_gpu_topology: Option<String>,
     /// Resources of each agent, e.g. 'cpus:2;mem:4096'. What it does not
     /// name is an equal share of this machine (detected cpus, memory and
     /// disk divided by the number of agents). Ports are always split: the
@@ -293,6 +297,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
                 Some(n) => mezz_agent::gpu::GpuMode::Fake(n),
                 None => mezz_agent::gpu::GpuMode::None,
             },
+            fake_gpu_topology: args.fake_gpu_topology.clone(),
             allow_root_tasks: true,
             gpu_reserve: None,
             // A personal cluster: tasks run as whoever started it, unless

@@ -16,6 +16,9 @@ use crate::isolation::NVIDIA_MAJOR;
 /// The fake backend.
 pub struct FakeGpus {
     gpus: Vec<Gpu>,
+    /// Links by index pair (lower first); pairs not named go through the
+    /// host bridge.
+    links: BTreeMap<(u32, u32), Link>,
 }
 
 /// `<work_dir>/dev/nvidiaN`.
@@ -66,8 +69,58 @@ impl FakeGpus {
                 device: path,
             });
         }
-        Ok(FakeGpus { gpus })
+        Ok(FakeGpus {
+            gpus,
+            links: BTreeMap::new(),
+        })
     }
+}
+
+impl FakeGpus {
+    /// Takes the links between the fake GPUs from `spec`
+    /// (`--fake-gpu-topology`): comma-separated `I-J=CODE` pairs by index,
+    /// and optionally `*=CODE` for every pair not named (else `PHB`), with
+    /// the codes of `nvidia-smi topo -m` (`NV<n>`, `PIX`, `PXB`, `PHB`,
+    /// `NODE`, `SYS`). `0-1=NV4,2-3=NV4,*=SYS` is two NVLink pairs on two
+    /// NUMA nodes.
+    pub fn with_topology(mut self, spec: &str) -> Result<FakeGpus, String> {
+        self.links = parse_topology(spec, self.gpus.len() as u32)?;
+        Ok(self)
+    }
+}
+
+/// Reads a `--fake-gpu-topology` for `n` GPUs: a link for every pair.
+pub fn parse_topology(spec: &str, n: u32) -> Result<BTreeMap<(u32, u32), Link>, String> {
+    let mut default = Link::HostBridge;
+    let mut links = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (pair, code) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not I-J=CODE or *=CODE"))?;
+        let link = Link::parse(code).map_err(|e| e.to_string())?;
+        if pair.trim() == "*" {
+            default = link;
+            continue;
+        }
+        let index = |s: &str| s.trim().parse::<u32>().ok();
+        let (a, b) = pair
+            .split_once('-')
+            .and_then(|(a, b)| Some((index(a)?, index(b)?)))
+            .ok_or_else(|| format!("'{pair}' is not a pair of GPU indices like 0-1"))?;
+        if a == b || a >= n || b >= n {
+            return Err(format!(
+                "'{pair}' does not name two different GPUs of the {n} fake ones (0-{})",
+                n.saturating_sub(1)
+            ));
+        }
+        links.insert((a.min(b), a.max(b)), link);
+    }
+    for a in 0..n {
+        for b in a + 1..n {
+            links.entry((a, b)).or_insert(default);
+        }
+    }
+    Ok(links)
 }
 
 impl GpuBackend for FakeGpus {
@@ -81,7 +134,8 @@ impl GpuBackend for FakeGpus {
         let mut t = BTreeMap::new();
         for a in &self.gpus {
             for b in self.gpus.iter().filter(|b| b.index > a.index) {
-                t.insert((a.index, b.index), Link::Pcie("host bridge".into()));
+                let link = self.links.get(&(a.index, b.index)).copied();
+                t.insert((a.index, b.index), link.unwrap_or(Link::HostBridge));
             }
         }
         t

@@ -41,14 +41,8 @@ pub struct Gpu {
     pub device: PathBuf,
 }
 
-/// How two GPUs are connected (NVML topology).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Link {
-    /// Number of active NVLinks between them.
-    NvLink(u32),
-    /// Through PCIe; the common ancestor, e.g. "same switch", "host bridge".
-    Pcie(String),
-}
+/// How two GPUs are connected: NVLinks, or the PCIe path between them.
+pub use mezz_proto::topology::Link;
 
 /// Current use of one GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +59,9 @@ pub enum GpuError {
     /// NVML (the driver) is not usable here.
     #[error("NVML is not available ({0}); no NVIDIA driver on this machine? advertising no GPUs")]
     Nvml(String),
+    /// `--fake-gpu-topology` does not read.
+    #[error("--fake-gpu-topology: {0}")]
+    FakeTopology(String),
     /// A fake device node cannot be made.
     #[error("cannot create fake GPU device node {path}: {message}; the agent must run as root (mknod) with --fake-gpus")]
     FakeNode {
@@ -100,11 +97,22 @@ pub enum GpuMode {
 }
 
 /// Finds this machine's GPUs. Never fails for `Auto` (no driver: one clear
-/// log line and no GPUs); fails for `Fake` when the nodes cannot be made.
-pub fn discover(mode: GpuMode, work_dir: &Path) -> Result<Option<Box<dyn GpuBackend>>, GpuError> {
+/// log line and no GPUs); fails for `Fake` when the nodes cannot be made or
+/// `fake_topology` (`--fake-gpu-topology`) does not read.
+pub fn discover(
+    mode: GpuMode,
+    work_dir: &Path,
+    fake_topology: Option<&str>,
+) -> Result<Option<Box<dyn GpuBackend>>, GpuError> {
     match mode {
         GpuMode::None => Ok(None),
-        GpuMode::Fake(n) => Ok(Some(Box::new(fake::FakeGpus::create(work_dir, n)?))),
+        GpuMode::Fake(n) => {
+            let mut gpus = fake::FakeGpus::create(work_dir, n)?;
+            if let Some(spec) = fake_topology {
+                gpus = gpus.with_topology(spec).map_err(GpuError::FakeTopology)?;
+            }
+            Ok(Some(Box::new(gpus)))
+        }
         GpuMode::Auto => match nvml::NvmlGpus::init() {
             Ok(b) => {
                 for g in b.gpus() {
@@ -125,6 +133,25 @@ pub fn discover(mode: GpuMode, work_dir: &Path) -> Result<Option<Box<dyn GpuBack
             }
         },
     }
+}
+
+/// The topology a backend reports, as the agent advertises it (the
+/// `gpu_topology` attribute); `None` for fewer than two GPUs. A pair the
+/// backend could not tell is taken as the slowest link.
+pub fn advertised_topology(backend: &dyn GpuBackend) -> Option<mezz_proto::topology::Topology> {
+    let gpus = backend.gpus();
+    if gpus.len() < 2 {
+        return None;
+    }
+    let links = backend.topology();
+    let ids = gpus.iter().map(|g| g.id.0.clone()).collect();
+    Some(mezz_proto::topology::Topology::new(ids, |i, j| {
+        let (a, b) = (gpus[i].index, gpus[j].index);
+        links
+            .get(&(a.min(b), a.max(b)))
+            .copied()
+            .unwrap_or(Link::System)
+    }))
 }
 
 /// What a task gets from its GPU ids.
@@ -205,5 +232,66 @@ mod tests {
         assert_eq!(none.denied_minors, vec![0, 1, 2]);
         let e = assign(&gpus(), &["GPU-x".into()]).unwrap_err();
         assert!(e.contains("'GPU-x'"), "{e}");
+    }
+
+    /// A backend over given GPUs and links, as NVML would report them.
+    struct Known(Vec<Gpu>, BTreeMap<(u32, u32), Link>);
+
+    impl GpuBackend for Known {
+        fn kind(&self) -> &'static str {
+            "known"
+        }
+        fn gpus(&self) -> &[Gpu] {
+            &self.0
+        }
+        fn topology(&self) -> BTreeMap<(u32, u32), Link> {
+            self.1.clone()
+        }
+        fn usage(&self, _gpu: &Gpu) -> Option<Usage> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_advertised_topology_names_gpus_by_id_and_fills_gaps_with_the_slowest_link() {
+        let links = fake::parse_topology("0-1=NV4", 3).unwrap();
+        let t = advertised_topology(&Known(gpus(), links)).expect("three GPUs");
+        assert_eq!(
+            t.to_string(),
+            "fake-gpu-0,fake-gpu-1,fake-gpu-2;NV4,PHB,PHB"
+        );
+        // A pair the backend could not tell: the slowest link.
+        let mut partial = BTreeMap::new();
+        partial.insert((1, 2), Link::PcieSwitch);
+        let t = advertised_topology(&Known(gpus(), partial)).expect("three GPUs");
+        assert_eq!(
+            t.to_string(),
+            "fake-gpu-0,fake-gpu-1,fake-gpu-2;SYS,SYS,PIX"
+        );
+        // One GPU has no topology to speak of.
+        assert!(advertised_topology(&Known(gpus()[..1].to_vec(), BTreeMap::new())).is_none());
+    }
+
+    #[test]
+    fn fake_topologies_read_pairs_and_a_default_and_name_mistakes() {
+        let t = fake::parse_topology("0-1=NV4, 3-2=nv4, *=SYS", 4).unwrap();
+        assert_eq!(t[&(0, 1)], Link::NvLink(4));
+        assert_eq!(t[&(2, 3)], Link::NvLink(4));
+        assert_eq!(t[&(0, 2)], Link::System);
+        assert_eq!(t.len(), 6);
+        assert_eq!(
+            fake::parse_topology("", 2).unwrap()[&(0, 1)],
+            Link::HostBridge
+        );
+        for (spec, needle) in [
+            ("0-1", "'0-1' is not I-J=CODE"),
+            ("0-1=FAST", "'FAST' is not a GPU link code"),
+            ("0-4=NV1", "'0-4' does not name two different GPUs of the 4"),
+            ("1-1=NV1", "'1-1' does not name"),
+            ("a-b=NV1", "'a-b' is not a pair of GPU indices"),
+        ] {
+            let e = fake::parse_topology(spec, 4).unwrap_err();
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
     }
 }

@@ -71,18 +71,16 @@ impl GpuBackend for NvmlGpus {
                 let link = if nvlinks > 0 {
                     Link::NvLink(nvlinks)
                 } else {
-                    let level = da.topology_common_ancestor(db).map_or_else(
-                        |_| "unknown".to_string(),
-                        |l| match l {
-                            TopologyLevel::Internal => "same board".into(),
-                            TopologyLevel::Single => "same PCIe switch".into(),
-                            TopologyLevel::Multiple => "PCIe switches".into(),
-                            TopologyLevel::HostBridge => "host bridge".into(),
-                            TopologyLevel::Node => "same NUMA node".into(),
-                            TopologyLevel::System => "across NUMA nodes".into(),
-                        },
-                    );
-                    Link::Pcie(level)
+                    // What NVML cannot tell counts as the slowest path.
+                    da.topology_common_ancestor(db)
+                        .map_or(Link::System, |l| match l {
+                            // Two GPUs on one board sit behind its switch.
+                            TopologyLevel::Internal | TopologyLevel::Single => Link::PcieSwitch,
+                            TopologyLevel::Multiple => Link::PcieSwitches,
+                            TopologyLevel::HostBridge => Link::HostBridge,
+                            TopologyLevel::Node => Link::NumaNode,
+                            TopologyLevel::System => Link::System,
+                        })
                 };
                 out.insert((a.index, b.index), link);
             }

@@ -588,15 +588,7 @@ fn claim(
             .find(|p| u16::try_from(*p).is_ok())
     })?;
     let port = u16::try_from(port).ok()?;
-    let ids: Vec<String> = offered
-        .set_items(GPUS)
-        .into_iter()
-        .take(gpus)
-        .map(String::from)
-        .collect();
-    if ids.len() < gpus {
-        return None;
-    }
+    let ids = mezz_sdk::pick_gpus(offer, &offered, gpus)?;
     let mut needs = base
         .clone()
         .with_ranges(PORTS, &[(u64::from(port), u64::from(port))]);

@@ -165,7 +165,7 @@ impl Launcher {
         for offer in offers {
             let offered = Resources::from_proto(&offer.resources).unwrap_or_default();
             if self.state == Launch::Waiting {
-                if let Some(take) = self.fit(&offered) {
+                if let Some(take) = self.fit(&offer, &offered) {
                     self.attempts += 1;
                     let task_id = if self.attempts == 1 {
                         self.base_id.clone()
@@ -228,17 +228,10 @@ impl Launcher {
         out
     }
 
-    /// What to ask for from `offered`, when it holds the task.
-    pub(super) fn fit(&self, offered: &Resources) -> Option<Resources> {
-        let gpu_ids: Vec<String> = offered
-            .set_items("gpus")
-            .into_iter()
-            .take(self.gpus as usize)
-            .map(str::to_string)
-            .collect();
-        if gpu_ids.len() != self.gpus as usize {
-            return None;
-        }
+    /// What to ask for from `offered` (of `offer`), when it holds the
+    /// task; several GPUs are the agent's best-connected ones.
+    pub(super) fn fit(&self, offer: &proto::Offer, offered: &Resources) -> Option<Resources> {
+        let gpu_ids = mezz_sdk::pick_gpus(offer, offered, self.gpus as usize)?;
         let want = if self.gpus > 0 {
             self.need.clone().with_set("gpus", &gpu_ids)
         } else {
