@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// GPUs for the task.
     #[arg(long, default_value_t = 0)]
     pub gpus: u32,
+    /// A named size from the cluster's menu (`mezz sizes`), instead of
+    /// --cpus, --mem and --gpus.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["cpus", "mem", "gpus"])]
+    pub size: Option<String>,
     /// Role to run under (for fair sharing and quota).
     #[arg(long, default_value = "*")]
     pub role: String,
@@ -265,8 +269,12 @@ fn exit_code(status: &proto::TaskStatus) -> (u8, Option<String>) {
     }
 }
 
-pub async fn main(args: RunArgs) -> Result<ExitCode> {
+pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
     let masters = client::masters(args.master.master.as_deref())?;
+    if let Some(name) = &args.size {
+        let size = super::sizes::menu(&masters).await?.get(name)?;
+        (args.cpus, args.mem, args.gpus) = (size.cpus, size.mem, size.gpus);
+    }
     if !(args.cpus.is_finite() && args.cpus >= 0.0 && args.mem.is_finite() && args.mem >= 0.0) {
         return Err(anyhow!("--cpus and --mem must be non-negative numbers"));
     }
