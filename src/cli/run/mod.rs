@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// Environment variable for the task, K=V; repeat for more.
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// A label for the task, K=V (shown in `/api/state`; `mezz job` labels
+    /// its attempts with `job` and `priority`); repeat for more.
+    #[arg(long = "label", value_name = "K=V")]
+    pub label: Vec<String>,
     /// A secret environment variable for the task: K=V, or K alone to pass
     /// this shell's $K (which keeps the value off the command line, where
     /// `ps` on this machine would show it). The task sees it like --env;
@@ -160,6 +164,13 @@ fn task_builder(args: &RunArgs, task_id: &str, need: &Resources) -> Result<TaskB
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| anyhow!("--env '{kv}' is not K=V"))?;
         b = b.env(k, v);
+    }
+    for kv in &args.label {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| anyhow!("--label '{kv}' is not K=V"))?;
+        b = b.label(k, v);
     }
     for kv in &args.secret_env {
         // The value never goes into a message: only the key.
