@@ -128,6 +128,9 @@ fn sizes_are_set_used_by_run_refused_when_bad_and_survive_a_master_restart() {
         size(&sizes, "cpu-small").is_none(),
         "a removed size came back after the restart: {sizes:?}"
     );
+    // /api/state shows the same menu.
+    let shown = c.state()["sizes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(shown, sizes, "/api/state and mezz sizes --json differ");
 }
 
 /// Writes `text` as a job file in `dir` and runs `mezz job submit --wait

@@ -230,7 +230,7 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
             }
         }
     };
-    summary(&job, epoch_ms);
+    summary(&job);
     if a.print_json {
         outln!("{}", serde_json::to_string_pretty(&job.to_json(epoch_ms))?);
     }
@@ -305,9 +305,8 @@ async fn task_outcome(
 }
 
 /// The job's end and its attempts, for people, on standard error.
-fn summary(job: &Job, epoch_ms: u64) {
+fn summary(job: &Job) {
     errln!("mezz job: {}: {}", job.spec.name, job.state.name());
-    let _ = epoch_ms;
     for a in &job.attempts {
         let secs = a
             .end

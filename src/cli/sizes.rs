@@ -107,14 +107,17 @@ pub fn parse_mem(s: &str) -> Result<f64, String> {
 /// The cluster's menu, from the leading master. A master too old to keep
 /// one (it does not know the call) leaves the menu to this machine: the
 /// built-in sizes, with `$MEZZ_SIZES` or `~/.config/mezz/sizes.toml` on
-/// top, as before sizes were replicated.
+/// top, as before sizes were replicated. So does a cluster that does not
+/// answer at all: the command then fails at its next step, naming the
+/// masters it tried, and a mistyped size is still named first.
 pub async fn menu(masters: &[String]) -> Result<Sizes> {
-    let (mut op, addr) = client::leader(masters).await?;
+    let local = || Ok(Sizes::load(Sizes::default_path().as_deref())?);
+    let Ok((mut op, addr)) = client::leader(masters).await else {
+        return local();
+    };
     match op.list_sizes(ListSizesRequest {}).await {
         Ok(r) => Ok(Sizes::from_views(&r.into_inner().sizes)),
-        Err(s) if s.code() == tonic::Code::Unimplemented => {
-            Ok(Sizes::load(Sizes::default_path().as_deref())?)
-        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => local(),
         Err(s) => Err(anyhow!(
             "reading the sizes menu from {addr}: {}",
             s.message()
