@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".mezzanine.v1.FrameworkView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.TaskView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.RoleView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.SizeView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.ServiceView", "#[derive(serde::Serialize)]")
         .type_attribute(
             ".mezzanine.v1.ServiceVersionView",

@@ -1,8 +1,10 @@
-//! Named sizes (`--size gpu-large` → cpus, mem, gpus): built-in defaults,
-//! replaced or extended by a TOML file the cluster's operators provide
-//! (`$MEZZ_SIZES`, else `~/.config/mezz/sizes.toml`). The one switch from a
-//! CPU job to a GPU job, shared by every framework so that a size means the
-//! same thing to `mezz tf run`, `mezz spark submit` and the rest.
+//! Named sizes (`--size gpu-large` → cpus, mem, gpus): the cluster's menu,
+//! kept by the masters (`mezz sizes`, read with [`Sizes::from_views`]), or
+//! the built-in defaults replaced or extended by a TOML file (`$MEZZ_SIZES`,
+//! else `~/.config/mezz/sizes.toml`) where a master is too old to keep a
+//! menu. The one switch from a CPU job to a GPU job, shared by every
+//! framework so that a size means the same thing to `mezz tf run`,
+//! `mezz spark submit` and the rest.
 
 use mezz_proto::resources::{CPUS, MEM};
 use std::collections::BTreeMap;
@@ -68,18 +70,29 @@ impl Sizes {
     /// `cpu-large` (4, 8 GB), `gpu-small` (4 CPUs, 16 GB, 1 GPU),
     /// `gpu-large` (8 CPUs, 32 GB, 2 GPUs).
     pub fn builtin() -> Sizes {
-        let s = |cpus, mem, gpus| Size { cpus, mem, gpus };
+        Sizes::from_views(&mezz_proto::sizes::builtin())
+    }
+
+    /// The menu a master sent (`ListSizes`).
+    ///
+    /// ```
+    /// use mezz_sdk::sizes::Sizes;
+    /// let menu = mezz_proto::sizes::builtin();
+    /// assert_eq!(Sizes::from_views(&menu), Sizes::builtin());
+    /// ```
+    pub fn from_views(views: &[mezz_proto::v1::SizeView]) -> Sizes {
         Sizes {
-            sizes: [
-                ("cpu-small", s(1.0, 2048.0, 0)),
-                ("cpu-medium", s(2.0, 4096.0, 0)),
-                ("cpu-large", s(4.0, 8192.0, 0)),
-                ("gpu-small", s(4.0, 16384.0, 1)),
-                ("gpu-large", s(8.0, 32768.0, 2)),
-            ]
-            .into_iter()
-            .map(|(n, s)| (n.to_string(), s))
-            .collect(),
+            sizes: views
+                .iter()
+                .map(|v| {
+                    let size = Size {
+                        cpus: v.cpus,
+                        mem: v.mem,
+                        gpus: v.gpus,
+                    };
+                    (v.name.clone(), size)
+                })
+                .collect(),
         }
     }
 
@@ -136,7 +149,7 @@ impl Sizes {
         self.sizes.get(name).copied().ok_or_else(|| {
             let known: Vec<&str> = self.sizes.keys().map(String::as_str).collect();
             SizeError(format!(
-                "unknown size '{name}'; known sizes: {} (add more in $MEZZ_SIZES or ~/.config/mezz/sizes.toml)",
+                "unknown size '{name}'; known sizes: {} (see `mezz sizes`; an operator adds one with `mezz sizes set`)",
                 known.join(", ")
             ))
         })

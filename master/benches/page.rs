@@ -159,6 +159,7 @@ fn seed() -> ClusterState {
         roles,
         started_at: now - 86_400.0,
         services,
+        sizes: Vec::new(),
     }
 }
 

@@ -77,6 +77,15 @@ pub enum Input {
     /// Operator: replace the ACLs (JSON; empty turns them off); answered
     /// once durable.
     SetAcls(String, oneshot::Sender<Result<(), CallError>>),
+    /// Operator: add or replace a named size; answered once durable.
+    SetSize(
+        mezz_proto::v1::SizeView,
+        oneshot::Sender<Result<(), CallError>>,
+    ),
+    /// Operator: remove a named size; answered once durable.
+    RemoveSize(String, oneshot::Sender<Result<(), CallError>>),
+    /// Read the sizes menu.
+    Sizes(oneshot::Sender<Vec<mezz_proto::v1::SizeView>>),
     /// Raft messages from a peer master.
     Raft(Vec<raft::eraftpb::Message>),
     /// Whether this master leads, and the leader's address if known.
@@ -101,6 +110,8 @@ impl Input {
                 | Input::AddToken(..)
                 | Input::RevokeTokens(..)
                 | Input::SetAcls(..)
+                | Input::SetSize(..)
+                | Input::RemoveSize(..)
         )
     }
 }

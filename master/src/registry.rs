@@ -46,6 +46,8 @@ pub struct Registry {
     pub tokens: BTreeMap<String, TokenRecord>,
     /// The ACLs as canonical JSON; empty: ACLs are off.
     pub acls: String,
+    /// The menu of named sizes.
+    pub sizes: crate::cluster::sizes::SizeMenu,
 }
 
 impl Default for Registry {
@@ -61,6 +63,7 @@ impl Default for Registry {
             finished_kept: DEFAULT_FINISHED_KEPT,
             tokens: BTreeMap::new(),
             acls: String::new(),
+            sizes: Default::default(),
         }
     }
 }
@@ -130,6 +133,7 @@ impl Registry {
                     self.acls = doc.json.clone();
                 }
             }
+            Some(c @ (Command::SetSize(_) | Command::RemoveSize(_))) => self.sizes.apply(c),
             None => tracing::warn!("ignoring an empty replicated command"),
         }
     }
@@ -143,7 +147,8 @@ impl Registry {
             + self.roles.len()
             + self.agent_credentials.len()
             + self.finished.len()
-            + self.tokens.len()) as u64
+            + self.tokens.len()
+            + self.sizes.len()) as u64
     }
 
     /// The registry as a snapshot.
@@ -165,6 +170,8 @@ impl Registry {
                 json: self.acls.clone(),
                 seed: false,
             }),
+            sizes: self.sizes.to_snapshot().0,
+            sizes_custom: self.sizes.to_snapshot().1,
         }
     }
 
@@ -217,6 +224,7 @@ impl Registry {
             finished_kept,
             tokens: s.tokens.iter().map(|t| (t.id.clone(), t.clone())).collect(),
             acls: s.acls.as_ref().map(|a| a.json.clone()).unwrap_or_default(),
+            sizes: crate::cluster::sizes::SizeMenu::from_snapshot(&s.sizes, s.sizes_custom),
         }
     }
 }

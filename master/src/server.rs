@@ -213,6 +213,17 @@ impl Actor {
                 let result = self.node.set_acls(&json, false);
                 self.waiting.answer_when_applied(reply, self.hint(result));
             }
+            Input::SetSize(size, reply) => {
+                let result = self.node.set_size(size);
+                self.after_settle.push((reply, self.hint(result)));
+            }
+            Input::RemoveSize(name, reply) => {
+                let result = self.node.remove_size(&name);
+                self.after_settle.push((reply, self.hint(result)));
+            }
+            Input::Sizes(reply) => {
+                let _ = reply.send(self.node.cluster().sizes());
+            }
             Input::Raft(msgs) => self.node.step_raft(msgs),
             Input::WhoLeads(reply) => {
                 let _ = reply.send((self.node.is_leader(), self.leader_address()));

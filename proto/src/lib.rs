@@ -16,6 +16,7 @@ pub mod holdback;
 pub mod ids;
 pub mod public;
 pub mod resources;
+pub mod sizes;
 pub mod state;
 pub mod tls;
 pub mod topology;

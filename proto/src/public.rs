@@ -63,6 +63,7 @@ public_files! {
             GrantTaskFilesRequest, TaskFilesGrant, GetAuditRequest, AuditEntries,
             CreateTokenRequest, CreateTokenResponse, RevokeTokenRequest, RevokeTokenResponse,
             ListTokensRequest, TokenView, ListTokensResponse, GetAclsRequest, AclDocument,
+            SizeView, ListSizesRequest, ListSizesResponse, SetSizeRequest, RemoveSizeRequest,
         ],
         modules: [operator_client, operator_server],
     }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use mezz_jupyter::{daemon, notebook, store, Client, NotebookView, StartRequest};
-use mezz_sdk::sizes::Sizes;
 
 use super::daemon_start::{absolute, FrameworkDaemon};
 use super::MasterArg;
@@ -76,7 +75,7 @@ pub struct StartArgs {
     #[arg(long)]
     pub gpus: Option<u32>,
     /// A named size: cpu-small, cpu-medium, cpu-large, gpu-small,
-    /// gpu-large, or one from $MEZZ_SIZES or ~/.config/mezz/sizes.toml.
+    /// gpu-large, or another size on the cluster's menu (`mezz sizes`).
     /// --cpus, --mem and --gpus override it.
     #[arg(long)]
     pub size: Option<String>,
@@ -207,7 +206,10 @@ async fn start(args: StartArgs) -> Result<ExitCode> {
         notebook::validate_name(n)?;
     }
     let size = match &args.size {
-        Some(s) => Some(Sizes::load(Sizes::default_path().as_deref())?.get(s)?),
+        Some(s) => {
+            let (masters, _) = resolve(&args.state)?;
+            Some(super::sizes::menu(&masters).await?.get(s)?)
+        }
         None => None,
     };
     let idle_timeout = args

@@ -34,6 +34,7 @@ mod dev;
 mod dev_tls;
 mod guard;
 mod inspect;
+mod job;
 mod jupyter;
 mod logs;
 mod master;
@@ -41,6 +42,7 @@ mod masters;
 mod roles;
 mod run;
 mod serve;
+mod sizes;
 mod spark;
 mod tf;
 mod tls;
@@ -136,6 +138,12 @@ pub enum Command {
     Token(auth::TokenArgs),
     /// Access control lists: `mezz acl show|set FILE`.
     Acl(auth::AclArgs),
+    /// The cluster's menu of named sizes (`--size gpu-large`): list it, or
+    /// (operators) add, replace and remove sizes.
+    Sizes(sizes::SizesArgs),
+    /// Jobs from one declarative file (docs/jobs.md): `mezz job submit
+    /// FILE --wait` runs one with retries, backoff and a deadline.
+    Job(job::JobArgs),
 }
 
 impl Command {
@@ -154,6 +162,7 @@ impl Command {
             Command::Master(_)
                 | Command::Agent(_)
                 | Command::Run(_)
+                | Command::Job(_)
                 | Command::Dev(_)
                 | Command::Jupyter(jupyter::JupyterArgs {
                     command: jupyter::JupyterCommand::Daemon(_),
@@ -234,6 +243,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::main(a).await,
         Command::Token(a) => auth::token(a).await,
         Command::Acl(a) => auth::acl(a).await,
+        Command::Sizes(a) => sizes::main(a).await,
+        Command::Job(a) => job::main(a).await,
     }
 }
 

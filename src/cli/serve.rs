@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use mezz_sdk::sizes::Sizes;
 use mezz_serving::{daemon, service, Client, DeployRequest, ServiceView};
 
 use super::daemon_start::{absolute, FrameworkDaemon};
@@ -103,7 +102,7 @@ pub struct DeployArgs {
     #[arg(long)]
     pub gpus: Option<u32>,
     /// A named size: cpu-small, cpu-medium, cpu-large, gpu-small,
-    /// gpu-large, or one from $MEZZ_SIZES or ~/.config/mezz/sizes.toml.
+    /// gpu-large, or another size on the cluster's menu (`mezz sizes`).
     /// --cpus, --mem and --gpus override it.
     #[arg(long)]
     pub size: Option<String>,
@@ -345,7 +344,10 @@ async fn wait_healthy(client: &Client, name: &str, want: u32, wait: Duration) ->
 async fn deploy(args: DeployArgs) -> Result<ExitCode> {
     // Everything that can be refused is checked before anything runs.
     let size = match &args.size {
-        Some(s) => Some(Sizes::load(Sizes::default_path().as_deref())?.get(s)?),
+        Some(s) => {
+            let (masters, _) = resolve(&args.state)?;
+            Some(super::sizes::menu(&masters).await?.get(s)?)
+        }
         None => None,
     };
     let wait = duration("--wait", &args.wait)?;

@@ -70,8 +70,8 @@ pub struct SubmitArgs {
     #[arg(long, default_value = "1g")]
     pub driver_memory: String,
     /// A named size for each executor's worker task: cpu-small, cpu-medium,
-    /// cpu-large, gpu-small, gpu-large, or one from $MEZZ_SIZES or
-    /// ~/.config/mezz/sizes.toml. --executor-cores, --executor-memory and
+    /// cpu-large, gpu-small, gpu-large, or another size on the cluster's
+    /// menu (`mezz sizes`). --executor-cores, --executor-memory and
     /// --gpus-per-executor override it.
     #[arg(long)]
     pub size: Option<String>,
@@ -138,12 +138,12 @@ pub async fn main(args: SparkArgs) -> Result<ExitCode> {
 
 /// The application spec from the flags, with every local check done:
 /// the files exist, Java and Spark are there.
-fn spec_of(args: &SubmitArgs) -> Result<AppSpec> {
+fn spec_of(args: &SubmitArgs, sizes: &Sizes) -> Result<AppSpec> {
     if args.executors == 0 {
         bail!("--executors 0: an application needs at least one executor");
     }
     let size = match &args.size {
-        Some(s) => Some(Sizes::load(Sizes::default_path().as_deref())?.get(s)?),
+        Some(s) => Some(sizes.get(s)?),
         None => None,
     };
     let executor_cores = args
@@ -290,7 +290,11 @@ fn check_fits(spec: &AppSpec, state: &ClusterState) -> Result<()> {
 async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let submitted = Instant::now();
     let masters = client::masters(args.master.master.as_deref())?;
-    let spec = spec_of(&args)?;
+    let sizes = match args.size {
+        Some(_) => super::sizes::menu(&masters).await?,
+        None => Sizes::builtin(),
+    };
+    let spec = spec_of(&args, &sizes)?;
     let state = client::state(&masters, false)
         .await
         .context("reading the cluster state")?;

@@ -76,8 +76,8 @@ pub struct TfRunArgs {
     #[arg(long)]
     pub gpus: Option<u32>,
     /// A named size (cpus, mem and GPUs in one word): cpu-small, cpu-medium,
-    /// cpu-large, gpu-small, gpu-large, or one from $MEZZ_SIZES or
-    /// ~/.config/mezz/sizes.toml. --cpus, --mem and --gpus override it.
+    /// cpu-large, gpu-small, gpu-large, or another size on the cluster's
+    /// menu (`mezz sizes`). --cpus, --mem and --gpus override it.
     #[arg(long)]
     pub size: Option<String>,
     /// Environment variable for every replica, K=V; repeat for more.
@@ -127,8 +127,7 @@ pub async fn main(args: TfArgs) -> Result<ExitCode> {
     }
 }
 
-fn spec_of(args: &TfRunArgs) -> Result<JobSpec> {
-    let sizes = Sizes::load(Sizes::default_path().as_deref())?;
+fn spec_of(args: &TfRunArgs, sizes: &Sizes) -> Result<JobSpec> {
     let file = args.file.as_deref().map(JobFile::load).transpose()?;
     let mut env = Vec::new();
     for kv in &args.env {
@@ -237,7 +236,7 @@ fn tail_replica(
 async fn run(args: TfRunArgs) -> Result<ExitCode> {
     let submitted = Instant::now();
     let masters = client::masters(args.master.master.as_deref())?;
-    let spec = spec_of(&args)?;
+    let spec = spec_of(&args, &super::sizes::menu(&masters).await?)?;
     let name = spec.name.clone();
     let gpus = spec.groups.values().any(|g| g.gpus > 0);
     let replicas = spec.replicas();

@@ -10,6 +10,7 @@ use mezz_proto::v1::{
     SetWeightRequest,
 };
 use mezz_proto::v1::{AuditEntries, GetAuditRequest, GrantTaskFilesRequest, TaskFilesGrant};
+use mezz_proto::v1::{ListSizesRequest, ListSizesResponse, RemoveSizeRequest, SetSizeRequest};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -326,5 +327,48 @@ impl Operator for OperatorApi {
         let lines =
             super::guard::audit_lines(self.handle.guard(), who.as_ref(), limit).map_err(denied)?;
         Ok(Response::new(AuditEntries { lines }))
+    }
+
+    /// Anyone who may reach the master may read the menu: sizes are what
+    /// users type, not a secret.
+    async fn list_sizes(
+        &self,
+        _request: Request<ListSizesRequest>,
+    ) -> Result<Response<ListSizesResponse>, Status> {
+        let sizes = self.handle.ask(Input::Sizes).await?;
+        Ok(Response::new(ListSizesResponse { sizes }))
+    }
+
+    async fn set_size(&self, request: Request<SetSizeRequest>) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
+        self.check(who.as_ref(), Action::ManageSizes)?;
+        let size = request
+            .into_inner()
+            .size
+            .ok_or_else(|| Status::invalid_argument("size is missing; send the size to set"))?;
+        let detail = json!({"name": size.name, "cpus": size.cpus, "mem": size.mem,
+            "gpus": size.gpus, "gpu_model": size.gpu_model});
+        self.handle
+            .ask(|r| Input::SetSize(size, r))
+            .await?
+            .map_err(status_from)?;
+        audit(self.handle.guard(), who.as_ref(), "set_size", detail);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn remove_size(
+        &self,
+        request: Request<RemoveSizeRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let who = principal(&request);
+        self.check(who.as_ref(), Action::ManageSizes)?;
+        let name = request.into_inner().name;
+        let detail = json!({"name": name});
+        self.handle
+            .ask(|r| Input::RemoveSize(name, r))
+            .await?
+            .map_err(status_from)?;
+        audit(self.handle.guard(), who.as_ref(), "remove_size", detail);
+        Ok(Response::new(Empty {}))
     }
 }

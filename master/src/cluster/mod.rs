@@ -16,6 +16,7 @@ mod offers;
 mod roles;
 mod security;
 pub mod services;
+pub(crate) mod sizes;
 mod view;
 
 pub use frameworks::MAX_FAILOVER_SECS;
@@ -461,6 +462,7 @@ impl Cluster {
             | Some(Command::RevokeTokens(_))
             | Some(Command::SetAcls(_))
             | None => {}
+            Some(Command::SetSize(_)) | Some(Command::RemoveSize(_)) => {}
         }
     }
 

@@ -181,6 +181,7 @@ impl Cluster {
             roles: self.role_views(),
             started_at,
             services,
+            sizes: self.sizes(),
         }
     }
 }

@@ -52,6 +52,8 @@ fn kind(cmd: &mezz_proto::v1::ReplicatedCommand) -> &'static str {
         Some(Command::AddToken(_)) => "add-token",
         Some(Command::RevokeTokens(_)) => "revoke-tokens",
         Some(Command::SetAcls(_)) => "set-acls",
+        Some(Command::SetSize(_)) => "set-size",
+        Some(Command::RemoveSize(_)) => "remove-size",
         None => "empty",
     }
 }
@@ -336,6 +338,19 @@ impl Node {
     ) -> Result<(), CallError> {
         self.lead()?;
         self.cluster.set_quota(role, guarantee, limit)
+    }
+
+    /// Operator: adds or replaces a size; durable as for
+    /// [`Node::set_quota`].
+    pub fn set_size(&mut self, size: mezz_proto::v1::SizeView) -> Result<(), CallError> {
+        self.lead()?;
+        self.cluster.set_size(size)
+    }
+
+    /// Operator: removes a size; durable as for [`Node::set_quota`].
+    pub fn remove_size(&mut self, name: &str) -> Result<(), CallError> {
+        self.lead()?;
+        self.cluster.remove_size(name)
     }
 
     /// Operator: a role's weight; durable as for [`Node::set_quota`].

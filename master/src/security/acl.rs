@@ -21,7 +21,8 @@
 //!   "view":                [{"principals": ["alice"], "roles": ["eng"]}],
 //!   "create_tokens":       [{"principals": ["admin"]}],
 //!   "manage_acls":         [{"principals": ["admin"]}],
-//!   "read_audit":          [{"principals": ["admin"]}]
+//!   "read_audit":          [{"principals": ["admin"]}],
+//!   "manage_sizes":        [{"principals": ["admin"]}]
 //! }
 //! ```
 //!
@@ -58,6 +59,8 @@ pub enum Action<'a> {
     ManageAcls,
     /// Read the audit log.
     ReadAudit,
+    /// Change the cluster's menu of named sizes (`mezz sizes set|rm`).
+    ManageSizes,
 }
 
 /// What kind of object an action's rules name.
@@ -69,7 +72,7 @@ enum ObjectKind {
 }
 
 /// The actions by their name in the document, with their object's key.
-const ACTIONS: [(&str, ObjectKind); 11] = [
+const ACTIONS: [(&str, ObjectKind); 12] = [
     ("register_frameworks", ObjectKind::Roles),
     ("run_tasks", ObjectKind::Users),
     ("register_agents", ObjectKind::None),
@@ -81,6 +84,7 @@ const ACTIONS: [(&str, ObjectKind); 11] = [
     ("create_tokens", ObjectKind::None),
     ("manage_acls", ObjectKind::None),
     ("read_audit", ObjectKind::None),
+    ("manage_sizes", ObjectKind::None),
 ];
 
 impl Action<'_> {
@@ -98,6 +102,7 @@ impl Action<'_> {
             Action::CreateToken => "create_tokens",
             Action::ManageAcls => "manage_acls",
             Action::ReadAudit => "read_audit",
+            Action::ManageSizes => "manage_sizes",
         }
     }
 

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// GPUs for the task.
     #[arg(long, default_value_t = 0)]
     pub gpus: u32,
+    /// A named size from the cluster's menu (`mezz sizes`), instead of
+    /// --cpus, --mem and --gpus.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["cpus", "mem", "gpus"])]
+    pub size: Option<String>,
     /// Role to run under (for fair sharing and quota).
     #[arg(long, default_value = "*")]
     pub role: String,
@@ -45,6 +49,10 @@ pub struct RunArgs {
     /// Environment variable for the task, K=V; repeat for more.
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// A label for the task, K=V (shown in `/api/state`; `mezz job` labels
+    /// its attempts with `job` and `priority`); repeat for more.
+    #[arg(long = "label", value_name = "K=V")]
+    pub label: Vec<String>,
     /// A secret environment variable for the task: K=V, or K alone to pass
     /// this shell's $K (which keeps the value off the command line, where
     /// `ps` on this machine would show it). The task sees it like --env;
@@ -157,6 +165,13 @@ fn task_builder(args: &RunArgs, task_id: &str, need: &Resources) -> Result<TaskB
             .ok_or_else(|| anyhow!("--env '{kv}' is not K=V"))?;
         b = b.env(k, v);
     }
+    for kv in &args.label {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| anyhow!("--label '{kv}' is not K=V"))?;
+        b = b.label(k, v);
+    }
     for kv in &args.secret_env {
         // The value never goes into a message: only the key.
         let (k, v) = match kv.split_once('=') {
@@ -265,8 +280,12 @@ fn exit_code(status: &proto::TaskStatus) -> (u8, Option<String>) {
     }
 }
 
-pub async fn main(args: RunArgs) -> Result<ExitCode> {
+pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
     let masters = client::masters(args.master.master.as_deref())?;
+    if let Some(name) = &args.size {
+        let size = super::sizes::menu(&masters).await?.get(name)?;
+        (args.cpus, args.mem, args.gpus) = (size.cpus, size.mem, size.gpus);
+    }
     if !(args.cpus.is_finite() && args.cpus >= 0.0 && args.mem.is_finite() && args.mem >= 0.0) {
         return Err(anyhow!("--cpus and --mem must be non-negative numbers"));
     }

@@ -1,0 +1,526 @@
+//! The job file: what `mezz job submit` reads. YAML (or JSON, which is
+//! YAML too), every field checked: an unknown field, a size that is not
+//! on the cluster's menu, a bad duration or a kind not available yet is
+//! refused with a message that names the field and its line. Pure data:
+//! nothing here talks to a cluster.
+//!
+//! The smallest job:
+//!
+//! ```
+//! use mezz_jobs::spec::{JobSpec, Kind};
+//! use mezz_sdk::sizes::Sizes;
+//! let spec = JobSpec::parse(
+//!     "kind: command\nname: nightly-etl\ncpus: 1\nmem: 512\nretries: 3\ncommand: python etl.py --date today\n",
+//!     &Sizes::builtin(),
+//! )
+//! .unwrap();
+//! assert_eq!(spec.kind, Kind::Command);
+//! assert_eq!(spec.retries, 3);
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use mezz_sdk::sizes::Sizes;
+
+/// A job file that cannot be used; the text names the field, its line
+/// where known, and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+/// The most retries a job may ask for.
+pub const MAX_RETRIES: u32 = 100;
+/// The first retry waits this long unless the file says (`backoff`).
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+/// No retry waits longer than this unless the file says (`max_backoff`).
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// CPUs of a job that names neither a size nor `cpus` (as `mezz run`).
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Memory (MB) of a job that names neither a size nor `mem`.
+pub const DEFAULT_MEM: f64 = 256.0;
+
+/// What a job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A shell command (`command:`).
+    Command,
+    /// A Python program (`entrypoint:` or `command:`), with an optional
+    /// requirements file installed into a cached per-job virtualenv.
+    Python,
+}
+
+/// The kinds the spec names that `mezz job` does not run yet, with the
+/// command that does.
+const NOT_YET: [(&str, &str); 7] = [
+    ("jvm", "mezz run -- java …"),
+    ("spark", "mezz spark submit"),
+    ("tensorflow", "mezz tf run"),
+    ("pytorch", "mezz tf run --flavor pytorch"),
+    ("jupyter", "mezz jupyter start"),
+    ("serve", "mezz serve deploy"),
+    ("sweep", "one job per trial"),
+];
+
+/// The file as written (before validation).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    kind: Option<String>,
+    name: Option<String>,
+    size: Option<String>,
+    cpus: Option<f64>,
+    mem: Option<f64>,
+    gpus: Option<u32>,
+    command: Option<String>,
+    entrypoint: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    requirements: Option<String>,
+    python: Option<String>,
+    #[serde(default)]
+    retries: u32,
+    backoff: Option<String>,
+    max_backoff: Option<String>,
+    deadline: Option<String>,
+    priority: Option<String>,
+    role: Option<String>,
+    // Named by the spec, refused until `mezz job` runs them (see
+    // docs/jobs.md): present, so that they are told apart from typos.
+    after: Option<IgnoredAny>,
+    after_any: Option<IgnoredAny>,
+    schedule: Option<IgnoredAny>,
+    timezone: Option<IgnoredAny>,
+    concurrency: Option<IgnoredAny>,
+}
+
+/// A validated job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    /// What it runs.
+    pub kind: Kind,
+    /// Its name, unique among the jobs a user submits; task ids start with
+    /// it.
+    pub name: String,
+    /// The size it was given, if any (already resolved into the fields
+    /// below).
+    pub size: Option<String>,
+    /// CPUs of each attempt's task.
+    pub cpus: f64,
+    /// Memory (MB) of each attempt's task.
+    pub mem: f64,
+    /// Whole GPUs of each attempt's task.
+    pub gpus: u32,
+    /// A shell command (kind `command`, or `python` without an entrypoint).
+    pub command: Option<String>,
+    /// A Python script (kind `python`), run with `args`.
+    pub entrypoint: Option<String>,
+    /// Arguments of the entrypoint.
+    pub args: Vec<String>,
+    /// Where the task starts (absolute); default: its sandbox.
+    pub workdir: Option<String>,
+    /// Environment variables of the task.
+    pub env: BTreeMap<String, String>,
+    /// A Python requirements file (absolute, or relative to `workdir`).
+    pub requirements: Option<String>,
+    /// The Python interpreter that makes the virtualenv and runs the
+    /// entrypoint (default `python3`).
+    pub python: String,
+    /// Attempts after the first one that failed.
+    pub retries: u32,
+    /// The wait before the first retry; each further retry waits twice
+    /// the previous, up to `max_backoff`.
+    pub backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// The job fails with DEADLINE_EXCEEDED when it has not succeeded this
+    /// long after it was submitted (its attempt is killed).
+    pub deadline: Option<Duration>,
+    /// A priority class name, carried to the task as its `priority` label.
+    pub priority: Option<String>,
+    /// The role the job's tasks run under (default `*`).
+    pub role: String,
+}
+
+/// The line (1-based) where `key:` starts at the top level of `text`.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                || l.trim_start().strip_prefix(&format!("\"{key}\"")).is_some()
+        })
+        .map(|i| i + 1)
+}
+
+/// An error about `field`, with its line when the text has it.
+fn field_error(text: &str, field: &str, what: String) -> SpecError {
+    match line_of(text, field) {
+        Some(line) => SpecError(format!("`{field}` (line {line}): {what}")),
+        None => SpecError(format!("`{field}`: {what}")),
+    }
+}
+
+/// Whether `name` may name a job: 1 to 63 lowercase letters, digits, `-`,
+/// `_` or `.`, starting with a letter or digit (it starts task ids).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() < 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' cannot name a job: use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+}
+
+fn duration(text: &str, field: &str, value: &str) -> Result<Duration, SpecError> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        field_error(
+            text,
+            field,
+            format!("'{value}' is not a duration ({e}); write e.g. 30s, 10m, 2h"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(field_error(text, field, "must be longer than 0".into()));
+    }
+    Ok(d)
+}
+
+fn positive(text: &str, field: &str, v: f64) -> Result<f64, SpecError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(field_error(
+            text,
+            field,
+            format!("{v} is not a positive number"),
+        ))
+    }
+}
+
+impl JobSpec {
+    /// Parses and validates a job file (YAML or JSON); `sizes` is the
+    /// cluster's menu, for `size:`.
+    pub fn parse(text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
+        let file: JobFile = serde_yaml::from_str(text).map_err(|e| {
+            // serde_yaml says "unknown field `x`, expected one of … at line
+            // N column M": the field and the line, as wanted.
+            SpecError(format!("the job file does not parse: {e}"))
+        })?;
+        Self::validate(file, text, sizes)
+    }
+
+    fn validate(f: JobFile, text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
+        let kind_text = f.kind.as_deref().ok_or_else(|| {
+            SpecError(
+                "`kind` is missing: say what the job runs (kind: command or kind: python)".into(),
+            )
+        })?;
+        let kind = match kind_text {
+            "command" => Kind::Command,
+            "python" => Kind::Python,
+            other => {
+                return Err(match NOT_YET.iter().find(|(k, _)| *k == other) {
+                    Some((k, instead)) => field_error(
+                        text,
+                        "kind",
+                        format!(
+                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command or python"
+                        ),
+                    ),
+                    None => field_error(
+                        text,
+                        "kind",
+                        format!("unknown kind '{other}'; use command or python"),
+                    ),
+                })
+            }
+        };
+        for (field, present) in [
+            ("after", f.after.is_some()),
+            ("after_any", f.after_any.is_some()),
+            ("schedule", f.schedule.is_some()),
+            ("timezone", f.timezone.is_some()),
+            ("concurrency", f.concurrency.is_some()),
+        ] {
+            if present {
+                return Err(field_error(
+                    text,
+                    field,
+                    "dependencies and schedules are not available through `mezz job` yet; remove the field".into(),
+                ));
+            }
+        }
+        let name = f
+            .name
+            .ok_or_else(|| SpecError("`name` is missing: give the job a name".into()))?;
+        check_name(&name).map_err(|e| field_error(text, "name", e))?;
+
+        let (mut cpus, mut mem, mut gpus) = (DEFAULT_CPUS, DEFAULT_MEM, 0);
+        if let Some(size) = &f.size {
+            if f.cpus.is_some() || f.mem.is_some() || f.gpus.is_some() {
+                return Err(field_error(
+                    text,
+                    "size",
+                    "give either a size or cpus/mem/gpus, not both".into(),
+                ));
+            }
+            let s = sizes
+                .get(size)
+                .map_err(|e| field_error(text, "size", e.0))?;
+            (cpus, mem, gpus) = (s.cpus, s.mem, s.gpus);
+        }
+        if let Some(c) = f.cpus {
+            cpus = positive(text, "cpus", c)?;
+        }
+        if let Some(m) = f.mem {
+            mem = positive(text, "mem", m)?;
+        }
+        if let Some(g) = f.gpus {
+            gpus = g;
+        }
+
+        let nonempty = |s: Option<String>| s.filter(|c| !c.trim().is_empty());
+        let command = nonempty(f.command);
+        let entrypoint = nonempty(f.entrypoint);
+        match kind {
+            Kind::Command => {
+                if command.is_none() {
+                    return Err(SpecError(
+                        "`command` is missing: a job of kind command runs a shell command".into(),
+                    ));
+                }
+                for (field, present) in [
+                    ("entrypoint", entrypoint.is_some()),
+                    ("requirements", f.requirements.is_some()),
+                    ("python", f.python.is_some()),
+                    ("args", !f.args.is_empty()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "belongs to kind python; a command job runs `command` only".into(),
+                        ));
+                    }
+                }
+            }
+            Kind::Python => {
+                if command.is_some() == entrypoint.is_some() {
+                    return Err(SpecError(
+                        "a python job needs exactly one of `entrypoint` (a script) or `command`"
+                            .into(),
+                    ));
+                }
+                if command.is_some() && !f.args.is_empty() {
+                    return Err(field_error(
+                        text,
+                        "args",
+                        "goes with `entrypoint`; put the arguments in `command`".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(w) = &f.workdir {
+            if !w.starts_with('/') {
+                return Err(field_error(
+                    text,
+                    "workdir",
+                    format!("'{w}' is not an absolute path"),
+                ));
+            }
+        }
+        for k in f.env.keys() {
+            let ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(field_error(
+                    text,
+                    "env",
+                    format!("'{k}' is not an environment variable name"),
+                ));
+            }
+        }
+        if let Some(r) = &f.requirements {
+            if r.trim().is_empty() {
+                return Err(field_error(text, "requirements", "is empty".into()));
+            }
+            if !r.starts_with('/') && f.workdir.is_none() {
+                return Err(field_error(
+                    text,
+                    "requirements",
+                    format!(
+                        "'{r}' is relative: give an absolute path, or a workdir it is relative to"
+                    ),
+                ));
+            }
+        }
+        if f.retries > MAX_RETRIES {
+            return Err(field_error(
+                text,
+                "retries",
+                format!("{} is more than {MAX_RETRIES}", f.retries),
+            ));
+        }
+        let backoff = match &f.backoff {
+            Some(b) => duration(text, "backoff", b)?,
+            None => DEFAULT_BACKOFF,
+        };
+        let max_backoff = match &f.max_backoff {
+            Some(b) => duration(text, "max_backoff", b)?,
+            None => DEFAULT_MAX_BACKOFF.max(backoff),
+        };
+        if max_backoff < backoff {
+            return Err(field_error(
+                text,
+                "max_backoff",
+                "is shorter than `backoff`".into(),
+            ));
+        }
+        let deadline = f
+            .deadline
+            .as_deref()
+            .map(|d| duration(text, "deadline", d))
+            .transpose()?;
+        if let Some(p) = &f.priority {
+            let ok = !p.is_empty()
+                && p.len() < 64
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok {
+                return Err(field_error(
+                    text,
+                    "priority",
+                    format!(
+                        "'{p}' is not a priority class name (lowercase letters, digits, '-', '_')"
+                    ),
+                ));
+            }
+        }
+        let role = f.role.unwrap_or_else(|| "*".into());
+        if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(field_error(
+                text,
+                "role",
+                format!("'{role}' is not a role name"),
+            ));
+        }
+        Ok(JobSpec {
+            kind,
+            name,
+            size: f.size,
+            cpus,
+            mem,
+            gpus,
+            command,
+            entrypoint,
+            args: f.args,
+            workdir: f.workdir,
+            env: f.env,
+            requirements: f.requirements,
+            python: f.python.unwrap_or_else(|| "python3".into()),
+            retries: f.retries,
+            backoff,
+            max_backoff,
+            deadline,
+            priority: f.priority,
+            role,
+        })
+    }
+
+    /// The labels of the job's tasks: `job` (its name), and `priority`
+    /// when it has one.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::from([("job".to_string(), self.name.clone())]);
+        if let Some(p) = &self.priority {
+            l.insert("priority".into(), p.clone());
+        }
+        l
+    }
+
+    /// What an attempt's task runs, through `/bin/sh -c`. A python job
+    /// with requirements installs them once into a virtualenv kept per
+    /// job and requirements file (by its SHA-256) under
+    /// `${MEZZ_JOBS_VENVS:-${TMPDIR:-/tmp}/mezz-job-venvs}` on the agent,
+    /// made beside its final place and renamed into it, so two attempts
+    /// never see half a virtualenv. The base interpreter's packages stay
+    /// visible (`--system-site-packages`): what is installed there already
+    /// needs no download.
+    pub fn task_command(&self) -> String {
+        let mut s = String::from("set -e\n");
+        if let Some(w) = &self.workdir {
+            s += &format!("cd {}\n", quote(w));
+        }
+        let run = match self.kind {
+            Kind::Command => return s + self.command.as_deref().unwrap_or("true"),
+            Kind::Python => match (&self.entrypoint, &self.command) {
+                (Some(e), _) => {
+                    let mut r = format!("exec \"$PY\" {}", quote(e));
+                    for a in &self.args {
+                        r += " ";
+                        r += &quote(a);
+                    }
+                    r
+                }
+                (None, Some(c)) => c.clone(),
+                (None, None) => "true".into(),
+            },
+        };
+        match &self.requirements {
+            None => {
+                s += &format!("PY={}\n", quote(&self.python));
+            }
+            Some(req) => {
+                s += &format!(
+                    "REQ={req}\n\
+                     ROOT=\"${{MEZZ_JOBS_VENVS:-${{TMPDIR:-/tmp}}/mezz-job-venvs}}\"\n\
+                     SUM=$(sha256sum \"$REQ\" | cut -c1-16)\n\
+                     VENV=\"$ROOT/{name}-$SUM\"\n\
+                     if [ ! -x \"$VENV/bin/python\" ]; then\n\
+                     \x20 mkdir -p \"$ROOT\"\n\
+                     \x20 TMPV=\"$VENV.new.$$\"\n\
+                     \x20 rm -rf \"$TMPV\"\n\
+                     \x20 {py} -m venv --system-site-packages \"$TMPV\"\n\
+                     \x20 \"$TMPV/bin/python\" -m pip install --disable-pip-version-check -q -r \"$REQ\"\n\
+                     \x20 mv -T \"$TMPV\" \"$VENV\" 2>/dev/null || rm -rf \"$TMPV\"\n\
+                     fi\n\
+                     PY=\"$VENV/bin/python\"\n\
+                     export VIRTUAL_ENV=\"$VENV\" PATH=\"$VENV/bin:$PATH\"\n",
+                    req = quote(req),
+                    name = self.name,
+                    py = quote(&self.python),
+                );
+            }
+        }
+        s + &run
+    }
+}
+
+/// `s` quoted for the shell.
+fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

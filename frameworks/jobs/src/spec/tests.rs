@@ -1,0 +1,153 @@
+use super::*;
+
+fn menu() -> Sizes {
+    Sizes::builtin()
+}
+
+fn parse(text: &str) -> Result<JobSpec, SpecError> {
+    JobSpec::parse(text, &menu())
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("refused").0
+}
+
+#[test]
+fn the_smallest_spec_of_the_issue_parses() {
+    let s = parse(
+        "kind: command\nname: nightly-etl\ncpus: 1\nmem: 512\nretries: 3\ncommand: python etl.py --date today\n",
+    )
+    .unwrap();
+    assert_eq!(s.name, "nightly-etl");
+    assert_eq!((s.cpus, s.mem, s.gpus), (1.0, 512.0, 0));
+    assert_eq!(s.retries, 3);
+    assert_eq!(s.backoff, DEFAULT_BACKOFF);
+    assert_eq!(s.role, "*");
+    assert_eq!(s.task_command(), "set -e\npython etl.py --date today");
+}
+
+#[test]
+fn json_is_read_too_and_a_size_comes_from_the_menu() {
+    let s = parse(
+        r#"{"kind": "python", "name": "train", "size": "gpu-small", "entrypoint": "train.py",
+            "args": ["--lr", "0.1"], "workdir": "/data/x", "priority": "high",
+            "deadline": "2h", "backoff": "1s", "max_backoff": "8s"}"#,
+    )
+    .unwrap();
+    assert_eq!(s.kind, Kind::Python);
+    assert_eq!((s.cpus, s.mem, s.gpus), (4.0, 16384.0, 1));
+    assert_eq!(s.deadline, Some(Duration::from_secs(7200)));
+    assert_eq!(s.labels()["priority"], "high");
+    assert_eq!(s.labels()["job"], "train");
+    let cmd = s.task_command();
+    assert!(cmd.starts_with("set -e\ncd /data/x\nPY=python3\n"), "{cmd}");
+    assert!(cmd.ends_with("exec \"$PY\" train.py --lr 0.1"), "{cmd}");
+}
+
+#[test]
+fn a_python_job_with_requirements_gets_a_cached_virtualenv() {
+    let s = parse(
+        "kind: python\nname: fit\nworkdir: /srv/fit\nrequirements: requirements.txt\npython: /opt/py/bin/python\nentrypoint: fit.py\n",
+    )
+    .unwrap();
+    let cmd = s.task_command();
+    assert!(cmd.contains("REQ=requirements.txt\n"), "{cmd}");
+    assert!(cmd.contains("VENV=\"$ROOT/fit-$SUM\""), "{cmd}");
+    assert!(
+        cmd.contains("/opt/py/bin/python -m venv --system-site-packages"),
+        "{cmd}"
+    );
+    assert!(cmd.contains("pip install"), "{cmd}");
+    assert!(cmd.ends_with("exec \"$PY\" fit.py"), "{cmd}");
+}
+
+#[test]
+fn an_unknown_field_is_named_with_its_line() {
+    let e = err("kind: command\nname: x\ncommand: true\nretires: 3\n");
+    assert!(e.contains("retires") && e.contains("line 4"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_field_and_line() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "kind: command\nname: x\nsize: huge\ncommand: true\n",
+            &["`size` (line 3)", "huge", "cpu-small"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\ndeadline: soon\n",
+            &["`deadline` (line 4)", "soon"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\ncpus: -1\n",
+            &["`cpus` (line 4)"],
+        ),
+        (
+            "kind: command\nname: X Y\ncommand: true\n",
+            &["`name` (line 2)"],
+        ),
+        (
+            "kind: spark\nname: x\ncommand: true\n",
+            &["`kind` (line 1)", "mezz spark submit"],
+        ),
+        ("kind: cobol\nname: x\n", &["unknown kind 'cobol'"]),
+        (
+            "kind: command\nname: x\ncommand: true\nschedule: '0 3 * * *'\n",
+            &["`schedule` (line 4)", "not available"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nafter: [a]\n",
+            &["`after` (line 4)"],
+        ),
+        (
+            "kind: command\nname: x\nsize: cpu-small\ncpus: 2\ncommand: true\n",
+            &["`size` (line 3)", "not both"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nretries: 1000\n",
+            &["`retries` (line 4)"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\npriority: 'Very High'\n",
+            &["`priority` (line 4)"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nworkdir: rel\n",
+            &["`workdir` (line 4)", "absolute"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nenv: {'1X': y}\n",
+            &["`env` (line 4)", "1X"],
+        ),
+        ("kind: command\nname: x\n", &["`command` is missing"]),
+        ("name: x\ncommand: true\n", &["`kind` is missing"]),
+        ("kind: command\ncommand: true\n", &["`name` is missing"]),
+        (
+            "kind: python\nname: x\nrequirements: r.txt\nentrypoint: a.py\n",
+            &["`requirements` (line 3)", "relative"],
+        ),
+        ("kind: python\nname: x\n", &["exactly one of `entrypoint`"]),
+        (
+            "kind: command\nname: x\ncommand: true\nentrypoint: a.py\n",
+            &["`entrypoint` (line 4)", "kind python"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nbackoff: 1m\nmax_backoff: 1s\n",
+            &["`max_backoff` (line 5)"],
+        ),
+        ("- just\n- a list\n", &["does not parse"]),
+    ];
+    for (text, wanted) in cases {
+        let e = err(text);
+        for w in *wanted {
+            assert!(e.contains(w), "for {text:?}: {e:?} lacks {w:?}");
+        }
+    }
+}
+
+#[test]
+fn shell_quoting_keeps_arguments_whole() {
+    assert_eq!(quote("a.py"), "a.py");
+    assert_eq!(quote("it's here"), "'it'\\''s here'");
+    assert_eq!(quote(""), "''");
+}
