@@ -215,11 +215,11 @@ impl Actor {
             }
             Input::SetSize(size, reply) => {
                 let result = self.node.set_size(size);
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::RemoveSize(name, reply) => {
                 let result = self.node.remove_size(&name);
-                self.after_settle.push((reply, self.hint(result)));
+                self.waiting.answer_when_applied(reply, self.hint(result));
             }
             Input::Sizes(reply) => {
                 let _ = reply.send(self.node.cluster().sizes());
