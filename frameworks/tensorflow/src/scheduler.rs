@@ -275,6 +275,8 @@ impl TfScheduler {
                 .name(replica.task_name(&spec.name))
                 .label("mezz-tf-job", spec.name.clone())
                 .label("mezz-tf-replica", replica.to_string())
+                // The replicas are one gang: preempted together or not at all.
+                .label("gang", spec.name.clone())
                 .kill_grace(KILL_GRACE);
             for (k, v) in replica_env(&spec, &placed, replica) {
                 b = b.env(k, v);

@@ -70,6 +70,7 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
         history,
         healthy: t.status.healthy,
         labels: t.info.labels.clone(),
+        priority: c.task_priority(t).name.clone(),
     }
 }
 
@@ -181,6 +182,8 @@ impl Cluster {
             roles: self.role_views(),
             started_at,
             services,
+            priority_classes: self.priority_class_views(),
+            queue: self.queue_views(),
         }
     }
 }
