@@ -302,7 +302,7 @@ mod tests {
             since,
             key: key.into(),
         };
-        let mut q = vec![
+        let mut q = [
             w(0, 0.0, 0.0, "best-effort"),
             w(500, 50_000.0, 1.0, "batch-long"),
             w(500, 10.0, 5.0, "batch-new"),
