@@ -212,7 +212,7 @@ impl Cluster {
         Some(o)
     }
 
-    fn rescind(&mut self, id: &OfferId) {
+    pub(super) fn rescind(&mut self, id: &OfferId) {
         let Some(o) = self.remove_offer(id) else {
             return;
         };

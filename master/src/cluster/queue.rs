@@ -411,10 +411,16 @@ impl Cluster {
                 take_gpus(f, need.gpus * n);
             }
             // Offers of this agent to others go back, so the held
-            // resources can be offered to the waiting framework.
-            let offered_elsewhere = self.offers.values().any(|o| o.agent_id == *agent);
-            if offered_elsewhere {
-                self.rescind_agent_offers(agent);
+            // resources can be offered to the waiting framework (its own
+            // stay: it may be holding them for a gang).
+            let elsewhere: Vec<mezz_proto::OfferId> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| o.agent_id == *agent && o.framework_id != key.0)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in elsewhere {
+                self.rescind(&id);
             }
             self.queue.holds.push(Hold {
                 framework: key.0.clone(),
