@@ -3,9 +3,10 @@
 //! when a framework accepts an offer, so frameworks tell it what they wait
 //! for (`SetDemand`: resources per task, gang size, class, start
 //! deadline). Each tick the queue is walked in order (class, then
-//! least-attained GPU service, then age): a demand that fits gets the
-//! resources held and offered to its framework; one of a class that
-//! preempts and does not fit gets victims picked by
+//! least-attained GPU service, then age): a demand that fits is left to
+//! the allocator (so quotas and reservations hold) and what it will take
+//! is not free for the demand behind it; one of a class that preempts and
+//! does not fit gets victims picked by
 //! [`preempt::select_victims`], killed with their grace period, and the
 //! freed resources held for it. Run deadlines are enforced here too.
 //!
@@ -90,6 +91,27 @@ fn take_gpus(r: &mut Resources, n: usize) -> Vec<String> {
         .collect();
     r.subtract(&Resources::new().with_set(GPUS, ids.clone()));
     ids
+}
+
+/// How many tasks of a plan go to each agent.
+fn per_agent(plan: &[AgentId]) -> BTreeMap<&AgentId, usize> {
+    let mut n: BTreeMap<&AgentId, usize> = BTreeMap::new();
+    for a in plan {
+        *n.entry(a).or_default() += 1;
+    }
+    n
+}
+
+/// Takes what `plan` places out of `free`.
+fn take_plan(need: &Need, plan: &[AgentId], free: &mut BTreeMap<AgentId, Resources>) {
+    for (agent, n) in per_agent(plan) {
+        if let Some(f) = free.get_mut(agent) {
+            for _ in 0..n {
+                f.subtract(&need.per_task);
+            }
+            take_gpus(f, need.gpus * n);
+        }
+    }
 }
 
 /// What a demand asks for per task, as text (`cpus:1;mem:128;gpus:2`).
@@ -289,7 +311,14 @@ impl Cluster {
             }
             let (need, class) = (w.need.clone(), w.class.clone());
             if let Some(plan) = preempt::place(&need, &free) {
-                self.hold_for(&key, &need, &plan, &mut free, 0);
+                // It fits: the allocator offers it as usual (within its
+                // role's quota and reservations); what it will take is not
+                // free for the demand behind it.
+                take_plan(&need, &plan, &mut free);
+                self.set_why(
+                    &key,
+                    "fits; waiting for its framework to take an offer".into(),
+                );
                 continue;
             }
             let wanted = format!("{} task(s) of {}", need.tasks, need_text(&need));
@@ -397,18 +426,11 @@ impl Cluster {
         grace_ms: Millis,
     ) {
         let until = self.now + grace_ms + self.queue.config.hold_ms;
-        let mut per_agent: BTreeMap<&AgentId, usize> = BTreeMap::new();
-        for a in plan {
-            *per_agent.entry(a).or_default() += 1;
-        }
-        for (agent, n) in per_agent {
+        take_plan(need, plan, free);
+        for (agent, n) in per_agent(plan) {
             let mut scalars = Resources::new();
             for _ in 0..n {
                 scalars.add(&need.per_task);
-            }
-            if let Some(f) = free.get_mut(agent) {
-                f.subtract(&scalars);
-                take_gpus(f, need.gpus * n);
             }
             // Offers of this agent to others go back, so the held
             // resources can be offered to the waiting framework (its own
@@ -434,9 +456,6 @@ impl Cluster {
         }
         if let Some(w) = self.queue.waiting.get_mut(key) {
             w.served_until = until;
-            if grace_ms == 0 {
-                w.why = "resources held for it; offered as soon as they are free".into();
-            }
         }
     }
 
