@@ -242,3 +242,54 @@ fn waiting_demand_shows_in_the_queue_and_unknown_classes_are_refused() {
     );
     drop(waiter);
 }
+
+#[test]
+#[ignore = "needs root (fake GPUs are device nodes)"]
+fn a_production_tf_job_preempts_best_effort_work() {
+    need_root_cgroups();
+    let c = gpu_cluster(1);
+    let best: Vec<String> = (0..2)
+        .map(|_| run_detached(&c, &["--gpus", "1", "--priority", "best-effort"]))
+        .collect();
+    let addr = c.master_addr();
+    let out = mezz(
+        &[
+            "tf",
+            "run",
+            "--master",
+            &addr,
+            "--name",
+            "urgent",
+            "--priority",
+            "production",
+            "--workers",
+            "1",
+            "--gpus",
+            "2",
+            "--cpus",
+            "0.1",
+            "--mem",
+            "32",
+            "--",
+            "echo cuda=$CUDA_VISIBLE_DEVICES",
+        ],
+        Duration::from_secs(90),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("cuda=0,1"), "{stdout}");
+    for victim in &best {
+        let t = c.wait_task_state(victim, "KILLED", Duration::from_secs(30));
+        assert_eq!(t["reason"], "PREEMPTED", "{t}");
+        assert!(
+            t["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("mezz-tf urgent")),
+            "{t}"
+        );
+    }
+}
