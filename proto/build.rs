@@ -39,6 +39,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".mezzanine.v1.TaskStateChange",
             "#[derive(serde::Serialize)]",
         )
+        .type_attribute(
+            ".mezzanine.v1.PriorityClassView",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(
+            ".mezzanine.v1.QueueEntryView",
+            "#[derive(serde::Serialize)]",
+        )
         .compile_protos(&files, &["proto"])?;
     // Mesos' own v1 protos, vendored unmodified, for the master's Mesos
     // API: its descriptor set transcodes protobuf calls and events, and the

@@ -235,6 +235,7 @@ fn kill(task_id: &str, grace: Option<f64>) -> master_message::Message {
         task_id: task_id.into(),
         grace_period_secs: grace,
         reason: 0,
+        message: String::new(),
     })
 }
 

@@ -38,6 +38,9 @@ pub(crate) enum Call {
         tasks: Vec<proto::ReconcileTask>,
     },
     Teardown,
+    SetDemand {
+        demands: Vec<proto::Demand>,
+    },
     /// Not a request: ends the driver once every earlier call was sent.
     Stop,
 }
@@ -54,6 +57,7 @@ impl Call {
             Call::Acknowledge { .. } => "acknowledge",
             Call::Reconcile { .. } => "reconcile",
             Call::Teardown => "teardown",
+            Call::SetDemand { .. } => "set demand",
             Call::Stop => "stop",
         }
     }
@@ -69,6 +73,7 @@ impl Call {
                 | Call::Acknowledge { .. }
                 | Call::Revive
                 | Call::Suppress
+                | Call::SetDemand { .. }
         )
     }
 
@@ -299,6 +304,31 @@ impl Driver {
         self.push(Call::Reconcile { tasks });
     }
 
+    /// Tells the master what the framework waits to place, replacing what
+    /// it said before (an empty list: nothing). The master queues it
+    /// cluster-wide (`mezz queue ls`), offers it resources in queue order,
+    /// preempts lower-class work for it when its class allows, and ends a
+    /// demand past its start deadline with a TASK_DROPPED update for the
+    /// demand's id (reason DEADLINE_NOT_MET). Send it again after a
+    /// re-subscription; clear it once the tasks are launched.
+    ///
+    /// ```
+    /// use mezz_sdk::{proto, Driver, Resources};
+    /// fn wait_for_gpus(driver: &Driver) {
+    ///     let per_task = Resources::parse("cpus:4;mem:8192;gpus:2").unwrap();
+    ///     driver.set_demand(vec![proto::Demand {
+    ///         id: "train-1".into(),
+    ///         resources: per_task.to_proto(),
+    ///         tasks: 1,
+    ///         priority: "production".into(),
+    ///         start_deadline_secs: 600.0,
+    ///     }]);
+    /// }
+    /// ```
+    pub fn set_demand(&self, demands: Vec<proto::Demand>) {
+        self.push(Call::SetDemand { demands });
+    }
+
     /// Removes the framework from the cluster, killing its tasks, and ends
     /// the driver once the master confirmed it.
     pub fn teardown(&self) {
@@ -362,6 +392,10 @@ pub(crate) fn request(call: &Call, framework_id: &FrameworkId) -> Option<Request
             tasks: tasks.clone(),
         }),
         Call::Teardown => Request::Teardown(proto::TeardownRequest { framework_id }),
+        Call::SetDemand { demands } => Request::SetDemand(proto::SetDemandRequest {
+            framework_id,
+            demands: demands.clone(),
+        }),
         Call::Stop => return None,
     })
 }
@@ -377,6 +411,7 @@ pub(crate) enum Request {
     Acknowledge(proto::AcknowledgeRequest),
     Reconcile(proto::ReconcileRequest),
     Teardown(proto::TeardownRequest),
+    SetDemand(proto::SetDemandRequest),
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ async fn send(link: &Link, call: &Call) -> Result<(), Status> {
             Request::Acknowledge(r) => client.acknowledge(r).await.map(drop),
             Request::Reconcile(r) => client.reconcile(r).await.map(drop),
             Request::Teardown(r) => client.teardown(r).await.map(drop),
+            Request::SetDemand(r) => client.set_demand(r).await.map(drop),
         }
     };
     tokio::time::timeout(CALL_TIMEOUT, rpc)

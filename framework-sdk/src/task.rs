@@ -123,6 +123,37 @@ impl TaskBuilder {
         self
     }
 
+    /// The task's priority class (see `mezz priorities`); without it the
+    /// framework's (`FrameworkInfo.priority`), else the cluster's default.
+    /// A task of a higher class may preempt preemptible tasks of lower
+    /// classes; an unknown class is refused (TASK_ERROR).
+    ///
+    /// ```
+    /// use mezz_sdk::{proto, TaskBuilder};
+    /// let offer = proto::Offer { agent_id: "agent-1".into(), ..Default::default() };
+    /// let task = TaskBuilder::shell("train-1", "python train.py").priority("production").build(&offer);
+    /// assert_eq!(task.priority, "production");
+    /// ```
+    pub fn priority(mut self, class: impl Into<String>) -> Self {
+        self.info.priority = class.into();
+        self
+    }
+
+    /// The run deadline: the master kills the task (TASK_KILLED,
+    /// TASK_REASON_DEADLINE_EXCEEDED) once it has run this long.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mezz_sdk::{proto, TaskBuilder};
+    /// let offer = proto::Offer { agent_id: "agent-1".into(), ..Default::default() };
+    /// let task = TaskBuilder::shell("t", "sleep 1000").max_run(Duration::from_secs(60)).build(&offer);
+    /// assert_eq!(task.max_run_secs, 60.0);
+    /// ```
+    pub fn max_run(mut self, limit: Duration) -> Self {
+        self.info.max_run_secs = limit.as_secs_f64();
+        self
+    }
+
     /// A health check the agent runs while the task is RUNNING: a change of
     /// health arrives as a RUNNING update with `healthy` set, and after
     /// `consecutive_failures` failures in a row the agent kills the task

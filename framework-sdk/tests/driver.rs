@@ -129,6 +129,12 @@ impl SchedulerService for FakeMaster {
     ) -> Result<Response<proto::Empty>, Status> {
         self.answer("teardown", Got::Teardown(r.into_inner()))
     }
+    async fn set_demand(
+        &self,
+        _r: Request<proto::SetDemandRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        self.answer("set_demand", Got::Other("set_demand"))
+    }
 }
 
 fn event(e: Ev) -> proto::Event {

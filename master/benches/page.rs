@@ -124,6 +124,7 @@ fn seed() -> ClusterState {
                     .collect(),
                 healthy: (t % 4 != 3).then_some(t % 7 != 0),
                 labels: service_labels(t, agent),
+                priority: "batch".into(),
             }
         })
         .collect::<Vec<_>>();
@@ -160,6 +161,8 @@ fn seed() -> ClusterState {
         started_at: now - 86_400.0,
         services,
         sizes: Vec::new(),
+        priority_classes: vec![],
+        queue: vec![],
     }
 }
 

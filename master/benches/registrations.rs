@@ -61,6 +61,7 @@ fn main() {
             limits: Default::default(),
             tls: None,
             security: Default::default(),
+            scheduling: Default::default(),
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);

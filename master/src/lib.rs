@@ -15,6 +15,7 @@ pub mod node;
 pub mod peer_grpc;
 pub mod registry;
 pub mod replication;
+pub mod scheduling;
 pub mod security;
 pub mod server;
 #[cfg(test)]
@@ -53,6 +54,8 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<mezz_proto::tls::ServerTls>>,
     /// Who must present a token, the bootstrap token, the ACLs.
     pub security: security::SecurityConfig,
+    /// Priority classes and preemption (`--priority-class`, …).
+    pub scheduling: scheduling::SchedulingConfig,
 }
 
 /// What a master keeps bounded: connections, their idle time, and the

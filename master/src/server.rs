@@ -453,6 +453,7 @@ pub async fn run(
         Box::new(fresh_id),
     )?;
     node.set_finished_kept(config.limits.completed_tasks);
+    node.set_scheduling(config.scheduling.clone());
     tracing::info!(master_id = node.cluster().master_id(), data_dir = %config.data_dir.display(), "master starting");
     // The shell's clock starts here; the state machine stamps wall-clock
     // times from it and reads no clock itself.

@@ -38,7 +38,7 @@ public_files! {
             Offer, SubscribeRequest, Event, Subscribed, Offers, Rescind, Update, Failure, Error,
             Heartbeat, Filters, Launch, Operation, AcceptRequest, DeclineRequest, ReviveRequest,
             SuppressRequest, KillRequest, AcknowledgeRequest, ReconcileTask, ReconcileRequest,
-            TeardownRequest,
+            TeardownRequest, Demand, SetDemandRequest,
         ],
         modules: [event, operation, scheduler_client, scheduler_server],
     }
@@ -64,6 +64,7 @@ public_files! {
             CreateTokenRequest, CreateTokenResponse, RevokeTokenRequest, RevokeTokenResponse,
             ListTokensRequest, TokenView, ListTokensResponse, GetAclsRequest, AclDocument,
             SizeView, ListSizesRequest, ListSizesResponse, SetSizeRequest, RemoveSizeRequest,
+            PriorityClassView, QueueEntryView,
         ],
         modules: [operator_client, operator_server],
     }

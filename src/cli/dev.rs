@@ -242,6 +242,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
         .map(|i| SocketAddr::from(([127, 0, 0, 1], args.port + i)))
         .collect();
     let master_addr = master_addrs[0];
+    let scheduling = args.timeouts.scheduling.config()?;
     let peers: std::collections::BTreeMap<u64, String> = master_addrs
         .iter()
         .enumerate()
@@ -267,6 +268,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
                     .then(|| data_dir.join(format!("audit-master-{id}.log"))),
                 ..security.clone()
             },
+            scheduling: scheduling.clone(),
         };
         let stop = stopper(&stop_rx);
         tasks.spawn(async move {

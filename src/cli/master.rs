@@ -20,6 +20,8 @@ pub struct TimeoutArgs {
     /// are marked LOST.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub agent_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub scheduling: super::priorities::SchedulingArgs,
 }
 
 impl TimeoutArgs {
@@ -133,6 +135,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
         },
         tls: None,
         security: args.guard.apply(args.security.config()?)?,
+        scheduling: args.timeouts.scheduling.config()?,
     })
 }
 

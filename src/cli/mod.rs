@@ -39,6 +39,8 @@ mod jupyter;
 mod logs;
 mod master;
 mod masters;
+mod priorities;
+mod queue;
 mod roles;
 mod run;
 mod serve;
@@ -126,6 +128,10 @@ pub enum Command {
     Weight(roles::WeightArgs),
     /// List roles: weight, frameworks, usage against quota.
     Roles(roles::ListArgs),
+    /// List the priority classes: value, preemptible, whether they preempt.
+    Priorities(inspect::ListArgs),
+    /// The cluster-wide queue of waiting work: `mezz queue ls`.
+    Queue(queue::QueueArgs),
     /// Distributed TensorFlow/PyTorch training: `mezz tf run`, `mezz tf status`.
     Tf(tf::TfArgs),
     /// Jupyter notebook servers on the cluster: `mezz jupyter start|ls|url|stop`.
@@ -237,6 +243,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Quota(a) => roles::quota(a).await,
         Command::Weight(a) => roles::weight(a).await,
         Command::Roles(a) => roles::roles(a).await,
+        Command::Priorities(a) => priorities::main(a).await,
+        Command::Queue(a) => queue::main(a).await,
         Command::Tf(a) => tf::main(a).await,
         Command::Jupyter(a) => jupyter::main(a).await,
         Command::Spark(a) => spark::main(a).await,

@@ -102,6 +102,10 @@ pub struct TfRunArgs {
     /// Role to run under (for fair sharing and quota).
     #[arg(long, default_value = "*")]
     pub role: String,
+    /// The job's priority class (see `mezz priorities`). Its replicas are
+    /// one gang: preempted together by a higher class, or not at all.
+    #[arg(long, value_name = "CLASS")]
+    pub priority: Option<String>,
     /// Wait for big enough agents to join even when no registered agent
     /// could ever hold a replica (without it, such a job is refused at
     /// once, naming the largest agent).
@@ -252,6 +256,7 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
     let framework = proto::FrameworkInfo {
         name: format!("mezz-tf {name}"),
         role: args.role.clone(),
+        priority: args.priority.clone().unwrap_or_default(),
         failover_timeout_secs: 60.0,
         user: std::env::var("USER").unwrap_or_default(),
         // Only frameworks that declare it are offered GPUs.

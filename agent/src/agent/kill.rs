@@ -36,6 +36,16 @@ impl Agent {
                     let grace = self.grace_for(kill.grace_period_secs, rec);
                     rec.kill_requested = true;
                     rec.kill_grace_secs = Some(grace.as_secs_f64());
+                    // A kill the master decided on its own (a preemption, a
+                    // run deadline) ends the task with that reason and why.
+                    if matches!(
+                        kill.reason(),
+                        TaskReason::Preempted | TaskReason::DeadlineExceeded
+                    ) && rec.kill_reason.is_none()
+                    {
+                        rec.kill_reason = Some(kill.reason);
+                        rec.kill_message = Some(kill.message.clone());
+                    }
                     self.put(rec);
                     Some((rec.child_pgid, grace))
                 }
@@ -95,6 +105,7 @@ impl Agent {
                 task_id,
                 grace_period_secs: None,
                 reason: TaskReason::FrameworkRemoved as i32,
+                message: String::new(),
             });
         }
     }
@@ -119,6 +130,7 @@ impl Agent {
                 task_id,
                 grace_period_secs: Some(limit.as_secs_f64() / 2.0),
                 reason: TaskReason::KilledByRequest as i32,
+                message: String::new(),
             });
         }
         let deadline = Instant::now() + limit;

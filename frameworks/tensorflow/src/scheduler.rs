@@ -275,6 +275,8 @@ impl TfScheduler {
                 .name(replica.task_name(&spec.name))
                 .label("mezz-tf-job", spec.name.clone())
                 .label("mezz-tf-replica", replica.to_string())
+                // The replicas are one gang: preempted together or not at all.
+                .label("gang", spec.name.clone())
                 .kill_grace(KILL_GRACE);
             for (k, v) in replica_env(&spec, &placed, replica) {
                 b = b.env(k, v);
@@ -289,6 +291,7 @@ impl TfScheduler {
         }
         // The gang is whole; more offers are of no use until a restart.
         driver.suppress();
+        driver.set_demand(Vec::new());
         self.job.launched();
         self.all_running_said = false;
         let framework_id = self.framework_id.clone();
@@ -315,6 +318,7 @@ impl TfScheduler {
         if self.job.restart_due(now) {
             self.gang = gang_for(self.job.spec(), self.job.attempt(), self.hold);
             driver.revive();
+            driver.set_demand(demands(self.job.spec()));
         }
         if self.job.phase() == &Phase::Placing {
             let step = self.gang.expire(now);
@@ -409,6 +413,26 @@ fn command_builder(task_id: &str, command: &[String]) -> TaskBuilder {
     }
 }
 
+/// What a job waits for, as the master's queue sees it: one demand per
+/// replica group (a demand has one shape per task), `JOB-GROUP`, of all
+/// the group's replicas together.
+pub fn demands(spec: &JobSpec) -> Vec<proto::Demand> {
+    spec.groups
+        .iter()
+        .map(|(kind, g)| proto::Demand {
+            id: format!("{}-{kind}", spec.name),
+            resources: Resources::new()
+                .with_scalar("cpus", g.cpus)
+                .with_scalar("mem", g.mem)
+                .with_scalar("gpus", g.gpus as f64)
+                .to_proto(),
+            tasks: g.count,
+            priority: String::new(),
+            start_deadline_secs: 0.0,
+        })
+        .collect()
+}
+
 impl Scheduler for TfScheduler {
     fn subscribed(&mut self, driver: &Driver, id: &FrameworkId, _reconnected: bool) {
         self.framework_id = id.to_string();
@@ -417,6 +441,12 @@ impl Scheduler for TfScheduler {
         }
         if self.interrupt.flag.load(Ordering::SeqCst) {
             driver.wake_after(Duration::ZERO);
+        }
+        // The master's queue (and preemption for a higher class) hears
+        // what the job waits for; demand is soft state, so again after
+        // every re-subscription.
+        if self.job.phase() == &Phase::Placing {
+            driver.set_demand(demands(self.job.spec()));
         }
     }
 

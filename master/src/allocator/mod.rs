@@ -14,10 +14,13 @@
 //! Must not depend on tokio, tonic or sled.
 
 pub mod drf;
+pub mod preempt;
 pub mod quota;
 pub mod share;
 pub mod sorter;
 
+#[cfg(test)]
+mod preempt_proptests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

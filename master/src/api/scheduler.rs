@@ -3,8 +3,8 @@
 
 use mezz_proto::v1::{
     scheduler_server::Scheduler, AcceptRequest, AcknowledgeRequest, DeclineRequest, Empty, Event,
-    KillRequest, ReconcileRequest, ReviveRequest, SubscribeRequest, SuppressRequest,
-    TeardownRequest,
+    KillRequest, ReconcileRequest, ReviveRequest, SetDemandRequest, SubscribeRequest,
+    SuppressRequest, TeardownRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -198,5 +198,16 @@ impl Scheduler for SchedulerApi {
             serde_json::json!({"framework_id": req.framework_id, "by": "framework"}),
         );
         self.call(Call::Teardown(req.framework_id)).await
+    }
+
+    async fn set_demand(
+        &self,
+        request: Request<SetDemandRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        charge(self.handle.guard(), principal(&request).as_ref(), 1.0)?;
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        self.call(Call::SetDemand(req)).await
     }
 }

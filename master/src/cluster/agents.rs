@@ -237,6 +237,7 @@ impl Cluster {
                             task_id: info.task_id.clone(),
                             grace_period_secs: None,
                             reason: reason as i32,
+                            message: String::new(),
                         })),
                     },
                 ));
@@ -532,6 +533,18 @@ impl Cluster {
     /// Sends a kill for an active task to its agent, if connected; a task on
     /// a disconnected agent is killed when the agent re-registers.
     pub(super) fn send_kill(&mut self, key: &(FrameworkId, TaskId), grace: Option<f64>) {
+        self.send_kill_because(key, grace, TaskReason::KilledByRequest, String::new());
+    }
+
+    /// [`Cluster::send_kill`] for a kill the master decided (a preemption,
+    /// a run deadline): the task ends with `reason` and `message`.
+    pub(super) fn send_kill_because(
+        &mut self,
+        key: &(FrameworkId, TaskId),
+        grace: Option<f64>,
+        reason: TaskReason,
+        message: String,
+    ) {
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
@@ -546,7 +559,8 @@ impl Cluster {
                     framework_id: key.0 .0.clone(),
                     task_id: key.1 .0.clone(),
                     grace_period_secs: grace,
-                    reason: TaskReason::KilledByRequest as i32,
+                    reason: reason as i32,
+                    message,
                 })),
             },
         ));

@@ -54,6 +54,10 @@ impl Cluster {
         }
         mezz_proto::resources::check_role(&info.role)
             .map_err(|e| CallError::Invalid(format!("framework.role: {e}")))?;
+        if !info.priority.is_empty() {
+            self.check_priority(&info.priority, "framework.priority")
+                .map_err(CallError::Invalid)?;
+        }
         if info.id.is_empty() {
             info.id = self.next_id("f");
         } else {
@@ -352,6 +356,7 @@ impl Cluster {
                 "task {tid}: kill_grace_period_secs must be a non-negative number"
             ));
         }
+        self.check_task_scheduling(task)?;
         Ok(resources)
     }
 

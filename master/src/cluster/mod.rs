@@ -13,6 +13,7 @@ mod frameworks;
 mod history;
 pub mod identity;
 mod offers;
+mod queue;
 mod roles;
 mod security;
 pub mod services;
@@ -296,6 +297,9 @@ pub struct Cluster {
     /// registrations, and every restore: the shell republishes them to the
     /// API layer when it moves (with `master_id`, unique per instance).
     security_epoch: u64,
+    /// Priority classes, waiting demand, holds and preemption (see
+    /// `queue.rs`).
+    queue: queue::Queue,
 }
 
 impl Cluster {
@@ -346,6 +350,7 @@ impl Cluster {
             finished_outbox: Vec::new(),
             finished_proposed: Set::default(),
             security_epoch: 0,
+            queue: queue::Queue::default(),
         };
         c.restore(registry);
         c
@@ -513,6 +518,7 @@ impl Cluster {
         self.expire_filters();
         self.expire_agents();
         self.expire_frameworks();
+        self.run_queue();
         if self
             .last_sweep
             .is_none_or(|t| now.saturating_sub(t) >= self.timeouts.allocation_sweep)

@@ -44,7 +44,9 @@ impl Cluster {
             |a: &&super::Agent| a.conn.is_some() && !self.registry.removed_agents.contains(id);
         match self.agents.get(id).filter(usable) {
             Some(a) => {
-                let available = a.available();
+                let mut available = a.available();
+                // What the queue holds for waiting demand is not offered.
+                self.queue.subtract_holds(id, &mut available);
                 let reserve = gpu_reserve(&a.info);
                 self.allocator.update_agent_with_reserve(
                     id,
@@ -84,6 +86,7 @@ impl Cluster {
     /// role changed, or the periodic sweep).
     pub fn allocate(&mut self, now: Millis) {
         self.now = now;
+        self.serve_holds();
         let full = self.alloc_dirty && self.sweep_allowed(now);
         let agents: Vec<AgentId> = if full {
             self.agents.keys().cloned().collect()
@@ -125,44 +128,73 @@ impl Cluster {
         let mut per_framework: std::collections::BTreeMap<FrameworkId, Vec<Offer>> =
             Default::default();
         for d in decisions {
-            let id = OfferId(self.next_id("o"));
-            let Some(agent) = self.agents.get_mut(&d.agent) else {
-                continue;
-            };
-            agent.offered.add(&d.resources);
-            let offer = Offer {
-                id: id.0.clone(),
-                framework_id: d.framework.0.clone(),
-                agent_id: d.agent.0.clone(),
-                hostname: agent.info.hostname.clone(),
-                agent_address: agent.info.address.clone(),
-                resources: d.resources.to_proto(),
-                attributes: agent.info.attributes.clone(),
-            };
-            if let Some(fw) = self.frameworks.get_mut(&d.framework) {
-                fw.offered.add(&d.resources);
+            if let Some(offer) = self.record_offer(&d.framework, d.agent, d.resources) {
+                per_framework.entry(d.framework).or_default().push(offer);
             }
-            self.offers.insert(
-                id,
-                OfferRecord {
-                    framework_id: d.framework.clone(),
-                    agent_id: d.agent,
-                    resources: d.resources,
-                    created: now,
-                },
-            );
-            per_framework.entry(d.framework).or_default().push(offer);
         }
         for (fid, offers) in per_framework {
-            self.counters.offers_sent += offers.len() as u64;
-            if let Some(conn) = self.frameworks.get(&fid).and_then(|f| f.conn) {
-                self.effects.push(Effect::ToFramework(
-                    conn,
-                    Event {
-                        event: Some(event::Event::Offers(Offers { offers })),
-                    },
-                ));
-            }
+            self.send_offers(&fid, offers);
+        }
+    }
+
+    /// Takes `resources` of `agent_id` out of circulation as a new offer
+    /// to `framework`.
+    fn record_offer(
+        &mut self,
+        framework: &FrameworkId,
+        agent_id: AgentId,
+        resources: Resources,
+    ) -> Option<Offer> {
+        let id = OfferId(self.next_id("o"));
+        let agent = self.agents.get_mut(&agent_id)?;
+        agent.offered.add(&resources);
+        let offer = Offer {
+            id: id.0.clone(),
+            framework_id: framework.0.clone(),
+            agent_id: agent_id.0.clone(),
+            hostname: agent.info.hostname.clone(),
+            agent_address: agent.info.address.clone(),
+            resources: resources.to_proto(),
+            attributes: agent.info.attributes.clone(),
+        };
+        if let Some(fw) = self.frameworks.get_mut(framework) {
+            fw.offered.add(&resources);
+        }
+        self.dirty_agents.insert(agent_id.clone());
+        self.offers.insert(
+            id,
+            OfferRecord {
+                framework_id: framework.clone(),
+                agent_id,
+                resources,
+                created: self.now,
+            },
+        );
+        Some(offer)
+    }
+
+    fn send_offers(&mut self, fid: &FrameworkId, offers: Vec<Offer>) {
+        self.counters.offers_sent += offers.len() as u64;
+        if let Some(conn) = self.frameworks.get(fid).and_then(|f| f.conn) {
+            self.effects.push(Effect::ToFramework(
+                conn,
+                Event {
+                    event: Some(event::Event::Offers(Offers { offers })),
+                },
+            ));
+        }
+    }
+
+    /// Offers `resources` of `agent_id` to `framework` now, outside the
+    /// allocator (resources the queue held for it).
+    pub(super) fn offer_to(
+        &mut self,
+        framework: &FrameworkId,
+        agent_id: &AgentId,
+        resources: Resources,
+    ) {
+        if let Some(offer) = self.record_offer(framework, agent_id.clone(), resources) {
+            self.send_offers(framework, vec![offer]);
         }
     }
 
@@ -180,7 +212,7 @@ impl Cluster {
         Some(o)
     }
 
-    fn rescind(&mut self, id: &OfferId) {
+    pub(super) fn rescind(&mut self, id: &OfferId) {
         let Some(o) = self.remove_offer(id) else {
             return;
         };

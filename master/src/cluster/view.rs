@@ -70,6 +70,7 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
         history,
         healthy: t.status.healthy,
         labels: t.info.labels.clone(),
+        priority: c.task_priority(t).name.clone(),
     }
 }
 
@@ -182,6 +183,8 @@ impl Cluster {
             started_at,
             services,
             sizes: self.sizes(),
+            priority_classes: self.priority_class_views(),
+            queue: self.queue_views(),
         }
     }
 }

@@ -100,6 +100,8 @@ pub enum Call {
     Reconcile(String, Vec<ReconcileTask>),
     /// TEARDOWN.
     Teardown(String),
+    /// SET_DEMAND: what the framework waits to place.
+    SetDemand(mezz_proto::v1::SetDemandRequest),
 }
 
 /// Where a node's output goes.
@@ -188,6 +190,11 @@ impl Node {
     /// (`--max-completed-tasks`); call before the first settle.
     pub fn set_finished_kept(&mut self, n: usize) {
         self.cluster.set_finished_kept(n);
+    }
+
+    /// The priority classes and preemption limits (`--priority-class`).
+    pub fn set_scheduling(&mut self, config: crate::scheduling::SchedulingConfig) {
+        self.cluster.set_scheduling(config);
     }
 
     /// The state machine.
@@ -314,6 +321,7 @@ impl Node {
             } => c.acknowledge(&framework_id, &agent_id, &task_id, &uuid, now),
             Call::Reconcile(f, tasks) => c.reconcile(&f, tasks, now),
             Call::Teardown(f) => c.teardown(&f, now),
+            Call::SetDemand(req) => c.set_demand(req, now),
         }
     }
 

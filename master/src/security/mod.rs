@@ -443,6 +443,8 @@ pub fn filter_state(state: &mut ClusterState, acls: &Acls, principal: &Principal
         .retain(|t| visible.contains(&t.framework_id) || may(&t.role));
     state.roles.retain(|r| may(&r.name));
     state.services.retain(|s| visible.contains(&s.framework_id));
+    // Positions stay cluster-wide: others' waiting work shows as gaps.
+    state.queue.retain(|q| visible.contains(&q.framework_id));
 }
 
 /// Why a SUBSCRIBE was refused ([`Guard::check_registration`]).

@@ -68,6 +68,8 @@ pub(super) enum Action {
         agent_id: String,
     },
     WakeAfter(Duration),
+    /// Tell the master what the task waits for (empty: nothing).
+    SetDemand(Vec<proto::Demand>),
     Tell(Progress),
     Stop,
     Teardown,
@@ -89,6 +91,9 @@ pub(super) struct Launcher {
     pub(super) detach: bool,
     pub(super) largest_offer: Option<(Resources, String)>,
     pub(super) next_wake: Option<Instant>,
+    /// What the master is told the task waits for while no launch is in
+    /// flight (its queue, preemption and start deadline); `None`: nothing.
+    pub(super) demand: Option<proto::Demand>,
 }
 
 impl Launcher {
@@ -111,6 +116,7 @@ impl Launcher {
             detach,
             largest_offer: None,
             next_wake: None,
+            demand: None,
         }
     }
 
@@ -154,6 +160,9 @@ impl Launcher {
         if let Some(task_id) = self.task_id().map(str::to_string) {
             self.state = Launch::Waiting;
             out.push(Action::Revive);
+            if let Some(d) = &self.demand {
+                out.push(Action::SetDemand(vec![d.clone()]));
+            }
             out.push(Action::Tell(Progress::Retry { task_id, why }));
         }
     }
@@ -190,6 +199,9 @@ impl Launcher {
                         offer_id: offer.id,
                         task: Box::new(task),
                     });
+                    if self.demand.is_some() {
+                        out.push(Action::SetDemand(Vec::new()));
+                    }
                     out.push(Action::Suppress);
                     self.wake(now, LAUNCH_PATIENCE, &mut out);
                     continue;
@@ -242,6 +254,15 @@ impl Launcher {
 
     pub(super) fn status(&mut self, status: &proto::TaskStatus, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        // The master ends waiting demand past its start deadline.
+        if self.state == Launch::Waiting
+            && status.task_id == self.base_id
+            && status.reason() == TaskReason::DeadlineNotMet
+        {
+            out.push(Action::Tell(Progress::Update(status.clone())));
+            out.push(Action::Teardown);
+            return out;
+        }
         if self.task_id() != Some(status.task_id.as_str()) {
             return out;
         }
@@ -345,6 +366,10 @@ impl Launcher {
         // Offers of the last master are void, and so may be an accept that
         // was on its way: ask the new one.
         self.ask(now, &mut out);
+        // Demand is the leader's soft state: a new one hears it again.
+        if let (Launch::Waiting, Some(d)) = (&self.state, &self.demand) {
+            out.push(Action::SetDemand(vec![d.clone()]));
+        }
         out
     }
 
@@ -388,6 +413,7 @@ impl RunScheduler {
                     driver.reconcile(vec![proto::ReconcileTask { task_id, agent_id }])
                 }
                 Action::WakeAfter(d) => driver.wake_after(d),
+                Action::SetDemand(demands) => driver.set_demand(demands),
                 Action::Tell(p) => {
                     let _ = self.tx.send(p);
                 }

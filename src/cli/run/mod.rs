@@ -64,6 +64,20 @@ pub struct RunArgs {
     /// count. The task is then killed if it was launched.
     #[arg(long, value_parser = duration::parse)]
     pub timeout: Option<Duration>,
+    /// The task's priority class (see `mezz priorities`): a higher class is
+    /// queued first and may preempt tasks of lower, preemptible classes.
+    /// Default: the cluster's default class.
+    #[arg(long, value_name = "CLASS")]
+    pub priority: Option<String>,
+    /// Give up unless the master places the task within this time: it
+    /// then ends DROPPED with reason DEADLINE_NOT_MET, saying what it
+    /// waited for (the master's clock, unlike --timeout).
+    #[arg(long, value_parser = duration::parse, value_name = "DUR")]
+    pub start_deadline: Option<Duration>,
+    /// The run deadline: the master kills the task (KILLED, reason
+    /// DEADLINE_EXCEEDED) once it has run this long.
+    #[arg(long, value_parser = duration::parse, value_name = "DUR")]
+    pub run_deadline: Option<Duration>,
     /// Wait for a big enough agent to join even when no registered agent
     /// could ever hold the task (without it, such a request is refused at
     /// once, naming the largest agent).
@@ -155,6 +169,9 @@ fn task_builder(args: &RunArgs, task_id: &str, need: &Resources) -> Result<TaskB
     b = b
         .name(args.name.clone().unwrap_or_else(|| program_name(&cmd[0])))
         .resources(need);
+    if let Some(limit) = args.run_deadline {
+        b = b.max_run(limit);
+    }
     if let Some(check) = health_check(args)? {
         b = b.health_check(check);
     }
@@ -312,15 +329,26 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver_slot = Arc::new(Mutex::new(None::<Driver>));
+    let mut launcher = Launcher::new(
+        need.clone(),
+        args.role.clone(),
+        args.gpus,
+        builder,
+        task_id.clone(),
+        args.detach,
+    );
+    launcher.demand = Some(proto::Demand {
+        id: task_id.clone(),
+        resources: need
+            .clone()
+            .with_scalar("gpus", args.gpus as f64)
+            .to_proto(),
+        tasks: 1,
+        priority: String::new(),
+        start_deadline_secs: args.start_deadline.map_or(0.0, |d| d.as_secs_f64()),
+    });
     let scheduler = RunScheduler {
-        launcher: Launcher::new(
-            need.clone(),
-            args.role.clone(),
-            args.gpus,
-            builder,
-            task_id.clone(),
-            args.detach,
-        ),
+        launcher,
         tx,
         driver: driver_slot.clone(),
     };
@@ -333,6 +361,7 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_default(),
+        priority: args.priority.clone().unwrap_or_default(),
         // Only frameworks that declare it are offered GPUs.
         capabilities: if args.gpus > 0 {
             vec![proto::Capability::GpuResources as i32]

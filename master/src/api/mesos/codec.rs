@@ -264,6 +264,7 @@ fn framework_info(v: &Value) -> Result<FrameworkInfo, BadCall> {
         // Who registered it is the master's to say, from the token, never
         // the client's (Mesos' `principal` field is ignored).
         principal: String::new(),
+        priority: String::new(),
     })
 }
 
@@ -408,6 +409,8 @@ fn task_info(t: &Value) -> Result<TaskInfo, BadCall> {
         kill_grace_period_secs: grace_period(t.get("kill_policy"))?.unwrap_or(0.0),
         labels,
         health_check: None,
+        priority: String::new(),
+        max_run_secs: 0.0,
         task_id,
     })
 }
@@ -568,6 +571,9 @@ fn reason_name(reason: i32) -> Option<&'static str> {
         TaskReason::Reconciliation => "REASON_RECONCILIATION",
         TaskReason::MemoryLimit => "REASON_CONTAINER_LIMITATION_MEMORY",
         TaskReason::HealthCheckFailed => "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED",
+        TaskReason::Preempted => "REASON_CONTAINER_PREEMPTED",
+        TaskReason::DeadlineNotMet => "REASON_INVALID_OFFERS",
+        TaskReason::DeadlineExceeded => "REASON_MAX_COMPLETION_TIME_REACHED",
     })
 }
 

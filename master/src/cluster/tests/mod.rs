@@ -3,6 +3,7 @@
 
 mod identity;
 mod lifecycle;
+mod queue;
 mod replicated;
 
 use super::*;
