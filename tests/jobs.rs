@@ -172,7 +172,7 @@ fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
     let count = work.path().join("count");
     let job = format!(
         "kind: command\nname: flaky\ncpus: 0.5\nmem: 64\nretries: 3\nbackoff: 1s\n\
-         priority: batch\n\
+         priority: production\n\
          command: n=$(cat {p} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {p}; echo attempt $n; [ $n -ge 3 ] || exit 7\n",
         p = count.display()
     );
@@ -198,14 +198,16 @@ fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
         err.contains("attempt 1") && err.contains("attempt 3"),
         "{err}"
     );
-    // The attempts' tasks carry the job and its priority as labels.
+    // The attempts run in the job's priority class (not the default,
+    // batch) and carry the job and its class as labels.
     let tasks = c.state()["tasks"].as_array().cloned().unwrap_or_default();
     let t = tasks
         .iter()
         .find(|t| t["name"] == "flaky.3")
         .expect("task flaky.3");
     assert_eq!(t["labels"]["job"], "flaky", "{t}");
-    assert_eq!(t["labels"]["priority"], "batch", "{t}");
+    assert_eq!(t["labels"]["priority"], "production", "{t}");
+    assert_eq!(t["priority"], "production", "{t}");
 }
 
 #[test]

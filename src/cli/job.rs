@@ -266,6 +266,11 @@ fn launch(masters: &[String], spec: &JobSpec, task_id: &str, quiet_stdout: bool)
     for (k, v) in spec.labels() {
         cmd.arg("--label").arg(format!("{k}={v}"));
     }
+    // The job's class orders it in the cluster's queue and decides what
+    // it may preempt and be preempted by.
+    if let Some(p) = &spec.priority {
+        cmd.arg("--priority").arg(p);
+    }
     cmd.arg("--")
         .arg("/bin/sh")
         .arg("-c")

@@ -142,7 +142,8 @@ pub struct JobSpec {
     /// The job fails with DEADLINE_EXCEEDED when it has not succeeded this
     /// long after it was submitted (its attempt is killed).
     pub deadline: Option<Duration>,
-    /// A priority class name, carried to the task as its `priority` label.
+    /// A priority class name: each attempt's task runs in it (and carries
+    /// it as its `priority` label).
     pub priority: Option<String>,
     /// The role the job's tasks run under (default `*`).
     pub role: String,

@@ -364,12 +364,19 @@ impl Cluster {
         &mut self,
         fid: &FrameworkId,
         agent_id: &AgentId,
-        task: TaskInfo,
+        mut task: TaskInfo,
         resources: Resources,
     ) {
         let Some(fw_info) = self.frameworks.get(fid).map(|f| f.info.clone()) else {
             return;
         };
+        // The class a task runs in is the one in force at its launch: kept
+        // with it, so it outlives its framework's registration (a finished
+        // task of a torn-down framework still shows it) and reaches the
+        // agent, which reports it to a new leader.
+        if task.priority.is_empty() {
+            task.priority = fw_info.priority.clone();
+        }
         let Some(conn) = self.agents.get(agent_id).and_then(|a| a.conn) else {
             self.reject_task(
                 fid,
