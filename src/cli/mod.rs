@@ -28,6 +28,7 @@ fn print_line(line: &str) -> bool {
 
 mod agent;
 mod auth;
+mod bench;
 mod capacity;
 mod daemon_start;
 mod dev;
@@ -136,6 +137,8 @@ pub enum Command {
     Token(auth::TokenArgs),
     /// Access control lists: `mezz acl show|set FILE`.
     Acl(auth::AclArgs),
+    /// Benchmarks a user can run against a cluster: `mezz bench tasks`.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -234,6 +237,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::main(a).await,
         Command::Token(a) => auth::token(a).await,
         Command::Acl(a) => auth::acl(a).await,
+        Command::Bench(a) => bench::main(a).await,
     }
 }
 
