@@ -546,8 +546,10 @@ mod tests {
         // other 31.
         assert!((1..=2).contains(&fsyncs), "32 writers took {fsyncs} fsyncs");
         // A writer after them gets a flush of its own.
-        let mut st = TaskStatus::default();
-        st.task_id = "late".into();
+        let st = TaskStatus {
+            task_id: "late".into(),
+            ..Default::default()
+        };
         cp.push_update(&st).unwrap();
         cp.flush().await.unwrap();
         assert_eq!(cp.fsyncs(), fsyncs + 1);
