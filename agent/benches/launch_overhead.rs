@@ -16,7 +16,7 @@ use mezz_agent::executor;
 use mezz_agent::isolation::{self, IsolationMode, Limits};
 use mezz_agent::launch_spec::LaunchSpec;
 
-const WRAPPER: &str = env!("CARGO_BIN_EXE_mezz-task-wrapper");
+const WRAPPER: &str = env!("CARGO_BIN_EXE_task-wrapper");
 
 fn main() {
     let runs: usize = std::env::args()

@@ -87,6 +87,14 @@ pub struct Checkpoint {
     /// thread pool, and many concurrent flushes (a burst of launches) can
     /// fill the pool with flushes that wait on each other forever.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Group commit: every write bumps `written` once it is in sled; a
+    /// flush that read `written` = N before it started makes writes 1..=N
+    /// durable and then raises `durable` to N. A caller whose writes are
+    /// all counted in `durable` needs no flush of its own, so a burst of
+    /// launches and exits shares a few fsyncs instead of one each.
+    written: AtomicU64,
+    durable: AtomicU64,
+    fsyncs: AtomicU64,
 }
 
 fn task_key(framework_id: &str, task_id: &str) -> Vec<u8> {
@@ -125,6 +133,9 @@ impl Checkpoint {
             updates,
             next_seq: AtomicU64::new(next_seq),
             flush_lock: tokio::sync::Mutex::new(()),
+            written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
@@ -222,6 +233,7 @@ impl Checkpoint {
         if let Some((fw, task)) = rec.key() {
             self.tasks
                 .insert(task_key(&fw, &task), rec.encode_to_vec())?;
+            self.wrote();
         }
         Ok(())
     }
@@ -229,6 +241,7 @@ impl Checkpoint {
     /// Forgets a task run.
     pub fn remove_task(&self, framework_id: &str, task_id: &str) -> sled::Result<()> {
         self.tasks.remove(task_key(framework_id, task_id))?;
+        self.wrote();
         Ok(())
     }
 
@@ -258,24 +271,47 @@ impl Checkpoint {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         self.updates
             .insert(seq.to_be_bytes(), status.encode_to_vec())?;
+        self.wrote();
         Ok(seq)
     }
 
     /// Drops an acknowledged update.
     pub fn remove_update(&self, seq: u64) -> sled::Result<()> {
         self.updates.remove(seq.to_be_bytes())?;
+        self.wrote();
         Ok(())
     }
 
-    /// Makes everything written so far durable (fsync).
+    /// Counts a write that sled has taken (see `written`).
+    fn wrote(&self) {
+        self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes everything this caller wrote so far durable (fsync). Flushes
+    /// run one at a time; a caller whose writes a flush that started after
+    /// them has already covered returns without one (group commit).
     pub async fn flush(&self) -> sled::Result<()> {
+        let mine = self.written.load(Ordering::SeqCst);
         let _one_at_a_time = self.flush_lock.lock().await;
+        if self.durable.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        // Everything counted by now is in sled, so this flush covers it.
+        let upto = self.written.load(Ordering::SeqCst);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
             .await
             .map_err(|e| {
                 sled::Error::Io(std::io::Error::other(format!("checkpoint flush task: {e}")))
-            })?
+            })??;
+        self.fsyncs.fetch_add(1, Ordering::SeqCst);
+        self.durable.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many flushes went to the disk so far (for tests and logs).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
     }
 
     /// Blocking form of [`Self::flush`], for start-up and tests.
@@ -478,5 +514,48 @@ mod tests {
         std::fs::write(&file, "not a secret").unwrap();
         let err = cp.secret().unwrap_err().to_string();
         assert!(err.contains("hex digits"), "{err}");
+    }
+
+    /// A burst of writers that each flush (a burst of launches or exits)
+    /// shares fsyncs: one flush that starts after a writer's write covers
+    /// it, and the writer does not flush again.
+    #[tokio::test]
+    async fn concurrent_flushes_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = std::sync::Arc::new(Checkpoint::open(&dir.path().join("cp")).unwrap());
+        let writers: Vec<_> = (0..32)
+            .map(|i| {
+                let cp = std::sync::Arc::clone(&cp);
+                tokio::spawn(async move {
+                    let mut st = TaskStatus {
+                        task_id: format!("t{i}"),
+                        ..Default::default()
+                    };
+                    st.set_state(TaskState::Running);
+                    cp.push_update(&st).unwrap();
+                    cp.flush().await.unwrap();
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let fsyncs = cp.fsyncs();
+        // On this single-threaded test runtime every writer has written
+        // before the first flush ends, so the second flush covers the
+        // other 31.
+        assert!((1..=2).contains(&fsyncs), "32 writers took {fsyncs} fsyncs");
+        // A writer after them gets a flush of its own.
+        let st = TaskStatus {
+            task_id: "late".into(),
+            ..Default::default()
+        };
+        cp.push_update(&st).unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(cp.fsyncs(), fsyncs + 1);
+        // And a flush with nothing new written is free.
+        cp.flush().await.unwrap();
+        assert_eq!(cp.fsyncs(), fsyncs + 1);
+        assert_eq!(cp.updates().len(), 33);
     }
 }

@@ -172,7 +172,7 @@ fn task_ports(task: &TaskInfo) -> Vec<u64> {
 /// Writes the spec to `<sandbox>/.mezz/launch.json`; returns that path.
 pub fn write_spec(sandbox: &Path, spec: &LaunchSpec) -> std::io::Result<PathBuf> {
     let path = sandbox.join(META_DIR).join(SPEC_FILE);
-    let bytes = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+    let bytes = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
     crate::launch_spec::write_atomic(&path, &bytes)?;
     Ok(path)
 }

@@ -18,7 +18,6 @@ pub mod gpu;
 pub mod health;
 pub mod isolation;
 pub mod launch_spec;
-mod launcher;
 pub mod lifecycle;
 mod master_link;
 pub mod port_claims;
@@ -35,9 +34,9 @@ use mezz_proto::v1::{agent_files_server::AgentFilesServer, AgentInfo};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt as _;
 
-pub use config::Config;
+pub use config::{launcher_beside, Config, WRAPPER_PROGRAM};
 pub use error::AgentError;
-pub use launcher::launch_main;
+pub use mezz_task_wrapper::launch_main;
 
 /// How long to wait for a previous agent process (or instance) to let go of
 /// the checkpoint's file lock.

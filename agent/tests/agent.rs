@@ -147,7 +147,7 @@ fn start_agent(master: SocketAddr, work_dir: &Path) -> RunningAgent {
         vec![master.to_string()],
         "127.0.0.1:0".parse().unwrap(),
         work_dir.to_path_buf(),
-        PathBuf::from(env!("CARGO_BIN_EXE_mezz-task-wrapper")),
+        PathBuf::from(env!("CARGO_BIN_EXE_task-wrapper")),
     );
     config.resources = Some(mezz_proto::Resources::parse("cpus:2;mem:1024").unwrap());
     config.hostname = Some("test-host".into());

@@ -17,7 +17,7 @@ use mezz_agent::gpu::{self, fake::FakeGpus, GpuBackend};
 use mezz_agent::isolation::{self, IsolationMode, Limits, Selected};
 use mezz_agent::launch_spec::{read_exit_record, ExitRecord, LaunchSpec};
 
-const WRAPPER: &str = env!("CARGO_BIN_EXE_mezz-task-wrapper");
+const WRAPPER: &str = env!("CARGO_BIN_EXE_task-wrapper");
 const CGROUP_ROOT: &str = "mezzanine-test";
 
 /// The isolator, with namespaces.

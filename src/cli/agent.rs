@@ -136,8 +136,9 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         work_dir: args.work_dir.clone(),
         resources: parse_resources(args.resources.as_deref())?,
         hostname: args.hostname.clone(),
-        launcher: std::env::current_exe()
-            .context("locating the mezz binary to launch tasks with")?,
+        launcher: mezz_agent::launcher_beside(
+            &std::env::current_exe().context("locating the mezz binary to launch tasks with")?,
+        ),
         default_kill_grace: std::time::Duration::from_secs(5),
         kill_tasks_on_shutdown: false,
         isolation: args.isolation.into(),

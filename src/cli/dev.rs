@@ -278,8 +278,9 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
                 .with_context(|| format!("master {id}"))
         });
     }
-    let launcher =
-        std::env::current_exe().context("locating the mezz binary to launch tasks with")?;
+    let launcher = mezz_agent::launcher_beside(
+        &std::env::current_exe().context("locating the mezz binary to launch tasks with")?,
+    );
     for (i, share) in (0..args.agents).zip(&shares) {
         let listen = SocketAddr::from(([127, 0, 0, 1], args.port + args.masters + i));
         let config = mezz_agent::Config {

@@ -28,6 +28,7 @@ fn print_line(line: &str) -> bool {
 
 mod agent;
 mod auth;
+mod bench;
 mod capacity;
 mod daemon_start;
 mod dev;
@@ -150,6 +151,8 @@ pub enum Command {
     /// Jobs from one declarative file (docs/jobs.md): `mezz job submit
     /// FILE --wait` runs one with retries, backoff and a deadline.
     Job(job::JobArgs),
+    /// Benchmarks a user can run against a cluster: `mezz bench tasks`.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -253,6 +256,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Acl(a) => auth::acl(a).await,
         Command::Sizes(a) => sizes::main(a).await,
         Command::Job(a) => job::main(a).await,
+        Command::Bench(a) => bench::main(a).await,
     }
 }
 

@@ -64,37 +64,18 @@ impl Agent {
         }) else {
             return;
         };
-        let who = executor::TaskIdentity {
-            framework_id: &key.0,
-            agent_id: &self.info.id,
-        };
-        let cgroup_name = crate::isolation::run_cgroup_name(&key.1, &self.owner);
-        let task_user = task.command.as_ref().map(|c| c.user.as_str()).unwrap_or("");
-        let spawned = self
-            .machine
-            .users
-            .choose(task_user, &framework_user, crate::task_user::lookup)
-            .and_then(|run_as| {
-                let owner = match &run_as {
-                    RunAs::User(a) => Some((a.uid, a.gid)),
-                    RunAs::Agent => None,
-                };
-                executor::prepare_sandbox(&sandbox, owner)
-                    .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
-                let mut spec = executor::build_spec(&task, &who, &sandbox);
-                self.isolate(&key, &task, &run_as, &cgroup_name, &mut spec)?;
-                executor::write_spec(&sandbox, &spec).map_err(|e| {
-                    format!("cannot write the launch spec in {}: {e}", sandbox.display())
-                })
-            })
-            .and_then(|spec_path| {
-                executor::spawn_wrapper(&self.launcher, &spec_path, &sandbox).map_err(|e| {
-                    format!(
-                        "cannot run the task launcher {}: {e}",
-                        self.launcher.display()
-                    )
-                })
-            });
+        // The sandbox, the cgroup, the spec and the spawn are blocking
+        // file-system work: off the runtime's workers, so that a burst of
+        // launches does not hold up the master link (acks, kills) or each
+        // other's status updates.
+        let me = Arc::clone(&self);
+        let k = key.clone();
+        let sb = sandbox.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            me.prepare_and_spawn(&k, &task, &framework_user, &sb)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the launch's preparation failed: {e}")));
         let spawned = match spawned {
             Ok(s) => s,
             Err(why) => {
@@ -136,6 +117,47 @@ impl Agent {
             tracing::warn!("cannot wait for the task wrapper: {e}");
         }
         self.finish(&key, Observed::Watched).await;
+    }
+
+    /// The blocking part of a launch: the run-as user, the sandbox, the
+    /// isolation steps, the launch spec and the wrapper's spawn.
+    fn prepare_and_spawn(
+        &self,
+        key: &Key,
+        task: &mezz_proto::v1::TaskInfo,
+        framework_user: &str,
+        sandbox: &std::path::Path,
+    ) -> Result<executor::Spawned, String> {
+        let who = executor::TaskIdentity {
+            framework_id: &key.0,
+            agent_id: &self.info.id,
+        };
+        let cgroup_name = crate::isolation::run_cgroup_name(&key.1, &self.owner);
+        let task_user = task.command.as_ref().map(|c| c.user.as_str()).unwrap_or("");
+        self.machine
+            .users
+            .choose(task_user, framework_user, crate::task_user::lookup)
+            .and_then(|run_as| {
+                let owner = match &run_as {
+                    RunAs::User(a) => Some((a.uid, a.gid)),
+                    RunAs::Agent => None,
+                };
+                executor::prepare_sandbox(sandbox, owner)
+                    .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
+                let mut spec = executor::build_spec(task, &who, sandbox);
+                self.isolate(key, task, &run_as, &cgroup_name, &mut spec)?;
+                executor::write_spec(sandbox, &spec).map_err(|e| {
+                    format!("cannot write the launch spec in {}: {e}", sandbox.display())
+                })
+            })
+            .and_then(|spec_path| {
+                executor::spawn_wrapper(&self.launcher, &spec_path, sandbox).map_err(|e| {
+                    format!(
+                        "cannot run the task launcher {}: {e}",
+                        self.launcher.display()
+                    )
+                })
+            })
     }
 
     /// The command runs as process group `pgid`: report RUNNING, and carry

@@ -10,16 +10,16 @@
 //! mounts and its privileges are made by the wrapper, not here (see
 //! `namespaces.rs`, `mounts.rs`, `capabilities.rs`).
 
-pub mod capabilities;
 mod cgroup;
 pub mod cgroup_v1;
 pub mod cgroup_v2;
 pub mod device_filter;
 pub mod limit_files;
-pub mod mounts;
-pub mod namespaces;
 pub mod none;
 pub mod steps;
+
+// Made by the wrapper (its own crate); re-exported where they always were.
+pub use mezz_task_wrapper::{capabilities, mounts, namespaces};
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::launch_spec::{write_atomic, ExitRecord, LaunchSpec};
+use crate::spec::{write_atomic, ExitRecord, LaunchSpec};
 
 /// Runs the wrapper for the launch spec at `spec_path`; the return value is
 /// the wrapper's exit code (0 once the command ran, whatever its result).
@@ -104,7 +104,7 @@ pub fn launch_main(spec_path: &Path) -> i32 {
     let waited = child.wait();
     // With namespaces the child is the task's init: the command's own
     // status comes over the pipe; without it (init killed) init's counts.
-    let reported = status_read.and_then(crate::isolation::namespaces::read_status);
+    let reported = status_read.and_then(crate::namespaces::read_status);
     let record = match (waited, reported) {
         (Ok(_), Some(raw)) => {
             if libc::WIFEXITED(raw) {
@@ -156,7 +156,7 @@ pub fn launch_main(spec_path: &Path) -> i32 {
 /// that joins the cgroup and drops privileges. Returns the read end of
 /// init's status pipe.
 fn isolate(spec: &LaunchSpec, cmd: &mut Command) -> Result<Option<OwnedFd>, String> {
-    use crate::isolation::{capabilities, mounts, namespaces};
+    use crate::{capabilities, mounts, namespaces};
     let user = match &spec.user {
         None => None,
         Some(name) => {
