@@ -9,7 +9,7 @@ mod replicated;
 use super::*;
 use mezz_proto::v1::{
     master_message::Message as M, operation, AcceptRequest, AgentTask, CommandInfo, Filters,
-    Launch, Offer, Operation, ReconcileTask,
+    Launch, Offer, Operation, ReconcileTask, StatusSource, TaskReason, TaskState,
 };
 
 struct Harness {
