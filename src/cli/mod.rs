@@ -41,6 +41,7 @@ mod masters;
 mod roles;
 mod run;
 mod serve;
+mod sim;
 mod spark;
 mod tf;
 mod tls;
@@ -136,6 +137,9 @@ pub enum Command {
     Token(auth::TokenArgs),
     /// Access control lists: `mezz acl show|set FILE`.
     Acl(auth::AclArgs),
+    /// Scale rigs: simulated agents (`mezz sim agents`) and a load of
+    /// frameworks (`mezz sim load`).
+    Sim(sim::SimArgs),
 }
 
 impl Command {
@@ -234,6 +238,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::main(a).await,
         Command::Token(a) => auth::token(a).await,
         Command::Acl(a) => auth::acl(a).await,
+        Command::Sim(a) => sim::main(a).await,
     }
 }
 
