@@ -10,6 +10,13 @@
 //! once (refuse 0 s), so freed resources are offered again in the next
 //! allocation. Tasks are `sleep N` commands (they run on real agents too)
 //! with a label that tells a simulated agent how long to run them.
+//!
+//! A launch the master refuses before it starts anything (TASK_DROPPED: an
+//! offer of a master that failed over, say) and a launch the master never
+//! heard of (TASK_UNKNOWN to an explicit reconciliation, when the call died
+//! with the old leader) ran nowhere: it is counted as `dropped` and made
+//! again, as a careful framework does. Tasks still without RUNNING a while
+//! after their launch are reconciled explicitly, every few seconds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +34,9 @@ use crate::stats::{percentiles, Percentiles};
 const TICK: Duration = Duration::from_millis(20);
 /// A held offer that no launch used for this long is declined.
 const HOLD: Duration = Duration::from_secs(2);
+/// Tasks without RUNNING this long after their launch are reconciled, and
+/// this is also how often.
+const RECONCILE_AFTER: Duration = Duration::from_secs(5);
 
 /// What load to make.
 #[derive(Clone, Debug)]
@@ -71,8 +81,10 @@ pub struct LoadCounters {
     pub running: AtomicU64,
     /// Tasks that reached a terminal state.
     pub terminal: AtomicU64,
-    /// Tasks that ended LOST, DROPPED, GONE, UNREACHABLE or UNKNOWN.
+    /// Tasks that ended LOST or GONE.
     pub lost: AtomicU64,
+    /// Launches refused before they started anything, made again.
+    pub dropped: AtomicU64,
 }
 
 /// The end-of-run report (`mezz sim load --json` prints it as one object).
@@ -92,8 +104,11 @@ pub struct LoadReport {
     pub failed: u64,
     /// Tasks that ended KILLED.
     pub killed: u64,
-    /// Tasks that ended LOST, DROPPED, GONE, UNREACHABLE or UNKNOWN.
+    /// Tasks that ended LOST or GONE.
     pub lost: u64,
+    /// Launches that ran nowhere (TASK_DROPPED, or TASK_UNKNOWN to a
+    /// reconciliation) and were made again; not in `launched`.
+    pub dropped: u64,
     /// Launched tasks with no terminal state when the drain ran out.
     pub unfinished: u64,
     /// Tasks that reached RUNNING, per second, from the start to the last
@@ -114,6 +129,7 @@ pub struct LoadReport {
 
 struct InFlight {
     launched_at: Instant,
+    agent_id: String,
     running: bool,
 }
 
@@ -147,7 +163,9 @@ struct Load {
     failed: u64,
     killed: u64,
     lost: u64,
+    dropped: u64,
     offers: u64,
+    last_reconcile: Instant,
     launch_to_running: Vec<f64>,
     offer_latency: Vec<f64>,
     done: bool,
@@ -159,14 +177,18 @@ fn ms(d: Duration) -> f64 {
 
 impl Load {
     /// Launches allowed now: the share of the rate accrued since the
-    /// start, less what was launched, within the quota and the deadline.
+    /// start, less what was launched, within the quota and the deadline
+    /// (a launch that was dropped gives its place back).
     fn budget(&self, now: Instant) -> u64 {
         if now >= self.launch_until {
             return 0;
         }
         let accrued = (self.rate * now.duration_since(self.start).as_secs_f64()).floor() as u64;
         let cap = self.quota.unwrap_or(u64::MAX);
-        accrued.min(cap).saturating_sub(self.launched)
+        // A backlog (after a failover, say) is made up at most one
+        // second's worth at a time, not in one burst.
+        let burst = self.rate.ceil().max(1.0) as u64;
+        accrued.min(cap).saturating_sub(self.launched).min(burst)
     }
 
     fn launching_over(&self, now: Instant) -> bool {
@@ -231,6 +253,7 @@ impl Load {
                     t.task_id.clone(),
                     InFlight {
                         launched_at: now,
+                        agent_id: t.agent_id.clone(),
                         running: false,
                     },
                 );
@@ -260,8 +283,30 @@ impl Load {
         self.held = fresh.into();
     }
 
+    /// Asks about tasks launched a while ago that never got RUNNING.
+    fn reconcile_stuck(&mut self, driver: &Driver, now: Instant) {
+        if now.duration_since(self.last_reconcile) < RECONCILE_AFTER {
+            return;
+        }
+        self.last_reconcile = now;
+        let stuck: Vec<proto::ReconcileTask> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| !f.running && now.duration_since(f.launched_at) >= RECONCILE_AFTER)
+            .map(|(id, f)| proto::ReconcileTask {
+                task_id: id.clone(),
+                agent_id: f.agent_id.clone(),
+            })
+            .collect();
+        if !stuck.is_empty() {
+            tracing::debug!("reconciling {} task(s) without RUNNING", stuck.len());
+            driver.reconcile(stuck);
+        }
+    }
+
     fn tick(&mut self, driver: &Driver) {
         let now = Instant::now();
+        self.reconcile_stuck(driver, now);
         self.launch_from_held(driver, now);
         let over = self.launching_over(now);
         if (over && self.in_flight.is_empty()) || now >= self.drain_until {
@@ -313,6 +358,17 @@ impl Scheduler for Load {
         let Some(f) = self.in_flight.get_mut(&status.task_id) else {
             return;
         };
+        // Never started anywhere: make it again (the budget allows one
+        // more launch).
+        if !f.running && matches!(state, TaskState::Dropped | TaskState::Unknown) {
+            tracing::debug!(task_id = %status.task_id, "launch {}: {}; making it again", state.short_name(), status.message);
+            self.in_flight.remove(&status.task_id);
+            self.launched -= 1;
+            self.dropped += 1;
+            self.counters.launched.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if !f.running && (state == TaskState::Running || state.is_terminal()) {
             f.running = true;
             if state == TaskState::Running {
@@ -394,7 +450,9 @@ pub async fn run(config: LoadConfig, counters: Arc<LoadCounters>) -> LoadReport 
             failed: 0,
             killed: 0,
             lost: 0,
+            dropped: 0,
             offers: 0,
+            last_reconcile: start,
             launch_to_running: Vec::new(),
             offer_latency: Vec::new(),
             done: false,
@@ -445,6 +503,7 @@ pub async fn run(config: LoadConfig, counters: Arc<LoadCounters>) -> LoadReport 
                 report.failed += load.failed;
                 report.killed += load.killed;
                 report.lost += load.lost;
+                report.dropped += load.dropped;
                 report.unfinished += load.in_flight.len() as u64;
                 report.offers += load.offers;
                 l2r.extend(load.launch_to_running);
@@ -478,8 +537,8 @@ impl LoadReport {
             self.frameworks, self.target_tasks_per_second, self.tasks_per_second, self.elapsed_s
         ));
         s.push_str(&format!(
-            "launched {}  running {}  finished {}  failed {}  killed {}  lost {}  unfinished {}  offers {}\n",
-            self.launched, self.running, self.finished, self.failed, self.killed, self.lost, self.unfinished, self.offers
+            "launched {}  running {}  finished {}  failed {}  killed {}  lost {}  unfinished {}  dropped and made again {}  offers {}\n",
+            self.launched, self.running, self.finished, self.failed, self.killed, self.lost, self.unfinished, self.dropped, self.offers
         ));
         s.push_str(&format!(
             "{:<24} {:>9} {:>9} {:>9}\n",

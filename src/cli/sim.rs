@@ -128,7 +128,11 @@ pub struct LoadArgs {
     /// A progress line on stderr this often (0s: none).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub report_every: Duration,
-    /// Print the report as one JSON object instead of a table.
+    /// Print the report as one JSON object instead of a table (keys
+    /// `launched`, `finished`, `failed`, `killed`, `lost`, `dropped`,
+    /// `unfinished`, `tasks_per_second`, and `launch_to_running_ms` and
+    /// `offer_latency_ms` each with `p50` and `p99`). The exit status is 1
+    /// when a task was lost, did not end, or a framework failed.
     #[arg(long)]
     pub json: bool,
 }
@@ -240,10 +244,10 @@ async fn load_main(args: LoadArgs) -> Result<ExitCode> {
         _ = progress(args.report_every, move || {
             use std::sync::atomic::Ordering::Relaxed;
             format!(
-                "{:>6.0}s launched {} running {} terminal {} lost {}",
+                "{:>6.0}s launched {} running {} terminal {} lost {} dropped {}",
                 started.elapsed().as_secs_f64(),
                 c.launched.load(Relaxed), c.running.load(Relaxed),
-                c.terminal.load(Relaxed), c.lost.load(Relaxed),
+                c.terminal.load(Relaxed), c.lost.load(Relaxed), c.dropped.load(Relaxed),
             )
         }) => unreachable!("progress never ends"),
         _ = super::shutdown_signal() => anyhow::bail!("interrupted; no report"),
