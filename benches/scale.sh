@@ -18,6 +18,7 @@ DIR=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 P=($(port) $(port) $(port))
@@ -30,6 +31,8 @@ for i in 0 1 2; do
 done
 metric() { curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
 leader() { for i in 0 1 2; do [ "${MPID[$i]}" = dead ] && continue; [ "$(metric "${P[$i]}" mezz_master_is_leader)" = 1 ] && { echo $i; return; }; done; echo none; }
+# Agents connected to whoever leads now.
+connected() { local l; l=$(leader); if [ "$l" = none ]; then echo 0; else metric "${P[$l]}" 'mezz_agents{status="connected"}'; fi; }
 rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 until [ "$(leader)" != none ]; do sleep 0.2; done
@@ -39,9 +42,11 @@ echo "leader master-$((L + 1)); RSS before agents: $(rss_mb "${MPID[$L]}") MB"
 "$MEZZ" sim agents --master "$LIST" --count "$AGENTS" --ramp 10s --report-every 0s >"$DIR/agents.out" 2>"$DIR/agents.log" &
 PIDS+=($!)
 T0=$(date +%s.%N)
-until [ "$(metric "${P[$L]}" 'mezz_agents{status="connected"}')" = "$AGENTS" ]; do sleep 0.5; done
+until [ "$(connected)" = "$AGENTS" ]; do sleep 0.5; done
 echo "all $AGENTS agents registered after $(echo "$(date +%s.%N) - $T0" | bc) s"
 sleep 10
+L=$(leader)
+echo "leader master-$((L + 1)) (terms so far: $(metric "${P[$L]}" mezz_raft_term))"
 HZ=$(getconf CLK_TCK)
 C0=$(cpu_ticks "${MPID[$L]}"); sleep 20; C1=$(cpu_ticks "${MPID[$L]}")
 echo "idle with $AGENTS agents: leader RSS $(rss_mb "${MPID[$L]}") MB, CPU $(echo "scale=1; ($C1 - $C0) * 100 / $HZ / 20" | bc)% of a core (heartbeats only)"
@@ -73,7 +78,7 @@ until N=$(leader) && [ "$N" != none ]; do sleep 0.05; done
 # A follower has sent no offers: its counter starts at 0 when it leads.
 until [ "$(metric "${P[$N]}" mezz_offers_sent_total)" != 0 ]; do sleep 0.05; done
 echo "new leader master-$((N + 1)) offering $(echo "$(date +%s.%N) - $K" | bc) s after the kill"
-until [ "$(metric "${P[$N]}" 'mezz_agents{status="connected"}')" = "$AGENTS" ]; do sleep 0.1; done
+until [ "$(connected)" = "$AGENTS" ]; do sleep 0.1; done
 echo "every agent re-registered $(echo "$(date +%s.%N) - $K" | bc) s after the kill"
 sleep 5
 echo "after the failover: $(metric "${P[$N]}" mezz_tasks_active) active tasks on the new leader (before: $FILL)"
