@@ -267,3 +267,76 @@ async fn load_main(args: LoadArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<SimCommand, String> {
+        match Cli::try_parse_from(std::iter::once("mezz").chain(args.iter().copied())) {
+            Ok(Cli {
+                command: Command::Sim(SimArgs { command }),
+                ..
+            }) => Ok(command),
+            Ok(other) => Err(format!("not mezz sim: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_flags_of_the_issue_parse() {
+        let Ok(SimCommand::Agents(a)) = parse(&[
+            "sim",
+            "agents",
+            "--master",
+            "127.0.0.1:5050",
+            "--count",
+            "10000",
+            "--cpus",
+            "32",
+            "--mem",
+            "131072",
+            "--gpus-per-agent",
+            "8",
+            "--task-time",
+            "exp:5s",
+        ]) else {
+            panic!("mezz sim agents does not parse");
+        };
+        assert_eq!(a.count, 10000);
+        assert_eq!(a.gpus_per_agent, 8);
+        assert_eq!(a.task_time, TaskTime::Exponential(Duration::from_secs(5)));
+        let Ok(SimCommand::Load(l)) = parse(&[
+            "sim",
+            "load",
+            "--master",
+            "127.0.0.1:5050",
+            "--frameworks",
+            "100",
+            "--tasks-per-second",
+            "10000",
+            "--task-time",
+            "5s",
+            "--gpus",
+            "1",
+            "--duration",
+            "60s",
+            "--json",
+        ]) else {
+            panic!("mezz sim load does not parse");
+        };
+        assert_eq!((l.frameworks, l.gpus, l.json), (100, 1, true));
+        assert_eq!(l.duration, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse(&["sim", "agents", "--task-time", "soon"]).unwrap_err();
+        assert!(e.contains("bad task time 'soon'"), "{e}");
+        let e = parse(&["sim", "agents", "--agents-per-connection", "500"]).unwrap_err();
+        assert!(e.contains("agents-per-connection"), "{e}");
+    }
+}
