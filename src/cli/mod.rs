@@ -46,6 +46,7 @@ mod roles;
 mod run;
 mod serve;
 mod sizes;
+mod sim;
 mod spark;
 mod tf;
 mod tls;
@@ -153,6 +154,9 @@ pub enum Command {
     Job(job::JobArgs),
     /// Benchmarks a user can run against a cluster: `mezz bench tasks`.
     Bench(bench::BenchArgs),
+    /// Scale rigs: simulated agents (`mezz sim agents`) and a load of
+    /// frameworks (`mezz sim load`).
+    Sim(sim::SimArgs),
 }
 
 impl Command {
@@ -257,6 +261,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Sizes(a) => sizes::main(a).await,
         Command::Job(a) => job::main(a).await,
         Command::Bench(a) => bench::main(a).await,
+        Command::Sim(a) => sim::main(a).await,
     }
 }
 
