@@ -221,16 +221,18 @@ impl SimAgent {
         let key: Key = (kill.framework_id.clone(), kill.task_id.clone());
         match self.runs.get(&key) {
             Some(run) if run.latest.state().is_terminal() => {}
-            Some(_) => self.emit(
-                &key,
-                (
-                    TaskState::Killed,
-                    TaskReason::KilledByRequest,
-                    "killed on request",
-                ),
-                now,
-                true,
-            ),
+            Some(_) => {
+                // A kill the master decided on its own (a preemption, a run
+                // deadline) ends the task with that reason and why, as the
+                // real agent's does.
+                let (reason, why) = match kill.reason() {
+                    r @ (TaskReason::Preempted | TaskReason::DeadlineExceeded) => {
+                        (r, kill.message.as_str())
+                    }
+                    _ => (TaskReason::KilledByRequest, "killed on request"),
+                };
+                self.emit(&key, (TaskState::Killed, reason, why), now, true)
+            }
             None => self.emit(
                 &key,
                 (TaskState::Lost, TaskReason::Unspecified, "unknown task"),
@@ -255,6 +257,7 @@ impl SimAgent {
                     task_id: task,
                     grace_period_secs: None,
                     reason: TaskReason::FrameworkRemoved as i32,
+                    message: String::new(),
                 },
                 now,
             );
@@ -400,6 +403,28 @@ mod tests {
     }
 
     #[test]
+    fn a_preemption_ends_the_task_with_its_reason_and_message() {
+        let mut a = agent();
+        let t0 = Instant::now();
+        a.launch(launch("t1", &[]), 1.0);
+        a.kill(
+            &KillTask {
+                framework_id: "fw".into(),
+                task_id: "t1".into(),
+                grace_period_secs: None,
+                reason: TaskReason::Preempted as i32,
+                message: "preempted for prod/t9".into(),
+            },
+            2.0,
+        );
+        let sent = a.take_unsent(1, t0);
+        let last = sent.last().expect("the kill's update");
+        assert_eq!(last.state(), TaskState::Killed);
+        assert_eq!(last.reason(), TaskReason::Preempted);
+        assert_eq!(last.message, "preempted for prod/t9");
+    }
+
+    #[test]
     fn kills_duplicates_and_unknown_tasks_are_answered_as_the_real_agent_does() {
         let mut a = agent();
         let t0 = Instant::now();
@@ -411,6 +436,7 @@ mod tests {
             task_id: t.into(),
             grace_period_secs: None,
             reason: 0,
+            message: String::new(),
         };
         a.kill(&kill("t1"), 2.0);
         a.kill(&kill("nope"), 2.0);
