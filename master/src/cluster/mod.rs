@@ -9,9 +9,11 @@
 //! through [`Cluster::apply`].
 
 mod agents;
+mod deadlines;
 mod frameworks;
 mod history;
 pub mod identity;
+mod launch;
 mod offers;
 mod queue;
 mod roles;

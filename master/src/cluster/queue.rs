@@ -8,17 +8,15 @@
 //! is not free for the demand behind it; one of a class that preempts and
 //! does not fit gets victims picked by
 //! [`preempt::select_victims`], killed with their grace period, and the
-//! freed resources held for it. Run deadlines are enforced here too.
+//! freed resources held for it. Deadlines are in `deadlines.rs`, the
+//! views of the queue in `view.rs`.
 //!
 //! Demand, holds and the preemption log are the leader's soft state, as
 //! offers are: frameworks send their demand again after a failover.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use mezz_proto::v1::{
-    Demand, PriorityClassView, QueueEntryView, SetDemandRequest, StatusSource, TaskInfo,
-    TaskReason, TaskState, TaskStatus,
-};
+use mezz_proto::v1::{Demand, SetDemandRequest, TaskInfo, TaskReason};
 use mezz_proto::{AgentId, FrameworkId, Resources, TaskId};
 
 use super::{CallError, Cluster, Map, Millis, Task};
@@ -115,7 +113,7 @@ fn take_plan(need: &Need, plan: &[AgentId], free: &mut BTreeMap<AgentId, Resourc
 }
 
 /// What a demand asks for per task, as text (`cpus:1;mem:128;gpus:2`).
-fn need_text(need: &Need) -> String {
+pub(super) fn need_text(need: &Need) -> String {
     let base = need.per_task.to_string();
     match (need.gpus, base.is_empty()) {
         (0, _) => base,
@@ -249,7 +247,7 @@ impl Cluster {
     }
 
     /// Removes a waiting demand and what is held for it.
-    fn forget_demand(&mut self, key: &(FrameworkId, String)) {
+    pub(super) fn forget_demand(&mut self, key: &(FrameworkId, String)) {
         self.queue.waiting.remove(key);
         let dirty = &mut self.dirty_agents;
         self.queue.holds.retain(|h| {
@@ -506,96 +504,6 @@ impl Cluster {
         }
     }
 
-    /// Ends waiting demand past its start deadline: a TASK_DROPPED update
-    /// for its id, reason DEADLINE_NOT_MET, naming what it waited for.
-    fn expire_start_deadlines(&mut self) {
-        let now = self.now;
-        let late: Vec<(FrameworkId, String)> = self
-            .queue
-            .waiting
-            .iter()
-            .filter(|(_, w)| {
-                w.demand.start_deadline_secs > 0.0
-                    && now.saturating_sub(w.since) as f64 >= w.demand.start_deadline_secs * 1000.0
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in late {
-            let Some(w) = self.queue.waiting.get(&key).cloned() else {
-                continue;
-            };
-            self.forget_demand(&key);
-            let task_key = (key.0.clone(), TaskId(key.1.clone()));
-            if self.tasks.contains_key(&task_key) {
-                // Launched meanwhile under this id: nothing to end.
-                continue;
-            }
-            let message = format!(
-                "not placed within its start deadline of {}s: waited for {} task(s) of {} in \
-                 priority class {} ({})",
-                w.demand.start_deadline_secs,
-                w.need.tasks,
-                need_text(&w.need),
-                w.class.name,
-                w.why
-            );
-            tracing::info!(framework_id = %key.0, demand = %key.1, "start deadline missed");
-            let status = TaskStatus {
-                task_id: key.1.clone(),
-                framework_id: key.0 .0.clone(),
-                state: TaskState::Dropped as i32,
-                reason: TaskReason::DeadlineNotMet as i32,
-                message,
-                timestamp: self.unix_time(),
-                uuid: self.next_id("u"),
-                source: StatusSource::Master as i32,
-                ..Default::default()
-            };
-            let info = TaskInfo {
-                task_id: key.1.clone(),
-                name: key.1.clone(),
-                priority: w.class.name.clone(),
-                ..Default::default()
-            };
-            let mut task = self.task_record(
-                &key.0,
-                AgentId::default(),
-                info,
-                w.need.per_task.clone(),
-                status.clone(),
-            );
-            task.launched_at = w.since_unix;
-            self.record_change(&task_key, &status);
-            *self.counters.terminal.entry("DROPPED").or_default() += 1;
-            self.remember_completed(task);
-            self.forward_update(status);
-        }
-    }
-
-    /// Kills tasks that ran past their run deadline.
-    fn enforce_run_deadlines(&mut self) {
-        let now = self.unix_time();
-        let late: Vec<((FrameworkId, TaskId), f64)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| {
-                t.info.max_run_secs > 0.0
-                    && !t.kill_requested
-                    && now - t.launched_at >= t.info.max_run_secs
-            })
-            .map(|(k, t)| (k.clone(), t.info.max_run_secs))
-            .collect();
-        for (key, secs) in late {
-            tracing::info!(task_id = %key.1, framework_id = %key.0, "run deadline passed; killing the task");
-            self.send_kill_because(
-                &key,
-                None,
-                TaskReason::DeadlineExceeded,
-                format!("ran past its run deadline of {secs}s"),
-            );
-        }
-    }
-
     /// Per usable agent, what is neither used nor held: outstanding offers
     /// count as free (they can be rescinded).
     fn free_map(&self) -> BTreeMap<AgentId, Resources> {
@@ -647,7 +555,7 @@ impl Cluster {
 
     /// GPU-seconds held so far by each framework's tasks, running and
     /// remembered.
-    fn attained(&self) -> Map<FrameworkId, f64> {
+    pub(super) fn attained(&self) -> Map<FrameworkId, f64> {
         let now = self.unix_time();
         let mut out: Map<FrameworkId, f64> = Map::default();
         for t in self.tasks.values() {
@@ -663,7 +571,7 @@ impl Cluster {
     }
 
     /// The waiting demand's keys in queue order.
-    fn queue_order(&self) -> Vec<(FrameworkId, String)> {
+    pub(super) fn queue_order(&self) -> Vec<(FrameworkId, String)> {
         let attained = self.attained();
         let mut v: Vec<(Waiting, (FrameworkId, String))> = self
             .queue
@@ -683,54 +591,5 @@ impl Cluster {
             .collect();
         v.sort_by(|a, b| preempt::queue_order(&a.0, &b.0));
         v.into_iter().map(|(_, k)| k).collect()
-    }
-
-    /// The classes for `/api/state`, highest first.
-    pub(super) fn priority_class_views(&self) -> Vec<PriorityClassView> {
-        let cfg = &self.queue.config;
-        cfg.sorted()
-            .into_iter()
-            .map(|c| PriorityClassView {
-                name: c.name.clone(),
-                value: c.value,
-                preemptible: c.preemptible,
-                preempts: c.preempts,
-                default: c.name == cfg.default_class,
-            })
-            .collect()
-    }
-
-    /// The waiting demand for `/api/state`, in queue order.
-    pub(super) fn queue_views(&self) -> Vec<QueueEntryView> {
-        let attained = self.attained();
-        self.queue_order()
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, k)| {
-                let w = self.queue.waiting.get(&k)?;
-                Some(QueueEntryView {
-                    position: i as u32 + 1,
-                    framework_id: k.0 .0.clone(),
-                    framework_name: self
-                        .frameworks
-                        .get(&k.0)
-                        .map(|f| f.info.name.clone())
-                        .unwrap_or_default(),
-                    demand_id: k.1.clone(),
-                    priority: w.class.name.clone(),
-                    priority_value: w.class.value,
-                    tasks: w.need.tasks as u32,
-                    resources: need_text(&w.need),
-                    attained_gpu_seconds: attained.get(&k.0).copied().unwrap_or(0.0),
-                    waiting_since: w.since_unix,
-                    start_deadline: if w.demand.start_deadline_secs > 0.0 {
-                        w.since_unix + w.demand.start_deadline_secs
-                    } else {
-                        0.0
-                    },
-                    why: w.why.clone(),
-                })
-            })
-            .collect()
     }
 }

@@ -2,11 +2,13 @@
 //! and the status page.
 
 use mezz_proto::v1::{
-    AgentView, ClusterState, FrameworkView, MasterView, TaskStateChange, TaskView,
+    AgentView, ClusterState, FrameworkView, MasterView, PriorityClassView, QueueEntryView,
+    TaskStateChange, TaskView,
 };
 use mezz_proto::PROTOCOL_VERSION;
 use mezz_proto::{FrameworkId, TaskId};
 
+use super::queue::need_text;
 use super::{Cluster, Task};
 
 fn task_view(c: &Cluster, t: &Task) -> TaskView {
@@ -186,5 +188,57 @@ impl Cluster {
             priority_classes: self.priority_class_views(),
             queue: self.queue_views(),
         }
+    }
+}
+
+/// The queue and its classes, as `/api/state` shows them.
+impl Cluster {
+    /// The classes for `/api/state`, highest first.
+    pub(super) fn priority_class_views(&self) -> Vec<PriorityClassView> {
+        let cfg = &self.queue.config;
+        cfg.sorted()
+            .into_iter()
+            .map(|c| PriorityClassView {
+                name: c.name.clone(),
+                value: c.value,
+                preemptible: c.preemptible,
+                preempts: c.preempts,
+                default: c.name == cfg.default_class,
+            })
+            .collect()
+    }
+
+    /// The waiting demand for `/api/state`, in queue order.
+    pub(super) fn queue_views(&self) -> Vec<QueueEntryView> {
+        let attained = self.attained();
+        self.queue_order()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let w = self.queue.waiting.get(&k)?;
+                Some(QueueEntryView {
+                    position: i as u32 + 1,
+                    framework_id: k.0 .0.clone(),
+                    framework_name: self
+                        .frameworks
+                        .get(&k.0)
+                        .map(|f| f.info.name.clone())
+                        .unwrap_or_default(),
+                    demand_id: k.1.clone(),
+                    priority: w.class.name.clone(),
+                    priority_value: w.class.value,
+                    tasks: w.need.tasks as u32,
+                    resources: need_text(&w.need),
+                    attained_gpu_seconds: attained.get(&k.0).copied().unwrap_or(0.0),
+                    waiting_since: w.since_unix,
+                    start_deadline: if w.demand.start_deadline_secs > 0.0 {
+                        w.since_unix + w.demand.start_deadline_secs
+                    } else {
+                        0.0
+                    },
+                    why: w.why.clone(),
+                })
+            })
+            .collect()
     }
 }
