@@ -338,39 +338,9 @@ impl Sim {
             if self.clocks.ticks(&mut self.rng, id, step) {
                 node.tick(t);
             }
-            let mut out = SimOutbox {
-                master: id,
-                conns: &mut self.conns,
-                raft: &mut raft_out,
-                rng: &mut self.rng,
-                step,
-                stream_full: f.stream_full,
-            };
-            let changed = node
-                .settle(t, &mut out)
-                .map_err(|e| format!("master {id}: {e}"))?;
-            if let Some(leads) = changed {
-                if leads {
-                    self.failovers += 1;
-                }
-                // The shell drops every stream on a change of leadership,
-                // but not one whose first message it holds: that stream is
-                // not among its streams yet.
-                let held: BTreeSet<ConnId> =
-                    waiting.held_inputs().iter().map(|(c, _)| *c).collect();
-                for (conn, c) in self.conns.map.iter_mut() {
-                    if c.master == id && !held.contains(conn) {
-                        c.closed_by_master = true;
-                    }
-                }
-            }
-            // What was held while this leader caught up, as the shell
-            // handles it: at once, then settled again.
-            let released = waiting.release(node);
-            if !released.is_empty() {
-                for (conn, msg) in released {
-                    deliver(node, &mut self.conns, step, conn, msg);
-                }
+            // Settle; then what was held while this leader caught up is
+            // handled at once and settled again, as the shell does.
+            loop {
                 let mut out = SimOutbox {
                     master: id,
                     conns: &mut self.conns,
@@ -379,8 +349,31 @@ impl Sim {
                     step,
                     stream_full: f.stream_full,
                 };
-                node.settle(t, &mut out)
+                let changed = node
+                    .settle(t, &mut out)
                     .map_err(|e| format!("master {id}: {e}"))?;
+                if let Some(leads) = changed {
+                    if leads {
+                        self.failovers += 1;
+                    }
+                    // The shell drops every stream on a change of
+                    // leadership, but not one whose first message it holds:
+                    // that stream is not among its streams yet.
+                    let held: BTreeSet<ConnId> =
+                        waiting.held_inputs().iter().map(|(c, _)| *c).collect();
+                    for (conn, c) in self.conns.map.iter_mut() {
+                        if c.master == id && !held.contains(conn) {
+                            c.closed_by_master = true;
+                        }
+                    }
+                }
+                let released = waiting.release(node);
+                if released.is_empty() {
+                    break;
+                }
+                for (conn, msg) in released {
+                    deliver(node, &mut self.conns, step, conn, msg);
+                }
             }
         }
         // Raft messages travel.
