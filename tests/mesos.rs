@@ -313,21 +313,7 @@ impl Group {
     }
 
     fn start_master(&mut self, i: usize) {
-        let peers = (0..3)
-            .map(|j| format!("{}={}", j + 1, self.addr(j)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let args: Vec<String> = vec![
-            "master".into(),
-            "--listen".into(),
-            self.addr(i),
-            "--data-dir".into(),
-            self.dir.path().join(format!("m{i}")).display().to_string(),
-            "--id".into(),
-            (i + 1).to_string(),
-            "--peers".into(),
-            peers,
-        ];
+        let args = group_master_args(self.dir.path(), &self.ports, i);
         self.masters[i] = Some(spawn_logged(
             self.dir.path(),
             &format!("master-{}", i + 1),

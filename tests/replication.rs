@@ -48,28 +48,7 @@ impl Group {
     }
 
     fn start_master(&mut self, i: usize) {
-        let peers = self
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(j, p)| format!("{}=127.0.0.1:{p}", j + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut args: Vec<String> = vec![
-            "master".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", self.ports[i]),
-            "--data-dir".into(),
-            self.dir
-                .path()
-                .join(format!("m{}", i + 1))
-                .display()
-                .to_string(),
-            "--id".into(),
-            (i + 1).to_string(),
-            "--peers".into(),
-            peers,
-        ];
+        let mut args = group_master_args(self.dir.path(), &self.ports, i);
         args.extend(self.master_extra.iter().cloned());
         self.masters[i] = Some(self.spawn(&format!("master-{}", i + 1), &args));
     }

@@ -72,29 +72,8 @@ impl Rig {
             masters: vec![None, None, None],
             sims: Vec::new(),
         };
-        let peers = rig
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(j, p)| format!("{}=127.0.0.1:{p}", j + 1))
-            .collect::<Vec<_>>()
-            .join(",");
         for i in 0..3 {
-            let args: Vec<String> = vec![
-                "master".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", rig.ports[i]),
-                "--data-dir".into(),
-                rig.dir
-                    .path()
-                    .join(format!("m{}", i + 1))
-                    .display()
-                    .to_string(),
-                "--id".into(),
-                (i + 1).to_string(),
-                "--peers".into(),
-                peers.clone(),
-            ];
+            let args = group_master_args(rig.dir.path(), &rig.ports, i);
             rig.masters[i] = Some(spawn_logged(
                 rig.dir.path(),
                 &format!("master-{}", i + 1),

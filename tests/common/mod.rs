@@ -333,6 +333,28 @@ impl Cluster {
     }
 }
 
+/// The command line of master `i` (0-based; raft id `i + 1`) of a group
+/// listening on `ports` of loopback, its data in `dir/m<id>`.
+pub fn group_master_args(dir: &Path, ports: &[u16], i: usize) -> Vec<String> {
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(j, p)| format!("{}=127.0.0.1:{p}", j + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "master".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", ports[i]),
+        "--data-dir".into(),
+        dir.join(format!("m{}", i + 1)).display().to_string(),
+        "--id".into(),
+        (i + 1).to_string(),
+        "--peers".into(),
+        peers,
+    ]
+}
+
 /// Starts `mezz ARGS` with its output in `DIR/NAME.log`.
 pub fn spawn_logged(dir: &Path, name: &str, args: &[String]) -> Proc {
     let log = dir.join(format!("{name}.log"));
