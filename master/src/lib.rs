@@ -20,6 +20,7 @@ pub mod security;
 pub mod server;
 #[cfg(test)]
 mod sim;
+pub(crate) mod size_menu;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

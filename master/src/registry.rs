@@ -47,7 +47,7 @@ pub struct Registry {
     /// The ACLs as canonical JSON; empty: ACLs are off.
     pub acls: String,
     /// The menu of named sizes.
-    pub sizes: crate::cluster::sizes::SizeMenu,
+    pub sizes: crate::size_menu::SizeMenu,
 }
 
 impl Default for Registry {
@@ -224,7 +224,7 @@ impl Registry {
             finished_kept,
             tokens: s.tokens.iter().map(|t| (t.id.clone(), t.clone())).collect(),
             acls: s.acls.as_ref().map(|a| a.json.clone()).unwrap_or_default(),
-            sizes: crate::cluster::sizes::SizeMenu::from_snapshot(&s.sizes, s.sizes_custom),
+            sizes: crate::size_menu::SizeMenu::from_snapshot(&s.sizes, s.sizes_custom),
         }
     }
 }

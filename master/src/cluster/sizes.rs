@@ -6,91 +6,10 @@
 //! here: what a size means for a task (cpus, mem, GPUs) is decided by the
 //! submitting client, so this module never touches the allocator.
 
-use std::collections::BTreeMap;
-
 use mezz_proto::v1::{replicated_command::Command, ReplicatedCommand, SizeView};
 
 use super::{CallError, Cluster, Effect};
-
-/// The most sizes a menu holds: it is shown whole by `mezz sizes` and
-/// carried in every snapshot.
-pub const MAX_SIZES: usize = 256;
-
-/// The menu as the registry keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SizeMenu {
-    sizes: BTreeMap<String, SizeView>,
-    /// An operator changed the menu: it is no longer the built-in one, and
-    /// snapshots carry it.
-    custom: bool,
-}
-
-impl Default for SizeMenu {
-    fn default() -> Self {
-        SizeMenu {
-            sizes: mezz_proto::sizes::builtin()
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect(),
-            custom: false,
-        }
-    }
-}
-
-impl SizeMenu {
-    /// Applies a committed `SetSize` or `RemoveSize`; other commands are
-    /// not for the menu.
-    pub fn apply(&mut self, cmd: &Command) {
-        match cmd {
-            Command::SetSize(size) => {
-                self.sizes.insert(size.name.clone(), size.clone());
-                self.custom = true;
-            }
-            Command::RemoveSize(name) => {
-                self.sizes.remove(name);
-                self.custom = true;
-            }
-            _ => {}
-        }
-    }
-
-    /// The sizes, sorted by name.
-    pub fn list(&self) -> Vec<SizeView> {
-        self.sizes.values().cloned().collect()
-    }
-
-    /// The size called `name`.
-    pub fn get(&self, name: &str) -> Option<&SizeView> {
-        self.sizes.get(name)
-    }
-
-    /// How many sizes the menu holds.
-    pub fn len(&self) -> usize {
-        self.sizes.len()
-    }
-
-    /// For a snapshot: the sizes and whether they are custom (an unchanged
-    /// menu is not written, so a snapshot restored by a newer release gets
-    /// that release's built-in menu).
-    pub fn to_snapshot(&self) -> (Vec<SizeView>, bool) {
-        if self.custom {
-            (self.list(), true)
-        } else {
-            (Vec::new(), false)
-        }
-    }
-
-    /// The menu a snapshot holds.
-    pub fn from_snapshot(sizes: &[SizeView], custom: bool) -> Self {
-        if !custom {
-            return SizeMenu::default();
-        }
-        SizeMenu {
-            sizes: sizes.iter().map(|s| (s.name.clone(), s.clone())).collect(),
-            custom: true,
-        }
-    }
-}
+use crate::size_menu::MAX_SIZES;
 
 impl Cluster {
     /// The sizes menu, sorted by name.
@@ -141,6 +60,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size_menu::SizeMenu;
 
     fn size(name: &str, cpus: f64) -> SizeView {
         SizeView {
