@@ -54,6 +54,10 @@ pub async fn run(
     let mut search = LeaderSearch::new(&masters, None);
     let mut backoff = mezz_proto::client::Backoff::new();
     let mut gen = 0u64;
+    // Why the last master of this round failed: said when a round ends, so
+    // an operator sees the cause (a refused handshake, a wrong address)
+    // without turning on debug logs.
+    let mut last_why = String::new();
     loop {
         if *shutdown.borrow() {
             return;
@@ -61,7 +65,7 @@ pub async fn run(
         let Some(addr) = search.next_address() else {
             // A whole round and no master took this agent: wait, then again.
             let pause = backoff.next_delay();
-            tracing::info!("no master accepted this agent; retrying in {pause:?}");
+            tracing::info!("no master accepted this agent ({last_why}); retrying in {pause:?}");
             search = LeaderSearch::new(&masters, None);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -112,6 +116,7 @@ pub async fn run(
                     tracing::info!("lost master {addr}: {why}; reconnecting");
                 } else {
                     tracing::debug!("master {addr} failed: {why}");
+                    last_why = format!("{addr}: {why}");
                 }
             }
         }
