@@ -12,6 +12,8 @@
 //! It depends on the public protocol and the SDK only, never on master or
 //! agent internals: what it measures is what any agent and framework see.
 
+#![warn(missing_docs)]
+
 pub mod agent_core;
 pub mod dist;
 pub mod fleet;

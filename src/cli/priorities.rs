@@ -14,8 +14,8 @@ use crate::{client, duration};
 /// Priority classes and preemption limits of a master.
 #[derive(Args, Debug, Clone)]
 pub struct SchedulingArgs {
-    /// A priority class, NAME=VALUE[,preemptible][,no-preempt]; repeat for
-    /// each. Work of a higher value is queued first and may preempt tasks
+    /// A priority class: NAME=VALUE, then optionally ",preemptible" and
+    /// ",no-preempt"; repeat for each. Work of a higher value is queued first and may preempt tasks
     /// of a lower, preemptible class (unless its class says no-preempt).
     /// Default: production=1000, batch=500,preemptible and
     /// best-effort=0,preemptible.

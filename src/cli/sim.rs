@@ -52,7 +52,8 @@ pub struct AgentsArgs {
     /// Each agent's disk in MB.
     #[arg(long, default_value_t = 1_000_000.0)]
     pub disk: f64,
-    /// Each agent's GPUs (named GPU-<agent id>-<n>; nothing real behind them).
+    /// Each agent's GPUs (named GPU-AGENT-N: the agent id, then a number;
+    /// nothing real behind them).
     #[arg(long, default_value_t = 0)]
     pub gpus_per_agent: usize,
     /// How long a task runs when its launch does not say (`mezz sim load`
@@ -63,9 +64,9 @@ pub struct AgentsArgs {
     /// 200 streams on one connection).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=200))]
     pub agents_per_connection: u64,
-    /// Agent ids are NAME-<n>. A simulator makes new secrets each start, and
-    /// masters pin an id's first secret: give a fleet started again against
-    /// the same masters a new name.
+    /// Agent ids are NAME-00000, NAME-00001 and so on. A simulator makes
+    /// new secrets each start, and masters pin an id's first secret: give
+    /// a fleet started again against the same masters a new name.
     #[arg(long, default_value = "sim")]
     pub name: String,
     /// Spread the agents' first registrations over this long.
@@ -119,7 +120,7 @@ pub struct LoadArgs {
     /// The frameworks' role.
     #[arg(long, default_value = "")]
     pub role: String,
-    /// Framework names are NAME-<n>.
+    /// Framework names are NAME-N, N counting from 0.
     #[arg(long, default_value = "sim-load")]
     pub name: String,
     /// Seed of the run times.
