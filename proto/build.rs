@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".mezzanine.v1.ClusterState", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.MasterView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.AgentView", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.GpuUsageView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.FrameworkView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.TaskView", "#[derive(serde::Serialize)]")
         .type_attribute(".mezzanine.v1.RoleView", "#[derive(serde::Serialize)]")

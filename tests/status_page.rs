@@ -1,8 +1,9 @@
 //! The status page in a real browser: `mezz dev --fake-gpus 2`, a task that
 //! prints a known line and holds a GPU, then Debian's headless Chromium
 //! opens `/`, follows the links to the task (its output is there) and to its
-//! agent (its GPU is there), and saves screenshots. Also: `/metrics` passes a
-//! strict Prometheus text parser.
+//! agent (its GPU is there, with its use charted from the fake GPUs' usage
+//! files and the held-but-idle one flagged), and saves screenshots. Also:
+//! `/metrics` passes a strict Prometheus text parser and exports GPU use.
 //!
 //! Chromium runs with `--headless --dump-dom` / `--screenshot` on
 //! 127.0.0.1 pages only, with background networking off. A plain `cargo
@@ -23,6 +24,8 @@ const LINE: &str = "status-page-e2e: hello from the task";
 struct Dev {
     _proc: Proc,
     master: String,
+    /// The data dir (`agent-1/` under it is the agent's work dir).
+    dir: PathBuf,
 }
 
 fn start_dev() -> Dev {
@@ -36,6 +39,10 @@ fn start_dev() -> Dev {
             &port.to_string(),
             "--fake-gpus",
             "2",
+            // Quick enough for a test: two heartbeats (5 s apart) of a
+            // GPU doing nothing flag it.
+            "--gpu-idle-after",
+            "2s",
             "--data-dir",
             dir.join("data").to_str().expect("utf-8 path"),
         ])
@@ -64,6 +71,7 @@ fn start_dev() -> Dev {
     Dev {
         _proc: proc,
         master,
+        dir: dir.join("data"),
     }
 }
 
@@ -191,6 +199,48 @@ fn browser_follows_links_to_a_tasks_output_and_its_gpu() {
         http_get(&dev.master, "/api/state")
             .is_some_and(|(_, b)| b.contains(&task_id) && b.contains("RUNNING"))
     });
+    // GPU use: the other fake GPU reports work through its usage file; the
+    // task's GPU reports nothing, so it is held and idle.
+    let state = |m: &str| -> serde_json::Value {
+        http_get(m, "/api/state")
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
+    };
+    let held = state(&dev.master)["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == task_id.as_str()))
+        .and_then(|t| t["gpus"][0].as_str().map(String::from))
+        .expect("the task holds a GPU");
+    let busy = if held == "fake-gpu-0" { 1 } else { 0 };
+    std::fs::write(
+        dev.dir.join(format!("agent-1/dev/nvidia{busy}.usage")),
+        "87 2048\n",
+    )
+    .expect("write the fake GPU's usage file");
+    let busy_id = format!("fake-gpu-{busy}");
+    wait_for("GPU use in /api/state, the held GPU idle", T, || {
+        let s = state(&dev.master);
+        let usage = s["agents"][0]["gpu_usage"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let of = |id: &str| usage.iter().find(|u| u["gpu"] == id).cloned();
+        of(&busy_id).is_some_and(|u| u["utilization_pct"] == 87 && u["memory_used_mb"] == 2048)
+            && of(&held).is_some_and(|u| u["idle"] == true && u["task_id"] == task_id.as_str())
+    });
+    let task = state(&dev.master)["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == task_id.as_str()).cloned())
+        .expect("the task");
+    assert_eq!(task["gpu_usage"][0]["gpu"], held.as_str(), "{task}");
+    assert_eq!(task["gpu_usage"][0]["idle"], true, "{task}");
+    let agents = mezz(&["agents", "--master", &dev.master], T);
+    let agents = text(&agents.stdout);
+    assert!(
+        agents.contains("GPU USE") && agents.contains("87%") && agents.contains("0%(idle)"),
+        "{agents}"
+    );
+
     let base = format!("http://{}", dev.master);
     let browser = Browser {
         bin,
@@ -234,6 +284,23 @@ fn browser_follows_links_to_a_tasks_output_and_its_gpu() {
         .find(|row| row.contains(&task_id))
         .unwrap_or_else(|| panic!("no GPU row held by {task_id}: {agent}"));
     assert!(gpu_row.contains("fake-gpu-"), "{gpu_row}");
+    assert!(
+        gpu_row.contains("<svg class=\"spark\"") && gpu_row.contains(">idle</span>"),
+        "the held GPU is charted and flagged idle: {gpu_row}"
+    );
+    let busy_row = agent
+        .split("<tr class=\"gpu\">")
+        .skip(1)
+        .find(|row| row.contains(&busy_id))
+        .unwrap_or_else(|| panic!("no row of {busy_id}: {agent}"));
+    assert!(
+        busy_row.contains("87% · 2048 MB") && !busy_row.contains(">idle<"),
+        "{busy_row}"
+    );
+    assert!(
+        page.contains("GPU use"),
+        "the task page charts its GPU: {page}"
+    );
 
     // Follow: the file endpoint the page script polls continues at an offset.
     let fid = to_task.split('/').nth(2).expect("framework id in link");
@@ -271,6 +338,8 @@ fn browser_follows_links_to_a_tasks_output_and_its_gpu() {
     if std::env::var_os("MEZZ_UPDATE_SCREENSHOT").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
         std::fs::copy(art.join("overview.png"), &docs).expect("copy screenshot to docs/");
+        let gpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page-gpus.png");
+        std::fs::copy(art.join("agent.png"), &gpus).expect("copy screenshot to docs/");
     }
 
     // While the cluster is up: /metrics parses and has what operators need.
@@ -292,6 +361,9 @@ fn browser_follows_links_to_a_tasks_output_and_its_gpu() {
         ("mezz_master_is_leader", "gauge"),
         ("mezz_grpc_requests_total", "counter"),
         ("mezz_grpc_request_duration_seconds", "histogram"),
+        ("mezz_gpu_utilization_percent", "gauge"),
+        ("mezz_gpu_memory_used_megabytes", "gauge"),
+        ("mezz_gpus_allocated_idle", "gauge"),
     ] {
         assert_eq!(
             families.get(name).map(|f| f.kind.as_str()),
@@ -312,6 +384,13 @@ fn browser_follows_links_to_a_tasks_output_and_its_gpu() {
         .any(|s| s.labels["method"].ends_with("/Subscribe")
             || s.labels["method"].ends_with("/Attach")));
     assert_eq!(families["mezz_master_is_leader"].samples[0].value, 1.0);
+    let util = &families["mezz_gpu_utilization_percent"].samples;
+    assert!(
+        util.iter()
+            .any(|s| s.labels.get("gpu") == Some(&busy_id) && s.value == 87.0),
+        "{util:?}"
+    );
+    assert_eq!(families["mezz_gpus_allocated_idle"].samples[0].value, 1.0);
 }
 
 #[derive(Debug, Default)]

@@ -2,9 +2,9 @@
 //! training on one agent and across two agents of one host, a PyTorch
 //! rendezvous across two agents, a parameter-server job's TF_CONFIG, gang
 //! placement that waits for the whole job, a gang restart after a worker
-//! is killed, and GPUs. Only the MultiWorkerMirrored tests import
-//! TensorFlow (it is slow to start); the others run plain shell or Python
-//! commands.
+//! is killed, start and run deadlines, and GPUs. Only the
+//! MultiWorkerMirrored tests import TensorFlow (it is slow to start); the
+//! others run plain shell or Python commands.
 
 mod common;
 
@@ -395,6 +395,75 @@ fn a_gang_that_does_not_fit_waits_whole_until_an_agent_joins() {
         );
     }
     assert_eq!(tasks_named(&c, "gang/").len(), 4);
+}
+
+#[test]
+fn a_start_deadline_fails_a_gang_not_placed_in_time() {
+    let c = Cluster::start_with_agent_args("cpus:3;mem:1024;disk:1000", ROOT_TASKS);
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "late",
+            "--workers",
+            "4",
+            "--cpus",
+            "1",
+            "--mem",
+            "64",
+            "--start-deadline",
+            "5s",
+            "--",
+            "true",
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    let failed = lines_with(&err, "late failed: DEADLINE_NOT_MET");
+    assert_eq!(failed.len(), 1, "{err}");
+    assert!(
+        failed[0].contains("start deadline of 5s") && failed[0].contains("missing: 1 × worker"),
+        "the failure names the deadline and what the gang lacked: {err}"
+    );
+    assert!(tasks_named(&c, "late/").is_empty(), "nothing launched");
+}
+
+#[test]
+fn a_run_deadline_kills_every_replica_and_fails_without_a_restart() {
+    let c = Cluster::start_with_agent_args("cpus:4;mem:1024;disk:1000", ROOT_TASKS);
+    let job = Job::start(
+        &c,
+        &[
+            "--name",
+            "long",
+            "--workers",
+            "2",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--restart",
+            "on-failure:3",
+            "--run-deadline",
+            "3s",
+            "--",
+            "exec sleep 300",
+        ],
+    );
+    let (code, out, err) = job.wait(Duration::from_secs(40));
+    assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        lines_with(&err, "long failed: DEADLINE_EXCEEDED").len(),
+        1,
+        "{err}"
+    );
+    assert!(lines_with(&err, "restarting").is_empty(), "{err}");
+    let states: Vec<String> = tasks_named(&c, "long/")
+        .iter()
+        .map(|t| t["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(states, ["KILLED", "KILLED"], "one attempt, both killed");
+    assert!(c.active_tasks().is_empty());
 }
 
 /// The host pid of a process whose command line is exactly `argv`.

@@ -321,6 +321,7 @@ pub async fn run(
         config.fake_gpu_topology.as_deref(),
     )
     .map_err(|e| AgentError::Gpus(e.to_string()))?;
+    let gpu_backend: Option<Arc<dyn gpu::GpuBackend>> = gpu_backend.map(Arc::from);
     let gpus: Vec<gpu::Gpu> = gpu_backend
         .as_ref()
         .map_or_else(Vec::new, |b| b.gpus().to_vec());
@@ -374,6 +375,7 @@ pub async fn run(
         agent::Machine {
             isolation,
             gpus,
+            gpu_backend,
             users,
             hidden_paths,
         },

@@ -309,7 +309,8 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = AgentMessage { message: Some(agent_message::Message::Heartbeat(AgentHeartbeat {})) };
+                let gpus = agent.gpu_usage();
+                let hb = AgentMessage { message: Some(agent_message::Message::Heartbeat(AgentHeartbeat { gpus })) };
                 if tx.send(hb).await.is_err() {
                     return broken();
                 }

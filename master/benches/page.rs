@@ -1,7 +1,7 @@
 //! Status page render time for a large cluster: 1,000 agents (8 GPUs each)
 //! and 10,000 tasks across 20 frameworks and 4 roles (the first framework's
 //! 500 labelled as replicas of 50 services), seeded straight into a
-//! `ClusterState` (no processes). Times each page's render function and the
+//! `ClusterState` (no processes), every GPU with an hour of use. Times each page's render function and the
 //! `/api/state` JSON, and fails if any page takes a second or more.
 //!
 //! `cargo bench -p mezz-master --bench page`; figures in BENCHMARKS.md.
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use mezz_master::api::page::{self, Ctx, LogPane, TaskFilter};
 use mezz_proto::v1::{
-    AgentView, ClusterState, FrameworkView, MasterView, RoleView, TaskStateChange, TaskView,
+    AgentView, ClusterState, FrameworkView, GpuUsageView, MasterView, RoleView, TaskStateChange,
+    TaskView,
 };
 
 const AGENTS: usize = 1_000;
@@ -21,6 +22,20 @@ const SERVICES: usize = 50;
 
 fn map(pairs: &[(&str, f64)]) -> std::collections::BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// A GPU's use with an hour of history (60 chart points).
+fn usage(agent: usize, g: usize, now: f64) -> GpuUsageView {
+    GpuUsageView {
+        gpu: format!("GPU-{agent:05}-{g}"),
+        utilization_pct: ((agent * 7 + g * 13) % 101) as u32,
+        memory_used_mb: 40_000,
+        sampled_at: now - 2.0,
+        task_id: String::new(),
+        idle: g == 7,
+        history_pct: (0..60).map(|p| ((p * 17 + g * 5) % 101) as u32).collect(),
+        history_secs: 3600.0,
+    }
 }
 
 fn seed() -> ClusterState {
@@ -51,6 +66,7 @@ fn seed() -> ClusterState {
             ]),
             offered: map(&[("cpus", 4.0)]),
             gpus: (0..8).map(|g| format!("GPU-{i:05}-{g}")).collect(),
+            gpu_usage: (0..8).map(|g| usage(i, g, now)).collect(),
             registered_at: now - 3600.0,
             last_seen: now - 2.0,
             attributes: [
@@ -112,6 +128,7 @@ fn seed() -> ClusterState {
                 launched_at: now - 500.0 + t as f64 * 0.01,
                 updated_at: now - 100.0 + t as f64 * 0.01,
                 gpus: vec![format!("GPU-{agent:05}-{}", t % 8)],
+                gpu_usage: vec![usage(agent, t % 8, now)],
                 history: ["STAGING", "STARTING", state]
                     .iter()
                     .enumerate()

@@ -33,7 +33,7 @@ pub enum Input {
     /// First message of an agent stream, and the peer it came from.
     AgentRegister(ConnId, RegisterAgent, AgentTx, Option<std::net::SocketAddr>),
     /// Agent heartbeat.
-    AgentHeartbeat(ConnId),
+    AgentHeartbeat(ConnId, Vec<mezz_proto::v1::GpuUsage>),
     /// Agent status update.
     AgentUpdate(ConnId, TaskStatus),
     /// Agent stream ended.

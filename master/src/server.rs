@@ -167,7 +167,7 @@ impl Actor {
                     }
                 }
             }
-            Input::AgentHeartbeat(conn) => self.node.agent_heartbeat(conn, now),
+            Input::AgentHeartbeat(conn, gpus) => self.node.agent_heartbeat(conn, &gpus, now),
             Input::AgentUpdate(conn, status) => self.node.agent_update(conn, status, now),
             Input::AgentGone(conn) => {
                 self.streams.agents.remove(&conn);

@@ -543,7 +543,7 @@ async fn session(
                 continue;
             }
             _ = heartbeat.tick() => {
-                let hb = AgentMessage { message: Some(agent_message::Message::Heartbeat(AgentHeartbeat {})) };
+                let hb = AgentMessage { message: Some(agent_message::Message::Heartbeat(AgentHeartbeat::default())) };
                 if tx.send(hb).await.is_err() {
                     return broken();
                 }

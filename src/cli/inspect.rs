@@ -85,6 +85,24 @@ fn age(since: f64) -> String {
     mezz_proto::age_text(mezz_proto::unix_now() - since)
 }
 
+/// GPUs' latest utilization, `87% 0%(idle)`; `-` when none was sampled.
+fn gpu_use_text(usage: &[mezz_proto::v1::GpuUsageView]) -> String {
+    if usage.is_empty() {
+        return "-".into();
+    }
+    usage
+        .iter()
+        .map(|u| {
+            format!(
+                "{}%{}",
+                u.utilization_pct,
+                if u.idle { "(idle)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub async fn ps(args: PsArgs) -> Result<ExitCode> {
     let masters = client::masters(args.master.master.as_deref())?;
     let state = client::state(&masters, args.all).await?;
@@ -92,33 +110,33 @@ pub async fn ps(args: PsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&state.tasks)?);
         return Ok(ExitCode::SUCCESS);
     }
+    // A GPU column only where some task has GPUs.
+    let gpu_column = state.tasks.iter().any(|t| !t.gpus.is_empty());
     let rows = state
         .tasks
         .iter()
         .map(|t| {
-            vec![
+            let mut row = vec![
                 t.id.clone(),
                 t.state.clone(),
                 outcome(t),
                 t.framework_name.clone(),
                 t.hostname.clone(),
                 age(t.launched_at),
-                t.command.clone(),
-            ]
+            ];
+            if gpu_column {
+                row.push(gpu_use_text(&t.gpu_usage));
+            }
+            row.push(t.command.clone());
+            row
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "STATE",
-            "OUTCOME",
-            "FRAMEWORK",
-            "HOST",
-            "AGE",
-            "COMMAND",
-        ],
-        rows,
-    );
+    let mut head = vec!["ID", "STATE", "OUTCOME", "FRAMEWORK", "HOST", "AGE"];
+    if gpu_column {
+        head.push("GPU USE");
+    }
+    head.push("COMMAND");
+    table(&head, rows);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -158,11 +176,14 @@ pub async fn agents(args: ListArgs) -> Result<ExitCode> {
                 format!("{}/{}", g(&a.used, "cpus"), g(&a.total, "cpus")),
                 format!("{}/{}", g(&a.used, "mem"), g(&a.total, "mem")),
                 format!("{}", a.gpus.len()),
+                gpu_use_text(&a.gpu_usage),
             ]
         })
         .collect();
     table(
-        &["ID", "HOST", "ADDRESS", "STATUS", "CPUS", "MEM(MB)", "GPUS"],
+        &[
+            "ID", "HOST", "ADDRESS", "STATUS", "CPUS", "MEM(MB)", "GPUS", "GPU USE",
+        ],
         rows,
     );
     Ok(ExitCode::SUCCESS)

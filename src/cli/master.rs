@@ -20,6 +20,10 @@ pub struct TimeoutArgs {
     /// are marked LOST.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     pub agent_timeout: std::time::Duration,
+    /// A GPU a task holds is flagged idle (status page, /api/state,
+    /// /metrics) once it has been at most 5% busy for this long.
+    #[arg(long, default_value = "5m", value_parser = duration::parse)]
+    pub gpu_idle_after: std::time::Duration,
     #[command(flatten)]
     pub scheduling: super::priorities::SchedulingArgs,
 }
@@ -29,6 +33,7 @@ impl TimeoutArgs {
         mezz_master::Timeouts {
             offer: self.offer_timeout.as_millis().max(1) as u64,
             agent_reregister: self.agent_timeout.as_millis().max(1) as u64,
+            gpu_idle_after: self.gpu_idle_after.as_millis().max(1) as u64,
             ..Default::default()
         }
     }

@@ -44,6 +44,7 @@ pub enum TfCommand {
     mezz tf run --chief --ps 1 --workers 4 --restart on-failure:3 -- python3 train.py\n  \
     mezz tf run --workers 4 --size gpu-large -- python3 train.py     # the same job on GPUs\n  \
     mezz tf run --flavor pytorch --workers 2 -- torchrun-free-script.py\n  \
+    mezz tf run --workers 2 --start-deadline 10m --run-deadline 2h -- python3 train.py\n  \
     mezz tf run --file job.toml\n\n\
 Every replica gets a port of its own and TF_CONFIG naming every replica's\n\
 host:port (or, with --flavor pytorch, MASTER_ADDR, MASTER_PORT, WORLD_SIZE,\n\
@@ -90,13 +91,24 @@ pub struct TfRunArgs {
     /// restarts the whole gang, with backoff.
     #[arg(long)]
     pub restart: Option<String>,
+    /// The start deadline: each attempt's whole gang must be launched
+    /// within this long of starting to wait (the job's start, or a
+    /// restart's backoff ending); otherwise the job fails
+    /// (DEADLINE_NOT_MET), saying what the gang lacked.
+    #[arg(long, value_parser = crate::duration::parse, value_name = "DUR")]
+    pub start_deadline: Option<Duration>,
+    /// The run deadline: this long after the first launch (restarts
+    /// included) every replica is killed and the job fails
+    /// (DEADLINE_EXCEEDED).
+    #[arg(long, value_parser = crate::duration::parse, value_name = "DUR")]
+    pub run_deadline: Option<Duration>,
     /// The job's name (task names are JOB/worker/0, …); defaults to the
     /// script's name.
     #[arg(long)]
     pub name: Option<String>,
     /// A job file (TOML, or YAML for .yaml/.yml): replica groups with
     /// count, size, cpus, mem, gpus, command; command, env, flavor,
-    /// restart. Flags override it.
+    /// restart, start_deadline, run_deadline. Flags override it.
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Role to run under (for fair sharing and quota).
@@ -162,6 +174,8 @@ fn spec_of(args: &TfRunArgs, sizes: &Sizes) -> Result<JobSpec> {
             .as_deref()
             .map(str::parse::<RestartPolicy>)
             .transpose()?,
+        start_deadline: args.start_deadline,
+        run_deadline: args.run_deadline,
         command: args.command.clone(),
     };
     Ok(JobSpec::build(file, overrides, |n| Ok(sizes.get(n)?))?)

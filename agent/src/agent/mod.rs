@@ -47,6 +47,8 @@ pub struct Machine {
     pub isolation: crate::isolation::Selected,
     /// This machine's GPUs.
     pub gpus: Vec<crate::gpu::Gpu>,
+    /// Where their use is read (NVML, or the fake GPUs' files).
+    pub gpu_backend: Option<Arc<dyn crate::gpu::GpuBackend>>,
     /// Who tasks run as.
     pub users: crate::task_user::Policy,
     /// Directories tasks must not see: the work dir and the
@@ -87,6 +89,27 @@ fn task_span(framework_id: &str, task_id: &str) -> tracing::Span {
 }
 
 impl Agent {
+    /// The current use of every GPU whose backend can tell (for the
+    /// heartbeat). NVML answers in microseconds; fake GPUs read a small
+    /// file.
+    pub fn gpu_usage(&self) -> Vec<mezz_proto::v1::GpuUsage> {
+        let Some(backend) = self.machine.gpu_backend.as_deref() else {
+            return Vec::new();
+        };
+        backend
+            .gpus()
+            .iter()
+            .filter_map(|g| {
+                let u = backend.usage(g)?;
+                Some(mezz_proto::v1::GpuUsage {
+                    gpu: g.id.0.clone(),
+                    utilization_pct: u.utilization_pct.min(100),
+                    memory_used_mb: u.memory_used_mb,
+                })
+            })
+            .collect()
+    }
+
     /// Waits, at most `limit`, for the agent's background tasks to end
     /// once the shutdown signal is set; true when they all did.
     pub async fn wait_for_tasks(&self, limit: Duration) -> bool {

@@ -2,7 +2,9 @@
 //! character device nodes `<work-dir>/dev/nvidia0 … nvidia{G-1}`, major 195
 //! and minor = index, ids `fake-gpu-N`. Opening one fails with ENXIO (no
 //! driver), which is exactly what device-cgroup tests need to tell "allowed"
-//! from "denied" (EPERM).
+//! from "denied" (EPERM). A fake GPU's use is what the file
+//! `<work-dir>/dev/nvidiaN.usage` says: `UTIL_PCT MEMORY_MB` (`87 2048`);
+//! no file is an idle GPU.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +18,7 @@ use crate::isolation::NVIDIA_MAJOR;
 /// The fake backend.
 pub struct FakeGpus {
     gpus: Vec<Gpu>,
+    work_dir: PathBuf,
     /// Links by index pair (lower first); pairs not named go through the
     /// host bridge.
     links: BTreeMap<(u32, u32), Link>,
@@ -24,6 +27,23 @@ pub struct FakeGpus {
 /// `<work_dir>/dev/nvidiaN`.
 pub fn node_path(work_dir: &Path, index: u32) -> PathBuf {
     work_dir.join("dev").join(format!("nvidia{index}"))
+}
+
+/// `<work_dir>/dev/nvidiaN.usage`: what fake GPU N reports as its use.
+pub fn usage_path(work_dir: &Path, index: u32) -> PathBuf {
+    work_dir.join("dev").join(format!("nvidia{index}.usage"))
+}
+
+/// Reads a usage file's `UTIL_PCT MEMORY_MB`; `None` when it does not
+/// read (it is being written, say).
+fn parse_usage(text: &str) -> Option<Usage> {
+    let mut words = text.split_whitespace();
+    let utilization_pct: u32 = words.next()?.parse().ok()?;
+    let memory_used_mb: u64 = words.next().map_or(Some(0), |w| w.parse().ok())?;
+    (utilization_pct <= 100 && words.next().is_none()).then_some(Usage {
+        utilization_pct,
+        memory_used_mb,
+    })
 }
 
 impl FakeGpus {
@@ -71,6 +91,7 @@ impl FakeGpus {
         }
         Ok(FakeGpus {
             gpus,
+            work_dir: work_dir.to_path_buf(),
             links: BTreeMap::new(),
         })
     }
@@ -140,10 +161,30 @@ impl GpuBackend for FakeGpus {
         }
         t
     }
-    fn usage(&self, _gpu: &Gpu) -> Option<Usage> {
-        Some(Usage {
-            utilization_pct: 0,
-            memory_used_mb: 0,
-        })
+    fn usage(&self, gpu: &Gpu) -> Option<Usage> {
+        match std::fs::read_to_string(usage_path(&self.work_dir, gpu.index)) {
+            Ok(text) => parse_usage(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Usage {
+                utilization_pct: 0,
+                memory_used_mb: 0,
+            }),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_files_read_as_percent_and_megabytes() {
+        let u = |t| parse_usage(t).map(|u| (u.utilization_pct, u.memory_used_mb));
+        assert_eq!(u("87 2048\n"), Some((87, 2048)));
+        assert_eq!(u("40"), Some((40, 0)));
+        assert_eq!(u("101 0"), None, "over 100%");
+        assert_eq!(u("half"), None);
+        assert_eq!(u(""), None);
+        assert_eq!(u("1 2 3"), None);
     }
 }

@@ -90,7 +90,7 @@ pub enum AfterStop {
 /// }, |n| Ok(Sizes::builtin().get(n)?)).unwrap();
 /// let mut job = Job::new(spec);
 /// let now = Instant::now();
-/// job.launched();
+/// job.launched(now);
 /// for id in ["train.chief.0.0", "train.ps.0.0", "train.worker.0.0"] {
 ///     assert!(job.update(id, TaskState::Running, "", now).is_empty());
 /// }
@@ -110,6 +110,11 @@ pub struct Job {
     /// The latest state of each replica's current attempt (absent: none
     /// reported yet).
     states: BTreeMap<ReplicaId, TaskState>,
+    /// When the current attempt began waiting to be placed (the start
+    /// deadline counts from here); `None` until [`Job::waiting_since`].
+    placing_since: Option<Instant>,
+    /// The first launch (the run deadline counts from here).
+    first_launch: Option<Instant>,
 }
 
 impl Job {
@@ -121,6 +126,16 @@ impl Job {
             restarts: 0,
             phase: Phase::Placing,
             states: BTreeMap::new(),
+            placing_since: None,
+            first_launch: None,
+        }
+    }
+
+    /// The job began waiting for its first placement at `now` (its start
+    /// deadline counts from here).
+    pub fn waiting_since(&mut self, now: Instant) {
+        if self.phase == Phase::Placing && self.placing_since.is_none() {
+            self.placing_since = Some(now);
         }
     }
 
@@ -160,11 +175,82 @@ impl Job {
             && self.states.values().all(|s| *s == TaskState::Running)
     }
 
-    /// The whole gang was launched.
-    pub fn launched(&mut self) {
+    /// The whole gang was launched at `now`.
+    pub fn launched(&mut self, now: Instant) {
         if self.phase == Phase::Placing {
             self.phase = Phase::Running;
+            self.first_launch.get_or_insert(now);
         }
+    }
+
+    /// When the next deadline of the job's spec passes, if one still can:
+    /// the start deadline while placing, the run deadline after the first
+    /// launch.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Placing => {
+                let start = self
+                    .placing_since
+                    .zip(self.spec.start_deadline)
+                    .map(|(t, d)| t + d);
+                let run = self.run_deadline_at();
+                start.into_iter().chain(run).min()
+            }
+            Phase::Running | Phase::Stopping { .. } | Phase::BackingOff { .. } => {
+                self.run_deadline_at()
+            }
+            Phase::Done(_) => None,
+        }
+    }
+
+    /// How long the job may still run at `now` under its run deadline
+    /// (all of it before the first launch); `None` without one.
+    pub fn run_time_left(&self, now: Instant) -> Option<Duration> {
+        let limit = self.spec.run_deadline?;
+        Some(match self.first_launch {
+            Some(t) => limit.saturating_sub(now.saturating_duration_since(t)),
+            None => limit,
+        })
+    }
+
+    fn run_deadline_at(&self) -> Option<Instant> {
+        self.first_launch
+            .zip(self.spec.run_deadline)
+            .map(|(t, d)| t + d)
+    }
+
+    /// Ends the job when a deadline passed by `now`. A start deadline that
+    /// passes while placing fails it at once (DEADLINE_NOT_MET; `waiting_for`
+    /// says what the gang lacked); a run deadline kills every replica and
+    /// fails it (DEADLINE_EXCEEDED). Nothing otherwise.
+    pub fn check_deadlines(&mut self, now: Instant, waiting_for: &str) -> Vec<Action> {
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        if let Some(limit) = self.spec.run_deadline {
+            if self.run_deadline_at().is_some_and(|at| now >= at) {
+                let why = format!(
+                    "DEADLINE_EXCEEDED: the job ran past its run deadline of {}",
+                    human(limit)
+                );
+                return self.end(Outcome::Failed(why), now);
+            }
+        }
+        if let (Phase::Placing, Some(since), Some(limit)) =
+            (&self.phase, self.placing_since, self.spec.start_deadline)
+        {
+            if now >= since + limit {
+                let mut why = format!(
+                    "DEADLINE_NOT_MET: attempt {} was not placed within its start deadline of {}",
+                    self.attempt,
+                    human(limit)
+                );
+                if !waiting_for.is_empty() {
+                    why.push_str("; it waited for ");
+                    why.push_str(waiting_for);
+                }
+                return self.end(Outcome::Failed(why), now);
+            }
+        }
+        Vec::new()
     }
 
     /// A status update for `task_id`. Updates of other attempts or other
@@ -306,6 +392,7 @@ impl Job {
                 self.restarts += 1;
                 self.states.clear();
                 self.phase = Phase::Placing;
+                self.placing_since = Some(now);
                 true
             }
             _ => false,
@@ -329,7 +416,13 @@ impl Job {
     /// Ctrl-C: kill every replica and fail. Before the launch, fails at
     /// once.
     pub fn interrupt(&mut self, now: Instant) -> Vec<Action> {
-        let outcome = Outcome::Failed("interrupted".into());
+        self.end(Outcome::Failed("interrupted".into()), now)
+    }
+
+    /// Ends the job with `outcome` whatever phase it is in: survivors are
+    /// killed first; before the launch, or between attempts, it ends at
+    /// once.
+    fn end(&mut self, outcome: Outcome, now: Instant) -> Vec<Action> {
         match self.phase {
             Phase::Running => self.stop(AfterStop::Finish(outcome), now),
             Phase::Stopping { .. } => {
@@ -349,169 +442,5 @@ impl Job {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::Overrides;
-    use TaskState::*;
-
-    fn job(o: Overrides) -> Job {
-        let o = Overrides {
-            name: Some("j".into()),
-            command: vec!["t".into()],
-            ..o
-        };
-        Job::new(JobSpec::build(None, o, |n| Ok(crate::Sizes::builtin().get(n)?)).expect("valid"))
-    }
-
-    fn run_all(j: &mut Job, now: Instant) {
-        j.launched();
-        for r in j.spec().replica_ids() {
-            let id = j.task_id(r);
-            assert!(j.update(&id, Running, "", now).is_empty());
-        }
-        assert!(j.all_running());
-    }
-
-    #[test]
-    fn without_a_chief_all_workers_must_finish() {
-        let mut j = job(Overrides {
-            workers: Some(2),
-            ..Default::default()
-        });
-        let now = Instant::now();
-        run_all(&mut j, now);
-        assert!(j.update("j.worker.1.0", Finished, "", now).is_empty());
-        assert_eq!(
-            j.update("j.worker.0.0", Finished, "", now),
-            vec![Action::Finish(Outcome::Succeeded)]
-        );
-        assert_eq!(j.phase(), &Phase::Done(Outcome::Succeeded));
-    }
-
-    #[test]
-    fn a_failure_without_restarts_kills_the_rest_and_fails() {
-        let mut j = job(Overrides {
-            workers: Some(2),
-            ps: Some(1),
-            ..Default::default()
-        });
-        let now = Instant::now();
-        run_all(&mut j, now);
-        let a = j.update("j.worker.0.0", Failed, "exited with 1", now);
-        assert_eq!(
-            a,
-            vec![Action::Kill(vec!["j.worker.1.0".into(), "j.ps.0.0".into()])]
-        );
-        assert!(j.update("j.ps.0.0", Killed, "", now).is_empty());
-        let a = j.update("j.worker.1.0", Killed, "", now);
-        assert_eq!(
-            a,
-            vec![Action::Finish(Outcome::Failed(
-                "worker/0 ended FAILED: exited with 1".into()
-            ))]
-        );
-    }
-
-    #[test]
-    fn on_failure_restarts_the_whole_gang_with_backoff_then_gives_up() {
-        let mut j = job(Overrides {
-            workers: Some(2),
-            restart: Some("on-failure:1".parse().expect("valid")),
-            ..Default::default()
-        });
-        let t0 = Instant::now();
-        run_all(&mut j, t0);
-        j.update("j.worker.1.0", Failed, "", t0);
-        let a = j.update("j.worker.0.0", Killed, "", t0);
-        let Some(Action::RestartAt { at, restart: 1, .. }) = a.first().cloned() else {
-            panic!("{a:?}")
-        };
-        assert_eq!(at, t0 + Duration::from_secs(1));
-        assert!(!j.restart_due(t0));
-        // Late news of the old attempt changes nothing.
-        assert!(j.update("j.worker.0.0", Failed, "", at).is_empty());
-        assert!(j.restart_due(at));
-        assert_eq!((j.attempt(), j.phase()), (1, &Phase::Placing));
-        assert_eq!(
-            j.task_id(ReplicaId {
-                kind: ReplicaType::Worker,
-                index: 0
-            }),
-            "j.worker.0.1"
-        );
-        run_all(&mut j, at);
-        let a = j.update("j.worker.0.1", Lost, "agent gone", at);
-        assert_eq!(a, vec![Action::Kill(vec!["j.worker.1.1".into()])]);
-        let a = j.update("j.worker.1.1", Killed, "", at);
-        assert!(matches!(&a[..], [Action::Finish(Outcome::Failed(m))] if m.contains("LOST")));
-    }
-
-    #[test]
-    fn interrupts_and_overdue_stops() {
-        let mut j = job(Overrides {
-            workers: Some(1),
-            ..Default::default()
-        });
-        let t0 = Instant::now();
-        assert_eq!(
-            j.interrupt(t0),
-            vec![Action::Finish(Outcome::Failed("interrupted".into()))]
-        );
-        let mut j = job(Overrides {
-            workers: Some(2),
-            ..Default::default()
-        });
-        run_all(&mut j, t0);
-        assert_eq!(
-            j.interrupt(t0),
-            vec![Action::Kill(vec![
-                "j.worker.0.0".into(),
-                "j.worker.1.0".into()
-            ])]
-        );
-        assert!(j.stop_overdue(t0, Duration::from_secs(5)).is_empty());
-        let late = t0 + Duration::from_secs(5);
-        assert_eq!(
-            j.stop_overdue(late, Duration::from_secs(5)),
-            vec![Action::Finish(Outcome::Failed("interrupted".into()))]
-        );
-    }
-
-    #[test]
-    fn the_chief_decides_and_ps_finishing_early_is_fine() {
-        let mut j = job(Overrides {
-            chief: true,
-            workers: Some(1),
-            ps: Some(1),
-            ..Default::default()
-        });
-        let now = Instant::now();
-        run_all(&mut j, now);
-        assert!(j.update("j.worker.0.0", Finished, "", now).is_empty());
-        assert!(j.update("j.ps.0.0", Finished, "", now).is_empty());
-        assert!(j.update("other.chief.0.0", Finished, "", now).is_empty());
-        assert_eq!(
-            j.update("j.chief.0.0", Finished, "", now),
-            vec![Action::Finish(Outcome::Succeeded)]
-        );
-    }
-
-    #[test]
-    fn a_refused_placement_fails_the_job_before_launch_only() {
-        let mut j = job(Overrides {
-            workers: Some(2),
-            ..Default::default()
-        });
-        let why = "replicas worker/0 and worker/1 would both listen on h:1".to_string();
-        assert_eq!(
-            j.refuse(why.clone()),
-            vec![Action::Finish(Outcome::Failed(why.clone()))]
-        );
-        assert_eq!(j.phase(), &Phase::Done(Outcome::Failed(why.clone())));
-
-        let mut running = job(Overrides::default());
-        run_all(&mut running, Instant::now());
-        assert!(running.refuse(why).is_empty());
-        assert_eq!(running.phase(), &Phase::Running);
-    }
-}
+#[path = "job_tests.rs"]
+mod tests;

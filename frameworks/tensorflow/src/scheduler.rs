@@ -27,6 +27,10 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long a stop waits for killed replicas before it gives up on them.
 const STOP_PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long after a job's run deadline (and the kill grace) the master
+/// kills replicas the framework did not.
+const RUN_DEADLINE_BACKSTOP: Duration = Duration::from_secs(10);
+
 /// A replica as launched.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LaunchedReplica {
@@ -129,6 +133,9 @@ pub struct TfScheduler {
     sink: Box<dyn FnMut(JobEvent) + Send>,
     all_running_said: bool,
     hold: Duration,
+    /// What the gang lacked when it last did not fit (a start deadline
+    /// that passes names it).
+    waiting_for: String,
 }
 
 impl TfScheduler {
@@ -136,8 +143,10 @@ impl TfScheduler {
     pub fn new(spec: JobSpec, sink: impl FnMut(JobEvent) + Send + 'static) -> TfScheduler {
         let hold = Duration::from_secs(2);
         let gang = gang_for(&spec, 0, hold);
+        let mut job = Job::new(spec);
+        job.waiting_since(Instant::now());
         TfScheduler {
-            job: Job::new(spec),
+            job,
             gang,
             offers: HashMap::new(),
             framework_id: String::new(),
@@ -145,6 +154,7 @@ impl TfScheduler {
             sink: Box::new(sink),
             all_running_said: false,
             hold,
+            waiting_for: String::new(),
         }
     }
 
@@ -230,6 +240,11 @@ impl TfScheduler {
             .filter_map(|id| self.offers.get(id.as_str()).cloned())
             .collect();
         let text = missing(self.job.spec(), self.gang.requests(), &held);
+        // Between offers the text says only that none is held: keep the
+        // last one that said what the offers lacked.
+        if !held.is_empty() || self.waiting_for.is_empty() {
+            self.waiting_for.clone_from(&text);
+        }
         self.emit(JobEvent::Waiting(text));
     }
 
@@ -269,6 +284,13 @@ impl TfScheduler {
             self.act(driver, actions);
             return;
         }
+        // The master kills a replica a little after the job's run deadline
+        // should have (this framework kills first): a backstop for when
+        // the framework is gone.
+        let backstop = self
+            .job
+            .run_time_left(Instant::now())
+            .map(|left| left + KILL_GRACE + RUN_DEADLINE_BACKSTOP);
         plan.launch(driver, |p| {
             let replica = ids[p.request];
             let mut b = command_builder(&p.key, spec.command_of(replica))
@@ -281,6 +303,9 @@ impl TfScheduler {
             for (k, v) in replica_env(&spec, &placed, replica) {
                 b = b.env(k, v);
             }
+            if let Some(limit) = backstop {
+                b = b.max_run(limit);
+            }
             b
         });
         for id in plan.used_offers().iter().chain(&decline) {
@@ -292,7 +317,8 @@ impl TfScheduler {
         // The gang is whole; more offers are of no use until a restart.
         driver.suppress();
         driver.set_demand(Vec::new());
-        self.job.launched();
+        self.job.launched(Instant::now());
+        self.arm_deadline(driver);
         self.all_running_said = false;
         let framework_id = self.framework_id.clone();
         self.emit(JobEvent::Launched {
@@ -302,23 +328,41 @@ impl TfScheduler {
         });
     }
 
+    /// A wake-up when the job's next deadline passes.
+    fn arm_deadline(&self, driver: &Driver) {
+        if let Some(at) = self.job.next_deadline() {
+            driver.wake_after(at.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Carries out actions that may end the job before its gang was
+    /// launched: offers it still holds go back.
+    fn act_ending(&mut self, driver: &Driver, actions: Vec<Action>) {
+        if matches!(self.job.phase(), Phase::Done(_)) {
+            for o in self.gang.held() {
+                driver.decline([o], None);
+            }
+        }
+        self.act(driver, actions);
+    }
+
     fn check_timers(&mut self, driver: &Driver) {
         let now = Instant::now();
         if self.interrupt.flag.swap(false, Ordering::SeqCst) {
             let actions = self.job.interrupt(now);
-            if self.job.phase() == &Phase::Done(Outcome::Failed("interrupted".into())) {
-                for o in self.gang.held() {
-                    driver.decline([o], None);
-                }
-            }
-            self.act(driver, actions);
+            self.act_ending(driver, actions);
         }
+        let waiting_for = self.waiting_for.clone();
+        let actions = self.job.check_deadlines(now, &waiting_for);
+        self.act_ending(driver, actions);
         let overdue = self.job.stop_overdue(now, STOP_PATIENCE);
         self.act(driver, overdue);
         if self.job.restart_due(now) {
             self.gang = gang_for(self.job.spec(), self.job.attempt(), self.hold);
+            self.waiting_for.clear();
             driver.revive();
             driver.set_demand(demands(self.job.spec()));
+            self.arm_deadline(driver);
         }
         if self.job.phase() == &Phase::Placing {
             let step = self.gang.expire(now);
@@ -448,6 +492,7 @@ impl Scheduler for TfScheduler {
         if self.job.phase() == &Phase::Placing {
             driver.set_demand(demands(self.job.spec()));
         }
+        self.arm_deadline(driver);
     }
 
     fn offers(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {

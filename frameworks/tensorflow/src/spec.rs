@@ -193,6 +193,14 @@ pub struct JobSpec {
     pub flavor: Flavor,
     /// What happens when a replica fails.
     pub restart: RestartPolicy,
+    /// Each attempt must have its whole gang launched within this long of
+    /// starting to wait for it (the job's start, or a restart's backoff
+    /// ending); the job fails (DEADLINE_NOT_MET) otherwise.
+    pub start_deadline: Option<Duration>,
+    /// The job may run this long from its first launch, restarts
+    /// included; then every replica is killed and it fails
+    /// (DEADLINE_EXCEEDED).
+    pub run_deadline: Option<Duration>,
 }
 
 /// The job file, as written (every field optional; flags fill in).
@@ -210,6 +218,10 @@ pub struct JobFile {
     pub flavor: Option<String>,
     /// `restart = "on-failure:3"`.
     pub restart: Option<String>,
+    /// `start_deadline = "10m"`.
+    pub start_deadline: Option<String>,
+    /// `run_deadline = "2h"`.
+    pub run_deadline: Option<String>,
     /// `[chief]`.
     pub chief: Option<GroupFile>,
     /// `[worker]`.
@@ -307,6 +319,10 @@ pub struct Overrides {
     pub flavor: Option<Flavor>,
     /// `--restart`.
     pub restart: Option<RestartPolicy>,
+    /// `--start-deadline`.
+    pub start_deadline: Option<Duration>,
+    /// `--run-deadline`.
+    pub run_deadline: Option<Duration>,
     /// The command after `--` (empty: the file's).
     pub command: Vec<String>,
 }
@@ -386,6 +402,16 @@ impl JobSpec {
             (None, Some(r)) => r.parse()?,
             (None, None) => RestartPolicy::default(),
         };
+        let start_deadline = match (flags.start_deadline, file.start_deadline) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) => Some(file_duration("start_deadline", &t)?),
+            (None, None) => None,
+        };
+        let run_deadline = match (flags.run_deadline, file.run_deadline) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) => Some(file_duration("run_deadline", &t)?),
+            (None, None) => None,
+        };
         let command = if flags.command.is_empty() {
             file.command.map(Command::into_args).unwrap_or_default()
         } else {
@@ -402,6 +428,8 @@ impl JobSpec {
             env,
             flavor,
             restart,
+            start_deadline,
+            run_deadline,
         };
         spec.validate()?;
         Ok(spec)
@@ -462,6 +490,16 @@ impl JobSpec {
             {
                 return Err(SpecError(format!(
                     "the pytorch flavor has a chief (rank 0) and workers only, not {t}"
+                )));
+            }
+        }
+        for (what, d) in [
+            ("start deadline", self.start_deadline),
+            ("run deadline", self.run_deadline),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(SpecError(format!(
+                    "a {what} of zero can never be met; leave it out for none"
                 )));
             }
         }
@@ -542,6 +580,15 @@ impl ReplicaId {
             .is_none()
             .then_some((ReplicaId { kind, index }, attempt))
     }
+}
+
+/// A duration field of a job file (`"90s"`, `"10m"`, `"1h 30m"`).
+fn file_duration(field: &str, text: &str) -> Result<Duration, SpecError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        SpecError(format!(
+            "{field} '{text}' is not a duration ({e}); use e.g. \"90s\", \"10m\" or \"2h\""
+        ))
+    })
 }
 
 /// A job name from the command: the script's or program's base name.

@@ -172,3 +172,46 @@ fn task_ids_round_trip() {
     assert_eq!(ReplicaId::parse_task_id("job", "jobx.worker.1.2"), None);
     assert_eq!(ReplicaId::parse_task_id("job", "job.boss.1.2"), None);
 }
+
+#[test]
+fn deadlines_come_from_the_file_or_flags_and_bad_ones_are_named() {
+    let file = JobFile::from_toml(
+        "command = \"true\"\nstart_deadline = \"10m\"\nrun_deadline = \"1h 30m\"\n",
+    )
+    .expect("parses");
+    let spec = JobSpec::build(
+        Some(file.clone()),
+        Overrides {
+            run_deadline: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+        no_sizes,
+    )
+    .expect("valid");
+    assert_eq!(spec.start_deadline, Some(Duration::from_secs(600)));
+    assert_eq!(
+        spec.run_deadline,
+        Some(Duration::from_secs(60)),
+        "the flag wins"
+    );
+    let bad =
+        JobFile::from_toml("command = \"true\"\nstart_deadline = \"soon\"\n").expect("parses");
+    let e = JobSpec::build(Some(bad), Overrides::default(), no_sizes)
+        .expect_err("not a duration")
+        .0;
+    assert!(
+        e.starts_with("start_deadline 'soon' is not a duration"),
+        "{e}"
+    );
+    let e = JobSpec::build(
+        Some(file),
+        Overrides {
+            start_deadline: Some(Duration::ZERO),
+            ..Default::default()
+        },
+        no_sizes,
+    )
+    .expect_err("zero")
+    .0;
+    assert!(e.contains("start deadline of zero"), "{e}");
+}

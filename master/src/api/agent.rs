@@ -63,8 +63,8 @@ impl AgentGateway for AgentApi {
             while let Some(msg) = incoming.next().await {
                 let input = match msg {
                     Ok(AgentMessage {
-                        message: Some(agent_message::Message::Heartbeat(_)),
-                    }) => Input::AgentHeartbeat(conn),
+                        message: Some(agent_message::Message::Heartbeat(hb)),
+                    }) => Input::AgentHeartbeat(conn, hb.gpus),
                     Ok(AgentMessage {
                         message: Some(agent_message::Message::StatusUpdate(u)),
                     }) => match u.status {

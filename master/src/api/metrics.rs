@@ -119,6 +119,56 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Each GPU's latest use, and how many held GPUs are idle.
+fn gpu_usage_metrics(out: &mut String, s: &ClusterState) {
+    let gpus = || {
+        s.agents
+            .iter()
+            .flat_map(|a| a.gpu_usage.iter().map(move |g| (a, g)))
+    };
+    family(
+        out,
+        "mezz_gpu_utilization_percent",
+        "gauge",
+        "Each GPU's utilization in its agent's latest heartbeat.",
+    );
+    for (a, g) in gpus() {
+        let _ = writeln!(
+            out,
+            "mezz_gpu_utilization_percent{{agent=\"{}\",gpu=\"{}\"}} {}",
+            label(&a.id),
+            label(&g.gpu),
+            g.utilization_pct
+        );
+    }
+    family(
+        out,
+        "mezz_gpu_memory_used_megabytes",
+        "gauge",
+        "Each GPU's memory in use in its agent's latest heartbeat.",
+    );
+    for (a, g) in gpus() {
+        let _ = writeln!(
+            out,
+            "mezz_gpu_memory_used_megabytes{{agent=\"{}\",gpu=\"{}\"}} {}",
+            label(&a.id),
+            label(&g.gpu),
+            g.memory_used_mb
+        );
+    }
+    family(
+        out,
+        "mezz_gpus_allocated_idle",
+        "gauge",
+        "GPUs held by a task and idle for --gpu-idle-after.",
+    );
+    let _ = writeln!(
+        out,
+        "mezz_gpus_allocated_idle {}",
+        gpus().filter(|(_, g)| g.idle).count()
+    );
+}
+
 /// Prometheus text for the counters and gauges of a master.
 pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> String {
     let k = c.counters();
@@ -217,6 +267,7 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> Stri
         "mezz_frameworks{{status=\"connected\"}} {fw_connected}\nmezz_frameworks{{status=\"disconnected\"}} {}",
         s.frameworks.len() - fw_connected
     );
+    gpu_usage_metrics(&mut out, s);
     family(&mut out, "mezz_tasks_active", "gauge", "Active tasks.");
     let _ = writeln!(out, "mezz_tasks_active {}", s.tasks.len());
     family(

@@ -9,8 +9,8 @@
 
 use mezz_proto::v1::{
     event, master_message, replicated_command::Command, AgentRefused, AgentRegistered, Event,
-    Failure, KillTask, MasterMessage, RegisterAgent, ReplicatedCommand, StatusAck, TaskReason,
-    TaskState, TaskStatus,
+    Failure, GpuUsage, KillTask, MasterMessage, RegisterAgent, ReplicatedCommand, StatusAck,
+    TaskReason, TaskState, TaskStatus,
 };
 use mezz_proto::{AgentId, FrameworkId, Resources, TaskId, PROTOCOL_VERSION};
 
@@ -303,8 +303,9 @@ impl Cluster {
         }
     }
 
-    /// A heartbeat on an agent's stream.
-    pub fn agent_heartbeat(&mut self, conn: ConnId, now: Millis) {
+    /// A heartbeat on an agent's stream, with its GPUs' use. Samples of
+    /// GPUs the agent does not advertise are dropped.
+    pub fn agent_heartbeat(&mut self, conn: ConnId, gpus: &[GpuUsage], now: Millis) {
         self.now = now;
         if let Some(agent) = self
             .agent_conns
@@ -312,6 +313,17 @@ impl Cluster {
             .and_then(|id| self.agents.get_mut(id))
         {
             agent.last_seen = now;
+            if gpus.is_empty() {
+                return;
+            }
+            let known = agent.total.set_items(mezz_proto::resources::GPUS);
+            for u in gpus.iter().filter(|u| known.contains(&u.gpu.as_str())) {
+                agent
+                    .gpu_usage
+                    .entry(u.gpu.clone())
+                    .or_default()
+                    .record(u, now);
+            }
         }
     }
 

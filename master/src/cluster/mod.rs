@@ -11,6 +11,7 @@
 mod agents;
 mod deadlines;
 mod frameworks;
+mod gpu_usage;
 mod history;
 pub mod identity;
 mod launch;
@@ -82,6 +83,8 @@ pub struct Timeouts {
     pub allocation_batch: Millis,
     /// A full sweep runs at least this often even when nothing asks.
     pub allocation_sweep: Millis,
+    /// A GPU a task holds is flagged idle after this long at most 5% busy.
+    pub gpu_idle_after: Millis,
 }
 
 impl Default for Timeouts {
@@ -94,6 +97,7 @@ impl Default for Timeouts {
             default_refuse: 5_000,
             allocation_batch: 0,
             allocation_sweep: 1_000,
+            gpu_idle_after: gpu_usage::DEFAULT_IDLE_AFTER,
         }
     }
 }
@@ -141,6 +145,8 @@ pub(crate) struct Agent {
     /// Its removal (gone past the re-register timeout) is proposed and not
     /// yet committed.
     pub removal_proposed: bool,
+    /// Its GPUs' use, by GPU id, from its heartbeats (leader's soft state).
+    pub gpu_usage: BTreeMap<String, gpu_usage::GpuHistory>,
 }
 
 impl Agent {
@@ -306,6 +312,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A time of the state machine's clock as seconds since the Unix epoch.
+    pub(crate) fn wall_time(&self, at: Millis) -> f64 {
+        self.wall_epoch + at as f64 / 1000.0
+    }
+
     /// Sets the Unix time, in seconds, of `Millis` 0 of the shell's
     /// clock (0 until set: times then count from the shell's start).
     pub fn set_wall_epoch(&mut self, unix_secs: f64) {
@@ -489,6 +500,7 @@ impl Cluster {
             registered_at: unix,
             killing: Map::default(),
             removal_proposed: false,
+            gpu_usage: BTreeMap::new(),
         });
         agent.info = info.clone();
         agent.total = total;

@@ -13,6 +13,27 @@ use super::{Cluster, Task};
 
 fn task_view(c: &Cluster, t: &Task) -> TaskView {
     let agent = c.agents.get(&t.agent_id);
+    let gpus: Vec<String> = t
+        .resources
+        .set_items(mezz_proto::resources::GPUS)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let gpu_usage = agent
+        .map(|a| {
+            gpus.iter()
+                .filter_map(|g| {
+                    a.gpu_usage.get(g)?.view(
+                        g,
+                        Some(&t.info.task_id),
+                        c.timeouts.gpu_idle_after,
+                        c.now,
+                        |m| c.wall_time(m),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let cmd = t
         .info
         .command
@@ -63,12 +84,8 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
         command: cmd,
         launched_at: t.launched_at,
         updated_at: t.status.timestamp,
-        gpus: t
-            .resources
-            .set_items("gpus")
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        gpus,
+        gpu_usage,
         history,
         healthy: t.status.healthy,
         labels: t.info.labels.clone(),
@@ -86,6 +103,17 @@ impl Cluster {
         leader: String,
         started_at: f64,
     ) -> ClusterState {
+        // Which task holds each GPU, by (agent, GPU).
+        let holders: std::collections::HashMap<(&str, &str), &str> = self
+            .tasks
+            .values()
+            .flat_map(|t| {
+                t.resources
+                    .set_items(mezz_proto::resources::GPUS)
+                    .into_iter()
+                    .map(move |g| ((t.agent_id.0.as_str(), g), t.info.task_id.as_str()))
+            })
+            .collect();
         let mut agents: Vec<AgentView> = self
             .agents
             .values()
@@ -112,7 +140,21 @@ impl Cluster {
                 registered_at: a.registered_at,
                 // The state machine's clock is monotonic; the view speaks
                 // wall-clock time.
-                last_seen: self.wall_epoch + a.last_seen as f64 / 1000.0,
+                last_seen: self.wall_time(a.last_seen),
+                gpu_usage: a
+                    .total
+                    .set_items(mezz_proto::resources::GPUS)
+                    .into_iter()
+                    .filter_map(|g| {
+                        a.gpu_usage.get(g)?.view(
+                            g,
+                            holders.get(&(a.info.id.as_str(), g)).copied(),
+                            self.timeouts.gpu_idle_after,
+                            self.now,
+                            |m| self.wall_time(m),
+                        )
+                    })
+                    .collect(),
                 attributes: a.info.attributes.clone(),
                 held_for_gpus: super::offers::held_for_gpus(a).quantities(),
                 idle_gpus: mezz_proto::holdback::gpus_milli(&a.available()) as f64 / 1000.0,

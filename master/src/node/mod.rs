@@ -21,7 +21,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use mezz_proto::v1::{
-    AcceptRequest, FrameworkInfo, ReconcileTask, RegisterAgent, ReplicatedSnapshot, TaskStatus,
+    AcceptRequest, FrameworkInfo, GpuUsage, ReconcileTask, RegisterAgent, ReplicatedSnapshot,
+    TaskStatus,
 };
 use mezz_proto::{FrameworkId, TaskId};
 use raft::eraftpb::Message as RaftMessage;
@@ -258,8 +259,8 @@ impl Node {
     }
 
     /// A heartbeat on an agent stream.
-    pub fn agent_heartbeat(&mut self, conn: ConnId, now: Millis) {
-        self.cluster.agent_heartbeat(conn, now);
+    pub fn agent_heartbeat(&mut self, conn: ConnId, gpus: &[GpuUsage], now: Millis) {
+        self.cluster.agent_heartbeat(conn, gpus, now);
     }
 
     /// A status update on an agent stream.

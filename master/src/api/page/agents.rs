@@ -1,17 +1,18 @@
 //! `/agents` and `/agents/{id}`: resources used and free, GPUs (model,
-//! memory, holder), last heartbeat, and links to each agent's tasks.
+//! memory, holder, use over the last hour, idle flags), last heartbeat,
+//! and links to each agent's tasks.
 
 use std::fmt::Write as _;
 
 use mezz_proto::v1::{AgentView, ClusterState};
 
-use super::layout::{ago, bar, esc, get, num, page, pill, url};
+use super::layout::{ago, bar, esc, get, gpu_use, num, page, pill, url};
 use super::{active_tasks, gpu_holders, not_found, Ctx};
 
-fn use_cell(a: &AgentView, res: &str) -> String {
+fn use_cell(a: &AgentView, res: &str, flag: &str) -> String {
     let (used, total) = (get(&a.used, res), get(&a.total, res));
     format!(
-        "<td class=num>{} / {}{}</td>",
+        "<td class=num>{} / {}{flag}{}</td>",
         num(used),
         num(total),
         bar(used, total)
@@ -41,8 +42,16 @@ pub fn agents(s: &ClusterState, ctx: &Ctx) -> String {
             esc(&a.id),
             pill(&a.status)
         );
+        let idle = a.gpu_usage.iter().filter(|g| g.idle).count();
         for res in mezz_proto::resources::SHARE_NAMES {
-            b.push_str(&use_cell(a, res));
+            let flag = if res == mezz_proto::resources::GPUS && idle > 0 {
+                format!(
+                    " <span class=\"pill s-idle\" title=\"GPUs held by a task and not busy\">{idle} idle</span>"
+                )
+            } else {
+                String::new()
+            };
+            b.push_str(&use_cell(a, res, &flag));
         }
         let _ = write!(
             b,
@@ -120,13 +129,7 @@ pub fn agent(s: &ClusterState, ctx: &Ctx, id: &str) -> (bool, String) {
                 ),
                 None => "<span class=mute>free</span>".into(),
             };
-            // The agent reports no utilization samples yet; say so rather
-            // than show a made-up number.
-            let util = if holder.is_some() {
-                "allocated (not sampled)"
-            } else {
-                "idle"
-            };
+            let util = gpu_use(a.gpu_usage.iter().find(|u| &u.gpu == g));
             let _ = write!(
                 b,
                 "<tr class=gpu><td class=mono>{}</td><td>{}</td><td class=num>{}</td><td>{util}</td><td>{held}</td></tr>",

@@ -90,6 +90,56 @@ pub fn bar(used: f64, total: f64) -> String {
     )
 }
 
+/// A small line chart of percentages (0-100), oldest first, as inline
+/// SVG: no script, no image request.
+pub fn spark(values: &[u32]) -> String {
+    const W: f64 = 120.0;
+    const H: f64 = 24.0;
+    if values.is_empty() {
+        return String::new();
+    }
+    let step = if values.len() > 1 {
+        W / (values.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let mut points = String::with_capacity(values.len() * 10);
+    for (i, v) in values.iter().enumerate() {
+        let y = H - (*v).min(100) as f64 / 100.0 * (H - 2.0) - 1.0;
+        let _ = write!(points, "{:.1},{:.1} ", i as f64 * step, y);
+    }
+    format!(
+        "<svg class=spark width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=img>\
+         <polyline points=\"{}\"/></svg>",
+        points.trim_end()
+    )
+}
+
+/// One GPU's use in a table cell: the chart of its history, the latest
+/// utilization and memory, and an `idle` flag when a task holds it and it
+/// has done nothing for a while.
+pub fn gpu_use(u: Option<&mezz_proto::v1::GpuUsageView>) -> String {
+    let Some(u) = u else {
+        return "<span class=mute>not sampled</span>".into();
+    };
+    let span = if u.history_secs >= 120.0 {
+        format!("{:.0} min", u.history_secs / 60.0)
+    } else {
+        format!("{:.0} s", u.history_secs)
+    };
+    format!(
+        "<div class=gpuuse title=\"utilization over the last {span}\">{}<span class=num>{}% · {} MB</span>{}</div>",
+        spark(&u.history_pct),
+        u.utilization_pct,
+        u.memory_used_mb,
+        if u.idle {
+            " <span class=\"pill s-idle\" title=\"held by a task and not busy\">idle</span>"
+        } else {
+            ""
+        }
+    )
+}
+
 /// "3s ago", "5m ago", ... from a Unix time; "—" for 0.
 pub fn ago(now: f64, t: f64) -> String {
     if t <= 0.0 {

@@ -297,4 +297,31 @@ mod tests {
         assert_eq!(layout::utc(1_700_000_000.0), "2023-11-14 22:13:20 UTC");
         assert_eq!(layout::url("a b/c"), "a%20b%2Fc");
     }
+
+    #[test]
+    fn gpu_use_is_charted_and_idle_flagged() {
+        assert_eq!(
+            layout::spark(&[0, 100]),
+            "<svg class=spark width=\"120\" height=\"24\" viewBox=\"0 0 120 24\" role=img>\
+             <polyline points=\"0.0,23.0 120.0,1.0\"/></svg>"
+        );
+        assert_eq!(layout::spark(&[]), "");
+        assert!(layout::gpu_use(None).contains("not sampled"));
+        let u = mezz_proto::v1::GpuUsageView {
+            gpu: "g0".into(),
+            utilization_pct: 3,
+            memory_used_mb: 12,
+            task_id: "t".into(),
+            idle: true,
+            history_pct: vec![1, 2, 3],
+            history_secs: 600.0,
+            ..Default::default()
+        };
+        let cell = layout::gpu_use(Some(&u));
+        assert!(
+            cell.contains("3% · 12 MB") && cell.contains(">idle</span>"),
+            "{cell}"
+        );
+        assert!(cell.contains("over the last 10 min"), "{cell}");
+    }
 }

@@ -208,6 +208,18 @@ pub fn task(
         );
     }
     b.push_str("</table></div>");
+    if !t.gpu_usage.is_empty() {
+        b.push_str("<h2>GPU use</h2><table><tr><th>GPU</th><th>Utilization (last hour)</th></tr>");
+        for u in &t.gpu_usage {
+            let _ = write!(
+                b,
+                "<tr class=gpu><td class=mono>{}</td><td>{}</td></tr>",
+                esc(&u.gpu),
+                super::layout::gpu_use(Some(u))
+            );
+        }
+        b.push_str("</table>");
+    }
 
     let mut logs = String::new();
     for p in panes {

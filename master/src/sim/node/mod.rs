@@ -92,6 +92,7 @@ fn timeouts() -> Timeouts {
         default_refuse: 200,
         allocation_batch: 0,
         allocation_sweep: 250,
+        gpu_idle_after: 10_000,
     }
 }
 
@@ -499,7 +500,7 @@ fn deliver(node: &mut Node, conns: &mut Conns, step: u64, conn: ConnId, msg: Up)
                 }
             }
         }
-        Up::Heartbeat => node.agent_heartbeat(conn, t),
+        Up::Heartbeat => node.agent_heartbeat(conn, &[], t),
         Up::Update(s) => node.agent_update(conn, s, t),
         Up::Subscribe(info) => {
             if let Err(e) = node.subscribe(conn, PROTOCOL_VERSION, info, t) {
