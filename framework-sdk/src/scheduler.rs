@@ -9,8 +9,8 @@ use crate::{AgentId, Driver, FrameworkId, OfferId};
 /// The driver calls these methods one at a time on its own task, in the
 /// order the master's events arrive. They are synchronous and must return
 /// quickly; anything slow belongs on a task of your own (hand it a clone of
-/// the [`Driver`]). Calls made through `driver` are queued and sent in order,
-/// never blocking the callback.
+/// the [`Driver`]). Calls made through `driver` are queued and sent in order
+/// (acknowledgements beside them), never blocking the callback.
 ///
 /// ```
 /// use mezz_sdk::{proto, Driver, FrameworkId, Scheduler};

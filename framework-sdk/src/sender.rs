@@ -1,11 +1,18 @@
-//! The sender task: takes queued calls one at a time, in order, and sends
-//! them to the master the driver is subscribed to, retrying the idempotent
-//! ones once after a reconnection. It never calls the scheduler; failures go
-//! back to the driver's task as [`Feedback`].
+//! The sender task: takes queued calls in order and sends them to the
+//! master the driver is subscribed to, retrying the idempotent ones once
+//! after a reconnection. Every call waits for the one before it, except
+//! acknowledgements: they are independent of each other and of every other
+//! call, so up to [`ACKS_IN_FLIGHT`] go out at once beside the ordered
+//! calls (a framework acknowledges two updates or more per task; one at a
+//! time, they capped how many tasks a second a framework could run). A
+//! stop or a teardown waits for every acknowledgement before it. The sender
+//! never calls the scheduler; failures go back to the driver's task as
+//! [`Feedback`].
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tonic::Status;
 
 use crate::connection::{describe, is_transient, Client};
@@ -17,6 +24,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a failed call waits for a reconnection before it is retried on
 /// whatever connection there is.
 const RETRY_PATIENCE: Duration = Duration::from_secs(5);
+/// Acknowledgements sent at once, at most.
+pub(crate) const ACKS_IN_FLIGHT: usize = 64;
 
 /// The subscription calls are sent on.
 #[derive(Clone, Debug)]
@@ -52,10 +61,39 @@ pub(crate) async fn run(
     mut stopping: watch::Receiver<bool>,
     feedback: mpsc::UnboundedSender<Feedback>,
 ) {
-    while let Some(call) = calls.recv().await {
+    let mut acks: JoinSet<(Call, Outcome)> = JoinSet::new();
+    loop {
+        let call = tokio::select! {
+            c = calls.recv() => match c {
+                Some(c) => c,
+                None => break,
+            },
+            Some(done) = acks.join_next(), if !acks.is_empty() => {
+                report_ack(done, &feedback);
+                continue;
+            }
+        };
+        if matches!(call, Call::Stop | Call::Teardown) {
+            while let Some(done) = acks.join_next().await {
+                report_ack(done, &feedback);
+            }
+        }
         if call == Call::Stop {
             let _ = feedback.send(Feedback::Stopped);
             return;
+        }
+        if matches!(call, Call::Acknowledge { .. }) {
+            while acks.len() >= ACKS_IN_FLIGHT {
+                if let Some(done) = acks.join_next().await {
+                    report_ack(done, &feedback);
+                }
+            }
+            let (mut link, mut stopping) = (link.clone(), stopping.clone());
+            acks.spawn(async move {
+                let outcome = deliver(&call, &mut link, &mut stopping).await;
+                (call, outcome)
+            });
+            continue;
         }
         let outcome = deliver(&call, &mut link, &mut stopping).await;
         if call == Call::Teardown {
@@ -67,17 +105,40 @@ pub(crate) async fn run(
             let _ = feedback.send(Feedback::TornDown(result));
             return;
         }
-        match outcome {
-            Outcome::Sent => tracing::debug!(call = call.name(), "sent"),
-            Outcome::Failed(message) => {
-                let _ = feedback.send(Feedback::Failed(format!(
-                    "{} failed: {message}",
-                    call.describe()
-                )));
-            }
-            Outcome::Dropped => {
-                tracing::debug!(call = call.name(), "no master while stopping; call dropped")
-            }
+        report(&call, outcome, &feedback);
+    }
+    while let Some(done) = acks.join_next().await {
+        report_ack(done, &feedback);
+    }
+}
+
+/// Logs a sent call, or reports one that failed for good.
+fn report(call: &Call, outcome: Outcome, feedback: &mpsc::UnboundedSender<Feedback>) {
+    match outcome {
+        Outcome::Sent => tracing::debug!(call = call.name(), "sent"),
+        Outcome::Failed(message) => {
+            let _ = feedback.send(Feedback::Failed(format!(
+                "{} failed: {message}",
+                call.describe()
+            )));
+        }
+        Outcome::Dropped => {
+            tracing::debug!(call = call.name(), "no master while stopping; call dropped")
+        }
+    }
+}
+
+/// [`report`] for an acknowledgement sent beside the ordered calls.
+fn report_ack(
+    done: Result<(Call, Outcome), tokio::task::JoinError>,
+    feedback: &mpsc::UnboundedSender<Feedback>,
+) {
+    match done {
+        Ok((call, outcome)) => report(&call, outcome, feedback),
+        // Only a panic in the sending code gets here; say so rather than
+        // lose the acknowledgement silently.
+        Err(e) => {
+            let _ = feedback.send(Feedback::Failed(format!("acknowledge failed: {e}")));
         }
     }
 }

@@ -37,6 +37,9 @@ struct FakeMaster {
     redirect_to: Option<String>,
     /// Answers to give, per call name, before answering Ok.
     failures: Arc<Mutex<HashMap<&'static str, VecDeque<Status>>>>,
+    /// Acknowledgements are answered only while no one holds this for
+    /// writing (they are recorded as they arrive).
+    ack_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl FakeMaster {
@@ -115,7 +118,9 @@ impl SchedulerService for FakeMaster {
         &self,
         r: Request<proto::AcknowledgeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        self.answer("acknowledge", Got::Acknowledge(r.into_inner()))
+        let answer = self.answer("acknowledge", Got::Acknowledge(r.into_inner()));
+        let _open = self.ack_gate.read().await;
+        answer
     }
     async fn reconcile(
         &self,
@@ -145,6 +150,7 @@ struct Master {
     addr: SocketAddr,
     got: mpsc::UnboundedReceiver<Got>,
     failures: Arc<Mutex<HashMap<&'static str, VecDeque<Status>>>>,
+    ack_gate: Arc<tokio::sync::RwLock<()>>,
     _shutdown: oneshot::Sender<()>,
 }
 
@@ -153,11 +159,13 @@ async fn start_master(heartbeat_secs: f64, redirect_to: Option<String>) -> Maste
     let addr = listener.local_addr().unwrap();
     let (got_tx, got) = mpsc::unbounded_channel();
     let failures = Arc::new(Mutex::new(HashMap::new()));
+    let ack_gate = Arc::new(tokio::sync::RwLock::new(()));
     let fake = FakeMaster {
         got: got_tx,
         heartbeat_secs,
         redirect_to,
         failures: failures.clone(),
+        ack_gate: ack_gate.clone(),
     };
     let (shutdown, stop) = oneshot::channel::<()>();
     tokio::spawn(
@@ -171,6 +179,7 @@ async fn start_master(heartbeat_secs: f64, redirect_to: Option<String>) -> Maste
         addr,
         got,
         failures,
+        ack_gate,
         _shutdown: shutdown,
     }
 }
@@ -353,6 +362,55 @@ async fn calls_go_out_in_order_and_updates_are_acknowledged() {
     driver.revive();
     driver.stop();
     assert!(matches!(master.next().await, Got::Other("revive")));
+    assert!(fw.finish().await.is_ok());
+}
+
+/// Acknowledgements go out beside the ordered calls: while the master
+/// holds every acknowledgement unanswered, the rest still arrive, and a
+/// stop waits for the acknowledgements before the driver ends.
+#[tokio::test]
+async fn acknowledgements_do_not_hold_up_other_calls_and_stop_waits_for_them() {
+    let mut master = start_master(15.0, None).await;
+    let mut fw = Framework::start(connect(&master));
+    let (_, events) = expect_subscribe(&mut master).await;
+    let (driver, _) = fw.subscribed().await;
+    let held = master.ack_gate.clone().write_owned().await;
+    for i in 0..10 {
+        let status = proto::TaskStatus {
+            task_id: format!("t{i}"),
+            agent_id: "a1".into(),
+            framework_id: "fw-1".into(),
+            state: proto::TaskState::Finished as i32,
+            uuid: format!("u-{i}"),
+            ..Default::default()
+        };
+        events
+            .send(Ok(event(Ev::Update(proto::Update {
+                status: Some(status),
+            }))))
+            .unwrap();
+        assert!(matches!(fw.next().await, Seen::Update(_)));
+    }
+    driver.revive();
+    let mut acked = std::collections::BTreeSet::new();
+    let mut revived = false;
+    while acked.len() < 10 || !revived {
+        match master.next().await {
+            Got::Acknowledge(a) => {
+                acked.insert(a.uuid);
+            }
+            Got::Other("revive") => revived = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    driver.stop();
+    // Not over while the acknowledgements wait for their answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !fw.run.is_finished(),
+        "the driver ended with acknowledgements unanswered"
+    );
+    drop(held);
     assert!(fw.finish().await.is_ok());
 }
 
