@@ -47,7 +47,7 @@ public_files! {
             AgentTask, RegisterAgent, AgentHeartbeat, StatusUpdate, AgentMessage,
             AgentRegistered, LaunchTask, KillTask, StatusAck, AgentRefused, ShutdownFramework,
             MasterMessage, ReadFileRequest, TailFileRequest, ReadFileResponse, ListFilesRequest,
-            FileEntry, ListFilesResponse,
+            FileEntry, ListFilesResponse, GpuUsage,
         ],
         modules: [
             agent_message, master_message, agent_gateway_client, agent_gateway_server,
@@ -64,7 +64,7 @@ public_files! {
             CreateTokenRequest, CreateTokenResponse, RevokeTokenRequest, RevokeTokenResponse,
             ListTokensRequest, TokenView, ListTokensResponse, GetAclsRequest, AclDocument,
             SizeView, ListSizesRequest, ListSizesResponse, SetSizeRequest, RemoveSizeRequest,
-            PriorityClassView, QueueEntryView,
+            PriorityClassView, QueueEntryView, GpuUsageView,
         ],
         modules: [operator_client, operator_server],
     }
