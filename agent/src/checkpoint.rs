@@ -58,6 +58,10 @@ pub struct TaskRecord {
     /// The message of the agent's own kill, for the terminal update.
     #[prost(string, optional, tag = "12")]
     pub kill_message: Option<String>,
+    /// When the agent took the launch, seconds since the Unix epoch (told
+    /// to masters when it registers again).
+    #[prost(double, optional, tag = "13")]
+    pub launched_at: Option<f64>,
 }
 
 impl TaskRecord {
@@ -438,6 +442,7 @@ mod tests {
             latest_status: Some(status),
             kill_requested: true,
             kill_grace_secs: Some(1.5),
+            launched_at: Some(1_700_000_000.5),
         }
     }
 

@@ -101,6 +101,7 @@ impl SimAgent {
                     framework_id: fw.clone(),
                     task: Some(run.task.clone()),
                     latest_status: Some(run.latest.clone()),
+                    launched_at: 0.0,
                 }
             })
             .collect();

@@ -39,6 +39,7 @@ impl Agent {
             framework: Some(framework),
             task: Some(task),
             sandbox: sandbox.display().to_string(),
+            launched_at: Some(mezz_proto::unix_now()),
             latest_status: Some(Self::status(
                 &key,
                 TaskState::Staging,

@@ -140,6 +140,7 @@ impl Agent {
                     agent_id: self.info.id.clone(),
                     ..latest
                 }),
+                launched_at: rec.launched_at.unwrap_or(0.0),
             });
             if let Some(fw) = &rec.framework {
                 frameworks

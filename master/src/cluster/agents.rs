@@ -272,7 +272,14 @@ impl Cluster {
             }
             self.dirty_agents.insert(id.clone());
             self.dirty_frameworks.insert(fid.clone());
-            let task = self.task_record(&fid, id.clone(), info, resources, status);
+            let mut task = self.task_record(&fid, id.clone(), info, resources, status);
+            // A master that learns of a running task here (after a failover)
+            // keeps its age, run deadline and attained GPU time: the agent
+            // says when it launched it. A time ahead of this master's clock
+            // (skew) is not believed.
+            if t.launched_at > 0.0 && t.launched_at < task.launched_at {
+                task.launched_at = t.launched_at;
+            }
             self.tasks.insert(key, task);
         }
         if returning {

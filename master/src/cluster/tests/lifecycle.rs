@@ -198,12 +198,23 @@ fn reregistering_agent_keeps_its_tasks_after_master_restart() {
     let registry = h.c.registry().clone();
     let mut h2 = Harness::new();
     h2.c = Cluster::new("m2".into(), Timeouts::default(), registry, 0);
+    h2.c.set_wall_epoch(1_700_000_000.0);
     let running = agent_status("a1", &fid, "t1", TaskState::Running, "u1");
-    let reported = on_agent_a1(&fid, task("t1", "cpus:1"), running);
-    h2.register_agent(2, "a1", "cpus:2;mem:256", vec![reported]);
+    let mut reported = on_agent_a1(&fid, task("t1", "cpus:1"), running.clone());
+    // Launched an hour before this master started: its age, run deadline
+    // and attained GPU time count from then.
+    reported.launched_at = 1_699_996_400.0;
+    // An agent whose clock runs ahead is not believed.
+    let mut ahead = on_agent_a1(&fid, task("t2", "cpus:0.5"), running);
+    ahead.latest_status.as_mut().unwrap().task_id = "t2".into();
+    ahead.launched_at = 1_700_009_000.0;
+    h2.register_agent(2, "a1", "cpus:2;mem:256", vec![reported, ahead]);
     let key = (FrameworkId(fid.clone()), TaskId::from("t1"));
     assert_eq!(h2.c.tasks[&key].status.state(), TaskState::Running);
-    assert_eq!(h2.c.agents[&AgentId::from("a1")].used.scalar("cpus"), 1.0);
+    assert_eq!(h2.c.tasks[&key].launched_at, 1_699_996_400.0);
+    let t2 = &h2.c.tasks[&(FrameworkId(fid.clone()), TaskId::from("t2"))];
+    assert!(t2.launched_at < 1_700_000_100.0, "{}", t2.launched_at);
+    assert_eq!(h2.c.agents[&AgentId::from("a1")].used.scalar("cpus"), 1.5);
     // The framework fails over with its id and gets offers for the rest.
     let (again, e) = h2.subscribe(11, &fid, 600.0);
     assert_eq!(again, fid);
@@ -212,7 +223,7 @@ fn reregistering_agent_keeps_its_tasks_after_master_restart() {
         Resources::from_proto(&o[0].resources)
             .unwrap()
             .scalar("cpus"),
-        1.0
+        0.5
     );
 }
 
@@ -383,6 +394,7 @@ fn failover_accounts_for_every_task_and_update() {
                 TaskState::Running,
                 &format!("r-{t}"),
             )),
+            ..Default::default()
         })
         .chain(std::iter::once(AgentTask {
             framework_id: fid.clone(),
@@ -391,6 +403,7 @@ fn failover_accounts_for_every_task_and_update() {
                 ..task("t3", "cpus:1")
             }),
             latest_status: Some(agent_status("a1", &fid, "t3", TaskState::Finished, "f-t3")),
+            ..Default::default()
         }))
         .collect();
     new.register_agent(2, "a1", "cpus:4;mem:1024", reported);

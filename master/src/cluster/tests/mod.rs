@@ -179,6 +179,7 @@ fn on_agent_a1(fid: &str, task: TaskInfo, latest: TaskStatus) -> AgentTask {
             ..task
         }),
         latest_status: Some(latest),
+        launched_at: 0.0,
     }
 }
 

@@ -122,6 +122,7 @@ impl Sim {
                     framework_id: fid.clone(),
                     task: Some(t.info.clone()),
                     latest_status: Some(t.status.clone()),
+                    launched_at: 0.0,
                 }
             })
             .collect();
