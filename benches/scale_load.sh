@@ -6,7 +6,7 @@
 # can be compared on one cluster, alternately.
 #
 #   benches/scale_load.sh CLUSTER_MEZZ RATE LOAD_MEZZ [LOAD_MEZZ...]
-#   e.g. benches/scale_load.sh target/release/mezz 6000 /tmp/mezz-old target/release/mezz
+#   e.g. benches/scale_load.sh target/release/mezz 6000 ./mezz-before target/release/mezz
 set -euo pipefail
 MEZZ=${1:?path to the mezz binary that runs the master and the agents}
 RATE=${2:?target launches per second}
