@@ -534,9 +534,20 @@ impl Cluster {
         self.expire_agents();
         self.expire_frameworks();
         self.run_queue();
-        if self
-            .last_sweep
-            .is_none_or(|t| now.saturating_sub(t) >= self.timeouts.allocation_sweep)
+        // The periodic sweep re-syncs every agent into the allocator (with
+        // 10,000 agents, most of an idle master's CPU): not worth it while
+        // no framework could take an offer. A subscribe or a revive asks
+        // for a sweep of its own.
+        let someone_to_offer = !self.queue.waiting.is_empty()
+            || !self.queue.holds.is_empty()
+            || self
+                .frameworks
+                .values()
+                .any(|f| f.conn.is_some() && !f.suppressed);
+        if someone_to_offer
+            && self
+                .last_sweep
+                .is_none_or(|t| now.saturating_sub(t) >= self.timeouts.allocation_sweep)
         {
             self.alloc_dirty = true;
         }

@@ -548,3 +548,35 @@ fn an_agent_back_before_its_removal_commits_keeps_its_tasks() {
     let key = (FrameworkId(fid), TaskId::from("t1"));
     assert_eq!(h.c.tasks[&key].status.state(), TaskState::Running);
 }
+
+/// With no framework to offer to, the periodic sweep (which re-syncs every
+/// agent into the allocator) does not run; a subscription gets one at once.
+#[test]
+fn no_periodic_sweep_without_a_framework_to_offer_to() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:2;mem:256", vec![]);
+    h.tick(100);
+    let runs = h.c.counters().allocation_runs;
+    for _ in 0..30 {
+        h.c.tick(h.now + 100);
+        h.now += 100;
+        assert!(!h.c.allocation_due(), "no sweep is due without frameworks");
+    }
+    assert_eq!(h.c.counters().allocation_runs, runs);
+    let (fid, e) = h.subscribe(10, "", 600.0);
+    assert_eq!(
+        offers(&e).len(),
+        1,
+        "the new framework is offered a1 at once"
+    );
+    // While it may take offers, the periodic sweep runs again.
+    let ids: Vec<String> = offers(&e).iter().map(|o| o.id.clone()).collect();
+    h.c.decline(&fid, &ids, Some(0.5), h.now).unwrap();
+    h.settle();
+    let before = h.c.counters().allocation_runs;
+    h.tick(1_100);
+    assert!(
+        h.c.counters().allocation_runs > before,
+        "the sweep runs with a framework"
+    );
+}
