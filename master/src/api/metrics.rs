@@ -126,35 +126,30 @@ fn gpu_usage_metrics(out: &mut String, s: &ClusterState) {
             .iter()
             .flat_map(|a| a.gpu_usage.iter().map(move |g| (a, g)))
     };
-    family(
-        out,
-        "mezz_gpu_utilization_percent",
-        "gauge",
-        "Each GPU's utilization in its agent's latest heartbeat.",
-    );
-    for (a, g) in gpus() {
-        let _ = writeln!(
-            out,
-            "mezz_gpu_utilization_percent{{agent=\"{}\",gpu=\"{}\"}} {}",
-            label(&a.id),
-            label(&g.gpu),
-            g.utilization_pct
-        );
-    }
-    family(
-        out,
-        "mezz_gpu_memory_used_megabytes",
-        "gauge",
-        "Each GPU's memory in use in its agent's latest heartbeat.",
-    );
-    for (a, g) in gpus() {
-        let _ = writeln!(
-            out,
-            "mezz_gpu_memory_used_megabytes{{agent=\"{}\",gpu=\"{}\"}} {}",
-            label(&a.id),
-            label(&g.gpu),
-            g.memory_used_mb
-        );
+    type Value = fn(&mezz_proto::v1::GpuUsageView) -> u64;
+    let per_gpu: [(&str, &str, Value); 2] = [
+        (
+            "mezz_gpu_utilization_percent",
+            "Each GPU's utilization in its agent's latest heartbeat.",
+            |g| u64::from(g.utilization_pct),
+        ),
+        (
+            "mezz_gpu_memory_used_megabytes",
+            "Each GPU's memory in use in its agent's latest heartbeat.",
+            |g| g.memory_used_mb,
+        ),
+    ];
+    for (name, help, value) in per_gpu {
+        family(out, name, "gauge", help);
+        for (a, g) in gpus() {
+            let _ = writeln!(
+                out,
+                "{name}{{agent=\"{}\",gpu=\"{}\"}} {}",
+                label(&a.id),
+                label(&g.gpu),
+                value(g)
+            );
+        }
     }
     family(
         out,

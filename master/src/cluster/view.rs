@@ -22,15 +22,7 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
     let gpu_usage = agent
         .map(|a| {
             gpus.iter()
-                .filter_map(|g| {
-                    a.gpu_usage.get(g)?.view(
-                        g,
-                        Some(&t.info.task_id),
-                        c.timeouts.gpu_idle_after,
-                        c.now,
-                        |m| c.wall_time(m),
-                    )
-                })
+                .filter_map(|g| c.gpu_usage_view(a, g, Some(&t.info.task_id)))
                 .collect()
         })
         .unwrap_or_default();
@@ -94,6 +86,22 @@ fn task_view(c: &Cluster, t: &Task) -> TaskView {
 }
 
 impl Cluster {
+    /// The use of `agent`'s GPU `gpu`, held by task `holder`; `None`
+    /// until a heartbeat reported it.
+    fn gpu_usage_view(
+        &self,
+        agent: &super::Agent,
+        gpu: &str,
+        holder: Option<&str>,
+    ) -> Option<mezz_proto::v1::GpuUsageView> {
+        agent
+            .gpu_usage
+            .get(gpu)?
+            .view(gpu, holder, self.timeouts.gpu_idle_after, self.now, |m| {
+                self.wall_time(m)
+            })
+    }
+
     /// The whole cluster as the operator sees it. `masters` and `leader`
     /// come from the replication layer.
     pub fn view(
@@ -146,13 +154,7 @@ impl Cluster {
                     .set_items(mezz_proto::resources::GPUS)
                     .into_iter()
                     .filter_map(|g| {
-                        a.gpu_usage.get(g)?.view(
-                            g,
-                            holders.get(&(a.info.id.as_str(), g)).copied(),
-                            self.timeouts.gpu_idle_after,
-                            self.now,
-                            |m| self.wall_time(m),
-                        )
+                        self.gpu_usage_view(a, g, holders.get(&(a.info.id.as_str(), g)).copied())
                     })
                     .collect(),
                 attributes: a.info.attributes.clone(),
