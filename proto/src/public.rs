@@ -64,7 +64,9 @@ public_files! {
             CreateTokenRequest, CreateTokenResponse, RevokeTokenRequest, RevokeTokenResponse,
             ListTokensRequest, TokenView, ListTokensResponse, GetAclsRequest, AclDocument,
             SizeView, ListSizesRequest, ListSizesResponse, SetSizeRequest, RemoveSizeRequest,
-            PriorityClassView, QueueEntryView, GpuUsageView,
+            PriorityClassView, QueueEntryView, GpuUsageView, JobRecord, JobAttempt,
+            SubmitJobsRequest, JobList, GetJobRequest, ListJobsRequest, UpdateJobRequest,
+            ControlJobRequest, FireScheduleRequest,
         ],
         modules: [operator_client, operator_server],
     }
