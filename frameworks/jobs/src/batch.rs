@@ -104,10 +104,13 @@ pub struct Job {
     pub submitted: Millis,
     /// Its state.
     pub state: JobState,
-    /// Every attempt, oldest first.
+    /// Every attempt of every run, oldest first.
     pub attempts: Vec<Attempt>,
+    /// The index in `attempts` of the current run's first attempt (a
+    /// rerun starts a new run; retries count within a run).
+    pub run_start: usize,
     /// The next attempt may not start before this.
-    not_before: Millis,
+    pub not_before: Millis,
     /// A kill was asked for (by an operator, or the deadline).
     kill: Option<JobState>,
 }
@@ -124,11 +127,46 @@ impl Job {
             submitted: now,
             state: JobState::Pending,
             attempts: Vec::new(),
+            run_start: 0,
             not_before: now,
             kill: None,
         }
     }
 
+    /// A job as recorded: its spec, when its current run was submitted,
+    /// its state, every attempt, where the current run starts, the
+    /// backoff's end, and whether a kill was asked for. What [`Job::next`]
+    /// says next is what it would have said to the runner that recorded
+    /// it, so a runner that takes over neither skips nor repeats a step.
+    pub fn restore(
+        spec: JobSpec,
+        submitted: Millis,
+        state: JobState,
+        attempts: Vec<Attempt>,
+        run_start: usize,
+        not_before: Millis,
+        kill_requested: bool,
+    ) -> Job {
+        Job {
+            spec,
+            submitted,
+            state,
+            run_start: run_start.min(attempts.len()),
+            attempts,
+            not_before,
+            kill: kill_requested.then_some(JobState::Killed),
+        }
+    }
+
+    /// Whether a kill was asked for (by an operator or the deadline).
+    pub fn killing(&self) -> Option<JobState> {
+        self.kill
+    }
+
+    /// The number of attempt `number` within its run (1 for a run's first).
+    fn nth_in_run(&self, number: u32) -> u32 {
+        number.saturating_sub(self.run_start as u32)
+    }
     /// When the deadline passes, if there is one.
     pub fn deadline_at(&self) -> Option<Millis> {
         self.spec
@@ -136,10 +174,10 @@ impl Job {
             .map(|d| self.submitted.saturating_add(millis(d)))
     }
 
-    /// The wait before attempt `number` (2 or more): `backoff`, doubled
-    /// for each retry before it, at most `max_backoff`.
-    pub fn backoff_before(&self, number: u32) -> Duration {
-        let factor = 2u32.saturating_pow(number.saturating_sub(2));
+    /// The wait before the run's attempt `nth` (2 or more): `backoff`,
+    /// doubled for each retry before it, at most `max_backoff`.
+    pub fn backoff_before(&self, nth: u32) -> Duration {
+        let factor = 2u32.saturating_pow(nth.saturating_sub(2));
         self.spec
             .backoff
             .saturating_mul(factor)
@@ -234,15 +272,16 @@ impl Job {
             None => reason.to_string(),
         });
         let number = a.number;
+        let nth = self.nth_in_run(number);
         if let Some(end) = self.kill {
             self.state = end;
         } else if exit_code == Some(0) {
             self.state = JobState::Succeeded;
-        } else if number > self.spec.retries {
+        } else if nth > self.spec.retries {
             self.state = JobState::Failed;
         } else {
             self.state = JobState::Pending;
-            self.not_before = now.saturating_add(millis(self.backoff_before(number + 1)));
+            self.not_before = now.saturating_add(millis(self.backoff_before(nth + 1)));
         }
     }
 
@@ -379,6 +418,23 @@ mod tests {
         );
         assert_eq!(j.next(11_000), Action::Done(JobState::DeadlineExceeded));
         assert_eq!(j.attempts.len(), 1);
+    }
+
+    #[test]
+    fn a_rerun_counts_its_retries_from_its_own_first_attempt() {
+        let mut j = job("retries: 1\nbackoff: 1s\n");
+        let t1 = launch(&mut j, 1_000);
+        j.ended(&t1, Some(1), "FAILED", 2_000);
+        let t2 = launch(&mut j, 3_000);
+        j.ended(&t2, Some(1), "FAILED", 4_000);
+        assert_eq!(j.state, JobState::Failed);
+        // The rerun: the record restored with a new run after two attempts.
+        let mut r = Job::restore(j.spec.clone(), 10_000, JobState::Pending, j.attempts.clone(), 2, 0, false);
+        let t3 = launch(&mut r, 10_000);
+        assert_eq!(t3, "etl.3", "numbers go on across runs");
+        r.ended(&t3, Some(1), "FAILED", 11_000);
+        assert_eq!(r.state, JobState::Pending, "the rerun has its own retry");
+        assert_eq!(r.next(11_000), Action::WaitUntil(12_000));
     }
 
     #[test]

@@ -15,6 +15,9 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod engine;
+pub mod record;
+pub mod schedule;
 pub mod spec;
 
 pub use batch::{Action, Attempt, Job, JobState};

@@ -21,8 +21,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use mezz_sdk::sizes::Sizes;
 
@@ -31,6 +30,13 @@ use mezz_sdk::sizes::Sizes;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct SpecError(pub String);
+
+/// The most jobs one `after` list may name.
+pub const MAX_AFTER: usize = 32;
+/// The most jobs one file may hold.
+pub const MAX_JOBS_PER_FILE: usize = 100;
+/// The longest name of a scheduled job: its runs add `.` and ten digits.
+pub const MAX_SCHEDULED_NAME: usize = 52;
 
 /// The most retries a job may ask for.
 pub const MAX_RETRIES: u32 = 100;
@@ -44,7 +50,8 @@ pub const DEFAULT_CPUS: f64 = 1.0;
 pub const DEFAULT_MEM: f64 = 256.0;
 
 /// What a job runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A shell command (`command:`).
     Command,
@@ -64,6 +71,68 @@ const NOT_YET: [(&str, &str); 7] = [
     ("serve", "mezz serve deploy"),
     ("sweep", "one job per trial"),
 ];
+
+/// What a scheduled job's fire does while an earlier run has not ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// The fire is skipped (the default).
+    Forbid,
+    /// The new run starts beside the old one.
+    Allow,
+    /// The old run is killed and the new one starts.
+    Replace,
+}
+
+impl Concurrency {
+    /// The name the job file and the masters use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Concurrency::Forbid => "forbid",
+            Concurrency::Allow => "allow",
+            Concurrency::Replace => "replace",
+        }
+    }
+}
+
+/// What a schedule does with the fire times it missed while no jobs
+/// framework ran (a fire is missed when it is found more than
+/// [`crate::schedule::ON_TIME`] late).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// One run for all the missed fires, at the latest of them (the
+    /// default).
+    RunOnce,
+    /// A run for every missed fire (the latest 100 at most).
+    RunAll,
+    /// No run for a missed fire.
+    Skip,
+}
+
+impl Missed {
+    /// The name the job file and the masters use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Missed::RunOnce => "run_once",
+            Missed::RunAll => "run_all",
+            Missed::Skip => "skip",
+        }
+    }
+}
+
+/// A job's schedule: it fires a run of itself at each cron time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// The cron expression (5 fields, or 6 with seconds first).
+    pub cron: String,
+    /// The IANA time zone the expression is read in.
+    pub timezone: String,
+    /// What a fire does while a run has not ended.
+    pub concurrency: Concurrency,
+    /// What is done with missed fires.
+    pub missed: Missed,
+}
 
 /// The file as written (before validation).
 #[derive(Debug, Deserialize, Default)]
@@ -91,17 +160,17 @@ struct JobFile {
     deadline: Option<String>,
     priority: Option<String>,
     role: Option<String>,
-    // Named by the spec, refused until `mezz job` runs them (see
-    // docs/jobs.md): present, so that they are told apart from typos.
-    after: Option<IgnoredAny>,
-    after_any: Option<IgnoredAny>,
-    schedule: Option<IgnoredAny>,
-    timezone: Option<IgnoredAny>,
-    concurrency: Option<IgnoredAny>,
+    after: Option<Vec<String>>,
+    after_any: Option<Vec<String>>,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    concurrency: Option<String>,
+    missed: Option<String>,
 }
 
-/// A validated job.
-#[derive(Clone, Debug, PartialEq)]
+/// A validated job. It is stored with the job in the masters as JSON
+/// (durations in milliseconds), and read back by the jobs framework.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// What it runs.
     pub kind: Kind,
@@ -136,17 +205,63 @@ pub struct JobSpec {
     pub retries: u32,
     /// The wait before the first retry; each further retry waits twice
     /// the previous, up to `max_backoff`.
+    #[serde(with = "ms")]
     pub backoff: Duration,
     /// The longest wait between two attempts.
+    #[serde(with = "ms")]
     pub max_backoff: Duration,
     /// The job fails with DEADLINE_EXCEEDED when it has not succeeded this
     /// long after it was submitted (its attempt is killed).
+    #[serde(with = "ms_opt", default)]
     pub deadline: Option<Duration>,
     /// A priority class name: each attempt's task runs in it (and carries
     /// it as its `priority` label).
     pub priority: Option<String>,
     /// The role the job's tasks run under (default `*`).
     pub role: String,
+    /// Jobs that must end before this one starts.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// With `after`: true when each need only end (`after_any`), false
+    /// when each must succeed (`after`).
+    #[serde(default)]
+    pub after_any: bool,
+    /// When the job runs on a schedule.
+    #[serde(default)]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// Durations as whole milliseconds in the stored JSON.
+mod ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// An optional duration as whole milliseconds, or null.
+mod ms_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::ms::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
 }
 
 /// The line (1-based) where `key:` starts at the top level of `text`.
@@ -250,25 +365,66 @@ impl JobSpec {
                 })
             }
         };
-        for (field, present) in [
-            ("after", f.after.is_some()),
-            ("after_any", f.after_any.is_some()),
-            ("schedule", f.schedule.is_some()),
-            ("timezone", f.timezone.is_some()),
-            ("concurrency", f.concurrency.is_some()),
-        ] {
-            if present {
-                return Err(field_error(
-                    text,
-                    field,
-                    "dependencies and schedules are not available through `mezz job` yet; remove the field".into(),
-                ));
-            }
-        }
         let name = f
             .name
             .ok_or_else(|| SpecError("`name` is missing: give the job a name".into()))?;
         check_name(&name).map_err(|e| field_error(text, "name", e))?;
+        let (after, after_any) = match (f.after, f.after_any) {
+            (Some(_), Some(_)) => {
+                return Err(field_error(
+                    text,
+                    "after_any",
+                    "give either `after` (each must succeed) or `after_any` (each need only end), not both".into(),
+                ))
+            }
+            (Some(a), None) => (a, false),
+            (None, Some(a)) => (a, true),
+            (None, None) => (Vec::new(), false),
+        };
+        let after_field = if after_any { "after_any" } else { "after" };
+        for dep in &after {
+            check_name(dep).map_err(|e| field_error(text, after_field, e))?;
+            if *dep == name {
+                return Err(field_error(
+                    text,
+                    after_field,
+                    format!("job '{name}' cannot wait for itself"),
+                ));
+            }
+        }
+        if after.len() > MAX_AFTER {
+            return Err(field_error(
+                text,
+                after_field,
+                format!("{} jobs is more than {MAX_AFTER}", after.len()),
+            ));
+        }
+        let schedule = match f.schedule {
+            None => {
+                for (field, present) in [
+                    ("timezone", f.timezone.is_some()),
+                    ("concurrency", f.concurrency.is_some()),
+                    ("missed", f.missed.is_some()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "goes with `schedule`; this job has none".into(),
+                        ));
+                    }
+                }
+                None
+            }
+            Some(cron) => Some(Self::schedule(text, &name, cron, f.timezone, f.concurrency, f.missed)?),
+        };
+        if schedule.is_some() && !after.is_empty() {
+            return Err(field_error(
+                text,
+                after_field,
+                "a scheduled job cannot wait for other jobs; schedule the jobs that wait instead".into(),
+            ));
+        }
 
         let (mut cpus, mut mem, mut gpus) = (DEFAULT_CPUS, DEFAULT_MEM, 0);
         if let Some(size) = &f.size {
@@ -440,7 +596,116 @@ impl JobSpec {
             deadline,
             priority: f.priority,
             role,
+            after,
+            after_any,
+            schedule,
         })
+    }
+
+    /// Validates a schedule: the cron expression parses in its time zone,
+    /// the name leaves room for the runs' names.
+    fn schedule(
+        text: &str,
+        name: &str,
+        cron: String,
+        timezone: Option<String>,
+        concurrency: Option<String>,
+        missed: Option<String>,
+    ) -> Result<ScheduleSpec, SpecError> {
+        if name.len() > MAX_SCHEDULED_NAME {
+            return Err(field_error(
+                text,
+                "name",
+                format!(
+                    "a scheduled job's name may be at most {MAX_SCHEDULED_NAME} characters (its runs are named NAME.<time>)"
+                ),
+            ));
+        }
+        let timezone = timezone.unwrap_or_else(|| "UTC".into());
+        crate::schedule::Schedule::parse(&cron, &timezone).map_err(|e| {
+            let field = if e.starts_with("time zone") {
+                "timezone"
+            } else {
+                "schedule"
+            };
+            field_error(text, field, e)
+        })?;
+        let concurrency = match concurrency.as_deref() {
+            None | Some("forbid") => Concurrency::Forbid,
+            Some("allow") => Concurrency::Allow,
+            Some("replace") => Concurrency::Replace,
+            Some(other) => {
+                return Err(field_error(
+                    text,
+                    "concurrency",
+                    format!("'{other}' is not one of forbid, allow, replace"),
+                ))
+            }
+        };
+        let missed = match missed.as_deref() {
+            None | Some("run_once") => Missed::RunOnce,
+            Some("run_all") => Missed::RunAll,
+            Some("skip") => Missed::Skip,
+            Some(other) => {
+                return Err(field_error(
+                    text,
+                    "missed",
+                    format!("'{other}' is not one of run_once, run_all, skip"),
+                ))
+            }
+        };
+        Ok(ScheduleSpec {
+            cron,
+            timezone,
+            concurrency,
+            missed,
+        })
+    }
+
+    /// Parses a file of one or more jobs (YAML documents separated by
+    /// `---`), checks that their names differ and that their `after`
+    /// lists make no cycle among them. Jobs named in `after` but not in
+    /// the file must already be on the cluster (the masters check).
+    pub fn parse_all(text: &str, sizes: &Sizes) -> Result<Vec<JobSpec>, SpecError> {
+        let docs = split_documents(text);
+        if docs.len() > MAX_JOBS_PER_FILE {
+            return Err(SpecError(format!(
+                "the file holds {} jobs; at most {MAX_JOBS_PER_FILE} are submitted together",
+                docs.len()
+            )));
+        }
+        let mut specs: Vec<JobSpec> = Vec::with_capacity(docs.len());
+        for (i, (first_line, doc)) in docs.iter().enumerate() {
+            let spec = Self::parse(doc, sizes).map_err(|e| {
+                if docs.len() == 1 {
+                    e
+                } else {
+                    SpecError(format!("job {} (from line {first_line}): {}", i + 1, e.0))
+                }
+            })?;
+            if specs.iter().any(|s| s.name == spec.name) {
+                return Err(SpecError(format!(
+                    "the file names job '{}' twice (line {first_line})",
+                    spec.name
+                )));
+            }
+            specs.push(spec);
+        }
+        if let Some(cycle) = find_cycle(&specs) {
+            return Err(SpecError(format!(
+                "the jobs' `after` lists make a cycle: {}",
+                cycle.join(" -> ")
+            )));
+        }
+        Ok(specs)
+    }
+
+    /// The kind's name, as the file writes it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Command => "command",
+            Kind::Python => "python",
+        }
     }
 
     /// The labels of the job's tasks: `job` (its name), and `priority`
@@ -509,6 +774,72 @@ impl JobSpec {
         }
         s + &run
     }
+}
+
+/// The YAML documents of `text` with the line each starts on; a file
+/// without `---` lines is one document.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" {
+            if !current.trim().is_empty() {
+                docs.push((start, std::mem::take(&mut current)));
+            }
+            current.clear();
+            start = i + 2;
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    if !current.trim().is_empty() || docs.is_empty() {
+        docs.push((start, current));
+    }
+    docs
+}
+
+/// A cycle among `specs`' `after` lists, as the names along it (the first
+/// repeated at the end), if there is one.
+fn find_cycle(specs: &[JobSpec]) -> Option<Vec<String>> {
+    let by_name: BTreeMap<&str, &JobSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    // 0: not seen, 1: on the current path, 2: done.
+    let mut mark: BTreeMap<&str, u8> = BTreeMap::new();
+    fn visit<'a>(
+        n: &'a str,
+        by_name: &BTreeMap<&'a str, &'a JobSpec>,
+        mark: &mut BTreeMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match mark.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let from = path.iter().position(|p| *p == n).unwrap_or(0);
+                let mut cycle: Vec<String> = path[from..].iter().map(|s| s.to_string()).collect();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        let spec = by_name.get(n)?;
+        mark.insert(n, 1);
+        path.push(n);
+        for dep in &spec.after {
+            if let Some(c) = visit(dep, by_name, mark, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        mark.insert(n, 2);
+        None
+    }
+    for s in specs {
+        if let Some(c) = visit(&s.name, &by_name, &mut mark, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
 }
 
 /// `s` quoted for the shell.

@@ -92,12 +92,32 @@ fn bad_values_name_the_field_and_line() {
         ),
         ("kind: cobol\nname: x\n", &["unknown kind 'cobol'"]),
         (
-            "kind: command\nname: x\ncommand: true\nschedule: '0 3 * * *'\n",
-            &["`schedule` (line 4)", "not available"],
+            "kind: command\nname: x\ncommand: true\nschedule: '0 3 * *'\n",
+            &["`schedule` (line 4)", "not a cron expression"],
         ),
         (
-            "kind: command\nname: x\ncommand: true\nafter: [a]\n",
-            &["`after` (line 4)"],
+            "kind: command\nname: x\ncommand: true\nschedule: '0 3 * * *'\ntimezone: Mars/Base\n",
+            &["`timezone` (line 5)", "IANA"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\ntimezone: UTC\n",
+            &["`timezone` (line 4)", "goes with `schedule`"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nschedule: '0 3 * * *'\nconcurrency: sometimes\n",
+            &["`concurrency` (line 5)", "forbid, allow, replace"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nafter: [x]\n",
+            &["`after` (line 4)", "cannot wait for itself"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nafter: [a]\nafter_any: [b]\n",
+            &["`after_any` (line 5)", "not both"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nafter: [Bad]\n",
+            &["`after` (line 4)", "'Bad' cannot name a job"],
         ),
         (
             "kind: command\nname: x\nsize: cpu-small\ncpus: 2\ncommand: true\n",
@@ -150,4 +170,41 @@ fn shell_quoting_keeps_arguments_whole() {
     assert_eq!(quote("a.py"), "a.py");
     assert_eq!(quote("it's here"), "'it'\\''s here'");
     assert_eq!(quote(""), "''");
+}
+
+#[test]
+fn a_file_of_jobs_is_a_dag_checked_for_cycles() {
+    let dag = "kind: command\nname: a\ncommand: true\n---\nkind: command\nname: b\ncommand: true\nafter: [a]\n---\nkind: command\nname: c\ncommand: true\nafter_any: [a, b]\n";
+    let specs = JobSpec::parse_all(dag, &Sizes::builtin()).unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(specs[2].after, ["a", "b"]);
+    assert!(specs[2].after_any && !specs[1].after_any);
+
+    let cycle = "kind: command\nname: a\ncommand: true\nafter: [c]\n---\nkind: command\nname: b\ncommand: true\nafter: [a]\n---\nkind: command\nname: c\ncommand: true\nafter: [b]\n";
+    let e = JobSpec::parse_all(cycle, &Sizes::builtin()).unwrap_err().0;
+    assert!(e.contains("cycle: a -> c -> b -> a"), "{e}");
+
+    let twice = "kind: command\nname: a\ncommand: true\n---\nkind: command\nname: a\ncommand: true\n";
+    let e = JobSpec::parse_all(twice, &Sizes::builtin()).unwrap_err().0;
+    assert!(e.contains("names job 'a' twice (line 5)"), "{e}");
+
+    let bad = "kind: command\nname: a\ncommand: true\n---\nkind: command\nname: b\ncommand: true\nretires: 3\n";
+    let e = JobSpec::parse_all(bad, &Sizes::builtin()).unwrap_err().0;
+    assert!(e.starts_with("job 2 (from line 5):") && e.contains("retires"), "{e}");
+}
+
+#[test]
+fn a_schedule_reads_with_its_defaults_and_round_trips_as_json() {
+    let s = JobSpec::parse(
+        "kind: command\nname: nightly\ncommand: ./etl\nschedule: '0 3 * * *'\ntimezone: Europe/Paris\n",
+        &Sizes::builtin(),
+    )
+    .unwrap();
+    let sch = s.schedule.clone().unwrap();
+    assert_eq!(sch.timezone, "Europe/Paris");
+    assert_eq!(sch.concurrency, crate::spec::Concurrency::Forbid);
+    assert_eq!(sch.missed, crate::spec::Missed::RunOnce);
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), s);
 }
