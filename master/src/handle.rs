@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mezz_proto::v1::{
-    ClusterState, Event, FrameworkInfo, MasterMessage, RegisterAgent, TaskStatus,
+    ClusterState, Event, FrameworkInfo, JobRecord, MasterMessage, RegisterAgent, TaskStatus,
 };
 use mezz_proto::{FrameworkId, TaskId};
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +26,28 @@ pub type AgentTx = mpsc::Sender<Result<MasterMessage, Status>>;
 pub type FrameworkTx = mpsc::Sender<Result<Event, Status>>;
 
 pub use crate::node::Call;
+
+/// Where the answer to a change of jobs goes: the stored records of the
+/// jobs it changed, once the change is applied.
+pub type JobsReply = oneshot::Sender<Result<Vec<JobRecord>, CallError>>;
+
+/// Who reads jobs while ACLs are on: they see the jobs of the roles they
+/// may `view`, as with tasks.
+#[derive(Debug, Clone)]
+pub struct JobViewer {
+    /// The ACLs in force.
+    pub acls: Arc<crate::security::Acls>,
+    /// The caller (`anonymous` without a token).
+    pub principal: crate::security::Principal,
+}
+
+impl JobViewer {
+    /// Whether the caller may see a job of `role`.
+    pub fn may_view(&self, role: &str) -> bool {
+        self.acls
+            .allows(&self.principal, crate::security::Action::View(role))
+    }
+}
 
 /// What the API services hand to the actor.
 #[derive(Debug)]
@@ -86,6 +108,29 @@ pub enum Input {
     RemoveSize(String, oneshot::Sender<Result<(), CallError>>),
     /// Read the sizes menu.
     Sizes(oneshot::Sender<Vec<mezz_proto::v1::SizeView>>),
+    /// `SubmitJobs` (the jobs, the caller's principal or empty); answered
+    /// with the stored records once durable.
+    SubmitJobs(Vec<JobRecord>, String, JobsReply),
+    /// `UpdateJob`; answered with the stored record once durable.
+    UpdateJob(mezz_proto::v1::UpdateJobRequest, JobsReply),
+    /// `ControlJob` (name, action, the caller's principal or empty);
+    /// answered with the stored record once durable.
+    ControlJob(String, String, String, JobsReply),
+    /// `FireSchedule`; answered with the scheduled job's record once
+    /// durable.
+    FireSchedule(mezz_proto::v1::FireScheduleRequest, JobsReply),
+    /// Read one job.
+    GetJob(String, oneshot::Sender<Option<JobRecord>>),
+    /// `ListJobs`, with only the jobs `JobViewer` may view when ACLs are
+    /// on.
+    ListJobs(
+        mezz_proto::v1::ListJobsRequest,
+        Option<JobViewer>,
+        oneshot::Sender<Result<mezz_proto::v1::JobList, CallError>>,
+    ),
+    /// A job with the jobs it waits for, those waiting on it and its
+    /// latest runs (the job's status page).
+    JobDetail(String, oneshot::Sender<Option<crate::job_store::JobDetail>>),
     /// Raft messages from a peer master.
     Raft(Vec<raft::eraftpb::Message>),
     /// Whether this master leads, and the leader's address if known.
@@ -112,6 +157,10 @@ impl Input {
                 | Input::SetAcls(..)
                 | Input::SetSize(..)
                 | Input::RemoveSize(..)
+                | Input::SubmitJobs(..)
+                | Input::UpdateJob(..)
+                | Input::ControlJob(..)
+                | Input::FireSchedule(..)
         )
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cluster;
 pub mod handle;
 pub mod hashing;
+pub mod job_store;
 pub mod listener;
 pub mod metrics;
 pub mod node;
@@ -59,14 +60,16 @@ pub struct Config {
     pub scheduling: scheduling::SchedulingConfig,
 }
 
-/// What a master keeps bounded: connections, their idle time, and the
-/// history of finished tasks.
+/// What a master keeps bounded: connections, their idle time, the
+/// history of finished tasks and the ended jobs.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Connections: how many at once, idle timeout, HTTP/2 keepalive.
     pub connections: listener::ConnLimits,
     /// Finished tasks kept in the replicated history (`ps --all`).
     pub completed_tasks: usize,
+    /// Ended jobs kept in the replicated registry (`mezz job list`).
+    pub jobs_kept: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
         Limits {
             connections: listener::ConnLimits::default(),
             completed_tasks: registry::DEFAULT_FINISHED_KEPT,
+            jobs_kept: job_store::DEFAULT_JOBS_KEPT,
         }
     }
 }

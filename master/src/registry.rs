@@ -1,7 +1,7 @@
 //! The replicated part of the master's state: what cannot be rebuilt from
 //! agents (the agent registry and the hashes of agents' secrets, framework
-//! registrations, role weights and quotas, and the history of finished
-//! tasks). It changes only by applying committed raft commands, in log
+//! registrations, role weights and quotas, the history of finished
+//! tasks, the sizes menu and the jobs of `mezz job`). It changes only by applying committed raft commands, in log
 //! order, on every master.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -48,6 +48,8 @@ pub struct Registry {
     pub acls: String,
     /// The menu of named sizes.
     pub sizes: crate::size_menu::SizeMenu,
+    /// The jobs of `mezz job`, bounded by this master's `--jobs-kept`.
+    pub jobs: crate::job_store::JobStore,
 }
 
 impl Default for Registry {
@@ -64,6 +66,7 @@ impl Default for Registry {
             tokens: BTreeMap::new(),
             acls: String::new(),
             sizes: Default::default(),
+            jobs: Default::default(),
         }
     }
 }
@@ -134,6 +137,12 @@ impl Registry {
                 }
             }
             Some(c @ (Command::SetSize(_) | Command::RemoveSize(_))) => self.sizes.apply(c),
+            Some(
+                c @ (Command::JobsSubmitted(_)
+                | Command::JobUpdated(_)
+                | Command::JobControl(_)
+                | Command::JobFired(_)),
+            ) => self.jobs.apply(c),
             None => tracing::warn!("ignoring an empty replicated command"),
         }
     }
@@ -148,7 +157,8 @@ impl Registry {
             + self.agent_credentials.len()
             + self.finished.len()
             + self.tokens.len()
-            + self.sizes.len()) as u64
+            + self.sizes.len()
+            + self.jobs.len()) as u64
     }
 
     /// The registry as a snapshot.
@@ -172,12 +182,14 @@ impl Registry {
             }),
             sizes: self.sizes.to_snapshot().0,
             sizes_custom: self.sizes.to_snapshot().1,
+            jobs: self.jobs.to_snapshot(),
         }
     }
 
     /// A registry restored from a snapshot, keeping at most
-    /// [`DEFAULT_FINISHED_KEPT`] finished tasks (see
-    /// [`Registry::from_snapshot_keeping`]).
+    /// [`DEFAULT_FINISHED_KEPT`] finished tasks and
+    /// [`DEFAULT_JOBS_KEPT`](crate::job_store::DEFAULT_JOBS_KEPT) ended jobs
+    /// (see [`Registry::from_snapshot_keeping`]).
     pub fn from_snapshot(s: &ReplicatedSnapshot) -> Self {
         Self::from_snapshot_keeping(s, DEFAULT_FINISHED_KEPT)
     }
@@ -225,6 +237,10 @@ impl Registry {
             tokens: s.tokens.iter().map(|t| (t.id.clone(), t.clone())).collect(),
             acls: s.acls.as_ref().map(|a| a.json.clone()).unwrap_or_default(),
             sizes: crate::size_menu::SizeMenu::from_snapshot(&s.sizes, s.sizes_custom),
+            jobs: crate::job_store::JobStore::from_snapshot(
+                &s.jobs,
+                crate::job_store::DEFAULT_JOBS_KEPT,
+            ),
         }
     }
 }

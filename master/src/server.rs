@@ -12,7 +12,7 @@ use mezz_proto::v1::{ClusterState, MasterView};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::{CallError, ConnId, Effect, Millis};
-use crate::handle::{AgentTx, FrameworkTx, Handle, Input};
+use crate::handle::{AgentTx, FrameworkTx, Handle, Input, JobsReply};
 use crate::node::{Dropped, Node, Outbox, Waiting};
 use crate::peer_grpc::GrpcTransport;
 use crate::replication::transport::{PeerReport, Transport};
@@ -25,8 +25,41 @@ const INPUT_QUEUE: usize = 16384;
 /// leader that dies is replaced within 0.5 to 1 s.
 const TICK: Duration = Duration::from_millis(50);
 
-/// Where the answer to an operator change goes.
-type Reply = oneshot::Sender<Result<(), CallError>>;
+/// Where the answer to an operator change goes, sent once the change is
+/// applied (see [`Waiting`]).
+enum Reply {
+    /// The change's outcome only.
+    Done(oneshot::Sender<Result<(), CallError>>),
+    /// The stored records of the jobs named, as they are once the change
+    /// is applied.
+    Jobs(Vec<String>, JobsReply),
+}
+
+impl Reply {
+    /// Sends `result`; a job answer reads the records from `jobs` now.
+    fn send(self, result: Result<(), CallError>, jobs: &crate::job_store::JobStore) {
+        match self {
+            Reply::Done(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Jobs(names, tx) => {
+                let records = result.and_then(|()| {
+                    names
+                        .iter()
+                        .map(|n| {
+                            jobs.get(n).cloned().ok_or_else(|| {
+                                CallError::NotFound(format!(
+                                    "job '{n}' was changed and then dropped at once by the                                      masters' bound on ended jobs (--jobs-kept)"
+                                ))
+                            })
+                        })
+                        .collect()
+                });
+                let _ = tx.send(records);
+            }
+        }
+    }
+}
 
 /// The client streams and peer transport a master writes to.
 struct Streams {
@@ -195,34 +228,76 @@ impl Actor {
             }
             Input::SetQuota(role, guarantee, limit, reply) => {
                 let result = self.node.set_quota(&role, guarantee, limit);
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::SetWeight(role, weight, reply) => {
                 let result = self.node.set_weight(&role, weight);
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::AddToken(record, reply) => {
                 let result = self.node.add_token(record);
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::RevokeTokens(which, at, reply) => {
                 let result = self.node.revoke_tokens(&which, at).map(|_| ());
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::SetAcls(json, reply) => {
                 let result = self.node.set_acls(&json, false);
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::SetSize(size, reply) => {
                 let result = self.node.set_size(size);
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::RemoveSize(name, reply) => {
                 let result = self.node.remove_size(&name);
-                self.waiting.answer_when_applied(reply, self.hint(result));
+                self.waiting
+                    .answer_when_applied(Reply::Done(reply), self.hint(result));
             }
             Input::Sizes(reply) => {
                 let _ = reply.send(self.node.cluster().sizes());
+            }
+            Input::SubmitJobs(jobs, principal, reply) => {
+                let result = self.node.submit_jobs(&jobs, &principal, now);
+                self.answer_jobs(result, reply);
+            }
+            Input::UpdateJob(req, reply) => {
+                let result = self.node.update_job(&req, now).map(|n| vec![n]);
+                self.answer_jobs(result, reply);
+            }
+            Input::ControlJob(name, action, principal, reply) => {
+                let result = self
+                    .node
+                    .control_job(&name, &action, &principal, now)
+                    .map(|n| vec![n]);
+                self.answer_jobs(result, reply);
+            }
+            Input::FireSchedule(req, reply) => {
+                let result = self.node.fire_schedule(&req, now).map(|n| vec![n]);
+                self.answer_jobs(result, reply);
+            }
+            Input::GetJob(name, reply) => {
+                let _ = reply.send(self.node.cluster().jobs().get(&name).cloned());
+            }
+            Input::ListJobs(req, viewer, reply) => {
+                let may = viewer.map(|v| move |j: &mezz_proto::v1::JobRecord| v.may_view(&j.role));
+                let result = self
+                    .node
+                    .cluster()
+                    .jobs()
+                    .list(&req, may.as_ref().map(|f| f as &dyn Fn(&_) -> bool))
+                    .map_err(|e| CallError::Invalid(e.0));
+                let _ = reply.send(result);
+            }
+            Input::JobDetail(name, reply) => {
+                let _ = reply.send(self.node.cluster().jobs().detail(&name));
             }
             Input::Raft(msgs) => self.node.step_raft(msgs),
             Input::WhoLeads(reply) => {
@@ -247,6 +322,19 @@ impl Actor {
                     &shell,
                 ));
             }
+        }
+    }
+
+    /// Answers a change of jobs with the records of the jobs it names once
+    /// applied, or its refusal.
+    fn answer_jobs(&mut self, result: Result<Vec<String>, CallError>, reply: JobsReply) {
+        match self.hint(result) {
+            Ok(names) => self
+                .waiting
+                .answer_when_applied(Reply::Jobs(names, reply), Ok(())),
+            Err(e) => self
+                .waiting
+                .answer_when_applied(Reply::Jobs(Vec::new(), reply), Err(e)),
         }
     }
 
@@ -305,7 +393,7 @@ impl Actor {
         self.streams.frameworks.clear();
         let not_leader = self.not_leader();
         for (reply, result) in self.waiting.refuse_waiting(&not_leader) {
-            let _ = reply.send(result);
+            reply.send(result, self.node.cluster().jobs());
         }
         if !leader {
             tracing::info!(
@@ -368,7 +456,7 @@ impl Actor {
     /// several masters means committed by a majority.
     fn answer_durable(&mut self) {
         for (reply, result) in self.waiting.answers(&self.node) {
-            let _ = reply.send(result);
+            reply.send(result, self.node.cluster().jobs());
         }
     }
 
@@ -453,6 +541,7 @@ pub async fn run(
         Box::new(fresh_id),
     )?;
     node.set_finished_kept(config.limits.completed_tasks);
+    node.set_jobs_kept(config.limits.jobs_kept);
     node.set_scheduling(config.scheduling.clone());
     tracing::info!(master_id = node.cluster().master_id(), data_dir = %config.data_dir.display(), "master starting");
     // The shell's clock starts here; the state machine stamps wall-clock

@@ -100,6 +100,7 @@ pub fn status_from(e: CallError) -> Status {
         CallError::Invalid(m) => Status::invalid_argument(m),
         CallError::NotFound(m) => Status::not_found(m),
         CallError::FailedPrecondition(m) => Status::failed_precondition(m),
+        CallError::Aborted(m) => Status::aborted(m),
         CallError::NotLeader(leader) => {
             let mut s = Status::unavailable(CallError::NotLeader(leader.clone()).to_string());
             if let Some(l) = leader.and_then(|l| l.parse().ok()) {

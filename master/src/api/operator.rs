@@ -1,5 +1,12 @@
 //! The operator API (`mezzanine.v1.Operator`) the CLI uses: cluster state,
-//! who leads, killing a task by id, and role weights and quotas.
+//! who leads, killing a task by id, role weights and quotas, tokens, ACLs,
+//! the sizes menu, and jobs (`mezz job` and the jobs framework).
+//!
+//! Jobs are authorized by their role, with the actions that already say
+//! what a job does in it: storing or running one (SubmitJobs, a rerun,
+//! UpdateJob, FireSchedule) is `register_frameworks` in the job's role, as
+//! the jobs framework runs it there; stopping or holding one (kill, pause,
+//! resume) is `kill_tasks` in its role; reading them is `view`.
 
 use mezz_proto::auth::Token;
 use mezz_proto::v1::{
@@ -10,6 +17,10 @@ use mezz_proto::v1::{
     SetWeightRequest,
 };
 use mezz_proto::v1::{AuditEntries, GetAuditRequest, GrantTaskFilesRequest, TaskFilesGrant};
+use mezz_proto::v1::{
+    ControlJobRequest, FireScheduleRequest, GetJobRequest, JobList, JobRecord, ListJobsRequest,
+    SubmitJobsRequest, UpdateJobRequest,
+};
 use mezz_proto::v1::{ListSizesRequest, ListSizesResponse, RemoveSizeRequest, SetSizeRequest};
 use serde_json::json;
 use tonic::{Request, Response, Status};
@@ -17,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{denied, principal};
 use super::guard::audit;
 use super::status_from;
-use crate::handle::{Handle, Input};
+use crate::handle::{Handle, Input, JobViewer};
 use crate::security::{self, Action, Principal};
 
 /// The longest a token may be valid for: ten years.
@@ -370,5 +381,158 @@ impl Operator for OperatorApi {
             .map_err(status_from)?;
         audit(self.handle.guard(), who.as_ref(), "remove_size", detail);
         Ok(Response::new(Empty {}))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<SubmitJobsRequest>,
+    ) -> Result<Response<JobList>, Status> {
+        let who = principal(&request);
+        let jobs = request.into_inner().jobs;
+        for job in &jobs {
+            self.check(who.as_ref(), Action::RegisterFramework(job_role(job)))?;
+        }
+        let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        let by = who.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        let jobs = self
+            .handle
+            .ask(|r| Input::SubmitJobs(jobs, by, r))
+            .await?
+            .map_err(status_from)?;
+        audit(
+            self.handle.guard(),
+            who.as_ref(),
+            "submit_jobs",
+            json!({"jobs": names}),
+        );
+        let matched = jobs.len() as u64;
+        Ok(Response::new(JobList { jobs, matched }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<JobRecord>, Status> {
+        let who = principal(&request);
+        let name = request.into_inner().name;
+        let job = self.stored_job(&name).await?;
+        self.check(who.as_ref(), Action::View(job_role(&job)))?;
+        Ok(Response::new(job))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<JobList>, Status> {
+        let who = principal(&request);
+        let viewer = self.job_viewer(who);
+        let req = request.into_inner();
+        let list = self
+            .handle
+            .ask(|r| Input::ListJobs(req, viewer, r))
+            .await?
+            .map_err(status_from)?;
+        Ok(Response::new(list))
+    }
+
+    async fn update_job(
+        &self,
+        request: Request<UpdateJobRequest>,
+    ) -> Result<Response<JobRecord>, Status> {
+        let who = principal(&request);
+        let req = request.into_inner();
+        let name = req.job.as_ref().map(|j| j.name.clone()).unwrap_or_default();
+        let stored = self.stored_job(&name).await?;
+        self.check(who.as_ref(), Action::RegisterFramework(job_role(&stored)))?;
+        let job = self
+            .handle
+            .ask(|r| Input::UpdateJob(req, r))
+            .await?
+            .map_err(status_from)?;
+        one(job)
+    }
+
+    async fn control_job(
+        &self,
+        request: Request<ControlJobRequest>,
+    ) -> Result<Response<JobRecord>, Status> {
+        let who = principal(&request);
+        let req = request.into_inner();
+        let stored = self.stored_job(&req.name).await?;
+        let role = job_role(&stored);
+        match req.action.as_str() {
+            "rerun" => self.check(who.as_ref(), Action::RegisterFramework(role))?,
+            // An unknown action is refused by the state machine, naming
+            // the four; kill_tasks is checked first so that it is refused
+            // the same way whoever asks.
+            _ => self.check(who.as_ref(), Action::KillTask(role))?,
+        }
+        let by = who.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        let detail = json!({"job": req.name, "action": req.action});
+        let job = self
+            .handle
+            .ask(|r| Input::ControlJob(req.name, req.action, by, r))
+            .await?
+            .map_err(status_from)?;
+        audit(self.handle.guard(), who.as_ref(), "control_job", detail);
+        one(job)
+    }
+
+    async fn fire_schedule(
+        &self,
+        request: Request<FireScheduleRequest>,
+    ) -> Result<Response<JobRecord>, Status> {
+        let who = principal(&request);
+        let req = request.into_inner();
+        let stored = self.stored_job(&req.name).await?;
+        self.check(who.as_ref(), Action::RegisterFramework(job_role(&stored)))?;
+        if let Some(run) = &req.run {
+            self.check(who.as_ref(), Action::RegisterFramework(job_role(run)))?;
+        }
+        let job = self
+            .handle
+            .ask(|r| Input::FireSchedule(req, r))
+            .await?
+            .map_err(status_from)?;
+        one(job)
+    }
+}
+
+/// The role a job's ACLs are checked against: its own, `*` when it names
+/// none (as the masters store it).
+fn job_role(job: &JobRecord) -> &str {
+    if job.role.is_empty() {
+        mezz_proto::resources::UNRESERVED_ROLE
+    } else {
+        &job.role
+    }
+}
+
+/// The one record a change of one job is answered with.
+fn one(mut jobs: Vec<JobRecord>) -> Result<Response<JobRecord>, Status> {
+    jobs.pop()
+        .map(Response::new)
+        .ok_or_else(|| Status::internal("the masters answered a change of a job with no job"))
+}
+
+impl OperatorApi {
+    /// The stored job called `name`, or NOT_FOUND (read before an ACL
+    /// check that needs its role).
+    async fn stored_job(&self, name: &str) -> Result<JobRecord, Status> {
+        let key = name.to_string();
+        self.handle
+            .ask(|r| Input::GetJob(key, r))
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!("no job '{name}'; `mezz job list` shows the jobs"))
+            })
+    }
+
+    /// Who reads jobs, where ACLs are on.
+    fn job_viewer(&self, who: Option<Principal>) -> Option<JobViewer> {
+        self.handle.guard().acls().map(|acls| JobViewer {
+            acls,
+            principal: who.unwrap_or_else(|| Principal(security::ANONYMOUS.into())),
+        })
     }
 }

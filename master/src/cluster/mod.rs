@@ -14,6 +14,7 @@ mod frameworks;
 mod gpu_usage;
 mod history;
 pub mod identity;
+mod jobs;
 mod launch;
 mod offers;
 mod queue;
@@ -114,6 +115,10 @@ pub enum CallError {
     /// The request came too early or too late (framework not subscribed).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request lost a race with another change of the same thing (a
+    /// job updated since it was read); read it again and retry.
+    #[error("{0}")]
+    Aborted(String),
     /// This master does not lead; the leader's address when known.
     #[error("this master is not the leader{}", .0.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
     NotLeader(Option<String>),
@@ -309,6 +314,11 @@ pub struct Cluster {
     /// Priority classes, waiting demand, holds and preemption (see
     /// `queue.rs`).
     queue: queue::Queue,
+    /// Jobs named by a command this leader proposed and has not applied
+    /// yet, with how many such commands (see `jobs.rs`): a compare-and-set
+    /// of one waits for them. Soft state, empty again on a change of
+    /// leadership.
+    jobs_in_flight: Map<String, u32>,
 }
 
 impl Cluster {
@@ -365,6 +375,7 @@ impl Cluster {
             finished_proposed: Set::default(),
             security_epoch: 0,
             queue: queue::Queue::default(),
+            jobs_in_flight: Map::default(),
         };
         c.restore(registry);
         c
@@ -419,6 +430,7 @@ impl Cluster {
         // The bound is this master's setting, not the snapshot's.
         registry.finished_kept = self.registry.finished_kept;
         registry.finished.truncate(registry.finished_kept);
+        registry.jobs.set_kept(self.registry.jobs.kept());
         self.registry = registry;
         self.security_epoch += 1;
         self.restore_finished();
@@ -482,6 +494,12 @@ impl Cluster {
             | Some(Command::SetAcls(_))
             | None => {}
             Some(Command::SetSize(_)) | Some(Command::RemoveSize(_)) => {}
+            Some(
+                Command::JobsSubmitted(_)
+                | Command::JobUpdated(_)
+                | Command::JobControl(_)
+                | Command::JobFired(_),
+            ) => self.job_applied(cmd),
         }
     }
 

@@ -55,6 +55,10 @@ fn kind(cmd: &mezz_proto::v1::ReplicatedCommand) -> &'static str {
         Some(Command::SetAcls(_)) => "set-acls",
         Some(Command::SetSize(_)) => "set-size",
         Some(Command::RemoveSize(_)) => "remove-size",
+        Some(Command::JobsSubmitted(_)) => "jobs-submitted",
+        Some(Command::JobUpdated(_)) => "job-updated",
+        Some(Command::JobControl(_)) => "job-control",
+        Some(Command::JobFired(_)) => "job-fired",
         None => "empty",
     }
 }
@@ -191,6 +195,12 @@ impl Node {
     /// (`--max-completed-tasks`); call before the first settle.
     pub fn set_finished_kept(&mut self, n: usize) {
         self.cluster.set_finished_kept(n);
+    }
+
+    /// How many ended jobs this master keeps (`--jobs-kept`); call before
+    /// the first settle.
+    pub fn set_jobs_kept(&mut self, n: usize) {
+        self.cluster.set_jobs_kept(n);
     }
 
     /// The priority classes and preemption limits (`--priority-class`).
@@ -360,6 +370,53 @@ impl Node {
     pub fn remove_size(&mut self, name: &str) -> Result<(), CallError> {
         self.lead()?;
         self.cluster.remove_size(name)
+    }
+
+    /// `SubmitJobs` for `principal`; durable as for [`Node::set_quota`].
+    /// Returns the names of the jobs stored, to answer with their records.
+    pub fn submit_jobs(
+        &mut self,
+        jobs: &[mezz_proto::v1::JobRecord],
+        principal: &str,
+        now: Millis,
+    ) -> Result<Vec<String>, CallError> {
+        self.lead()?;
+        self.cluster.submit_jobs(jobs, principal, now)
+    }
+
+    /// `UpdateJob`; durable as for [`Node::set_quota`]. Returns the job's
+    /// name.
+    pub fn update_job(
+        &mut self,
+        req: &mezz_proto::v1::UpdateJobRequest,
+        now: Millis,
+    ) -> Result<String, CallError> {
+        self.lead()?;
+        self.cluster.update_job(req, now)
+    }
+
+    /// `ControlJob` for `principal`; durable as for [`Node::set_quota`].
+    /// Returns the job's name.
+    pub fn control_job(
+        &mut self,
+        name: &str,
+        action: &str,
+        principal: &str,
+        now: Millis,
+    ) -> Result<String, CallError> {
+        self.lead()?;
+        self.cluster.control_job(name, action, principal, now)
+    }
+
+    /// `FireSchedule`; durable as for [`Node::set_quota`]. Returns the
+    /// scheduled job's name.
+    pub fn fire_schedule(
+        &mut self,
+        req: &mezz_proto::v1::FireScheduleRequest,
+        now: Millis,
+    ) -> Result<String, CallError> {
+        self.lead()?;
+        self.cluster.fire_schedule(req, now)
     }
 
     /// Operator: a role's weight; durable as for [`Node::set_quota`].

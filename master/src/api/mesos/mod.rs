@@ -116,6 +116,8 @@ fn refused(e: CallError) -> Response {
         CallError::Invalid(m) | CallError::NotFound(m) | CallError::FailedPrecondition(m) => {
             bad(StatusCode::BAD_REQUEST, m)
         }
+        // No scheduler call races on a version; kept for completeness.
+        CallError::Aborted(m) => bad(StatusCode::CONFLICT, m),
     }
 }
 

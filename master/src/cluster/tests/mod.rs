@@ -2,6 +2,7 @@
 //! out, proposals applied as if raft committed them at once.
 
 mod identity;
+mod jobs;
 mod lifecycle;
 mod queue;
 mod replicated;
