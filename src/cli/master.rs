@@ -67,6 +67,12 @@ pub struct MasterArgs {
     /// the same on every master and across restarts.
     #[arg(long, default_value_t = mezz_master::registry::DEFAULT_FINISHED_KEPT, value_name = "N")]
     pub max_completed_tasks: usize,
+    /// Ended jobs (`mezz job`) kept in the replicated registry; beyond
+    /// this many the one that ended first is dropped. Jobs that have not
+    /// ended are always kept, and so is an ended job that one of them
+    /// waits for.
+    #[arg(long, default_value_t = mezz_master::job_store::DEFAULT_JOBS_KEPT, value_name = "N")]
+    pub jobs_kept: usize,
     /// Connections open at once (gRPC and HTTP together); more are closed
     /// as they come, with a warning in the log. Lowered to what the
     /// process's open-file limit allows.
@@ -137,6 +143,7 @@ pub fn config(args: &MasterArgs) -> Result<mezz_master::Config> {
                 ..Default::default()
             },
             completed_tasks: args.max_completed_tasks.max(1),
+            jobs_kept: args.jobs_kept.max(1),
         },
         tls: None,
         security: args.guard.apply(args.security.config()?)?,
