@@ -48,6 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".mezzanine.v1.QueueEntryView",
             "#[derive(serde::Serialize)]",
         )
+        // `GET /api/jobs` (docs/api-jobs.md): the records as the operator
+        // API answers them, with the proto's field names.
+        .type_attribute(".mezzanine.v1.JobRecord", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.JobAttempt", "#[derive(serde::Serialize)]")
+        .type_attribute(".mezzanine.v1.JobList", "#[derive(serde::Serialize)]")
         .compile_protos(&files, &["proto"])?;
     // Mesos' own v1 protos, vendored unmodified, for the master's Mesos
     // API: its descriptor set transcodes protobuf calls and events, and the

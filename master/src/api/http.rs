@@ -1,5 +1,6 @@
 //! HTTP next to gRPC on the master's port: `/health`, `/api/state` (JSON,
-//! documented in `docs/api-state.md`), `/metrics` (Prometheus text), the
+//! documented in `docs/api-state.md`), `/api/jobs` (JSON, documented in
+//! `docs/api-jobs.md`), `/metrics` (Prometheus text), the
 //! status pages (see [`super::page`]) and
 //! `/api/tasks/{framework_id}/{task_id}/files/{stdout|stderr}`, which reads a
 //! task's output through its agent's sandbox API.
@@ -12,13 +13,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use mezz_proto::v1::agent_files_client::AgentFilesClient;
-use mezz_proto::v1::{ClusterState, ReadFileRequest};
+use mezz_proto::v1::{ClusterState, JobList, ListJobsRequest, ReadFileRequest};
 use mezz_proto::MAX_MESSAGE_BYTES;
 
 use super::auth::forbidden;
 use super::metrics::GrpcStats;
-use super::page::{self, layout, Ctx, LogPane, TaskFilter};
-use crate::handle::{Handle, Input};
+use super::page::{self, layout, Ctx, JobFilter, LogPane, TaskFilter};
+use crate::handle::{Handle, Input, JobViewer};
 use crate::security::{self, Action, Principal};
 
 /// The most bytes one file read returns, and the tail a task page shows.
@@ -48,6 +49,9 @@ pub fn routes(handle: Handle, grpc: Arc<GrpcStats>) -> Router {
         .route("/services", get(services))
         .route("/tasks", get(tasks))
         .route("/tasks/{framework_id}/{task_id}", get(task))
+        .route("/api/jobs", get(api_jobs))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{name}", get(job))
         .route(
             "/api/tasks/{framework_id}/{task_id}/files/{file}",
             get(task_file),
@@ -140,6 +144,145 @@ async fn api_state(
         }
         Err(e) => unavailable(e),
     }
+}
+
+/// `/api/jobs` query: `ListJobsRequest` as query parameters, `state` a
+/// comma-separated list.
+#[derive(Debug, Default, serde::Deserialize)]
+struct JobsQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    since: f64,
+    #[serde(default)]
+    parent: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    active: bool,
+    #[serde(default)]
+    summary: bool,
+}
+
+impl JobsQuery {
+    fn request(&self) -> ListJobsRequest {
+        ListJobsRequest {
+            states: self
+                .state
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_ascii_uppercase)
+                .collect(),
+            since: self.since,
+            parent: self.parent.clone(),
+            limit: self.limit,
+            summary: self.summary,
+            active: self.active,
+        }
+    }
+}
+
+/// Who reads jobs, where ACLs are on (see [`JobViewer`]).
+fn job_viewer(h: &Http, who: &Caller) -> Option<JobViewer> {
+    h.handle.guard().acls().map(|acls| JobViewer {
+        acls,
+        principal: who
+            .as_ref()
+            .map(|e| e.0.clone())
+            .unwrap_or_else(|| Principal(security::ANONYMOUS.into())),
+    })
+}
+
+/// The jobs `q` asks for that `who` may view, or the response that says
+/// why not.
+async fn list_jobs(h: &Http, who: &Caller, q: ListJobsRequest) -> Result<JobList, Response> {
+    let viewer = job_viewer(h, who);
+    h.handle
+        .ask(|r| Input::ListJobs(q, viewer, r))
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| bad_request(e.to_string()))
+}
+
+async fn api_jobs(
+    State(h): State<Http>,
+    who: Caller,
+    Query(q): Query<JobsQuery>,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/api/jobs");
+    if let Some(r) = redirect_to_leader(&h.handle, path).await {
+        return r;
+    }
+    match list_jobs(&h, &who, q.request()).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn jobs(State(h): State<Http>, who: Caller, Query(f): Query<JobFilter>) -> Response {
+    let (leads, leader) = match h.handle.ask(Input::WhoLeads).await {
+        Ok(x) => x,
+        Err(e) => return unavailable(e),
+    };
+    let q = ListJobsRequest {
+        states: (!f.state.is_empty())
+            .then(|| f.state.to_ascii_uppercase())
+            .into_iter()
+            .collect(),
+        parent: f.parent.clone(),
+        limit: f.limit.unwrap_or(0),
+        ..Default::default()
+    };
+    let ctx = Ctx {
+        leads,
+        leader,
+        now: mezz_proto::unix_now(),
+    };
+    match list_jobs(&h, &who, q).await {
+        Ok(list) => html(true, page::jobs(&list, &ctx, &f)),
+        Err(r) => r,
+    }
+}
+
+async fn job(State(h): State<Http>, who: Caller, Path(name): Path<String>) -> Response {
+    let (leads, leader) = match h.handle.ask(Input::WhoLeads).await {
+        Ok(x) => x,
+        Err(e) => return unavailable(e),
+    };
+    let key = name.clone();
+    let detail = match h.handle.ask(|r| Input::JobDetail(key, r)).await {
+        Ok(d) => d,
+        Err(e) => return unavailable(e),
+    };
+    let ctx = Ctx {
+        leads,
+        leader,
+        now: mezz_proto::unix_now(),
+    };
+    let Some(mut d) = detail else {
+        let (found, body) = page::job(None, &ctx, &name);
+        return html(found, body);
+    };
+    if let Some(r) = may_view(&h, &who, &d.job.role) {
+        return r;
+    }
+    if let Some(v) = job_viewer(&h, &who) {
+        // Neighbours in roles the caller may not view show as unknown.
+        for (_, dep) in d.waits_for.iter_mut() {
+            if dep.as_ref().is_some_and(|j| !v.may_view(&j.role)) {
+                *dep = None;
+            }
+        }
+        d.waited_on_by.retain(|j| v.may_view(&j.role));
+        d.runs.retain(|j| v.may_view(&j.role));
+    }
+    let (found, body) = page::job(Some(&d), &ctx, &name);
+    html(found, body)
 }
 
 async fn metrics(State(h): State<Http>) -> Response {

@@ -190,6 +190,7 @@ pub fn page(ctx: &Ctx, title: &str, nav: &str, live: &str, extra: &str) -> Strin
         ("/roles", "Roles"),
         ("/services", "Services"),
         ("/tasks", "Tasks"),
+        ("/jobs", "Jobs"),
     ] {
         let on = if name == nav { " class=on" } else { "" };
         let _ = write!(b, "<a href=\"{href}\"{on}>{name}</a>");

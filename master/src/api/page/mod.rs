@@ -1,6 +1,7 @@
 //! The status page: server-rendered HTML built from a [`ClusterState`]
 //! (overview, agents, frameworks, roles, services, tasks and one page per
-//! task). The
+//! task) or from the replicated job records (jobs and one page per job).
+//! The
 //! render functions are pure — state in, HTML out — so they are tested and
 //! benchmarked without a server; `routes` is the thin HTTP shell around
 //! them. A small embedded script refreshes `<div id=live>` and follows
@@ -8,6 +9,7 @@
 
 mod agents;
 mod frameworks;
+mod jobs;
 pub mod layout;
 mod overview;
 mod services;
@@ -19,6 +21,7 @@ use mezz_proto::v1::{ClusterState, TaskView};
 
 pub use agents::{agent, agents};
 pub use frameworks::{frameworks, roles};
+pub use jobs::{gpu_hours, job, jobs, run_secs, JobFilter};
 pub use overview::overview;
 pub use services::services;
 pub use tasks::{task, tasks, LogPane, TaskFilter};
