@@ -348,6 +348,100 @@ mod tests {
     }
 
     #[test]
+    fn job_commands_apply_alike_and_survive_a_snapshot() {
+        use mezz_proto::v1::{JobControl, JobFire, JobRecord, JobUpdate, JobsSubmitted};
+        let cmd = |c: Command| ReplicatedCommand { command: Some(c) };
+        let job = |name: &str, state: &str, at: f64| JobRecord {
+            name: name.into(),
+            state: state.into(),
+            spec_json: "{}".into(),
+            kind: "command".into(),
+            submitted_at: at,
+            version: 1,
+            runs: 1,
+            ..Default::default()
+        };
+        let update = |name: &str, state: &str, expected_version: u64, at: f64| {
+            cmd(Command::JobUpdated(JobUpdate {
+                job: Some(JobRecord {
+                    name: name.into(),
+                    state: state.into(),
+                    ..Default::default()
+                }),
+                expected_version,
+                at,
+            }))
+        };
+        let log = vec![
+            cmd(Command::JobsSubmitted(JobsSubmitted {
+                jobs: vec![job("b", "PENDING", 1.0), job("a", "PENDING", 1.0)],
+                at: 1.0,
+            })),
+            // A second submit of a job that has not ended changes nothing.
+            cmd(Command::JobsSubmitted(JobsSubmitted {
+                jobs: vec![job("a", "PENDING", 2.0)],
+                at: 2.0,
+            })),
+            update("a", "RUNNING", 1, 3.0),
+            // Read at version 1 too: stale once the first applied.
+            update("a", "FAILED", 1, 4.0),
+            update("a", "SUCCEEDED", 2, 5.0),
+            cmd(Command::JobControl(JobControl {
+                name: "b".into(),
+                action: "kill".into(),
+                principal: "p".into(),
+                at: 6.0,
+            })),
+            cmd(Command::JobsSubmitted(JobsSubmitted {
+                jobs: vec![JobRecord {
+                    schedule: "@hourly".into(),
+                    ..job("s", "SCHEDULED", 7.0)
+                }],
+                at: 7.0,
+            })),
+            cmd(Command::JobFired(JobFire {
+                name: "s".into(),
+                fire_at: 3600.0,
+                run: Some(JobRecord {
+                    parent: "s".into(),
+                    ..job("s.3600", "PENDING", 8.0)
+                }),
+                replace: vec![],
+                at: 8.0,
+            })),
+            // The same fire again (a retry) makes no second run.
+            cmd(Command::JobFired(JobFire {
+                name: "s".into(),
+                fire_at: 3600.0,
+                run: None,
+                replace: vec![],
+                at: 9.0,
+            })),
+        ];
+        let (mut r1, mut r2) = (Registry::default(), Registry::default());
+        for c in &log {
+            r1.apply(c);
+            r2.apply(c);
+        }
+        assert_eq!(r1, r2);
+        let a = r1.jobs.get("a").expect("a");
+        assert_eq!((a.state.as_str(), a.version), ("SUCCEEDED", 3));
+        assert_eq!((a.submitted_at, a.finished_at), (1.0, 5.0));
+        let b = r1.jobs.get("b").expect("b");
+        assert_eq!(
+            (b.state.as_str(), b.reason.as_str()),
+            ("KILLED", "killed by p")
+        );
+        let s = r1.jobs.get("s").expect("s");
+        assert_eq!((s.last_fired_at, s.version), (3600.0, 2));
+        let snap = r1.to_snapshot();
+        let names: Vec<&str> = snap.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "s", "s.3600"], "by name");
+        assert_eq!(Registry::from_snapshot(&snap), r1);
+        assert_eq!(r1.records() - Registry::default().records(), 4);
+    }
+
+    #[test]
     fn a_snapshot_from_before_secrets_and_history_still_loads() {
         use prost::Message as _;
         // Fields 1-5 only, as the previous release wrote them.

@@ -4,7 +4,11 @@
 //! masters crashing and restarting from their sled data. It checks what
 //! the replicated registry relies on: at most one leader per term,
 //! replicas that apply the same commands in the same order, and no
-//! applied command ever lost.
+//! applied command ever lost. Beside agent registrations the leaders
+//! propose job commands (submits, compare-and-set updates, kills) under a
+//! small bound on ended jobs, so replicas that converge to equal
+//! registries also show that job commands and their retention apply alike
+//! on every master, through snapshots and restarts.
 //!
 //! The tests that drive it live in `replication_tests.rs`; a failure names
 //! its seed. Replay one with
@@ -70,18 +74,70 @@ struct Sim {
     leaders: BTreeMap<u64, u64>,
     ever_applied: BTreeSet<String>,
     proposed: u64,
+    /// Job commands proposed (see [`job_command`]).
+    jobs_proposed: u64,
     step: u64,
+}
+
+/// Ended jobs each master keeps: small, so that retention runs often and
+/// must drop the same jobs on every replica, snapshots included.
+const JOBS_KEPT: usize = 4;
+
+/// A registry as a master with [`JOBS_KEPT`] restores it.
+fn restored(snap: Option<&mezz_proto::v1::ReplicatedSnapshot>) -> Registry {
+    let mut r = snap.map(Registry::from_snapshot).unwrap_or_default();
+    r.jobs.set_kept(JOBS_KEPT);
+    r
 }
 
 fn open(dir: &std::path::Path, id: u64, voters: &[u64]) -> Result<(Replica, Registry), String> {
     let (mut r, snap) =
         Replica::open_fixed_timer(dir, id, voters).map_err(|e| format!("open {id}: {e}"))?;
     r.set_snapshot_every(20);
-    Ok((
-        r,
-        snap.map(|s| Registry::from_snapshot(&s))
-            .unwrap_or_default(),
-    ))
+    Ok((r, restored(snap.as_ref())))
+}
+
+/// The `n`th job command a leader proposes: a job submitted, an update of
+/// the one before at the version it was stored with (stale once anything
+/// else changed it), a kill of the one before that. Some are lost with a
+/// leader; those that commit must apply alike everywhere.
+fn job_command(n: u64) -> ReplicatedCommand {
+    use mezz_proto::v1::{JobControl, JobRecord, JobUpdate, JobsSubmitted};
+    let at = n as f64;
+    let name = |k: u64| format!("j{k}");
+    let command = match n % 3 {
+        0 => Command::JobsSubmitted(JobsSubmitted {
+            jobs: vec![JobRecord {
+                name: name(n),
+                spec_json: "{}".into(),
+                kind: "command".into(),
+                state: "PENDING".into(),
+                submitted_at: at,
+                version: 1,
+                runs: 1,
+                ..Default::default()
+            }],
+            at,
+        }),
+        1 => Command::JobUpdated(JobUpdate {
+            job: Some(JobRecord {
+                name: name(n - 1),
+                state: if n % 2 == 0 { "RUNNING" } else { "SUCCEEDED" }.into(),
+                ..Default::default()
+            }),
+            expected_version: 1,
+            at,
+        }),
+        _ => Command::JobControl(JobControl {
+            name: name(n - 2),
+            action: "kill".into(),
+            principal: "sim".into(),
+            at,
+        }),
+    };
+    ReplicatedCommand {
+        command: Some(command),
+    }
 }
 
 impl Sim {
@@ -109,6 +165,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             ever_applied: BTreeSet::new(),
             proposed: 0,
+            jobs_proposed: 0,
             step: 0,
         })
     }
@@ -127,7 +184,7 @@ impl Sim {
                 let (id, dir) = (self.nodes[i].id, self.nodes[i].dir.clone());
                 let (replica, registry) = open(&dir, id, &self.voters)?;
                 let node = &mut self.nodes[i];
-                node.seq = if registry == Registry::default() {
+                node.seq = if registry == restored(None) {
                     Some(Vec::new())
                 } else {
                     None
@@ -158,6 +215,10 @@ impl Sim {
                 };
                 self.proposed += 1;
                 let _ = r.propose(&cmd);
+                if self.proposed % 2 == 0 {
+                    let _ = r.propose(&job_command(self.jobs_proposed));
+                    self.jobs_proposed += 1;
+                }
             }
             let (applied, msgs) = r
                 .handle_ready()
@@ -174,7 +235,7 @@ impl Sim {
                         node.registry.apply(&cmd);
                     }
                     Applied::Restore(s) => {
-                        node.registry = Registry::from_snapshot(&s);
+                        node.registry = restored(Some(&s));
                         node.seq = None;
                     }
                 }
@@ -265,6 +326,9 @@ pub(crate) fn run(seed: u64, n: u64, steps: u64) -> Result<(), String> {
         {
             if sim.leaders.is_empty() || sim.ever_applied.is_empty() {
                 return Err("no leader was ever elected or nothing was committed".into());
+            }
+            if first.jobs.is_empty() {
+                return Err("no job command was ever committed".into());
             }
             return Ok(());
         }
