@@ -1,7 +1,10 @@
 //! Sizes and jobs against real processes: the cluster's sizes menu is set,
 //! listed, used by `mezz run --size`, refused when bad, and survives a
 //! restart of the masters; jobs retry, meet their deadline, install their
-//! Python requirements, and bad job files are refused before anything runs.
+//! Python requirements, run as a DAG, are killed and rerun, keep their
+//! history over a restart of the master, fire on a schedule without a
+//! skipped or doubled run across a restart of the daemon and the master,
+//! and bad job files are refused before anything is stored.
 
 mod common;
 
@@ -133,6 +136,63 @@ fn sizes_are_set_used_by_run_refused_when_bad_and_survive_a_master_restart() {
     assert_eq!(shown, sizes, "/api/state and mezz sizes --json differ");
 }
 
+/// The jobs daemon that `mezz job submit` starts for a cluster, found in
+/// its default state directory (one per master address) and killed when
+/// the test ends, its log shown when the test failed.
+struct JobsDaemon {
+    dir: std::path::PathBuf,
+}
+
+impl JobsDaemon {
+    fn of(c: &Cluster) -> JobsDaemon {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/state")
+            });
+        JobsDaemon {
+            dir: base
+                .join("mezz/jobs")
+                .join(c.master_addr().replace(':', "_")),
+        }
+    }
+
+    fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.join("daemon.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32).filter(|p| *p > 1)
+    }
+
+    fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            wait_for("the jobs daemon to be gone", T, || !pid_alive(pid));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for JobsDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "---- jobs daemon log ----\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Writes `text` as a job file in `dir` and runs `mezz job submit --wait
 /// --print-json FILE` against `c`.
 fn submit(c: &Cluster, dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
@@ -144,6 +204,22 @@ fn submit(c: &Cluster, dir: &std::path::Path, name: &str, text: &str) -> std::pr
         "submit",
         &["--wait", "--print-json", path.to_str().expect("utf-8 path")],
     )
+}
+
+/// `mezz job show NAME --json`.
+fn show(c: &Cluster, name: &str) -> serde_json::Value {
+    let out = sub(c, "job", "show", &[name, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    record(&out)
+}
+
+/// `mezz job list --json ARGS…`: the jobs.
+fn list(c: &Cluster, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = sub(c, "job", "list", &full);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    record(&out)["jobs"].as_array().cloned().unwrap_or_default()
 }
 
 fn record(out: &std::process::Output) -> serde_json::Value {
@@ -168,6 +244,7 @@ fn shared_dir() -> tempfile::TempDir {
 #[test]
 fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
     let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
+    let _daemon = JobsDaemon::of(&c);
     let work = shared_dir();
     let count = work.path().join("count");
     let job = format!(
@@ -208,11 +285,24 @@ fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
     assert_eq!(t["labels"]["job"], "flaky", "{t}");
     assert_eq!(t["labels"]["priority"], "production", "{t}");
     assert_eq!(t["priority"], "production", "{t}");
+
+    // The job is kept by the masters: show, list and logs read it back.
+    let shown = show(&c, "flaky");
+    assert_eq!(shown["state"], "SUCCEEDED");
+    assert_eq!(shown["attempts"].as_array().map(Vec::len), Some(3), "{shown}");
+    let ok = list(&c, &["--state", "succeeded", "--since", "1h"]);
+    assert!(ok.iter().any(|j| j["name"] == "flaky"), "{ok:?}");
+    assert!(list(&c, &["--state", "failed"]).is_empty());
+    let logs = sub(&c, "job", "logs", &["flaky", "--attempt", "2"]);
+    assert_eq!(text(&logs.stdout), "attempt 2\n", "stderr: {}", text(&logs.stderr));
+    let table = text(&sub(&c, "job", "show", &["flaky"]).stdout);
+    assert!(table.contains("SUCCEEDED") && table.contains("flaky.3"), "{table}");
 }
 
 #[test]
 fn a_deadline_kills_the_attempt_and_fails_the_job() {
     let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
+    let _daemon = JobsDaemon::of(&c);
     let work = tempfile::tempdir().expect("tempdir");
     let started = std::time::Instant::now();
     let out = submit(
@@ -254,6 +344,7 @@ fn a_python_job_installs_its_requirements_into_a_cached_virtualenv() {
         "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
         &["--task-user", "root", "--allow-root-tasks"],
     );
+    let _daemon = JobsDaemon::of(&c);
     let work = shared_dir();
     let w = work.path();
     // A tiny wheel made here, so installing it needs no network.
@@ -319,6 +410,7 @@ fn a_python_job_installs_its_requirements_into_a_cached_virtualenv() {
 #[test]
 fn bad_job_files_are_refused_before_anything_runs() {
     let c = Cluster::start("cpus:2;mem:2048;disk:1000;ports:[31000-31009]", &[]);
+    let _daemon = JobsDaemon::of(&c);
     let work = tempfile::tempdir().expect("tempdir");
     let cases: &[(&str, &str, &[&str])] = &[
         (
@@ -338,8 +430,18 @@ fn bad_job_files_are_refused_before_anything_runs() {
         ),
         (
             "sched",
-            "kind: command\nname: sched\ncommand: true\nschedule: '0 3 * * *'\n",
-            &["`schedule`", "not available"],
+            "kind: command\nname: sched\ncommand: true\nschedule: '0 3 * *'\n",
+            &["`schedule` (line 4)", "not a cron expression"],
+        ),
+        (
+            "cycle",
+            "kind: command\nname: a\ncommand: true\nafter: [b]\n---\nkind: command\nname: b\ncommand: true\nafter: [a]\n",
+            &["cycle: a -> b -> a"],
+        ),
+        (
+            "nodep",
+            "kind: command\nname: lonely\ncommand: true\nafter: [nobody]\n",
+            &["nobody"],
         ),
         (
             "spark",
@@ -357,4 +459,174 @@ fn bad_job_files_are_refused_before_anything_runs() {
     }
     let tasks = c.state()["tasks"].as_array().cloned().unwrap_or_default();
     assert!(tasks.is_empty(), "a refused job ran something: {tasks:?}");
+    assert!(list(&c, &[]).is_empty(), "a refused job was stored");
+}
+
+#[test]
+fn a_dag_runs_in_order_and_a_failed_dependency_fails_what_waits_for_it() {
+    let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
+    let _daemon = JobsDaemon::of(&c);
+    let work = shared_dir();
+    let order = work.path().join("order");
+    let step = |name: &str, after: &str, extra: &str| {
+        format!(
+            "kind: command\nname: {name}\ncpus: 0.25\nmem: 32\n{after}command: sleep 0.3; echo {name} >> {o}{extra}\n",
+            o = order.display()
+        )
+    };
+    // Listed out of order: c waits for b, b for a.
+    let dag = [
+        step("dag-c", "after: [dag-b]\n", ""),
+        step("dag-a", "", ""),
+        step("dag-b", "after: [dag-a]\n", ""),
+    ]
+    .join("---\n");
+    let out = submit(&c, work.path(), "dag", &dag);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let ran = std::fs::read_to_string(&order).expect("the order file");
+    assert_eq!(ran, "dag-a\ndag-b\ndag-c\n");
+    let c_job = show(&c, "dag-c");
+    assert_eq!(c_job["after"], serde_json::json!(["dag-b"]));
+    let b_job = show(&c, "dag-b");
+    assert_eq!(b_job["waited_on_by"], serde_json::json!(["dag-c"]), "{b_job}");
+
+    // x fails for good: y (after x) fails without running, z (after_any)
+    // runs anyway.
+    let dag = [
+        step("x", "", "; exit 3"),
+        step("y", "after: [x]\n", ""),
+        step("z", "after_any: [x]\n", ""),
+    ]
+    .join("---\n");
+    let out = submit(&c, work.path(), "failing", &dag);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let y = show(&c, "y");
+    assert_eq!(y["state"], "FAILED", "{y}");
+    assert!(y["reason"].as_str().unwrap_or_default().contains("'x'"), "{y}");
+    assert_eq!(y["attempts"].as_array().map(Vec::len), Some(0), "{y}");
+    assert_eq!(show(&c, "z")["state"], "SUCCEEDED");
+}
+
+#[test]
+fn kill_rerun_and_history_survive_a_restart_of_the_master() {
+    let mut c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
+    let daemon = JobsDaemon::of(&c);
+    let work = tempfile::tempdir().expect("tempdir");
+    let path = work.path().join("long.yaml");
+    std::fs::write(
+        &path,
+        "kind: command\nname: long\ncpus: 0.25\nmem: 32\nretries: 5\ncommand: sleep 300\n",
+    )
+    .expect("job file");
+    let out = sub(&c, "job", "submit", &[path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(daemon.pid().is_some(), "submit started no jobs daemon");
+    let running = |c: &Cluster| {
+        wait_for("the job's attempt to run", T, || {
+            c.active_tasks().iter().any(|t| t["state"] == "RUNNING" && t["labels"]["job"] == "long")
+        })
+    };
+    running(&c);
+    let out = sub(&c, "job", "kill", &["long"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the job to be KILLED", T, || show(&c, "long")["state"] == "KILLED");
+    wait_for("the attempt's task to end", T, || {
+        c.active_tasks().iter().all(|t| t["labels"]["job"] != "long")
+    });
+    // A kill is not a failure to retry.
+    assert_eq!(show(&c, "long")["attempts"].as_array().map(Vec::len), Some(1));
+    let out = sub(&c, "job", "kill", &["long"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("already ended"), "{}", text(&out.stderr));
+
+    // A rerun is a new run of the same job with its own attempts.
+    let out = sub(&c, "job", "rerun", &["long"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    running(&c);
+    let j = show(&c, "long");
+    assert_eq!(j["runs"], 2, "{j}");
+    assert_eq!(j["attempts"][1]["task_id"], "long.2", "{j}");
+
+    // The master restarts (the only one: every master): the job, its two
+    // runs and its attempts are still there, and the running attempt is
+    // still followed: a kill after the restart ends it.
+    c.master.as_mut().expect("master").kill9();
+    c.start_master();
+    let j = show(&c, "long");
+    assert_eq!(j["runs"], 2, "{j}");
+    assert_eq!(j["attempts"].as_array().map(Vec::len), Some(2), "{j}");
+    let out = sub(&c, "job", "kill", &["long"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the rerun to be KILLED", T, || show(&c, "long")["state"] == "KILLED");
+    let killed = list(&c, &["--state", "killed"]);
+    assert_eq!(killed.len(), 1, "{killed:?}");
+}
+
+#[test]
+fn a_schedule_fires_each_second_once_across_a_daemon_and_master_restart() {
+    let mut c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
+    let daemon = JobsDaemon::of(&c);
+    let work = tempfile::tempdir().expect("tempdir");
+    let path = work.path().join("tick.yaml");
+    // Every second (six fields, seconds first); missed fires all run.
+    std::fs::write(
+        &path,
+        "kind: command\nname: tick\ncpus: 0.1\nmem: 16\ncommand: 'true'\n\
+         schedule: '* * * * * *'\ntimezone: UTC\nconcurrency: allow\nmissed: run_all\n",
+    )
+    .expect("job file");
+    let out = sub(&c, "job", "submit", &[path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let runs = |c: &Cluster| list(c, &["--parent", "tick", "--limit", "10000"]);
+    wait_for("three runs", T, || runs(&c).len() >= 3);
+
+    // The daemon dies; while it is away the schedule fires nothing; a new
+    // daemon catches up.
+    daemon.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    // The only master restarts too, while no daemon runs.
+    c.master.as_mut().expect("master").kill9();
+    c.start_master();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = runs(&c).len();
+    // Any submitting command starts the daemon again: here another,
+    // harmless job.
+    let other = work.path().join("noop.yaml");
+    std::fs::write(&other, "kind: command\nname: noop\ncpus: 0.1\nmem: 16\ncommand: 'true'\n").expect("noop");
+    let out = sub(&c, "job", "submit", &[other.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the missed fires to be caught up", T, || runs(&c).len() >= before + 4);
+    let out = sub(&c, "job", "pause", &["tick"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    // Let fires that were in flight land, then check: one run per second,
+    // from the first to the last, none missing and none twice.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut secs: Vec<u64> = runs(&c)
+        .iter()
+        .map(|j| {
+            let name = j["name"].as_str().unwrap_or_default();
+            name.strip_prefix("tick.")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("run name {name}"))
+        })
+        .collect();
+    secs.sort();
+    let n = secs.len();
+    secs.dedup();
+    assert_eq!(secs.len(), n, "a fire made two runs: {secs:?}");
+    let (first, last) = (secs[0], secs[n - 1]);
+    assert_eq!(
+        (last - first + 1) as usize,
+        n,
+        "a fire was skipped between {first} and {last}: {secs:?}"
+    );
+    let shown = show(&c, "tick");
+    assert_eq!(shown["state"], "SCHEDULED");
+    assert_eq!(shown["schedule"]["paused"], true, "{shown}");
+    // Runs are ordinary jobs: they succeeded.
+    let all = runs(&c);
+    wait_for("the runs to end", T, || {
+        runs(&c).iter().all(|j| j["state"] == "SUCCEEDED")
+    });
+    assert!(all.len() >= 7, "{all:?}");
 }

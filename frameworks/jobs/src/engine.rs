@@ -598,7 +598,11 @@ impl<S: Store> Engine<S> {
                 } else {
                     format!("{state_name} ({})", status.message)
                 };
-                job.ended(&status.task_id, exit, &reason, self.now_ms());
+                // The deadline may have passed before the end arrived: the
+                // machine notes it first, so the attempt's reason says so.
+                let now = self.now_ms();
+                let _ = job.next(now);
+                job.ended(&status.task_id, exit, &reason, now);
                 self.killing.remove(&status.task_id);
                 record::with_progress(&r, &job, Some((&status.task_id, &format!("TASK_{state_name}"))))
             } else {

@@ -1,0 +1,250 @@
+//! `mezz job daemon`: the jobs framework's process. It keeps no state of
+//! its own: jobs live in the masters, and [`mezz_jobs::engine::Engine`]
+//! reads and records them there through [`MasterStore`]. The state
+//! directory only holds the lock (one daemon per directory), the log, the
+//! framework ids (one per role) and `daemon.json`, whose address answers
+//! a liveness probe, so that `mezz job submit` can start a daemon when
+//! none runs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use mezz_jobs::engine::{BoxFuture, Engine, Event, Forwarder, Store, StoreError, FRAMEWORK_NAME};
+use mezz_proto::auth::AuthChannel;
+use mezz_proto::v1::operator_client::OperatorClient;
+use mezz_proto::v1::{FireScheduleRequest, GetJobRequest, JobRecord, ListJobsRequest, UpdateJobRequest};
+use mezz_sdk::daemon::{Daemon, DaemonInfo};
+use mezz_sdk::proto;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::client;
+
+/// What the state directory holds, for the refusal of a directory open to
+/// others.
+pub const HOLDS: &str = "the jobs framework's ids and log";
+
+/// The daemon's kind in the default state directory's path.
+pub const KIND: &str = "jobs";
+
+/// The masters' job calls, made on the leader (found again after a
+/// failover).
+pub struct MasterStore {
+    masters: Vec<String>,
+    leader: Mutex<Option<OperatorClient<AuthChannel>>>,
+}
+
+impl MasterStore {
+    /// A store over `masters`.
+    pub fn new(masters: Vec<String>) -> MasterStore {
+        MasterStore {
+            masters,
+            leader: Mutex::new(None),
+        }
+    }
+
+    /// Runs `call` on the leader; once more on a newly found leader when
+    /// the one known fails for want of a leader.
+    async fn call<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(OperatorClient<AuthChannel>) -> BoxFuture<'static, Result<T, tonic::Status>>,
+    {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let client = {
+                let mut held = self.leader.lock().await;
+                match held.as_ref() {
+                    Some(c) => c.clone(),
+                    None => match client::leader(&self.masters).await {
+                        Ok((c, _)) => held.insert(c).clone(),
+                        Err(e) => return Err(StoreError::Unavailable(format!("{e:#}"))),
+                    },
+                }
+            };
+            match call(client).await {
+                Ok(v) => return Ok(v),
+                Err(s) => match s.code() {
+                    tonic::Code::Aborted => return Err(StoreError::Conflict(s.message().into())),
+                    tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated => {
+                        return Err(StoreError::Refused(s.message().into()))
+                    }
+                    _ => {
+                        last = s.message().to_string();
+                        *self.leader.lock().await = None;
+                    }
+                },
+            }
+        }
+        Err(StoreError::Unavailable(last))
+    }
+}
+
+impl Store for MasterStore {
+    fn active(&self) -> BoxFuture<'_, Result<Vec<JobRecord>, StoreError>> {
+        Box::pin(self.call(|mut c| {
+            Box::pin(async move {
+                let r = c
+                    .list_jobs(ListJobsRequest {
+                        active: true,
+                        limit: 100_000,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(r.into_inner().jobs)
+            })
+        }))
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, StoreError>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let r = self
+                .call(move |mut c| {
+                    let name = name.clone();
+                    Box::pin(async move { Ok(c.get_job(GetJobRequest { name }).await?.into_inner()) })
+                })
+                .await;
+            match r {
+                Ok(j) => Ok(Some(j)),
+                // Not found is an answer here, not a refusal.
+                Err(StoreError::Refused(m)) if m.starts_with("no job") => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn update(&self, job: JobRecord, expected: u64) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
+        Box::pin(self.call(move |mut c| {
+            let job = job.clone();
+            Box::pin(async move {
+                let r = c
+                    .update_job(UpdateJobRequest {
+                        job: Some(job),
+                        expected_version: expected,
+                    })
+                    .await?;
+                Ok(r.into_inner())
+            })
+        }))
+    }
+
+    fn fire(&self, fire: FireScheduleRequest) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
+        Box::pin(self.call(move |mut c| {
+            let fire = fire.clone();
+            Box::pin(async move { Ok(c.fire_schedule(fire).await?.into_inner()) })
+        }))
+    }
+}
+
+/// How a role's framework id file is named in the state directory.
+fn framework_id_file(dir: &Path, role: &str) -> std::path::PathBuf {
+    let safe: String = role
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    dir.join(format!("framework-id.{safe}"))
+}
+
+/// Runs the daemon until `shutdown`; false when another daemon holds the
+/// state directory.
+pub async fn run(
+    masters: Vec<String>,
+    dir: &Path,
+    failover_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<bool> {
+    let Some(daemon) = Daemon::start(dir, HOLDS)? else {
+        return Ok(false);
+    };
+    let (listener, info) = daemon.listen(&masters).await?;
+    tokio::spawn(answer_probes(listener));
+    daemon.publish(&info)?;
+    tracing::info!(address = %info.address, dir = %dir.display(), "jobs daemon running");
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let state_dir = dir.to_path_buf();
+    let driver_masters = masters.clone();
+    let user = std::env::var("USER").unwrap_or_default();
+    let start_driver = move |role: &str| {
+        let framework = proto::FrameworkInfo {
+            name: FRAMEWORK_NAME.into(),
+            role: role.to_string(),
+            user: user.clone(),
+            failover_timeout_secs: failover_timeout.as_secs_f64(),
+            capabilities: vec![proto::Capability::GpuResources as i32],
+            ..Default::default()
+        };
+        let builder = match client::driver() {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Event::Ended {
+                    role: role.to_string(),
+                    why: format!("{e:#}"),
+                });
+                return;
+            }
+        };
+        let builder = builder
+            .masters(driver_masters.clone())
+            .framework(framework)
+            .framework_id_file(framework_id_file(&state_dir, role));
+        let tx = tx.clone();
+        let role = role.to_string();
+        tokio::spawn(async move {
+            let why = match builder.run(Forwarder::new(&role, tx.clone())).await {
+                Ok(_) => "the driver stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let _ = tx.send(Event::Ended { role, why });
+        });
+    };
+    let engine = Engine::new(
+        MasterStore::new(masters),
+        Arc::new(mezz_proto::unix_now),
+        Box::new(start_driver),
+    );
+    engine.run(rx, shutdown).await;
+    daemon.state().clear_daemon(info.pid);
+    Ok(true)
+}
+
+/// Answers every connection to the daemon's address with a one-line
+/// HTTP response naming the framework: the liveness probe of
+/// `mezz job submit`.
+async fn answer_probes(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let body = format!("{FRAMEWORK_NAME}\n");
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        });
+    }
+}
+
+/// Whether the daemon `info` names answers as the jobs daemon.
+pub async fn answers(info: &DaemonInfo) -> bool {
+    use tokio::io::AsyncReadExt;
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(&info.address).await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).contains(FRAMEWORK_NAME))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
