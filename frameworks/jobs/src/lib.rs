@@ -19,6 +19,7 @@ pub mod engine;
 pub mod record;
 pub mod schedule;
 pub mod spec;
+pub mod sweep;
 
 pub use batch::{Action, Attempt, Job, JobState};
 pub use spec::{JobSpec, Kind, SpecError};

@@ -58,18 +58,20 @@ pub enum Kind {
     /// A Python program (`entrypoint:` or `command:`), with an optional
     /// requirements file installed into a cached per-job virtualenv.
     Python,
+    /// Hyper-parameter tuning: trials of a job over a parameter space
+    /// (see [`crate::sweep`]).
+    Sweep,
 }
 
 /// The kinds the spec names that `mezz job` does not run yet, with the
 /// command that does.
-const NOT_YET: [(&str, &str); 7] = [
+const NOT_YET: [(&str, &str); 6] = [
     ("jvm", "mezz run -- java …"),
     ("spark", "mezz spark submit"),
     ("tensorflow", "mezz tf run"),
     ("pytorch", "mezz tf run --flavor pytorch"),
     ("jupyter", "mezz jupyter start"),
     ("serve", "mezz serve deploy"),
-    ("sweep", "one job per trial"),
 ];
 
 /// What a scheduled job's fire does while an earlier run has not ended.
@@ -229,6 +231,9 @@ pub struct JobSpec {
     /// When the job runs on a schedule.
     #[serde(default)]
     pub schedule: Option<ScheduleSpec>,
+    /// A sweep's trial, space and method (kind `sweep` only).
+    #[serde(default)]
+    pub sweep: Option<crate::sweep::SweepSpec>,
 }
 
 /// Durations as whole milliseconds in the stored JSON.
@@ -331,6 +336,15 @@ impl JobSpec {
     /// Parses and validates a job file (YAML or JSON); `sizes` is the
     /// cluster's menu, for `size:`.
     pub fn parse(text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
+        #[derive(Deserialize)]
+        struct KindOnly {
+            kind: Option<String>,
+        }
+        if let Ok(KindOnly { kind: Some(k) }) = serde_yaml::from_str::<KindOnly>(text) {
+            if k == "sweep" {
+                return crate::sweep::parse(text, sizes);
+            }
+        }
         let file: JobFile = serde_yaml::from_str(text).map_err(|e| {
             // serde_yaml says "unknown field `x`, expected one of … at line
             // N column M": the field and the line, as wanted.
@@ -360,7 +374,7 @@ impl JobSpec {
                     None => field_error(
                         text,
                         "kind",
-                        format!("unknown kind '{other}'; use command or python"),
+                        format!("unknown kind '{other}'; use command, python or sweep"),
                     ),
                 })
             }
@@ -454,6 +468,8 @@ impl JobSpec {
         let command = nonempty(f.command);
         let entrypoint = nonempty(f.entrypoint);
         match kind {
+            // Parsed by `crate::sweep::parse`; never here.
+            Kind::Sweep => {}
             Kind::Command => {
                 if command.is_none() {
                     return Err(SpecError(
@@ -599,6 +615,7 @@ impl JobSpec {
             after,
             after_any,
             schedule,
+            sweep: None,
         })
     }
 
@@ -705,6 +722,7 @@ impl JobSpec {
         match self.kind {
             Kind::Command => "command",
             Kind::Python => "python",
+            Kind::Sweep => "sweep",
         }
     }
 
@@ -733,6 +751,8 @@ impl JobSpec {
         }
         let run = match self.kind {
             Kind::Command => return s + self.command.as_deref().unwrap_or("true"),
+            // A sweep runs no task of its own: its trials do.
+            Kind::Sweep => return s + "true",
             Kind::Python => match (&self.entrypoint, &self.command) {
                 (Some(e), _) => {
                     let mut r = format!("exec \"$PY\" {}", quote(e));
