@@ -194,7 +194,10 @@ impl Eq for EndKey {}
 /// The jobs as the registry keeps them, with their indexes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStore {
-    jobs: BTreeMap<String, JobRecord>,
+    /// By name. Hashed, not ordered: listings walk the indexes below and
+    /// look every row up here, so a lookup must be cheap at 100,000 jobs;
+    /// whatever is shown in name order is sorted when shown.
+    jobs: crate::hashing::Map<String, JobRecord>,
     /// Every job in listing order.
     all: BTreeSet<ListKey>,
     /// Jobs by state, in listing order.
@@ -243,7 +246,7 @@ impl JobStore {
     /// An empty store that keeps at most `kept` ended jobs.
     pub fn with_kept(kept: usize) -> Self {
         JobStore {
-            jobs: BTreeMap::new(),
+            jobs: Default::default(),
             all: BTreeSet::new(),
             by_state: BTreeMap::new(),
             by_parent: BTreeMap::new(),
@@ -265,7 +268,7 @@ impl JobStore {
 
     /// Every job, sorted by name (what a snapshot carries).
     pub fn to_snapshot(&self) -> Vec<JobRecord> {
-        self.jobs.values().cloned().collect()
+        self.iter().cloned().collect()
     }
 
     /// Sets the bound on ended jobs and drops what is over it.
@@ -294,9 +297,11 @@ impl JobStore {
         self.jobs.get(name)
     }
 
-    /// Every job, by name.
+    /// Every job, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &JobRecord> {
-        self.jobs.values()
+        let mut jobs: Vec<&JobRecord> = self.jobs.values().collect();
+        jobs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        jobs.into_iter()
     }
 
     /// The jobs whose `after` names `name`, by name.
@@ -382,9 +387,12 @@ impl JobStore {
         job.reason = new.reason.clone();
         job.attempts = new.attempts.clone();
         job.not_before = new.not_before;
+        job.params_json = new.params_json.clone();
+        job.has_metric = new.has_metric;
+        job.metric = new.metric;
         job.finished_at = match (is_terminal(&job.state), new.finished_at) {
             (false, _) => 0.0,
-            (true, f) if f == 0.0 => u.at,
+            (true, 0.0) => u.at,
             (true, f) => f,
         };
         job.version += 1;

@@ -122,7 +122,12 @@ fn job_command(n: u64) -> ReplicatedCommand {
         1 => Command::JobUpdated(JobUpdate {
             job: Some(JobRecord {
                 name: name(n - 1),
-                state: if n % 2 == 0 { "RUNNING" } else { "SUCCEEDED" }.into(),
+                state: if n.is_multiple_of(2) {
+                    "RUNNING"
+                } else {
+                    "SUCCEEDED"
+                }
+                .into(),
                 ..Default::default()
             }),
             expected_version: 1,
@@ -215,7 +220,7 @@ impl Sim {
                 };
                 self.proposed += 1;
                 let _ = r.propose(&cmd);
-                if self.proposed % 2 == 0 {
+                if self.proposed.is_multiple_of(2) {
                     let _ = r.propose(&job_command(self.jobs_proposed));
                     self.jobs_proposed += 1;
                 }
