@@ -149,7 +149,8 @@ impl JobsDaemon {
             .filter(|v| !v.is_empty())
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
-                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".local/state")
+                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                    .join(".local/state")
             });
         JobsDaemon {
             dir: base
@@ -289,14 +290,26 @@ fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
     // The job is kept by the masters: show, list and logs read it back.
     let shown = show(&c, "flaky");
     assert_eq!(shown["state"], "SUCCEEDED");
-    assert_eq!(shown["attempts"].as_array().map(Vec::len), Some(3), "{shown}");
+    assert_eq!(
+        shown["attempts"].as_array().map(Vec::len),
+        Some(3),
+        "{shown}"
+    );
     let ok = list(&c, &["--state", "succeeded", "--since", "1h"]);
     assert!(ok.iter().any(|j| j["name"] == "flaky"), "{ok:?}");
     assert!(list(&c, &["--state", "failed"]).is_empty());
     let logs = sub(&c, "job", "logs", &["flaky", "--attempt", "2"]);
-    assert_eq!(text(&logs.stdout), "attempt 2\n", "stderr: {}", text(&logs.stderr));
+    assert_eq!(
+        text(&logs.stdout),
+        "attempt 2\n",
+        "stderr: {}",
+        text(&logs.stderr)
+    );
     let table = text(&sub(&c, "job", "show", &["flaky"]).stdout);
-    assert!(table.contains("SUCCEEDED") && table.contains("flaky.3"), "{table}");
+    assert!(
+        table.contains("SUCCEEDED") && table.contains("flaky.3"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -488,7 +501,11 @@ fn a_dag_runs_in_order_and_a_failed_dependency_fails_what_waits_for_it() {
     let c_job = show(&c, "dag-c");
     assert_eq!(c_job["after"], serde_json::json!(["dag-b"]));
     let b_job = show(&c, "dag-b");
-    assert_eq!(b_job["waited_on_by"], serde_json::json!(["dag-c"]), "{b_job}");
+    assert_eq!(
+        b_job["waited_on_by"],
+        serde_json::json!(["dag-c"]),
+        "{b_job}"
+    );
 
     // x fails for good: y (after x) fails without running, z (after_any)
     // runs anyway.
@@ -502,7 +519,10 @@ fn a_dag_runs_in_order_and_a_failed_dependency_fails_what_waits_for_it() {
     assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
     let y = show(&c, "y");
     assert_eq!(y["state"], "FAILED", "{y}");
-    assert!(y["reason"].as_str().unwrap_or_default().contains("'x'"), "{y}");
+    assert!(
+        y["reason"].as_str().unwrap_or_default().contains("'x'"),
+        "{y}"
+    );
     assert_eq!(y["attempts"].as_array().map(Vec::len), Some(0), "{y}");
     assert_eq!(show(&c, "z")["state"], "SUCCEEDED");
 }
@@ -523,21 +543,34 @@ fn kill_rerun_and_history_survive_a_restart_of_the_master() {
     assert!(daemon.pid().is_some(), "submit started no jobs daemon");
     let running = |c: &Cluster| {
         wait_for("the job's attempt to run", T, || {
-            c.active_tasks().iter().any(|t| t["state"] == "RUNNING" && t["labels"]["job"] == "long")
+            c.active_tasks()
+                .iter()
+                .any(|t| t["state"] == "RUNNING" && t["labels"]["job"] == "long")
         })
     };
     running(&c);
     let out = sub(&c, "job", "kill", &["long"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    wait_for("the job to be KILLED", T, || show(&c, "long")["state"] == "KILLED");
+    wait_for("the job to be KILLED", T, || {
+        show(&c, "long")["state"] == "KILLED"
+    });
     wait_for("the attempt's task to end", T, || {
-        c.active_tasks().iter().all(|t| t["labels"]["job"] != "long")
+        c.active_tasks()
+            .iter()
+            .all(|t| t["labels"]["job"] != "long")
     });
     // A kill is not a failure to retry.
-    assert_eq!(show(&c, "long")["attempts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        show(&c, "long")["attempts"].as_array().map(Vec::len),
+        Some(1)
+    );
     let out = sub(&c, "job", "kill", &["long"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("already ended"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already ended"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A rerun is a new run of the same job with its own attempts.
     let out = sub(&c, "job", "rerun", &["long"]);
@@ -557,7 +590,9 @@ fn kill_rerun_and_history_survive_a_restart_of_the_master() {
     assert_eq!(j["attempts"].as_array().map(Vec::len), Some(2), "{j}");
     let out = sub(&c, "job", "kill", &["long"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    wait_for("the rerun to be KILLED", T, || show(&c, "long")["state"] == "KILLED");
+    wait_for("the rerun to be KILLED", T, || {
+        show(&c, "long")["state"] == "KILLED"
+    });
     let killed = list(&c, &["--state", "killed"]);
     assert_eq!(killed.len(), 1, "{killed:?}");
 }
@@ -592,10 +627,16 @@ fn a_schedule_fires_each_second_once_across_a_daemon_and_master_restart() {
     // Any submitting command starts the daemon again: here another,
     // harmless job.
     let other = work.path().join("noop.yaml");
-    std::fs::write(&other, "kind: command\nname: noop\ncpus: 0.1\nmem: 16\ncommand: 'true'\n").expect("noop");
+    std::fs::write(
+        &other,
+        "kind: command\nname: noop\ncpus: 0.1\nmem: 16\ncommand: 'true'\n",
+    )
+    .expect("noop");
     let out = sub(&c, "job", "submit", &[other.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    wait_for("the missed fires to be caught up", T, || runs(&c).len() >= before + 4);
+    wait_for("the missed fires to be caught up", T, || {
+        runs(&c).len() >= before + 4
+    });
     let out = sub(&c, "job", "pause", &["tick"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     // Let fires that were in flight land, then check: one run per second,
@@ -629,4 +670,82 @@ fn a_schedule_fires_each_second_once_across_a_daemon_and_master_restart() {
         runs(&c).iter().all(|j| j["state"] == "SUCCEEDED")
     });
     assert!(all.len() >= 7, "{all:?}");
+}
+
+#[test]
+fn a_sweep_tunes_a_real_model_and_reports_the_known_best_parameters() {
+    let Some(python) = std::env::var_os("MEZZ_TEST_PYTHON").filter(|p| !p.is_empty()) else {
+        eprintln!("skipped: MEZZ_TEST_PYTHON is not set");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "MEZZ_TEST_PYTHON is required under CI"
+        );
+        return;
+    };
+    let has_sklearn = std::process::Command::new(&python)
+        .args(["-c", "import sklearn"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sklearn {
+        eprintln!("skipped: scikit-learn is not installed for MEZZ_TEST_PYTHON");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "scikit-learn is required under CI (scripts/test-requirements.txt)"
+        );
+        return;
+    }
+    let c = Cluster::start_with_agent_args(
+        "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
+        &["--task-user", "root", "--allow-root-tasks"],
+    );
+    let _daemon = JobsDaemon::of(&c);
+    let work = shared_dir();
+    let w = work.path();
+    // An RBF support-vector classifier on scikit-learn's bundled digits
+    // (no download): C=10 with gamma=0.001 is far the best of the grid.
+    std::fs::write(
+        w.join("svm.py"),
+        "import sys\n\
+         from sklearn.datasets import load_digits\n\
+         from sklearn.model_selection import train_test_split\n\
+         from sklearn.svm import SVC\n\
+         C, gamma = float(sys.argv[1]), float(sys.argv[2])\n\
+         X, y = load_digits(return_X_y=True)\n\
+         Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)\n\
+         acc = SVC(C=C, gamma=gamma).fit(Xtr, ytr).score(Xte, yte)\n\
+         print(f'metric: accuracy={acc:.4f}')\n",
+    )
+    .expect("svm.py");
+    let sweep = format!(
+        "kind: sweep\nname: tune-svm\nmetric: accuracy\ngoal: maximize\nparallelism: 2\n\
+         parameters:\n  C: [0.1, 10]\n  gamma: [0.001, 1.0]\n\
+         trial:\n  kind: python\n  python: {py}\n  cpus: 0.5\n  mem: 512\n  workdir: {w}\n\
+         \x20 entrypoint: svm.py\n  args: ['{{C}}', '{{gamma}}']\n",
+        py = python.display(),
+        w = w.display()
+    );
+    let out = submit(&c, w, "sweep", &sweep);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    let rec = record(&out);
+    assert_eq!(rec["state"], "SUCCEEDED", "{rec}");
+    assert_eq!(rec["metric"], 0.9907, "{rec}");
+    assert_eq!(
+        rec["params"],
+        serde_json::json!({"C": 10, "gamma": 0.001}),
+        "{rec}"
+    );
+    // The trials are ordinary jobs, each with its parameters and metric.
+    let trials = list(&c, &["--parent", "tune-svm"]);
+    assert_eq!(trials.len(), 4, "{trials:?}");
+    for t in &trials {
+        assert_eq!(t["state"], "SUCCEEDED", "{t}");
+        assert!(t["metric"].as_f64().is_some(), "{t}");
+        assert!(t["params"]["C"].is_number(), "{t}");
+    }
+    let worst = trials
+        .iter()
+        .filter_map(|t| t["metric"].as_f64())
+        .fold(1.0, f64::min);
+    assert!(worst < 0.2, "gamma=1 should do badly: {trials:?}");
 }

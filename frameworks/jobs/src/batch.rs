@@ -429,7 +429,15 @@ mod tests {
         j.ended(&t2, Some(1), "FAILED", 4_000);
         assert_eq!(j.state, JobState::Failed);
         // The rerun: the record restored with a new run after two attempts.
-        let mut r = Job::restore(j.spec.clone(), 10_000, JobState::Pending, j.attempts.clone(), 2, 0, false);
+        let mut r = Job::restore(
+            j.spec.clone(),
+            10_000,
+            JobState::Pending,
+            j.attempts.clone(),
+            2,
+            0,
+            false,
+        );
         let t3 = launch(&mut r, 10_000);
         assert_eq!(t3, "etl.3", "numbers go on across runs");
         r.ended(&t3, Some(1), "FAILED", 11_000);

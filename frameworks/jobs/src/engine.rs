@@ -32,6 +32,7 @@ use crate::batch::{Action, Job, Millis};
 use crate::record::{self, is_terminal, states};
 use crate::schedule::{self, Schedule};
 use crate::spec::{Concurrency, JobSpec};
+use crate::sweep;
 
 /// How often the engine reads the masters' jobs.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -66,9 +67,24 @@ pub trait Store: Send + Sync + 'static {
     /// One job, or none by that name.
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, StoreError>>;
     /// Records the engine's progress on a job read at `expected`.
-    fn update(&self, job: JobRecord, expected: u64) -> BoxFuture<'_, Result<JobRecord, StoreError>>;
+    fn update(&self, job: JobRecord, expected: u64)
+        -> BoxFuture<'_, Result<JobRecord, StoreError>>;
     /// Tells a scheduled job's fire.
     fn fire(&self, fire: FireScheduleRequest) -> BoxFuture<'_, Result<JobRecord, StoreError>>;
+    /// Every job whose parent is `parent` (a sweep's trials), each with
+    /// its last attempt only.
+    fn children<'a>(&'a self, parent: &'a str)
+        -> BoxFuture<'a, Result<Vec<JobRecord>, StoreError>>;
+    /// Stores new jobs (a sweep's trials), all or none.
+    fn submit(&self, jobs: Vec<JobRecord>) -> BoxFuture<'_, Result<Vec<JobRecord>, StoreError>>;
+    /// kill, rerun, pause or resume of a job.
+    fn control<'a>(
+        &'a self,
+        name: &'a str,
+        action: &'a str,
+    ) -> BoxFuture<'a, Result<JobRecord, StoreError>>;
+    /// The end of a task's standard output (its last 64 KiB at most).
+    fn output<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<String, StoreError>>;
 }
 
 /// What the drivers tell the engine.
@@ -205,7 +221,11 @@ impl<S: Store> Engine<S> {
     }
 
     /// Runs until `shutdown` resolves.
-    pub async fn run(mut self, mut events: UnboundedReceiver<Event>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        mut self,
+        mut events: UnboundedReceiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -241,6 +261,7 @@ impl<S: Store> Engine<S> {
             match r.state.as_str() {
                 states::SCHEDULED => self.fire_due(&r, now).await,
                 states::WAITING => self.check_after(&r, now).await,
+                "PENDING" | "RUNNING" if r.kind == "sweep" => self.sweep_step(&r).await,
                 "PENDING" | "RUNNING" => {
                     if let Some(w) = self.step(r, now).await {
                         wants.push(w);
@@ -330,7 +351,11 @@ impl<S: Store> Engine<S> {
         if let Some(d) = spec.deadline {
             if now >= r.submitted_at + d.as_secs_f64() {
                 return self
-                    .end(r, "DEADLINE_EXCEEDED", "the deadline passed while it waited for its dependencies".into())
+                    .end(
+                        r,
+                        "DEADLINE_EXCEEDED",
+                        "the deadline passed while it waited for its dependencies".into(),
+                    )
                     .await;
             }
         }
@@ -347,13 +372,21 @@ impl<S: Store> Engine<S> {
                 None if r.after_any => {}
                 None => {
                     return self
-                        .end(r, "FAILED", format!("job '{dep}' it waits for is no longer kept"))
+                        .end(
+                            r,
+                            "FAILED",
+                            format!("job '{dep}' it waits for is no longer kept"),
+                        )
                         .await
                 }
                 Some(d) if !is_terminal(&d.state) => ready = false,
                 Some(d) if d.state != "SUCCEEDED" && !r.after_any => {
                     return self
-                        .end(r, "FAILED", format!("job '{dep}' it waits for ended {}", d.state))
+                        .end(
+                            r,
+                            "FAILED",
+                            format!("job '{dep}' it waits for ended {}", d.state),
+                        )
                         .await
                 }
                 Some(_) => {}
@@ -373,7 +406,9 @@ impl<S: Store> Engine<S> {
             return;
         }
         let sched = match record::spec_of(r).and_then(|s| {
-            let spec = s.schedule.ok_or_else(|| "the stored spec has no schedule".to_string())?;
+            let spec = s
+                .schedule
+                .ok_or_else(|| "the stored spec has no schedule".to_string())?;
             let parsed = Schedule::parse(&spec.cron, &spec.timezone)?;
             Ok((spec, parsed))
         }) {
@@ -406,7 +441,9 @@ impl<S: Store> Engine<S> {
                         }
                         match record::scheduled_run(r, fire.at) {
                             Ok(run) => req.run = Some(run),
-                            Err(e) => return tracing::warn!(job = %r.name, error = %e, "cannot make a run"),
+                            Err(e) => {
+                                return tracing::warn!(job = %r.name, error = %e, "cannot make a run")
+                            }
                         }
                     }
                 }
@@ -422,6 +459,103 @@ impl<S: Store> Engine<S> {
                     tracing::warn!(job = %r.name, error = %e, "fire not recorded; trying again");
                     return;
                 }
+            }
+        }
+    }
+
+    /// A sweep: submits the trials its plan asks for, kills them when the
+    /// sweep is killed or reached its target, and ends it with its best
+    /// trial.
+    async fn sweep_step(&mut self, r: &JobRecord) {
+        let plan = match record::spec_of(r).and_then(|s| {
+            s.sweep
+                .ok_or_else(|| "the stored spec has no sweep".to_string())
+        }) {
+            Ok(p) => p,
+            Err(e) => return self.end(r, "FAILED", e).await,
+        };
+        let children = match self.store.children(&r.name).await {
+            Ok(c) => c,
+            Err(e) => {
+                return tracing::warn!(job = %r.name, error = %e, "cannot read the sweep's trials")
+            }
+        };
+        let running: Vec<&JobRecord> = children.iter().filter(|c| !is_terminal(&c.state)).collect();
+        if r.kill_requested {
+            for c in &running {
+                if !c.kill_requested {
+                    let _ = self.store.control(&c.name, "kill").await;
+                }
+            }
+            if running.is_empty() {
+                self.end(r, "KILLED", "killed on request".into()).await;
+            }
+            return;
+        }
+        let views: Vec<sweep::TrialView> = children
+            .iter()
+            .map(|c| sweep::TrialView {
+                name: c.name.clone(),
+                ended: is_terminal(&c.state),
+                metric: c.has_metric.then_some(c.metric),
+            })
+            .collect();
+        match plan.plan(&r.name, &views) {
+            sweep::Step::Submit(trials) => {
+                let records: Vec<JobRecord> = trials
+                    .iter()
+                    .map(|t| {
+                        let mut rec = record::submitted(&t.spec);
+                        rec.parent = r.name.clone();
+                        rec.params_json = serde_json::to_string(&t.params).unwrap_or_default();
+                        rec
+                    })
+                    .collect();
+                let names: Vec<String> = records.iter().map(|t| t.name.clone()).collect();
+                match self.store.submit(records).await {
+                    Ok(_) => {
+                        tracing::info!(job = %r.name, trials = ?names, "sweep submitted trials");
+                        if r.state == "PENDING" {
+                            let mut out = r.clone();
+                            out.state = "RUNNING".into();
+                            self.save(r, out).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %r.name, error = %e, "trials not submitted; trying again")
+                    }
+                }
+            }
+            sweep::Step::Wait => {}
+            sweep::Step::Done { best, kill } => {
+                for k in &kill {
+                    let _ = self.store.control(k, "kill").await;
+                }
+                let mut out = r.clone();
+                match best {
+                    Some((name, metric)) => {
+                        let params = children
+                            .iter()
+                            .find(|c| c.name == name)
+                            .map(|c| c.params_json.clone())
+                            .unwrap_or_default();
+                        out.state = "SUCCEEDED".into();
+                        out.reason =
+                            format!("best trial {name}: {}={metric} with {params}", plan.metric);
+                        out.has_metric = true;
+                        out.metric = metric;
+                        out.params_json = params;
+                    }
+                    None => {
+                        out.state = "FAILED".into();
+                        out.reason = format!(
+                            "no trial reported the metric '{}' (print `metric: {}=VALUE`)",
+                            plan.metric, plan.metric
+                        );
+                    }
+                }
+                tracing::info!(job = %r.name, state = %out.state, reason = %out.reason, "sweep ended");
+                self.save(r, out).await;
             }
         }
     }
@@ -552,7 +686,11 @@ impl<S: Store> Engine<S> {
                 }
             }
             Event::Ended { role, why } => {
-                tracing::warn!(role, why, "the role's framework ended; the next job of the role starts it again");
+                tracing::warn!(
+                    role,
+                    why,
+                    "the role's framework ended; the next job of the role starts it again"
+                );
                 self.roles.remove(&role);
             }
             Event::Status { status, .. } => self.status(status).await,
@@ -579,7 +717,10 @@ impl<S: Store> Engine<S> {
                 return;
             };
             let state = status.state();
-            let state_name = state.as_str_name().trim_start_matches("TASK_STATE_").to_string();
+            let state_name = state
+                .as_str_name()
+                .trim_start_matches("TASK_STATE_")
+                .to_string();
             let terminal = !matches!(
                 state,
                 TaskState::Staging
@@ -589,7 +730,7 @@ impl<S: Store> Engine<S> {
                     | TaskState::Unreachable
                     | TaskState::Unspecified
             );
-            let out = if terminal {
+            let mut out = if terminal {
                 let exit = status
                     .exit_code
                     .or((state == TaskState::Finished).then_some(0));
@@ -604,7 +745,11 @@ impl<S: Store> Engine<S> {
                 let _ = job.next(now);
                 job.ended(&status.task_id, exit, &reason, now);
                 self.killing.remove(&status.task_id);
-                record::with_progress(&r, &job, Some((&status.task_id, &format!("TASK_{state_name}"))))
+                record::with_progress(
+                    &r,
+                    &job,
+                    Some((&status.task_id, &format!("TASK_{state_name}"))),
+                )
             } else {
                 if status.agent_id.is_empty() {
                     return;
@@ -614,6 +759,22 @@ impl<S: Store> Engine<S> {
             };
             if out == r {
                 return;
+            }
+            // A sweep's trial that ended reports its metric on stdout.
+            if is_terminal(&out.state) && !r.params_json.is_empty() {
+                if let Some(metric) = job.spec.env.get("MEZZ_METRIC") {
+                    match self.store.output(&status.task_id).await {
+                        Ok(text) => {
+                            if let Some(m) = sweep::metric_in(&text, metric) {
+                                out.has_metric = true;
+                                out.metric = m;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %name, error = %e, "cannot read the trial's output")
+                        }
+                    }
+                }
             }
             match self.store.update(out, r.version).await {
                 Ok(stored) => {
@@ -637,7 +798,8 @@ impl<S: Store> Engine<S> {
 
 /// The task of one attempt.
 fn task_builder(spec: &JobSpec, task_id: &str) -> TaskBuilder {
-    let mut b = TaskBuilder::shell(task_id.to_string(), spec.task_command()).name(task_id.to_string());
+    let mut b =
+        TaskBuilder::shell(task_id.to_string(), spec.task_command()).name(task_id.to_string());
     for (k, v) in &spec.env {
         b = b.env(k.clone(), v.clone());
     }

@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(back.attempts, job.attempts);
         assert_eq!(back.not_before, job.not_before);
         assert_eq!(job_of_task("etl.1"), Some("etl"));
-        assert_eq!(job_of_task("nightly.1796612400.2"), Some("nightly.1796612400"));
+        assert_eq!(
+            job_of_task("nightly.1796612400.2"),
+            Some("nightly.1796612400")
+        );
         assert_eq!(job_of_task("etl"), None);
     }
 }

@@ -103,7 +103,12 @@ pub fn due(schedule: &Schedule, last: f64, now: f64, missed: Missed) -> Vec<Fire
     if let Some(&at) = skipped.last() {
         fires.push(Fire { at, run: false });
     }
-    fires.extend(run_late.iter().chain(on_time).map(|&at| Fire { at, run: true }));
+    fires.extend(
+        run_late
+            .iter()
+            .chain(on_time)
+            .map(|&at| Fire { at, run: true }),
+    );
     fires
 }
 
@@ -166,17 +171,32 @@ mod tests {
         assert_eq!(
             once,
             vec![
-                Fire { at: DAY + 480.0, run: false },
-                Fire { at: DAY + 540.0, run: true },
-                Fire { at: DAY + 600.0, run: true },
+                Fire {
+                    at: DAY + 480.0,
+                    run: false
+                },
+                Fire {
+                    at: DAY + 540.0,
+                    run: true
+                },
+                Fire {
+                    at: DAY + 600.0,
+                    run: true
+                },
             ]
         );
         let skip = due(&s, DAY, now, Missed::Skip);
         assert_eq!(
             skip,
             vec![
-                Fire { at: DAY + 540.0, run: false },
-                Fire { at: DAY + 600.0, run: true },
+                Fire {
+                    at: DAY + 540.0,
+                    run: false
+                },
+                Fire {
+                    at: DAY + 600.0,
+                    run: true
+                },
             ]
         );
         assert!(due(&s, DAY + 600.0, now, Missed::RunAll).is_empty());

@@ -430,13 +430,21 @@ impl JobSpec {
                 }
                 None
             }
-            Some(cron) => Some(Self::schedule(text, &name, cron, f.timezone, f.concurrency, f.missed)?),
+            Some(cron) => Some(Self::schedule(
+                text,
+                &name,
+                cron,
+                f.timezone,
+                f.concurrency,
+                f.missed,
+            )?),
         };
         if schedule.is_some() && !after.is_empty() {
             return Err(field_error(
                 text,
                 after_field,
-                "a scheduled job cannot wait for other jobs; schedule the jobs that wait instead".into(),
+                "a scheduled job cannot wait for other jobs; schedule the jobs that wait instead"
+                    .into(),
             ));
         }
 

@@ -152,9 +152,9 @@ pub fn parse(text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
             "`name`: a sweep's name may be at most {MAX_SWEEP_NAME} characters (its trials are named NAME.tK)"
         )));
     }
-    let mut trial_value = f
-        .trial
-        .ok_or_else(|| bad("`trial` is missing: give the job each trial runs (kind command or python)"))?;
+    let mut trial_value = f.trial.ok_or_else(|| {
+        bad("`trial` is missing: give the job each trial runs (kind command or python)")
+    })?;
     let map = trial_value
         .as_mapping_mut()
         .ok_or_else(|| bad("`trial` must be a job spec (a mapping)"))?;
@@ -175,34 +175,53 @@ pub fn parse(text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
         return Err(bad("`trial.kind`: a trial cannot be a sweep"));
     }
     if f.parameters.is_empty() {
-        return Err(bad("`parameters` is missing: name at least one parameter and its values or range"));
+        return Err(bad(
+            "`parameters` is missing: name at least one parameter and its values or range",
+        ));
     }
     for (p, space) in &f.parameters {
         let ok = !p.is_empty()
             && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !p.starts_with(|c: char| c.is_ascii_digit());
         if !ok {
-            return Err(bad(format!("`parameters`: '{p}' is not a parameter name (letters, digits, '_')")));
+            return Err(bad(format!(
+                "`parameters`: '{p}' is not a parameter name (letters, digits, '_')"
+            )));
         }
         match space {
             Param::Values(v) if v.is_empty() => {
-                return Err(bad(format!("`parameters.{p}`: the list of values is empty")))
+                return Err(bad(format!(
+                    "`parameters.{p}`: the list of values is empty"
+                )))
             }
             Param::Values(v) => {
-                if let Some(x) = v.iter().find(|x| x.is_object() || x.is_array() || x.is_null()) {
-                    return Err(bad(format!("`parameters.{p}`: {x} is not a number, string or boolean")));
+                if let Some(x) = v
+                    .iter()
+                    .find(|x| x.is_object() || x.is_array() || x.is_null())
+                {
+                    return Err(bad(format!(
+                        "`parameters.{p}`: {x} is not a number, string or boolean"
+                    )));
                 }
             }
-            Param::Range { min, max, scale, .. } => {
+            Param::Range {
+                min, max, scale, ..
+            } => {
                 if !(min.is_finite() && max.is_finite() && min <= max) {
-                    return Err(bad(format!("`parameters.{p}`: min {min} and max {max} make no range")));
+                    return Err(bad(format!(
+                        "`parameters.{p}`: min {min} and max {max} make no range"
+                    )));
                 }
                 match scale.as_deref() {
                     None | Some("linear") => {}
                     Some("log") if *min > 0.0 => {}
-                    Some("log") => return Err(bad(format!("`parameters.{p}`: a log range needs min > 0"))),
+                    Some("log") => {
+                        return Err(bad(format!("`parameters.{p}`: a log range needs min > 0")))
+                    }
                     Some(other) => {
-                        return Err(bad(format!("`parameters.{p}.scale`: '{other}' is not linear or log")))
+                        return Err(bad(format!(
+                            "`parameters.{p}.scale`: '{other}' is not linear or log"
+                        )))
                     }
                 }
             }
@@ -211,7 +230,11 @@ pub fn parse(text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
     let method_name = f.method.as_deref().unwrap_or("grid");
     let method = match method_name {
         "grid" => {
-            if let Some((p, _)) = f.parameters.iter().find(|(_, s)| matches!(s, Param::Range { .. })) {
+            if let Some((p, _)) = f
+                .parameters
+                .iter()
+                .find(|(_, s)| matches!(s, Param::Range { .. }))
+            {
                 return Err(bad(format!(
                     "`parameters.{p}`: a grid needs a list of values; a range goes with method random or halving"
                 )));
@@ -222,46 +245,64 @@ pub fn parse(text: &str, sizes: &Sizes) -> Result<JobSpec, SpecError> {
             Method::Grid
         }
         "random" => Method::Random {
-            trials: f.trials.ok_or_else(|| bad("`trials` is missing: how many random trials"))?,
+            trials: f
+                .trials
+                .ok_or_else(|| bad("`trials` is missing: how many random trials"))?,
         },
         "halving" => {
             let min_budget = f.min_budget.unwrap_or(1.0);
-            let max_budget = f
-                .max_budget
-                .ok_or_else(|| bad("`max_budget` is missing: the last rung's budget (epochs, steps, …)"))?;
+            let max_budget = f.max_budget.ok_or_else(|| {
+                bad("`max_budget` is missing: the last rung's budget (epochs, steps, …)")
+            })?;
             let eta = f.eta.unwrap_or(3);
             if !(min_budget > 0.0 && max_budget >= min_budget) {
-                return Err(bad("`min_budget`/`max_budget`: need 0 < min_budget <= max_budget"));
+                return Err(bad(
+                    "`min_budget`/`max_budget`: need 0 < min_budget <= max_budget",
+                ));
             }
             if eta < 2 {
                 return Err(bad("`eta`: must be 2 or more"));
             }
             Method::Halving {
-                trials: f.trials.ok_or_else(|| bad("`trials` is missing: how many trials the first rung runs"))?,
+                trials: f.trials.ok_or_else(|| {
+                    bad("`trials` is missing: how many trials the first rung runs")
+                })?,
                 min_budget,
                 max_budget,
                 eta,
             }
         }
         other => {
-            return Err(bad(format!("`method`: '{other}' is not grid, random or halving")));
+            return Err(bad(format!(
+                "`method`: '{other}' is not grid, random or halving"
+            )));
         }
     };
     for (field, v) in [("after", &f.after), ("after_any", &f.after_any)] {
         if v.is_some() {
-            return Err(bad(format!("`{field}`: a sweep cannot wait for other jobs yet")));
+            return Err(bad(format!(
+                "`{field}`: a sweep cannot wait for other jobs yet"
+            )));
         }
     }
-    let metric = f
-        .metric
-        .ok_or_else(|| bad("`metric` is missing: the name trials report as `metric: NAME=VALUE`"))?;
-    if metric.is_empty() || !metric.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c)) {
+    let metric = f.metric.ok_or_else(|| {
+        bad("`metric` is missing: the name trials report as `metric: NAME=VALUE`")
+    })?;
+    if metric.is_empty()
+        || !metric
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+    {
         return Err(bad(format!("`metric`: '{metric}' is not a metric name")));
     }
     let goal = match f.goal.as_deref() {
         None | Some("maximize") | Some("max") => Goal::Maximize,
         Some("minimize") | Some("min") => Goal::Minimize,
-        Some(other) => return Err(bad(format!("`goal`: '{other}' is not maximize or minimize"))),
+        Some(other) => {
+            return Err(bad(format!(
+                "`goal`: '{other}' is not maximize or minimize"
+            )))
+        }
     };
     let parallelism = f.parallelism.unwrap_or(4);
     if parallelism == 0 {
@@ -355,7 +396,12 @@ impl SweepSpec {
                 .try_fold(1usize, |a, n| a.checked_mul(n))
                 .unwrap_or(usize::MAX),
             Method::Random { trials } => *trials as usize,
-            Method::Halving { trials, min_budget, max_budget, eta } => {
+            Method::Halving {
+                trials,
+                min_budget,
+                max_budget,
+                eta,
+            } => {
                 let mut n = *trials as usize;
                 let mut b = *min_budget;
                 let mut total = 0;
@@ -397,7 +443,12 @@ impl SweepSpec {
                     let u = (r >> 11) as f64 / (1u64 << 53) as f64;
                     let v = match p {
                         Param::Values(v) => v[(r % v.len() as u64) as usize].clone(),
-                        Param::Range { min, max, scale, integer } => {
+                        Param::Range {
+                            min,
+                            max,
+                            scale,
+                            integer,
+                        } => {
                             let x = if scale.as_deref() == Some("log") {
                                 (min.ln() + u * (max.ln() - min.ln())).exp()
                             } else {
@@ -428,7 +479,12 @@ impl SweepSpec {
     }
 
     /// The spec of a trial with `params` (and `budget` under halving).
-    pub fn trial_spec(&self, name: &str, params: &BTreeMap<String, Value>, budget: Option<f64>) -> JobSpec {
+    pub fn trial_spec(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, Value>,
+        budget: Option<f64>,
+    ) -> JobSpec {
         let text = |v: &Value| match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -452,10 +508,12 @@ impl SweepSpec {
             *v = fill(v);
         }
         for (n, v) in params {
-            spec.env.insert(format!("MEZZ_PARAM_{}", n.to_ascii_uppercase()), text(v));
+            spec.env
+                .insert(format!("MEZZ_PARAM_{}", n.to_ascii_uppercase()), text(v));
         }
         if let Some(b) = budget {
-            spec.env.insert("MEZZ_BUDGET".into(), Value::from(b).to_string());
+            spec.env
+                .insert("MEZZ_BUDGET".into(), Value::from(b).to_string());
         }
         spec.env.insert("MEZZ_METRIC".into(), self.metric.clone());
         spec
@@ -490,69 +548,109 @@ impl SweepSpec {
 
     /// What to do, given the trials the masters keep for sweep `sweep`.
     pub fn plan(&self, sweep: &str, trials: &[TrialView]) -> Step {
-        let by_name: BTreeMap<&str, &TrialView> = trials.iter().map(|t| (t.name.as_str(), t)).collect();
-        let running: Vec<String> = trials.iter().filter(|t| !t.ended).map(|t| t.name.clone()).collect();
+        let by_name: BTreeMap<&str, &TrialView> =
+            trials.iter().map(|t| (t.name.as_str(), t)).collect();
+        let running: Vec<String> = trials
+            .iter()
+            .filter(|t| !t.ended)
+            .map(|t| t.name.clone())
+            .collect();
         if let Some((name, m)) = self.best(trials.iter()).filter(|(_, m)| self.reached(*m)) {
-            return Step::Done { best: Some((name, m)), kill: running };
+            return Step::Done {
+                best: Some((name, m)),
+                kill: running,
+            };
         }
         let room = (self.parallelism as usize).saturating_sub(running.len());
-        let (configs, rung, budget, last_rung): (Vec<usize>, u32, Option<f64>, bool) = match &self.method {
-            Method::Grid | Method::Random { .. } => ((1..=self.total_trials()).collect(), 0, None, true),
-            Method::Halving { trials: n0, min_budget, max_budget, eta } => {
-                // Walk the rungs: the first not complete is the current one.
-                let mut configs: Vec<usize> = (1..=*n0 as usize).collect();
-                let mut rung = 0u32;
-                let mut budget = *min_budget;
-                loop {
-                    let names: Vec<String> = configs.iter().map(|k| self.trial_name(sweep, rung, *k)).collect();
-                    let complete = names.iter().all(|n| by_name.get(n.as_str()).is_some_and(|t| t.ended));
-                    let next_budget = budget * *eta as f64;
-                    let keep = configs.len() / *eta as usize;
-                    let last = keep == 0 || next_budget > *max_budget * (1.0 + 1e-9);
-                    if !complete || last {
-                        break (configs, rung, Some(budget), last);
-                    }
-                    // Promote the best `keep` of this rung (no metric: last).
-                    let mut ranked: Vec<(usize, Option<f64>)> = configs
-                        .iter()
-                        .map(|k| (*k, by_name.get(self.trial_name(sweep, rung, *k).as_str()).and_then(|t| t.metric)))
-                        .collect();
-                    ranked.sort_by(|a, b| match (a.1, b.1) {
-                        (Some(x), Some(y)) => {
-                            if self.better(x, y) {
-                                std::cmp::Ordering::Less
-                            } else if self.better(y, x) {
-                                std::cmp::Ordering::Greater
-                            } else {
-                                a.0.cmp(&b.0)
-                            }
-                        }
-                        (Some(_), None) => std::cmp::Ordering::Less,
-                        (None, Some(_)) => std::cmp::Ordering::Greater,
-                        (None, None) => a.0.cmp(&b.0),
-                    });
-                    configs = ranked.into_iter().take(keep).map(|(k, _)| k).collect();
-                    configs.sort();
-                    rung += 1;
-                    budget = next_budget;
+        let (configs, rung, budget, last_rung): (Vec<usize>, u32, Option<f64>, bool) =
+            match &self.method {
+                Method::Grid | Method::Random { .. } => {
+                    ((1..=self.total_trials()).collect(), 0, None, true)
                 }
-            }
-        };
+                Method::Halving {
+                    trials: n0,
+                    min_budget,
+                    max_budget,
+                    eta,
+                } => {
+                    // Walk the rungs: the first not complete is the current one.
+                    let mut configs: Vec<usize> = (1..=*n0 as usize).collect();
+                    let mut rung = 0u32;
+                    let mut budget = *min_budget;
+                    loop {
+                        let names: Vec<String> = configs
+                            .iter()
+                            .map(|k| self.trial_name(sweep, rung, *k))
+                            .collect();
+                        let complete = names
+                            .iter()
+                            .all(|n| by_name.get(n.as_str()).is_some_and(|t| t.ended));
+                        let next_budget = budget * *eta as f64;
+                        let keep = configs.len() / *eta as usize;
+                        let last = keep == 0 || next_budget > *max_budget * (1.0 + 1e-9);
+                        if !complete || last {
+                            break (configs, rung, Some(budget), last);
+                        }
+                        // Promote the best `keep` of this rung (no metric: last).
+                        let mut ranked: Vec<(usize, Option<f64>)> = configs
+                            .iter()
+                            .map(|k| {
+                                (
+                                    *k,
+                                    by_name
+                                        .get(self.trial_name(sweep, rung, *k).as_str())
+                                        .and_then(|t| t.metric),
+                                )
+                            })
+                            .collect();
+                        ranked.sort_by(|a, b| match (a.1, b.1) {
+                            (Some(x), Some(y)) => {
+                                if self.better(x, y) {
+                                    std::cmp::Ordering::Less
+                                } else if self.better(y, x) {
+                                    std::cmp::Ordering::Greater
+                                } else {
+                                    a.0.cmp(&b.0)
+                                }
+                            }
+                            (Some(_), None) => std::cmp::Ordering::Less,
+                            (None, Some(_)) => std::cmp::Ordering::Greater,
+                            (None, None) => a.0.cmp(&b.0),
+                        });
+                        configs = ranked.into_iter().take(keep).map(|(k, _)| k).collect();
+                        configs.sort();
+                        rung += 1;
+                        budget = next_budget;
+                    }
+                }
+            };
         let missing: Vec<usize> = configs
             .iter()
             .copied()
             .filter(|k| !by_name.contains_key(self.trial_name(sweep, rung, *k).as_str()))
             .collect();
         if missing.is_empty() {
-            let this_rung: Vec<String> = configs.iter().map(|k| self.trial_name(sweep, rung, *k)).collect();
-            let all_ended = this_rung.iter().all(|n| by_name.get(n.as_str()).is_some_and(|t| t.ended));
+            let this_rung: Vec<String> = configs
+                .iter()
+                .map(|k| self.trial_name(sweep, rung, *k))
+                .collect();
+            let all_ended = this_rung
+                .iter()
+                .all(|n| by_name.get(n.as_str()).is_some_and(|t| t.ended));
             if all_ended && last_rung {
                 let best = match self.method {
                     // The best of the last rung: it had the most budget.
-                    Method::Halving { .. } => self.best(this_rung.iter().filter_map(|n| by_name.get(n.as_str()).copied())),
+                    Method::Halving { .. } => self.best(
+                        this_rung
+                            .iter()
+                            .filter_map(|n| by_name.get(n.as_str()).copied()),
+                    ),
                     _ => self.best(trials.iter()),
                 };
-                return Step::Done { best, kill: Vec::new() };
+                return Step::Done {
+                    best,
+                    kill: Vec::new(),
+                };
             }
             return Step::Wait;
         }
@@ -566,7 +664,11 @@ impl SweepSpec {
                 .map(|k| {
                     let params = self.params(k);
                     let name = self.trial_name(sweep, rung, k);
-                    let spec = self.trial_spec(&name, &params, budget.filter(|_| matches!(self.method, Method::Halving { .. })));
+                    let spec = self.trial_spec(
+                        &name,
+                        &params,
+                        budget.filter(|_| matches!(self.method, Method::Halving { .. })),
+                    );
                     NewTrial { name, params, spec }
                 })
                 .collect(),
@@ -610,7 +712,11 @@ mod tests {
     }
 
     fn ended(name: &str, metric: Option<f64>) -> TrialView {
-        TrialView { name: name.into(), ended: true, metric }
+        TrialView {
+            name: name.into(),
+            ended: true,
+            metric,
+        }
     }
 
     #[test]
@@ -618,21 +724,52 @@ mod tests {
         let s = sweep("parameters:\n  c: [1, 10]\n  k: [a, b, c]\nparallelism: 4\n");
         let sw = s.sweep.clone().unwrap();
         assert_eq!(sw.total_trials(), 6);
-        let Step::Submit(first) = sw.plan("tune", &[]) else { panic!() };
+        let Step::Submit(first) = sw.plan("tune", &[]) else {
+            panic!()
+        };
         assert_eq!(first.len(), 4);
         assert_eq!(first[0].name, "tune.t1");
-        assert_eq!(first[0].spec.command.as_deref(), Some("./train --c 1 --k a"));
-        assert_eq!(first[1].spec.command.as_deref(), Some("./train --c 1 --k b"));
-        assert_eq!(first[3].spec.command.as_deref(), Some("./train --c 10 --k a"));
+        assert_eq!(
+            first[0].spec.command.as_deref(),
+            Some("./train --c 1 --k a")
+        );
+        assert_eq!(
+            first[1].spec.command.as_deref(),
+            Some("./train --c 1 --k b")
+        );
+        assert_eq!(
+            first[3].spec.command.as_deref(),
+            Some("./train --c 10 --k a")
+        );
         assert_eq!(first[3].spec.env["MEZZ_PARAM_C"], "10");
         assert_eq!(first[3].spec.env["MEZZ_METRIC"], "acc");
-        let mut trials: Vec<TrialView> = first.iter().map(|t| TrialView { name: t.name.clone(), ended: false, metric: None }).collect();
+        let mut trials: Vec<TrialView> = first
+            .iter()
+            .map(|t| TrialView {
+                name: t.name.clone(),
+                ended: false,
+                metric: None,
+            })
+            .collect();
         assert_eq!(sw.plan("tune", &trials), Step::Wait, "four run: no room");
         trials[0] = ended("tune.t1", Some(0.5));
-        let Step::Submit(more) = sw.plan("tune", &trials) else { panic!() };
-        assert_eq!(more.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["tune.t5"]);
-        let all: Vec<TrialView> = (1..=6).map(|k| ended(&format!("tune.t{k}"), Some(k as f64 / 10.0))).collect();
-        assert_eq!(sw.plan("tune", &all), Step::Done { best: Some(("tune.t6".into(), 0.6)), kill: vec![] });
+        let Step::Submit(more) = sw.plan("tune", &trials) else {
+            panic!()
+        };
+        assert_eq!(
+            more.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["tune.t5"]
+        );
+        let all: Vec<TrialView> = (1..=6)
+            .map(|k| ended(&format!("tune.t{k}"), Some(k as f64 / 10.0)))
+            .collect();
+        assert_eq!(
+            sw.plan("tune", &all),
+            Step::Done {
+                best: Some(("tune.t6".into(), 0.6)),
+                kill: vec![]
+            }
+        );
     }
 
     #[test]
@@ -656,33 +793,74 @@ mod tests {
         let s = sweep("method: halving\ntrials: 9\nmin_budget: 1\nmax_budget: 9\neta: 3\nparallelism: 9\nparameters:\n  c: {min: 1, max: 2}\n  k: [x]\n");
         let sw = s.sweep.unwrap();
         assert_eq!(sw.total_trials(), 9 + 3 + 1);
-        let Step::Submit(r0) = sw.plan("tune", &[]) else { panic!() };
+        let Step::Submit(r0) = sw.plan("tune", &[]) else {
+            panic!()
+        };
         assert_eq!(r0.len(), 9);
         assert_eq!(r0[0].name, "tune.r0t1");
         assert_eq!(r0[0].spec.env["MEZZ_BUDGET"], "1.0");
         // Rung 0 ends: trials 2, 5 and 7 are the best.
-        let score = |k: usize| if [2, 5, 7].contains(&k) { 0.9 + k as f64 / 100.0 } else { 0.1 };
-        let mut trials: Vec<TrialView> = (1..=9).map(|k| ended(&format!("tune.r0t{k}"), Some(score(k)))).collect();
-        let Step::Submit(r1) = sw.plan("tune", &trials) else { panic!() };
-        assert_eq!(r1.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["tune.r1t2", "tune.r1t5", "tune.r1t7"]);
+        let score = |k: usize| {
+            if [2, 5, 7].contains(&k) {
+                0.9 + k as f64 / 100.0
+            } else {
+                0.1
+            }
+        };
+        let mut trials: Vec<TrialView> = (1..=9)
+            .map(|k| ended(&format!("tune.r0t{k}"), Some(score(k))))
+            .collect();
+        let Step::Submit(r1) = sw.plan("tune", &trials) else {
+            panic!()
+        };
+        assert_eq!(
+            r1.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["tune.r1t2", "tune.r1t5", "tune.r1t7"]
+        );
         assert_eq!(r1[0].spec.env["MEZZ_BUDGET"], "3.0");
-        assert_eq!(r1[1].params, sw.params(5), "a promoted trial keeps its parameters");
-        trials.extend([ended("tune.r1t2", Some(0.3)), ended("tune.r1t5", Some(0.95)), ended("tune.r1t7", Some(0.5))]);
-        let Step::Submit(r2) = sw.plan("tune", &trials) else { panic!() };
+        assert_eq!(
+            r1[1].params,
+            sw.params(5),
+            "a promoted trial keeps its parameters"
+        );
+        trials.extend([
+            ended("tune.r1t2", Some(0.3)),
+            ended("tune.r1t5", Some(0.95)),
+            ended("tune.r1t7", Some(0.5)),
+        ]);
+        let Step::Submit(r2) = sw.plan("tune", &trials) else {
+            panic!()
+        };
         assert_eq!(r2[0].name, "tune.r2t5");
         assert_eq!(r2[0].spec.env["MEZZ_BUDGET"], "9.0");
         trials.push(ended("tune.r2t5", Some(0.97)));
-        assert_eq!(sw.plan("tune", &trials), Step::Done { best: Some(("tune.r2t5".into(), 0.97)), kill: vec![] });
+        assert_eq!(
+            sw.plan("tune", &trials),
+            Step::Done {
+                best: Some(("tune.r2t5".into(), 0.97)),
+                kill: vec![]
+            }
+        );
     }
 
     #[test]
     fn a_target_stops_the_sweep_and_kills_what_runs() {
         let s = sweep("parameters:\n  c: [1, 2, 3]\n  k: [a]\ntarget: 0.9\ngoal: maximize\n");
         let sw = s.sweep.unwrap();
-        let trials = [ended("tune.t1", Some(0.95)), TrialView { name: "tune.t2".into(), ended: false, metric: None }];
+        let trials = [
+            ended("tune.t1", Some(0.95)),
+            TrialView {
+                name: "tune.t2".into(),
+                ended: false,
+                metric: None,
+            },
+        ];
         assert_eq!(
             sw.plan("tune", &trials),
-            Step::Done { best: Some(("tune.t1".into(), 0.95)), kill: vec!["tune.t2".into()] }
+            Step::Done {
+                best: Some(("tune.t1".into(), 0.95)),
+                kill: vec!["tune.t2".into()]
+            }
         );
     }
 
@@ -698,13 +876,20 @@ mod tests {
         assert!(e("method: anneal\nparameters:\n  c: [1]\n").contains("'anneal'"));
         assert!(e("parameters:\n  c: []\n").contains("empty"));
         assert!(e("parameters:\n  c: {min: 0, max: 1, scale: log}\n").contains("min > 0"));
-        assert!(e("parameters:\n  c: [1]\nretries: 2\n").contains("retries"), "unknown sweep field");
-        assert!(e("method: random\ntrials: 5000\nparameters:\n  c: [1]\n").contains("at most") || e("method: random\ntrials: 5000\nparameters:\n  c: [1]\n").contains("1 to 1000"));
+        assert!(
+            e("parameters:\n  c: [1]\nretries: 2\n").contains("retries"),
+            "unknown sweep field"
+        );
+        assert!(
+            e("method: random\ntrials: 5000\nparameters:\n  c: [1]\n").contains("at most")
+                || e("method: random\ntrials: 5000\nparameters:\n  c: [1]\n").contains("1 to 1000")
+        );
     }
 
     #[test]
     fn metrics_are_read_from_the_last_line_that_names_them() {
-        let out = "epoch 1\nmetric: acc=0.5 loss=2\nnoise metric: acc=9\nmetric: loss=1, acc=0.75\n";
+        let out =
+            "epoch 1\nmetric: acc=0.5 loss=2\nnoise metric: acc=9\nmetric: loss=1, acc=0.75\n";
         assert_eq!(metric_in(out, "acc"), Some(0.75));
         assert_eq!(metric_in(out, "loss"), Some(1.0));
         assert_eq!(metric_in(out, "f1"), None);

@@ -153,6 +153,29 @@ fn spec_of(job: &JobRecord) -> Result<JobRecord, CallError> {
     })
 }
 
+/// The most bytes of a trial's parameters (JSON) the masters keep.
+const MAX_PARAMS_BYTES: usize = 4096;
+
+/// A trial's parameters: empty, or a JSON object of at most
+/// [`MAX_PARAMS_BYTES`].
+fn check_params(name: &str, params: &str) -> Result<(), CallError> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    if params.len() > MAX_PARAMS_BYTES {
+        return Err(CallError::Invalid(format!(
+            "job '{name}': its parameters are {} bytes of JSON, more than {MAX_PARAMS_BYTES}",
+            params.len()
+        )));
+    }
+    match serde_json::from_str::<serde_json::Value>(params) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        _ => Err(CallError::Invalid(format!(
+            "job '{name}': params_json must be a JSON object of the trial's parameters"
+        ))),
+    }
+}
+
 /// Checks the `after` of each job of `batch` (new records by name) against
 /// the batch and the stored jobs: every name known, none its own, and no
 /// cycle over the stored jobs plus the batch (a name of the batch replaces
@@ -311,6 +334,12 @@ impl Cluster {
                     job.name
                 )));
             }
+            let mut spec = spec;
+            if !job.parent.is_empty() {
+                self.check_trial(job)?;
+                spec.parent = job.parent.clone();
+                spec.params_json = job.params_json.clone();
+            }
             specs.push(spec);
         }
         let batch: BTreeMap<&str, &JobRecord> =
@@ -337,6 +366,28 @@ impl Cluster {
         let names = records.iter().map(|r| r.name.clone()).collect();
         self.propose_job(Command::JobsSubmitted(JobsSubmitted { jobs: records, at }));
         Ok(names)
+    }
+
+    /// A submitted job with a `parent` must be a trial of a kept sweep that
+    /// has not ended, named after it.
+    fn check_trial(&self, job: &JobRecord) -> Result<(), CallError> {
+        let parent = &job.parent;
+        let Some(sweep) = self.registry.jobs.get(parent) else {
+            return Err(no_job(parent));
+        };
+        if sweep.kind != "sweep" || is_terminal(&sweep.state) {
+            return Err(CallError::FailedPrecondition(format!(
+                "job '{}' names '{parent}' as its parent, which is not a sweep that has not ended ({} {}); only a sweep's trials have a parent given at submit",
+                job.name, sweep.kind, sweep.state
+            )));
+        }
+        if !job.name.starts_with(&format!("{parent}.")) || !job.schedule.is_empty() {
+            return Err(CallError::Invalid(format!(
+                "trial '{}' of sweep '{parent}' must be named '{parent}.<trial>' and have no schedule",
+                job.name
+            )));
+        }
+        check_params(&job.name, &job.params_json)
     }
 
     /// `UpdateJob`: the jobs framework's progress on a job, taken only at
@@ -396,6 +447,13 @@ impl Cluster {
                 )));
             }
         }
+        check_params(name, &job.params_json)?;
+        if !job.metric.is_finite() {
+            return Err(CallError::Invalid(format!(
+                "job '{name}': metric is {}; it must be a finite number",
+                job.metric
+            )));
+        }
         // Only what an update takes goes into the log (not the spec).
         let progress = JobRecord {
             name: name.to_string(),
@@ -404,6 +462,9 @@ impl Cluster {
             attempts: job.attempts.clone(),
             not_before: job.not_before,
             finished_at: job.finished_at,
+            params_json: job.params_json.clone(),
+            has_metric: job.has_metric,
+            metric: job.metric,
             ..Default::default()
         };
         let at = self.wall_time(now);

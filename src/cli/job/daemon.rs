@@ -13,7 +13,10 @@ use anyhow::Result;
 use mezz_jobs::engine::{BoxFuture, Engine, Event, Forwarder, Store, StoreError, FRAMEWORK_NAME};
 use mezz_proto::auth::AuthChannel;
 use mezz_proto::v1::operator_client::OperatorClient;
-use mezz_proto::v1::{FireScheduleRequest, GetJobRequest, JobRecord, ListJobsRequest, UpdateJobRequest};
+use mezz_proto::v1::{
+    ControlJobRequest, FireScheduleRequest, GetJobRequest, JobRecord, ListJobsRequest,
+    SubmitJobsRequest, UpdateJobRequest,
+};
 use mezz_sdk::daemon::{Daemon, DaemonInfo};
 use mezz_sdk::proto;
 use tokio::io::AsyncWriteExt;
@@ -106,7 +109,9 @@ impl Store for MasterStore {
             let r = self
                 .call(move |mut c| {
                     let name = name.clone();
-                    Box::pin(async move { Ok(c.get_job(GetJobRequest { name }).await?.into_inner()) })
+                    Box::pin(
+                        async move { Ok(c.get_job(GetJobRequest { name }).await?.into_inner()) },
+                    )
                 })
                 .await;
             match r {
@@ -118,7 +123,11 @@ impl Store for MasterStore {
         })
     }
 
-    fn update(&self, job: JobRecord, expected: u64) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
+    fn update(
+        &self,
+        job: JobRecord,
+        expected: u64,
+    ) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
         Box::pin(self.call(move |mut c| {
             let job = job.clone();
             Box::pin(async move {
@@ -139,13 +148,111 @@ impl Store for MasterStore {
             Box::pin(async move { Ok(c.fire_schedule(fire).await?.into_inner()) })
         }))
     }
+
+    fn children<'a>(
+        &'a self,
+        parent: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<JobRecord>, StoreError>> {
+        let parent = parent.to_string();
+        Box::pin(self.call(move |mut c| {
+            let parent = parent.clone();
+            Box::pin(async move {
+                let r = c
+                    .list_jobs(ListJobsRequest {
+                        parent,
+                        limit: 100_000,
+                        summary: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(r.into_inner().jobs)
+            })
+        }))
+    }
+
+    fn submit(&self, jobs: Vec<JobRecord>) -> BoxFuture<'_, Result<Vec<JobRecord>, StoreError>> {
+        Box::pin(self.call(move |mut c| {
+            let jobs = jobs.clone();
+            Box::pin(async move {
+                Ok(c.submit_jobs(SubmitJobsRequest { jobs })
+                    .await?
+                    .into_inner()
+                    .jobs)
+            })
+        }))
+    }
+
+    fn control<'a>(
+        &'a self,
+        name: &'a str,
+        action: &'a str,
+    ) -> BoxFuture<'a, Result<JobRecord, StoreError>> {
+        let (name, action) = (name.to_string(), action.to_string());
+        Box::pin(self.call(move |mut c| {
+            let request = ControlJobRequest {
+                name: name.clone(),
+                action: action.clone(),
+            };
+            Box::pin(async move { Ok(c.control_job(request).await?.into_inner()) })
+        }))
+    }
+
+    fn output<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            let unavailable = |e: anyhow::Error| StoreError::Unavailable(format!("{e:#}"));
+            let state = client::state(&self.masters, true)
+                .await
+                .map_err(unavailable)?;
+            let task = state
+                .tasks
+                .into_iter()
+                .find(|t| t.id == task_id && !t.agent_address.is_empty())
+                .ok_or_else(|| {
+                    StoreError::Refused(format!("task {task_id} is not known with an agent"))
+                })?;
+            let mut tail = crate::cli::logs::Tail::connect(
+                &task.agent_address,
+                &task.framework_id,
+                &task.id,
+                "stdout",
+            )
+            .await
+            .map_err(unavailable)?;
+            let mut text: Vec<u8> = Vec::new();
+            loop {
+                let (n, _) = tail
+                    .step_with(&mut |d| {
+                        text.extend_from_slice(d);
+                        if text.len() > 2 * OUTPUT_KEPT {
+                            text.drain(..text.len() - OUTPUT_KEPT);
+                        }
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                if n == 0 {
+                    break;
+                }
+            }
+            let from = text.len().saturating_sub(OUTPUT_KEPT);
+            Ok(String::from_utf8_lossy(&text[from..]).into_owned())
+        })
+    }
 }
+
+/// How much of a task's standard output [`MasterStore::output`] keeps.
+const OUTPUT_KEPT: usize = 64 * 1024;
 
 /// How a role's framework id file is named in the state directory.
 fn framework_id_file(dir: &Path, role: &str) -> std::path::PathBuf {
     let safe: String = role
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     dir.join(format!("framework-id.{safe}"))
 }
@@ -237,7 +344,9 @@ pub async fn answers(info: &DaemonInfo) -> bool {
     use tokio::io::AsyncReadExt;
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(&info.address).await.ok()?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         Some(String::from_utf8_lossy(&buf).contains(FRAMEWORK_NAME))

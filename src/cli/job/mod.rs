@@ -18,7 +18,9 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use mezz_jobs::record::{self, is_terminal};
 use mezz_jobs::JobSpec;
-use mezz_proto::v1::{ControlJobRequest, GetJobRequest, JobRecord, ListJobsRequest, SubmitJobsRequest};
+use mezz_proto::v1::{
+    ControlJobRequest, GetJobRequest, JobRecord, ListJobsRequest, SubmitJobsRequest,
+};
 
 use super::capacity::{never_fits, Need};
 use super::daemon_start::FrameworkDaemon;
@@ -111,7 +113,9 @@ pub struct ShowArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  mezz job list\n  mezz job list --state failed --since 1d --json\n  mezz job list --parent nightly-etl")]
+#[command(
+    after_help = "Examples:\n  mezz job list\n  mezz job list --state failed --since 1d --json\n  mezz job list --parent nightly-etl"
+)]
 pub struct ListArgs {
     #[command(flatten)]
     pub master: MasterArg,
@@ -311,14 +315,26 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
     let jobs: Vec<JobRecord> = specs.iter().map(record::submitted).collect();
     let stored = match op.submit_jobs(SubmitJobsRequest { jobs }).await {
         Ok(r) => r.into_inner().jobs,
-        Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::NotFound
+            ) =>
+        {
             errln!("mezz job: {}", s.message());
             return Ok(ExitCode::from(2));
         }
         Err(s) => return Err(anyhow!("submitting to {addr}: {}", s.message())),
     };
     for j in &stored {
-        errln!("mezz job: {} submitted ({}{})", j.name, j.state, view::run_note(j));
+        errln!(
+            "mezz job: {} submitted ({}{})",
+            j.name,
+            j.state,
+            view::run_note(j)
+        );
     }
     ensure_daemon(&masters, &a.daemon).await.context(
         "the jobs are stored, but no jobs daemon runs them; start one with `mezz job daemon`",
@@ -333,7 +349,12 @@ async fn submit(a: SubmitArgs) -> Result<ExitCode> {
 async fn rerun(a: RerunArgs) -> Result<ExitCode> {
     let masters = client::masters(a.master.master.as_deref())?;
     let j = control_call(&masters, &a.name, "rerun").await?;
-    errln!("mezz job: {} run {} submitted ({})", j.name, j.runs, j.state);
+    errln!(
+        "mezz job: {} run {} submitted ({})",
+        j.name,
+        j.runs,
+        j.state
+    );
     ensure_daemon(&masters, &a.daemon).await?;
     if a.wait {
         return view::wait(&masters, &[j.name], false).await;
@@ -389,7 +410,8 @@ async fn list_jobs(masters: &[String], req: ListJobsRequest) -> Result<(Vec<JobR
 }
 
 async fn run_daemon(a: DaemonArgs) -> Result<ExitCode> {
-    let (masters, dir) = DAEMON.resolve(a.master.master.as_deref(), a.daemon.state_dir.as_deref())?;
+    let (masters, dir) =
+        DAEMON.resolve(a.master.master.as_deref(), a.daemon.state_dir.as_deref())?;
     let failover = crate::duration::parse(&a.failover_timeout)
         .map_err(|e| anyhow!("--failover-timeout: {e}"))?;
     if !daemon::run(masters, &dir, failover, super::shutdown_signal()).await? {

@@ -28,7 +28,11 @@ fn took(start: f64, end: f64) -> String {
     if start <= 0.0 {
         return "-".into();
     }
-    let end = if end > 0.0 { end } else { mezz_proto::unix_now() };
+    let end = if end > 0.0 {
+        end
+    } else {
+        mezz_proto::unix_now()
+    };
     let d = end - start;
     // Batch attempts are often short: tenths of a second under a minute.
     if d < 60.0 {
@@ -40,6 +44,9 @@ fn took(start: f64, end: f64) -> String {
 
 /// GPU-hours the job's attempts held.
 fn gpu_hours(j: &JobRecord) -> f64 {
+    if j.gpus == 0 {
+        return 0.0;
+    }
     let now = mezz_proto::unix_now();
     j.attempts
         .iter()
@@ -98,6 +105,8 @@ pub fn job_json(j: &JobRecord) -> serde_json::Value {
         })),
         "resources": {"cpus": j.cpus, "mem": j.mem, "gpus": j.gpus},
         "gpu_hours": gpu_hours(j),
+        "params": serde_json::from_str::<serde_json::Value>(&j.params_json).ok(),
+        "metric": j.has_metric.then_some(j.metric),
         "attempts": j.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
         "spec": spec,
         "version": j.version,
@@ -142,14 +151,29 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
         out += &format!(" by {}", j.principal);
     }
     if j.finished_at > 0.0 {
-        out += &format!(", ended {} after {}", when(j.finished_at), took(j.submitted_at, j.finished_at));
+        out += &format!(
+            ", ended {} after {}",
+            when(j.finished_at),
+            took(j.submitted_at, j.finished_at)
+        );
     }
     out.push('\n');
     if !j.reason.is_empty() {
         out += &format!("  reason: {}\n", j.reason);
     }
-    if !j.parent.is_empty() {
+    if !j.parent.is_empty() && j.params_json.is_empty() {
         out += &format!("  a run of the scheduled job {}\n", j.parent);
+    } else if !j.parent.is_empty() {
+        out += &format!(
+            "  a trial of the sweep {} with {}\n",
+            j.parent, j.params_json
+        );
+    }
+    if j.has_metric {
+        out += &format!("  metric: {}\n", j.metric);
+    }
+    if j.kind == "sweep" {
+        out += &format!("  trials: mezz job list --parent {}\n", j.name);
     }
     if !j.schedule.is_empty() {
         out += &format!(
@@ -176,11 +200,18 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
                 None => format!("{d} (no longer kept)"),
             })
             .collect();
-        let how = if j.after_any { "after any end of" } else { "after success of" };
+        let how = if j.after_any {
+            "after any end of"
+        } else {
+            "after success of"
+        };
         out += &format!("  runs {how}: {}\n", deps.join(", "));
     }
     if !waiting_on.is_empty() {
-        let w: Vec<String> = waiting_on.iter().map(|r| format!("{} ({})", r.name, r.state)).collect();
+        let w: Vec<String> = waiting_on
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.state))
+            .collect();
         out += &format!("  waited on by: {}\n", w.join(", "));
     }
     if j.gpus > 0 {
@@ -188,7 +219,7 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
     }
     if !j.schedule.is_empty() {
         out += &format!("  runs: mezz job list --parent {}\n", j.name);
-    } else if j.attempts.is_empty() {
+    } else if j.attempts.is_empty() && j.kind != "sweep" {
         out += "  no attempt yet\n";
     } else {
         out += "  attempts:\n    #    TASK                           STATE            EXIT  AGENT         STARTED               TOOK      REASON\n";
@@ -197,8 +228,16 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
                 "    {:<4} {:<30} {:<16} {:<5} {:<13} {:<21} {:<9} {}\n",
                 a.number,
                 a.task_id,
-                if a.task_state.is_empty() { "RUNNING" } else { a.task_state.trim_start_matches("TASK_") },
-                if a.has_exit_code { a.exit_code.to_string() } else { "-".into() },
+                if a.task_state.is_empty() {
+                    "RUNNING"
+                } else {
+                    a.task_state.trim_start_matches("TASK_")
+                },
+                if a.has_exit_code {
+                    a.exit_code.to_string()
+                } else {
+                    "-".into()
+                },
                 short(&a.agent_id),
                 when(a.started_at),
                 took(a.started_at, a.ended_at),
@@ -252,7 +291,10 @@ pub async fn list(a: ListArgs) -> Result<ExitCode> {
     .await?;
     if a.json {
         let v: Vec<serde_json::Value> = jobs.iter().map(job_json).collect();
-        outln!("{}", serde_json::to_string_pretty(&json!({"jobs": v, "matched": matched}))?);
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"jobs": v, "matched": matched}))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if jobs.is_empty() {
@@ -274,14 +316,28 @@ pub async fn list(a: ListArgs) -> Result<ExitCode> {
         let last = j
             .attempts
             .last()
-            .map(|a| format!("{}{}", a.number, if a.has_exit_code { format!(":{}", a.exit_code) } else { String::new() }))
+            .map(|a| {
+                format!(
+                    "{}{}",
+                    a.number,
+                    if a.has_exit_code {
+                        format!(":{}", a.exit_code)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
             .unwrap_or_else(|| "-".into());
         let took = if j.state == states::SCHEDULED {
             "-".into()
         } else {
             took(j.submitted_at, j.finished_at)
         };
-        let state = if j.paused { format!("{} (paused)", j.state) } else { j.state.clone() };
+        let state = if j.paused {
+            format!("{} (paused)", j.state)
+        } else {
+            j.state.clone()
+        };
         outln!(
             "{:<34} {:<18} {:<8} {:<5} {:<8} {:<21} {:<9} {:<7} {}",
             j.name,
@@ -291,8 +347,16 @@ pub async fn list(a: ListArgs) -> Result<ExitCode> {
             last,
             when(j.submitted_at),
             took,
-            if j.gpus > 0 { format!("{:.2}", gpu_hours(j)) } else { "-".into() },
-            j.reason
+            if j.gpus > 0 {
+                format!("{:.2}", gpu_hours(j))
+            } else {
+                "-".into()
+            },
+            if j.has_metric && j.kind != "sweep" {
+                format!("metric {} {}", j.metric, j.params_json)
+            } else {
+                j.reason.clone()
+            }
         );
     }
     if matched > jobs.len() as u64 {
@@ -309,7 +373,11 @@ pub async fn logs(a: JobLogsArgs) -> Result<ExitCode> {
             anyhow!(
                 "job '{}' has no attempt {n}; its attempts: {}",
                 j.name,
-                j.attempts.iter().map(|x| x.number.to_string()).collect::<Vec<_>>().join(", ")
+                j.attempts
+                    .iter()
+                    .map(|x| x.number.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?,
         None => j
@@ -335,7 +403,11 @@ async fn stream(task_id: String, out: Out, done: watch::Receiver<bool>) -> Resul
     // The master knows the task's agent once it was launched.
     let task = loop {
         let state = client::state(&masters, true).await?;
-        if let Some(t) = state.tasks.into_iter().find(|t| t.id == task_id && !t.agent_address.is_empty()) {
+        if let Some(t) = state
+            .tasks
+            .into_iter()
+            .find(|t| t.id == task_id && !t.agent_address.is_empty())
+        {
             break t;
         }
         if *done.borrow() {
@@ -378,7 +450,11 @@ pub async fn wait(masters: &[String], names: &[String], print_json: bool) -> Res
             }
             for a in j.attempts.iter().skip(j.run_start as usize) {
                 if seen.insert(a.task_id.clone()) {
-                    errln!("mezz job: {name}: attempt {} (task {})", a.number, a.task_id);
+                    errln!(
+                        "mezz job: {name}: attempt {} (task {})",
+                        a.number,
+                        a.task_id
+                    );
                     let (tx, rx) = watch::channel(false);
                     ends.insert(a.task_id.clone(), tx);
                     tails.push(tokio::spawn(stream(a.task_id.clone(), out, rx)));
@@ -413,24 +489,44 @@ pub async fn wait(masters: &[String], names: &[String], print_json: bool) -> Res
     }
     if print_json {
         let v: Vec<serde_json::Value> = last.values().map(job_json).collect();
-        let v = if v.len() == 1 { v.into_iter().next().unwrap_or_default() } else { serde_json::Value::Array(v) };
+        let v = if v.len() == 1 {
+            v.into_iter().next().unwrap_or_default()
+        } else {
+            serde_json::Value::Array(v)
+        };
         outln!("{}", serde_json::to_string_pretty(&v)?);
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// A job's end and the attempts of its current run, for people, on
 /// standard error.
 fn summary(j: &JobRecord) {
-    let reason = if j.reason.is_empty() { String::new() } else { format!(" ({})", j.reason) };
+    let reason = if j.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", j.reason)
+    };
     errln!("mezz job: {}: {}{reason}", j.name, j.state);
     for a in j.attempts.iter().skip(j.run_start as usize) {
         errln!(
             "  attempt {}: {} exit {} on {} after {}",
             a.number,
             if a.reason.is_empty() { "-" } else { &a.reason },
-            if a.has_exit_code { a.exit_code.to_string() } else { "-".into() },
-            if a.agent_id.is_empty() { "-" } else { &a.agent_id },
+            if a.has_exit_code {
+                a.exit_code.to_string()
+            } else {
+                "-".into()
+            },
+            if a.agent_id.is_empty() {
+                "-"
+            } else {
+                &a.agent_id
+            },
             took(a.started_at, a.ended_at)
         );
     }

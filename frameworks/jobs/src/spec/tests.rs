@@ -185,13 +185,17 @@ fn a_file_of_jobs_is_a_dag_checked_for_cycles() {
     let e = JobSpec::parse_all(cycle, &Sizes::builtin()).unwrap_err().0;
     assert!(e.contains("cycle: a -> c -> b -> a"), "{e}");
 
-    let twice = "kind: command\nname: a\ncommand: true\n---\nkind: command\nname: a\ncommand: true\n";
+    let twice =
+        "kind: command\nname: a\ncommand: true\n---\nkind: command\nname: a\ncommand: true\n";
     let e = JobSpec::parse_all(twice, &Sizes::builtin()).unwrap_err().0;
     assert!(e.contains("names job 'a' twice (line 5)"), "{e}");
 
     let bad = "kind: command\nname: a\ncommand: true\n---\nkind: command\nname: b\ncommand: true\nretires: 3\n";
     let e = JobSpec::parse_all(bad, &Sizes::builtin()).unwrap_err().0;
-    assert!(e.starts_with("job 2 (from line 5):") && e.contains("retires"), "{e}");
+    assert!(
+        e.starts_with("job 2 (from line 5):") && e.contains("retires"),
+        "{e}"
+    );
 }
 
 #[test]
