@@ -7,6 +7,9 @@
 //!   one process, with tasks as timers;
 //! - [`load`]: frameworks on the SDK that launch at a target rate and
 //!   measure throughput and latencies;
+//! - [`trace`], [`replay`], [`replay_run`]: a GPU workload trace replayed
+//!   through the real master by a framework on the SDK, with FIFO, SJF or
+//!   LAS (Tiresias) job order, reported in trace seconds;
 //! - [`dist`], [`stats`]: run-time distributions and percentiles.
 //!
 //! It depends on the public protocol and the SDK only, never on master or
@@ -18,4 +21,7 @@ pub mod agent_core;
 pub mod dist;
 pub mod fleet;
 pub mod load;
+pub mod replay;
+pub mod replay_run;
 pub mod stats;
+pub mod trace;

@@ -1,7 +1,9 @@
 //! `mezz sim`: Mezzanine at scale on one machine. `mezz sim agents` runs
 //! thousands of simulated agents that speak the real agent protocol;
 //! `mezz sim load` runs frameworks that launch at a target rate and report
-//! what the cluster delivered. The work is in the `mezz-sim` crate.
+//! what the cluster delivered; `mezz sim replay` replays a GPU workload
+//! trace through a master and simulated agents and reports job completion
+//! times. The work is in the `mezz-sim` crate.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use mezz_sim::dist::TaskTime;
-use mezz_sim::{fleet, load};
+use mezz_sim::replay::Policy;
+use mezz_sim::{fleet, load, replay_run, trace};
 
 use super::MasterArg;
 use crate::client;
@@ -34,6 +37,18 @@ pub enum SimCommand {
     /// wait for them to end, then report the achieved rate, launch →
     /// RUNNING latency and offer latency (p50, p99).
     Load(LoadArgs),
+    /// Replay a GPU workload trace (CSV with name, time, gpus and duration
+    /// columns, e.g. the resolved Pollux workloads) through a real master
+    /// and simulated agents: each job arrives at its time divided by the
+    /// speedup, waits in the chosen order, runs as a gang of tasks (one per
+    /// agent it spans) for its duration divided by the speedup, and
+    /// preempted jobs wait again with the work they have left. Prints the
+    /// average and p99 job completion time, makespan and GPU utilisation in
+    /// trace seconds. Without --master it starts a master (a child `mezz
+    /// master` on a free 127.0.0.1 port with a temporary data directory)
+    /// and --nodes simulated agents of --gpus-per-node GPUs, and stops them
+    /// at the end.
+    Replay(ReplayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +153,49 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The trace: a CSV file with a header naming at least the columns
+    /// name, time (arrival, seconds), gpus and duration (seconds).
+    pub csv: std::path::PathBuf,
+    /// Agents (nodes) of the cluster.
+    #[arg(long, default_value_t = 16)]
+    pub nodes: usize,
+    /// GPUs per agent.
+    #[arg(long, default_value_t = 4)]
+    pub gpus_per_node: usize,
+    /// Trace seconds per real second: arrivals and durations are divided
+    /// by it. The master's own timing (launch, offer after a task ends,
+    /// about 1-10 ms) is multiplied by it in trace time: at 1000 a 5 ms
+    /// delay is 5 trace seconds, still under the 60 s scheduling tick of
+    /// the Pollux simulator.
+    #[arg(long, default_value_t = 100.0)]
+    pub speedup: f64,
+    /// Order of waiting jobs: fifo (arrival order, first-fit), sjf
+    /// (shortest duration first, first-fit) or las (Tiresias: two queues
+    /// by attained GPU service, preempting).
+    #[arg(long, default_value = "las")]
+    pub policy: Policy,
+    /// Tiresias's threshold for moving a job to the second queue, in trace
+    /// GPU-hours.
+    #[arg(long, default_value_t = 16.0)]
+    pub las_threshold_gpu_hours: f64,
+    /// Replay through this running cluster instead of starting one (it
+    /// must have the agents and GPUs given by --nodes and --gpus-per-node,
+    /// and nothing else using them).
+    #[arg(long, value_name = "ADDR[,ADDR…]")]
+    pub master: Option<String>,
+    /// Give up after this long (real time); default: three times the
+    /// trace's length at the speedup, plus a minute.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub limit: Option<Duration>,
+    /// Print the report as one JSON object (`avg_jct_s`, `p50_jct_s`,
+    /// `p99_jct_s`, `max_jct_s`, `makespan_s`, `gpu_util`, `avg_queue_s`,
+    /// `preemptions`, `jobs`, `finished`, and the run's settings).
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn parse_task_time(s: &str) -> Result<TaskTime, String> {
     TaskTime::parse(s).map_err(|e| e.to_string())
 }
@@ -146,6 +204,7 @@ pub async fn main(args: SimArgs) -> Result<ExitCode> {
     match args.command {
         SimCommand::Agents(a) => agents(a).await,
         SimCommand::Load(a) => load_main(a).await,
+        SimCommand::Replay(a) => replay_main(a).await,
     }
 }
 
@@ -263,6 +322,188 @@ async fn load_main(args: LoadArgs) -> Result<ExitCode> {
         && report.unfinished == 0
         && report.launched == report.finished + report.failed + report.killed;
     Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `mezz master` on a free loopback port with a data directory in
+/// `dir`; returns it and its address.
+fn start_master(dir: &std::path::Path) -> Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port on 127.0.0.1 for the replay's master")?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("master.log"))
+        .context("creating the replay master's log file")?;
+    let child = std::process::Command::new(
+        std::env::current_exe().context("locating the mezz binary to start a master with")?,
+    )
+    .args(["master", "--listen", &addr, "--data-dir"])
+    .arg(dir.join("master"))
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log)
+    .spawn()
+    .context("starting `mezz master` for the replay")?;
+    Ok((Child(child), addr))
+}
+
+async fn replay_main(args: ReplayArgs) -> Result<ExitCode> {
+    if args.nodes == 0 || args.gpus_per_node == 0 {
+        anyhow::bail!("--nodes and --gpus-per-node must be at least 1");
+    }
+    if !(args.speedup > 0.0 && args.speedup.is_finite()) {
+        anyhow::bail!("--speedup must be a positive number");
+    }
+    let text = std::fs::read_to_string(&args.csv)
+        .with_context(|| format!("reading the trace {}", args.csv.display()))?;
+    let jobs = trace::parse(&text).with_context(|| format!("trace {}", args.csv.display()))?;
+    let total_gpus = args.nodes * args.gpus_per_node;
+    if let Some(j) = jobs.iter().find(|j| j.gpus > total_gpus) {
+        anyhow::bail!(
+            "job '{}' needs {} GPUs, more than the cluster's {total_gpus} (--nodes x --gpus-per-node)",
+            j.name,
+            j.gpus
+        );
+    }
+    let span = jobs
+        .iter()
+        .map(|j| j.arrival_s + j.duration_s)
+        .fold(0.0, f64::max)
+        + jobs.iter().map(|j| j.duration_s).sum::<f64>() / total_gpus as f64 * 4.0;
+    let limit = args
+        .limit
+        .unwrap_or_else(|| Duration::from_secs_f64(span / args.speedup * 3.0 + 60.0));
+    let token = client::credentials()?;
+    // The cluster: given, or a master and simulated agents of our own.
+    let dir = tempfile::tempdir().context("creating a temporary directory for the replay")?;
+    let mut _master = None;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut fleet_run = None;
+    let masters = match &args.master {
+        Some(m) => client::masters(Some(m))?,
+        None => {
+            let (child, addr) = start_master(dir.path())?;
+            _master = Some(child);
+            let config = fleet::FleetConfig {
+                masters: vec![addr.clone()],
+                count: args.nodes,
+                cpus: 32.0,
+                mem: 131_072.0,
+                disk: 1_000_000.0,
+                gpus_per_agent: args.gpus_per_node,
+                task_time: TaskTime::parse("1s").map_err(|e| anyhow::anyhow!("{e}"))?,
+                seed: 1,
+                agents_per_connection: 100,
+                name: "replay".into(),
+                ramp: Duration::ZERO,
+                token: token.clone(),
+            };
+            let counters = Arc::new(fleet::FleetCounters::default());
+            fleet_run = Some(tokio::spawn(fleet::run(
+                config,
+                Arc::clone(&counters),
+                stop_rx,
+            )));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while counters.snapshot().registered < args.nodes as u64 {
+                if Instant::now() > deadline {
+                    anyhow::bail!(
+                        "only {} of {} simulated agents registered with the replay's master within 30 s; its log: {}",
+                        counters.snapshot().registered,
+                        args.nodes,
+                        std::fs::read_to_string(dir.path().join("master.log")).unwrap_or_default()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            vec![addr]
+        }
+    };
+    let config = replay_run::ReplayConfig {
+        masters,
+        jobs,
+        speedup: args.speedup,
+        policy: args.policy,
+        total_gpus,
+        gpus_per_node: args.gpus_per_node,
+        las_threshold_gpu_s: args.las_threshold_gpu_hours * 3600.0,
+        name: format!("replay-{}", args.policy),
+        token,
+    };
+    let outcome = tokio::select! {
+        r = replay_run::run(config, limit) => r.map_err(|e| anyhow::anyhow!(e))?,
+        _ = super::shutdown_signal() => anyhow::bail!("interrupted; no report"),
+    };
+    let _ = stop_tx.send(true);
+    if let Some(f) = fleet_run {
+        let _ = f.await;
+    }
+    let r = &outcome.report;
+    if args.json {
+        let mut v = serde_json::to_value(r)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("workload".into(), args.csv.display().to_string().into());
+            o.insert("policy".into(), args.policy.to_string().into());
+            o.insert("nodes".into(), args.nodes.into());
+            o.insert("gpus_per_node".into(), args.gpus_per_node.into());
+            o.insert("speedup".into(), args.speedup.into());
+            o.insert("launches".into(), outcome.launches.into());
+            o.insert("lost".into(), outcome.lost.into());
+            o.insert(
+                "elapsed_s".into(),
+                ((outcome.elapsed_s * 100.0).round() / 100.0).into(),
+            );
+        }
+        outln!("{}", serde_json::to_string(&v)?);
+    } else {
+        outln!(
+            "{:<6} {:>5} {:>10} {:>10} {:>10} {:>11} {:>8} {:>10} {:>11}",
+            "policy",
+            "jobs",
+            "avg JCT s",
+            "p50 JCT s",
+            "p99 JCT s",
+            "makespan s",
+            "GPU util",
+            "avg queue s",
+            "preemptions"
+        );
+        outln!(
+            "{:<6} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>11.0} {:>8.3} {:>10.0} {:>11}",
+            args.policy,
+            r.finished,
+            r.avg_jct_s,
+            r.p50_jct_s,
+            r.p99_jct_s,
+            r.makespan_s,
+            r.gpu_util,
+            r.avg_queue_s,
+            r.preemptions
+        );
+        outln!(
+            "(trace seconds; {} nodes x {} GPUs, speedup {}, {:.1} s of real time, {} launches)",
+            args.nodes,
+            args.gpus_per_node,
+            args.speedup,
+            outcome.elapsed_s,
+            outcome.launches
+        );
+    }
+    Ok(if r.finished == r.jobs && outcome.lost == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
