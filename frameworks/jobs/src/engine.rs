@@ -233,7 +233,22 @@ impl<S: Store> Engine<S> {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => self.tick().await,
-                Some(e) = events.recv() => self.event(e).await,
+                Some(e) = events.recv() => {
+                    // What else has arrived goes with it: statuses are
+                    // recorded together, after the other events in order.
+                    let mut statuses = Vec::new();
+                    let mut next = Some(e);
+                    while let Some(e) = next {
+                        match e {
+                            Event::Status { status, .. } => statuses.push(status),
+                            other => self.event(other).await,
+                        }
+                        next = events.try_recv().ok();
+                    }
+                    if !statuses.is_empty() {
+                        self.statuses(statuses).await;
+                    }
+                }
             }
         }
     }
@@ -331,7 +346,7 @@ impl<S: Store> Engine<S> {
             }
             Action::Done(state) => {
                 if state != before || job.state.name() != r.state {
-                    let out = record::with_progress(&r, &job, None);
+                    let out = record::with_progress(&r, &job, &[]);
                     self.save(&r, out).await;
                 }
                 None
@@ -620,7 +635,9 @@ impl<S: Store> Engine<S> {
                 .collect();
             let plan = place(Strategy::FirstFit, &offers, &requests);
             let mut wants: Vec<Option<Want>> = wants.into_iter().map(Some).collect();
-            let mut tasks_by_offer: BTreeMap<String, Vec<proto::TaskInfo>> = BTreeMap::new();
+            // Each start is recorded before its launch; the records go to
+            // the masters together, so they share their commits.
+            let mut staged = Vec::new();
             for p in &plan.placed {
                 let Some(mut w) = wants.get_mut(p.request).and_then(Option::take) else {
                     continue;
@@ -628,15 +645,32 @@ impl<S: Store> Engine<S> {
                 let now = self.now_ms();
                 w.job.started(w.number, &w.task_id, now);
                 w.job.placed(&w.task_id, &p.agent_id.0);
-                let out = record::with_progress(&w.record, &w.job, None);
-                if self.save(&w.record, out).await.is_none() {
-                    continue;
+                let out = record::with_progress(&w.record, &w.job, &[]);
+                staged.push((p, w, out));
+            }
+            let store = &self.store;
+            let results = futures::future::join_all(
+                staged
+                    .iter()
+                    .map(|(_, w, out)| store.update(out.clone(), w.record.version)),
+            )
+            .await;
+            let mut tasks_by_offer: BTreeMap<String, Vec<proto::TaskInfo>> = BTreeMap::new();
+            for ((p, w, _), result) in staged.into_iter().zip(results) {
+                match result {
+                    Ok(stored) => {
+                        self.jobs.insert(stored.name.clone(), stored);
+                        tracing::info!(job = %w.record.name, task = %w.task_id, agent = %p.agent_id.0, "launching attempt {}", w.number);
+                        tasks_by_offer
+                            .entry(p.offer_id.0.clone())
+                            .or_default()
+                            .push(p.task(task_builder(&w.job.spec, &w.task_id)));
+                    }
+                    Err(e) => {
+                        tracing::info!(job = %w.record.name, error = %e, "start not recorded; read again");
+                        self.jobs.remove(&w.record.name);
+                    }
                 }
-                tracing::info!(job = %w.record.name, task = %w.task_id, agent = %p.agent_id.0, "launching attempt {}", w.number);
-                tasks_by_offer
-                    .entry(p.offer_id.0.clone())
-                    .or_default()
-                    .push(p.task(task_builder(&w.job.spec, &w.task_id)));
             }
             let mut unused = Vec::new();
             for o in offers {
@@ -693,29 +727,77 @@ impl<S: Store> Engine<S> {
                 );
                 self.roles.remove(&role);
             }
-            Event::Status { status, .. } => self.status(status).await,
+            Event::Status { status, .. } => self.statuses(vec![status]).await,
         }
     }
 
-    /// A task's status: the attempt's agent, or its end.
-    async fn status(&mut self, status: proto::TaskStatus) {
-        let Some(name) = record::job_of_task(&status.task_id).map(str::to_string) else {
-            return;
-        };
+    /// Task statuses: each job's news folded into one record, and the
+    /// records sent to the masters together (a burst of ends shares its
+    /// commits). A job changed meanwhile is read again and folded again.
+    async fn statuses(&mut self, batch: Vec<proto::TaskStatus>) {
+        let mut pending: BTreeMap<String, Vec<proto::TaskStatus>> = BTreeMap::new();
+        for s in batch {
+            if let Some(name) = record::job_of_task(&s.task_id) {
+                pending.entry(name.to_string()).or_default().push(s);
+            }
+        }
         for _ in 0..3 {
-            let r = match self.jobs.get(&name) {
-                Some(r) => r.clone(),
-                None => match self.store.get(&name).await {
-                    Ok(Some(r)) => r,
-                    _ => return,
-                },
-            };
-            if is_terminal(&r.state) || r.state == states::SCHEDULED {
+            if pending.is_empty() {
                 return;
             }
-            let Ok(mut job) = record::to_job(&r) else {
-                return;
-            };
+            let mut updates = Vec::new();
+            for (name, sts) in &pending {
+                let r = match self.jobs.get(name) {
+                    Some(r) => r.clone(),
+                    None => match self.store.get(name).await {
+                        Ok(Some(r)) => r,
+                        _ => continue,
+                    },
+                };
+                if let Some(out) = self.fold(&r, sts).await {
+                    updates.push((name.clone(), r, out));
+                }
+            }
+            let store = &self.store;
+            let results = futures::future::join_all(
+                updates
+                    .iter()
+                    .map(|(_, r, out)| store.update(out.clone(), r.version)),
+            )
+            .await;
+            let mut again = BTreeMap::new();
+            for ((name, _, _), result) in updates.into_iter().zip(results) {
+                match result {
+                    Ok(stored) => {
+                        if is_terminal(&stored.state) {
+                            tracing::info!(job = %name, state = %stored.state, "job ended");
+                        }
+                        self.jobs.insert(name, stored);
+                    }
+                    Err(StoreError::Conflict(_)) => {
+                        self.jobs.remove(&name);
+                        if let Some(sts) = pending.remove(&name) {
+                            again.insert(name, sts);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %name, error = %e, "the attempt's news was not recorded")
+                    }
+                }
+            }
+            pending = again;
+        }
+    }
+
+    /// `r` with its attempts' news `sts` (their agents, or their ends), or
+    /// None when nothing changes.
+    async fn fold(&mut self, r: &JobRecord, sts: &[proto::TaskStatus]) -> Option<JobRecord> {
+        if is_terminal(&r.state) || r.state == states::SCHEDULED {
+            return None;
+        }
+        let mut job = record::to_job(r).ok()?;
+        let mut ended = Vec::new();
+        for status in sts {
             let state = status.state();
             let state_name = state
                 .as_str_name()
@@ -730,7 +812,7 @@ impl<S: Store> Engine<S> {
                     | TaskState::Unreachable
                     | TaskState::Unspecified
             );
-            let mut out = if terminal {
+            if terminal {
                 let exit = status
                     .exit_code
                     .or((state == TaskState::Finished).then_some(0));
@@ -745,54 +827,34 @@ impl<S: Store> Engine<S> {
                 let _ = job.next(now);
                 job.ended(&status.task_id, exit, &reason, now);
                 self.killing.remove(&status.task_id);
-                record::with_progress(
-                    &r,
-                    &job,
-                    Some((&status.task_id, &format!("TASK_{state_name}"))),
-                )
-            } else {
-                if status.agent_id.is_empty() {
-                    return;
-                }
+                ended.push((status.task_id.clone(), format!("TASK_{state_name}")));
+            } else if !status.agent_id.is_empty() {
                 job.placed(&status.task_id, &status.agent_id);
-                record::with_progress(&r, &job, None)
-            };
-            if out == r {
-                return;
             }
-            // A sweep's trial that ended reports its metric on stdout.
-            if is_terminal(&out.state) && !r.params_json.is_empty() {
-                if let Some(metric) = job.spec.env.get("MEZZ_METRIC") {
-                    match self.store.output(&status.task_id).await {
-                        Ok(text) => {
-                            if let Some(m) = sweep::metric_in(&text, metric) {
-                                out.has_metric = true;
-                                out.metric = m;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(job = %name, error = %e, "cannot read the trial's output")
+        }
+        let mut out = record::with_progress(r, &job, &ended);
+        if out == *r {
+            return None;
+        }
+        // A sweep's trial that ended reports its metric on stdout.
+        if is_terminal(&out.state) && !r.params_json.is_empty() {
+            if let (Some(metric), Some((task_id, _))) =
+                (job.spec.env.get("MEZZ_METRIC"), ended.last())
+            {
+                match self.store.output(task_id).await {
+                    Ok(text) => {
+                        if let Some(m) = sweep::metric_in(&text, metric) {
+                            out.has_metric = true;
+                            out.metric = m;
                         }
                     }
-                }
-            }
-            match self.store.update(out, r.version).await {
-                Ok(stored) => {
-                    if is_terminal(&stored.state) {
-                        tracing::info!(job = %name, state = %stored.state, "job ended");
+                    Err(e) => {
+                        tracing::warn!(job = %r.name, error = %e, "cannot read the trial's output")
                     }
-                    self.jobs.insert(name.clone(), stored);
-                    return;
-                }
-                Err(StoreError::Conflict(_)) => {
-                    self.jobs.remove(&name);
-                }
-                Err(e) => {
-                    tracing::warn!(job = %name, error = %e, "the attempt's news was not recorded");
-                    return;
                 }
             }
         }
+        Some(out)
     }
 }
 

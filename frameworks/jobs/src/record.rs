@@ -143,11 +143,12 @@ pub fn to_job(r: &proto::JobRecord) -> Result<Job, String> {
 }
 
 /// `r` with the progress of `job`: its state, attempts and backoff.
-/// `task_states` names the final task state of attempts by task id.
+/// `task_states` names the final task state of attempts that just ended,
+/// by task id.
 pub fn with_progress(
     r: &proto::JobRecord,
     job: &Job,
-    task_state: Option<(&str, &str)>,
+    task_states: &[(String, String)],
 ) -> proto::JobRecord {
     let mut out = r.clone();
     out.state = job.state.name().to_string();
@@ -157,9 +158,9 @@ pub fn with_progress(
         .iter()
         .map(|a| {
             let old = r.attempts.iter().find(|o| o.task_id == a.task_id);
-            let task_state = match task_state {
-                Some((id, s)) if id == a.task_id => s.to_string(),
-                _ => old.map(|o| o.task_state.clone()).unwrap_or_default(),
+            let task_state = match task_states.iter().find(|(id, _)| *id == a.task_id) {
+                Some((_, s)) => s.clone(),
+                None => old.map(|o| o.task_state.clone()).unwrap_or_default(),
             };
             proto::JobAttempt {
                 number: a.number,
@@ -211,7 +212,7 @@ mod tests {
         job.started(1, "etl.1", 1_000_500);
         job.placed("etl.1", "agent-7");
         job.ended("etl.1", Some(3), "FAILED", 1_002_000);
-        let r2 = with_progress(&r, &job, Some(("etl.1", "TASK_FAILED")));
+        let r2 = with_progress(&r, &job, &[("etl.1".into(), "TASK_FAILED".into())]);
         assert_eq!(r2.state, "PENDING");
         assert_eq!(r2.attempts[0].agent_id, "agent-7");
         assert_eq!(r2.attempts[0].task_state, "TASK_FAILED");
