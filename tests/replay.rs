@@ -38,7 +38,8 @@ fn traces() -> Option<PathBuf> {
 /// The reference simulator's result for `workload` and `policy`
 /// (reference mechanics: no tick, no restart cost; spread placement).
 fn reference(traces: &std::path::Path, workload: &str, policy: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(traces.join("results/baseline.jsonl")).expect("baseline.jsonl");
+    let text =
+        std::fs::read_to_string(traces.join("results/baseline.jsonl")).expect("baseline.jsonl");
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| {
@@ -87,7 +88,14 @@ fn fifo_replay_matches_the_reference_simulator() {
         "replay {WORKLOAD} fifo at {SPEEDUP}x in {:.1}s: {got}",
         started.elapsed().as_secs_f64()
     );
-    for key in ["avg_jct_s", "p99_jct_s", "makespan_s", "gpu_util", "preemptions", "jobs"] {
+    for key in [
+        "avg_jct_s",
+        "p99_jct_s",
+        "makespan_s",
+        "gpu_util",
+        "preemptions",
+        "jobs",
+    ] {
         assert!(got.get(key).is_some(), "no '{key}' in {got}");
     }
     assert_eq!(got["jobs"], want["jobs"]);
