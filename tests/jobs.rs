@@ -290,6 +290,14 @@ fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
     // The job is kept by the masters: show, list and logs read it back.
     let shown = show(&c, "flaky");
     assert_eq!(shown["state"], "SUCCEEDED");
+    // Each attempt's use, from its cgroup on the agent.
+    for a in shown["attempts"].as_array().expect("attempts") {
+        assert!(a["cpu_seconds"].as_f64().is_some_and(|c| c >= 0.0), "{a}");
+        assert!(
+            a["peak_memory_bytes"].as_u64().is_some_and(|m| m > 0),
+            "{a}"
+        );
+    }
     assert_eq!(
         shown["attempts"].as_array().map(Vec::len),
         Some(3),

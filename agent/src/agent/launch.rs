@@ -212,16 +212,18 @@ impl Agent {
         );
         // Every process of the run is gone and its cgroup removed before
         // the terminal update goes out.
-        let oom = self.cleanup_cgroup(key).await;
+        let ended = self.cleanup_cgroup(key).await;
         let o = lifecycle::with_oom(
             lifecycle::outcome(exit, kill_requested, observed),
-            oom,
+            ended.oom_killed,
             kill_requested,
         );
         let o = lifecycle::with_kill_reason(o, kill_reason, kill_message.as_deref());
         let mut status = Self::status(key, o.state, o.reason, o.message);
         status.exit_code = o.exit_code;
         status.signal = o.signal;
+        status.cpu_seconds = ended.cpu_seconds;
+        status.peak_memory_bytes = ended.peak_memory_bytes;
         self.emit(status, true).await;
     }
 
@@ -257,11 +259,11 @@ impl Agent {
     }
 
     /// Runs the isolation steps' cleanup for the run: kills what is left
-    /// of its cgroup and removes it; returns whether the OOM killer acted
-    /// in it. Idempotent.
-    pub(super) async fn cleanup_cgroup(&self, key: &Key) -> bool {
+    /// of its cgroup and removes it; returns what its accounting said
+    /// (the OOM killer, CPU time, peak memory). Idempotent.
+    pub(super) async fn cleanup_cgroup(&self, key: &Key) -> steps::Ended {
         let Some(cgroup) = self.lock().tasks.get(key).and_then(|r| r.cgroup.clone()) else {
-            return false;
+            return steps::Ended::default();
         };
         let steps = Arc::clone(&self.steps);
         let done = tokio::task::spawn_blocking(move || steps.cleanup(&cgroup)).await;
@@ -270,11 +272,11 @@ impl Agent {
                 for e in errors {
                     tracing::warn!(framework_id = %key.0, task_id = %key.1, "{e}");
                 }
-                ended.oom_killed
+                ended
             }
             Err(e) => {
                 tracing::warn!("cgroup cleanup task failed: {e}");
-                false
+                steps::Ended::default()
             }
         }
     }

@@ -103,6 +103,14 @@ impl Isolator for CgroupV1 {
             .map(|c| c.cpuacct().usage)
     }
 
+    fn peak_memory_bytes(&self, cgroup: &str) -> Option<u64> {
+        let cg = cgroup::load(cgroup, CONTROLLERS);
+        cg.controller_of::<MemController>()
+            .filter(|m| cgroups_rs::fs::Controller::exists(*m))
+            .map(|m| m.memory_stat().max_usage_in_bytes)
+            .filter(|b| *b > 0)
+    }
+
     fn pids(&self, cgroup: &str) -> Vec<u32> {
         cgroup::pids(&cgroup::load(cgroup, CONTROLLERS))
     }

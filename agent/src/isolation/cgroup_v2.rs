@@ -81,6 +81,19 @@ impl Isolator for CgroupV2 {
         })
     }
 
+    fn peak_memory_bytes(&self, cgroup: &str) -> Option<u64> {
+        // memory.peak exists from Linux 5.19 on.
+        let cg = cgroup::load(cgroup, CONTROLLERS);
+        let s = cg.subsystems().first()?;
+        std::fs::read_to_string(
+            cgroups_rs::fs::Controller::path(s.to_controller()).join("memory.peak"),
+        )
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+    }
+
     fn cpu_usage_ns(&self, cgroup: &str) -> Option<u64> {
         let cg = cgroup::load(cgroup, CONTROLLERS);
         let s = cg.subsystems().first()?;

@@ -170,6 +170,11 @@ pub trait Isolator: Send + Sync {
     fn oom_killed(&self, cgroup: &str) -> bool;
     /// CPU time used by the cgroup so far, in nanoseconds.
     fn cpu_usage_ns(&self, cgroup: &str) -> Option<u64>;
+    /// The most memory the cgroup held at once, in bytes, where the kernel
+    /// keeps it.
+    fn peak_memory_bytes(&self, _cgroup: &str) -> Option<u64> {
+        None
+    }
     /// Pids (host view) in the cgroup.
     fn pids(&self, cgroup: &str) -> Vec<u32>;
     /// Kills every process of the cgroup and removes it. Idempotent: a

@@ -42,10 +42,14 @@ pub struct Run<'a> {
 }
 
 /// What the steps learned from a run that ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ended {
     /// The kernel's OOM killer acted in the run's cgroup.
     pub oom_killed: bool,
+    /// The CPU time the run's processes used, in seconds.
+    pub cpu_seconds: Option<f64>,
+    /// The most memory the run's cgroup held at once, in bytes.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// What `recover` is told about the runs the agent still has on record.
@@ -159,6 +163,8 @@ impl Step for CgroupStep {
     fn cleanup(&self, cgroup: &str, ended: &mut Ended) -> Result<(), String> {
         // Asked before the cgroup goes, with its accounting.
         ended.oom_killed |= self.isolator.oom_killed(cgroup);
+        ended.cpu_seconds = self.isolator.cpu_usage_ns(cgroup).map(|ns| ns as f64 / 1e9);
+        ended.peak_memory_bytes = self.isolator.peak_memory_bytes(cgroup);
         self.isolator.cleanup(cgroup).map_err(|e| e.to_string())
     }
 }

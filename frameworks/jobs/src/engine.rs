@@ -827,7 +827,12 @@ impl<S: Store> Engine<S> {
                 let _ = job.next(now);
                 job.ended(&status.task_id, exit, &reason, now);
                 self.killing.remove(&status.task_id);
-                ended.push((status.task_id.clone(), format!("TASK_{state_name}")));
+                ended.push(record::Ending {
+                    task_id: status.task_id.clone(),
+                    task_state: format!("TASK_{state_name}"),
+                    cpu_seconds: status.cpu_seconds,
+                    peak_memory_bytes: status.peak_memory_bytes,
+                });
             } else if !status.agent_id.is_empty() {
                 job.placed(&status.task_id, &status.agent_id);
             }
@@ -838,10 +843,8 @@ impl<S: Store> Engine<S> {
         }
         // A sweep's trial that ended reports its metric on stdout.
         if is_terminal(&out.state) && !r.params_json.is_empty() {
-            if let (Some(metric), Some((task_id, _))) =
-                (job.spec.env.get("MEZZ_METRIC"), ended.last())
-            {
-                match self.store.output(task_id).await {
+            if let (Some(metric), Some(ending)) = (job.spec.env.get("MEZZ_METRIC"), ended.last()) {
+                match self.store.output(&ending.task_id).await {
                     Ok(text) => {
                         if let Some(m) = sweep::metric_in(&text, metric) {
                             out.has_metric = true;

@@ -142,14 +142,22 @@ pub fn to_job(r: &proto::JobRecord) -> Result<Job, String> {
     ))
 }
 
-/// `r` with the progress of `job`: its state, attempts and backoff.
-/// `task_states` names the final task state of attempts that just ended,
-/// by task id.
-pub fn with_progress(
-    r: &proto::JobRecord,
-    job: &Job,
-    task_states: &[(String, String)],
-) -> proto::JobRecord {
+/// What the end of an attempt's task said beyond what [`Job`] keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ending {
+    /// The attempt's task.
+    pub task_id: String,
+    /// Its final state (`TASK_FINISHED`, …).
+    pub task_state: String,
+    /// The CPU time it used, in seconds, when its agent said.
+    pub cpu_seconds: Option<f64>,
+    /// The most memory it held, in bytes, when its agent said.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// `r` with the progress of `job`: its state, attempts and backoff, and
+/// what `endings` say of attempts that just ended.
+pub fn with_progress(r: &proto::JobRecord, job: &Job, endings: &[Ending]) -> proto::JobRecord {
     let mut out = r.clone();
     out.state = job.state.name().to_string();
     out.not_before = secs(job.not_before);
@@ -158,9 +166,16 @@ pub fn with_progress(
         .iter()
         .map(|a| {
             let old = r.attempts.iter().find(|o| o.task_id == a.task_id);
-            let task_state = match task_states.iter().find(|(id, _)| *id == a.task_id) {
-                Some((_, s)) => s.clone(),
+            let ending = endings.iter().find(|e| e.task_id == a.task_id);
+            let task_state = match ending {
+                Some(e) => e.task_state.clone(),
                 None => old.map(|o| o.task_state.clone()).unwrap_or_default(),
+            };
+            let (cpu_seconds, peak_memory_bytes) = match ending {
+                Some(e) => (e.cpu_seconds, e.peak_memory_bytes),
+                None => old
+                    .map(|o| (o.cpu_seconds, o.peak_memory_bytes))
+                    .unwrap_or_default(),
             };
             proto::JobAttempt {
                 number: a.number,
@@ -172,6 +187,8 @@ pub fn with_progress(
                 exit_code: a.exit_code.unwrap_or(0),
                 task_state,
                 reason: a.reason.clone().unwrap_or_default(),
+                cpu_seconds,
+                peak_memory_bytes,
             }
         })
         .collect();
@@ -212,7 +229,20 @@ mod tests {
         job.started(1, "etl.1", 1_000_500);
         job.placed("etl.1", "agent-7");
         job.ended("etl.1", Some(3), "FAILED", 1_002_000);
-        let r2 = with_progress(&r, &job, &[("etl.1".into(), "TASK_FAILED".into())]);
+        let ending = Ending {
+            task_id: "etl.1".into(),
+            task_state: "TASK_FAILED".into(),
+            cpu_seconds: Some(0.25),
+            peak_memory_bytes: Some(1 << 20),
+        };
+        let r2 = with_progress(&r, &job, &[ending]);
+        assert_eq!(r2.attempts[0].cpu_seconds, Some(0.25));
+        let r3 = with_progress(&r2, &job, &[]);
+        assert_eq!(
+            r3.attempts[0].peak_memory_bytes,
+            Some(1 << 20),
+            "kept once known"
+        );
         assert_eq!(r2.state, "PENDING");
         assert_eq!(r2.attempts[0].agent_id, "agent-7");
         assert_eq!(r2.attempts[0].task_state, "TASK_FAILED");

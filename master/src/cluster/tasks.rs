@@ -37,6 +37,8 @@ impl Cluster {
             signal: None,
             source: StatusSource::Master as i32,
             healthy: None,
+            cpu_seconds: None,
+            peak_memory_bytes: None,
         }
     }
 

@@ -76,6 +76,8 @@ fn attempt_json(a: &JobAttempt) -> serde_json::Value {
         "exit_code": a.has_exit_code.then_some(a.exit_code),
         "task_state": (!a.task_state.is_empty()).then_some(&a.task_state),
         "reason": (!a.reason.is_empty()).then_some(&a.reason),
+        "cpu_seconds": a.cpu_seconds,
+        "peak_memory_bytes": a.peak_memory_bytes,
     })
 }
 
@@ -222,10 +224,10 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
     } else if j.attempts.is_empty() && j.kind != "sweep" {
         out += "  no attempt yet\n";
     } else {
-        out += "  attempts:\n    #    TASK                           STATE            EXIT  AGENT         STARTED               TOOK      REASON\n";
+        out += "  attempts:\n    #    TASK                           STATE            EXIT  AGENT         STARTED               TOOK      CPU      PEAK     REASON\n";
         for a in &j.attempts {
             out += &format!(
-                "    {:<4} {:<30} {:<16} {:<5} {:<13} {:<21} {:<9} {}\n",
+                "    {:<4} {:<30} {:<16} {:<5} {:<13} {:<21} {:<9} {:<8} {:<8} {}\n",
                 a.number,
                 a.task_id,
                 if a.task_state.is_empty() {
@@ -241,6 +243,12 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
                 short(&a.agent_id),
                 when(a.started_at),
                 took(a.started_at, a.ended_at),
+                a.cpu_seconds
+                    .map(|c| format!("{c:.2}s"))
+                    .unwrap_or_else(|| "-".into()),
+                a.peak_memory_bytes
+                    .map(|m| format!("{:.1}MB", m as f64 / 1e6))
+                    .unwrap_or_else(|| "-".into()),
                 a.reason
             );
         }

@@ -130,6 +130,8 @@ fn every_event() -> Vec<Event> {
                 signal: Some(9),
                 source: StatusSource::Agent as i32,
                 healthy: Some(false),
+                cpu_seconds: None,
+                peak_memory_bytes: None,
             }),
         })),
         ev(event::Event::Failure(Failure {

@@ -314,7 +314,8 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
     } else {
         b.push_str(
             "<table><tr><th>#</th><th>Run</th><th>Task</th><th>Agent</th><th>Started</th>\
-             <th>Ended</th><th>Ran</th><th>Exit</th><th>Task state</th><th>Reason</th></tr>",
+             <th>Ended</th><th>Ran</th><th>CPU</th><th>Peak memory</th><th>Exit</th>\
+             <th>Task state</th><th>Reason</th></tr>",
         );
         for (i, a) in j.attempts.iter().enumerate().rev() {
             let run = if i >= j.run_start as usize {
@@ -326,8 +327,8 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
                 b,
                 "<tr><td class=num>{}</td><td class=mute>{run}</td><td class=mono>{}</td>\
                  <td><a class=mono href=\"/agents/{}\">{}</a></td><td class=num>{}</td>\
-                 <td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td>\
-                 <td>{}</td></tr>",
+                 <td class=num>{}</td><td class=num>{}</td><td class=num>{}</td>\
+                 <td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
                 a.number,
                 esc(&a.task_id),
                 url(&a.agent_id),
@@ -343,6 +344,12 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
                     "—".into()
                 },
                 mezz_proto::age_text(attempt_secs(j, a, ctx.now)),
+                a.cpu_seconds
+                    .map(|c| format!("{c:.2} s"))
+                    .unwrap_or_else(|| "—".into()),
+                a.peak_memory_bytes
+                    .map(|m| format!("{:.1} MB", m as f64 / 1e6))
+                    .unwrap_or_else(|| "—".into()),
                 if a.has_exit_code {
                     a.exit_code.to_string()
                 } else {
