@@ -472,6 +472,10 @@ mod tests {
     /// no time, events in time order. Returns the report.
     fn simulate(jobs: Vec<Job>, policy: Policy, nodes: usize, gpn: usize) -> Report {
         let mut p = Planner::new(jobs, policy, nodes * gpn, gpn, 16.0 * 3600.0);
+        run_ideal(&mut p, nodes, gpn)
+    }
+
+    fn run_ideal(p: &mut Planner, nodes: usize, gpn: usize) -> Report {
         let mut held: BTreeMap<usize, Vec<(String, usize)>> = BTreeMap::new();
         let mut fr = free(&vec![gpn; nodes]);
         let mut now = 0.0;
@@ -614,5 +618,52 @@ mod tests {
             r.gpu_util,
             ((20.0 + 60.0) / (4.0 * 30.0) * 10_000.0_f64).round() / 10_000.0
         );
+    }
+
+    /// With launches that take no time, the planner is the reference
+    /// simulator (`baseline_sim.py` of the Pollux traces, beside the
+    /// repository): same FIFO and SJF first-fit schedules on the 8 tuned
+    /// workloads, to the second. Skipped where the traces are missing.
+    #[test]
+    fn fifo_and_sjf_reproduce_the_reference_simulator() {
+        let traces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
+        let Ok(baseline) = std::fs::read_to_string(traces.join("results/baseline.jsonl")) else {
+            eprintln!("skipped: no traces at {}", traces.display());
+            return;
+        };
+        let reference: Vec<serde_json::Value> = baseline
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        for f in 1..=8 {
+            let name = format!("workloads/workload-{f}.csv");
+            let text = std::fs::read_to_string(traces.join("resolved").join(&name)).unwrap();
+            let jobs = crate::trace::parse(&text).unwrap();
+            for (policy, theirs) in [
+                (Policy::Fifo, "fifo-firstfit"),
+                (Policy::Sjf, "sjf-firstfit"),
+            ] {
+                let want = reference
+                    .iter()
+                    .find(|v| {
+                        v["workload"] == name.as_str()
+                            && v["policy"] == theirs
+                            && v["placement"] == "spread"
+                            && v["interval_s"].as_f64() == Some(0.0)
+                            && v["restart_overhead_s"].as_f64() == Some(0.0)
+                    })
+                    .unwrap();
+                let mut p = Planner::new(jobs.clone(), policy, 64, 4, 16.0 * 3600.0);
+                let got = run_ideal(&mut p, 16, 4);
+                for key in ["avg_jct_s", "p99_jct_s", "makespan_s"] {
+                    let w = want[key].as_f64().unwrap();
+                    let g = serde_json::to_value(&got).unwrap()[key].as_f64().unwrap();
+                    assert!(
+                        (g - w).abs() < 0.01,
+                        "{name} {policy} {key}: {g} vs the reference's {w}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -25,6 +25,9 @@ use crate::trace::Job;
 
 /// How often the framework looks at the clock when nothing happens.
 const TICK: Duration = Duration::from_millis(2);
+/// The longest the planner waits for GPUs known to be free (a task ended
+/// on them, or a launch left them) to be offered again.
+const REOFFER_WAIT: Duration = Duration::from_millis(100);
 
 /// What to replay, and where.
 #[derive(Clone, Debug)]
@@ -51,6 +54,8 @@ pub struct ReplayConfig {
 
 struct Attempt {
     tasks: Vec<String>,
+    /// The GPUs of each task, by task id.
+    gpus: HashMap<String, Vec<String>>,
     live: usize,
     finished: usize,
     failed: bool,
@@ -67,6 +72,11 @@ struct Replay {
     tasks: HashMap<String, (usize, u32)>,
     attempts: HashMap<usize, (u32, Attempt)>,
     demand_sent: Vec<usize>,
+    /// GPUs known to be free but not offered again yet, and since when.
+    /// The planner waits for them (up to [`REOFFER_WAIT`]): deciding on a
+    /// part of what is free favours small jobs over large ones, which
+    /// the reference, deciding on everything free at once, does not.
+    reoffer: HashMap<String, Instant>,
     done: bool,
     launches: u64,
     lost: u64,
@@ -92,8 +102,33 @@ impl Replay {
             .collect()
     }
 
+    /// Marks `gpus` as coming back, unless an offer already holds them.
+    fn expect_back(&mut self, gpus: &[String]) {
+        let at = Instant::now();
+        for g in gpus {
+            let held = self
+                .held
+                .values()
+                .flatten()
+                .any(|(_, r)| r.set_items(mezz_sdk::GPUS).contains(&g.as_str()));
+            if !held {
+                self.reoffer.insert(g.clone(), at);
+            }
+        }
+    }
+
     fn step(&mut self, driver: &Driver) {
         if self.done || self.start.is_none() {
+            return;
+        }
+        self.reoffer.retain(|g, since| {
+            let wait = since.elapsed() < REOFFER_WAIT;
+            if !wait {
+                tracing::debug!(gpu = %g, "GPU not offered again in time; planning without it");
+            }
+            wait
+        });
+        if !self.reoffer.is_empty() {
             return;
         }
         let now = self.now();
@@ -123,6 +158,7 @@ impl Replay {
             let run_ms = (remaining / self.speedup * 1000.0).round().max(1.0) as u64;
             let name = self.planner.jobs[i].job.name.clone();
             let mut ids = Vec::new();
+            let mut task_gpus = HashMap::new();
             for (p, (agent, g)) in parts.into_iter().enumerate() {
                 let Some(offers) = self.held.get_mut(&agent) else {
                     continue;
@@ -143,8 +179,9 @@ impl Replay {
                 let need = Resources::new()
                     .with_scalar(mezz_sdk::CPUS, 0.1)
                     .with_scalar(mezz_sdk::MEM, 16.0)
-                    .with_set(mezz_sdk::GPUS, gpus);
+                    .with_set(mezz_sdk::GPUS, gpus.clone());
                 let id = format!("{name}.{n}.{p}");
+                task_gpus.insert(id.clone(), gpus);
                 let task =
                     TaskBuilder::shell(id.clone(), format!("sleep {:.3}", run_ms as f64 / 1000.0))
                         .resources(&need)
@@ -163,6 +200,7 @@ impl Replay {
                     Attempt {
                         live: ids.len(),
                         tasks: ids,
+                        gpus: task_gpus,
                         finished: 0,
                         failed: false,
                     },
@@ -174,6 +212,14 @@ impl Replay {
             let Some(offers) = self.held.remove(&agent) else {
                 continue;
             };
+            // What the launch leaves of the agent's GPUs comes back in a
+            // new offer.
+            let left: Vec<String> = offers
+                .iter()
+                .flat_map(|(_, r)| r.set_items(mezz_sdk::GPUS))
+                .map(str::to_string)
+                .collect();
+            self.expect_back(&left);
             let launch = proto::Operation {
                 operation: Some(proto::operation::Operation::Launch(proto::Launch { tasks })),
             };
@@ -229,6 +275,7 @@ impl Scheduler for Replay {
     fn subscribed(&mut self, driver: &Driver, id: &FrameworkId, reconnected: bool) {
         tracing::info!(%id, reconnected, "replay framework subscribed");
         self.held.clear();
+        self.reoffer.clear();
         self.demand_sent.clear();
         if self.start.is_none() {
             self.start = Some(Instant::now());
@@ -239,11 +286,15 @@ impl Scheduler for Replay {
     fn offers(&mut self, driver: &Driver, offers: Vec<proto::Offer>) {
         for offer in offers {
             match Resources::from_proto(&offer.resources) {
-                Ok(r) => self
-                    .held
-                    .entry(offer.agent_id.clone())
-                    .or_default()
-                    .push((offer, r)),
+                Ok(r) => {
+                    for g in r.set_items(mezz_sdk::GPUS) {
+                        self.reoffer.remove(g);
+                    }
+                    self.held
+                        .entry(offer.agent_id.clone())
+                        .or_default()
+                        .push((offer, r));
+                }
                 Err(e) => {
                     tracing::warn!("offer {} has resources the SDK cannot read: {e}", offer.id);
                     driver.decline([offer.id], None);
@@ -276,6 +327,7 @@ impl Scheduler for Replay {
             return;
         }
         self.tasks.remove(&status.task_id);
+        let freed = a.gpus.get(&status.task_id).cloned().unwrap_or_default();
         a.live -= 1;
         if state == TaskState::Finished {
             a.finished += 1;
@@ -297,8 +349,10 @@ impl Scheduler for Replay {
                 }
             }
         }
-        if a.live == 0 {
-            if a.failed {
+        let (live, failed) = (a.live, a.failed);
+        self.expect_back(&freed);
+        if live == 0 {
+            if failed {
                 self.planner.stopped(i, now);
             } else {
                 self.planner.ended(i, now);
@@ -317,6 +371,7 @@ impl Scheduler for Replay {
 
     fn disconnected(&mut self, _: &Driver) {
         self.held.clear();
+        self.reoffer.clear();
     }
 }
 
@@ -352,6 +407,7 @@ pub async fn run(config: ReplayConfig, limit: Duration) -> Result<ReplayOutcome,
         tasks: HashMap::new(),
         attempts: HashMap::new(),
         demand_sent: Vec::new(),
+        reoffer: HashMap::new(),
         done: false,
         launches: 0,
         lost: 0,
