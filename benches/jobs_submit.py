@@ -130,7 +130,10 @@ def main():
                     os.kill(json.load(open(info))["pid"], signal.SIGKILL)
                 except (OSError, ValueError, KeyError):
                     pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("KEEP"):
+            print("kept " + tmp, file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

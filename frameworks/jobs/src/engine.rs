@@ -285,7 +285,7 @@ impl<S: Store> Engine<S> {
                 _ => {}
             }
         }
-        self.launch(wants).await;
+        self.launch(wants, true).await;
     }
 
     /// Records `out` (made from `read`); the stored record on success.
@@ -575,6 +575,27 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// The attempts of `role`'s jobs held here that wait for an offer now.
+    fn waiting_launches(&self, role: &str) -> Vec<Want> {
+        let now = self.now_ms();
+        self.jobs
+            .values()
+            .filter(|r| r.role == role && r.state == "PENDING" && r.kind != "sweep")
+            .filter_map(|r| {
+                let mut job = record::to_job(r).ok()?;
+                match job.next(now) {
+                    Action::Launch { number, task_id } => Some(Want {
+                        record: r.clone(),
+                        job,
+                        number,
+                        task_id,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// The role's driver, starting one when there is none.
     fn driver(&mut self, role: &str) -> Option<Driver> {
         if !self.roles.contains_key(role) {
@@ -586,8 +607,10 @@ impl<S: Store> Engine<S> {
     }
 
     /// Places the attempts that wait on the offers held, recording each
-    /// start before its launch; declines what is left.
-    async fn launch(&mut self, wants: Vec<Want>) {
+    /// start before its launch; declines what is left. With `settle_idle`
+    /// (a full pass), roles with nothing waiting give their offers back
+    /// and are suppressed.
+    async fn launch(&mut self, wants: Vec<Want>, settle_idle: bool) {
         let mut by_role: BTreeMap<String, Vec<Want>> = BTreeMap::new();
         for w in wants {
             by_role.entry(w.job.spec.role.clone()).or_default().push(w);
@@ -595,7 +618,7 @@ impl<S: Store> Engine<S> {
         let idle: Vec<String> = self
             .roles
             .keys()
-            .filter(|r| !by_role.contains_key(*r))
+            .filter(|r| settle_idle && !by_role.contains_key(*r))
             .cloned()
             .collect();
         for role in idle {
@@ -675,7 +698,20 @@ impl<S: Store> Engine<S> {
             let mut unused = Vec::new();
             for o in offers {
                 match tasks_by_offer.remove(&o.id) {
-                    Some(tasks) => driver.launch([o.id.clone()], tasks),
+                    // What the launch leaves of the offer comes back at
+                    // once (the master's default would hold it back 5 s
+                    // from us while more jobs wait).
+                    Some(tasks) => driver.accept(
+                        [o.id.clone()],
+                        vec![proto::Operation {
+                            operation: Some(proto::operation::Operation::Launch(proto::Launch {
+                                tasks,
+                            })),
+                        }],
+                        Some(proto::Filters {
+                            refuse_seconds: Some(0.0),
+                        }),
+                    ),
                     None => unused.push(o.id),
                 }
             }
@@ -711,8 +747,14 @@ impl<S: Store> Engine<S> {
                 link.suppressed = false;
             }
             Event::Offers { role, offers } => {
-                let link = self.roles.entry(role).or_default();
+                let link = self.roles.entry(role.clone()).or_default();
                 link.offers.extend(offers);
+                // Jobs waiting for this role's offers need not wait for
+                // the next pass.
+                let wants = self.waiting_launches(&role);
+                if !wants.is_empty() {
+                    self.launch(wants, false).await;
+                }
             }
             Event::Rescinded { role, offer_id } => {
                 if let Some(link) = self.roles.get_mut(&role) {
