@@ -136,64 +136,6 @@ fn sizes_are_set_used_by_run_refused_when_bad_and_survive_a_master_restart() {
     assert_eq!(shown, sizes, "/api/state and mezz sizes --json differ");
 }
 
-/// The jobs daemon that `mezz job submit` starts for a cluster, found in
-/// its default state directory (one per master address) and killed when
-/// the test ends, its log shown when the test failed.
-struct JobsDaemon {
-    dir: std::path::PathBuf,
-}
-
-impl JobsDaemon {
-    fn of(c: &Cluster) -> JobsDaemon {
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                    .join(".local/state")
-            });
-        JobsDaemon {
-            dir: base
-                .join("mezz/jobs")
-                .join(c.master_addr().replace(':', "_")),
-        }
-    }
-
-    fn pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir.join("daemon.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["pid"].as_i64().map(|p| p as i32).filter(|p| *p > 1)
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.pid() {
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            wait_for("the jobs daemon to be gone", T, || !pid_alive(pid));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for JobsDaemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "---- jobs daemon log ----\n{}",
-                lines[lines.len().saturating_sub(60)..].join("\n")
-            );
-        }
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Writes `text` as a job file in `dir` and runs `mezz job submit --wait
 /// --print-json FILE` against `c`.
 fn submit(c: &Cluster, dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
@@ -245,7 +187,7 @@ fn shared_dir() -> tempfile::TempDir {
 #[test]
 fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
     let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
-    let _daemon = JobsDaemon::of(&c);
+    let _daemon = JobsDaemon::of(&c.master_addr());
     let work = shared_dir();
     let count = work.path().join("count");
     let job = format!(
@@ -323,7 +265,7 @@ fn a_job_that_fails_twice_succeeds_on_its_third_attempt() {
 #[test]
 fn a_deadline_kills_the_attempt_and_fails_the_job() {
     let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
-    let _daemon = JobsDaemon::of(&c);
+    let _daemon = JobsDaemon::of(&c.master_addr());
     let work = tempfile::tempdir().expect("tempdir");
     let started = std::time::Instant::now();
     let out = submit(
@@ -365,7 +307,7 @@ fn a_python_job_installs_its_requirements_into_a_cached_virtualenv() {
         "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
         &["--task-user", "root", "--allow-root-tasks"],
     );
-    let _daemon = JobsDaemon::of(&c);
+    let _daemon = JobsDaemon::of(&c.master_addr());
     let work = shared_dir();
     let w = work.path();
     // A tiny wheel made here, so installing it needs no network.
@@ -431,7 +373,7 @@ fn a_python_job_installs_its_requirements_into_a_cached_virtualenv() {
 #[test]
 fn bad_job_files_are_refused_before_anything_runs() {
     let c = Cluster::start("cpus:2;mem:2048;disk:1000;ports:[31000-31009]", &[]);
-    let _daemon = JobsDaemon::of(&c);
+    let _daemon = JobsDaemon::of(&c.master_addr());
     let work = tempfile::tempdir().expect("tempdir");
     let cases: &[(&str, &str, &[&str])] = &[
         (
@@ -486,7 +428,7 @@ fn bad_job_files_are_refused_before_anything_runs() {
 #[test]
 fn a_dag_runs_in_order_and_a_failed_dependency_fails_what_waits_for_it() {
     let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
-    let _daemon = JobsDaemon::of(&c);
+    let _daemon = JobsDaemon::of(&c.master_addr());
     let work = shared_dir();
     let order = work.path().join("order");
     let step = |name: &str, after: &str, extra: &str| {
@@ -538,7 +480,7 @@ fn a_dag_runs_in_order_and_a_failed_dependency_fails_what_waits_for_it() {
 #[test]
 fn kill_rerun_and_history_survive_a_restart_of_the_master() {
     let mut c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
-    let daemon = JobsDaemon::of(&c);
+    let daemon = JobsDaemon::of(&c.master_addr());
     let work = tempfile::tempdir().expect("tempdir");
     let path = work.path().join("long.yaml");
     std::fs::write(
@@ -608,7 +550,7 @@ fn kill_rerun_and_history_survive_a_restart_of_the_master() {
 #[test]
 fn a_schedule_fires_each_second_once_across_a_daemon_and_master_restart() {
     let mut c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
-    let daemon = JobsDaemon::of(&c);
+    let daemon = JobsDaemon::of(&c.master_addr());
     let work = tempfile::tempdir().expect("tempdir");
     let path = work.path().join("tick.yaml");
     // Every second (six fields, seconds first); missed fires all run.
@@ -706,7 +648,7 @@ fn a_sweep_tunes_a_real_model_and_reports_the_known_best_parameters() {
         "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
         &["--task-user", "root", "--allow-root-tasks"],
     );
-    let _daemon = JobsDaemon::of(&c);
+    let _daemon = JobsDaemon::of(&c.master_addr());
     let work = shared_dir();
     let w = work.path();
     // An RBF support-vector classifier on scikit-learn's bundled digits

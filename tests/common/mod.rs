@@ -648,3 +648,76 @@ pub const ROOT_TASKS: &[&str] = &[
     "root",
     "--allow-root-tasks",
 ];
+
+/// The jobs daemon that `mezz job submit` starts for a cluster, found in
+/// its default state directory (one per master address) and killed when
+/// the test ends, its log shown when the test failed.
+pub struct JobsDaemon {
+    pub dir: std::path::PathBuf,
+}
+
+impl JobsDaemon {
+    /// The daemon of the masters `masters` (`--master` as given).
+    pub fn of(masters: &str) -> JobsDaemon {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                    .join(".local/state")
+            });
+        JobsDaemon {
+            dir: base.join("mezz/jobs").join(
+                masters
+                    .replace(',', "+")
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || ".-+".contains(c) {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect::<String>(),
+            ),
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.join("daemon.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32).filter(|p| *p > 1)
+    }
+
+    pub fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            wait_for(
+                "the jobs daemon to be gone",
+                Duration::from_secs(30),
+                || !pid_alive(pid),
+            );
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for JobsDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "---- jobs daemon log ----\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
