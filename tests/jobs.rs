@@ -699,3 +699,49 @@ fn a_sweep_tunes_a_real_model_and_reports_the_known_best_parameters() {
         .fold(1.0, f64::min);
     assert!(worst < 0.2, "gamma=1 should do badly: {trials:?}");
 }
+
+#[test]
+fn a_jvm_job_runs_a_main_class_with_its_heap_sized_from_its_memory() {
+    let javac = std::process::Command::new("javac").arg("-version").output();
+    if !javac.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: javac is not installed");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "javac (a JDK) is required under CI"
+        );
+        return;
+    }
+    let c = Cluster::start("cpus:4;mem:4096;disk:1000;ports:[31000-31009]", &[]);
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let work = shared_dir();
+    let w = work.path();
+    std::fs::write(
+        w.join("Hello.java"),
+        "public class Hello {\n  public static void main(String[] a) {\n    \
+         System.out.println(\"hello \" + a[0]);\n    \
+         System.out.println(\"heap \" + Runtime.getRuntime().maxMemory() / (1024 * 1024));\n  }\n}\n",
+    )
+    .expect("Hello.java");
+    let st = std::process::Command::new("javac")
+        .arg("-d")
+        .arg(w)
+        .arg(w.join("Hello.java"))
+        .status()
+        .expect("javac");
+    assert!(st.success(), "javac failed");
+    let job = format!(
+        "kind: jvm\nname: hello-jvm\ncpus: 0.5\nmem: 256\nmain_class: Hello\nclasspath: [{w}]\nargs: [world]\n",
+        w = w.display()
+    );
+    let out = submit(&c, w, "hello-jvm", &job);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(err.contains("hello world"), "{err}");
+    // The heap follows the task's 256 MB memory limit (75% of it), not
+    // the machine's memory.
+    let heap: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("heap ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no heap line: {err}"));
+    assert!((100..=200).contains(&heap), "heap {heap} MB: {err}");
+}

@@ -61,12 +61,13 @@ pub enum Kind {
     /// Hyper-parameter tuning: trials of a job over a parameter space
     /// (see [`crate::sweep`]).
     Sweep,
+    /// A Java program: a `jar`, or a `main_class` on a `classpath`.
+    Jvm,
 }
 
 /// The kinds the spec names that `mezz job` does not run yet, with the
 /// command that does.
-const NOT_YET: [(&str, &str); 6] = [
-    ("jvm", "mezz run -- java …"),
+const NOT_YET: [(&str, &str); 5] = [
     ("spark", "mezz spark submit"),
     ("tensorflow", "mezz tf run"),
     ("pytorch", "mezz tf run --flavor pytorch"),
@@ -155,6 +156,13 @@ struct JobFile {
     env: BTreeMap<String, String>,
     requirements: Option<String>,
     python: Option<String>,
+    jar: Option<String>,
+    main_class: Option<String>,
+    #[serde(default)]
+    classpath: Vec<String>,
+    #[serde(default)]
+    jvm_args: Vec<String>,
+    java: Option<String>,
     #[serde(default)]
     retries: u32,
     backoff: Option<String>,
@@ -203,6 +211,21 @@ pub struct JobSpec {
     /// The Python interpreter that makes the virtualenv and runs the
     /// entrypoint (default `python3`).
     pub python: String,
+    /// Kind `jvm`: the jar to run (`java -jar`), or none with `main_class`.
+    #[serde(default)]
+    pub jar: Option<String>,
+    /// Kind `jvm`: the class whose `main` runs, on `classpath`.
+    #[serde(default)]
+    pub main_class: Option<String>,
+    /// Kind `jvm`: the class path of `main_class`.
+    #[serde(default)]
+    pub classpath: Vec<String>,
+    /// Kind `jvm`: options of the JVM (`-Xmx4g`, `-Dkey=value`).
+    #[serde(default)]
+    pub jvm_args: Vec<String>,
+    /// Kind `jvm`: the `java` launcher (default `java` on `PATH`).
+    #[serde(default)]
+    pub java: Option<String>,
     /// Attempts after the first one that failed.
     pub retries: u32,
     /// The wait before the first retry; each further retry waits twice
@@ -362,19 +385,20 @@ impl JobSpec {
         let kind = match kind_text {
             "command" => Kind::Command,
             "python" => Kind::Python,
+            "jvm" => Kind::Jvm,
             other => {
                 return Err(match NOT_YET.iter().find(|(k, _)| *k == other) {
                     Some((k, instead)) => field_error(
                         text,
                         "kind",
                         format!(
-                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command or python"
+                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command, python or jvm"
                         ),
                     ),
                     None => field_error(
                         text,
                         "kind",
-                        format!("unknown kind '{other}'; use command, python or sweep"),
+                        format!("unknown kind '{other}'; use command, python, jvm or sweep"),
                     ),
                 })
             }
@@ -478,6 +502,36 @@ impl JobSpec {
         match kind {
             // Parsed by `crate::sweep::parse`; never here.
             Kind::Sweep => {}
+            Kind::Jvm => {
+                if f.jar.is_some() == f.main_class.is_some() {
+                    return Err(SpecError(
+                        "a jvm job needs exactly one of `jar` (run with java -jar) or `main_class` (with `classpath`)"
+                            .into(),
+                    ));
+                }
+                if f.jar.is_some() && !f.classpath.is_empty() {
+                    return Err(field_error(
+                        text,
+                        "classpath",
+                        "goes with `main_class`; a jar names its own class path".into(),
+                    ));
+                }
+                for (field, present) in [
+                    ("command", command.is_some()),
+                    ("entrypoint", entrypoint.is_some()),
+                    ("requirements", f.requirements.is_some()),
+                    ("python", f.python.is_some()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "does not go with kind jvm; it runs `jar` or `main_class` with `args`"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             Kind::Command => {
                 if command.is_none() {
                     return Err(SpecError(
@@ -512,6 +566,19 @@ impl JobSpec {
                         "args",
                         "goes with `entrypoint`; put the arguments in `command`".into(),
                     ));
+                }
+            }
+        }
+        if kind != Kind::Jvm {
+            for (field, present) in [
+                ("jar", f.jar.is_some()),
+                ("main_class", f.main_class.is_some()),
+                ("classpath", !f.classpath.is_empty()),
+                ("jvm_args", !f.jvm_args.is_empty()),
+                ("java", f.java.is_some()),
+            ] {
+                if present {
+                    return Err(field_error(text, field, "belongs to kind jvm".into()));
                 }
             }
         }
@@ -614,6 +681,11 @@ impl JobSpec {
             env: f.env,
             requirements: f.requirements,
             python: f.python.unwrap_or_else(|| "python3".into()),
+            jar: f.jar,
+            main_class: f.main_class,
+            classpath: f.classpath,
+            jvm_args: f.jvm_args,
+            java: f.java,
             retries: f.retries,
             backoff,
             max_backoff,
@@ -731,6 +803,7 @@ impl JobSpec {
             Kind::Command => "command",
             Kind::Python => "python",
             Kind::Sweep => "sweep",
+            Kind::Jvm => "jvm",
         }
     }
 
@@ -761,6 +834,7 @@ impl JobSpec {
             Kind::Command => return s + self.command.as_deref().unwrap_or("true"),
             // A sweep runs no task of its own: its trials do.
             Kind::Sweep => return s + "true",
+            Kind::Jvm => return s + &self.java_command(),
             Kind::Python => match (&self.entrypoint, &self.command) {
                 (Some(e), _) => {
                     let mut r = format!("exec \"$PY\" {}", quote(e));
@@ -868,6 +942,46 @@ fn find_cycle(specs: &[JobSpec]) -> Option<Vec<String>> {
         }
     }
     None
+}
+
+impl JobSpec {
+    /// Kind `jvm`: the `java` command line. The JVM sizes its heap from
+    /// the task's memory limit (its cgroup) at 75% unless `jvm_args` say
+    /// otherwise (`-Xmx…` or `-XX:MaxRAMPercentage=…`).
+    fn java_command(&self) -> String {
+        let mut c = format!("exec {}", quote(self.java.as_deref().unwrap_or("java")));
+        let sized = self
+            .jvm_args
+            .iter()
+            .any(|a| a.starts_with("-Xmx") || a.starts_with("-XX:MaxRAMPercentage"));
+        if !sized {
+            c += " -XX:MaxRAMPercentage=75";
+        }
+        for a in &self.jvm_args {
+            c += " ";
+            c += &quote(a);
+        }
+        match (&self.jar, &self.main_class) {
+            (Some(jar), _) => {
+                c += " -jar ";
+                c += &quote(jar);
+            }
+            (None, Some(main)) => {
+                if !self.classpath.is_empty() {
+                    c += " -cp ";
+                    c += &quote(&self.classpath.join(":"));
+                }
+                c += " ";
+                c += &quote(main);
+            }
+            (None, None) => {}
+        }
+        for a in &self.args {
+            c += " ";
+            c += &quote(a);
+        }
+        c
+    }
 }
 
 /// `s` quoted for the shell.

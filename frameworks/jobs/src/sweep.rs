@@ -504,6 +504,7 @@ impl SweepSpec {
         spec.command = spec.command.as_deref().map(fill);
         spec.entrypoint = spec.entrypoint.as_deref().map(fill);
         spec.args = spec.args.iter().map(|a| fill(a)).collect();
+        spec.jvm_args = spec.jvm_args.iter().map(|a| fill(a)).collect();
         for v in spec.env.values_mut() {
             *v = fill(v);
         }

@@ -212,3 +212,30 @@ fn a_schedule_reads_with_its_defaults_and_round_trips_as_json() {
     let json = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), s);
 }
+
+#[test]
+fn a_jvm_job_runs_a_jar_or_a_main_class_with_a_heap_from_its_memory() {
+    let s = parse("kind: jvm\nname: etl\nmem: 2048\nmain_class: com.example.Etl\nclasspath: [/opt/etl/lib/a.jar, /opt/etl/classes]\nargs: [--date, today]\n").unwrap();
+    assert_eq!(s.kind, Kind::Jvm);
+    assert!(s.task_command().ends_with(
+        "exec java -XX:MaxRAMPercentage=75 -cp /opt/etl/lib/a.jar:/opt/etl/classes com.example.Etl --date today"
+    ), "{}", s.task_command());
+    let s = parse("kind: jvm\nname: etl\njar: /opt/etl.jar\njvm_args: [-Xmx1g, '-Dmode=fast run']\njava: /usr/lib/jvm/java-17/bin/java\n").unwrap();
+    assert!(
+        s.task_command().ends_with(
+            "exec /usr/lib/jvm/java-17/bin/java -Xmx1g '-Dmode=fast run' -jar /opt/etl.jar"
+        ),
+        "{}",
+        s.task_command()
+    );
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), s);
+    assert!(err("kind: jvm\nname: x\n").contains("exactly one of `jar`"));
+    assert!(err("kind: jvm\nname: x\njar: a.jar\nmain_class: A\n").contains("exactly one of `jar`"));
+    assert!(
+        err("kind: jvm\nname: x\njar: a.jar\nclasspath: [b]\n").contains("`classpath` (line 4)")
+    );
+    assert!(err("kind: jvm\nname: x\njar: a.jar\ncommand: ls\n").contains("`command` (line 4)"));
+    assert!(err("kind: command\nname: x\ncommand: ls\njar: a.jar\n")
+        .contains("`jar` (line 4): belongs to kind jvm"));
+}
