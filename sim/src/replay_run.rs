@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use mezz_sdk::{proto, Driver, FrameworkId, Resources, Scheduler, TaskBuilder, TaskState};
 
 use crate::agent_core::RUN_MS_LABEL;
-use crate::replay::{Decision, Phase, Planner, Policy, Report};
+use crate::replay::{Decision, JobState, Phase, Planner, Policy, Report};
 use crate::trace::Job;
 
 /// How often the framework looks at the clock when nothing happens.
@@ -144,11 +144,14 @@ impl Replay {
     fn carry_out(&mut self, driver: &Driver, d: Decision, now: f64) {
         for i in d.preempt {
             self.planner.stopping(i, now);
+            let mut freed = Vec::new();
             if let Some((_, a)) = self.attempts.get(&i) {
                 for t in &a.tasks {
                     driver.kill(t.clone(), None);
                 }
+                freed = a.gpus.values().flatten().cloned().collect();
             }
+            self.expect_back(&freed);
         }
         // All tasks bound for one agent go in one accept of all its offers.
         let mut per_agent: BTreeMap<String, Vec<proto::TaskInfo>> = BTreeMap::new();
@@ -327,7 +330,15 @@ impl Scheduler for Replay {
             return;
         }
         self.tasks.remove(&status.task_id);
-        let freed = a.gpus.get(&status.task_id).cloned().unwrap_or_default();
+        // The gang's first task to end: all its GPUs are coming back, and
+        // the planner waits for all of them (as the reference frees a
+        // job's GPUs at once), so that a large job can take what a large
+        // job left instead of small ones taking it part by part.
+        let freed: Vec<String> = if a.live == a.tasks.len() {
+            a.gpus.values().flatten().cloned().collect()
+        } else {
+            Vec::new()
+        };
         a.live -= 1;
         if state == TaskState::Finished {
             a.finished += 1;
@@ -380,6 +391,8 @@ impl Scheduler for Replay {
 pub struct ReplayOutcome {
     /// The numbers, trace seconds.
     pub report: Report,
+    /// Every job as it ended (arrival, first start, end, preemptions).
+    pub jobs: Vec<JobState>,
     /// Job launches (starts and restarts).
     pub launches: u64,
     /// Tasks that ended LOST, FAILED, DROPPED or the like.
@@ -437,6 +450,7 @@ pub async fn run(config: ReplayConfig, limit: Duration) -> Result<ReplayOutcome,
     };
     Ok(ReplayOutcome {
         report: replay.planner.report(),
+        jobs: replay.planner.jobs.clone(),
         launches: replay.launches,
         lost: replay.lost,
         elapsed_s: started.elapsed().as_secs_f64(),

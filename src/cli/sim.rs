@@ -189,6 +189,11 @@ pub struct ReplayArgs {
     /// trace's length at the speedup, plus a minute.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub limit: Option<Duration>,
+    /// Also write every job's times here as CSV (name, arrival_s, gpus,
+    /// duration_s, start_s of its first launch, end_s, preemptions; trace
+    /// seconds), to compare with another scheduler job by job.
+    #[arg(long, value_name = "FILE")]
+    pub jobs_out: Option<std::path::PathBuf>,
     /// Print the report as one JSON object (`avg_jct_s`, `p50_jct_s`,
     /// `p99_jct_s`, `max_jct_s`, `makespan_s`, `gpu_util`, `avg_queue_s`,
     /// `preemptions`, `jobs`, `finished`, and the run's settings).
@@ -451,6 +456,21 @@ async fn replay_main(args: ReplayArgs) -> Result<ExitCode> {
     let _ = stop_tx.send(true);
     if let Some(f) = fleet_run {
         let _ = f.await;
+    }
+    if let Some(path) = &args.jobs_out {
+        let mut csv = String::from("name,arrival_s,gpus,duration_s,start_s,end_s,preemptions\n");
+        for j in &outcome.jobs {
+            let end = match j.phase {
+                mezz_sim::replay::Phase::Done { at } => format!("{at:.2}"),
+                _ => String::new(),
+            };
+            let start = j.first_start.map(|s| format!("{s:.2}")).unwrap_or_default();
+            csv.push_str(&format!(
+                "{},{},{},{},{start},{end},{}\n",
+                j.job.name, j.job.arrival_s, j.job.gpus, j.job.duration_s, j.preemptions
+            ));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
     let r = &outcome.report;
     if args.json {
