@@ -350,7 +350,7 @@ pub fn place(
     }
     let mut order: Vec<(String, usize)> = free.iter().map(|(a, &f)| (a.clone(), f)).collect();
     // Most free first; ties by id (stable sort keeps id order).
-    order.sort_by(|a, b| b.1.cmp(&a.1));
+    order.sort_by_key(|o| std::cmp::Reverse(o.1));
     let mut parts = Vec::new();
     let mut need = g;
     for (a, f) in order {

@@ -595,6 +595,34 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_flags_of_the_issue_parse() {
+        let Ok(SimCommand::Replay(r)) = parse(&[
+            "sim",
+            "replay",
+            "workload-1.csv",
+            "--nodes",
+            "16",
+            "--gpus-per-node",
+            "4",
+            "--speedup",
+            "100",
+            "--policy",
+            "sjf",
+            "--json",
+        ]) else {
+            panic!("mezz sim replay does not parse");
+        };
+        assert_eq!((r.nodes, r.gpus_per_node, r.speedup), (16, 4, 100.0));
+        assert_eq!((r.policy, r.json, r.master), (Policy::Sjf, true, None));
+        let Ok(SimCommand::Replay(r)) = parse(&["sim", "replay", "w.csv"]) else {
+            panic!("defaults do not parse");
+        };
+        assert_eq!(r.policy, Policy::Las);
+        let e = parse(&["sim", "replay", "w.csv", "--policy", "srtf"]).unwrap_err();
+        assert!(e.contains("unknown policy 'srtf'"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = parse(&["sim", "agents", "--task-time", "soon"]).unwrap_err();
         assert!(e.contains("bad task time 'soon'"), "{e}");
