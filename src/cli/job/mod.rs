@@ -69,12 +69,8 @@ pub enum JobCommand {
 pub struct SubmitArgs {
     #[command(flatten)]
     pub master: MasterArg,
-    /// The job file (YAML or JSON).
-    #[arg(required_unless_present = "json")]
-    pub file: Option<PathBuf>,
-    /// Read the job as JSON from standard input.
-    #[arg(long, conflicts_with = "file")]
-    pub json: bool,
+    #[command(flatten)]
+    pub input: JobFileArg,
     /// Follow the jobs to their end, streaming each attempt's output; the
     /// exit status says whether they succeeded. Ctrl-C stops following
     /// (the jobs go on; `mezz job kill NAME` ends one).
@@ -93,12 +89,8 @@ pub struct SubmitArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub master: MasterArg,
-    /// The job file (YAML or JSON).
-    #[arg(required_unless_present = "json")]
-    pub file: Option<PathBuf>,
-    /// Read the job as JSON from standard input.
-    #[arg(long, conflicts_with = "file")]
-    pub json: bool,
+    #[command(flatten)]
+    pub input: JobFileArg,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +169,17 @@ pub struct RerunArgs {
     pub wait: bool,
     #[command(flatten)]
     pub daemon: DaemonDirArg,
+}
+
+/// Where a job file comes from: a path, or standard input.
+#[derive(Args, Debug)]
+pub struct JobFileArg {
+    /// The job file (YAML or JSON).
+    #[arg(required_unless_present = "json")]
+    pub file: Option<PathBuf>,
+    /// Read the job as JSON from standard input.
+    #[arg(long, conflicts_with = "file")]
+    pub json: bool,
 }
 
 /// Where the jobs daemon keeps its lock, log and framework ids.
@@ -266,7 +269,7 @@ async fn validated(masters: &[String], file: Option<&PathBuf>) -> Result<Vec<Job
 
 async fn check(a: CheckArgs) -> Result<ExitCode> {
     let masters = client::masters(a.master.master.as_deref())?;
-    let specs = match validated(&masters, a.file.as_ref()).await {
+    let specs = match validated(&masters, a.input.file.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             errln!("mezz job: {e:#}");
@@ -304,7 +307,7 @@ async fn ensure_daemon(masters: &[String], dir: &DaemonDirArg) -> Result<()> {
 
 async fn submit(a: SubmitArgs) -> Result<ExitCode> {
     let masters = client::masters(a.master.master.as_deref())?;
-    let specs = match validated(&masters, a.file.as_ref()).await {
+    let specs = match validated(&masters, a.input.file.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             errln!("mezz job: {e:#}");
