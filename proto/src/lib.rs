@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod capacity;
 pub mod client;
 pub mod grant;
 pub mod holdback;

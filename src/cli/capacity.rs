@@ -8,37 +8,13 @@
 use mezz_proto::resources::{CPUS, MEM};
 use std::collections::BTreeMap;
 
-use mezz_proto::holdback::gpus_milli;
 use mezz_proto::v1::AgentView;
 use mezz_proto::Resources;
 
-/// One task's request: what `mezz run --cpus --mem --gpus` asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Need {
-    pub cpus: f64,
-    pub mem: f64,
-    pub gpus: u32,
-    /// The framework's role: resources reserved for it count too.
-    pub role: String,
-}
-
-impl Need {
-    /// cpus and mem, as `Resources` (GPUs are a count here).
-    fn scalars(&self) -> Resources {
-        Resources::new()
-            .with_scalar(CPUS, self.cpus)
-            .with_scalar(MEM, self.mem)
-    }
-
-    /// `cpus:1;mem:256` and, with GPUs, ` and 2 GPU(s)`.
-    pub fn describe(&self) -> String {
-        if self.gpus > 0 {
-            format!("{} and {} GPU(s)", self.scalars(), self.gpus)
-        } else {
-            self.scalars().to_string()
-        }
-    }
-}
+/// One task's request: what `mezz run --cpus --mem --gpus` asks for (the
+/// masters check jobs with the same type).
+pub use mezz_proto::capacity::Need;
+use mezz_proto::capacity::{coverage, usable};
 
 /// An agent's name for messages: its hostname, and its address when
 /// several agents share the hostname.
@@ -50,62 +26,20 @@ fn agent_name(a: &AgentView, all: &[AgentView]) -> String {
     }
 }
 
-/// What a framework of `role` may ever use of an agent: its unreserved
-/// resources and those reserved for exactly that role (as `mezz run` takes
-/// them from an offer).
-fn usable(a: &AgentView, role: &str) -> Resources {
-    let Ok(total) = Resources::parse(&a.resources) else {
-        return Resources::new();
-    };
-    let mut out = total.unreserved();
-    if let Some(mine) = total.reserved(role) {
-        out.add(mine);
-    }
-    out
-}
-
-/// How many times `have` holds the request, on its tightest resource
-/// (at least 1.0 when it fits).
-fn coverage(have: &Resources, need: &Need) -> f64 {
-    let ratio = |have: f64, want: f64| {
-        if want > 0.0 {
-            have / want
-        } else {
-            f64::INFINITY
-        }
-    };
-    let gpus = gpus_milli(have) as f64 / 1000.0;
-    ratio(have.scalar(CPUS), need.cpus)
-        .min(ratio(have.scalar(MEM), need.mem))
-        .min(ratio(gpus, f64::from(need.gpus)))
-}
-
 /// `Some(message)` when agents are registered and none of them could ever
 /// hold `need`, even idle: the message names the largest and its totals.
 /// `None` when one could, or when no agent is registered yet.
 pub fn never_fits(agents: &[AgentView], need: &Need) -> Option<String> {
-    let mut best: Option<(&AgentView, f64)> = None;
-    for a in agents {
-        let c = coverage(&usable(a, &need.role), need);
-        if c >= 1.0 {
-            return None;
-        }
-        if best.is_none_or(|(_, b)| c > b) {
-            best = Some((a, c));
-        }
-    }
-    let (largest, _) = best?;
-    let what = if agents.len() == 1 {
-        "the only agent"
-    } else {
-        "the largest agent"
-    };
-    Some(format!(
-        "no agent can ever hold {}: {what}, {}, has {} in total",
-        need.describe(),
-        agent_name(largest, agents),
-        largest.resources
-    ))
+    let totals: Vec<(String, Resources)> = agents
+        .iter()
+        .map(|a| {
+            (
+                agent_name(a, agents),
+                Resources::parse(&a.resources).unwrap_or_default(),
+            )
+        })
+        .collect();
+    mezz_proto::capacity::never_fits(totals.iter().map(|(n, r)| (n.clone(), r)), need)
 }
 
 /// `Some(message)` when some replica of a gang fits no registered agent
@@ -144,7 +78,10 @@ pub fn why_not_offered(agents: &[AgentView], need: &Need) -> Vec<String> {
             out.push(format!("{name} is {}", a.status));
             continue;
         }
-        let all = usable(a, &need.role);
+        let all = usable(
+            &Resources::parse(&a.resources).unwrap_or_default(),
+            &need.role,
+        );
         if coverage(&all, need) < 1.0 {
             out.push(format!("{name} has only {all} in total"));
             continue;
@@ -193,6 +130,7 @@ pub fn why_not_offered(agents: &[AgentView], need: &Need) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mezz_proto::holdback::gpus_milli;
 
     fn map(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

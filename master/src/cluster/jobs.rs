@@ -334,6 +334,7 @@ impl Cluster {
                     job.name
                 )));
             }
+            self.check_fits(&spec)?;
             let mut spec = spec;
             if !job.parent.is_empty() {
                 self.check_trial(job)?;
@@ -366,6 +367,32 @@ impl Cluster {
         let names = records.iter().map(|r| r.name.clone()).collect();
         self.propose_job(Command::JobsSubmitted(JobsSubmitted { jobs: records, at }));
         Ok(names)
+    }
+
+    /// A job whose attempts no registered agent could ever hold, even
+    /// idle, is refused, naming the largest agent (as `mezz job submit`
+    /// says before it sends). With no agent registered yet, nothing is
+    /// refused: agents may still join.
+    fn check_fits(&self, job: &JobRecord) -> Result<(), CallError> {
+        let need = mezz_proto::capacity::Need {
+            cpus: job.cpus,
+            mem: job.mem,
+            gpus: job.gpus,
+            role: job.role.clone(),
+        };
+        let agents = self.agents.values().map(|a| {
+            (
+                format!("{} ({})", a.info.hostname, a.info.address),
+                &a.total,
+            )
+        });
+        match mezz_proto::capacity::never_fits(agents, &need) {
+            Some(why) => Err(CallError::Invalid(format!(
+                "job '{}' can never run: {why}",
+                job.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// A submitted job with a `parent` must be a trial of a kept sweep that

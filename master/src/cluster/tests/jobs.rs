@@ -471,3 +471,31 @@ fn ended_jobs_beyond_the_bound_are_dropped_oldest_first() {
     h.c.restore(Registry::from_snapshot(&snap));
     assert_eq!(h.c.jobs().kept(), 2);
 }
+
+#[test]
+fn a_job_no_agent_could_ever_hold_is_refused_naming_the_largest() {
+    let mut h = jobs_harness();
+    // No agent yet: agents may still join, so nothing is refused.
+    assert!(h.submit(&[spec("early", &[])]).is_ok());
+    h.register_agent(7, "a1", "cpus:4;mem:1024", vec![]);
+    h.settle();
+    let err = h.submit(&[spec("needs-gpu", &[])]).unwrap_err();
+    let CallError::Invalid(msg) = err else {
+        panic!("not an invalid-argument refusal: {err:?}")
+    };
+    assert!(
+        msg.contains("job 'needs-gpu' can never run")
+            && msg.contains("1 GPU(s)")
+            && msg.contains("the only agent, host-a1 (127.0.0.1:1), has cpus:4;mem:1024"),
+        "{msg}"
+    );
+    assert!(h.c.jobs().get("needs-gpu").is_none(), "nothing stored");
+    let cpu_only = JobRecord {
+        gpus: 0,
+        cpus: 2.0,
+        mem: 512.0,
+        role: "*".into(),
+        ..spec("fits", &[])
+    };
+    assert!(h.submit(&[cpu_only]).is_ok());
+}
