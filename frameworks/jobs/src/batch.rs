@@ -158,11 +158,6 @@ impl Job {
         }
     }
 
-    /// Whether a kill was asked for (by an operator or the deadline).
-    pub fn killing(&self) -> Option<JobState> {
-        self.kill
-    }
-
     /// The number of attempt `number` within its run (1 for a run's first).
     fn nth_in_run(&self, number: u32) -> u32 {
         number.saturating_sub(self.run_start as u32)
@@ -291,27 +286,6 @@ impl Job {
             self.kill = Some(JobState::Killed);
         }
     }
-
-    /// The job and its attempts as `mezz job show --json` prints them
-    /// (times as milliseconds on the caller's clock plus `epoch_ms`).
-    pub fn to_json(&self, epoch_ms: u64) -> serde_json::Value {
-        let at = |t: Millis| (epoch_ms + t) as f64 / 1000.0;
-        serde_json::json!({
-            "name": self.spec.name,
-            "state": self.state.name(),
-            "submitted_at": at(self.submitted),
-            "retries": self.spec.retries,
-            "attempts": self.attempts.iter().map(|a| serde_json::json!({
-                "number": a.number,
-                "task_id": a.task_id,
-                "agent": a.agent,
-                "start": at(a.start),
-                "end": a.end.map(at),
-                "exit_code": a.exit_code,
-                "reason": a.reason,
-            })).collect::<Vec<_>>(),
-        })
-    }
 }
 
 #[cfg(test)]
@@ -362,9 +336,8 @@ mod tests {
             .attempts
             .iter()
             .all(|a| a.agent.as_deref() == Some("agent-1")));
-        let json = j.to_json(0);
-        assert_eq!(json["attempts"][1]["reason"], "FAILED");
-        assert_eq!(json["state"], "SUCCEEDED");
+        assert_eq!(j.attempts[1].reason.as_deref(), Some("FAILED"));
+        assert_eq!(j.state.name(), "SUCCEEDED");
     }
 
     #[test]
