@@ -727,3 +727,48 @@ fn a_jvm_job_runs_a_main_class_with_its_heap_sized_from_its_memory() {
         .unwrap_or_else(|| panic!("no heap line: {err}"));
     assert!((100..=200).contains(&heap), "heap {heap} MB: {err}");
 }
+
+#[test]
+#[ignore = "needs root and cgroups"]
+fn an_attempt_keeps_the_gpu_use_of_its_task_and_cpu_work_has_none() {
+    need_root_cgroups();
+    // One agent with two fake GPUs: each reports its use through a file,
+    // as NVML would. GPU 0 is busier than GPU 1.
+    let c = Cluster::start_with_agent_args(
+        "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
+        &["--fake-gpus", "2"],
+    );
+    let dev = c.agent_work_dir(0).join("dev");
+    std::fs::write(dev.join("nvidia0.usage"), "70 1024\n").expect("usage file");
+    std::fs::write(dev.join("nvidia1.usage"), "30 512\n").expect("usage file");
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let work = shared_dir();
+    let out = submit(
+        &c,
+        work.path(),
+        "both",
+        "kind: command\nname: on-gpus\ncpus: 0.5\nmem: 64\ngpus: 2\ncommand: sleep 1\n\
+         ---\n\
+         kind: command\nname: on-cpus\ncpus: 0.5\nmem: 64\ncommand: sleep 1\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let gpu = show(&c, "on-gpus");
+    let a = &gpu["attempts"][0];
+    // The mean of its two GPUs, and the memory they held together.
+    assert_eq!(a["gpu_utilization_pct"].as_f64(), Some(50.0), "{gpu}");
+    assert_eq!(a["gpu_peak_memory_mb"].as_u64(), Some(1536), "{gpu}");
+    let table = text(&sub(&c, "job", "show", &["on-gpus"]).stdout);
+    assert!(
+        table.contains("GPU USE") && table.contains("50% 1536MB"),
+        "{table}"
+    );
+    let page = http_get(&c.master_addr(), "/jobs/on-gpus").map(|(_, b)| b);
+    assert!(
+        page.as_deref().is_some_and(|p| p.contains("50% 1536MB")),
+        "{page:?}"
+    );
+    // CPU work on the GPU agent held no GPU, so it says nothing of them.
+    let cpu = show(&c, "on-cpus");
+    assert_eq!(cpu["state"], "SUCCEEDED", "{cpu}");
+    assert!(cpu["attempts"][0]["gpu_utilization_pct"].is_null(), "{cpu}");
+}

@@ -81,8 +81,29 @@ pub fn age_text(secs: f64) -> String {
     }
 }
 
+/// An attempt's GPU use for people, `63% 2048MB` (mean utilization,
+/// peak memory); None when its agent did not say. The CLI and the status
+/// page show it this one way.
+pub fn gpu_use_text(utilization_pct: Option<f64>, peak_memory_mb: Option<u64>) -> Option<String> {
+    let pct = utilization_pct?;
+    Some(match peak_memory_mb {
+        Some(mb) => format!("{pct:.0}% {mb}MB"),
+        None => format!("{pct:.0}%"),
+    })
+}
+
 #[cfg(test)]
 mod age_tests {
+    #[test]
+    fn gpu_use_reads_as_percent_and_megabytes() {
+        assert_eq!(
+            super::gpu_use_text(Some(62.6), Some(2048)).as_deref(),
+            Some("63% 2048MB")
+        );
+        assert_eq!(super::gpu_use_text(Some(5.0), None).as_deref(), Some("5%"));
+        assert_eq!(super::gpu_use_text(None, Some(1)), None);
+    }
+
     #[test]
     fn ages_read_the_same_everywhere() {
         let cases = [

@@ -210,8 +210,10 @@ impl Agent {
                 .join(crate::launch_spec::META_DIR)
                 .join(crate::launch_spec::EXIT_FILE),
         );
-        // Every process of the run is gone and its cgroup removed before
-        // the terminal update goes out.
+        // The GPUs' last sample is taken while the run's processes may
+        // still hold them; then every process of the run is gone and its
+        // cgroup removed before the terminal update goes out.
+        let gpu_use = self.take_gpu_use(key);
         let ended = self.cleanup_cgroup(key).await;
         let o = lifecycle::with_oom(
             lifecycle::outcome(exit, kill_requested, observed),
@@ -224,6 +226,10 @@ impl Agent {
         status.signal = o.signal;
         status.cpu_seconds = ended.cpu_seconds;
         status.peak_memory_bytes = ended.peak_memory_bytes;
+        if let Some((pct, mb)) = gpu_use {
+            status.gpu_utilization_pct = Some(pct);
+            status.gpu_peak_memory_mb = Some(mb);
+        }
         self.emit(status, true).await;
     }
 

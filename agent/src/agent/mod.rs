@@ -39,6 +39,45 @@ struct Pending {
 struct State {
     tasks: HashMap<Key, TaskRecord>,
     unacked: BTreeMap<u64, Pending>,
+    /// The GPU use of running tasks that hold GPUs, sampled with each
+    /// heartbeat (kept in memory: an agent restart starts it again).
+    gpu_use: HashMap<Key, GpuUse>,
+}
+
+/// The GPU use of one task so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct GpuUse {
+    /// Sum over the samples of the mean utilization of its GPUs.
+    pct_sum: f64,
+    samples: u32,
+    /// The most memory its GPUs held together in one sample, MB.
+    peak_mb: u64,
+}
+
+impl GpuUse {
+    /// Adds one sample of the task's GPUs (`held`) from `usage`; a sample
+    /// that reads none of them adds nothing.
+    fn add(&mut self, held: &[&str], usage: &[mezz_proto::v1::GpuUsage]) {
+        let mine: Vec<&mezz_proto::v1::GpuUsage> = usage
+            .iter()
+            .filter(|u| held.contains(&u.gpu.as_str()))
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let pct: u32 = mine.iter().map(|u| u.utilization_pct).sum();
+        self.pct_sum += f64::from(pct) / mine.len() as f64;
+        self.samples += 1;
+        self.peak_mb = self
+            .peak_mb
+            .max(mine.iter().map(|u| u.memory_used_mb).sum());
+    }
+
+    /// The mean utilization, percent, and the peak memory, MB; None
+    /// without a sample.
+    fn summary(&self) -> Option<(f64, u64)> {
+        (self.samples > 0).then(|| (self.pct_sum / f64::from(self.samples), self.peak_mb))
+    }
 }
 
 /// What the agent found on this machine at start-up.
@@ -84,15 +123,71 @@ fn state_of(rec: &TaskRecord) -> TaskState {
         .map_or(TaskState::Staging, |s| s.state())
 }
 
+/// The ids of the GPUs a task was given.
+fn held_gpus(rec: &TaskRecord) -> Vec<String> {
+    rec.task
+        .as_ref()
+        .map(|t| {
+            crate::resources::of_task(t)
+                .set_items(crate::gpu::RESOURCE)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn task_span(framework_id: &str, task_id: &str) -> tracing::Span {
     tracing::info_span!("task", framework_id = %framework_id, task_id = %task_id)
 }
 
 impl Agent {
     /// The current use of every GPU whose backend can tell (for the
-    /// heartbeat). NVML answers in microseconds; fake GPUs read a small
-    /// file.
+    /// heartbeat), also added to the use of the running tasks that hold
+    /// them. NVML answers in microseconds; fake GPUs read a small file.
     pub fn gpu_usage(&self) -> Vec<mezz_proto::v1::GpuUsage> {
+        let usage = self.read_gpu_usage();
+        if !usage.is_empty() {
+            let mut st = self.lock();
+            let State { tasks, gpu_use, .. } = &mut *st;
+            // A task that ended another way (a failed launch) leaves no
+            // use behind.
+            gpu_use.retain(|k, _| tasks.get(k).is_some_and(|r| !state_of(r).is_terminal()));
+            for (key, rec) in tasks.iter() {
+                if state_of(rec).is_terminal() {
+                    continue;
+                }
+                let held = held_gpus(rec);
+                if !held.is_empty() {
+                    let held: Vec<&str> = held.iter().map(String::as_str).collect();
+                    gpu_use.entry(key.clone()).or_default().add(&held, &usage);
+                }
+            }
+        }
+        usage
+    }
+
+    /// Takes the GPU use of a task that ended, after one last sample: its
+    /// mean utilization (percent) and peak memory (MB), None when it held
+    /// no GPU or none could be read.
+    pub(super) fn take_gpu_use(&self, key: &Key) -> Option<(f64, u64)> {
+        let held = self
+            .lock()
+            .tasks
+            .get(key)
+            .map(held_gpus)
+            .unwrap_or_default();
+        let mut st = self.lock();
+        let mut used = st.gpu_use.remove(key).unwrap_or_default();
+        drop(st);
+        if !held.is_empty() {
+            let held: Vec<&str> = held.iter().map(String::as_str).collect();
+            used.add(&held, &self.read_gpu_usage());
+        }
+        used.summary()
+    }
+
+    fn read_gpu_usage(&self) -> Vec<mezz_proto::v1::GpuUsage> {
         let Some(backend) = self.machine.gpu_backend.as_deref() else {
             return Vec::new();
         };
@@ -247,5 +342,39 @@ impl Agent {
     /// Makes the checkpoint durable.
     pub async fn flush(&self) -> sled::Result<()> {
         self.checkpoint.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GpuUse;
+    use mezz_proto::v1::GpuUsage;
+
+    fn u(gpu: &str, pct: u32, mb: u64) -> GpuUsage {
+        GpuUsage {
+            gpu: gpu.into(),
+            utilization_pct: pct,
+            memory_used_mb: mb,
+        }
+    }
+
+    #[test]
+    fn a_tasks_gpu_use_is_the_mean_over_samples_of_its_own_gpus() {
+        let mut g = GpuUse::default();
+        assert_eq!(g.summary(), None, "no sample, nothing to say");
+        // Two GPUs held, a third (busy) one is another task's.
+        let held = ["gpu-0", "gpu-1"];
+        g.add(
+            &held,
+            &[
+                u("gpu-0", 80, 1000),
+                u("gpu-1", 40, 500),
+                u("gpu-2", 100, 9000),
+            ],
+        );
+        g.add(&held, &[u("gpu-0", 20, 200), u("gpu-1", 20, 100)]);
+        // A sample that reads none of its GPUs does not count.
+        g.add(&held, &[u("gpu-2", 100, 9000)]);
+        assert_eq!(g.summary(), Some((40.0, 1500)));
     }
 }

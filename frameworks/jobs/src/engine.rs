@@ -872,8 +872,7 @@ impl<S: Store> Engine<S> {
                 ended.push(record::Ending {
                     task_id: status.task_id.clone(),
                     task_state: format!("TASK_{state_name}"),
-                    cpu_seconds: status.cpu_seconds,
-                    peak_memory_bytes: status.peak_memory_bytes,
+                    used: record::Used::of_status(status),
                 });
             } else if !status.agent_id.is_empty() {
                 job.placed(&status.task_id, &status.agent_id);

@@ -149,10 +149,44 @@ pub struct Ending {
     pub task_id: String,
     /// Its final state (`TASK_FINISHED`, …).
     pub task_state: String,
-    /// The CPU time it used, in seconds, when its agent said.
+    /// What it used, as far as its agent said.
+    pub used: Used,
+}
+
+/// What an attempt used, from the terminal update of its task: each field
+/// only where its agent could tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Used {
+    /// CPU time, in seconds.
     pub cpu_seconds: Option<f64>,
-    /// The most memory it held, in bytes, when its agent said.
+    /// The most memory held at once, in bytes.
     pub peak_memory_bytes: Option<u64>,
+    /// Mean utilization of its GPUs, in percent.
+    pub gpu_utilization_pct: Option<f64>,
+    /// The most GPU memory held at once, in MB.
+    pub gpu_peak_memory_mb: Option<u64>,
+}
+
+impl Used {
+    /// What a task's terminal update says.
+    pub fn of_status(s: &proto::TaskStatus) -> Used {
+        Used {
+            cpu_seconds: s.cpu_seconds,
+            peak_memory_bytes: s.peak_memory_bytes,
+            gpu_utilization_pct: s.gpu_utilization_pct,
+            gpu_peak_memory_mb: s.gpu_peak_memory_mb,
+        }
+    }
+
+    /// What an attempt already recorded.
+    fn of_attempt(a: &proto::JobAttempt) -> Used {
+        Used {
+            cpu_seconds: a.cpu_seconds,
+            peak_memory_bytes: a.peak_memory_bytes,
+            gpu_utilization_pct: a.gpu_utilization_pct,
+            gpu_peak_memory_mb: a.gpu_peak_memory_mb,
+        }
+    }
 }
 
 /// `r` with the progress of `job`: its state, attempts and backoff, and
@@ -171,11 +205,9 @@ pub fn with_progress(r: &proto::JobRecord, job: &Job, endings: &[Ending]) -> pro
                 Some(e) => e.task_state.clone(),
                 None => old.map(|o| o.task_state.clone()).unwrap_or_default(),
             };
-            let (cpu_seconds, peak_memory_bytes) = match ending {
-                Some(e) => (e.cpu_seconds, e.peak_memory_bytes),
-                None => old
-                    .map(|o| (o.cpu_seconds, o.peak_memory_bytes))
-                    .unwrap_or_default(),
+            let used = match ending {
+                Some(e) => e.used,
+                None => old.map(Used::of_attempt).unwrap_or_default(),
             };
             proto::JobAttempt {
                 number: a.number,
@@ -187,8 +219,10 @@ pub fn with_progress(r: &proto::JobRecord, job: &Job, endings: &[Ending]) -> pro
                 exit_code: a.exit_code.unwrap_or(0),
                 task_state,
                 reason: a.reason.clone().unwrap_or_default(),
-                cpu_seconds,
-                peak_memory_bytes,
+                cpu_seconds: used.cpu_seconds,
+                peak_memory_bytes: used.peak_memory_bytes,
+                gpu_utilization_pct: used.gpu_utilization_pct,
+                gpu_peak_memory_mb: used.gpu_peak_memory_mb,
             }
         })
         .collect();
@@ -232,8 +266,12 @@ mod tests {
         let ending = Ending {
             task_id: "etl.1".into(),
             task_state: "TASK_FAILED".into(),
-            cpu_seconds: Some(0.25),
-            peak_memory_bytes: Some(1 << 20),
+            used: Used {
+                cpu_seconds: Some(0.25),
+                peak_memory_bytes: Some(1 << 20),
+                gpu_utilization_pct: Some(42.5),
+                gpu_peak_memory_mb: Some(900),
+            },
         };
         let r2 = with_progress(&r, &job, &[ending]);
         assert_eq!(r2.attempts[0].cpu_seconds, Some(0.25));
@@ -243,6 +281,8 @@ mod tests {
             Some(1 << 20),
             "kept once known"
         );
+        assert_eq!(r3.attempts[0].gpu_utilization_pct, Some(42.5));
+        assert_eq!(r3.attempts[0].gpu_peak_memory_mb, Some(900));
         assert_eq!(r2.state, "PENDING");
         assert_eq!(r2.attempts[0].agent_id, "agent-7");
         assert_eq!(r2.attempts[0].task_state, "TASK_FAILED");

@@ -39,6 +39,8 @@ impl Cluster {
             healthy: None,
             cpu_seconds: None,
             peak_memory_bytes: None,
+            gpu_utilization_pct: None,
+            gpu_peak_memory_mb: None,
         }
     }
 

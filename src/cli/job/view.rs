@@ -78,6 +78,8 @@ fn attempt_json(a: &JobAttempt) -> serde_json::Value {
         "reason": (!a.reason.is_empty()).then_some(&a.reason),
         "cpu_seconds": a.cpu_seconds,
         "peak_memory_bytes": a.peak_memory_bytes,
+        "gpu_utilization_pct": a.gpu_utilization_pct,
+        "gpu_peak_memory_mb": a.gpu_peak_memory_mb,
     })
 }
 
@@ -224,10 +226,10 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
     } else if j.attempts.is_empty() && j.kind != "sweep" {
         out += "  no attempt yet\n";
     } else {
-        out += "  attempts:\n    #    TASK                           STATE            EXIT  AGENT         STARTED               TOOK      CPU      PEAK     REASON\n";
+        out += "  attempts:\n    #    TASK                           STATE            EXIT  AGENT         STARTED               TOOK      CPU      PEAK     GPU USE       REASON\n";
         for a in &j.attempts {
             out += &format!(
-                "    {:<4} {:<30} {:<16} {:<5} {:<13} {:<21} {:<9} {:<8} {:<8} {}\n",
+                "    {:<4} {:<30} {:<16} {:<5} {:<13} {:<21} {:<9} {:<8} {:<8} {:<13} {}\n",
                 a.number,
                 a.task_id,
                 if a.task_state.is_empty() {
@@ -248,6 +250,8 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
                     .unwrap_or_else(|| "-".into()),
                 a.peak_memory_bytes
                     .map(|m| format!("{:.1}MB", m as f64 / 1e6))
+                    .unwrap_or_else(|| "-".into()),
+                mezz_proto::gpu_use_text(a.gpu_utilization_pct, a.gpu_peak_memory_mb)
                     .unwrap_or_else(|| "-".into()),
                 a.reason
             );

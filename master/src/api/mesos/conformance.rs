@@ -132,6 +132,8 @@ fn every_event() -> Vec<Event> {
                 healthy: Some(false),
                 cpu_seconds: None,
                 peak_memory_bytes: None,
+                gpu_utilization_pct: None,
+                gpu_peak_memory_mb: None,
             }),
         })),
         ev(event::Event::Failure(Failure {

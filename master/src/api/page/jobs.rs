@@ -314,7 +314,7 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
     } else {
         b.push_str(
             "<table><tr><th>#</th><th>Run</th><th>Task</th><th>Agent</th><th>Started</th>\
-             <th>Ended</th><th>Ran</th><th>CPU</th><th>Peak memory</th><th>Exit</th>\
+             <th>Ended</th><th>Ran</th><th>CPU</th><th>Peak memory</th><th>GPU use</th><th>Exit</th>\
              <th>Task state</th><th>Reason</th></tr>",
         );
         for (i, a) in j.attempts.iter().enumerate().rev() {
@@ -328,7 +328,7 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
                 "<tr><td class=num>{}</td><td class=mute>{run}</td><td class=mono>{}</td>\
                  <td><a class=mono href=\"/agents/{}\">{}</a></td><td class=num>{}</td>\
                  <td class=num>{}</td><td class=num>{}</td><td class=num>{}</td>\
-                 <td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
+                 <td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
                 a.number,
                 esc(&a.task_id),
                 url(&a.agent_id),
@@ -349,6 +349,8 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
                     .unwrap_or_else(|| "—".into()),
                 a.peak_memory_bytes
                     .map(|m| format!("{:.1} MB", m as f64 / 1e6))
+                    .unwrap_or_else(|| "—".into()),
+                mezz_proto::gpu_use_text(a.gpu_utilization_pct, a.gpu_peak_memory_mb)
                     .unwrap_or_else(|| "—".into()),
                 if a.has_exit_code {
                     a.exit_code.to_string()
