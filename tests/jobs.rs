@@ -10,17 +10,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::jobs::*;
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
-
-/// `mezz GROUP ACTION --master ADDR ARGS…` for the two-level commands.
-fn sub(c: &Cluster, group: &str, action: &str, args: &[&str]) -> std::process::Output {
-    let addr = c.master_addr();
-    let mut full = vec![group, action, "--master", &addr];
-    full.extend_from_slice(args);
-    mezz(&full, T)
-}
 
 fn sizes_json(c: &Cluster) -> Vec<serde_json::Value> {
     let out = c.mezz(&["sizes", "--json"], T);
@@ -134,54 +127,6 @@ fn sizes_are_set_used_by_run_refused_when_bad_and_survive_a_master_restart() {
     // /api/state shows the same menu.
     let shown = c.state()["sizes"].as_array().cloned().unwrap_or_default();
     assert_eq!(shown, sizes, "/api/state and mezz sizes --json differ");
-}
-
-/// Writes `text` as a job file in `dir` and runs `mezz job submit --wait
-/// --print-json FILE` against `c`.
-fn submit(c: &Cluster, dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write the job file");
-    sub(
-        c,
-        "job",
-        "submit",
-        &["--wait", "--print-json", path.to_str().expect("utf-8 path")],
-    )
-}
-
-/// `mezz job show NAME --json`.
-fn show(c: &Cluster, name: &str) -> serde_json::Value {
-    let out = sub(c, "job", "show", &[name, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    record(&out)
-}
-
-/// `mezz job list --json ARGS…`: the jobs.
-fn list(c: &Cluster, args: &[&str]) -> Vec<serde_json::Value> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = sub(c, "job", "list", &full);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    record(&out)["jobs"].as_array().cloned().unwrap_or_default()
-}
-
-fn record(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no job record on stdout ({e}): {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
-}
-
-/// A temporary directory the agent's task user may write in.
-fn shared_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
-        .expect("chmod the shared dir");
-    dir
 }
 
 #[test]
@@ -726,49 +671,4 @@ fn a_jvm_job_runs_a_main_class_with_its_heap_sized_from_its_memory() {
         .find_map(|l| l.strip_prefix("heap ")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no heap line: {err}"));
     assert!((100..=200).contains(&heap), "heap {heap} MB: {err}");
-}
-
-#[test]
-#[ignore = "needs root and cgroups"]
-fn an_attempt_keeps_the_gpu_use_of_its_task_and_cpu_work_has_none() {
-    need_root_cgroups();
-    // One agent with two fake GPUs: each reports its use through a file,
-    // as NVML would. GPU 0 is busier than GPU 1.
-    let c = Cluster::start_with_agent_args(
-        "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
-        &["--fake-gpus", "2"],
-    );
-    let dev = c.agent_work_dir(0).join("dev");
-    std::fs::write(dev.join("nvidia0.usage"), "70 1024\n").expect("usage file");
-    std::fs::write(dev.join("nvidia1.usage"), "30 512\n").expect("usage file");
-    let _daemon = JobsDaemon::of(&c.master_addr());
-    let work = shared_dir();
-    let out = submit(
-        &c,
-        work.path(),
-        "both",
-        "kind: command\nname: on-gpus\ncpus: 0.5\nmem: 64\ngpus: 2\ncommand: sleep 1\n\
-         ---\n\
-         kind: command\nname: on-cpus\ncpus: 0.5\nmem: 64\ncommand: sleep 1\n",
-    );
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let gpu = show(&c, "on-gpus");
-    let a = &gpu["attempts"][0];
-    // The mean of its two GPUs, and the memory they held together.
-    assert_eq!(a["gpu_utilization_pct"].as_f64(), Some(50.0), "{gpu}");
-    assert_eq!(a["gpu_peak_memory_mb"].as_u64(), Some(1536), "{gpu}");
-    let table = text(&sub(&c, "job", "show", &["on-gpus"]).stdout);
-    assert!(
-        table.contains("GPU USE") && table.contains("50% 1536MB"),
-        "{table}"
-    );
-    let page = http_get(&c.master_addr(), "/jobs/on-gpus").map(|(_, b)| b);
-    assert!(
-        page.as_deref().is_some_and(|p| p.contains("50% 1536MB")),
-        "{page:?}"
-    );
-    // CPU work on the GPU agent held no GPU, so it says nothing of them.
-    let cpu = show(&c, "on-cpus");
-    assert_eq!(cpu["state"], "SUCCEEDED", "{cpu}");
-    assert!(cpu["attempts"][0]["gpu_utilization_pct"].is_null(), "{cpu}");
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod http;
+pub mod jobs;
 mod needs;
 pub use http::*;
 pub use needs::*;

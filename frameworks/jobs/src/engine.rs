@@ -16,7 +16,12 @@
 //!
 //! The engine talks to the masters through a [`Store`] and to the cluster
 //! through one SDK driver per role (a framework registers in one role, and
-//! a job's `role` decides its fair share and quota).
+//! a job's `role` decides its fair share and quota). An attempt of a
+//! training job is a gang run by a framework of its own
+//! ([`crate::gang`]), started through [`Engine::with_gangs`]; it reports
+//! one status per attempt, as a task would. A gang recorded as running
+//! that no gang of this engine runs (its engine stopped) is ended as
+//! LOST, and its framework's tasks end with that framework.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +34,7 @@ use mezz_sdk::{place, Driver, Scheduler, Strategy, TaskBuilder, TaskRequest, Tas
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::batch::{Action, Job, Millis};
+use crate::gang::{is_gang_kind, GangHandle, GangStart};
 use crate::record::{self, is_terminal, states};
 use crate::schedule::{self, Schedule};
 use crate::spec::{Concurrency, JobSpec};
@@ -198,10 +204,16 @@ pub struct Engine<S: Store> {
     store: S,
     now: Arc<dyn Fn() -> f64 + Send + Sync>,
     start_driver: Box<dyn FnMut(&str) + Send>,
+    start_gang: Option<GangStarter>,
     roles: BTreeMap<String, RoleLink>,
     jobs: BTreeMap<String, JobRecord>,
     killing: BTreeMap<String, f64>,
+    /// The gang attempts this engine runs, by the attempt's task id.
+    gangs: BTreeMap<String, GangHandle>,
 }
+
+/// Starts a gang attempt (see [`Engine::with_gangs`]).
+pub type GangStarter = Box<dyn FnMut(GangStart) -> GangHandle + Send>;
 
 impl<S: Store> Engine<S> {
     /// An engine over `store`.
@@ -214,10 +226,20 @@ impl<S: Store> Engine<S> {
             store,
             now,
             start_driver,
+            start_gang: None,
             roles: BTreeMap::new(),
             jobs: BTreeMap::new(),
             killing: BTreeMap::new(),
+            gangs: BTreeMap::new(),
         }
+    }
+
+    /// The engine, running the attempts of training jobs with `start`
+    /// (which reports their statuses as [`Event::Status`]). Without it,
+    /// such a job fails, saying that this jobs framework cannot run it.
+    pub fn with_gangs(mut self, start: GangStarter) -> Engine<S> {
+        self.start_gang = Some(start);
+        self
     }
 
     /// Runs until `shutdown` resolves.
@@ -323,7 +345,26 @@ impl<S: Store> Engine<S> {
             }
         };
         let before = job.state;
+        let gang = job.spec.kind.is_gang();
+        if gang {
+            if let Some(a) = job.attempts.last().filter(|a| a.end.is_none()) {
+                if !self.gangs.contains_key(&a.task_id) {
+                    let lost = proto::TaskStatus {
+                        task_id: a.task_id.clone(),
+                        state: TaskState::Lost as i32,
+                        message: "the jobs framework that ran this gang stopped; its tasks end with the gang's framework".into(),
+                        ..Default::default()
+                    };
+                    self.statuses(vec![lost]).await;
+                    return None;
+                }
+            }
+        }
         match job.next(self.now_ms()) {
+            Action::Launch { number, task_id } if gang => {
+                self.start_gang_attempt(r, job, number, task_id).await;
+                None
+            }
             Action::Launch { number, task_id } => Some(Want {
                 record: r,
                 job,
@@ -336,7 +377,13 @@ impl<S: Store> Engine<S> {
                     .get(&task_id)
                     .is_none_or(|at| now - at >= KILL_AGAIN);
                 if due {
-                    if let Some(d) = self.driver(&job.spec.role) {
+                    if let Some(g) = self.gangs.get(&task_id) {
+                        tracing::info!(job = %r.name, attempt = %task_id, "killing the gang");
+                        g.kill();
+                        self.killing.insert(task_id, now);
+                    } else if gang {
+                        // Ended as LOST above once no gang runs it.
+                    } else if let Some(d) = self.driver(&job.spec.role) {
                         tracing::info!(job = %r.name, task = %task_id, "killing the attempt");
                         d.kill(task_id.clone(), None);
                         self.killing.insert(task_id, now);
@@ -353,6 +400,38 @@ impl<S: Store> Engine<S> {
             }
             Action::Wait | Action::WaitUntil(_) => None,
         }
+    }
+
+    /// Records the start of a gang attempt, then starts it.
+    async fn start_gang_attempt(
+        &mut self,
+        r: JobRecord,
+        mut job: Job,
+        number: u32,
+        task_id: String,
+    ) {
+        if self.start_gang.is_none() {
+            let why = format!(
+                "this jobs framework cannot run kind {}",
+                job.spec.kind_name()
+            );
+            self.end(&r, "FAILED", why).await;
+            return;
+        }
+        job.started(number, &task_id, self.now_ms());
+        let out = record::with_progress(&r, &job, &[]);
+        if self.save(&r, out).await.is_none() {
+            return;
+        }
+        tracing::info!(job = %r.name, attempt = %task_id, "starting the gang of attempt {number}");
+        let Some(start) = self.start_gang.as_mut() else {
+            return;
+        };
+        let handle = start(GangStart {
+            spec: job.spec,
+            task_id: task_id.clone(),
+        });
+        self.gangs.insert(task_id, handle);
     }
 
     /// A WAITING job: released once its dependencies ended as needed,
@@ -731,7 +810,7 @@ impl<S: Store> Engine<S> {
                 let tasks: Vec<proto::ReconcileTask> = self
                     .jobs
                     .values()
-                    .filter(|r| r.role == role && r.state == "RUNNING")
+                    .filter(|r| r.role == role && r.state == "RUNNING" && !is_gang_kind(&r.kind))
                     .flat_map(|r| r.attempts.iter().filter(|a| a.ended_at == 0.0))
                     .map(|a| proto::ReconcileTask {
                         task_id: a.task_id.clone(),
@@ -869,6 +948,7 @@ impl<S: Store> Engine<S> {
                 let _ = job.next(now);
                 job.ended(&status.task_id, exit, &reason, now);
                 self.killing.remove(&status.task_id);
+                self.gangs.remove(&status.task_id);
                 ended.push(record::Ending {
                     task_id: status.task_id.clone(),
                     task_state: format!("TASK_{state_name}"),

@@ -9,13 +9,19 @@
 //!   in): attempts with their start, end, exit code, reason and agent;
 //!   retries with backoff up to `retries`; the deadline.
 //!
-//! Like every framework here it depends on `mezz-sdk` only. Nothing in it
-//! talks to a cluster: the runner that launches attempts is a shell around
-//! [`batch::Job`].
+//! - [`engine`]: the jobs framework itself, over a store of job records
+//!   (the masters'), launching attempts on offers.
+//! - [`gang`]: kinds whose attempt is a gang run by another framework of
+//!   this tree (`tensorflow`, `pytorch`), which is why this crate depends
+//!   on `mezz-tensorflow` beside `mezz-sdk`.
+//!
+//! The state machines are pure; [`engine`] and [`gang`] talk to a cluster
+//! only through the store and drivers they are given.
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod engine;
+pub mod gang;
 pub mod record;
 pub mod schedule;
 pub mod spec;

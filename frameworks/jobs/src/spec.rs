@@ -63,14 +63,26 @@ pub enum Kind {
     Sweep,
     /// A Java program: a `jar`, or a `main_class` on a `classpath`.
     Jvm,
+    /// Distributed TensorFlow training: a gang of replicas with
+    /// `TF_CONFIG` (see [`crate::gang`]).
+    Tensorflow,
+    /// Distributed PyTorch training: a gang of replicas with
+    /// torch.distributed's environment (see [`crate::gang`]).
+    Pytorch,
+}
+
+impl Kind {
+    /// Whether an attempt is a gang run by another framework, rather than
+    /// one task.
+    pub fn is_gang(self) -> bool {
+        matches!(self, Kind::Tensorflow | Kind::Pytorch)
+    }
 }
 
 /// The kinds the spec names that `mezz job` does not run yet, with the
 /// command that does.
-const NOT_YET: [(&str, &str); 5] = [
+const NOT_YET: [(&str, &str); 3] = [
     ("spark", "mezz spark submit"),
-    ("tensorflow", "mezz tf run"),
-    ("pytorch", "mezz tf run --flavor pytorch"),
     ("jupyter", "mezz jupyter start"),
     ("serve", "mezz serve deploy"),
 ];
@@ -176,6 +188,7 @@ struct JobFile {
     timezone: Option<String>,
     concurrency: Option<String>,
     missed: Option<String>,
+    tensorflow: Option<crate::gang::TfSection>,
 }
 
 /// A validated job. It is stored with the job in the masters as JSON
@@ -257,6 +270,10 @@ pub struct JobSpec {
     /// A sweep's trial, space and method (kind `sweep` only).
     #[serde(default)]
     pub sweep: Option<crate::sweep::SweepSpec>,
+    /// The replica groups of a training job (kinds `tensorflow` and
+    /// `pytorch` only).
+    #[serde(default)]
+    pub tensorflow: Option<crate::gang::TfGang>,
 }
 
 /// Durations as whole milliseconds in the stored JSON.
@@ -386,19 +403,21 @@ impl JobSpec {
             "command" => Kind::Command,
             "python" => Kind::Python,
             "jvm" => Kind::Jvm,
+            "tensorflow" => Kind::Tensorflow,
+            "pytorch" => Kind::Pytorch,
             other => {
                 return Err(match NOT_YET.iter().find(|(k, _)| *k == other) {
                     Some((k, instead)) => field_error(
                         text,
                         "kind",
                         format!(
-                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command, python or jvm"
+                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command, python, jvm, tensorflow or pytorch"
                         ),
                     ),
                     None => field_error(
                         text,
                         "kind",
-                        format!("unknown kind '{other}'; use command, python, jvm or sweep"),
+                        format!("unknown kind '{other}'; use command, python, jvm, tensorflow, pytorch or sweep"),
                     ),
                 })
             }
@@ -553,6 +572,23 @@ impl JobSpec {
                     }
                 }
             }
+            Kind::Tensorflow | Kind::Pytorch => {
+                for (field, present) in [
+                    ("entrypoint", entrypoint.is_some()),
+                    ("requirements", f.requirements.is_some()),
+                    ("python", f.python.is_some()),
+                    ("args", !f.args.is_empty()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "does not go with a training job; its replicas run `command` (or their group's)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             Kind::Python => {
                 if command.is_some() == entrypoint.is_some() {
                     return Err(SpecError(
@@ -667,7 +703,15 @@ impl JobSpec {
                 format!("'{role}' is not a role name"),
             ));
         }
-        Ok(JobSpec {
+        if !kind.is_gang() && f.tensorflow.is_some() {
+            return Err(field_error(
+                text,
+                "tensorflow",
+                "belongs to kinds tensorflow and pytorch".into(),
+            ));
+        }
+        let explicit = (f.cpus, f.mem, f.gpus);
+        let mut spec = JobSpec {
             kind,
             name,
             size: f.size,
@@ -696,7 +740,16 @@ impl JobSpec {
             after_any,
             schedule,
             sweep: None,
-        })
+            tensorflow: None,
+        };
+        if kind.is_gang() {
+            let gang = crate::gang::tf_gang(f.tensorflow, &spec, explicit, sizes)
+                .map_err(|e| field_error(text, "tensorflow", e.0))?;
+            // What one agent must hold: the largest replica.
+            (spec.cpus, spec.mem, spec.gpus) = gang.largest();
+            spec.tensorflow = Some(gang);
+        }
+        Ok(spec)
     }
 
     /// Validates a schedule: the cron expression parses in its time zone,
@@ -804,6 +857,8 @@ impl JobSpec {
             Kind::Python => "python",
             Kind::Sweep => "sweep",
             Kind::Jvm => "jvm",
+            Kind::Tensorflow => "tensorflow",
+            Kind::Pytorch => "pytorch",
         }
     }
 
@@ -831,7 +886,11 @@ impl JobSpec {
             s += &format!("cd {}\n", quote(w));
         }
         let run = match self.kind {
-            Kind::Command => return s + self.command.as_deref().unwrap_or("true"),
+            // A training job's replicas run its command (see
+            // `crate::gang`); it has no task of its own.
+            Kind::Command | Kind::Tensorflow | Kind::Pytorch => {
+                return s + self.command.as_deref().unwrap_or("true")
+            }
             // A sweep runs no task of its own: its trials do.
             Kind::Sweep => return s + "true",
             Kind::Jvm => return s + &self.java_command(),
@@ -985,7 +1044,7 @@ impl JobSpec {
 }
 
 /// `s` quoted for the shell.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))

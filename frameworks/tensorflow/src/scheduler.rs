@@ -38,6 +38,8 @@ pub struct LaunchedReplica {
     pub replica: ReplicaId,
     /// Its task id in this attempt.
     pub task_id: String,
+    /// Its agent.
+    pub agent_id: String,
     /// Its agent's API address (for its sandbox output).
     pub agent_address: String,
     /// Where it listens.
@@ -267,6 +269,7 @@ impl TfScheduler {
             launched.push(LaunchedReplica {
                 replica,
                 task_id: p.key.clone(),
+                agent_id: p.agent_id.0.clone(),
                 agent_address,
                 endpoint,
                 gpus: p.gpus.clone(),

@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::sizes::Size;
 use crate::SpecError;
 
+/// The longest job name.
+pub const MAX_NAME: usize = 80;
+
 /// The kinds of replica a distributed TensorFlow job has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ReplicaType {
@@ -437,15 +440,17 @@ impl JobSpec {
 
     /// Checks what a cluster cannot: names, counts, resources, commands.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
+        // A job run through `mezz job` is named after its attempt
+        // (`train.2`), hence the dots.
+        let name_ok = self.name.len() <= MAX_NAME
+            && self.name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && self
                 .name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !name_ok {
             return Err(SpecError(format!(
-                "job name '{}' must be 1-64 letters, digits, '-' or '_'",
+                "job name '{}' must be 1-{MAX_NAME} letters, digits, '-', '_' or '.', starting with a letter or digit",
                 self.name
             )));
         }

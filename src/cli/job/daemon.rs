@@ -203,13 +203,9 @@ impl Store for MasterStore {
             let state = client::state(&self.masters, true)
                 .await
                 .map_err(unavailable)?;
-            let task = state
-                .tasks
-                .into_iter()
-                .find(|t| t.id == task_id && !t.agent_address.is_empty())
-                .ok_or_else(|| {
-                    StoreError::Refused(format!("task {task_id} is not known with an agent"))
-                })?;
+            let task = super::view::attempt_task(state, task_id).ok_or_else(|| {
+                StoreError::Refused(format!("task {task_id} is not known with an agent"))
+            })?;
             let mut tail = crate::cli::logs::Tail::connect(
                 &task.agent_address,
                 &task.framework_id,
@@ -274,6 +270,7 @@ pub async fn run(
     tracing::info!(address = %info.address, dir = %dir.display(), "jobs daemon running");
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let gang_tx = tx.clone();
     let state_dir = dir.to_path_buf();
     let driver_masters = masters.clone();
     let user = std::env::var("USER").unwrap_or_default();
@@ -310,11 +307,34 @@ pub async fn run(
             let _ = tx.send(Event::Ended { role, why });
         });
     };
+    let gang_masters = masters.clone();
+    let gang_user = std::env::var("USER").unwrap_or_default();
+    let start_gang = move |g: mezz_jobs::gang::GangStart| match client::driver() {
+        Ok(b) => mezz_jobs::gang::run_tensorflow(
+            g,
+            b.masters(gang_masters.clone()),
+            gang_user.clone(),
+            gang_tx.clone(),
+        ),
+        Err(e) => {
+            let _ = gang_tx.send(Event::Status {
+                role: g.spec.role.clone(),
+                status: proto::TaskStatus {
+                    task_id: g.task_id,
+                    state: proto::TaskState::Failed as i32,
+                    message: format!("no driver for the gang: {e:#}"),
+                    ..Default::default()
+                },
+            });
+            mezz_jobs::gang::GangHandle::new(|| {})
+        }
+    };
     let engine = Engine::new(
         MasterStore::new(masters),
         Arc::new(mezz_proto::unix_now),
         Box::new(start_driver),
-    );
+    )
+    .with_gangs(Box::new(start_gang));
     engine.run(rx, shutdown).await;
     daemon.state().clear_daemon(info.pid);
     Ok(true)

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
 use mezz_jobs::record::{is_terminal, states};
-use mezz_proto::v1::{JobAttempt, JobRecord, ListJobsRequest};
+use mezz_proto::v1::{ClusterState, JobAttempt, JobRecord, ListJobsRequest, TaskView};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -397,15 +397,43 @@ pub async fn logs(a: JobLogsArgs) -> Result<ExitCode> {
             .last()
             .ok_or_else(|| anyhow!("job '{}' has no attempt yet ({})", j.name, j.state))?,
     };
+    // A training job's attempt shows its main replica's output.
+    let task = match client::state(&masters, true).await {
+        Ok(state) if mezz_jobs::gang::is_gang_kind(&j.kind) => {
+            attempt_task(state, &attempt.task_id)
+                .map(|t| t.id)
+                .unwrap_or_else(|| attempt.task_id.clone())
+        }
+        _ => attempt.task_id.clone(),
+    };
     logs::main(logs::LogsArgs {
         master: a.master,
-        task: attempt.task_id.clone(),
+        task,
         stderr: a.stderr,
         follow: a.follow,
         tail: a.tail,
         list: None,
     })
     .await
+}
+
+/// The task whose output is the attempt's, once it reached an agent: its
+/// own task, or a training job's main replica (see
+/// [`mezz_jobs::gang::main_task`]).
+pub(super) fn attempt_task(state: ClusterState, attempt: &str) -> Option<TaskView> {
+    let id = mezz_jobs::gang::main_task(
+        attempt,
+        state
+            .tasks
+            .iter()
+            .filter(|t| !t.agent_address.is_empty())
+            .map(|t| t.id.as_str()),
+    )?
+    .to_string();
+    state
+        .tasks
+        .into_iter()
+        .find(|t| t.id == id && !t.agent_address.is_empty())
 }
 
 /// Streams one attempt's output (stdout to `out`, stderr to standard
@@ -415,11 +443,7 @@ async fn stream(task_id: String, out: Out, done: watch::Receiver<bool>) -> Resul
     // The master knows the task's agent once it was launched.
     let task = loop {
         let state = client::state(&masters, true).await?;
-        if let Some(t) = state
-            .tasks
-            .into_iter()
-            .find(|t| t.id == task_id && !t.agent_address.is_empty())
-        {
+        if let Some(t) = attempt_task(state, &task_id) {
             break t;
         }
         if *done.borrow() {

@@ -239,3 +239,70 @@ fn a_jvm_job_runs_a_jar_or_a_main_class_with_a_heap_from_its_memory() {
     assert!(err("kind: command\nname: x\ncommand: ls\njar: a.jar\n")
         .contains("`jar` (line 4): belongs to kind jvm"));
 }
+
+#[test]
+fn a_training_job_keeps_its_gang_sized_like_the_tf_flags_and_reads_back() {
+    let s = parse(
+        "kind: tensorflow\nname: train\nsize: gpu-small\nworkdir: /data/run\nretries: 2\n\
+         env:\n  EPOCHS: '3'\ncommand: python3 train.py\n\
+         tensorflow:\n  chief: {}\n  worker:\n    count: 2\n  ps:\n    count: 1\n    cpus: 2\n    mem: 4096\n\
+         \x20 restart: on-failure:2\n  start_deadline: 10m\n",
+    )
+    .unwrap();
+    assert_eq!(s.kind, Kind::Tensorflow);
+    assert!(s.kind.is_gang());
+    let gang = s.tensorflow.clone().expect("the gang");
+    let small = menu().get("gpu-small").unwrap();
+    // The size goes to every replica, its GPUs to the chief and workers
+    // only, as `mezz tf run --size` does.
+    assert_eq!(gang.groups["worker"].count, 2);
+    assert_eq!(gang.groups["worker"].gpus, small.gpus);
+    assert_eq!(gang.groups["ps"].gpus, 0);
+    assert_eq!(
+        (gang.groups["ps"].cpus, gang.groups["ps"].mem),
+        (2.0, 4096.0)
+    );
+    assert_eq!(gang.gpus(), 3 * small.gpus);
+    // What one agent must hold: the largest replica.
+    assert_eq!(s.cpus, small.cpus.max(2.0));
+    assert_eq!(s.gpus, small.gpus);
+    assert_eq!(gang.start_deadline_ms, Some(600_000));
+    // Stored as JSON, it reads back the same, and makes the training job
+    // of an attempt: named after it, run in the workdir.
+    let back: JobSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    let training = gang.training_job(&s, "train.2").unwrap();
+    assert_eq!(training.name, "train.2");
+    assert_eq!(training.command, ["cd /data/run && python3 train.py"]);
+    assert_eq!(training.env["EPOCHS"], "3");
+    assert_eq!(training.replicas(), 4);
+}
+
+#[test]
+fn a_pytorch_job_has_torch_ranks_and_no_parameter_server() {
+    let s = parse(
+        "kind: pytorch\nname: ddp\ncpus: 1\nmem: 512\ngpus: 1\ncommand: torchrun t.py\n\
+         tensorflow:\n  chief: {}\n  worker:\n    count: 3\n",
+    )
+    .unwrap();
+    let t = s
+        .tensorflow
+        .as_ref()
+        .unwrap()
+        .training_job(&s, "ddp.1")
+        .unwrap();
+    assert_eq!(t.flavor, mezz_tensorflow::Flavor::Pytorch);
+    assert_eq!(t.replicas(), 4);
+    let e = err("kind: pytorch\nname: p\ncommand: x\ntensorflow:\n  ps: {}\n");
+    assert!(
+        e.contains("`tensorflow` (line 4)") && e.contains("not ps"),
+        "{e}"
+    );
+    let e = err("kind: tensorflow\nname: t\nentrypoint: t.py\n");
+    assert!(
+        e.contains("`entrypoint`") && e.contains("training job"),
+        "{e}"
+    );
+    let e = err("kind: tensorflow\nname: t\n");
+    assert!(e.contains("no command"), "{e}");
+}

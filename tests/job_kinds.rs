@@ -1,0 +1,238 @@
+//! `mezz job` beyond one task per attempt, against real processes: what
+//! an attempt used of its GPUs, and training jobs (`kind: tensorflow`,
+//! `kind: pytorch`) whose attempts are gangs run by the training
+//! framework, on two agents, with retries, logs, dependencies and kills.
+
+mod common;
+
+use std::time::Duration;
+
+use common::jobs::*;
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+#[ignore = "needs root and cgroups"]
+fn an_attempt_keeps_the_gpu_use_of_its_task_and_cpu_work_has_none() {
+    need_root_cgroups();
+    // One agent with two fake GPUs: each reports its use through a file,
+    // as NVML would. GPU 0 is busier than GPU 1.
+    let c = Cluster::start_with_agent_args(
+        "cpus:4;mem:4096;disk:1000;ports:[31000-31009]",
+        &["--fake-gpus", "2"],
+    );
+    let dev = c.agent_work_dir(0).join("dev");
+    std::fs::write(dev.join("nvidia0.usage"), "70 1024\n").expect("usage file");
+    std::fs::write(dev.join("nvidia1.usage"), "30 512\n").expect("usage file");
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let work = shared_dir();
+    let out = submit(
+        &c,
+        work.path(),
+        "both",
+        "kind: command\nname: on-gpus\ncpus: 0.5\nmem: 64\ngpus: 2\ncommand: sleep 1\n\
+         ---\n\
+         kind: command\nname: on-cpus\ncpus: 0.5\nmem: 64\ncommand: sleep 1\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let gpu = show(&c, "on-gpus");
+    let a = &gpu["attempts"][0];
+    // The mean of its two GPUs, and the memory they held together.
+    assert_eq!(a["gpu_utilization_pct"].as_f64(), Some(50.0), "{gpu}");
+    assert_eq!(a["gpu_peak_memory_mb"].as_u64(), Some(1536), "{gpu}");
+    let table = text(&sub(&c, "job", "show", &["on-gpus"]).stdout);
+    assert!(
+        table.contains("GPU USE") && table.contains("50% 1536MB"),
+        "{table}"
+    );
+    let page = http_get(&c.master_addr(), "/jobs/on-gpus").map(|(_, b)| b);
+    assert!(
+        page.as_deref().is_some_and(|p| p.contains("50% 1536MB")),
+        "{page:?}"
+    );
+    // CPU work on the GPU agent held no GPU, so it says nothing of them.
+    let cpu = show(&c, "on-cpus");
+    assert_eq!(cpu["state"], "SUCCEEDED", "{cpu}");
+    assert!(cpu["attempts"][0]["gpu_utilization_pct"].is_null(), "{cpu}");
+}
+
+/// The tasks in `/api/state` (ended ones included) whose name starts
+/// with `prefix`, by name.
+fn tasks_named(c: &Cluster, prefix: &str) -> Vec<serde_json::Value> {
+    let mut found: Vec<serde_json::Value> = c.state()["tasks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .collect();
+    found.sort_by_key(|t| t["name"].as_str().unwrap_or("").to_string());
+    found
+}
+
+#[test]
+fn a_training_job_runs_as_a_gang_on_two_agents_retries_whole_and_feeds_a_dag() {
+    // Two agents of one CPU: three replicas of half a CPU need both.
+    let mut c = Cluster::start_with_agent_args("cpus:1;mem:1024;disk:1000", ROOT_TASKS);
+    c.add_agent_with(ROOT_TASKS);
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let work = shared_dir();
+    let marker = work.path().join("failed-once");
+    // worker/1 fails the first attempt; the retry runs the whole gang
+    // again, and then the job after it runs. Without a chief, the job
+    // succeeds when every worker did.
+    let job = format!(
+        "kind: tensorflow\nname: train\ncpus: 0.5\nmem: 64\nretries: 1\nbackoff: 1s\n\
+         command: 'echo \"$MEZZ_TF_REPLICA TF_CONFIG=$TF_CONFIG\"; \
+         if [ \"$MEZZ_TF_REPLICA\" = worker/1 ] && [ ! -e {m} ]; then touch {m}; exit 3; fi'\n\
+         tensorflow:\n  worker:\n    count: 3\n\
+         ---\n\
+         kind: command\nname: report\ncpus: 0.1\nmem: 32\nafter: [train]\ncommand: echo reported\n",
+        m = marker.display()
+    );
+    let out = submit(&c, work.path(), "train", &job);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+
+    let shown = show(&c, "train");
+    assert_eq!(shown["state"], "SUCCEEDED", "{shown}");
+    assert_eq!(shown["kind"], "tensorflow", "{shown}");
+    let attempts = shown["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{shown}");
+    assert_eq!(attempts[0]["task_state"], "TASK_FAILED", "{shown}");
+    assert!(
+        attempts[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("worker/1")),
+        "the failure names the replica: {shown}"
+    );
+    assert_eq!(attempts[1]["exit_code"], 0, "{shown}");
+    assert!(
+        attempts[1]["agent"].as_str().is_some_and(|a| !a.is_empty()),
+        "{shown}"
+    );
+    // Each attempt was a whole gang, spread over both agents, named after
+    // the attempt.
+    for attempt in ["train.1", "train.2"] {
+        let tasks = tasks_named(&c, &format!("{attempt}/"));
+        let names: Vec<&str> = tasks.iter().filter_map(|t| t["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("{attempt}/worker/0"),
+                format!("{attempt}/worker/1"),
+                format!("{attempt}/worker/2")
+            ],
+            "{tasks:?}"
+        );
+        let agents: std::collections::BTreeSet<&str> = tasks
+            .iter()
+            .filter_map(|t| t["agent_id"].as_str())
+            .collect();
+        assert_eq!(agents.len(), 2, "the gang spans both agents: {tasks:?}");
+    }
+    // The job's output is its main replica's (worker 0 without a chief),
+    // with the cluster it was told.
+    let logs = sub(&c, "job", "logs", &["train"]);
+    let logs = text(&logs.stdout);
+    assert!(logs.starts_with("worker/0 TF_CONFIG="), "{logs}");
+    let config: serde_json::Value =
+        serde_json::from_str(logs.trim().split_once('=').expect("=").1).expect("TF_CONFIG");
+    assert_eq!(
+        config["cluster"]["worker"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(config["task"]["index"], 0, "{config}");
+    // The job after it ran once it succeeded.
+    let report = show(&c, "report");
+    assert_eq!(report["state"], "SUCCEEDED", "{report}");
+    assert!(c.active_tasks().is_empty(), "{:?}", c.active_tasks());
+}
+
+#[test]
+fn killing_a_pytorch_job_kills_its_whole_gang() {
+    let c = Cluster::start_with_agent_args("cpus:2;mem:1024;disk:1000", ROOT_TASKS);
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let work = shared_dir();
+    let path = work.path().join("ddp.yaml");
+    std::fs::write(
+        &path,
+        "kind: pytorch\nname: ddp\ncpus: 0.5\nmem: 64\nretries: 3\n\
+         command: 'echo \"rank $RANK of $WORLD_SIZE at $MASTER_ADDR\"; exec sleep 300'\n\
+         tensorflow:\n  chief: {}\n  worker:\n    count: 1\n",
+    )
+    .expect("job file");
+    let out = sub(&c, "job", "submit", &[path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("both replicas to run", T, || {
+        tasks_named(&c, "ddp.1/")
+            .iter()
+            .filter(|t| t["state"] == "RUNNING")
+            .count()
+            == 2
+    });
+    wait_for("the attempt to be RUNNING on an agent", T, || {
+        show(&c, "ddp")["attempts"][0]["agent"]
+            .as_str()
+            .is_some_and(|a| !a.is_empty())
+    });
+    let logs = text(&sub(&c, "job", "logs", &["ddp"]).stdout);
+    assert!(logs.contains("rank 0 of 2 at 127.0.0.1"), "{logs}");
+    let out = sub(&c, "job", "kill", &["ddp"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the job to end KILLED", T, || {
+        show(&c, "ddp")["state"] == "KILLED"
+    });
+    let states: Vec<String> = tasks_named(&c, "ddp.")
+        .iter()
+        .map(|t| t["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(states, ["KILLED", "KILLED"], "no retry after a kill");
+    assert!(c.active_tasks().is_empty());
+}
+
+#[test]
+fn a_training_job_file_is_checked_like_the_tf_flags() {
+    let c = Cluster::start("cpus:2;mem:1024;disk:1000", &[]);
+    let work = shared_dir();
+    let check = |name: &str, body: &str| {
+        let path = work.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, body).expect("job file");
+        let out = sub(&c, "job", "check", &[path.to_str().expect("utf-8")]);
+        (out.status.code(), text(&out.stderr))
+    };
+    let (code, err) = check(
+        "ps",
+        "kind: pytorch\nname: p\ncommand: x\ntensorflow:\n  ps:\n    count: 1\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`tensorflow`") && err.contains("not ps"),
+        "{err}"
+    );
+    let (code, err) = check(
+        "typo",
+        "kind: tensorflow\nname: t\ncommand: x\ntensorflow:\n  wokrer:\n    count: 2\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("wokrer"), "{err}");
+    let (code, err) = check(
+        "big",
+        "kind: tensorflow\nname: t\ncommand: x\ntensorflow:\n  worker:\n    count: 2\n    cpus: 64\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("can never run"), "{err}");
+    let (code, err) = check(
+        "misplaced",
+        "kind: command\nname: t\ncommand: x\ntensorflow:\n  worker: {}\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("belongs to kinds tensorflow and pytorch"),
+        "{err}"
+    );
+    assert!(
+        sub(&c, "job", "list", &["--json"]).stdout.len() < 40,
+        "nothing stored"
+    );
+}
