@@ -1,7 +1,8 @@
 //! `mezz spark` against real `mezz` processes and real Spark (the pyspark
 //! package of the test Python, on Java 17 or 21): a PySpark application on
 //! executors of two agents, a failing one, Ctrl-C, a killed worker that is
-//! replaced, and bad input refused before anything is launched. Spark
+//! replaced, bad input refused before anything is launched, and the same
+//! application as a job (`kind: spark`) with a job waiting for it. Spark
 //! JVMs are slow to start on a small machine, so the tests that start
 //! Spark run one at a time, with generous deadlines.
 //!
@@ -579,5 +580,91 @@ fn spark_kill_ends_an_application_by_name() {
         "a killed application exited {code:?}\nstdout:\n{out}\nstderr:\n{err}"
     );
     assert!(err.contains("KILLED"), "{err}");
+    assert_nothing_left(&c);
+}
+
+#[test]
+#[ignore = "needs pyspark and Java 17 or 21"]
+fn a_spark_job_runs_through_the_jobs_framework_and_what_waits_for_it_follows() {
+    let python = spark_python();
+    let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = two_agents();
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    // The application as a job file: the same request `mezz spark submit`
+    // makes of its flags, with retries, history and a job after it.
+    let file = c.dir.path().join("squares.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "kind: spark\nname: squares\nretries: 1\n\
+             spark:\n  app: {app}\n  args: ['200000', '2']\n  executors: 2\n  \
+             executor_memory: 512m\n  driver_memory: 512m\n  python: {python}\n\
+             ---\n\
+             kind: command\nname: publish\ncpus: 0.1\nmem: 32\nafter: [squares]\ncommand: echo published\n",
+            app = script("sum_squares.py"),
+        ),
+    )
+    .expect("job file");
+    let out = Command::new(MEZZ)
+        .args([
+            "job",
+            "submit",
+            "--master",
+            &c.master_addr(),
+            "--wait",
+            "--print-json",
+        ])
+        .arg(&file)
+        .env_remove("MEZZ_MASTER")
+        .env_remove("SPARK_HOME")
+        .env_remove("PYSPARK_PYTHON")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mezz job submit");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // The driver's output was streamed (to stderr beside --print-json).
+    let sums = "sum=20000100000 sum_of_squares=2666686666700000 multiples_of_7=28571";
+    assert!(stderr.contains(sums), "{stderr}");
+    let jobs: serde_json::Value = serde_json::from_str(&stdout).expect("jobs JSON");
+    let squares = jobs
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["name"] == "squares"))
+        .cloned()
+        .unwrap_or_else(|| jobs.clone());
+    assert_eq!(squares["state"], "SUCCEEDED", "{squares}");
+    assert_eq!(squares["kind"], "spark", "{squares}");
+    assert_eq!(squares["attempts"][0]["exit_code"], 0, "{squares}");
+    // The attempt was one application named after it: master, two
+    // workers and the driver, with executors under both agents.
+    let tasks = tasks_of(&c, "squares.1.");
+    assert_eq!(tasks.len(), 4, "{tasks:#?}");
+    let agents: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t["agent_id"].as_str())
+        .collect();
+    assert_eq!(agents.len(), 2, "{tasks:#?}");
+    // `mezz job logs` shows the driver's output; the job after it ran.
+    let addr = c.master_addr();
+    let logs = mezz(
+        &["job", "logs", "--master", &addr, "squares"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        text(&logs.stdout).contains(sums),
+        "{}\n{}",
+        text(&logs.stdout),
+        text(&logs.stderr)
+    );
+    let publish = mezz(
+        &["job", "show", "--master", &addr, "publish", "--json"],
+        Duration::from_secs(30),
+    );
+    let publish: serde_json::Value = serde_json::from_slice(&publish.stdout).expect("JSON");
+    assert_eq!(publish["state"], "SUCCEEDED", "{publish}");
     assert_nothing_left(&c);
 }

@@ -4,7 +4,7 @@
 //! driver's output and exits with its code; `ls` lists the applications,
 //! `kill` ends one. The framework itself lives in `frameworks/spark`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,8 @@ use clap::{Args, Subcommand};
 use mezz_proto::v1::{ClusterState, OperatorKillRequest, TaskView};
 use mezz_sdk::sizes::Sizes;
 use mezz_sdk::{proto, Resources, TaskState};
-use mezz_spark::app::{FRAMEWORK_PREFIX, LABEL_ROLE, WORKER_OVERHEAD_MB};
-use mezz_spark::{
-    find_java, find_spark, parse_memory_mb, AppEvent, AppSpec, Role, SparkInstall, SparkScheduler,
-};
+use mezz_spark::app::{FRAMEWORK_PREFIX, LABEL_ROLE};
+use mezz_spark::{AppEvent, AppRequest, AppSpec, Role, SparkScheduler};
 use tokio::sync::{mpsc, watch};
 
 use super::logs::{Out, Tail};
@@ -138,58 +136,56 @@ pub async fn main(args: SparkArgs) -> Result<ExitCode> {
 
 /// The application spec from the flags, with every local check done:
 /// the files exist, Java and Spark are there.
-fn spec_of(args: &SubmitArgs, sizes: &Sizes) -> Result<AppSpec> {
-    if args.executors == 0 {
-        bail!("--executors 0: an application needs at least one executor");
-    }
-    let size = match &args.size {
-        Some(s) => Some(sizes.get(s)?),
-        None => None,
-    };
-    let executor_cores = args
-        .executor_cores
-        .or_else(|| size.map(|s| (s.cpus.floor() as u32).max(1)))
-        .unwrap_or(1);
-    if executor_cores == 0 {
-        bail!("--executor-cores 0: an executor needs at least one core");
-    }
-    let executor_memory_mb = match (&args.executor_memory, size) {
-        (Some(m), _) => parse_memory_mb(m).map_err(|e| anyhow!("--executor-memory: {e}"))?,
-        (None, Some(s)) => (s.mem as u64).saturating_sub(WORKER_OVERHEAD_MB).max(512),
-        (None, None) => 1024,
-    };
-    let driver_memory_mb =
-        parse_memory_mb(&args.driver_memory).map_err(|e| anyhow!("--driver-memory: {e}"))?;
-    let gpus_per_executor = args.gpus_per_executor.or(size.map(|s| s.gpus)).unwrap_or(0);
-    let mut conf = Vec::new();
+/// The request the flags make: the same form as a job file's `spark:`
+/// section (see [`mezz_spark::request`]).
+pub fn request_of(args: &SubmitArgs) -> Result<AppRequest> {
+    let mut conf = std::collections::BTreeMap::new();
     for kv in &args.conf {
         let (k, v) = kv
             .split_once('=')
             .filter(|(k, _)| !k.trim().is_empty())
             .ok_or_else(|| anyhow!("--conf '{kv}' is not K=V"))?;
-        conf.push((k.trim().to_string(), v.to_string()));
+        conf.insert(k.trim().to_string(), v.to_string());
     }
-    let app = existing(&args.app, "the application")?;
-    let py_files = match &args.py_files {
-        Some(list) => list
-            .split(',')
-            .filter(|f| !f.is_empty())
-            .map(|f| existing(Path::new(f), "--py-files").map(|p| p.display().to_string()))
-            .collect::<Result<Vec<_>>>()?,
-        None => Vec::new(),
+    Ok(AppRequest {
+        app: args.app.display().to_string(),
+        args: args.args.clone(),
+        class: args.class.clone(),
+        executors: Some(args.executors),
+        executor_cores: args.executor_cores,
+        executor_memory: args.executor_memory.clone(),
+        driver_memory: Some(args.driver_memory.clone()),
+        gpus_per_executor: args.gpus_per_executor,
+        conf,
+        py_files: args
+            .py_files
+            .as_deref()
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        python: args.python.as_ref().map(|p| p.display().to_string()),
+        spark_home: args.spark_home.as_ref().map(|p| p.display().to_string()),
+        max_replacements: Some(args.max_replacements),
+    })
+}
+
+/// A flag's name from its field's.
+fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
+fn spec_of(args: &SubmitArgs, sizes: &Sizes) -> Result<AppSpec> {
+    let size = match &args.size {
+        Some(s) => Some(sizes.get(s)?),
+        None => None,
     };
-    let java_home = find_java()?;
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var_os("PYSPARK_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let (home, pyspark_python) = find_spark(args.spark_home.as_deref(), &python)?;
-    let is_python = app.extension().is_some_and(|e| e == "py");
-    let python =
-        pyspark_python.or_else(|| is_python.then(|| mezz_spark::locate::python_path(&python)));
+    let request = request_of(args)?;
+    // Checked before the id is made, so that a bad flag is named first.
+    request
+        .sizing(size.as_ref(), &flag)
+        .map_err(|e| anyhow!(e))?;
     let name = args.name.clone().unwrap_or_else(|| {
-        app.file_stem()
+        args.app
+            .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "spark".into())
     });
@@ -207,29 +203,11 @@ fn spec_of(args: &SubmitArgs, sizes: &Sizes) -> Result<AppSpec> {
     let id = format!("{clean}-{}", &suffix[..suffix.len().min(6)]);
     mezz_proto::ids::validate_id("task", &format!("{id}.worker.0.0"))
         .map_err(|e| anyhow!("--name: {e}"))?;
-    Ok(AppSpec {
-        id,
-        name,
-        app,
-        args: args.args.clone(),
-        class: args.class.clone(),
-        executors: args.executors,
-        executor_cores,
-        executor_memory_mb,
-        driver_memory_mb,
-        gpus_per_executor,
-        conf,
-        py_files,
-        install: SparkInstall {
-            home,
-            java_home,
-            python,
-        },
-    })
-}
-
-fn existing(path: &Path, what: &str) -> Result<PathBuf> {
-    std::fs::canonicalize(path).map_err(|e| anyhow!("{what} {}: {e}", path.display()))
+    let mut spec = request
+        .resolve(&id, size.as_ref(), &flag)
+        .map_err(|e| anyhow!(e))?;
+    spec.name = name;
+    Ok(spec)
 }
 
 /// Refuses an application whose executor (or master, or driver) fits no

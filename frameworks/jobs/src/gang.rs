@@ -1,18 +1,25 @@
 //! Jobs whose attempt is a gang of tasks run by another framework of this
-//! tree: `kind: tensorflow` and `kind: pytorch` (the distributed-training
-//! framework, `mezz-tensorflow`). The job file's `tensorflow:` section
-//! holds the replica groups; everything else (command, resources, env,
-//! retries, deadline, schedule, dependencies) is the job's, as for any
-//! kind. `mezz tf run` builds the same [`mezz_tensorflow::JobSpec`] from
-//! its flags with the same [`mezz_tensorflow::JobSpec::build`].
+//! tree:
+//! - `kind: tensorflow` and `kind: pytorch`, the distributed-training
+//!   framework (`mezz-tensorflow`). The job file's `tensorflow:` section
+//!   holds the replica groups; the job's command, resources and env are
+//!   every replica's. `mezz tf run` builds the same
+//!   [`mezz_tensorflow::JobSpec`] from its flags with the same
+//!   [`mezz_tensorflow::JobSpec::build`].
+//! - `kind: spark`, the Spark framework (`mezz-spark`). The `spark:`
+//!   section is a [`mezz_spark::AppRequest`], the form `mezz spark
+//!   submit`'s flags fill in, resolved by the same
+//!   [`mezz_spark::AppRequest::resolve`].
 //!
-//! An attempt runs as one training job named after the attempt
-//! (`train.2`: replicas `train.2/worker/0`, task ids
-//! `train.2.worker.0.0`), under a framework of its own that the jobs
-//! framework drives in its process ([`run_tensorflow`]). What the jobs
-//! engine sees of it is one status per attempt, with the attempt's task id:
-//! RUNNING when the whole gang is launched (with the agent of its main
-//! replica), then FINISHED or FAILED with the training job's outcome.
+//! Retries, the deadline, the schedule and dependencies are the job's, as
+//! for any kind. An attempt runs as one training job or application named
+//! after the attempt (`train.2`: replicas `train.2/worker/0`; `etl.3`:
+//! tasks `etl.3.driver`, `etl.3.master`, `etl.3.worker.0.0`), under a
+//! framework of its own that the jobs framework drives in its process
+//! ([`run_tensorflow`], [`run_spark`]). What the jobs engine sees of it is
+//! one status per attempt, with the attempt's task id: RUNNING when the
+//! whole gang is launched (with the agent of its main task), then
+//! FINISHED or FAILED with the gang's outcome.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -221,12 +228,57 @@ impl TfGang {
 /// Whether a stored job's kind (`JobRecord.kind`) runs its attempts as
 /// gangs.
 pub fn is_gang_kind(kind: &str) -> bool {
-    matches!(kind, "tensorflow" | "pytorch")
+    matches!(kind, "tensorflow" | "pytorch" | "spark")
+}
+
+/// How `spark:` fields are named in errors.
+fn spark_field(f: &str) -> String {
+    format!("`spark.{f}`")
+}
+
+/// Validates a job's `spark:` section with the job's `size` (which sizes
+/// each executor's worker, as `mezz spark submit --size` does) and returns
+/// it with every size written out, so that it needs no menu later, and
+/// the sizes of its tasks. Java, Spark and the files are looked for when
+/// an attempt starts (and by `mezz job submit` before it sends).
+pub fn spark_request(
+    mut app: mezz_spark::AppRequest,
+    size: Option<&str>,
+    sizes: &Sizes,
+) -> Result<(mezz_spark::AppRequest, mezz_spark::Sizing), String> {
+    if !app.app.starts_with('/') {
+        return Err(format!(
+            "{}: '{}' is not an absolute path",
+            spark_field("app"),
+            app.app
+        ));
+    }
+    let size = size.map(|s| sizes.get(s)).transpose().map_err(|e| e.0)?;
+    let s = app.sizing(size.as_ref(), &spark_field)?;
+    app.executors = Some(s.executors);
+    app.executor_cores = Some(s.executor_cores);
+    app.executor_memory = Some(format!("{}m", s.executor_memory_mb));
+    app.driver_memory = Some(format!("{}m", s.driver_memory_mb));
+    app.gpus_per_executor = Some(s.gpus_per_executor);
+    Ok((app, s))
+}
+
+/// The Spark application of `job`'s attempt `attempt`, with Java and
+/// Spark found on this machine.
+pub fn spark_app(job: &JobSpec, attempt: &str) -> Result<mezz_spark::AppSpec, String> {
+    let app = job
+        .spark
+        .as_ref()
+        .ok_or_else(|| "the job has no `spark` section".to_string())?;
+    let mut spec = app.resolve(attempt, None, &spark_field)?;
+    spec.name = job.name.clone();
+    Ok(spec)
 }
 
 /// The task whose output is an attempt's output, among the task ids of
-/// the cluster: the attempt's own task, or for a gang its main replica
-/// (the chief, else worker 0), latest restart first.
+/// the cluster: the attempt's own task, or for a gang its main task (a
+/// Spark driver; a training job's chief, else worker 0, latest restart
+/// first).
 pub fn main_task<'a>(
     attempt: &str,
     task_ids: impl IntoIterator<Item = &'a str>,
@@ -241,11 +293,12 @@ pub fn main_task<'a>(
         };
         let parts: Vec<&str> = rest.split('.').collect();
         let rank = match parts.as_slice() {
-            ["chief", "0", _] => 0,
-            ["worker", "0", _] => 1,
+            ["driver"] => 0,
+            ["chief", "0", _] => 1,
+            ["worker", "0", _] => 2,
             _ => continue,
         };
-        let restart: u32 = parts[2].parse().unwrap_or(0);
+        let restart: u32 = parts.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
         let better = best
             .is_none_or(|(r, n, _)| (rank, std::cmp::Reverse(restart)) < (r, std::cmp::Reverse(n)));
         if better {
@@ -313,6 +366,142 @@ fn now() -> f64 {
 /// the master kills the attempt's tasks.
 pub const GANG_FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What one event of a gang's scheduler means for its attempt.
+enum Step {
+    /// Nothing the engine needs.
+    Nothing,
+    /// The whole gang is launched; the main task is on this agent.
+    Running(String),
+    /// The gang is over.
+    Done {
+        state: TaskState,
+        exit_code: Option<i32>,
+        message: String,
+    },
+}
+
+/// Follows a gang's driver and scheduler events until the driver ends,
+/// telling the engine the attempt's statuses through `tell`: RUNNING
+/// once, then its end (also when the driver failed or was aborted).
+fn supervise<E, S>(
+    attempt: String,
+    driver: tokio::task::JoinHandle<Result<S, mezz_sdk::SdkError>>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<E>,
+    mut step: impl FnMut(E) -> Step + Send + 'static,
+    tell: impl Fn(proto::TaskStatus) + Send + Sync + 'static,
+) where
+    E: Send + 'static,
+    S: Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut driver = driver;
+        let mut running_said = false;
+        let mut done: Option<proto::TaskStatus> = None;
+        let mut handle = |e: E, done: &mut Option<proto::TaskStatus>| match step(e) {
+            Step::Running(agent) if !running_said => {
+                running_said = true;
+                tracing::info!(attempt = %attempt, agent = %agent, "the gang is launched");
+                tell(attempt_status(
+                    &attempt,
+                    TaskState::Running,
+                    &agent,
+                    None,
+                    String::new(),
+                ));
+            }
+            Step::Done {
+                state,
+                exit_code,
+                message,
+            } => *done = Some(attempt_status(&attempt, state, "", exit_code, message)),
+            _ => {}
+        };
+        let ended = loop {
+            tokio::select! {
+                Some(e) = events.recv() => handle(e, &mut done),
+                r = &mut driver => break r,
+            }
+        };
+        while let Ok(e) = events.try_recv() {
+            handle(e, &mut done);
+        }
+        let status = match (done, ended) {
+            (Some(s), _) => s,
+            (None, Err(e)) if e.is_cancelled() => attempt_status(
+                &attempt,
+                TaskState::Killed,
+                "",
+                None,
+                "killed before its framework subscribed".into(),
+            ),
+            (None, Ok(Err(e))) => attempt_status(
+                &attempt,
+                TaskState::Failed,
+                "",
+                None,
+                format!("the gang's framework failed: {e}"),
+            ),
+            (None, _) => attempt_status(
+                &attempt,
+                TaskState::Failed,
+                "",
+                None,
+                "the gang's framework ended early".into(),
+            ),
+        };
+        tell(status);
+    });
+}
+
+/// Tells the engine a status of `role`'s attempt.
+fn teller(
+    events: UnboundedSender<Event>,
+    role: String,
+) -> impl Fn(proto::TaskStatus) + Send + Sync + Clone {
+    move |status: proto::TaskStatus| {
+        let _ = events.send(Event::Status {
+            role: role.clone(),
+            status,
+        });
+    }
+}
+
+/// The handle of a gang: a kill asks its scheduler to kill every task
+/// (`trigger`, false before it subscribed); a driver not subscribed yet is
+/// torn down, or aborted when it has not connected at all.
+fn killer(
+    trigger: impl Fn() -> bool + Send + Sync + 'static,
+    driver: impl Fn() -> Option<mezz_sdk::Driver> + Send + Sync + 'static,
+    abort: tokio::task::AbortHandle,
+) -> GangHandle {
+    GangHandle::new(move || {
+        if !trigger() {
+            match driver() {
+                Some(d) => d.teardown(),
+                None => abort.abort(),
+            }
+        }
+    })
+}
+
+/// The framework of a gang attempt: in the job's role and priority class,
+/// ended by the master [`GANG_FAILOVER_TIMEOUT`] after its driver is gone.
+fn gang_framework(spec: &JobSpec, name: String, user: String, gpus: bool) -> proto::FrameworkInfo {
+    proto::FrameworkInfo {
+        name,
+        role: spec.role.clone(),
+        priority: spec.priority.clone().unwrap_or_default(),
+        failover_timeout_secs: GANG_FAILOVER_TIMEOUT.as_secs_f64(),
+        user,
+        capabilities: if gpus {
+            vec![proto::Capability::GpuResources as i32]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
 /// Runs a training job's attempt under a framework of its own, driven by
 /// `builder` (masters and credentials set), and tells `events` its
 /// statuses (see the module's text). The handle kills it.
@@ -323,17 +512,7 @@ pub fn run_tensorflow(
     events: UnboundedSender<Event>,
 ) -> GangHandle {
     let GangStart { spec, task_id } = start;
-    let role = spec.role.clone();
-    let tell = {
-        let events = events.clone();
-        let role = role.clone();
-        move |status: proto::TaskStatus| {
-            let _ = events.send(Event::Status {
-                role: role.clone(),
-                status,
-            });
-        }
-    };
+    let tell = teller(events, spec.role.clone());
     let training = spec
         .tensorflow
         .as_ref()
@@ -361,24 +540,13 @@ pub fn run_tensorflow(
         },
         index: 0,
     };
-    let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
+    let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
     let scheduler = tf::TfScheduler::new(training, move |e| {
         let _ = etx.send(e);
     });
     let interrupt = scheduler.interrupt_handle();
-    let framework = proto::FrameworkInfo {
-        name: format!("mezz-tf {task_id}"),
-        role: role.clone(),
-        priority: spec.priority.clone().unwrap_or_default(),
-        failover_timeout_secs: GANG_FAILOVER_TIMEOUT.as_secs_f64(),
-        user,
-        capabilities: if gpus {
-            vec![proto::Capability::GpuResources as i32]
-        } else {
-            Vec::new()
-        },
-        ..Default::default()
-    };
+    let interrupt2 = interrupt.clone();
+    let framework = gang_framework(&spec, format!("mezz-tf {task_id}"), user, gpus);
     let driver = tokio::spawn(
         builder
             .framework(framework)
@@ -387,88 +555,136 @@ pub fn run_tensorflow(
     );
     let abort = driver.abort_handle();
     let attempt = task_id.clone();
-    tokio::spawn(async move {
-        let mut driver = driver;
-        let mut outcome: Option<tf::Outcome> = None;
-        let mut running_said = false;
-        let mut waiting_said = String::new();
-        let mut handle_event = |e: tf::JobEvent, outcome: &mut Option<tf::Outcome>| match e {
-            tf::JobEvent::Launched { replicas, .. } if !running_said => {
-                running_said = true;
-                let agent = replicas
-                    .iter()
-                    .find(|r| r.replica == main)
-                    .or(replicas.first())
-                    .map(|r| r.agent_id.clone())
-                    .unwrap_or_default();
-                tracing::info!(attempt = %attempt, replicas = replicas.len(), "the gang is launched");
-                tell(attempt_status(
-                    &attempt,
-                    TaskState::Running,
-                    &agent,
-                    None,
-                    String::new(),
-                ));
-            }
-            tf::JobEvent::Waiting(why) if why != waiting_said => {
+    let mut waiting_said = String::new();
+    let step = move |e: tf::JobEvent| match e {
+        tf::JobEvent::Launched { replicas, .. } => Step::Running(
+            replicas
+                .iter()
+                .find(|r| r.replica == main)
+                .or(replicas.first())
+                .map(|r| r.agent_id.clone())
+                .unwrap_or_default(),
+        ),
+        tf::JobEvent::Waiting(why) => {
+            if why != waiting_said {
                 tracing::info!(attempt = %attempt, "waiting to place the gang: {why}");
                 waiting_said = why;
             }
-            tf::JobEvent::Restarting { reason, .. } => {
-                tracing::info!(attempt = %attempt, "restarting the gang: {reason}");
-            }
-            tf::JobEvent::Notice(m) => tracing::info!(attempt = %attempt, "{m}"),
-            tf::JobEvent::Done(o) => *outcome = Some(o),
-            _ => {}
-        };
-        let ended = loop {
-            tokio::select! {
-                Some(e) = erx.recv() => handle_event(e, &mut outcome),
-                done = &mut driver => break done,
-            }
-        };
-        while let Ok(e) = erx.try_recv() {
-            handle_event(e, &mut outcome);
+            Step::Nothing
         }
-        let status = match (outcome, ended) {
-            (Some(tf::Outcome::Succeeded), _) => {
-                attempt_status(&attempt, TaskState::Finished, "", Some(0), String::new())
-            }
-            (Some(tf::Outcome::Failed(why)), _) => {
-                attempt_status(&attempt, TaskState::Failed, "", Some(1), why)
-            }
-            (None, Err(e)) if e.is_cancelled() => attempt_status(
-                &attempt,
-                TaskState::Killed,
-                "",
-                None,
-                "killed before its framework subscribed".into(),
-            ),
-            (None, Ok(Err(e))) => attempt_status(
-                &attempt,
+        tf::JobEvent::Restarting { reason, .. } => {
+            tracing::info!(attempt = %attempt, "restarting the gang: {reason}");
+            Step::Nothing
+        }
+        tf::JobEvent::Notice(m) => {
+            tracing::info!(attempt = %attempt, "{m}");
+            Step::Nothing
+        }
+        tf::JobEvent::Done(tf::Outcome::Succeeded) => Step::Done {
+            state: TaskState::Finished,
+            exit_code: Some(0),
+            message: String::new(),
+        },
+        tf::JobEvent::Done(tf::Outcome::Failed(why)) => Step::Done {
+            state: TaskState::Failed,
+            exit_code: Some(1),
+            message: why,
+        },
+        _ => Step::Nothing,
+    };
+    supervise(task_id, driver, erx, step, tell);
+    killer(
+        move || interrupt.trigger(),
+        move || interrupt2.driver(),
+        abort,
+    )
+}
+
+/// Runs a Spark job's attempt under a framework of its own (named as `mezz
+/// spark submit` names it, so `mezz spark ls` and `kill` see it), driven
+/// by `builder`, and tells `events` its statuses. The handle kills it.
+pub fn run_spark(
+    start: GangStart,
+    builder: mezz_sdk::DriverBuilder,
+    user: String,
+    events: UnboundedSender<Event>,
+) -> GangHandle {
+    let GangStart { spec, task_id } = start;
+    let tell = teller(events, spec.role.clone());
+    let app = match spark_app(&spec, &task_id) {
+        Ok(a) => a,
+        Err(e) => {
+            tell(attempt_status(
+                &task_id,
                 TaskState::Failed,
                 "",
                 None,
-                format!("the training job's framework failed: {e}"),
-            ),
-            (None, _) => attempt_status(
-                &attempt,
-                TaskState::Failed,
-                "",
-                None,
-                "the training job's framework ended early".into(),
-            ),
-        };
-        tell(status);
+                format!("the Spark application cannot be made: {e}"),
+            ));
+            return GangHandle::new(|| {});
+        }
+    };
+    let max_replacements = spec
+        .spark
+        .as_ref()
+        .and_then(|a| a.max_replacements)
+        .unwrap_or(mezz_spark::request::DEFAULT_MAX_REPLACEMENTS);
+    let framework = gang_framework(&spec, app.framework_name(), user, app.gpus_per_executor > 0);
+    let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+    let scheduler = mezz_spark::SparkScheduler::new(app, max_replacements, move |e| {
+        let _ = etx.send(e);
     });
-    GangHandle::new(move || {
-        if !interrupt.trigger() {
-            match interrupt.driver() {
-                Some(d) => d.teardown(),
-                None => abort.abort(),
+    let interrupt = scheduler.interrupt_handle();
+    let interrupt2 = interrupt.clone();
+    let driver = tokio::spawn(
+        builder
+            .framework(framework)
+            .connect_timeout(Duration::from_secs(8))
+            .run(scheduler),
+    );
+    let abort = driver.abort_handle();
+    let attempt = task_id.clone();
+    let mut waiting_said = String::new();
+    let step = move |e: mezz_spark::AppEvent| match e {
+        mezz_spark::AppEvent::Launched { tasks, .. } => Step::Running(
+            tasks
+                .iter()
+                .find(|t| t.role == mezz_spark::Role::Driver)
+                .map(|t| t.agent_id.clone())
+                .unwrap_or_default(),
+        ),
+        mezz_spark::AppEvent::Waiting(why) => {
+            if why != waiting_said {
+                tracing::info!(attempt = %attempt, "waiting to place the application: {why}");
+                waiting_said = why;
             }
+            Step::Nothing
         }
-    })
+        mezz_spark::AppEvent::Replacing { reason, .. } => {
+            tracing::info!(attempt = %attempt, "replacing a worker: {reason}");
+            Step::Nothing
+        }
+        mezz_spark::AppEvent::Notice(m) => {
+            tracing::info!(attempt = %attempt, "{m}");
+            Step::Nothing
+        }
+        mezz_spark::AppEvent::Done(o) => Step::Done {
+            state: if o.code == 0 {
+                TaskState::Finished
+            } else {
+                TaskState::Failed
+            },
+            exit_code: Some(i32::from(o.code)),
+            message: o.message.unwrap_or_default(),
+        },
+        _ => Step::Nothing,
+    };
+    supervise(task_id, driver, erx, step, tell);
+    killer(
+        move || interrupt.trigger(),
+        move || interrupt2.driver(),
+        abort,
+    )
 }
 
 #[cfg(test)]
@@ -493,5 +709,7 @@ mod tests {
         assert_eq!(main_task("train.2", with_chief), Some("train.2.chief.0.0"));
         assert_eq!(main_task("etl.1", ["etl.1", "etl.10"]), Some("etl.1"));
         assert_eq!(main_task("etl.3", ["etl.1"]), None);
+        let spark = ["etl.3.master", "etl.3.worker.0.0", "etl.3.driver"];
+        assert_eq!(main_task("etl.3", spark), Some("etl.3.driver"));
     }
 }

@@ -12,8 +12,8 @@
 //! - [`engine`]: the jobs framework itself, over a store of job records
 //!   (the masters'), launching attempts on offers.
 //! - [`gang`]: kinds whose attempt is a gang run by another framework of
-//!   this tree (`tensorflow`, `pytorch`), which is why this crate depends
-//!   on `mezz-tensorflow` beside `mezz-sdk`.
+//!   this tree (`tensorflow`, `pytorch`, `spark`), which is why this crate
+//!   depends on `mezz-tensorflow` and `mezz-spark` beside `mezz-sdk`.
 //!
 //! The state machines are pure; [`engine`] and [`gang`] talk to a cluster
 //! only through the store and drivers they are given.

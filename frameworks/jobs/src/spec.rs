@@ -69,20 +69,22 @@ pub enum Kind {
     /// Distributed PyTorch training: a gang of replicas with
     /// torch.distributed's environment (see [`crate::gang`]).
     Pytorch,
+    /// An Apache Spark application: a standalone master, a worker per
+    /// executor and the driver, as one gang (see [`crate::gang`]).
+    Spark,
 }
 
 impl Kind {
     /// Whether an attempt is a gang run by another framework, rather than
     /// one task.
     pub fn is_gang(self) -> bool {
-        matches!(self, Kind::Tensorflow | Kind::Pytorch)
+        matches!(self, Kind::Tensorflow | Kind::Pytorch | Kind::Spark)
     }
 }
 
 /// The kinds the spec names that `mezz job` does not run yet, with the
 /// command that does.
-const NOT_YET: [(&str, &str); 3] = [
-    ("spark", "mezz spark submit"),
+const NOT_YET: [(&str, &str); 2] = [
     ("jupyter", "mezz jupyter start"),
     ("serve", "mezz serve deploy"),
 ];
@@ -189,6 +191,7 @@ struct JobFile {
     concurrency: Option<String>,
     missed: Option<String>,
     tensorflow: Option<crate::gang::TfSection>,
+    spark: Option<mezz_spark::AppRequest>,
 }
 
 /// A validated job. It is stored with the job in the masters as JSON
@@ -274,6 +277,9 @@ pub struct JobSpec {
     /// `pytorch` only).
     #[serde(default)]
     pub tensorflow: Option<crate::gang::TfGang>,
+    /// The application of a Spark job (kind `spark` only).
+    #[serde(default)]
+    pub spark: Option<mezz_spark::AppRequest>,
 }
 
 /// Durations as whole milliseconds in the stored JSON.
@@ -405,19 +411,20 @@ impl JobSpec {
             "jvm" => Kind::Jvm,
             "tensorflow" => Kind::Tensorflow,
             "pytorch" => Kind::Pytorch,
+            "spark" => Kind::Spark,
             other => {
                 return Err(match NOT_YET.iter().find(|(k, _)| *k == other) {
                     Some((k, instead)) => field_error(
                         text,
                         "kind",
                         format!(
-                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command, python, jvm, tensorflow or pytorch"
+                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command, python, jvm, tensorflow, pytorch or spark"
                         ),
                     ),
                     None => field_error(
                         text,
                         "kind",
-                        format!("unknown kind '{other}'; use command, python, jvm, tensorflow, pytorch or sweep"),
+                        format!("unknown kind '{other}'; use command, python, jvm, tensorflow, pytorch, spark or sweep"),
                     ),
                 })
             }
@@ -589,6 +596,31 @@ impl JobSpec {
                     }
                 }
             }
+            Kind::Spark => {
+                for (field, present) in [
+                    ("command", command.is_some()),
+                    ("entrypoint", entrypoint.is_some()),
+                    ("args", !f.args.is_empty()),
+                    ("workdir", f.workdir.is_some()),
+                    ("requirements", f.requirements.is_some()),
+                    ("python", f.python.is_some()),
+                    ("env", !f.env.is_empty()),
+                    ("cpus", f.cpus.is_some()),
+                    ("mem", f.mem.is_some()),
+                    ("gpus", f.gpus.is_some()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "does not go with kind spark; the `spark` section says what runs \
+                             (app, args, python, conf) and how big (executors, executor_cores, \
+                             executor_memory, driver_memory, gpus_per_executor, or the job's `size`)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             Kind::Python => {
                 if command.is_some() == entrypoint.is_some() {
                     return Err(SpecError(
@@ -710,6 +742,9 @@ impl JobSpec {
                 "belongs to kinds tensorflow and pytorch".into(),
             ));
         }
+        if kind != Kind::Spark && f.spark.is_some() {
+            return Err(field_error(text, "spark", "belongs to kind spark".into()));
+        }
         let explicit = (f.cpus, f.mem, f.gpus);
         let mut spec = JobSpec {
             kind,
@@ -741,8 +776,18 @@ impl JobSpec {
             schedule,
             sweep: None,
             tensorflow: None,
+            spark: None,
         };
-        if kind.is_gang() {
+        if kind == Kind::Spark {
+            let app = f.spark.ok_or_else(|| {
+                SpecError("a spark job needs a `spark` section with at least `app`".into())
+            })?;
+            let (app, sizing) = crate::gang::spark_request(app, spec.size.as_deref(), sizes)
+                .map_err(|e| field_error(text, "spark", e))?;
+            // What one agent must hold: the largest task.
+            (spec.cpus, spec.mem, spec.gpus) = sizing.largest_task();
+            spec.spark = Some(app);
+        } else if kind.is_gang() {
             let gang = crate::gang::tf_gang(f.tensorflow, &spec, explicit, sizes)
                 .map_err(|e| field_error(text, "tensorflow", e.0))?;
             // What one agent must hold: the largest replica.
@@ -859,6 +904,7 @@ impl JobSpec {
             Kind::Jvm => "jvm",
             Kind::Tensorflow => "tensorflow",
             Kind::Pytorch => "pytorch",
+            Kind::Spark => "spark",
         }
     }
 
@@ -886,9 +932,9 @@ impl JobSpec {
             s += &format!("cd {}\n", quote(w));
         }
         let run = match self.kind {
-            // A training job's replicas run its command (see
+            // A gang's tasks are made by its framework (see
             // `crate::gang`); it has no task of its own.
-            Kind::Command | Kind::Tensorflow | Kind::Pytorch => {
+            Kind::Command | Kind::Tensorflow | Kind::Pytorch | Kind::Spark => {
                 return s + self.command.as_deref().unwrap_or("true")
             }
             // A sweep runs no task of its own: its trials do.

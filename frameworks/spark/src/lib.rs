@@ -16,8 +16,10 @@
 
 pub mod app;
 pub mod locate;
+pub mod request;
 pub mod scheduler;
 
 pub use app::{parse_memory_mb, AppSpec, Endpoint, Role, SparkInstall};
 pub use locate::{find_java, find_spark, java_major, LocateError};
+pub use request::{AppRequest, Sizing};
 pub use scheduler::{AppEvent, Interrupt, LaunchedTask, Outcome, SparkScheduler, KILL_GRACE};

@@ -310,6 +310,12 @@ pub async fn run(
     let gang_masters = masters.clone();
     let gang_user = std::env::var("USER").unwrap_or_default();
     let start_gang = move |g: mezz_jobs::gang::GangStart| match client::driver() {
+        Ok(b) if g.spec.kind == mezz_jobs::Kind::Spark => mezz_jobs::gang::run_spark(
+            g,
+            b.masters(gang_masters.clone()),
+            gang_user.clone(),
+            gang_tx.clone(),
+        ),
         Ok(b) => mezz_jobs::gang::run_tensorflow(
             g,
             b.masters(gang_masters.clone()),

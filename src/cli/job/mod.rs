@@ -263,6 +263,13 @@ async fn validated(masters: &[String], file: Option<&PathBuf>) -> Result<Vec<Job
         if let Some(why) = never_fits(&state.agents, &need) {
             return Err(anyhow!("job '{}' can never run: {why}", spec.name));
         }
+        // Java, Spark and the application's files are looked for here
+        // too, as `mezz spark submit` does: the same paths hold where the
+        // jobs framework runs and on every agent.
+        if spec.kind == mezz_jobs::Kind::Spark {
+            mezz_jobs::gang::spark_app(spec, &format!("{}.1", spec.name))
+                .map_err(|e| anyhow!("job '{}' cannot run: {e}", spec.name))?;
+        }
     }
     Ok(specs)
 }

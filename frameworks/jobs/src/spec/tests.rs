@@ -87,8 +87,20 @@ fn bad_values_name_the_field_and_line() {
             &["`name` (line 2)"],
         ),
         (
+            "kind: jupyter\nname: x\ncommand: true\n",
+            &["`kind` (line 1)", "mezz jupyter start"],
+        ),
+        (
             "kind: spark\nname: x\ncommand: true\n",
-            &["`kind` (line 1)", "mezz spark submit"],
+            &["`command` (line 3)", "does not go with kind spark"],
+        ),
+        (
+            "kind: spark\nname: x\nspark:\n  app: etl.py\n",
+            &["`spark` (line 3)", "`spark.app`", "not an absolute path"],
+        ),
+        (
+            "kind: spark\nname: x\nspark:\n  app: /a.py\n  executors: 0\n",
+            &["`spark.executors` 0"],
         ),
         ("kind: cobol\nname: x\n", &["unknown kind 'cobol'"]),
         (
@@ -305,4 +317,34 @@ fn a_pytorch_job_has_torch_ranks_and_no_parameter_server() {
     );
     let e = err("kind: tensorflow\nname: t\n");
     assert!(e.contains("no command"), "{e}");
+}
+
+#[test]
+fn a_spark_job_keeps_its_request_with_every_size_written_out() {
+    let s = parse(
+        "kind: spark\nname: etl\nsize: cpu-medium\nretries: 1\n\
+         spark:\n  app: /apps/etl.py\n  args: [--day, today]\n  executors: 3\n  conf:\n    spark.sql.shuffle.partitions: '8'\n",
+    )
+    .unwrap();
+    assert_eq!(s.kind, Kind::Spark);
+    assert!(s.kind.is_gang());
+    let app = s.spark.clone().expect("the request");
+    let medium = menu().get("cpu-medium").unwrap();
+    // The size made each executor's worker; written out, so a later
+    // change of the menu changes nothing.
+    assert_eq!(app.executors, Some(3));
+    assert_eq!(app.executor_cores, Some(medium.cpus as u32));
+    assert_eq!(
+        app.executor_memory,
+        Some(format!("{}m", medium.mem as u64 - 768))
+    );
+    assert_eq!(app.driver_memory.as_deref(), Some("1024m"));
+    // What one agent must hold: an executor's worker here.
+    assert_eq!((s.cpus, s.mem), (medium.cpus.floor(), medium.mem));
+    let back: JobSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    let e = err("kind: spark\nname: x\nspark:\n  app: /a.py\n  executer_cores: 2\n");
+    assert!(e.contains("executer_cores"), "{e}");
+    let e = err("kind: command\nname: x\ncommand: true\nspark:\n  app: /a.py\n");
+    assert!(e.contains("`spark` (line 4): belongs to kind spark"), "{e}");
 }
