@@ -192,8 +192,8 @@ fn killing_a_pytorch_job_kills_its_whole_gang() {
 }
 
 #[test]
-fn a_training_job_file_is_checked_like_the_tf_flags() {
-    let c = Cluster::start("cpus:2;mem:1024;disk:1000", &[]);
+fn job_files_of_other_frameworks_are_checked_like_their_flags() {
+    let c = Cluster::start("cpus:2;mem:4096;disk:1000", &[]);
     let work = shared_dir();
     let check = |name: &str, body: &str| {
         let path = work.path().join(format!("{name}.yaml"));
@@ -231,8 +231,230 @@ fn a_training_job_file_is_checked_like_the_tf_flags() {
         err.contains("belongs to kinds tensorflow and pytorch"),
         "{err}"
     );
+    let (code, err) = check("serve", "kind: serve\nname: s\nserve:\n  replicas: 2\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`command` is missing"), "{err}");
+    let (code, err) = check(
+        "nb",
+        "kind: jupyter\nname: nb\njupyter:\n  python: /bin/false\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/bin/false has no Jupyter server"), "{err}");
+    let (code, err) = check(
+        "etl",
+        "kind: spark\nname: etl\nspark:\n  app: /no/such/etl.py\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/no/such/etl.py"), "{err}");
     assert!(
         sub(&c, "job", "list", &["--json"]).stdout.len() < 40,
         "nothing stored"
     );
+}
+
+/// The state directories of the serving and Jupyter frameworks that the
+/// jobs daemon starts for the test (through `$MEZZ_SERVE_STATE` and
+/// `$MEZZ_JUPYTER_STATE`); dropping it kills their daemons and the serving
+/// proxy, which would otherwise outlive the test.
+struct ServiceStates {
+    dir: tempfile::TempDir,
+}
+
+impl ServiceStates {
+    fn new() -> ServiceStates {
+        ServiceStates {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn serve(&self) -> std::path::PathBuf {
+        self.dir.path().join("serve")
+    }
+
+    fn jupyter(&self) -> std::path::PathBuf {
+        self.dir.path().join("jupyter")
+    }
+
+    /// `mezz ARGS` with the test's state directories and no other master.
+    fn mezz(&self, args: &[&str], timeout: Duration) -> std::process::Output {
+        let mut child = std::process::Command::new(MEZZ)
+            .args(args)
+            .env_remove("MEZZ_MASTER")
+            .env("MEZZ_SERVE_STATE", self.serve())
+            .env("MEZZ_JUPYTER_STATE", self.jupyter())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn mezz");
+        let deadline = std::time::Instant::now() + timeout;
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mezz {args:?} did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    }
+}
+
+impl Drop for ServiceStates {
+    fn drop(&mut self) {
+        for dir in [self.serve(), self.jupyter()] {
+            for file in ["daemon.json", "proxy.json"] {
+                let pid = std::fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["pid"].as_i64());
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+            }
+            if std::thread::panicking() {
+                let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+                eprintln!("---- {} ----\n{log}", dir.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_served_job_deploys_answers_through_its_proxy_and_a_kill_removes_it() {
+    let python = std::env::var("MEZZ_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let model = format!("{}/tests/serving/model.py", env!("CARGO_MANIFEST_DIR"));
+    let p = consecutive_free_ports(10);
+    let c = Cluster::start_with_agent_args(
+        &format!("cpus:2;mem:2048;disk:1000;ports:[{p}-{}]", p + 9),
+        ROOT_TASKS,
+    );
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let states = ServiceStates::new();
+    let addr = c.master_addr();
+    let work = shared_dir();
+    let path = work.path().join("model.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "kind: serve\nname: model.v1\ncpus: 0.2\nmem: 64\nenv:\n  VERSION: v1\n\
+             command: exec {python} {model} $VERSION\nserve:\n  replicas: 2\n  health_grace: 30s\n"
+        ),
+    )
+    .expect("job file");
+    let out = states.mezz(
+        &[
+            "job",
+            "submit",
+            "--master",
+            &addr,
+            path.to_str().expect("utf-8"),
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    // RUNNING once both replicas are healthy behind the proxy.
+    wait_for("the deployment to be up", Duration::from_secs(120), || {
+        show(&c, "model.v1")["attempts"][0]["agent"]
+            .as_str()
+            .is_some_and(|a| !a.is_empty())
+    });
+    let shown = states.mezz(
+        &["serve", "show", "--master", &addr, "model-v1", "--json"],
+        T,
+    );
+    let service: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&shown.stderr)));
+    assert_eq!(service["healthy"], 2, "{service}");
+    let url = service["url"].as_str().expect("the proxy's URL");
+    let proxy = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let (code, body) = http_get(&proxy, "/predict").expect("an answer through the proxy");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"v1\""),
+        "the job's env reached the replica: {body}"
+    );
+    // Killing the job removes the deployment.
+    let out = sub(&c, "job", "kill", &["model.v1"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the job to end KILLED", T, || {
+        show(&c, "model.v1")["state"] == "KILLED"
+    });
+    let ls = states.mezz(&["serve", "ls", "--master", &addr, "--json"], T);
+    assert_eq!(text(&ls.stdout).trim(), "[]", "{}", text(&ls.stderr));
+    wait_for("no replica to be left", T, || c.active_tasks().is_empty());
+}
+
+#[test]
+#[ignore = "needs the test Python with Jupyter"]
+fn a_notebook_job_runs_until_its_notebook_is_stopped() {
+    let python = need_python("jupyter_server, ipykernel");
+    let p = consecutive_free_ports(10);
+    let c = Cluster::start_with_agent_args(
+        &format!("cpus:2;mem:4096;disk:1000;ports:[{p}-{}]", p + 9),
+        ROOT_TASKS,
+    );
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let states = ServiceStates::new();
+    let addr = c.master_addr();
+    let work = shared_dir();
+    let notebooks = work.path().join("notebooks");
+    let path = work.path().join("nb.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "kind: jupyter\nname: explore\ncpus: 0.5\nmem: 512\n\
+             jupyter:\n  python: {python}\n  notebook_dir: {}\n",
+            notebooks.display()
+        ),
+    )
+    .expect("job file");
+    let out = states.mezz(
+        &[
+            "job",
+            "submit",
+            "--master",
+            &addr,
+            path.to_str().expect("utf-8"),
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the notebook to answer", Duration::from_secs(300), || {
+        show(&c, "explore")["state"] == "RUNNING"
+            && show(&c, "explore")["attempts"][0]["agent"]
+                .as_str()
+                .is_some_and(|a| !a.is_empty())
+    });
+    // The notebook is the Jupyter framework's, under the job's name.
+    let url = states.mezz(&["jupyter", "url", "--master", &addr, "explore"], T);
+    let url = text(&url.stdout).trim().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.contains("token="),
+        "{url}"
+    );
+    let rest = url.trim_start_matches("http://");
+    let (host, path_q) = rest.split_at(rest.find('/').expect("a path"));
+    let token = path_q.split("token=").nth(1).expect("token");
+    let (code, body) =
+        http_get(host, &format!("/api/status?token={token}")).expect("the server answers");
+    assert_eq!(code, 200, "{body}");
+    // Stopped with its own command, the notebook ends the job's attempt.
+    let out = states.mezz(&["jupyter", "stop", "--master", &addr, "explore"], T);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    wait_for("the job to end", T, || {
+        show(&c, "explore")["state"] == "SUCCEEDED"
+    });
+    let shown = show(&c, "explore");
+    assert!(
+        shown["attempts"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the notebook stopped")),
+        "{shown}"
+    );
+    wait_for("nothing to be left", T, || c.active_tasks().is_empty());
 }

@@ -200,6 +200,53 @@ fn notebook_root() -> Result<String> {
     Ok(format!("{}/mezz-notebooks", home.trim_end_matches('/')))
 }
 
+/// The request to start a notebook of `(cpus, mem, gpus)`: what `mezz
+/// jupyter start` sends for its flags, and the jobs framework for a job of
+/// kind jupyter. The Python is checked for Jupyter here.
+pub(crate) fn start_request(
+    name: Option<String>,
+    (cpus, mem, gpus): (f64, f64, u32),
+    idle_timeout: Option<Duration>,
+    notebook_dir: Option<&Path>,
+    python: &str,
+) -> Result<StartRequest> {
+    let python = if python.contains('/') {
+        absolute(Path::new(python))?.display().to_string()
+    } else {
+        python.to_string()
+    };
+    let lab = check_python(&python)?;
+    Ok(StartRequest {
+        name,
+        cpus,
+        mem,
+        gpus,
+        idle_timeout_secs: idle_timeout.map(|d| d.as_secs_f64()),
+        notebook_dir: notebook_dir
+            .map(absolute)
+            .transpose()?
+            .map(|d| d.display().to_string()),
+        notebook_root: notebook_root()?,
+        python,
+        lab,
+    })
+}
+
+/// A client of the Jupyter framework of `masters` (its state directory
+/// from `$MEZZ_JUPYTER_STATE`, as for `mezz jupyter`, else the default),
+/// starting it in the background when none answers.
+pub(crate) async fn client_of(masters: &[String]) -> Result<Client> {
+    daemon_client(&StateArg {
+        master: MasterArg {
+            master: Some(masters.join(",")),
+        },
+        state_dir: std::env::var_os("MEZZ_JUPYTER_STATE")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+    })
+    .await
+}
+
 async fn start(args: StartArgs) -> Result<ExitCode> {
     // Everything that can be refused is checked before anything runs.
     if let Some(n) = &args.name {
@@ -218,28 +265,17 @@ async fn start(args: StartArgs) -> Result<ExitCode> {
         .map(|t| duration("--idle-timeout", t))
         .transpose()?;
     let wait = duration("--wait", &args.wait)?;
-    let python = if args.python.contains('/') {
-        absolute(Path::new(&args.python))?.display().to_string()
-    } else {
-        args.python.clone()
-    };
-    let lab = check_python(&python)?;
-    let request = StartRequest {
-        name: args.name.clone(),
-        cpus: args.cpus.or(size.map(|s| s.cpus)).unwrap_or(1.0),
-        mem: args.mem.or(size.map(|s| s.mem)).unwrap_or(1024.0),
-        gpus: args.gpus.or(size.map(|s| s.gpus)).unwrap_or(0),
-        idle_timeout_secs: idle_timeout.map(|d| d.as_secs_f64()),
-        notebook_dir: args
-            .notebook_dir
-            .as_deref()
-            .map(absolute)
-            .transpose()?
-            .map(|d| d.display().to_string()),
-        notebook_root: notebook_root()?,
-        python,
-        lab,
-    };
+    let request = start_request(
+        args.name.clone(),
+        (
+            args.cpus.or(size.map(|s| s.cpus)).unwrap_or(1.0),
+            args.mem.or(size.map(|s| s.mem)).unwrap_or(1024.0),
+            args.gpus.or(size.map(|s| s.gpus)).unwrap_or(0),
+        ),
+        idle_timeout,
+        args.notebook_dir.as_deref(),
+        &args.python,
+    )?;
     // A cluster that does not answer would leave the notebook waiting
     // silently: say so now, with nothing started.
     let (masters, _) = resolve(&args.state)?;

@@ -18,10 +18,11 @@
 //! through one SDK driver per role (a framework registers in one role, and
 //! a job's `role` decides its fair share and quota). An attempt of a
 //! training job is a gang run by a framework of its own
-//! ([`crate::gang`]), started through [`Engine::with_gangs`]; it reports
+//! ([`crate::gang`]), started through [`Engine::with_delegated`]; it reports
 //! one status per attempt, as a task would. A gang recorded as running
 //! that no gang of this engine runs (its engine stopped) is ended as
-//! LOST, and its framework's tasks end with that framework.
+//! LOST, and its framework's tasks end with that framework; a service
+//! (a notebook, a deployment) is followed again instead.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,7 +35,7 @@ use mezz_sdk::{place, Driver, Scheduler, Strategy, TaskBuilder, TaskRequest, Tas
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::batch::{Action, Job, Millis};
-use crate::gang::{is_gang_kind, GangHandle, GangStart};
+use crate::gang::{is_delegated_kind, AttemptHandle, AttemptStart};
 use crate::record::{self, is_terminal, states};
 use crate::schedule::{self, Schedule};
 use crate::spec::{Concurrency, JobSpec};
@@ -204,16 +205,16 @@ pub struct Engine<S: Store> {
     store: S,
     now: Arc<dyn Fn() -> f64 + Send + Sync>,
     start_driver: Box<dyn FnMut(&str) + Send>,
-    start_gang: Option<GangStarter>,
+    start_gang: Option<AttemptStarter>,
     roles: BTreeMap<String, RoleLink>,
     jobs: BTreeMap<String, JobRecord>,
     killing: BTreeMap<String, f64>,
     /// The gang attempts this engine runs, by the attempt's task id.
-    gangs: BTreeMap<String, GangHandle>,
+    gangs: BTreeMap<String, AttemptHandle>,
 }
 
-/// Starts a gang attempt (see [`Engine::with_gangs`]).
-pub type GangStarter = Box<dyn FnMut(GangStart) -> GangHandle + Send>;
+/// Starts a gang attempt (see [`Engine::with_delegated`]).
+pub type AttemptStarter = Box<dyn FnMut(AttemptStart) -> AttemptHandle + Send>;
 
 impl<S: Store> Engine<S> {
     /// An engine over `store`.
@@ -237,7 +238,7 @@ impl<S: Store> Engine<S> {
     /// The engine, running the attempts of training jobs with `start`
     /// (which reports their statuses as [`Event::Status`]). Without it,
     /// such a job fails, saying that this jobs framework cannot run it.
-    pub fn with_gangs(mut self, start: GangStarter) -> Engine<S> {
+    pub fn with_delegated(mut self, start: AttemptStarter) -> Engine<S> {
         self.start_gang = Some(start);
         self
     }
@@ -345,10 +346,22 @@ impl<S: Store> Engine<S> {
             }
         };
         let before = job.state;
-        let gang = job.spec.kind.is_gang();
+        let gang = job.spec.kind.is_delegated();
         if gang {
             if let Some(a) = job.attempts.last().filter(|a| a.end.is_none()) {
-                if !self.gangs.contains_key(&a.task_id) {
+                if !self.gangs.contains_key(&a.task_id) && job.spec.kind.is_service() {
+                    // A service outlives the jobs framework that started
+                    // it: this one follows it again (and kills it if the
+                    // job was killed meanwhile).
+                    if let Some(start) = self.start_gang.as_mut() {
+                        tracing::info!(job = %r.name, attempt = %a.task_id, "following the service again");
+                        let handle = start(AttemptStart {
+                            spec: job.spec.clone(),
+                            task_id: a.task_id.clone(),
+                        });
+                        self.gangs.insert(a.task_id.clone(), handle);
+                    }
+                } else if !self.gangs.contains_key(&a.task_id) {
                     let lost = proto::TaskStatus {
                         task_id: a.task_id.clone(),
                         state: TaskState::Lost as i32,
@@ -427,7 +440,7 @@ impl<S: Store> Engine<S> {
         let Some(start) = self.start_gang.as_mut() else {
             return;
         };
-        let handle = start(GangStart {
+        let handle = start(AttemptStart {
             spec: job.spec,
             task_id: task_id.clone(),
         });
@@ -810,7 +823,9 @@ impl<S: Store> Engine<S> {
                 let tasks: Vec<proto::ReconcileTask> = self
                     .jobs
                     .values()
-                    .filter(|r| r.role == role && r.state == "RUNNING" && !is_gang_kind(&r.kind))
+                    .filter(|r| {
+                        r.role == role && r.state == "RUNNING" && !is_delegated_kind(&r.kind)
+                    })
                     .flat_map(|r| r.attempts.iter().filter(|a| a.ended_at == 0.0))
                     .map(|a| proto::ReconcileTask {
                         task_id: a.task_id.clone(),

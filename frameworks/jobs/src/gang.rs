@@ -225,10 +225,13 @@ impl TfGang {
     }
 }
 
-/// Whether a stored job's kind (`JobRecord.kind`) runs its attempts as
-/// gangs.
-pub fn is_gang_kind(kind: &str) -> bool {
-    matches!(kind, "tensorflow" | "pytorch" | "spark")
+/// Whether a stored job's kind (`JobRecord.kind`) has its attempts run by
+/// another framework (see [`crate::spec::Kind::is_delegated`]).
+pub fn is_delegated_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "tensorflow" | "pytorch" | "spark" | "jupyter" | "serve"
+    )
 }
 
 /// How `spark:` fields are named in errors.
@@ -309,7 +312,7 @@ pub fn main_task<'a>(
 }
 
 /// A gang attempt to start: the job and the attempt's task id.
-pub struct GangStart {
+pub struct AttemptStart {
     /// The job.
     pub spec: JobSpec,
     /// The attempt's task id (`NAME.N`).
@@ -317,14 +320,14 @@ pub struct GangStart {
 }
 
 /// Stops a running gang attempt.
-pub struct GangHandle {
+pub struct AttemptHandle {
     kill: Box<dyn Fn() + Send + Sync>,
 }
 
-impl GangHandle {
+impl AttemptHandle {
     /// A handle whose kill runs `kill`.
-    pub fn new(kill: impl Fn() + Send + Sync + 'static) -> GangHandle {
-        GangHandle {
+    pub fn new(kill: impl Fn() + Send + Sync + 'static) -> AttemptHandle {
+        AttemptHandle {
             kill: Box::new(kill),
         }
     }
@@ -473,8 +476,8 @@ fn killer(
     trigger: impl Fn() -> bool + Send + Sync + 'static,
     driver: impl Fn() -> Option<mezz_sdk::Driver> + Send + Sync + 'static,
     abort: tokio::task::AbortHandle,
-) -> GangHandle {
-    GangHandle::new(move || {
+) -> AttemptHandle {
+    AttemptHandle::new(move || {
         if !trigger() {
             match driver() {
                 Some(d) => d.teardown(),
@@ -506,12 +509,12 @@ fn gang_framework(spec: &JobSpec, name: String, user: String, gpus: bool) -> pro
 /// `builder` (masters and credentials set), and tells `events` its
 /// statuses (see the module's text). The handle kills it.
 pub fn run_tensorflow(
-    start: GangStart,
+    start: AttemptStart,
     builder: mezz_sdk::DriverBuilder,
     user: String,
     events: UnboundedSender<Event>,
-) -> GangHandle {
-    let GangStart { spec, task_id } = start;
+) -> AttemptHandle {
+    let AttemptStart { spec, task_id } = start;
     let tell = teller(events, spec.role.clone());
     let training = spec
         .tensorflow
@@ -528,7 +531,7 @@ pub fn run_tensorflow(
                 None,
                 format!("the training job cannot be made: {e}"),
             ));
-            return GangHandle::new(|| {});
+            return AttemptHandle::new(|| {});
         }
     };
     let gpus = training.groups.values().any(|g| g.gpus > 0);
@@ -604,12 +607,12 @@ pub fn run_tensorflow(
 /// spark submit` names it, so `mezz spark ls` and `kill` see it), driven
 /// by `builder`, and tells `events` its statuses. The handle kills it.
 pub fn run_spark(
-    start: GangStart,
+    start: AttemptStart,
     builder: mezz_sdk::DriverBuilder,
     user: String,
     events: UnboundedSender<Event>,
-) -> GangHandle {
-    let GangStart { spec, task_id } = start;
+) -> AttemptHandle {
+    let AttemptStart { spec, task_id } = start;
     let tell = teller(events, spec.role.clone());
     let app = match spark_app(&spec, &task_id) {
         Ok(a) => a,
@@ -621,7 +624,7 @@ pub fn run_spark(
                 None,
                 format!("the Spark application cannot be made: {e}"),
             ));
-            return GangHandle::new(|| {});
+            return AttemptHandle::new(|| {});
         }
     };
     let max_replacements = spec

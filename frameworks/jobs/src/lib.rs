@@ -14,6 +14,8 @@
 //! - [`gang`]: kinds whose attempt is a gang run by another framework of
 //!   this tree (`tensorflow`, `pytorch`, `spark`), which is why this crate
 //!   depends on `mezz-tensorflow` and `mezz-spark` beside `mezz-sdk`.
+//! - [`service`]: kinds whose attempt is a long-running service of
+//!   another framework (`jupyter`, `serve`).
 //!
 //! The state machines are pure; [`engine`] and [`gang`] talk to a cluster
 //! only through the store and drivers they are given.
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod gang;
 pub mod record;
 pub mod schedule;
+pub mod service;
 pub mod spec;
 pub mod sweep;
 

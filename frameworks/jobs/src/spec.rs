@@ -72,22 +72,32 @@ pub enum Kind {
     /// An Apache Spark application: a standalone master, a worker per
     /// executor and the driver, as one gang (see [`crate::gang`]).
     Spark,
+    /// A Jupyter notebook server, run by the Jupyter framework; an attempt
+    /// lasts as long as the notebook (see [`crate::service`]).
+    Jupyter,
+    /// A served model: replicas behind a proxy, run by the serving
+    /// framework; an attempt lasts as long as the deployment (see
+    /// [`crate::service`]).
+    Serve,
 }
 
 impl Kind {
-    /// Whether an attempt is a gang run by another framework, rather than
-    /// one task.
-    pub fn is_gang(self) -> bool {
-        matches!(self, Kind::Tensorflow | Kind::Pytorch | Kind::Spark)
+    /// Whether an attempt is run by another framework of this tree (a
+    /// gang, or a service), rather than being one task of the jobs
+    /// framework.
+    pub fn is_delegated(self) -> bool {
+        matches!(
+            self,
+            Kind::Tensorflow | Kind::Pytorch | Kind::Spark | Kind::Jupyter | Kind::Serve
+        )
+    }
+
+    /// Whether an attempt is a long-running service (a notebook, a
+    /// deployment) that a new jobs framework takes back rather than ends.
+    pub fn is_service(self) -> bool {
+        matches!(self, Kind::Jupyter | Kind::Serve)
     }
 }
-
-/// The kinds the spec names that `mezz job` does not run yet, with the
-/// command that does.
-const NOT_YET: [(&str, &str); 2] = [
-    ("jupyter", "mezz jupyter start"),
-    ("serve", "mezz serve deploy"),
-];
 
 /// What a scheduled job's fire does while an earlier run has not ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +202,8 @@ struct JobFile {
     missed: Option<String>,
     tensorflow: Option<crate::gang::TfSection>,
     spark: Option<mezz_spark::AppRequest>,
+    jupyter: Option<crate::service::JupyterSection>,
+    serve: Option<crate::service::ServeSection>,
 }
 
 /// A validated job. It is stored with the job in the masters as JSON
@@ -280,6 +292,12 @@ pub struct JobSpec {
     /// The application of a Spark job (kind `spark` only).
     #[serde(default)]
     pub spark: Option<mezz_spark::AppRequest>,
+    /// The notebook server of a Jupyter job (kind `jupyter` only).
+    #[serde(default)]
+    pub jupyter: Option<crate::service::JupyterSection>,
+    /// The deployment of a served job (kind `serve` only).
+    #[serde(default)]
+    pub serve: Option<crate::service::ServeSection>,
 }
 
 /// Durations as whole milliseconds in the stored JSON.
@@ -412,21 +430,16 @@ impl JobSpec {
             "tensorflow" => Kind::Tensorflow,
             "pytorch" => Kind::Pytorch,
             "spark" => Kind::Spark,
+            "jupyter" => Kind::Jupyter,
+            "serve" => Kind::Serve,
             other => {
-                return Err(match NOT_YET.iter().find(|(k, _)| *k == other) {
-                    Some((k, instead)) => field_error(
-                        text,
-                        "kind",
-                        format!(
-                            "kind '{k}' is not available through `mezz job` yet; use `{instead}`, or kind command, python, jvm, tensorflow, pytorch or spark"
-                        ),
+                return Err(field_error(
+                    text,
+                    "kind",
+                    format!(
+                        "unknown kind '{other}'; use command, python, jvm, tensorflow, pytorch, spark, jupyter, serve or sweep"
                     ),
-                    None => field_error(
-                        text,
-                        "kind",
-                        format!("unknown kind '{other}'; use command, python, jvm, tensorflow, pytorch, spark or sweep"),
-                    ),
-                })
+                ))
             }
         };
         let name = f
@@ -621,6 +634,48 @@ impl JobSpec {
                     }
                 }
             }
+            Kind::Jupyter => {
+                for (field, present) in [
+                    ("command", command.is_some()),
+                    ("entrypoint", entrypoint.is_some()),
+                    ("args", !f.args.is_empty()),
+                    ("workdir", f.workdir.is_some()),
+                    ("requirements", f.requirements.is_some()),
+                    ("python", f.python.is_some()),
+                    ("env", !f.env.is_empty()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "does not go with kind jupyter; the `jupyter` section says how the \
+                             server runs (python, notebook_dir, idle_timeout)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+            Kind::Serve => {
+                if command.is_none() {
+                    return Err(SpecError(
+                        "`command` is missing: each replica of a served job runs it, listening on $PORT".into(),
+                    ));
+                }
+                for (field, present) in [
+                    ("entrypoint", entrypoint.is_some()),
+                    ("args", !f.args.is_empty()),
+                    ("requirements", f.requirements.is_some()),
+                    ("python", f.python.is_some()),
+                ] {
+                    if present {
+                        return Err(field_error(
+                            text,
+                            field,
+                            "does not go with kind serve; its replicas run `command`".into(),
+                        ));
+                    }
+                }
+            }
             Kind::Python => {
                 if command.is_some() == entrypoint.is_some() {
                     return Err(SpecError(
@@ -735,15 +790,32 @@ impl JobSpec {
                 format!("'{role}' is not a role name"),
             ));
         }
-        if !kind.is_gang() && f.tensorflow.is_some() {
+        if !matches!(kind, Kind::Tensorflow | Kind::Pytorch) && f.tensorflow.is_some() {
             return Err(field_error(
                 text,
                 "tensorflow",
                 "belongs to kinds tensorflow and pytorch".into(),
             ));
         }
-        if kind != Kind::Spark && f.spark.is_some() {
-            return Err(field_error(text, "spark", "belongs to kind spark".into()));
+        for (field, present, owner) in [
+            ("spark", f.spark.is_some(), Kind::Spark),
+            ("jupyter", f.jupyter.is_some(), Kind::Jupyter),
+            ("serve", f.serve.is_some(), Kind::Serve),
+        ] {
+            if present && kind != owner {
+                return Err(field_error(text, field, format!("belongs to kind {field}")));
+            }
+        }
+        if kind.is_service() {
+            // A notebook or replica that names no size or memory gets
+            // what `mezz jupyter start` and `mezz serve deploy` give.
+            if f.size.is_none() && f.mem.is_none() {
+                mem = if kind == Kind::Jupyter {
+                    crate::service::JUPYTER_MEM
+                } else {
+                    crate::service::SERVE_MEM
+                };
+            }
         }
         let explicit = (f.cpus, f.mem, f.gpus);
         let mut spec = JobSpec {
@@ -777,7 +849,21 @@ impl JobSpec {
             sweep: None,
             tensorflow: None,
             spark: None,
+            jupyter: None,
+            serve: None,
         };
+        if kind == Kind::Jupyter {
+            let section = f.jupyter.unwrap_or_default();
+            section
+                .check()
+                .map_err(|e| field_error(text, "jupyter", e))?;
+            spec.jupyter = Some(section);
+        }
+        if kind == Kind::Serve {
+            let section = f.serve.unwrap_or_default();
+            section.check().map_err(|e| field_error(text, "serve", e))?;
+            spec.serve = Some(section);
+        }
         if kind == Kind::Spark {
             let app = f.spark.ok_or_else(|| {
                 SpecError("a spark job needs a `spark` section with at least `app`".into())
@@ -787,7 +873,7 @@ impl JobSpec {
             // What one agent must hold: the largest task.
             (spec.cpus, spec.mem, spec.gpus) = sizing.largest_task();
             spec.spark = Some(app);
-        } else if kind.is_gang() {
+        } else if matches!(kind, Kind::Tensorflow | Kind::Pytorch) {
             let gang = crate::gang::tf_gang(f.tensorflow, &spec, explicit, sizes)
                 .map_err(|e| field_error(text, "tensorflow", e.0))?;
             // What one agent must hold: the largest replica.
@@ -905,6 +991,8 @@ impl JobSpec {
             Kind::Tensorflow => "tensorflow",
             Kind::Pytorch => "pytorch",
             Kind::Spark => "spark",
+            Kind::Jupyter => "jupyter",
+            Kind::Serve => "serve",
         }
     }
 
@@ -934,9 +1022,12 @@ impl JobSpec {
         let run = match self.kind {
             // A gang's tasks are made by its framework (see
             // `crate::gang`); it has no task of its own.
-            Kind::Command | Kind::Tensorflow | Kind::Pytorch | Kind::Spark => {
-                return s + self.command.as_deref().unwrap_or("true")
-            }
+            Kind::Command
+            | Kind::Tensorflow
+            | Kind::Pytorch
+            | Kind::Spark
+            | Kind::Jupyter
+            | Kind::Serve => return s + self.command.as_deref().unwrap_or("true"),
             // A sweep runs no task of its own: its trials do.
             Kind::Sweep => return s + "true",
             Kind::Jvm => return s + &self.java_command(),

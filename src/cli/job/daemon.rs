@@ -309,7 +309,10 @@ pub async fn run(
     };
     let gang_masters = masters.clone();
     let gang_user = std::env::var("USER").unwrap_or_default();
-    let start_gang = move |g: mezz_jobs::gang::GangStart| match client::driver() {
+    let start_gang = move |g: mezz_jobs::gang::AttemptStart| match client::driver() {
+        _ if g.spec.kind.is_service() => {
+            super::services::run(g, gang_masters.clone(), gang_tx.clone())
+        }
         Ok(b) if g.spec.kind == mezz_jobs::Kind::Spark => mezz_jobs::gang::run_spark(
             g,
             b.masters(gang_masters.clone()),
@@ -332,7 +335,7 @@ pub async fn run(
                     ..Default::default()
                 },
             });
-            mezz_jobs::gang::GangHandle::new(|| {})
+            mezz_jobs::gang::AttemptHandle::new(|| {})
         }
     };
     let engine = Engine::new(
@@ -340,7 +343,7 @@ pub async fn run(
         Arc::new(mezz_proto::unix_now),
         Box::new(start_driver),
     )
-    .with_gangs(Box::new(start_gang));
+    .with_delegated(Box::new(start_gang));
     engine.run(rx, shutdown).await;
     daemon.state().clear_daemon(info.pid);
     Ok(true)

@@ -8,6 +8,7 @@
 //! machine, after a failover and after a restart of every master.
 
 mod daemon;
+mod services;
 mod view;
 
 use std::path::PathBuf;
@@ -270,6 +271,7 @@ async fn validated(masters: &[String], file: Option<&PathBuf>) -> Result<Vec<Job
             mezz_jobs::gang::spark_app(spec, &format!("{}.1", spec.name))
                 .map_err(|e| anyhow!("job '{}' cannot run: {e}", spec.name))?;
         }
+        services::check(spec).map_err(|e| anyhow!("job '{}' cannot run: {e:#}", spec.name))?;
     }
     Ok(specs)
 }

@@ -399,7 +399,7 @@ pub async fn logs(a: JobLogsArgs) -> Result<ExitCode> {
     };
     // A training job's attempt shows its main replica's output.
     let task = match client::state(&masters, true).await {
-        Ok(state) if mezz_jobs::gang::is_gang_kind(&j.kind) => {
+        Ok(state) if mezz_jobs::gang::is_delegated_kind(&j.kind) => {
             attempt_task(state, &attempt.task_id)
                 .map(|t| t.id)
                 .unwrap_or_else(|| attempt.task_id.clone())

@@ -133,6 +133,21 @@ async fn wait_healthy(client: &Client, name: &str, want: u32, wait: Duration) ->
     }
 }
 
+/// A client of the serving framework of `masters` (its state directory
+/// from `$MEZZ_SERVE_STATE`, as for `mezz serve`, else the default),
+/// starting it in the background when none answers.
+pub(crate) async fn client_of(masters: &[String]) -> Result<Client> {
+    daemon_client(&StateArg {
+        master: super::MasterArg {
+            master: Some(masters.join(",")),
+        },
+        state_dir: std::env::var_os("MEZZ_SERVE_STATE")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+    })
+    .await
+}
+
 async fn deploy(args: DeployArgs) -> Result<ExitCode> {
     // Everything that can be refused is checked before anything runs.
     let size = match &args.size {
@@ -154,6 +169,8 @@ async fn deploy(args: DeployArgs) -> Result<ExitCode> {
         health_grace_secs: duration("--health-grace", &args.health_grace)?.as_secs_f64(),
         command: shell_command(&args.command),
     };
+    // The same check the jobs framework makes of a job of kind serve, and
+    // the serving framework of every request.
     request.validate()?;
     // A cluster that does not answer would leave the service waiting
     // silently: say so now, with nothing started.

@@ -88,7 +88,19 @@ fn bad_values_name_the_field_and_line() {
         ),
         (
             "kind: jupyter\nname: x\ncommand: true\n",
-            &["`kind` (line 1)", "mezz jupyter start"],
+            &["`command` (line 3)", "does not go with kind jupyter"],
+        ),
+        (
+            "kind: jupyter\nname: x\njupyter:\n  idle_timeout: never\n",
+            &["`jupyter` (line 3)", "`jupyter.idle_timeout`"],
+        ),
+        (
+            "kind: serve\nname: x\ncommand: ./serve\nserve:\n  replicas: 0\n",
+            &["`serve` (line 4)", "at least one replica"],
+        ),
+        (
+            "kind: command\nname: x\ncommand: true\nserve: {}\n",
+            &["`serve` (line 4)", "belongs to kind serve"],
         ),
         (
             "kind: spark\nname: x\ncommand: true\n",
@@ -262,7 +274,7 @@ fn a_training_job_keeps_its_gang_sized_like_the_tf_flags_and_reads_back() {
     )
     .unwrap();
     assert_eq!(s.kind, Kind::Tensorflow);
-    assert!(s.kind.is_gang());
+    assert!(s.kind.is_delegated());
     let gang = s.tensorflow.clone().expect("the gang");
     let small = menu().get("gpu-small").unwrap();
     // The size goes to every replica, its GPUs to the chief and workers
@@ -327,7 +339,7 @@ fn a_spark_job_keeps_its_request_with_every_size_written_out() {
     )
     .unwrap();
     assert_eq!(s.kind, Kind::Spark);
-    assert!(s.kind.is_gang());
+    assert!(s.kind.is_delegated());
     let app = s.spark.clone().expect("the request");
     let medium = menu().get("cpu-medium").unwrap();
     // The size made each executor's worker; written out, so a later
@@ -347,4 +359,21 @@ fn a_spark_job_keeps_its_request_with_every_size_written_out() {
     assert!(e.contains("executer_cores"), "{e}");
     let e = err("kind: command\nname: x\ncommand: true\nspark:\n  app: /a.py\n");
     assert!(e.contains("`spark` (line 4): belongs to kind spark"), "{e}");
+}
+
+#[test]
+fn services_take_their_frameworks_defaults_and_sections() {
+    let nb = parse("kind: jupyter\nname: explore\njupyter:\n  idle_timeout: 1h\n").unwrap();
+    assert!(nb.kind.is_delegated() && nb.kind.is_service());
+    // As `mezz jupyter start`: 1 CPU and 1024 MB unless the file says.
+    assert_eq!((nb.cpus, nb.mem, nb.gpus), (1.0, 1024.0, 0));
+    assert_eq!(
+        nb.jupyter.as_ref().unwrap().idle_timeout().unwrap(),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    let svc = parse("kind: serve\nname: model\ngpus: 1\ncommand: ./serve\n").unwrap();
+    assert_eq!((svc.mem, svc.gpus), (512.0, 1));
+    assert_eq!(svc.serve, Some(crate::service::ServeSection::default()));
+    let back: JobSpec = serde_json::from_str(&serde_json::to_string(&svc).unwrap()).unwrap();
+    assert_eq!(back, svc);
 }
