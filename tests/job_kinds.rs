@@ -458,3 +458,89 @@ fn a_notebook_job_runs_until_its_notebook_is_stopped() {
     );
     wait_for("nothing to be left", T, || c.active_tasks().is_empty());
 }
+
+#[test]
+fn the_tf_and_serve_flags_print_the_job_file_they_stand_for() {
+    let c = Cluster::start_with_agent_args("cpus:2;mem:1024;disk:1000", ROOT_TASKS);
+    let _daemon = JobsDaemon::of(&c.master_addr());
+    let addr = c.master_addr();
+    let work = shared_dir();
+    // `mezz tf run`'s flags, as a job file: submitted, it runs the gang.
+    let out = mezz(
+        &[
+            "tf",
+            "run",
+            "--master",
+            &addr,
+            "--print-job",
+            "--name",
+            "gang",
+            "--workers",
+            "2",
+            "--cpus",
+            "0.5",
+            "--mem",
+            "64",
+            "--restart",
+            "on-failure:1",
+            "--",
+            "echo",
+            "hi from",
+            "$MEZZ_TF_REPLICA",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let file: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a job file");
+    assert_eq!(file["kind"], "tensorflow", "{file}");
+    assert_eq!(file["tensorflow"]["worker"]["count"], 2, "{file}");
+    assert_eq!(file["tensorflow"]["restart"], "on-failure:1", "{file}");
+    assert!(
+        c.state()["tasks"].as_array().is_none_or(|t| t.is_empty()),
+        "ran nothing"
+    );
+    let path = work.path().join("gang.json");
+    std::fs::write(&path, &out.stdout).expect("job file");
+    let out = sub(
+        &c,
+        "job",
+        "submit",
+        &["--wait", "--print-json", path.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    // Several arguments run as they are, as `mezz tf run` runs them: each
+    // kept whole, none expanded by a shell.
+    let logs = text(&sub(&c, "job", "logs", &["gang"]).stdout);
+    assert_eq!(logs.trim(), "hi from $MEZZ_TF_REPLICA", "{logs}");
+
+    // `mezz serve deploy`'s flags, as a job file the jobs framework takes.
+    let out = mezz(
+        &[
+            "serve",
+            "deploy",
+            "--master",
+            &addr,
+            "--print-job",
+            "echo-svc",
+            "--replicas",
+            "2",
+            "--mem",
+            "64",
+            "--",
+            "python3 -m http.server $PORT",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let path = work.path().join("svc.json");
+    std::fs::write(&path, &out.stdout).expect("job file");
+    let out = sub(&c, "job", "check", &[path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let checked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(checked["kind"], "serve", "{checked}");
+    assert_eq!(checked["serve"]["replicas"], 2, "{checked}");
+    assert_eq!(
+        checked["command"], "python3 -m http.server $PORT",
+        "{checked}"
+    );
+}

@@ -92,6 +92,11 @@ pub struct StartArgs {
     /// How long to wait for the server to answer.
     #[arg(long, default_value = "3m", value_name = "DUR")]
     pub wait: String,
+    /// Print the job file these flags make (with --name), and start
+    /// nothing: `mezz job submit` of it starts the same notebook as a job
+    /// (schedules, dependencies, history).
+    #[arg(long)]
+    pub print_job: bool,
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +281,22 @@ async fn start(args: StartArgs) -> Result<ExitCode> {
         args.notebook_dir.as_deref(),
         &args.python,
     )?;
+    if args.print_job {
+        let name = args
+            .name
+            .clone()
+            .ok_or_else(|| anyhow!("--print-job needs --name: a job is named"))?;
+        let section = mezz_jobs::service::JupyterSection {
+            idle_timeout: args.idle_timeout.clone(),
+            notebook_dir: request.notebook_dir.clone(),
+            python: Some(request.python.clone()),
+        };
+        return super::job::print_job(&mezz_jobs::service::jupyter_job_file(
+            &name,
+            (request.cpus, request.mem, request.gpus),
+            &section,
+        ));
+    }
     // A cluster that does not answer would leave the notebook waiting
     // silently: say so now, with nothing started.
     let (masters, _) = resolve(&args.state)?;

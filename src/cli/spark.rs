@@ -104,6 +104,11 @@ pub struct SubmitArgs {
     /// Role to run under (for fair sharing and quota).
     #[arg(long, default_value = "*")]
     pub role: String,
+    /// Print the job file these flags make, and run nothing: `mezz job
+    /// submit` of it runs the same application under the jobs framework
+    /// (retries, schedules, dependencies, history).
+    #[arg(long)]
+    pub print_job: bool,
     /// The application: a .py file or a jar.
     pub app: PathBuf,
     /// The application's arguments.
@@ -273,6 +278,18 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         None => Sizes::builtin(),
     };
     let spec = spec_of(&args, &sizes)?;
+    if args.print_job {
+        let mut request = request_of(&args)?;
+        request.app = spec.app.display().to_string();
+        request.py_files.clone_from(&spec.py_files);
+        let name = args.name.clone().unwrap_or_else(|| spec.name.clone());
+        return super::job::print_job(&mezz_jobs::gang::spark_job_file(
+            &name,
+            &request,
+            args.size.as_deref(),
+            &args.role,
+        ));
+    }
     let state = client::state(&masters, false)
         .await
         .context("reading the cluster state")?;

@@ -123,6 +123,11 @@ pub struct TfRunArgs {
     /// once, naming the largest agent).
     #[arg(long)]
     pub wait: bool,
+    /// Print the job file these flags make, and run nothing: `mezz job
+    /// submit` of it runs the same gang under the jobs framework (retries,
+    /// schedules, dependencies, history).
+    #[arg(long)]
+    pub print_job: bool,
     /// The command every replica runs, with its arguments.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -255,6 +260,13 @@ async fn run(args: TfRunArgs) -> Result<ExitCode> {
     let submitted = Instant::now();
     let masters = client::masters(args.master.master.as_deref())?;
     let spec = spec_of(&args, &super::sizes::menu(&masters).await?)?;
+    if args.print_job {
+        return super::job::print_job(&mezz_jobs::gang::tf_job_file(
+            &spec,
+            &args.role,
+            args.priority.as_deref(),
+        ));
+    }
     let name = spec.name.clone();
     let gpus = spec.groups.values().any(|g| g.gpus > 0);
     let replicas = spec.replicas();

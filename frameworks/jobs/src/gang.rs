@@ -225,6 +225,83 @@ impl TfGang {
     }
 }
 
+/// A command as one shell string: a lone string is one already, several
+/// arguments are quoted one by one.
+fn shell_text(command: &[String]) -> String {
+    match command {
+        [one] => one.clone(),
+        args => args
+            .iter()
+            .map(|a| crate::spec::quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// The job file (as JSON) of the training job `spec` that `mezz tf run`'s
+/// flags make: `mezz job submit` of it runs the same gang, through the
+/// same [`TfGang::training_job`], under the jobs framework (with its
+/// retries, schedule, dependencies and history).
+pub fn tf_job_file(spec: &tf::JobSpec, role: &str, priority: Option<&str>) -> serde_json::Value {
+    let mut section = serde_json::Map::new();
+    for (t, g) in &spec.groups {
+        let mut group = serde_json::json!({
+            "count": g.count, "cpus": g.cpus, "mem": g.mem, "gpus": g.gpus,
+        });
+        if let Some(c) = &g.command {
+            group["command"] = c.clone().into();
+        }
+        section.insert(t.as_str().into(), group);
+    }
+    if spec.restart != tf::RestartPolicy::Never {
+        section.insert("restart".into(), spec.restart.to_string().into());
+    }
+    for (key, d) in [
+        ("start_deadline", spec.start_deadline),
+        ("run_deadline", spec.run_deadline),
+    ] {
+        if let Some(d) = d {
+            section.insert(key.into(), humantime::format_duration(d).to_string().into());
+        }
+    }
+    let mut job = serde_json::json!({
+        "kind": match spec.flavor {
+            tf::Flavor::Pytorch => "pytorch",
+            tf::Flavor::Tensorflow => "tensorflow",
+        },
+        "name": spec.name,
+        "role": role,
+        "tensorflow": section,
+    });
+    if !spec.command.is_empty() {
+        job["command"] = shell_text(&spec.command).into();
+    }
+    if !spec.env.is_empty() {
+        job["env"] = serde_json::json!(spec.env);
+    }
+    if let Some(p) = priority {
+        job["priority"] = p.into();
+    }
+    job
+}
+
+/// The job file (as JSON) of the Spark application that `mezz spark
+/// submit`'s flags ask for.
+pub fn spark_job_file(
+    name: &str,
+    app: &mezz_spark::AppRequest,
+    size: Option<&str>,
+    role: &str,
+) -> serde_json::Value {
+    let mut job = serde_json::json!({
+        "kind": "spark", "name": name, "role": role, "spark": app,
+    });
+    if let Some(s) = size {
+        job["size"] = s.into();
+    }
+    job
+}
+
 /// Whether a stored job's kind (`JobRecord.kind`) has its attempts run by
 /// another framework (see [`crate::spec::Kind::is_delegated`]).
 pub fn is_delegated_kind(kind: &str) -> bool {
@@ -693,6 +770,47 @@ pub fn run_spark(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tf_flags_job_file_reads_back_as_the_same_training_job() {
+        let flags = tf::Overrides {
+            name: Some("mnist".into()),
+            chief: true,
+            workers: Some(2),
+            cpus: Some(2.0),
+            mem: Some(512.0),
+            gpus: Some(1),
+            env: vec![("EPOCHS".into(), "3".into())],
+            restart: Some("on-failure:2".parse().unwrap()),
+            run_deadline: Some(Duration::from_secs(5400)),
+            command: vec![
+                "python3".into(),
+                "train.py".into(),
+                "--lr".into(),
+                "0.1".into(),
+            ],
+            ..Default::default()
+        };
+        let built = tf::JobSpec::build(None, flags, |n| Ok(Sizes::builtin().get(n)?)).unwrap();
+        let file = tf_job_file(&built, "eng", Some("batch"));
+        let job = JobSpec::parse(&serde_json::to_string(&file).unwrap(), &Sizes::builtin())
+            .unwrap_or_else(|e| panic!("{e}: {file}"));
+        assert_eq!(
+            (job.role.as_str(), job.priority.as_deref()),
+            ("eng", Some("batch"))
+        );
+        let again = job
+            .tensorflow
+            .as_ref()
+            .unwrap()
+            .training_job(&job, "mnist")
+            .unwrap();
+        assert_eq!(again.groups, built.groups);
+        assert_eq!(again.env, built.env);
+        assert_eq!(again.restart, built.restart);
+        assert_eq!(again.run_deadline, built.run_deadline);
+        assert_eq!(again.command, ["python3 train.py --lr 0.1"]);
+    }
 
     #[test]
     fn the_main_task_is_the_attempts_own_or_its_chief_or_worker_zero() {

@@ -24,14 +24,14 @@ use serde::{Deserialize, Serialize};
 pub struct JupyterSection {
     /// Stop the server after this long without activity (`30m`); default
     /// never.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
     /// Where the notebook files live on the agent's host (absolute);
     /// default `$MEZZ_JUPYTER_NOTEBOOKS/NAME`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notebook_dir: Option<String>,
     /// The Python that runs the server (default `python3`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
 }
 
@@ -40,17 +40,17 @@ pub struct JupyterSection {
 #[serde(deny_unknown_fields)]
 pub struct ServeSection {
     /// Replicas (default 1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     /// The path the health check asks each replica (default `/health`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
     /// The variable that carries a replica's port (default `PORT`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,
     /// Failed health checks this soon after a replica starts do not count
     /// (default `2m`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_grace: Option<String>,
 }
 
@@ -134,6 +134,33 @@ impl ServeSection {
     }
 }
 
+/// The job file (as JSON) of the notebook that `mezz jupyter start`'s
+/// flags ask for.
+pub fn jupyter_job_file(
+    name: &str,
+    (cpus, mem, gpus): (f64, f64, u32),
+    section: &JupyterSection,
+) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "jupyter", "name": name, "cpus": cpus, "mem": mem, "gpus": gpus,
+        "jupyter": section,
+    })
+}
+
+/// The job file (as JSON) of the deployment that `mezz serve deploy`'s
+/// flags ask for; each replica runs `command` through the shell.
+pub fn serve_job_file(
+    name: &str,
+    (cpus, mem, gpus): (f64, f64, u32),
+    command: &str,
+    section: &ServeSection,
+) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "serve", "name": name, "cpus": cpus, "mem": mem, "gpus": gpus,
+        "command": command, "serve": section,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +188,27 @@ mod tests {
             ServeSection::default().health_grace().unwrap().as_secs(),
             120
         );
+    }
+
+    #[test]
+    fn the_flags_job_files_read_back() {
+        let sizes = mezz_sdk::sizes::Sizes::builtin();
+        let s = ServeSection {
+            replicas: Some(3),
+            health_grace: Some("30s".into()),
+            ..Default::default()
+        };
+        let file = serve_job_file("echo", (0.5, 128.0, 0), "python3 -m http.server $PORT", &s);
+        let job = crate::JobSpec::parse(&file.to_string(), &sizes).unwrap();
+        assert_eq!(job.serve.as_ref(), Some(&s));
+        assert_eq!((job.cpus, job.mem), (0.5, 128.0));
+        let j = JupyterSection {
+            idle_timeout: Some("1h".into()),
+            ..Default::default()
+        };
+        let file = jupyter_job_file("explore", (1.0, 2048.0, 1), &j);
+        let job = crate::JobSpec::parse(&file.to_string(), &sizes).unwrap();
+        assert_eq!(job.jupyter.as_ref(), Some(&j));
+        assert_eq!(job.gpus, 1);
     }
 }

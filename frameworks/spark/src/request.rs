@@ -29,24 +29,24 @@ pub struct AppRequest {
     #[serde(default)]
     pub args: Vec<String>,
     /// The main class of a jar.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
     /// Executors, each on a worker task of its own (default 2).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executors: Option<u32>,
     /// Cores of each executor (default 1, or the size's CPUs).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor_cores: Option<u32>,
     /// Heap of each executor, `512m`, `2g` (default 1g, or the size's
     /// memory less the worker's overhead).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor_memory: Option<String>,
     /// Heap of the driver (default 1g).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_memory: Option<String>,
     /// Whole GPUs of each executor's worker task (default 0, or the
     /// size's).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus_per_executor: Option<u32>,
     /// Spark settings.
     #[serde(default)]
@@ -56,15 +56,15 @@ pub struct AppRequest {
     pub py_files: Vec<String>,
     /// The Python with pyspark, for the driver and the executors (default
     /// `$PYSPARK_PYTHON`, else `python3`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
     /// Spark's directory (default `$SPARK_HOME`, else the pyspark
     /// package).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spark_home: Option<String>,
     /// Workers replaced at most when they die while the application runs
     /// (default 3).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replacements: Option<u32>,
 }
 

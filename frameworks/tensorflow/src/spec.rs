@@ -129,6 +129,18 @@ impl RestartPolicy {
     }
 }
 
+impl fmt::Display for RestartPolicy {
+    /// As [`RestartPolicy::from_str`] reads it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestartPolicy::Never => f.write_str("never"),
+            RestartPolicy::OnFailure { max_restarts, .. } => {
+                write!(f, "on-failure:{max_restarts}")
+            }
+        }
+    }
+}
+
 impl FromStr for RestartPolicy {
     type Err = SpecError;
     /// `never`, `on-failure` (3 restarts) or `on-failure:N`.

@@ -434,3 +434,11 @@ async fn run_daemon(a: DaemonArgs) -> Result<ExitCode> {
 
 /// How often `--wait` looks at its jobs.
 const WAIT_POLL: Duration = Duration::from_millis(300);
+
+/// Prints the job file that a framework command's flags make (`--print-job`
+/// of `mezz tf run`, `mezz spark submit`, `mezz jupyter start` and `mezz
+/// serve deploy`): JSON, which `mezz job submit` reads as the YAML it is.
+pub(crate) fn print_job(job: &serde_json::Value) -> Result<ExitCode> {
+    outln!("{}", serde_json::to_string_pretty(job)?);
+    Ok(ExitCode::SUCCESS)
+}

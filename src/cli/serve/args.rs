@@ -108,6 +108,11 @@ pub struct DeployArgs {
     /// How long to wait for every replica to be healthy.
     #[arg(long, default_value = "3m", value_name = "DUR")]
     pub wait: String,
+    /// Print the job file these flags make, and deploy nothing: `mezz job
+    /// submit` of it deploys the same service as a job (schedules,
+    /// dependencies, history).
+    #[arg(long)]
+    pub print_job: bool,
     /// The command each replica runs.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -172,6 +172,20 @@ async fn deploy(args: DeployArgs) -> Result<ExitCode> {
     // The same check the jobs framework makes of a job of kind serve, and
     // the serving framework of every request.
     request.validate()?;
+    if args.print_job {
+        let section = mezz_jobs::service::ServeSection {
+            replicas: Some(request.replicas),
+            health_path: Some(request.health_path.clone()),
+            port_env: Some(request.port_env.clone()),
+            health_grace: Some(args.health_grace.clone()),
+        };
+        return super::job::print_job(&mezz_jobs::service::serve_job_file(
+            &request.name,
+            (request.cpus, request.mem, request.gpus),
+            &request.command,
+            &section,
+        ));
+    }
     // A cluster that does not answer would leave the service waiting
     // silently: say so now, with nothing started.
     let (masters, _) = resolve(&args.state)?;
