@@ -14,8 +14,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use mezz_proto::v1::{
-    replicated_command::Command, JobControl, JobFire, JobList, JobRecord, JobUpdate, JobsSubmitted,
-    ListJobsRequest,
+    replicated_command::Command, JobAttempt, JobControl, JobFire, JobList, JobRecord, JobUpdate,
+    JobsSubmitted, ListJobsRequest,
 };
 
 /// How many ended jobs the registry keeps unless told otherwise
@@ -59,6 +59,35 @@ pub const STATES: [&str; 8] = [
 /// bound). A scheduled job's own record never ends by itself.
 pub fn is_terminal(state: &str) -> bool {
     matches!(state, SUCCEEDED | FAILED | DEADLINE_EXCEEDED | KILLED)
+}
+
+/// Seconds `a` ran: to its end, to its job's end when the job ended
+/// without one recorded, or to `now` while it runs.
+pub fn attempt_secs(job: &JobRecord, a: &JobAttempt, now: f64) -> f64 {
+    if a.started_at <= 0.0 {
+        return 0.0;
+    }
+    let end = if a.ended_at > 0.0 {
+        a.ended_at
+    } else if is_terminal(&job.state) {
+        job.finished_at
+    } else {
+        now
+    };
+    (end - a.started_at).max(0.0)
+}
+
+/// GPU-hours of every attempt of every run: the GPUs an attempt holds in
+/// all (`attempt_gpus`, else `gpus`) times how long each attempt held
+/// them. The status page and `mezz job` show this one figure.
+pub fn gpu_hours(job: &JobRecord, now: f64) -> f64 {
+    let secs: f64 = job.attempts.iter().map(|a| attempt_secs(job, a, now)).sum();
+    let gpus = if job.attempt_gpus > 0 {
+        job.attempt_gpus
+    } else {
+        job.gpus
+    };
+    f64::from(gpus) * secs / 3600.0
 }
 
 /// The state a job starts a run in: a schedule waits for its fires, a job

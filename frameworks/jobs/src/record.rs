@@ -87,6 +87,7 @@ pub fn submitted(spec: &JobSpec) -> proto::JobRecord {
         cpus: spec.cpus,
         mem: spec.mem,
         gpus: spec.gpus,
+        attempt_gpus: spec.attempt_gpus(),
         ..Default::default()
     }
 }

@@ -996,6 +996,17 @@ impl JobSpec {
         }
     }
 
+    /// The GPUs one attempt holds in all: a training gang's, a Spark
+    /// application's executors', a deployment's replicas', else `gpus`.
+    pub fn attempt_gpus(&self) -> u32 {
+        match (&self.tensorflow, &self.spark, &self.serve) {
+            (Some(g), _, _) => g.gpus(),
+            (_, Some(a), _) => a.executors.unwrap_or(0) * a.gpus_per_executor.unwrap_or(0),
+            (_, _, Some(s)) => s.replicas.unwrap_or(1) * self.gpus,
+            _ => self.gpus,
+        }
+    }
+
     /// The labels of the job's tasks: `job` (its name), and `priority`
     /// when it has one.
     pub fn labels(&self) -> BTreeMap<String, String> {

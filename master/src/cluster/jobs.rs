@@ -149,6 +149,7 @@ fn spec_of(job: &JobRecord) -> Result<JobRecord, CallError> {
         cpus: job.cpus,
         mem: job.mem,
         gpus: job.gpus,
+        attempt_gpus: job.attempt_gpus,
         ..Default::default()
     })
 }

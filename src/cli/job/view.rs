@@ -42,19 +42,9 @@ fn took(start: f64, end: f64) -> String {
     }
 }
 
-/// GPU-hours the job's attempts held.
+/// GPU-hours the job's attempts held, as the status page counts them.
 fn gpu_hours(j: &JobRecord) -> f64 {
-    if j.gpus == 0 {
-        return 0.0;
-    }
-    let now = mezz_proto::unix_now();
-    j.attempts
-        .iter()
-        .map(|a| {
-            let end = if a.ended_at > 0.0 { a.ended_at } else { now };
-            (end - a.started_at).max(0.0) / 3600.0 * j.gpus as f64
-        })
-        .sum()
+    mezz_master::job_store::gpu_hours(j, mezz_proto::unix_now())
 }
 
 /// ` , run 2` for a job past its first run; empty otherwise.

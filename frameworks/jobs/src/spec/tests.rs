@@ -287,6 +287,8 @@ fn a_training_job_keeps_its_gang_sized_like_the_tf_flags_and_reads_back() {
         (2.0, 4096.0)
     );
     assert_eq!(gang.gpus(), 3 * small.gpus);
+    // GPU-hours count the whole gang's GPUs.
+    assert_eq!(crate::record::submitted(&s).attempt_gpus, 3 * small.gpus);
     // What one agent must hold: the largest replica.
     assert_eq!(s.cpus, small.cpus.max(2.0));
     assert_eq!(s.gpus, small.gpus);

@@ -6,11 +6,11 @@
 
 use std::fmt::Write as _;
 
-use mezz_proto::v1::{JobAttempt, JobList, JobRecord};
+use mezz_proto::v1::{JobList, JobRecord};
 
 use super::layout::{ago, esc, page, pill, url, utc};
 use super::Ctx;
-use crate::job_store::{is_terminal, JobDetail, STATES};
+use crate::job_store::{attempt_secs, gpu_hours, is_terminal, JobDetail, STATES};
 
 /// `/jobs` query: every field optional; empty means "any".
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -24,29 +24,6 @@ pub struct JobFilter {
     /// Most rows to show.
     #[serde(default)]
     pub limit: Option<u32>,
-}
-
-/// Seconds `a` ran: to its end, to its job's end when the job ended
-/// without one recorded, or to `now` while it runs.
-fn attempt_secs(job: &JobRecord, a: &JobAttempt, now: f64) -> f64 {
-    if a.started_at <= 0.0 {
-        return 0.0;
-    }
-    let end = if a.ended_at > 0.0 {
-        a.ended_at
-    } else if is_terminal(&job.state) {
-        job.finished_at
-    } else {
-        now
-    };
-    (end - a.started_at).max(0.0)
-}
-
-/// GPU-hours of every attempt of every run: the job's GPUs times how long
-/// each attempt held them.
-pub fn gpu_hours(job: &JobRecord, now: f64) -> f64 {
-    let secs: f64 = job.attempts.iter().map(|a| attempt_secs(job, a, now)).sum();
-    f64::from(job.gpus) * secs / 3600.0
 }
 
 /// How long the current run has taken: from its first attempt's start to
@@ -433,6 +410,7 @@ mod tests {
 
     #[test]
     fn gpu_hours_count_every_attempt_and_a_running_one_to_now() {
+        use mezz_proto::v1::JobAttempt;
         let mut j = rec("a", "RUNNING");
         j.attempts = vec![
             JobAttempt {
@@ -448,6 +426,9 @@ mod tests {
         j.run_start = 1;
         // (1800 s + 1800 s) × 2 GPUs = 2 GPU-hours.
         assert!((gpu_hours(&j, 10_000.0) - 2.0).abs() < 1e-9);
+        // A gang of 8 GPUs in all, each task on 2: 8 GPU-hours.
+        j.attempt_gpus = 8;
+        assert!((gpu_hours(&j, 10_000.0) - 8.0).abs() < 1e-9);
         assert_eq!(run_secs(&j, 10_000.0), Some(1800.0));
         j.state = "SUCCEEDED".into();
         j.finished_at = 9100.0;

@@ -21,7 +21,7 @@ use mezz_proto::v1::{ClusterState, TaskView};
 
 pub use agents::{agent, agents};
 pub use frameworks::{frameworks, roles};
-pub use jobs::{gpu_hours, job, jobs, run_secs, JobFilter};
+pub use jobs::{job, jobs, run_secs, JobFilter};
 pub use overview::overview;
 pub use services::services;
 pub use tasks::{task, tasks, LogPane, TaskFilter};
