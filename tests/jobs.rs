@@ -354,7 +354,12 @@ fn bad_job_files_are_refused_before_anything_runs() {
         (
             "spark",
             "kind: spark\nname: spark\ncommand: true\n",
-            &["mezz spark submit"],
+            &["`command` (line 3)", "does not go with kind spark"],
+        ),
+        (
+            "cobol",
+            "kind: cobol\nname: old\ncommand: true\n",
+            &["unknown kind 'cobol'"],
         ),
     ];
     for (name, job, wanted) in cases {

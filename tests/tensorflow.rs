@@ -22,11 +22,13 @@ fn script(name: &str) -> String {
         .to_string()
 }
 
-/// `mezz tf run …` in the background, its output in files.
+/// `mezz tf run …` in the background, its output in files. The jobs
+/// daemon it starts (the job runs there) is stopped with it.
 struct Job {
     child: Child,
     out: PathBuf,
     err: PathBuf,
+    _daemon: JobsDaemon,
 }
 
 impl Job {
@@ -43,7 +45,12 @@ impl Job {
             .stderr(std::fs::File::create(&err).expect("err file"))
             .spawn()
             .expect("spawn mezz tf run");
-        Job { child, out, err }
+        Job {
+            child,
+            out,
+            err,
+            _daemon: JobsDaemon::of(&addr),
+        }
     }
 
     fn stdout(&self) -> String {
@@ -204,7 +211,7 @@ fn two_workers_on_two_agents_of_one_host_train_with_mwms() {
     assert_eq!(addresses.len(), 2, "{spec}");
     assert_ne!(addresses[0], addresses[1], "{spec}");
 
-    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "mwms2/")
+    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "mwms2.1/")
         .iter()
         .filter_map(|t| t["agent_id"].as_str().map(str::to_string))
         .collect();
@@ -257,7 +264,7 @@ fn pytorch_replicas_on_two_agents_meet_at_master_addr() {
             "{out}"
         );
     }
-    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "torch2/")
+    let agents: std::collections::BTreeSet<String> = tasks_named(&c, "torch2.1/")
         .iter()
         .filter_map(|t| t["agent_id"].as_str().map(str::to_string))
         .collect();
@@ -327,10 +334,10 @@ fn a_parameter_server_job_gets_tf_config_and_ends_with_its_chief() {
     }
     assert!(out.contains("[chief/0] chief saw 3 peers"), "{out}");
     // The chief ended the job: the parameter server and workers were killed.
-    let tasks = tasks_named(&c, "psjob/");
+    let tasks = tasks_named(&c, "psjob.1/");
     let ps = tasks
         .iter()
-        .find(|t| t["name"] == "psjob/ps/0")
+        .find(|t| t["name"] == "psjob.1/ps/0")
         .expect("ps task");
     assert_eq!(ps["state"], "KILLED", "{ps}");
     assert!(c.active_tasks().is_empty());
@@ -346,7 +353,7 @@ fn a_parameter_server_job_gets_tf_config_and_ends_with_its_chief() {
         "stdout:\n{st_out}\nstderr:\n{}",
         text(&st.stderr)
     );
-    let logs = c.mezz(&["logs", "psjob/worker/1"], Duration::from_secs(10));
+    let logs = c.mezz(&["logs", "psjob.1/worker/1"], Duration::from_secs(10));
     assert!(
         text(&logs.stdout).contains("\"type\": \"worker\""),
         "{}",
@@ -378,7 +385,7 @@ fn a_gang_that_does_not_fit_waits_whole_until_an_agent_joins() {
         || job.stderr().contains("missing: 1 × worker"),
     );
     assert!(
-        tasks_named(&c, "gang/").is_empty(),
+        tasks_named(&c, "gang.1/").is_empty(),
         "nothing launched in part"
     );
     let i = c.agents.len();
@@ -394,7 +401,7 @@ fn a_gang_that_does_not_fit_waits_whole_until_an_agent_joins() {
             "{out}"
         );
     }
-    assert_eq!(tasks_named(&c, "gang/").len(), 4);
+    assert_eq!(tasks_named(&c, "gang.1/").len(), 4);
 }
 
 #[test]
@@ -425,7 +432,7 @@ fn a_start_deadline_fails_a_gang_not_placed_in_time() {
         failed[0].contains("start deadline of 5s") && failed[0].contains("missing: 1 × worker"),
         "the failure names the deadline and what the gang lacked: {err}"
     );
-    assert!(tasks_named(&c, "late/").is_empty(), "nothing launched");
+    assert!(tasks_named(&c, "late.1/").is_empty(), "nothing launched");
 }
 
 #[test]
@@ -458,7 +465,7 @@ fn a_run_deadline_kills_every_replica_and_fails_without_a_restart() {
         "{err}"
     );
     assert!(lines_with(&err, "restarting").is_empty(), "{err}");
-    let states: Vec<String> = tasks_named(&c, "long/")
+    let states: Vec<String> = tasks_named(&c, "long.1/")
         .iter()
         .map(|t| t["state"].as_str().unwrap_or("").to_string())
         .collect();
@@ -520,7 +527,7 @@ fn a_killed_worker_restarts_the_gang_once_then_the_job_succeeds() {
     );
     assert!(out.contains("[worker/0] done worker/0"), "{out}");
     assert!(out.contains("[worker/1] done worker/1"), "{out}");
-    let attempts: Vec<String> = tasks_named(&c, "rs/")
+    let attempts: Vec<String> = tasks_named(&c, "rs.1/")
         .iter()
         .map(|t| format!("{} {}", t["id"].as_str().unwrap_or(""), t["state"]))
         .collect();
@@ -588,6 +595,8 @@ fn bench_sixteen_replicas_to_running() {
     for i in 0..6 {
         // A fresh cluster each time: a job's first offers, not leftovers.
         let err = run_sixteen_replicas(&format!("bench{i}"));
+        // `… all 16 replicas RUNNING N ms after the attempt started, M ms
+        // after submit`.
         let ms: Option<u64> = lines_with(&err, "replicas RUNNING")
             .first()
             .and_then(|l| l.split_whitespace().rev().nth(3)?.parse().ok());

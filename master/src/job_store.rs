@@ -419,6 +419,7 @@ impl JobStore {
         job.params_json = new.params_json.clone();
         job.has_metric = new.has_metric;
         job.metric = new.metric;
+        job.note = new.note.clone();
         job.finished_at = match (is_terminal(&job.state), new.finished_at) {
             (false, _) => 0.0,
             (true, 0.0) => u.at,

@@ -1,8 +1,11 @@
-//! `mezz tf`: distributed TensorFlow (and PyTorch) training jobs. `run`
-//! submits a job to the `mezz-tensorflow` framework (gang-placed replicas
-//! with TF_CONFIG, restarts) and streams every replica's output prefixed
-//! with `type/index`; `status` shows a job's replicas. The framework itself
-//! lives in `frameworks/tensorflow`; this is the terminal around it.
+//! `mezz tf`: distributed TensorFlow (and PyTorch) training jobs. `run` is
+//! sugar for a job of kind `tensorflow` or `pytorch`: its flags make the
+//! job file (`--print-job` shows it), which is submitted to the jobs
+//! framework; that runs each attempt with the `mezz-tensorflow` framework
+//! (gang-placed replicas with TF_CONFIG, restarts). `run` then follows the
+//! job: its news, every replica's output prefixed with `type/index`, its
+//! outcome. `status` shows a job's replicas. The framework itself lives in
+//! `frameworks/tensorflow`, the jobs framework in `frameworks/jobs`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -12,12 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use mezz_sdk::{proto, TaskState};
-use mezz_tensorflow::{
-    Flavor, JobEvent, JobFile, JobSpec, LaunchedReplica, Outcome, Overrides, RestartPolicy, Sizes,
-    TfScheduler,
-};
-use tokio::sync::{mpsc, watch};
+use mezz_sdk::proto;
+use mezz_tensorflow::{Flavor, JobFile, JobSpec, Overrides, RestartPolicy, Sizes};
+use tokio::sync::watch;
 
 use super::capacity::{gang_never_fits, Need};
 use super::logs::Tail;
@@ -51,7 +51,11 @@ host:port (or, with --flavor pytorch, MASTER_ADDR, MASTER_PORT, WORLD_SIZE,\n\
 RANK and LOCAL_RANK). All replicas start together or not at all. The job\n\
 succeeds when the chief finishes (without a chief: when every worker\n\
 finishes); the rest are then killed. Exit code: 0 on success, 1 otherwise,\n\
-130 after Ctrl-C. `mezz logs JOB/worker/1` shows one replica's output.")]
+130 after Ctrl-C (which kills the job). The job is run by the jobs\n\
+framework (`mezz job`, started when none runs), so it outlives this\n\
+command: `mezz job show JOB` and `mezz job kill JOB` reach it, and its\n\
+attempts are kept. Attempt N runs as JOB.N: `mezz logs JOB.1/worker/1`\n\
+shows one replica's output.")]
 pub struct TfRunArgs {
     #[command(flatten)]
     pub master: MasterArg,
@@ -228,21 +232,21 @@ impl Drop for Prefixed {
 }
 
 fn tail_replica(
-    r: &LaunchedReplica,
-    framework_id: &str,
+    replica: &str,
+    t: &proto::TaskView,
     finished: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<Result<()>>> {
     ["stdout", "stderr"]
         .into_iter()
         .map(|path| {
             let (addr, fid, tid, fin) = (
-                r.agent_address.clone(),
-                framework_id.to_string(),
-                r.task_id.clone(),
+                t.agent_address.clone(),
+                t.framework_id.clone(),
+                t.id.clone(),
                 finished.clone(),
             );
             let mut sink = Prefixed {
-                prefix: format!("[{}] ", r.replica),
+                prefix: format!("[{replica}] "),
                 stderr: path == "stderr",
                 buf: Vec::new(),
             };
@@ -259,148 +263,165 @@ fn tail_replica(
 async fn run(args: TfRunArgs) -> Result<ExitCode> {
     let submitted = Instant::now();
     let masters = client::masters(args.master.master.as_deref())?;
-    let spec = spec_of(&args, &super::sizes::menu(&masters).await?)?;
-    if args.print_job {
-        return super::job::print_job(&mezz_jobs::gang::tf_job_file(
-            &spec,
-            &args.role,
-            args.priority.as_deref(),
-        ));
+    let mut spec = spec_of(&args, &super::sizes::menu(&masters).await?)?;
+    if args.name.is_none() {
+        // Named after the script: job names are lowercase.
+        spec.name = spec.name.to_ascii_lowercase();
     }
-    let name = spec.name.clone();
-    let gpus = spec.groups.values().any(|g| g.gpus > 0);
-    let replicas = spec.replicas();
+    let file = mezz_jobs::gang::tf_job_file(&spec, &args.role, args.priority.as_deref());
+    if args.print_job {
+        return super::job::print_job(&file);
+    }
+    let job = mezz_jobs::JobSpec::parse(&file.to_string(), &Sizes::builtin()).map_err(|e| {
+        if e.0.contains("`name`") {
+            anyhow!("--name: {}", e.0)
+        } else {
+            anyhow!("{}", e.0)
+        }
+    })?;
     if !args.wait {
         refuse_what_never_fits(&masters, &spec, &args.role).await?;
     }
+    let name = spec.name.clone();
+    super::job::submit_for(&masters, &[job]).await?;
+    follow(&masters, &name, submitted).await
+}
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let scheduler = TfScheduler::new(spec, move |e| {
-        let _ = tx.send(e);
-    });
-    let interrupt = scheduler.interrupt_handle();
-    let framework = proto::FrameworkInfo {
-        name: format!("mezz-tf {name}"),
-        role: args.role.clone(),
-        priority: args.priority.clone().unwrap_or_default(),
-        failover_timeout_secs: 60.0,
-        user: std::env::var("USER").unwrap_or_default(),
-        // Only frameworks that declare it are offered GPUs.
-        capabilities: if gpus {
-            vec![proto::Capability::GpuResources as i32]
-        } else {
-            Vec::new()
-        },
-        ..Default::default()
-    };
-    let mut driver_run = tokio::spawn(
-        crate::client::driver()?
-            .masters(masters)
-            .framework(framework)
-            .connect_timeout(Duration::from_secs(8))
-            .run(scheduler),
-    );
-
+/// Follows the job `name` that `run` submitted to its end: the news of its
+/// attempt (waiting, launched, all running, restarting), each replica's
+/// output prefixed with `[type/index]`, and its outcome. Ctrl-C kills the
+/// job (again: leaves at once).
+async fn follow(masters: &[String], name: &str, submitted: Instant) -> Result<ExitCode> {
+    let submitted_wall = mezz_proto::unix_now() - submitted.elapsed().as_secs_f64();
     let (finished, finished_rx) = watch::channel(false);
     let mut tails = Vec::new();
     let mut tailed: HashSet<String> = HashSet::new();
-    let mut launched: BTreeMap<String, LaunchedReplica> = BTreeMap::new();
-    let mut framework_id = String::new();
-    let mut waiting_said = String::new();
-    let mut placing_since = Instant::now();
-    let mut outcome: Option<Outcome> = None;
-    let mut driver_error: Option<String> = None;
+    let mut note = String::new();
+    let mut seen_attempts = 0usize;
     let mut interrupted = 0u32;
-    let mut driver_done = false;
     let ctrl_c = super::shutdown_signal();
     tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(JobEvent::Waiting(why)) => {
-                    if placing_since.elapsed() > Duration::from_secs(1) && why != waiting_said {
-                        eprintln!("mezz tf: waiting to place all {replicas} replicas of {name} at once: {why}");
-                        waiting_said = why;
-                    }
-                }
-                Some(JobEvent::Launched { attempt, framework_id: fid, replicas: rs }) => {
-                    framework_id = fid;
-                    let agents: HashSet<&str> = rs.iter().map(|r| r.agent_address.as_str()).collect();
-                    eprintln!(
-                        "mezz tf: {name}: launched {} replicas on {} agent(s){} after {} ms",
-                        rs.len(),
-                        agents.len(),
-                        if attempt > 0 { format!(" (attempt {attempt})") } else { String::new() },
-                        submitted.elapsed().as_millis()
-                    );
-                    for r in rs {
-                        launched.insert(r.task_id.clone(), r);
-                    }
-                }
-                Some(JobEvent::Replica { replica, attempt, state, message, stopping }) => {
-                    let task_id = replica.task_id(&name, attempt);
-                    let starts = state == TaskState::Running || state.is_terminal();
-                    if starts && !tailed.contains(&task_id) {
-                        if let Some(r) = launched.get(&task_id) {
-                            tailed.insert(task_id.clone());
-                            tails.extend(tail_replica(r, &framework_id, &finished_rx));
-                        }
-                    }
-                    if state.is_terminal() && state != TaskState::Finished && !stopping {
-                        eprintln!("mezz tf: {replica} {}{}{message}", state.short_name(), if message.is_empty() { "" } else { ": " });
-                    }
-                }
-                Some(JobEvent::AllRunning { attempt }) => {
-                    eprintln!(
-                        "mezz tf: {name}: all {replicas} replicas RUNNING{} {} ms after submit",
-                        if attempt > 0 { format!(" (attempt {attempt})") } else { String::new() },
-                        submitted.elapsed().as_millis()
-                    );
-                }
-                Some(JobEvent::Restarting { restart, after, reason }) => {
-                    eprintln!("mezz tf: {reason}; restarting the whole gang (restart {restart}) in {} ms", after.as_millis());
-                    placing_since = Instant::now() + after;
-                    waiting_said.clear();
-                }
-                Some(JobEvent::Done(o)) => outcome = Some(o),
-                Some(JobEvent::Notice(m)) => eprintln!("mezz tf: {m}"),
-                None => break,
-            },
-            done = &mut driver_run, if !driver_done => {
-                driver_done = true;
-                match done {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => driver_error = Some(e.to_string()),
-                    Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
-                }
+    let j = loop {
+        let j = match super::job::job_named(masters, name).await {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("mezz tf: {e:#}; trying again");
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
             }
-            _ = &mut ctrl_c => {
-                interrupted += 1;
-                if interrupted == 1 && interrupt.trigger() {
-                    eprintln!("mezz tf: killing every replica of {name} (Ctrl-C again to leave now)…");
-                    ctrl_c.set(super::shutdown_signal());
-                } else {
-                    if let Some(d) = interrupt.driver() { d.teardown(); }
-                    return Ok(ExitCode::from(130));
-                }
+        };
+        let current: Vec<&proto::JobAttempt> =
+            j.attempts.iter().skip(j.run_start as usize).collect();
+        if current.len() > seen_attempts {
+            seen_attempts = current.len();
+            note.clear();
+        }
+        for line in super::job::new_note_lines(&note, &j.note) {
+            let since_submit = current
+                .last()
+                .and_then(|a| ms_after_submit(line, a.started_at, submitted_wall));
+            match since_submit {
+                Some(ms) => eprintln!("mezz tf: {name}: {line}, {ms} ms after submit"),
+                None => eprintln!("mezz tf: {name}: {line}"),
             }
         }
+        note.clone_from(&j.note);
+        if let Some(a) = current.last() {
+            tail_new_replicas(masters, &a.task_id, &mut tailed, &mut tails, &finished_rx).await;
+        }
+        if mezz_jobs::record::is_terminal(&j.state) {
+            break j;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = &mut ctrl_c => {
+                interrupted += 1;
+                if interrupted > 1 {
+                    return Ok(ExitCode::from(130));
+                }
+                match super::job::kill_job(masters, name).await {
+                    Ok(_) => eprintln!("mezz tf: killing every replica of {name} (Ctrl-C again to leave now)…"),
+                    Err(e) => eprintln!("mezz tf: {e:#}"),
+                }
+                ctrl_c.set(super::shutdown_signal());
+            }
+        }
+    };
+    // The last replicas to start may have ended between two reads.
+    if let Some(a) = j.attempts.last() {
+        tail_new_replicas(masters, &a.task_id, &mut tailed, &mut tails, &finished_rx).await;
     }
     let _ = finished.send(true);
     super::logs::drain(tails, "mezz tf").await;
-    match outcome {
-        Some(Outcome::Succeeded) => {
-            eprintln!("mezz tf: {name} succeeded");
-            Ok(ExitCode::SUCCESS)
+    if j.state == "SUCCEEDED" {
+        eprintln!(
+            "mezz tf: {name} succeeded after {} ms",
+            submitted.elapsed().as_millis()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("mezz tf: {name} failed: {}", outcome_of(&j));
+    Ok(ExitCode::from(if interrupted > 0 { 130 } else { 1 }))
+}
+
+/// For the news that every replica runs (`… RUNNING N ms after the attempt
+/// started`): how long after the submit that was, from the attempt's start
+/// (seconds since the epoch, as the jobs framework recorded it).
+fn ms_after_submit(line: &str, attempt_started: f64, submitted: f64) -> Option<u64> {
+    let ms: f64 = line
+        .strip_suffix(" ms after the attempt started")?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    line.contains("replicas RUNNING").then(|| {
+        ((attempt_started - submitted) * 1000.0 + ms)
+            .max(0.0)
+            .round() as u64
+    })
+}
+
+/// How often `follow` reads the job and its tasks.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Why a job that did not succeed ended: its last attempt's outcome (the
+/// gang's own words, without the task state around them), else the job's
+/// reason, else its state.
+fn outcome_of(j: &proto::JobRecord) -> String {
+    let attempt = j
+        .attempts
+        .last()
+        .map(|a| a.reason.as_str())
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once(" (") {
+            Some((_, inner)) if inner.ends_with(')') => inner[..inner.len() - 1].to_string(),
+            _ => r.to_string(),
+        });
+    attempt
+        .or_else(|| (!j.reason.is_empty()).then(|| j.reason.clone()))
+        .unwrap_or_else(|| j.state.clone())
+}
+
+/// Starts tailing each replica of `attempt` that reached an agent and was
+/// not tailed yet.
+async fn tail_new_replicas(
+    masters: &[String],
+    attempt: &str,
+    tailed: &mut HashSet<String>,
+    tails: &mut Vec<tokio::task::JoinHandle<Result<()>>>,
+    finished: &watch::Receiver<bool>,
+) {
+    let Ok(state) = client::state(masters, true).await else {
+        return;
+    };
+    let prefix = format!("{attempt}/");
+    for t in &state.tasks {
+        let Some(replica) = t.name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if t.state != "STAGING" && !t.agent_address.is_empty() && tailed.insert(t.id.clone()) {
+            tails.extend(tail_replica(replica, t, finished));
         }
-        Some(Outcome::Failed(why)) => {
-            eprintln!("mezz tf: {name} failed: {why}");
-            Ok(ExitCode::from(if interrupted > 0 { 130 } else { 1 }))
-        }
-        None => Err(anyhow!(
-            "{}",
-            driver_error.unwrap_or_else(|| format!("the framework of job {name} ended early"))
-        )),
     }
 }
 
@@ -439,7 +460,17 @@ async fn status(args: TfStatusArgs) -> Result<ExitCode> {
     let state = client::state(&masters, true)
         .await
         .context("reading the cluster state")?;
-    let prefix = format!("{}/", args.job);
+    // A job's replicas are its latest attempt's (`JOB.N/worker/0`); an
+    // attempt may be named too.
+    let gang = match super::job::job_named(&masters, &args.job).await {
+        Ok(j) => j
+            .attempts
+            .last()
+            .map(|a| a.task_id.clone())
+            .unwrap_or_else(|| args.job.clone()),
+        Err(_) => args.job.clone(),
+    };
+    let prefix = format!("{gang}/");
     // Active tasks first, then newest first: the first of a name is the
     // replica's latest attempt.
     let mut latest: BTreeMap<String, &proto::TaskView> = BTreeMap::new();
@@ -455,11 +486,10 @@ async fn status(args: TfStatusArgs) -> Result<ExitCode> {
     let framework = state
         .frameworks
         .iter()
-        .find(|f| f.name == format!("mezz-tf {}", args.job));
+        .find(|f| f.name == format!("mezz-tf {gang}"));
     let running = latest.values().filter(|t| t.state == "RUNNING").count();
     println!(
-        "job {}: {} of {} replicas RUNNING; framework {}",
-        args.job,
+        "job {gang}: {} of {} replicas RUNNING; framework {}",
         running,
         latest.len(),
         framework

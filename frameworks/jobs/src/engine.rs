@@ -44,6 +44,20 @@ use crate::sweep;
 /// How often the engine reads the masters' jobs.
 pub const TICK: Duration = Duration::from_millis(500);
 
+/// The longest note kept (see [`Event::Note`]); the masters take 1 KiB.
+const NOTE_BYTES: usize = 1000;
+
+/// `note` with `line` added last, its oldest lines dropped to stay within
+/// [`NOTE_BYTES`].
+fn with_line(note: &str, line: &str) -> String {
+    let mut lines: Vec<&str> = note.lines().collect();
+    lines.push(line);
+    while lines.len() > 1 && lines.iter().map(|l| l.len() + 1).sum::<usize>() > NOTE_BYTES {
+        lines.remove(0);
+    }
+    lines.join("\n")
+}
+
 /// How long a kill waits before it is sent again.
 const KILL_AGAIN: f64 = 5.0;
 
@@ -125,6 +139,17 @@ pub enum Event {
         /// The status.
         status: proto::TaskStatus,
     },
+    /// The framework running a delegated attempt (a gang) has news of it
+    /// short of its end: kept as the job's note while the attempt runs.
+    Note {
+        /// The attempt's task id.
+        task_id: String,
+        /// The news.
+        text: String,
+    },
+    /// Jobs were submitted (or changed): read them now rather than at the
+    /// next pass.
+    Wake,
     /// The role's driver ended (the framework was removed, or no master
     /// could be reached); the next job of the role starts a new one.
     Ended {
@@ -864,6 +889,41 @@ impl<S: Store> Engine<S> {
                 self.roles.remove(&role);
             }
             Event::Status { status, .. } => self.statuses(vec![status]).await,
+            Event::Note { task_id, text } => self.note(&task_id, text).await,
+            Event::Wake => self.tick().await,
+        }
+    }
+
+    /// Adds `text` as a line of the job's note while its attempt `task_id`
+    /// is the latest (a line the note ends with already, or news of an
+    /// earlier attempt, is dropped). The note keeps its newest lines
+    /// within [`NOTE_BYTES`].
+    async fn note(&mut self, task_id: &str, text: String) {
+        let Some(name) = record::job_of_task(task_id) else {
+            return;
+        };
+        let line: String = text
+            .replace('\n', " ")
+            .chars()
+            .take(NOTE_BYTES / 4)
+            .collect();
+        for _ in 0..3 {
+            let r = match self.jobs.get(name) {
+                Some(r) => r.clone(),
+                None => match self.store.get(name).await {
+                    Ok(Some(r)) => r,
+                    _ => return,
+                },
+            };
+            let latest = r.attempts.last().is_some_and(|a| a.task_id == task_id);
+            if is_terminal(&r.state) || !latest || r.note.lines().last() == Some(line.as_str()) {
+                return;
+            }
+            let mut out = r.clone();
+            out.note = with_line(&r.note, &line);
+            if self.save(&r, out).await.is_some() {
+                return;
+            }
         }
     }
 

@@ -442,6 +442,15 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// ` (attempt N)` for a gang's restart N within one job attempt.
+fn restart_note(attempt: u32) -> String {
+    if attempt > 0 {
+        format!(" (attempt {attempt})")
+    } else {
+        String::new()
+    }
+}
+
 /// How long a gang's framework outlives a jobs framework that died: then
 /// the master kills the attempt's tasks.
 pub const GANG_FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -450,8 +459,11 @@ pub const GANG_FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
 enum Step {
     /// Nothing the engine needs.
     Nothing,
-    /// The whole gang is launched; the main task is on this agent.
-    Running(String),
+    /// News short of an end, kept as the job's note.
+    Note(String),
+    /// The whole gang is launched; the main task is on this agent; with
+    /// news of it.
+    Running(String, String),
     /// The gang is over.
     Done {
         state: TaskState,
@@ -461,14 +473,15 @@ enum Step {
 }
 
 /// Follows a gang's driver and scheduler events until the driver ends,
-/// telling the engine the attempt's statuses through `tell`: RUNNING
-/// once, then its end (also when the driver failed or was aborted).
+/// telling the engine the attempt's notes and statuses through `tell`:
+/// RUNNING once, then its end (also when the driver failed or was
+/// aborted).
 fn supervise<E, S>(
     attempt: String,
     driver: tokio::task::JoinHandle<Result<S, mezz_sdk::SdkError>>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<E>,
     mut step: impl FnMut(E) -> Step + Send + 'static,
-    tell: impl Fn(proto::TaskStatus) + Send + Sync + 'static,
+    tell: Teller,
 ) where
     E: Send + 'static,
     S: Send + 'static,
@@ -478,23 +491,27 @@ fn supervise<E, S>(
         let mut running_said = false;
         let mut done: Option<proto::TaskStatus> = None;
         let mut handle = |e: E, done: &mut Option<proto::TaskStatus>| match step(e) {
-            Step::Running(agent) if !running_said => {
-                running_said = true;
-                tracing::info!(attempt = %attempt, agent = %agent, "the gang is launched");
-                tell(attempt_status(
-                    &attempt,
-                    TaskState::Running,
-                    &agent,
-                    None,
-                    String::new(),
-                ));
+            Step::Note(text) => tell.note(&attempt, text),
+            Step::Running(agent, text) => {
+                if !running_said {
+                    running_said = true;
+                    tracing::info!(attempt = %attempt, agent = %agent, "the gang is launched");
+                    tell.status(attempt_status(
+                        &attempt,
+                        TaskState::Running,
+                        &agent,
+                        None,
+                        String::new(),
+                    ));
+                }
+                tell.note(&attempt, text);
             }
             Step::Done {
                 state,
                 exit_code,
                 message,
             } => *done = Some(attempt_status(&attempt, state, "", exit_code, message)),
-            _ => {}
+            Step::Nothing => {}
         };
         let ended = loop {
             tokio::select! {
@@ -529,19 +546,36 @@ fn supervise<E, S>(
                 "the gang's framework ended early".into(),
             ),
         };
-        tell(status);
+        tell.status(status);
     });
 }
 
-/// Tells the engine a status of `role`'s attempt.
-fn teller(
+/// Tells the engine of a delegated attempt of a job in `role`.
+#[derive(Clone)]
+pub struct Teller {
     events: UnboundedSender<Event>,
     role: String,
-) -> impl Fn(proto::TaskStatus) + Send + Sync + Clone {
-    move |status: proto::TaskStatus| {
-        let _ = events.send(Event::Status {
-            role: role.clone(),
+}
+
+impl Teller {
+    /// A teller to `events` for a job in `role`.
+    pub fn new(events: UnboundedSender<Event>, role: String) -> Teller {
+        Teller { events, role }
+    }
+
+    /// The attempt's status.
+    pub fn status(&self, status: proto::TaskStatus) {
+        let _ = self.events.send(Event::Status {
+            role: self.role.clone(),
             status,
+        });
+    }
+
+    /// News of the attempt `task_id`, kept as the job's note while it runs.
+    pub fn note(&self, task_id: &str, text: String) {
+        let _ = self.events.send(Event::Note {
+            task_id: task_id.to_string(),
+            text,
         });
     }
 }
@@ -592,7 +626,7 @@ pub fn run_tensorflow(
     events: UnboundedSender<Event>,
 ) -> AttemptHandle {
     let AttemptStart { spec, task_id } = start;
-    let tell = teller(events, spec.role.clone());
+    let tell = Teller::new(events, spec.role.clone());
     let training = spec
         .tensorflow
         .as_ref()
@@ -601,7 +635,7 @@ pub fn run_tensorflow(
     let training = match training {
         Ok(t) => t,
         Err(e) => {
-            tell(attempt_status(
+            tell.status(attempt_status(
                 &task_id,
                 TaskState::Failed,
                 "",
@@ -612,6 +646,7 @@ pub fn run_tensorflow(
         }
     };
     let gpus = training.groups.values().any(|g| g.gpus > 0);
+    let training_replicas = training.replicas();
     let main = tf::ReplicaId {
         kind: if training.groups.contains_key(&tf::ReplicaType::Chief) {
             tf::ReplicaType::Chief
@@ -634,32 +669,50 @@ pub fn run_tensorflow(
             .run(scheduler),
     );
     let abort = driver.abort_handle();
-    let attempt = task_id.clone();
-    let mut waiting_said = String::new();
+    let replicas = training_replicas;
+    let started = std::time::Instant::now();
     let step = move |e: tf::JobEvent| match e {
-        tf::JobEvent::Launched { replicas, .. } => Step::Running(
-            replicas
+        tf::JobEvent::Launched {
+            replicas: launched,
+            attempt,
+            ..
+        } => {
+            let agents: std::collections::BTreeSet<&str> =
+                launched.iter().map(|r| r.agent_id.as_str()).collect();
+            let agent = launched
                 .iter()
                 .find(|r| r.replica == main)
-                .or(replicas.first())
+                .or(launched.first())
                 .map(|r| r.agent_id.clone())
-                .unwrap_or_default(),
-        ),
-        tf::JobEvent::Waiting(why) => {
-            if why != waiting_said {
-                tracing::info!(attempt = %attempt, "waiting to place the gang: {why}");
-                waiting_said = why;
-            }
-            Step::Nothing
+                .unwrap_or_default();
+            Step::Running(
+                agent,
+                format!(
+                    "launched {} replicas on {} agent(s){} after {} ms",
+                    launched.len(),
+                    agents.len(),
+                    restart_note(attempt),
+                    started.elapsed().as_millis()
+                ),
+            )
         }
-        tf::JobEvent::Restarting { reason, .. } => {
-            tracing::info!(attempt = %attempt, "restarting the gang: {reason}");
-            Step::Nothing
-        }
-        tf::JobEvent::Notice(m) => {
-            tracing::info!(attempt = %attempt, "{m}");
-            Step::Nothing
-        }
+        tf::JobEvent::AllRunning { attempt } => Step::Note(format!(
+            "all {replicas} replicas RUNNING{} {} ms after the attempt started",
+            restart_note(attempt),
+            started.elapsed().as_millis()
+        )),
+        tf::JobEvent::Waiting(why) => Step::Note(format!(
+            "waiting to place all {replicas} replicas at once: {why}"
+        )),
+        tf::JobEvent::Restarting {
+            restart,
+            after,
+            reason,
+        } => Step::Note(format!(
+            "{reason}; restarting the whole gang (restart {restart}) in {} ms",
+            after.as_millis()
+        )),
+        tf::JobEvent::Notice(m) => Step::Note(m),
         tf::JobEvent::Done(tf::Outcome::Succeeded) => Step::Done {
             state: TaskState::Finished,
             exit_code: Some(0),
@@ -670,7 +723,7 @@ pub fn run_tensorflow(
             exit_code: Some(1),
             message: why,
         },
-        _ => Step::Nothing,
+        tf::JobEvent::Replica { .. } => Step::Nothing,
     };
     supervise(task_id, driver, erx, step, tell);
     killer(
@@ -690,11 +743,11 @@ pub fn run_spark(
     events: UnboundedSender<Event>,
 ) -> AttemptHandle {
     let AttemptStart { spec, task_id } = start;
-    let tell = teller(events, spec.role.clone());
+    let tell = Teller::new(events, spec.role.clone());
     let app = match spark_app(&spec, &task_id) {
         Ok(a) => a,
         Err(e) => {
-            tell(attempt_status(
+            tell.status(attempt_status(
                 &task_id,
                 TaskState::Failed,
                 "",
@@ -710,6 +763,7 @@ pub fn run_spark(
         .and_then(|a| a.max_replacements)
         .unwrap_or(mezz_spark::request::DEFAULT_MAX_REPLACEMENTS);
     let framework = gang_framework(&spec, app.framework_name(), user, app.gpus_per_executor > 0);
+    let executors_asked = app.executors;
     let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
     let scheduler = mezz_spark::SparkScheduler::new(app, max_replacements, move |e| {
         let _ = etx.send(e);
@@ -723,31 +777,44 @@ pub fn run_spark(
             .run(scheduler),
     );
     let abort = driver.abort_handle();
-    let attempt = task_id.clone();
-    let mut waiting_said = String::new();
+    let executors = executors_asked;
+    let started = std::time::Instant::now();
     let step = move |e: mezz_spark::AppEvent| match e {
-        mezz_spark::AppEvent::Launched { tasks, .. } => Step::Running(
-            tasks
-                .iter()
-                .find(|t| t.role == mezz_spark::Role::Driver)
-                .map(|t| t.agent_id.clone())
-                .unwrap_or_default(),
-        ),
+        mezz_spark::AppEvent::Launched {
+            tasks,
+            master_url,
+            master_ui,
+            app_ui,
+            ..
+        } => {
+            let agents: std::collections::BTreeSet<&str> =
+                tasks.iter().map(|t| t.agent_id.as_str()).collect();
+            Step::Running(
+                tasks
+                    .iter()
+                    .find(|t| t.role == mezz_spark::Role::Driver)
+                    .map(|t| t.agent_id.clone())
+                    .unwrap_or_default(),
+                format!(
+                    "launched the master, {executors} worker(s) and the driver on {} agent(s) \
+                     after {} ms; Spark master {master_url}, master UI {master_ui}, \
+                     application UI {app_ui} (while the driver runs)",
+                    agents.len(),
+                    started.elapsed().as_millis()
+                ),
+            )
+        }
         mezz_spark::AppEvent::Waiting(why) => {
-            if why != waiting_said {
-                tracing::info!(attempt = %attempt, "waiting to place the application: {why}");
-                waiting_said = why;
-            }
-            Step::Nothing
+            Step::Note(format!("waiting to place the application: {why}"))
         }
-        mezz_spark::AppEvent::Replacing { reason, .. } => {
-            tracing::info!(attempt = %attempt, "replacing a worker: {reason}");
-            Step::Nothing
-        }
-        mezz_spark::AppEvent::Notice(m) => {
-            tracing::info!(attempt = %attempt, "{m}");
-            Step::Nothing
-        }
+        mezz_spark::AppEvent::Replacing {
+            index,
+            replacement,
+            reason,
+        } => Step::Note(format!(
+            "{reason}; launching a new worker/{index} (replacement {replacement})"
+        )),
+        mezz_spark::AppEvent::Notice(m) => Step::Note(m),
         mezz_spark::AppEvent::Done(o) => Step::Done {
             state: if o.code == 0 {
                 TaskState::Finished

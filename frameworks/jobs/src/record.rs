@@ -196,6 +196,10 @@ pub fn with_progress(r: &proto::JobRecord, job: &Job, endings: &[Ending]) -> pro
     let mut out = r.clone();
     out.state = job.state.name().to_string();
     out.not_before = secs(job.not_before);
+    // Notes speak of the latest attempt: a new one starts without.
+    if job.attempts.len() > r.attempts.len() {
+        out.note.clear();
+    }
     out.attempts = job
         .attempts
         .iter()

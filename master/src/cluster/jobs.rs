@@ -154,6 +154,9 @@ fn spec_of(job: &JobRecord) -> Result<JobRecord, CallError> {
     })
 }
 
+/// The most bytes of a running job's note the masters keep.
+pub const MAX_NOTE_BYTES: usize = 1024;
+
 /// The most bytes of a trial's parameters (JSON) the masters keep.
 const MAX_PARAMS_BYTES: usize = 4096;
 
@@ -476,6 +479,12 @@ impl Cluster {
             }
         }
         check_params(name, &job.params_json)?;
+        if job.note.len() > MAX_NOTE_BYTES {
+            return Err(CallError::Invalid(format!(
+                "job '{name}': its note is {} bytes, more than {MAX_NOTE_BYTES}",
+                job.note.len()
+            )));
+        }
         if !job.metric.is_finite() {
             return Err(CallError::Invalid(format!(
                 "job '{name}': metric is {}; it must be a finite number",
@@ -493,6 +502,7 @@ impl Cluster {
             params_json: job.params_json.clone(),
             has_metric: job.has_metric,
             metric: job.metric,
+            note: job.note.clone(),
             ..Default::default()
         };
         let at = self.wall_time(now);

@@ -20,6 +20,7 @@ use mezz_proto::v1::{
 use mezz_sdk::daemon::{Daemon, DaemonInfo};
 use mezz_sdk::proto;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Mutex;
 
 use crate::client;
@@ -265,11 +266,11 @@ pub async fn run(
         return Ok(false);
     };
     let (listener, info) = daemon.listen(&masters).await?;
-    tokio::spawn(answer_probes(listener));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(answer_probes(listener, tx.clone()));
     daemon.publish(&info)?;
     tracing::info!(address = %info.address, dir = %dir.display(), "jobs daemon running");
 
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let gang_tx = tx.clone();
     let state_dir = dir.to_path_buf();
     let driver_masters = masters.clone();
@@ -350,14 +351,28 @@ pub async fn run(
 }
 
 /// Answers every connection to the daemon's address with a one-line
-/// HTTP response naming the framework: the liveness probe of
-/// `mezz job submit`.
-async fn answer_probes(listener: tokio::net::TcpListener) {
+/// HTTP response naming the framework: the liveness probe of `mezz job
+/// submit`. A `POST /wake` (sent by `mezz job submit` and the framework
+/// commands after they submit) also makes the engine read the jobs at
+/// once instead of at its next pass.
+async fn answer_probes(listener: tokio::net::TcpListener, events: UnboundedSender<Event>) {
+    use tokio::io::AsyncReadExt;
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             continue;
         };
+        let events = events.clone();
         tokio::spawn(async move {
+            // The request line is all that is read: at most 64 bytes.
+            let mut head = [0u8; 64];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut head))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            if head[..n].starts_with(b"POST /wake ") {
+                let _ = events.send(Event::Wake);
+            }
             let body = format!("{FRAMEWORK_NAME}\n");
             let reply = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -366,6 +381,22 @@ async fn answer_probes(listener: tokio::net::TcpListener) {
             let _ = s.write_all(reply.as_bytes()).await;
         });
     }
+}
+
+/// Asks the daemon `info` names to read the jobs now (see
+/// `answer_probes`); a daemon that does not answer reads them at its next
+/// pass anyway.
+pub async fn wake(info: &DaemonInfo) {
+    use tokio::io::AsyncReadExt;
+    let poke = async {
+        let mut s = tokio::net::TcpStream::connect(&info.address).await.ok()?;
+        s.write_all(b"POST /wake HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), poke).await;
 }
 
 /// Whether the daemon `info` names answers as the jobs daemon.

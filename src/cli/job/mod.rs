@@ -11,6 +11,8 @@ mod daemon;
 mod services;
 mod view;
 
+pub(crate) use view::new_note_lines;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -304,14 +306,50 @@ async fn check(a: CheckArgs) -> Result<ExitCode> {
 
 /// Makes sure a jobs daemon runs for `masters`, starting one in the
 /// background when none answers.
+/// Makes sure a jobs daemon runs for `masters` (starting one in the
+/// background when none answers) and wakes it: it reads the jobs at once.
 async fn ensure_daemon(masters: &[String], dir: &DaemonDirArg) -> Result<()> {
     let (masters, dir) = DAEMON.resolve(Some(&masters.join(",")), dir.state_dir.as_deref())?;
     let state = mezz_sdk::daemon::StateDir::open(&dir, daemon::HOLDS)?;
-    DAEMON
+    let info = DAEMON
         .client(&masters, &state, |info| async move {
-            daemon::answers(&info).await.then_some(())
+            daemon::answers(&info).await.then_some(info)
         })
-        .await
+        .await?;
+    daemon::wake(&info).await;
+    Ok(())
+}
+
+/// Submits `specs` for a framework command that is sugar for them (`mezz
+/// tf run`, `mezz spark submit`) and makes sure a jobs daemon runs them
+/// (its state directory from `$MEZZ_JOBS_STATE`, else the default). A
+/// refusal of the masters is the error, in their words.
+pub(crate) async fn submit_for(masters: &[String], specs: &[JobSpec]) -> Result<Vec<JobRecord>> {
+    let (mut op, addr) = client::leader(masters).await?;
+    let jobs: Vec<JobRecord> = specs.iter().map(record::submitted).collect();
+    let stored = match op.submit_jobs(SubmitJobsRequest { jobs }).await {
+        Ok(r) => r.into_inner().jobs,
+        Err(s) => return Err(anyhow!("submitting to {addr}: {}", s.message())),
+    };
+    let dir = DaemonDirArg {
+        state_dir: std::env::var_os("MEZZ_JOBS_STATE")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+    };
+    ensure_daemon(masters, &dir).await.context(
+        "the job is stored, but no jobs daemon runs it; start one with `mezz job daemon`",
+    )?;
+    Ok(stored)
+}
+
+/// The job `name`, for the framework commands that follow one.
+pub(crate) async fn job_named(masters: &[String], name: &str) -> Result<JobRecord> {
+    get_job(masters, name).await
+}
+
+/// Kills the job `name` (Ctrl-C of a framework command that follows it).
+pub(crate) async fn kill_job(masters: &[String], name: &str) -> Result<JobRecord> {
+    control_call(masters, name, "kill").await
 }
 
 async fn submit(a: SubmitArgs) -> Result<ExitCode> {

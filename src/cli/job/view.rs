@@ -80,6 +80,7 @@ pub fn job_json(j: &JobRecord) -> serde_json::Value {
         "name": j.name,
         "state": j.state,
         "reason": (!j.reason.is_empty()).then_some(&j.reason),
+        "note": j.note.lines().collect::<Vec<_>>(),
         "kind": j.kind,
         "role": j.role,
         "principal": (!j.principal.is_empty()).then_some(&j.principal),
@@ -154,6 +155,12 @@ pub async fn show(a: ShowArgs) -> Result<ExitCode> {
     out.push('\n');
     if !j.reason.is_empty() {
         out += &format!("  reason: {}\n", j.reason);
+    }
+    if !j.note.is_empty() {
+        out += "  news of the latest attempt:\n";
+        for line in j.note.lines() {
+            out += &format!("    {line}\n");
+        }
     }
     if !j.parent.is_empty() && j.params_json.is_empty() {
         out += &format!("  a run of the scheduled job {}\n", j.parent);
@@ -407,6 +414,20 @@ pub async fn logs(a: JobLogsArgs) -> Result<ExitCode> {
     .await
 }
 
+/// The lines of `now` (a job's note) that `before` did not show: the note
+/// only grows by lines at its end (its oldest may drop), or starts again
+/// for a new attempt.
+pub fn new_note_lines<'a>(before: &str, now: &'a str) -> Vec<&'a str> {
+    let old: Vec<&str> = before.lines().collect();
+    let new: Vec<&'a str> = now.lines().collect();
+    // The longest end of `old` that `new` starts with is what was shown.
+    let shown = (0..=old.len().min(new.len()))
+        .rev()
+        .find(|&n| old[old.len() - n..] == new[..n])
+        .unwrap_or(0);
+    new[shown..].to_vec()
+}
+
 /// The task whose output is the attempt's, once it reached an agent: its
 /// own task, or a training job's main replica (see
 /// [`mezz_jobs::gang::main_task`]).
@@ -470,9 +491,14 @@ pub async fn wait(masters: &[String], names: &[String], print_json: bool) -> Res
                     continue;
                 }
             };
-            let prev = last.get(name).map(|p| p.state.clone());
-            if prev.as_deref() != Some(j.state.as_str()) && j.state == states::WAITING {
+            let prev = last.get(name);
+            if prev.map(|p| p.state.as_str()) != Some(j.state.as_str())
+                && j.state == states::WAITING
+            {
                 errln!("mezz job: {name}: waiting for {}", j.after.join(", "));
+            }
+            for line in new_note_lines(prev.map_or("", |p| p.note.as_str()), &j.note) {
+                errln!("mezz job: {name}: {line}");
             }
             for a in j.attempts.iter().skip(j.run_start as usize) {
                 if seen.insert(a.task_id.clone()) {
@@ -555,5 +581,21 @@ fn summary(j: &JobRecord) {
             },
             took(a.started_at, a.ended_at)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_note_lines;
+
+    #[test]
+    fn only_the_lines_not_shown_yet_are_new() {
+        assert_eq!(new_note_lines("", "a"), ["a"]);
+        assert_eq!(new_note_lines("a\nb", "a\nb\nc"), ["c"]);
+        // The oldest line dropped as the note grew past its bound.
+        assert_eq!(new_note_lines("a\nb\nc", "b\nc\nd"), ["d"]);
+        // A new attempt starts its note again.
+        assert_eq!(new_note_lines("a\nb", "x"), ["x"]);
+        assert!(new_note_lines("a\nb", "a\nb").is_empty());
     }
 }

@@ -251,6 +251,9 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
     if j.kill_requested {
         b.push_str("<dt>Kill</dt><dd>asked; the jobs framework is ending the attempt</dd>");
     }
+    if !j.note.is_empty() {
+        let _ = write!(b, "<dt>Now</dt><dd>{}</dd>", esc(&j.note));
+    }
     if j.not_before > ctx.now {
         let _ = write!(
             b,
