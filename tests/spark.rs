@@ -1,8 +1,9 @@
 //! `mezz spark` against real `mezz` processes and real Spark (the pyspark
 //! package of the test Python, on Java 17 or 21): a PySpark application on
 //! executors of two agents, a failing one, Ctrl-C, a killed worker that is
-//! replaced, bad input refused before anything is launched, and the same
-//! application as a job (`kind: spark`) with a job waiting for it. Spark
+//! replaced, bad input refused before anything is launched, a submitter
+//! that dies (the jobs framework keeps the application), and the same
+//! application as a job file (`kind: spark`) with a job waiting for it. Spark
 //! JVMs are slow to start on a small machine, so the tests that start
 //! Spark run one at a time, with generous deadlines.
 //!
@@ -69,11 +70,13 @@ fn two_agents() -> Cluster {
     c
 }
 
-/// `mezz spark submit …` in the background, its output in files.
+/// `mezz spark submit …` in the background, its output in files. The jobs
+/// daemon it starts (the application runs there) is stopped with it.
 struct Submit {
     child: Child,
     out: PathBuf,
     err: PathBuf,
+    daemon: JobsDaemon,
 }
 
 impl Submit {
@@ -92,7 +95,12 @@ impl Submit {
             .stderr(std::fs::File::create(&err).expect("err file"))
             .spawn()
             .expect("spawn mezz spark submit");
-        Submit { child, out, err }
+        Submit {
+            child,
+            out,
+            err,
+            daemon: JobsDaemon::of(&c.master_addr()),
+        }
     }
 
     fn stdout(&self) -> String {
@@ -497,7 +505,7 @@ fn bad_input_is_refused_before_anything_is_launched() {
 
 #[test]
 #[ignore = "needs pyspark and Java 17 or 21"]
-fn a_submitter_that_dies_takes_its_application_with_it() {
+fn a_submitter_that_dies_leaves_its_application_to_the_jobs_framework() {
     let python = spark_python();
     let _turn = SPARK.lock().unwrap_or_else(|p| p.into_inner());
     let c = two_agents();
@@ -511,6 +519,8 @@ fn a_submitter_that_dies_takes_its_application_with_it() {
             "512m",
             "--driver-memory",
             "512m",
+            "--name",
+            "orphan",
             &script("hold.py"),
             "1",
             "sleep",
@@ -518,10 +528,37 @@ fn a_submitter_that_dies_takes_its_application_with_it() {
     );
     app.wait_stdout("ready: executors");
     assert_eq!(c.active_tasks().len(), 3);
-    // No Ctrl-C, no goodbye: the framework's failover timeout (20 s)
-    // expires and the master kills every task of the application.
+    // No Ctrl-C, no goodbye: the application is a job, and the jobs
+    // framework goes on running it.
     app.child.kill().expect("SIGKILL mezz spark submit");
     let _ = app.child.wait();
+    let jobs = mezz(
+        &["job", "list", "--master", &c.master_addr(), "--json"],
+        Duration::from_secs(30),
+    );
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).expect("jobs JSON");
+    let job = jobs["jobs"]
+        .as_array()
+        .and_then(|j| j.first())
+        .cloned()
+        .expect("the application's job");
+    assert!(
+        job["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("orphan-")),
+        "{job}"
+    );
+    assert_eq!(job["state"], "RUNNING", "{job}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        c.active_tasks().len(),
+        3,
+        "still running after the submitter"
+    );
+    // The jobs framework dying too takes the application with it: its
+    // framework's failover timeout (20 s) expires and the master kills
+    // every task.
+    app.daemon.kill();
     wait_for(
         "the master to kill the orphaned application",
         Duration::from_secs(120),

@@ -1,8 +1,11 @@
-//! `mezz spark`: Apache Spark applications. `submit` checks Java, Spark
-//! and the cluster, runs the application with the `mezz-spark` framework
-//! (a standalone master, workers and the driver as tasks), streams the
-//! driver's output and exits with its code; `ls` lists the applications,
-//! `kill` ends one. The framework itself lives in `frameworks/spark`.
+//! `mezz spark`: Apache Spark applications. `submit` is sugar for a job
+//! of kind `spark`: it checks Java, Spark and the cluster, makes the job
+//! file of its flags (`--print-job` shows it) and submits it to the jobs
+//! framework, which runs the application with the `mezz-spark` framework
+//! (a standalone master, workers and the driver as tasks); `submit` then
+//! streams the driver's output and exits with its code. `ls` lists the
+//! applications, `kill` ends one. The framework itself lives in
+//! `frameworks/spark`, the jobs framework in `frameworks/jobs`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,10 +15,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use mezz_proto::v1::{ClusterState, OperatorKillRequest, TaskView};
 use mezz_sdk::sizes::Sizes;
-use mezz_sdk::{proto, Resources, TaskState};
+use mezz_sdk::Resources;
 use mezz_spark::app::{FRAMEWORK_PREFIX, LABEL_ROLE};
-use mezz_spark::{AppEvent, AppRequest, AppSpec, Role, SparkScheduler};
-use tokio::sync::{mpsc, watch};
+use mezz_spark::{AppRequest, AppSpec, Role};
+use tokio::sync::watch;
 
 use super::logs::{Out, Tail};
 use super::MasterArg;
@@ -49,8 +52,11 @@ Spark is taken from --spark-home, $SPARK_HOME, or the pyspark package of\n\
 --python / $PYSPARK_PYTHON / python3; it needs Java 17 or 21. Spark, Java,\n\
 Python and the application must be at the same paths on every agent.\n\
 The driver's output is streamed here; the exit code is the driver's (130\n\
-after Ctrl-C). When the driver ends, or this command is interrupted or\n\
-dies, every task of the application is killed.")]
+after Ctrl-C). When the driver ends, or this command is interrupted, every\n\
+task of the application is killed. The application is a job of the jobs\n\
+framework (`mezz job`, started when none runs): it outlives this command\n\
+(`mezz job show`, `mezz job kill` and `mezz spark kill` reach it), and it\n\
+ends with that framework, 20 s after it is gone.")]
 pub struct SubmitArgs {
     #[command(flatten)]
     pub master: MasterArg,
@@ -278,191 +284,143 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         None => Sizes::builtin(),
     };
     let spec = spec_of(&args, &sizes)?;
+    let mut request = request_of(&args)?;
+    request.app = spec.app.display().to_string();
+    request.py_files.clone_from(&spec.py_files);
+    // The job is named as the application was: its name and a random
+    // suffix (lowercase, as job names are), so each submit is its own.
+    let name = spec.id.to_ascii_lowercase();
+    let file = mezz_jobs::gang::spark_job_file(&name, &request, args.size.as_deref(), &args.role);
     if args.print_job {
-        let mut request = request_of(&args)?;
-        request.app = spec.app.display().to_string();
-        request.py_files.clone_from(&spec.py_files);
-        let name = args.name.clone().unwrap_or_else(|| spec.name.clone());
-        return super::job::print_job(&mezz_jobs::gang::spark_job_file(
-            &name,
-            &request,
-            args.size.as_deref(),
-            &args.role,
-        ));
+        return super::job::print_job(&file);
     }
     let state = client::state(&masters, false)
         .await
         .context("reading the cluster state")?;
     check_fits(&spec, &state)?;
-    let id = spec.id.clone();
-    let driver_task = spec.task_id(Role::Driver, 0);
+    let job =
+        mezz_jobs::JobSpec::parse(&file.to_string(), &sizes).map_err(|e| anyhow!("{}", e.0))?;
+    super::job::submit_for(&masters, &[job]).await?;
+    follow(&masters, &name, Duration::from_secs(args.wait), submitted).await
+}
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let scheduler = SparkScheduler::new(spec.clone(), args.max_replacements, move |e| {
-        let _ = tx.send(e);
-    })
-    .publish_webui(true);
-    let interrupt = scheduler.interrupt_handle();
-    let framework = proto::FrameworkInfo {
-        name: spec.framework_name(),
-        role: args.role.clone(),
-        // When this process dies, the master removes the framework, and
-        // with it every task of the application, after this long.
-        failover_timeout_secs: 20.0,
-        user: std::env::var("USER").unwrap_or_default(),
-        hostname: nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default(),
-        capabilities: if spec.gpus_per_executor > 0 {
-            vec![proto::Capability::GpuResources as i32]
-        } else {
-            Vec::new()
-        },
-        ..Default::default()
-    };
-    let builder = crate::client::driver()?;
-    let run_driver = |framework: proto::FrameworkInfo, scheduler: SparkScheduler| {
-        tokio::spawn(
-            builder
-                .clone()
-                .masters(masters.clone())
-                .framework(framework)
-                .connect_timeout(Duration::from_secs(8))
-                .run(scheduler),
-        )
-    };
-    let mut driver_run = run_driver(framework.clone(), scheduler);
-
+/// Follows the application's job `name` to its end: the attempt's news
+/// (launched, with the UIs; workers replaced), the driver's output, and
+/// the driver's exit code. Not launched within `wait`, it is killed. Ctrl-C
+/// kills it (again: leaves at once).
+async fn follow(
+    masters: &[String],
+    name: &str,
+    wait: Duration,
+    submitted: Instant,
+) -> Result<ExitCode> {
     let (finished, finished_rx) = watch::channel(false);
     let mut tails: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
-    let mut driver_at: Option<(String, String)> = None;
+    let mut note = String::new();
     let mut launched = false;
-    let mut waiting_said = String::new();
-    let mut outcome = None;
-    let mut driver_error: Option<String> = None;
-    let mut driver_done = false;
     let mut interrupted = 0u32;
-    let place_deadline = submitted + Duration::from_secs(args.wait);
+    let mut gave_up = false;
     let ctrl_c = super::shutdown_signal();
     tokio::pin!(ctrl_c);
-    loop {
-        let wait_left = place_deadline.saturating_duration_since(Instant::now());
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(AppEvent::Waiting(why)) => {
-                    if submitted.elapsed() > Duration::from_secs(1) && why != waiting_said {
-                        eprintln!("mezz spark: waiting to place {id}: {why}");
-                        waiting_said = why;
-                    }
-                }
-                Some(AppEvent::Launched { framework_id, master_url, master_ui, app_ui, tasks }) => {
-                    launched = true;
-                    let agents: std::collections::BTreeSet<&str> =
-                        tasks.iter().map(|t| t.agent_id.as_str()).collect();
-                    eprintln!(
-                        "mezz spark: {id}: launched the master, {} worker(s) and the driver on {} agent(s) after {} ms",
-                        spec.executors,
-                        agents.len(),
-                        submitted.elapsed().as_millis()
+    let j = loop {
+        let j = match super::job::job_named(masters, name).await {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("mezz spark: {e:#}; trying again");
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+        };
+        for line in super::job::new_note_lines(&note, &j.note) {
+            eprintln!("mezz spark: {name}: {line}");
+        }
+        note.clone_from(&j.note);
+        let attempt = j.attempts.last();
+        launched |= attempt.is_some_and(|a| !a.agent_id.is_empty());
+        if let (Some(a), true) = (attempt, tails.is_empty()) {
+            if let Some(driver) = placed_task(masters, &format!("{}.driver", a.task_id)).await {
+                for (path, out) in [("stdout", Out::Stdout), ("stderr", Out::Stderr)] {
+                    let (addr, fid, tid, fin) = (
+                        driver.agent_address.clone(),
+                        driver.framework_id.clone(),
+                        driver.id.clone(),
+                        finished_rx.clone(),
                     );
-                    eprintln!("mezz spark: Spark master {master_url}, master UI {master_ui}");
-                    eprintln!("mezz spark: application UI {app_ui} (while the driver runs)");
-                    if let Some(t) = tasks.iter().find(|t| t.role == Role::Driver) {
-                        driver_at = Some((t.agent_address.clone(), framework_id.clone()));
-                    }
-                }
-                Some(AppEvent::Replacing { index, replacement, reason }) => {
-                    eprintln!("mezz spark: {reason}; launching a new worker/{index} (replacement {replacement} of {})", args.max_replacements);
-                }
-                Some(AppEvent::Replaced(t)) => {
-                    eprintln!("mezz spark: {} launched as task {}", t.role, t.task_id);
-                }
-                Some(AppEvent::Task { role, task_id, state, message, stopping }) => {
-                    let starts = state == TaskState::Running || state.is_terminal();
-                    if role == Role::Driver && starts && tails.is_empty() {
-                        if let Some((addr, fid)) = &driver_at {
-                            for (path, out) in [("stdout", Out::Stdout), ("stderr", Out::Stderr)] {
-                                let (addr, fid, tid, fin) = (addr.clone(), fid.clone(), task_id.clone(), finished_rx.clone());
-                                tails.push(tokio::spawn(async move {
-                                    Tail::connect(&addr, &fid, &tid, path).await?.follow(out, fin).await
-                                }));
-                            }
-                        }
-                    }
-                    if state.is_terminal() && role != Role::Driver && !stopping {
-                        eprintln!(
-                            "mezz spark: {role} {}{}{message}",
-                            state.short_name(),
-                            if message.is_empty() { "" } else { ": " }
-                        );
-                    }
-                }
-                Some(AppEvent::Done(o)) => outcome = Some(o),
-                Some(AppEvent::Notice(m)) => eprintln!("mezz spark: {m}"),
-                None => break,
-            },
-            done = &mut driver_run, if !driver_done => {
-                driver_done = true;
-                match done {
-                    Ok(Ok(mut scheduler)) => {
-                        // The application is launched and the master's UI
-                        // known: subscribe again, as the same framework,
-                        // with it as the framework's web UI.
-                        if let Some(url) = scheduler.take_webui_url() {
-                            let framework = proto::FrameworkInfo {
-                                id: scheduler.framework_id().to_string(),
-                                webui_url: url,
-                                ..framework.clone()
-                            };
-                            driver_run = run_driver(framework, scheduler);
-                            driver_done = false;
-                        }
-                    }
-                    Ok(Err(e)) => driver_error = Some(e.to_string()),
-                    Err(e) => return Err(anyhow!("the framework driver failed: {e}")),
-                }
-            }
-            _ = tokio::time::sleep(wait_left), if !launched && outcome.is_none() => {
-                if let Some(d) = interrupt.driver() { d.teardown(); }
-                let why = if waiting_said.is_empty() { "no offer came".to_string() } else { waiting_said.clone() };
-                eprintln!(
-                    "mezz spark: could not place {id} within {}s (--wait): {why}",
-                    args.wait
-                );
-                return Ok(ExitCode::from(1));
-            }
-            _ = &mut ctrl_c => {
-                interrupted += 1;
-                if interrupted == 1 && interrupt.trigger() {
-                    eprintln!("mezz spark: killing every task of {id} (Ctrl-C again to leave now)…");
-                    ctrl_c.set(super::shutdown_signal());
-                } else {
-                    if let Some(d) = interrupt.driver() { d.teardown(); }
-                    return Ok(ExitCode::from(130));
+                    tails.push(tokio::spawn(async move {
+                        Tail::connect(&addr, &fid, &tid, path)
+                            .await?
+                            .follow(out, fin)
+                            .await
+                    }));
                 }
             }
         }
-    }
+        if mezz_jobs::record::is_terminal(&j.state) {
+            break j;
+        }
+        if !launched && !gave_up && submitted.elapsed() > wait {
+            gave_up = true;
+            let why = note.lines().last().unwrap_or("no offer came").to_string();
+            eprintln!(
+                "mezz spark: could not place {name} within {}s (--wait): {why}",
+                wait.as_secs()
+            );
+            super::job::kill_job(masters, name).await?;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = &mut ctrl_c => {
+                interrupted += 1;
+                if interrupted > 1 {
+                    return Ok(ExitCode::from(130));
+                }
+                match super::job::kill_job(masters, name).await {
+                    Ok(_) => eprintln!("mezz spark: killing every task of {name} (Ctrl-C again to leave now)…"),
+                    Err(e) => eprintln!("mezz spark: {e:#}"),
+                }
+                ctrl_c.set(super::shutdown_signal());
+            }
+        }
+    };
     let _ = finished.send(true);
     super::logs::drain(tails, "mezz spark").await;
-    let Some(outcome) = outcome else {
-        bail!(
-            "{}",
-            driver_error.unwrap_or_else(|| format!("the framework of {id} ended early"))
+    let driver_task = j
+        .attempts
+        .last()
+        .map(|a| format!("{}.driver", a.task_id))
+        .unwrap_or_default();
+    if j.state == "SUCCEEDED" {
+        eprintln!(
+            "mezz spark: {name} succeeded after {} ms",
+            submitted.elapsed().as_millis()
         );
-    };
-    match &outcome.message {
-        Some(m) => eprintln!(
-            "mezz spark: {id} ended after {} ms: {m} (`mezz logs {driver_task} --stderr` has the driver's log)",
-            submitted.elapsed().as_millis()
-        ),
-        None => eprintln!(
-            "mezz spark: {id} succeeded after {} ms",
-            submitted.elapsed().as_millis()
-        ),
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::from(outcome.code))
+    eprintln!(
+        "mezz spark: {name} ended after {} ms: {} (`mezz logs {driver_task} --stderr` has the driver's log)",
+        submitted.elapsed().as_millis(),
+        super::job::outcome_of(&j)
+    );
+    // The driver's exit code, as a shell would give it; 130 after Ctrl-C.
+    let code = j
+        .attempts
+        .last()
+        .filter(|a| a.has_exit_code && a.exit_code != 0)
+        .map(|a| u8::try_from(a.exit_code).unwrap_or(1))
+        .unwrap_or(1);
+    Ok(ExitCode::from(if interrupted > 0 { 130 } else { code }))
+}
+
+/// How often `follow` reads the job.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// The task `id`, once it reached an agent.
+async fn placed_task(masters: &[String], id: &str) -> Option<TaskView> {
+    let state = client::state(masters, true).await.ok()?;
+    state
+        .tasks
+        .into_iter()
+        .find(|t| t.id == id && !t.agent_address.is_empty())
 }
 
 /// The active tasks of each Spark application, by framework id.

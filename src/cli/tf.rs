@@ -360,7 +360,7 @@ async fn follow(masters: &[String], name: &str, submitted: Instant) -> Result<Ex
         );
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("mezz tf: {name} failed: {}", outcome_of(&j));
+    eprintln!("mezz tf: {name} failed: {}", super::job::outcome_of(&j));
     Ok(ExitCode::from(if interrupted > 0 { 130 } else { 1 }))
 }
 
@@ -383,24 +383,6 @@ fn ms_after_submit(line: &str, attempt_started: f64, submitted: f64) -> Option<u
 
 /// How often `follow` reads the job and its tasks.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
-
-/// Why a job that did not succeed ended: its last attempt's outcome (the
-/// gang's own words, without the task state around them), else the job's
-/// reason, else its state.
-fn outcome_of(j: &proto::JobRecord) -> String {
-    let attempt = j
-        .attempts
-        .last()
-        .map(|a| a.reason.as_str())
-        .filter(|r| !r.is_empty())
-        .map(|r| match r.split_once(" (") {
-            Some((_, inner)) if inner.ends_with(')') => inner[..inner.len() - 1].to_string(),
-            _ => r.to_string(),
-        });
-    attempt
-        .or_else(|| (!j.reason.is_empty()).then(|| j.reason.clone()))
-        .unwrap_or_else(|| j.state.clone())
-}
 
 /// Starts tailing each replica of `attempt` that reached an agent and was
 /// not tailed yet.

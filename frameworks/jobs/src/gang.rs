@@ -767,15 +767,31 @@ pub fn run_spark(
     let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
     let scheduler = mezz_spark::SparkScheduler::new(app, max_replacements, move |e| {
         let _ = etx.send(e);
-    });
+    })
+    .publish_webui(true);
     let interrupt = scheduler.interrupt_handle();
     let interrupt2 = interrupt.clone();
-    let driver = tokio::spawn(
-        builder
-            .framework(framework)
-            .connect_timeout(Duration::from_secs(8))
-            .run(scheduler),
-    );
+    let driver = tokio::spawn(async move {
+        let run = |framework: proto::FrameworkInfo, scheduler| {
+            builder
+                .clone()
+                .framework(framework)
+                .connect_timeout(Duration::from_secs(8))
+                .run(scheduler)
+        };
+        let mut scheduler = run(framework.clone(), scheduler).await?;
+        // Launched, with the Spark master's UI known: subscribe again, as
+        // the same framework, with it as the framework's web UI.
+        if let Some(url) = scheduler.take_webui_url() {
+            let again = proto::FrameworkInfo {
+                id: scheduler.framework_id().to_string(),
+                webui_url: url,
+                ..framework
+            };
+            scheduler = run(again, scheduler).await?;
+        }
+        Ok(scheduler)
+    });
     let abort = driver.abort_handle();
     let executors = executors_asked;
     let started = std::time::Instant::now();

@@ -347,6 +347,24 @@ pub(crate) async fn job_named(masters: &[String], name: &str) -> Result<JobRecor
     get_job(masters, name).await
 }
 
+/// Why a job that did not succeed ended: its last attempt's outcome (the
+/// gang's own words, without the task state around them), else the job's
+/// reason, else its state.
+pub(crate) fn outcome_of(j: &JobRecord) -> String {
+    let attempt = j
+        .attempts
+        .last()
+        .map(|a| a.reason.as_str())
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once(" (") {
+            Some((_, inner)) if inner.ends_with(')') => inner[..inner.len() - 1].to_string(),
+            _ => r.to_string(),
+        });
+    attempt
+        .or_else(|| (!j.reason.is_empty()).then(|| j.reason.clone()))
+        .unwrap_or_else(|| j.state.clone())
+}
+
 /// Kills the job `name` (Ctrl-C of a framework command that follows it).
 pub(crate) async fn kill_job(masters: &[String], name: &str) -> Result<JobRecord> {
     control_call(masters, name, "kill").await
