@@ -62,10 +62,10 @@ fn two_agents() -> Cluster {
     let ports = |p: u16| format!("cpus:4;mem:6144;disk:2000;ports:[{p}-{}]", p + 99);
     // Tasks run the test's Python and Spark, which may live where only
     // root can reach them.
-    let mut c = Cluster::start_with_agent_args(&ports(consecutive_free_ports(100)), ROOT_TASKS);
-    // Agent i offers the i-th block after the cluster's range: name the
-    // block before a free one, so that agent 1 gets the free one.
-    c.agent_resources = ports(consecutive_free_ports(100) - 100);
+    // One free run of 200 ports: agent i offers the i-th block of 100 of
+    // it (see `Cluster::resources_of`). Two runs looked for apart could
+    // overlap, since offered ports are not held until a task binds them.
+    let mut c = Cluster::start_with_agent_args(&ports(consecutive_free_ports(200)), ROOT_TASKS);
     c.add_agent_with(ROOT_TASKS);
     c
 }
