@@ -1,4 +1,6 @@
-//! `mezz dev`: the whole local cluster in one foreground process.
+//! `mezz dev`: the whole local cluster in one foreground process, which
+//! takes with it, when it stops, its tasks and the framework daemons that
+//! commands started for it.
 
 mod common;
 
@@ -100,6 +102,31 @@ fn dev_cluster_runs_a_task_and_stops_cleanly_on_sigterm() {
         .expect("pid");
     assert!(pid_alive(pid));
 
+    // A command that started a framework's daemon for this cluster in the
+    // background: the daemon goes with the cluster too.
+    let jobs = JobsDaemon::of(&master);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("j.yaml");
+    std::fs::write(
+        &file,
+        "kind: command\nname: quick\ncpus: 0.1\nmem: 32\ncommand: true\n",
+    )
+    .expect("job file");
+    let out = mezz(
+        &[
+            "job",
+            "submit",
+            "--master",
+            &master,
+            "--wait",
+            file.to_str().expect("utf-8"),
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let daemon = jobs.pid().expect("a jobs daemon was started");
+    assert!(pid_alive(daemon));
+
     unsafe {
         libc::kill(dev.pid() as i32, libc::SIGTERM);
     }
@@ -118,6 +145,11 @@ fn dev_cluster_runs_a_task_and_stops_cleanly_on_sigterm() {
     wait_for("the task to be gone", Duration::from_secs(5), || {
         !pid_alive(pid)
     });
+    wait_for(
+        "the jobs daemon to stop with the cluster",
+        Duration::from_secs(10),
+        || !pid_alive(daemon),
+    );
     assert!(
         !std::path::Path::new(&data_dir).exists(),
         "the temporary data dir is removed"

@@ -450,7 +450,43 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
     if drained.is_err() {
         errln!("mezz dev: some components did not stop within 15 s");
     }
+    stop_framework_daemons(&masters);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the framework processes that commands started in the background
+/// for this cluster (the jobs, Jupyter and serving daemons, and the
+/// serving proxy, in their default state directories for `masters`):
+/// their cluster is gone with `mezz dev`. A process is signalled only when
+/// its command line names its state directory, so a pid that was reused
+/// by another program is left alone.
+fn stop_framework_daemons(masters: &[String]) {
+    for kind in ["jobs", "jupyter", "serve"] {
+        let Ok(dir) = mezz_sdk::daemon::default_dir(kind, masters) else {
+            continue;
+        };
+        for file in ["daemon.json", "proxy.json"] {
+            let pid = std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["pid"].as_i64())
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|p| *p > 1);
+            let Some(pid) = pid else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&dir.display().to_string()) {
+                errln!(
+                    "mezz dev: stopping the {kind} framework's {} (pid {pid})",
+                    &file[..file.len() - 5]
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
 }
 
 /// Makes the dev CA and certificates and this process's client TLS
