@@ -252,6 +252,9 @@ fn a_production_tf_job_preempts_best_effort_work() {
         .map(|_| run_detached(&c, &["--gpus", "1", "--priority", "best-effort"]))
         .collect();
     let addr = c.master_addr();
+    // `mezz tf run` submits a job; the jobs daemon it starts goes with the
+    // test.
+    let _jobs = JobsDaemon::of(&addr);
     let out = mezz(
         &[
             "tf",

@@ -54,7 +54,8 @@ trait Service: Send + Sync {
 
 enum Look {
     Starting,
-    Up(String),
+    /// Up, on this agent, with news of where it answers.
+    Up(String, String),
     Failed(String),
 }
 
@@ -128,7 +129,13 @@ impl Service for Notebooks {
 
     async fn look(&self, name: &str) -> Result<Option<Look>> {
         Ok(self.0.get(name).await?.map(|v| match v.state.as_str() {
-            "running" => Look::Up(v.agent_id.unwrap_or_default()),
+            "running" => Look::Up(
+                v.agent_id.unwrap_or_default(),
+                format!(
+                    "the notebook answers at {} (`mezz jupyter url {name}` gives its token)",
+                    v.url.unwrap_or_default()
+                ),
+            ),
             "failed" => Look::Failed(v.message),
             _ => Look::Starting,
         }))
@@ -161,7 +168,13 @@ impl Service for Deployments {
                     .iter()
                     .find_map(|r| r.agent_id.clone())
                     .unwrap_or_default();
-                Look::Up(agent)
+                Look::Up(
+                    agent,
+                    format!(
+                        "{} of {} replicas healthy behind {}",
+                        v.healthy, v.replicas, v.url
+                    ),
+                )
             } else {
                 Look::Starting
             }
@@ -189,7 +202,7 @@ async fn follow(
     spec: &JobSpec,
     name: &str,
     mut kill: watch::Receiver<bool>,
-    running: &(dyn Fn(String) + Sync),
+    running: &(dyn Fn(String, String) + Sync),
 ) -> End {
     if let Err(e) = service.ensure(spec, name).await {
         return End::failed(format!("{name} could not start: {e:#}"));
@@ -211,9 +224,9 @@ async fn follow(
                     message: service.gone().into(),
                 }
             }
-            Ok(Some(Look::Up(agent))) if !up => {
+            Ok(Some(Look::Up(agent, news))) if !up => {
                 up = true;
-                running(agent);
+                running(agent, news);
             }
             Ok(Some(Look::Failed(why))) => {
                 let _ = service.stop(name).await;
@@ -270,9 +283,13 @@ pub fn run(
                 },
             });
         };
-        let running = |agent: String| {
+        let running = |agent: String, news: String| {
             tracing::info!(attempt = %task_id, service = %name, "the service is up");
             tell(TaskState::Running, &agent, None, String::new());
+            let _ = events.send(Event::Note {
+                task_id: task_id.clone(),
+                text: news,
+            });
         };
         let end = match spec.kind {
             Kind::Jupyter => match crate::cli::jupyter::client_of(&masters).await {

@@ -252,7 +252,12 @@ pub fn job(d: Option<&JobDetail>, ctx: &Ctx, name: &str) -> (bool, String) {
         b.push_str("<dt>Kill</dt><dd>asked; the jobs framework is ending the attempt</dd>");
     }
     if !j.note.is_empty() {
-        let _ = write!(b, "<dt>Now</dt><dd>{}</dd>", esc(&j.note));
+        let lines: Vec<String> = j.note.lines().map(esc).collect();
+        let _ = write!(
+            b,
+            "<dt>News of the latest attempt</dt><dd>{}</dd>",
+            lines.join("<br>")
+        );
     }
     if j.not_before > ctx.now {
         let _ = write!(
