@@ -442,6 +442,13 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Tells the engine that attempt `task_id` failed before anything ran;
+/// its handle has nothing to kill.
+fn failed_to_start(tell: &Teller, task_id: &str, why: String) -> AttemptHandle {
+    tell.status(attempt_status(task_id, TaskState::Failed, "", None, why));
+    AttemptHandle::new(|| {})
+}
+
 /// ` (attempt N)` for a gang's restart N within one job attempt.
 fn restart_note(attempt: u32) -> String {
     if attempt > 0 {
@@ -635,14 +642,11 @@ pub fn run_tensorflow(
     let training = match training {
         Ok(t) => t,
         Err(e) => {
-            tell.status(attempt_status(
+            return failed_to_start(
+                &tell,
                 &task_id,
-                TaskState::Failed,
-                "",
-                None,
                 format!("the training job cannot be made: {e}"),
-            ));
-            return AttemptHandle::new(|| {});
+            )
         }
     };
     let gpus = training.groups.values().any(|g| g.gpus > 0);
@@ -747,14 +751,11 @@ pub fn run_spark(
     let app = match spark_app(&spec, &task_id) {
         Ok(a) => a,
         Err(e) => {
-            tell.status(attempt_status(
+            return failed_to_start(
+                &tell,
                 &task_id,
-                TaskState::Failed,
-                "",
-                None,
                 format!("the Spark application cannot be made: {e}"),
-            ));
-            return AttemptHandle::new(|| {});
+            )
         }
     };
     let max_replacements = spec

@@ -370,6 +370,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Refuses the first field of `fields` that is present (`(name, present)`)
+/// with `why`, naming the field and its line.
+fn refuse_present(text: &str, fields: &[(&str, bool)], why: String) -> Result<(), SpecError> {
+    match fields.iter().find(|(_, present)| *present) {
+        Some((field, _)) => Err(field_error(text, field, why)),
+        None => Ok(()),
+    }
+}
+
 fn duration(text: &str, field: &str, value: &str) -> Result<Duration, SpecError> {
     let d = humantime::parse_duration(value.trim()).map_err(|e| {
         field_error(
@@ -478,19 +487,15 @@ impl JobSpec {
         }
         let schedule = match f.schedule {
             None => {
-                for (field, present) in [
-                    ("timezone", f.timezone.is_some()),
-                    ("concurrency", f.concurrency.is_some()),
-                    ("missed", f.missed.is_some()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "goes with `schedule`; this job has none".into(),
-                        ));
-                    }
-                }
+                refuse_present(
+                    text,
+                    &[
+                        ("timezone", f.timezone.is_some()),
+                        ("concurrency", f.concurrency.is_some()),
+                        ("missed", f.missed.is_some()),
+                    ],
+                    "goes with `schedule`; this job has none".into(),
+                )?;
                 None
             }
             Some(cron) => Some(Self::schedule(
@@ -555,21 +560,16 @@ impl JobSpec {
                         "goes with `main_class`; a jar names its own class path".into(),
                     ));
                 }
-                for (field, present) in [
-                    ("command", command.is_some()),
-                    ("entrypoint", entrypoint.is_some()),
-                    ("requirements", f.requirements.is_some()),
-                    ("python", f.python.is_some()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "does not go with kind jvm; it runs `jar` or `main_class` with `args`"
-                                .into(),
-                        ));
-                    }
-                }
+                refuse_present(
+                    text,
+                    &[
+                        ("command", command.is_some()),
+                        ("entrypoint", entrypoint.is_some()),
+                        ("requirements", f.requirements.is_some()),
+                        ("python", f.python.is_some()),
+                    ],
+                    "does not go with kind jvm; it runs `jar` or `main_class` with `args`".into(),
+                )?;
             }
             Kind::Command => {
                 if command.is_none() {
@@ -577,83 +577,67 @@ impl JobSpec {
                         "`command` is missing: a job of kind command runs a shell command".into(),
                     ));
                 }
-                for (field, present) in [
-                    ("entrypoint", entrypoint.is_some()),
-                    ("requirements", f.requirements.is_some()),
-                    ("python", f.python.is_some()),
-                    ("args", !f.args.is_empty()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "belongs to kind python; a command job runs `command` only".into(),
-                        ));
-                    }
-                }
+                refuse_present(
+                    text,
+                    &[
+                        ("entrypoint", entrypoint.is_some()),
+                        ("requirements", f.requirements.is_some()),
+                        ("python", f.python.is_some()),
+                        ("args", !f.args.is_empty()),
+                    ],
+                    "belongs to kind python; a command job runs `command` only".into(),
+                )?;
             }
             Kind::Tensorflow | Kind::Pytorch => {
-                for (field, present) in [
-                    ("entrypoint", entrypoint.is_some()),
-                    ("requirements", f.requirements.is_some()),
-                    ("python", f.python.is_some()),
-                    ("args", !f.args.is_empty()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "does not go with a training job; its replicas run `command` (or their group's)"
+                refuse_present(
+                    text,
+                    &[
+                        ("entrypoint", entrypoint.is_some()),
+                        ("requirements", f.requirements.is_some()),
+                        ("python", f.python.is_some()),
+                        ("args", !f.args.is_empty()),
+                                            ],
+                    "does not go with a training job; its replicas run `command` (or their group's)"
                                 .into(),
-                        ));
-                    }
-                }
+                )?;
             }
             Kind::Spark => {
-                for (field, present) in [
-                    ("command", command.is_some()),
-                    ("entrypoint", entrypoint.is_some()),
-                    ("args", !f.args.is_empty()),
-                    ("workdir", f.workdir.is_some()),
-                    ("requirements", f.requirements.is_some()),
-                    ("python", f.python.is_some()),
-                    ("env", !f.env.is_empty()),
-                    ("cpus", f.cpus.is_some()),
-                    ("mem", f.mem.is_some()),
-                    ("gpus", f.gpus.is_some()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "does not go with kind spark; the `spark` section says what runs \
+                refuse_present(
+                    text,
+                    &[
+                        ("command", command.is_some()),
+                        ("entrypoint", entrypoint.is_some()),
+                        ("args", !f.args.is_empty()),
+                        ("workdir", f.workdir.is_some()),
+                        ("requirements", f.requirements.is_some()),
+                        ("python", f.python.is_some()),
+                        ("env", !f.env.is_empty()),
+                        ("cpus", f.cpus.is_some()),
+                        ("mem", f.mem.is_some()),
+                        ("gpus", f.gpus.is_some()),
+                                            ],
+                    "does not go with kind spark; the `spark` section says what runs \
                              (app, args, python, conf) and how big (executors, executor_cores, \
                              executor_memory, driver_memory, gpus_per_executor, or the job's `size`)"
                                 .into(),
-                        ));
-                    }
-                }
+                )?;
             }
             Kind::Jupyter => {
-                for (field, present) in [
-                    ("command", command.is_some()),
-                    ("entrypoint", entrypoint.is_some()),
-                    ("args", !f.args.is_empty()),
-                    ("workdir", f.workdir.is_some()),
-                    ("requirements", f.requirements.is_some()),
-                    ("python", f.python.is_some()),
-                    ("env", !f.env.is_empty()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "does not go with kind jupyter; the `jupyter` section says how the \
+                refuse_present(
+                    text,
+                    &[
+                        ("command", command.is_some()),
+                        ("entrypoint", entrypoint.is_some()),
+                        ("args", !f.args.is_empty()),
+                        ("workdir", f.workdir.is_some()),
+                        ("requirements", f.requirements.is_some()),
+                        ("python", f.python.is_some()),
+                        ("env", !f.env.is_empty()),
+                    ],
+                    "does not go with kind jupyter; the `jupyter` section says how the \
                              server runs (python, notebook_dir, idle_timeout)"
-                                .into(),
-                        ));
-                    }
-                }
+                        .into(),
+                )?;
             }
             Kind::Serve => {
                 if command.is_none() {
@@ -661,20 +645,16 @@ impl JobSpec {
                         "`command` is missing: each replica of a served job runs it, listening on $PORT".into(),
                     ));
                 }
-                for (field, present) in [
-                    ("entrypoint", entrypoint.is_some()),
-                    ("args", !f.args.is_empty()),
-                    ("requirements", f.requirements.is_some()),
-                    ("python", f.python.is_some()),
-                ] {
-                    if present {
-                        return Err(field_error(
-                            text,
-                            field,
-                            "does not go with kind serve; its replicas run `command`".into(),
-                        ));
-                    }
-                }
+                refuse_present(
+                    text,
+                    &[
+                        ("entrypoint", entrypoint.is_some()),
+                        ("args", !f.args.is_empty()),
+                        ("requirements", f.requirements.is_some()),
+                        ("python", f.python.is_some()),
+                    ],
+                    "does not go with kind serve; its replicas run `command`".into(),
+                )?;
             }
             Kind::Python => {
                 if command.is_some() == entrypoint.is_some() {
@@ -693,17 +673,17 @@ impl JobSpec {
             }
         }
         if kind != Kind::Jvm {
-            for (field, present) in [
-                ("jar", f.jar.is_some()),
-                ("main_class", f.main_class.is_some()),
-                ("classpath", !f.classpath.is_empty()),
-                ("jvm_args", !f.jvm_args.is_empty()),
-                ("java", f.java.is_some()),
-            ] {
-                if present {
-                    return Err(field_error(text, field, "belongs to kind jvm".into()));
-                }
-            }
+            refuse_present(
+                text,
+                &[
+                    ("jar", f.jar.is_some()),
+                    ("main_class", f.main_class.is_some()),
+                    ("classpath", !f.classpath.is_empty()),
+                    ("jvm_args", !f.jvm_args.is_empty()),
+                    ("java", f.java.is_some()),
+                ],
+                "belongs to kind jvm".into(),
+            )?;
         }
         if let Some(w) = &f.workdir {
             if !w.starts_with('/') {
