@@ -596,9 +596,9 @@ impl JobSpec {
                         ("requirements", f.requirements.is_some()),
                         ("python", f.python.is_some()),
                         ("args", !f.args.is_empty()),
-                                            ],
+                    ],
                     "does not go with a training job; its replicas run `command` (or their group's)"
-                                .into(),
+                        .into(),
                 )?;
             }
             Kind::Spark => {
@@ -615,11 +615,11 @@ impl JobSpec {
                         ("cpus", f.cpus.is_some()),
                         ("mem", f.mem.is_some()),
                         ("gpus", f.gpus.is_some()),
-                                            ],
+                    ],
                     "does not go with kind spark; the `spark` section says what runs \
-                             (app, args, python, conf) and how big (executors, executor_cores, \
-                             executor_memory, driver_memory, gpus_per_executor, or the job's `size`)"
-                                .into(),
+                     (app, args, python, conf) and how big (executors, executor_cores, \
+                     executor_memory, driver_memory, gpus_per_executor, or the job's `size`)"
+                        .into(),
                 )?;
             }
             Kind::Jupyter => {
@@ -635,7 +635,7 @@ impl JobSpec {
                         ("env", !f.env.is_empty()),
                     ],
                     "does not go with kind jupyter; the `jupyter` section says how the \
-                             server runs (python, notebook_dir, idle_timeout)"
+                     server runs (python, notebook_dir, idle_timeout)"
                         .into(),
                 )?;
             }
