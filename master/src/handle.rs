@@ -133,6 +133,12 @@ pub enum Input {
     JobDetail(String, oneshot::Sender<Option<crate::job_store::JobDetail>>),
     /// Raft messages from a peer master.
     Raft(Vec<raft::eraftpb::Message>),
+    /// One task by framework and task id (active or recently completed).
+    Task(
+        String,
+        String,
+        oneshot::Sender<Option<mezz_proto::v1::TaskView>>,
+    ),
     /// Whether this master leads, and the leader's address if known.
     WhoLeads(oneshot::Sender<(bool, Option<String>)>),
     /// Read the cluster state.

@@ -303,6 +303,9 @@ impl Actor {
             Input::WhoLeads(reply) => {
                 let _ = reply.send((self.node.is_leader(), self.leader_address()));
             }
+            Input::Task(framework_id, task_id, reply) => {
+                let _ = reply.send(self.node.cluster().task(&framework_id, &task_id));
+            }
             Input::State(completed, reply) => {
                 let _ = reply.send(self.state(completed));
             }

@@ -105,11 +105,9 @@ pub async fn grant_task_files(
     mezz_proto::ids::validate_id("framework", framework_id)
         .and_then(|_| mezz_proto::ids::validate_id("task", task_id))
         .map_err(Status::invalid_argument)?;
-    let state = handle.ask(|r| Input::State(true, r)).await?;
-    let task = state
-        .tasks
-        .iter()
-        .find(|t| t.framework_id == framework_id && t.id == task_id);
+    let task = handle
+        .ask(|r| Input::Task(framework_id.to_string(), task_id.to_string(), r))
+        .await?;
     let Some(t) = task else {
         // Unknown, or not known here yet: say so only to whoever may view
         // everything.

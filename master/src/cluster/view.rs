@@ -102,6 +102,23 @@ impl Cluster {
             })
     }
 
+    /// One task, active or among the completed ones kept, as the operator
+    /// sees it: what a grant to its sandbox needs, without building the
+    /// whole state.
+    pub fn task(&self, framework_id: &str, task_id: &str) -> Option<TaskView> {
+        let key = (
+            FrameworkId(framework_id.to_string()),
+            TaskId(task_id.to_string()),
+        );
+        let t = self.tasks.get(&key).or_else(|| {
+            self.completed
+                .iter()
+                .rev()
+                .find(|t| t.framework_id.0 == framework_id && t.info.task_id == task_id)
+        })?;
+        Some(task_view(self, t))
+    }
+
     /// The whole cluster as the operator sees it. `masters` and `leader`
     /// come from the replication layer.
     pub fn view(
