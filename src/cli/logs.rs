@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -40,18 +41,28 @@ pub struct LogsArgs {
     pub list: Option<String>,
 }
 
-/// Reads one sandbox file of a task from its agent, from an offset on.
-pub struct Tail {
+/// A task's sandbox on its agent: one connection and one grant, shared
+/// by the tails of its files (`mezz run` follows stdout and stderr over
+/// them at once).
+#[derive(Clone)]
+pub struct Sandbox {
     client: AgentFilesClient<Channel>,
     framework_id: String,
     task_id: String,
+    /// Held across a renewal, so that tails sharing it ask once.
+    grant: Arc<tokio::sync::Mutex<Grant>>,
+}
+
+/// Reads one sandbox file of a task from its agent, from an offset on.
+pub struct Tail {
+    sandbox: Sandbox,
     path: String,
     offset: u64,
-    grant: Grant,
 }
 
 /// The master's grant to read this task's sandbox (see
 /// `mezz_proto::grant`), renewed before it expires.
+#[derive(Clone)]
 enum Grant {
     /// Not asked yet, or due for renewal.
     Stale,
@@ -168,34 +179,40 @@ impl Out {
     }
 }
 
-impl Tail {
-    /// Connects to the agent at `agent_addr`.
-    pub async fn connect(
-        agent_addr: &str,
-        framework_id: &str,
-        task_id: &str,
-        path: &str,
-    ) -> Result<Self> {
+impl Sandbox {
+    /// Connects to the agent at `agent_addr` that holds the task's sandbox.
+    pub async fn connect(agent_addr: &str, framework_id: &str, task_id: &str) -> Result<Self> {
         let channel = mezz_proto::client::connect(agent_addr)
             .await
             .with_context(|| {
                 format!("connecting to agent {agent_addr} for the output of task {task_id}")
             })?;
-        Ok(Tail {
+        Ok(Sandbox {
             client: AgentFilesClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             framework_id: framework_id.to_string(),
             task_id: task_id.to_string(),
-            path: path.to_string(),
-            offset: 0,
-            grant: Grant::Stale,
+            grant: Arc::new(tokio::sync::Mutex::new(Grant::Stale)),
         })
     }
 
-    /// A grant that is good for a while yet (or none needed).
-    async fn fresh_grant(&mut self) -> Result<()> {
-        let due = match &self.grant {
+    /// A reader of the sandbox file `path`, from its start.
+    pub fn tail(&self, path: &str) -> Tail {
+        Tail {
+            sandbox: self.clone(),
+            path: path.to_string(),
+            offset: 0,
+        }
+    }
+
+    /// A grant that is good for a while yet (or none needed), asked for
+    /// now if the one held is not. Asking early (as a launch goes out)
+    /// takes the master's round trips off the output's path; a master
+    /// that does not know the task yet leaves it to the first read.
+    pub async fn fresh_grant(&self) -> Result<()> {
+        let mut grant = self.grant.lock().await;
+        let due = match &*grant {
             Grant::Stale => true,
             Grant::Held(_, until) => *until - mezz_proto::unix_now() < GRANT_MARGIN_SECS,
             Grant::NotNeeded => false,
@@ -204,34 +221,68 @@ impl Tail {
             // While no master answers, keep what there is (nothing, or a
             // grant still valid for a while): an agent whose master
             // authenticates nobody needs none, and the next step asks again.
-            if let Some(grant) = fetch_grant(&self.framework_id, &self.task_id).await? {
-                self.grant = grant;
+            if let Some(g) = fetch_grant(&self.framework_id, &self.task_id).await? {
+                *grant = g;
             }
         }
         Ok(())
     }
 
+    /// The grant held now, renewed first when due.
+    async fn current_grant(&self) -> Result<Grant> {
+        self.fresh_grant().await?;
+        Ok(self.grant.lock().await.clone())
+    }
+
+    /// Forgets the grant held (the agent refused it: a new leader gave
+    /// the agent a new key), unless another tail renewed it already.
+    async fn drop_grant(&self, refused: &Grant) {
+        let mut grant = self.grant.lock().await;
+        if let (Grant::Held(a, _), Grant::Held(b, _)) = (&*grant, refused) {
+            if a == b {
+                *grant = Grant::Stale;
+            }
+        }
+    }
+}
+
+impl Tail {
+    /// Connects to the agent at `agent_addr` for the file `path` of a
+    /// task's sandbox.
+    pub async fn connect(
+        agent_addr: &str,
+        framework_id: &str,
+        task_id: &str,
+        path: &str,
+    ) -> Result<Self> {
+        Ok(Sandbox::connect(agent_addr, framework_id, task_id)
+            .await?
+            .tail(path))
+    }
+
     /// Writes the last `lines` lines (within the file's last MiB) and moves
     /// the offset to the end of what it wrote.
     pub async fn last_lines(&mut self, lines: usize, out: Out) -> Result<()> {
-        self.fresh_grant().await?;
-        let r = self
+        let grant = self.sandbox.current_grant().await?;
+        let sb = &self.sandbox;
+        let r = sb
             .client
+            .clone()
             .tail_file(with_grant(
                 TailFileRequest {
-                    framework_id: self.framework_id.clone(),
-                    task_id: self.task_id.clone(),
+                    framework_id: sb.framework_id.clone(),
+                    task_id: sb.task_id.clone(),
                     path: self.path.clone(),
                     length: 0,
                 },
-                &self.grant,
+                &grant,
             ))
             .await
             .map_err(|s| {
                 anyhow!(
                     "reading the end of {} of task {}: {}",
                     self.path,
-                    self.task_id,
+                    sb.task_id,
                     s.message()
                 )
             })?
@@ -248,37 +299,32 @@ impl Tail {
 
     /// Hands what is new to `sink`; returns (bytes, task is terminal).
     pub async fn step_with(&mut self, sink: &mut impl FnMut(&[u8])) -> Result<(usize, bool)> {
-        self.fresh_grant().await?;
+        let sb = &self.sandbox;
+        let grant = sb.current_grant().await?;
         let request = ReadFileRequest {
-            framework_id: self.framework_id.clone(),
-            task_id: self.task_id.clone(),
+            framework_id: sb.framework_id.clone(),
+            task_id: sb.task_id.clone(),
             path: self.path.clone(),
             offset: self.offset,
             length: 0,
         };
-        let r = match self
-            .client
-            .read_file(with_grant(request.clone(), &self.grant))
-            .await
-        {
-            // A new leader gave the agent a new key (after a failover):
-            // ask it for a grant once more.
+        let mut client = sb.client.clone();
+        let r = match client.read_file(with_grant(request.clone(), &grant)).await {
             // No grant yet because no master answered: try again later.
             Err(s)
-                if s.code() == tonic::Code::PermissionDenied
-                    && matches!(self.grant, Grant::Stale) =>
+                if s.code() == tonic::Code::PermissionDenied && matches!(grant, Grant::Stale) =>
             {
                 return Ok((0, false));
             }
+            // A new leader gave the agent a new key (after a failover):
+            // ask it for a grant once more.
             Err(s)
                 if s.code() == tonic::Code::PermissionDenied
-                    && matches!(self.grant, Grant::Held(..)) =>
+                    && matches!(grant, Grant::Held(..)) =>
             {
-                self.grant = Grant::Stale;
-                self.fresh_grant().await?;
-                self.client
-                    .read_file(with_grant(request, &self.grant))
-                    .await
+                sb.drop_grant(&grant).await;
+                let grant = sb.current_grant().await?;
+                client.read_file(with_grant(request, &grant)).await
             }
             other => other,
         };
@@ -287,7 +333,7 @@ impl Tail {
                 anyhow!(
                     "reading {} of task {}: {}",
                     self.path,
-                    self.task_id,
+                    sb.task_id,
                     s.message()
                 )
             })?

@@ -15,12 +15,15 @@ use mezz_sdk::{
 use tokio::sync::{mpsc, watch};
 
 use super::capacity::{never_fits, why_not_offered, Need};
-use super::logs::{Out, Tail};
+use super::logs::{Out, Sandbox};
 use crate::client;
 
 /// How long after Ctrl-C or SIGTERM `mezz run` waits for its task to end
 /// before it tears its framework down (which kills the task) and leaves.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long `mezz run` waits for its launch before it asks whether any
+/// agent could ever hold the task (and fails at once if none could).
+const FITS_CHECK_AFTER: Duration = Duration::from_millis(300);
 /// How long a teardown may take to reach the master before `mezz run`
 /// leaves anyway (the master then removes the framework after its
 /// failover timeout, killing what it ran).
@@ -267,12 +270,19 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let deadline = args.timeout.map(|t| started + t);
-    // Whether any agent could ever hold the task, asked beside the
-    // subscription so a task that fits is not slowed down.
+    // Whether any agent could ever hold the task, asked only if no launch
+    // went out soon: a task that fits is launched long before, and the
+    // cluster's whole state is not read (by the master, and over the
+    // wire) for every `mezz run`.
     let (fits_tx, mut fits_rx) = mpsc::unbounded_channel::<Option<String>>();
+    let launched = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !args.wait {
-        let (masters, request) = (masters.clone(), request.clone());
+        let (masters, request, launched) = (masters.clone(), request.clone(), launched.clone());
         tokio::spawn(async move {
+            tokio::time::sleep(FITS_CHECK_AFTER).await;
+            if launched.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             let state =
                 tokio::time::timeout(Duration::from_secs(5), client::state(&masters, false));
             if let Ok(Ok(s)) = state.await {
@@ -288,6 +298,8 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
     let mut tails: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
     // The launch in flight or running: (task id, agent address, framework).
     let mut attempt: Option<(String, String, String)> = None;
+    // The launch's sandbox being reached, for its output.
+    let mut sandbox: Option<tokio::task::JoinHandle<Result<Sandbox>>> = None;
     let mut last_status: Option<proto::TaskStatus> = None;
     let mut waiting_said = String::new();
     let mut why_said = String::new();
@@ -320,6 +332,15 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
                     }
                 }
                 Some(Progress::Attempt { task_id, agent_address, framework_id }) => {
+                    launched.store(true, std::sync::atomic::Ordering::Relaxed);
+                    // The connection to the agent and the grant to read the
+                    // sandbox are made while the task launches, not after.
+                    if !args.detach {
+                        let reach = reach_sandbox(&agent_address, &framework_id, &task_id);
+                        if let Some(old) = sandbox.replace(reach) {
+                            old.abort();
+                        }
+                    }
                     attempt = Some((task_id, agent_address, framework_id));
                 }
                 Some(Progress::Unsure { task_id, why }) => {
@@ -342,13 +363,24 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
                     }
                     if (state == TaskState::Running || state.is_terminal()) && !running {
                         running = true;
-                        if let (Some((tid, addr, fid)), false) = (&attempt, args.detach) {
-                            for (path, out) in [("stdout", Out::Stdout), ("stderr", Out::Stderr)] {
-                                let (addr, fid, tid, fin) = (addr.clone(), fid.clone(), tid.clone(), finished_rx.clone());
-                                tails.push(tokio::spawn(async move {
-                                    Tail::connect(&addr, &fid, &tid, path).await?.follow(out, fin).await
-                                }));
-                            }
+                        let prepared = sandbox.take().or_else(|| {
+                            attempt.as_ref().map(|(tid, addr, fid)| reach_sandbox(addr, fid, tid))
+                        });
+                        if let (Some(prepared), false) = (prepared, args.detach) {
+                            let fin = finished_rx.clone();
+                            tails.push(tokio::spawn(async move {
+                                let sandbox = prepared
+                                    .await
+                                    .map_err(|e| anyhow!("connecting for the task's output failed: {e}"))??;
+                                let (out, err) = tokio::join!(
+                                    sandbox.tail("stdout").follow(Out::Stdout, fin.clone()),
+                                    sandbox.tail("stderr").follow(Out::Stderr, fin)
+                                );
+                                match (out, err) {
+                                    (Err(a), Err(b)) => Err(anyhow!("{a:#}; {b:#}")),
+                                    (a, b) => a.and(b),
+                                }
+                            }));
                         }
                     }
                     if args.detach && state == TaskState::Running && !detached {
@@ -514,6 +546,27 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
         errln!("mezz run: {m}");
     }
     Ok(ExitCode::from(code))
+}
+
+/// Connects to the agent holding a task's sandbox and asks for the grant
+/// to read it, in the background.
+fn reach_sandbox(
+    agent_address: &str,
+    framework_id: &str,
+    task_id: &str,
+) -> tokio::task::JoinHandle<Result<Sandbox>> {
+    let (addr, fid, tid) = (
+        agent_address.to_string(),
+        framework_id.to_string(),
+        task_id.to_string(),
+    );
+    tokio::spawn(async move {
+        let sandbox = Sandbox::connect(&addr, &fid, &tid).await?;
+        // Early and best-effort: a refusal is reported by the first read,
+        // which asks again.
+        let _ = sandbox.fresh_grant().await;
+        Ok(sandbox)
+    })
 }
 
 /// What a shell reports for a program killed by SIGPIPE (128 + 13).
