@@ -236,11 +236,7 @@ unsafe fn run_init(main: libc::pid_t, status_fd: Option<libc::c_int>) -> ! {
     // Let go of every inherited descriptor (std's exec-error pipe among
     // them) so the wrapper's spawn returns as soon as the command execs.
     let keep = status_fd.unwrap_or(-1);
-    for fd in 3..1024 {
-        if fd != keep {
-            libc::close(fd);
-        }
-    }
+    close_from(3, keep);
     loop {
         let mut status: libc::c_int = 0;
         let pid = libc::waitpid(-1, &mut status, 0);
@@ -253,6 +249,37 @@ unsafe fn run_init(main: libc::pid_t, status_fd: Option<libc::c_int>) -> ! {
         }
         if pid < 0 && *libc::__errno_location() != libc::EINTR {
             libc::_exit(0);
+        }
+    }
+}
+
+/// Closes every descriptor from `first` on except `keep`: two
+/// `close_range` calls (Linux 5.9), or one `close` per descriptor below
+/// 1024 on an older kernel. A thousand closes were a measurable part of
+/// every launch.
+///
+/// # Safety
+/// Raw system calls only; fork-safe.
+unsafe fn close_from(first: libc::c_int, keep: libc::c_int) {
+    let ranges: [(libc::c_int, libc::c_int); 2] = if keep >= first {
+        [(first, keep - 1), (keep + 1, libc::c_int::MAX)]
+    } else {
+        [(first, libc::c_int::MAX), (0, -1)]
+    };
+    for (lo, hi) in ranges {
+        if lo > hi {
+            continue;
+        }
+        if libc::syscall(
+            libc::SYS_close_range,
+            lo as libc::c_uint,
+            hi as libc::c_uint,
+            0,
+        ) != 0
+        {
+            for fd in lo..hi.min(1023) + 1 {
+                libc::close(fd);
+            }
         }
     }
 }
