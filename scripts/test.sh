@@ -34,6 +34,23 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 # --- end Chromium ---------------------------------------------------------
 
+# --- Rust's musl target (the static task wrapper that build.rs embeds) ----
+# Best effort: without it nothing fails, the build embeds no static wrapper
+# (cargo warns) and agents run the glibc one beside `mezz`.
+if command -v rustup >/dev/null 2>&1; then
+  musl="$(uname -m)-unknown-linux-musl"
+  case "$musl" in
+    x86_64-*|aarch64-*)
+      if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+        echo "== adding Rust's $musl target (static task wrapper)"
+        rustup target add "$musl" >/dev/null 2>&1 \
+          || echo "test.sh: could not add Rust's $musl target; agents will run the glibc task wrapper" >&2
+      fi
+      ;;
+  esac
+fi
+# --- end musl target -------------------------------------------------------
+
 # ---- Python packages (TensorFlow, Spark and Jupyter framework tests) ----
 # A project venv with the pinned packages of scripts/test-requirements.txt,
 # installed again only when that file changes (a copy of it in the venv

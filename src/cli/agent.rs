@@ -126,6 +126,72 @@ pub fn parse_resources(text: Option<&str>) -> Result<Option<Resources>> {
         .transpose()
 }
 
+/// The task wrapper embedded in this binary at build time: statically
+/// linked, so that its exec (one per launch) skips the dynamic loader and
+/// glibc's start-up (see `build.rs`). `None` where the build had no musl
+/// target to make it with.
+#[cfg(static_wrapper)]
+const STATIC_WRAPPER: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/mezz-task-wrapper-static"
+)));
+#[cfg(not(static_wrapper))]
+const STATIC_WRAPPER: Option<&[u8]> = None;
+
+/// The program agents launch tasks with: the embedded static wrapper,
+/// installed as `DIR/bin/mezz-task-wrapper` (written again only when it
+/// differs from this binary's), else the `mezz-task-wrapper` beside
+/// `mezz` (or `mezz` itself; see `mezz_agent::launcher_beside`).
+pub fn task_launcher(dir: &std::path::Path) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the mezz binary to launch tasks with")?;
+    let Some(bytes) = STATIC_WRAPPER else {
+        return Ok(mezz_agent::launcher_beside(&exe));
+    };
+    match install_wrapper(dir, bytes) {
+        Ok(path) => Ok(path),
+        Err(e) => {
+            let fallback = mezz_agent::launcher_beside(&exe);
+            tracing::warn!(
+                "cannot install the static task wrapper under {}: {e}; launching tasks with {}",
+                dir.display(),
+                fallback.display()
+            );
+            Ok(fallback)
+        }
+    }
+}
+
+/// Writes `bytes` as the executable `DIR/bin/mezz-task-wrapper` unless it
+/// is there already: a new file renamed into place, so that wrappers
+/// running the old one are not disturbed.
+fn install_wrapper(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let path = bin.join(mezz_agent::WRAPPER_PROGRAM);
+    if std::fs::read(&path).is_ok_and(|b| b == bytes) {
+        return Ok(path);
+    }
+    let tmp = bin.join(format!(
+        ".{}.{}",
+        mezz_agent::WRAPPER_PROGRAM,
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o755)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|_| path)
+}
+
 pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
     let masters = mezz_proto::client::parse_master_list(&args.master)
         .map_err(|e| anyhow!("--master: {e}"))?;
@@ -136,9 +202,7 @@ pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
         work_dir: args.work_dir.clone(),
         resources: parse_resources(args.resources.as_deref())?,
         hostname: args.hostname.clone(),
-        launcher: mezz_agent::launcher_beside(
-            &std::env::current_exe().context("locating the mezz binary to launch tasks with")?,
-        ),
+        launcher: task_launcher(&args.work_dir)?,
         default_kill_grace: std::time::Duration::from_secs(5),
         kill_tasks_on_shutdown: false,
         isolation: args.isolation.into(),
@@ -175,4 +239,78 @@ pub async fn main(args: AgentArgs, tls: &super::tls::TlsArgs) -> Result<ExitCode
         .await
         .context("agent stopped")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_wrapper_is_written_once_and_replaced_when_it_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = install_wrapper(dir.path(), b"first").unwrap();
+        assert_eq!(
+            path,
+            dir.path().join("bin").join(mezz_agent::WRAPPER_PROGRAM)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "mode {mode:o}");
+        let inode = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).unwrap().ino()
+        };
+        let before = inode(&path);
+        // The same bytes: left as it is (wrappers may be running it).
+        install_wrapper(dir.path(), b"first").unwrap();
+        assert_eq!(inode(&path), before);
+        // Other bytes (a new `mezz`): a new file takes its place.
+        install_wrapper(dir.path(), b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_ne!(inode(&path), before);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("bin"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from(mezz_agent::WRAPPER_PROGRAM)]
+        );
+    }
+
+    #[test]
+    fn the_launcher_is_the_embedded_wrapper_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let launcher = task_launcher(dir.path()).unwrap();
+        match STATIC_WRAPPER {
+            Some(bytes) => {
+                assert_eq!(
+                    launcher,
+                    dir.path().join("bin").join(mezz_agent::WRAPPER_PROGRAM)
+                );
+                assert_eq!(std::fs::read(&launcher).unwrap(), bytes);
+                // It is a program that runs here, and refuses a bad spec
+                // the way the wrapper does.
+                let out = std::process::Command::new(&launcher)
+                    .args(["__launch", "/nonexistent/launch.json"])
+                    .output()
+                    .unwrap();
+                assert_eq!(out.status.code(), Some(2));
+                let said = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    said.starts_with("failed cannot read the launch spec"),
+                    "{said}"
+                );
+            }
+            // Built without a musl target: the wrapper beside `mezz` (or
+            // `mezz` itself), and nothing written.
+            None => {
+                let exe = std::env::current_exe().unwrap();
+                assert_eq!(launcher, mezz_agent::launcher_beside(&exe));
+                assert!(!dir.path().join("bin").exists());
+            }
+        }
+    }
 }

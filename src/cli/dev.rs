@@ -278,9 +278,7 @@ pub async fn main(args: DevArgs) -> Result<ExitCode> {
                 .with_context(|| format!("master {id}"))
         });
     }
-    let launcher = mezz_agent::launcher_beside(
-        &std::env::current_exe().context("locating the mezz binary to launch tasks with")?,
-    );
+    let launcher = super::agent::task_launcher(&data_dir)?;
     for (i, share) in (0..args.agents).zip(&shares) {
         let listen = SocketAddr::from(([127, 0, 0, 1], args.port + args.masters + i));
         let config = mezz_agent::Config {
