@@ -125,28 +125,32 @@ fn cycle(c: &mut Criterion, a: usize, f: usize) {
     g.finish();
 }
 
-fn event(c: &mut Criterion) {
+fn event(c: &mut Criterion, a: usize, f: usize) {
     let Setup {
         mut alloc,
         agents,
         frameworks,
-    } = setup(10_000, 1000);
+    } = setup(a, f);
+    let index: std::collections::HashMap<&FrameworkId, usize> = frameworks
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f.0, i))
+        .collect();
     let offers = alloc.allocate(Scope::All, &no_filters);
     // Who got each agent, and what they hold, to give it back later.
     let mut holder: Vec<Option<usize>> = vec![None; agents.len()];
     let mut held: Vec<Resources> = frameworks.iter().map(|f| f.1.allocated.clone()).collect();
+    let agent_index: std::collections::HashMap<&AgentId, usize> =
+        agents.iter().enumerate().map(|(i, a)| (&a.0, i)).collect();
     for o in &offers {
-        let ai = agents.iter().position(|a| a.0 == o.agent).unwrap_or(0);
-        let fi = frameworks
-            .iter()
-            .position(|f| f.0 == o.framework)
-            .unwrap_or(0);
+        let ai = agent_index.get(&o.agent).copied().unwrap_or(0);
+        let fi = index.get(&o.framework).copied().unwrap_or(0);
         holder[ai] = Some(fi);
         held[fi].add(&o.resources);
     }
     let mut next = 0usize;
     let mut g = c.benchmark_group("allocator/event");
-    g.bench_function("10000x1000", |b| {
+    g.bench_function(format!("{a}x{f}"), |b| {
         b.iter(|| {
             // One agent's resources are freed (its tasks ended) ...
             let ai = next % agents.len();
@@ -163,7 +167,7 @@ fn event(c: &mut Criterion) {
             let out = alloc.allocate(Scope::Agents(std::slice::from_ref(id)), &no_filters);
             holder[ai] = None;
             for o in out {
-                if let Some(fi) = frameworks.iter().position(|f| f.0 == o.framework) {
+                if let Some(&fi) = index.get(&o.framework) {
                     held[fi].add(&o.resources);
                     holder[ai] = Some(fi);
                 }
@@ -173,27 +177,31 @@ fn event(c: &mut Criterion) {
     g.finish();
 }
 
-fn memory() {
+fn memory(a: usize, f: usize) {
     let before = LIVE.load(Ordering::Relaxed);
-    let s = setup(10_000, 1000);
+    let s = setup(a, f);
     let with_inputs = LIVE.load(Ordering::Relaxed) - before;
     let inputs: isize = 0;
     drop(s.agents);
     drop(s.frameworks);
     let state = LIVE.load(Ordering::Relaxed) - before - inputs;
     eprintln!(
-        "allocator/memory/10000x1000: state {:.1} MB (with the bench's own copies of the inputs {:.1} MB)",
+        "allocator/memory/{a}x{f}: state {:.1} MB, {:.0} bytes per agent (with the bench's own copies of the inputs {:.1} MB)",
         state as f64 / 1e6,
+        state as f64 / a as f64,
         with_inputs as f64 / 1e6
     );
     drop(s.alloc);
 }
 
 fn benches(c: &mut Criterion) {
-    memory();
+    memory(10_000, 1000);
+    memory(50_000, 5000);
     cycle(c, 1000, 100);
     cycle(c, 10_000, 1000);
-    event(c);
+    cycle(c, 50_000, 5000);
+    event(c, 10_000, 1000);
+    event(c, 50_000, 5000);
 }
 
 criterion_group!(allocator, benches);
