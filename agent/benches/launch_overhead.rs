@@ -6,7 +6,9 @@
 //!     sudo cargo bench -p mezz-agent --bench launch_overhead [-- RUNS]
 //!
 //! Needs root and cgroups for the isolated figures; without them it
-//! measures the unisolated path and says so.
+//! measures the unisolated path and says so. `MEZZ_BENCH_WRAPPER=PATH`
+//! runs another wrapper program (the static one `mezz` installs as
+//! `<work-dir>/bin/mezz-task-wrapper`, say) instead of this crate's.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -23,9 +25,10 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200);
+    let wrapper_program = std::env::var("MEZZ_BENCH_WRAPPER").unwrap_or_else(|_| WRAPPER.into());
     let sel = isolation::select(IsolationMode::Auto, "mezzanine-bench", None).expect("isolation");
     println!(
-        "isolation: {} cgroups, namespaces: {}; {runs} runs of `sleep 600`",
+        "isolation: {} cgroups, namespaces: {}; wrapper {wrapper_program}; {runs} runs of `sleep 600`",
         sel.isolator.kind(),
         sel.namespaces
     );
@@ -67,7 +70,7 @@ fn main() {
         };
         let spec_path = executor::write_spec(&sandbox, &spec).expect("spec");
         files.push(t0.elapsed() - cg[cg.len() - 1]);
-        let mut wrapper = Command::new(WRAPPER)
+        let mut wrapper = Command::new(&wrapper_program)
             .arg("__launch")
             .arg(&spec_path)
             .stdout(Stdio::piped())
