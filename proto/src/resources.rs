@@ -411,9 +411,13 @@ impl Resources {
     /// assert_eq!(r.to_string(), "cpus:2;cpus(eng):4;mem(eng/ml):512");
     /// ```
     pub fn unreserved(&self) -> Resources {
+        // Field by field: the reservations are not copied only to be
+        // dropped (an allocation cycle calls this once per offer).
         Resources {
+            scalars: self.scalars.clone(),
+            ranges: self.ranges.clone(),
+            sets: self.sets.clone(),
             reserved: BTreeMap::new(),
-            ..self.clone()
         }
     }
 

@@ -307,7 +307,13 @@ fn allocate_agent(a: &mut Allocator, agent_id: &AgentId, stage: Stage, st: &mut 
             st.got_plain[node] = true;
         }
         let q = Qty::of(&offer);
-        let free = Qty::of(&offer.unreserved());
+        // Without reservations (the common case) all of it is unreserved,
+        // and no copy is needed to say so.
+        let free = if offer.has_reservations() {
+            Qty::of(&offer.unreserved())
+        } else {
+            q
+        };
         if let Some(agent) = a.agents.get_mut(agent_id) {
             agent.available.subtract(&offer);
             agent.free = agent.free.minus(free);
