@@ -53,23 +53,9 @@ pub(super) fn cycle(
             )
         }
     };
-    // Each framework's flags by node, so that passing over one (inactive,
-    // given this agent already, or without the GPU capability on a GPU
-    // agent after a plain one) costs no lookup by id: a GPU agent late in
-    // a big cycle passes over most frameworks.
-    let mut flags = vec![None; a.sorter.len()];
-    for f in a.frameworks.values() {
-        if let Some(slot) = flags.get_mut(f.node) {
-            *slot = Some(FwFlags {
-                active: f.active,
-                gpu_capable: f.gpu_capable,
-            });
-        }
-    }
     let mut st = CycleState {
         gpu_takers,
         filtered,
-        flags,
         given: Vec::new(),
         got_plain: Vec::new(),
         out: Vec::new(),
@@ -100,21 +86,11 @@ fn plain_first<'a>(agents: impl Iterator<Item = (&'a AgentId, bool)>) -> Vec<Age
     plain
 }
 
-/// What a cycle needs to know of a framework to pass over it.
-#[derive(Debug, Clone, Copy)]
-struct FwFlags {
-    active: bool,
-    gpu_capable: bool,
-}
-
 /// What one cycle carries from agent to agent.
 struct CycleState<'f> {
     /// Some active framework has the GPU capability.
     gpu_takers: bool,
     filtered: &'f dyn Fn(&FrameworkId, &AgentId) -> bool,
-    /// By framework node (`None`: a role node); the flags do not change
-    /// within a cycle.
-    flags: Vec<Option<FwFlags>>,
     /// Framework nodes already given the current agent.
     given: Vec<NodeId>,
     /// By framework node: got an offer from an agent without GPUs in this
@@ -268,7 +244,7 @@ fn allocate_agent(a: &mut Allocator, agent_id: &AgentId, stage: Stage, st: &mut 
         let mut chosen: Option<(FrameworkId, Resources)> = None;
         let this: &Allocator = a;
         let (given, got_plain, filtered, flags) =
-            (&st.given, &st.got_plain, st.filtered, &st.flags);
+            (&st.given, &st.got_plain, st.filtered, &this.flags);
         let mut enter = |id: NodeId, _: &Node| worth_entering(this, id, agent, stage);
         let mut take = |id: NodeId, node: &Node| {
             let Kind::Framework(fid) = &node.kind else {

@@ -74,6 +74,15 @@ pub struct FrameworkState {
     pub allocated: Resources,
 }
 
+/// What a cycle needs to know of a framework to pass over it, kept by
+/// sorter node so that passing over one costs no lookup by id (a GPU agent
+/// late in a big cycle passes over most frameworks).
+#[derive(Debug, Clone, Copy)]
+struct FwFlags {
+    active: bool,
+    gpu_capable: bool,
+}
+
 #[derive(Debug, Clone)]
 struct FrameworkEntry {
     node: NodeId,
@@ -133,6 +142,9 @@ pub struct Allocator {
     sorter: Sorter,
     frameworks: Map<FrameworkId, FrameworkEntry>,
     agents: BTreeMap<AgentId, AgentEntry>,
+    /// Each framework's flags by its sorter node (`None`: a role node, or
+    /// no framework there now); follows `frameworks`.
+    flags: Vec<Option<FwFlags>>,
     roles: BTreeMap<String, RoleConfig>,
     quotas: Vec<(NodeId, Quota)>,
     total: Qty,
@@ -215,9 +227,21 @@ impl Allocator {
     pub fn update_framework(&mut self, id: &FrameworkId, f: &FrameworkState) {
         let node = self.sorter.add_framework(id, &f.role);
         let held = Qty::of(&f.allocated);
+        if let Some(moved) = self.frameworks.get(id).filter(|e| e.node != node) {
+            if let Some(slot) = self.flags.get_mut(moved.node) {
+                *slot = None;
+            }
+        }
         let before = self.frameworks.get(id).filter(|e| e.node == node);
         let old = before.map(|e| e.held).unwrap_or_default();
         self.sorter.change(node, held.delta(old));
+        if self.flags.len() <= node {
+            self.flags.resize(node + 1, None);
+        }
+        self.flags[node] = Some(FwFlags {
+            active: f.active,
+            gpu_capable: f.gpu_capable,
+        });
         self.frameworks.insert(
             id.clone(),
             FrameworkEntry {
@@ -231,7 +255,11 @@ impl Allocator {
 
     /// Removes a framework and what it held.
     pub fn remove_framework(&mut self, id: &FrameworkId) {
-        self.frameworks.remove(id);
+        if let Some(gone) = self.frameworks.remove(id) {
+            if let Some(slot) = self.flags.get_mut(gone.node) {
+                *slot = None;
+            }
+        }
         self.sorter.remove_framework(id);
     }
 
