@@ -23,6 +23,8 @@ fn main() {
     println!("cargo:rerun-if-changed=wrapper/src");
     println!("cargo:rerun-if-changed=wrapper/Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    // The wrapper's dependencies and their features are the workspace's.
+    println!("cargo:rerun-if-changed=Cargo.toml");
     println!("cargo:rerun-if-env-changed=MEZZ_STATIC_WRAPPER");
     if std::env::var("MEZZ_STATIC_WRAPPER").as_deref() == Ok("0") {
         return;

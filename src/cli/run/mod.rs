@@ -349,6 +349,10 @@ pub async fn main(mut args: RunArgs) -> Result<ExitCode> {
                 Some(Progress::Retry { why, .. }) => {
                     errln!("mezz run: {why}; launching it again");
                     attempt = None;
+                    // The next launch may land on another agent.
+                    if let Some(old) = sandbox.take() {
+                        old.abort();
+                    }
                     next_why = Some(Instant::now() + Duration::from_millis(1500));
                 }
                 Some(Progress::Update(status)) => {
