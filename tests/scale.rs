@@ -255,8 +255,12 @@ fn a_thousand_agents_and_ten_thousand_tasks_lose_nothing_across_a_leader_kill() 
         std::thread::sleep(Duration::from_millis(200));
     };
     let out = rig.read("load.out");
-    let report: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("the load's report is not JSON ({e}): {out}"));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the load's report is not JSON ({e}); it ended with {status}: {out}\n---- load.log ----\n{}",
+            rig.read("load.log")
+        )
+    });
     eprintln!("load report: {report}");
     let n = |k: &str| {
         report[k]
