@@ -102,8 +102,12 @@ async fn push_routes(book: Book, link: Arc<Link>) {
     let mut tick = tokio::time::interval(PUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let changed = book.routes_changed();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = changed.notified() => {}
+        }
         if let Err(e) = push_once(&book, &link).await {
             if !failing {
                 tracing::warn!("cannot give the proxy its routes: {e}; trying again");

@@ -37,6 +37,10 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, Default)]
 struct Replica {
     healthy: bool,
+    /// When it last turned healthy: it takes requests once the proxy holds
+    /// routes taken after then. `None` for a replica whose health came
+    /// without that instant (it counts as routed).
+    healthy_since: Option<Instant>,
     message: String,
 }
 
@@ -146,6 +150,9 @@ struct Inner {
     driver: Option<Driver>,
     framework_id: Option<FrameworkId>,
     in_flight: SharedInFlight,
+    /// Wakes the push of routes to the proxy at once (a replica turned
+    /// healthy or stopped being so) instead of at its next tick.
+    routes_changed: Arc<tokio::sync::Notify>,
 }
 
 fn tracker() -> TaskTracker {
@@ -190,6 +197,7 @@ impl Book {
         Ok(Book {
             inner: Arc::new(Mutex::new(Inner {
                 in_flight: SharedInFlight::default(),
+                routes_changed: Arc::default(),
                 store,
                 next_serial: desired.next_serial,
                 services,
@@ -204,6 +212,12 @@ impl Book {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notified whenever the routes the proxy should have changed in a way
+    /// that should reach it before the next periodic push.
+    pub fn routes_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.lock().routes_changed.clone()
     }
 
     /// The scheduler that drives this book.
@@ -513,6 +527,15 @@ fn drained(table: &SharedInFlight, address: &str, since: Instant) -> bool {
 }
 
 impl Inner {
+    /// Whether the proxy has routes taken since `r` turned healthy.
+    fn routed(&self, r: &Replica) -> bool {
+        let Some(since) = r.healthy_since else {
+            return true;
+        };
+        let t = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        t.as_of.is_some_and(|at| at >= since)
+    }
+
     fn persist(&self) -> Result<(), Error> {
         Ok(self.store.write(&Desired {
             next_serial: self.next_serial,
@@ -538,7 +561,9 @@ impl Inner {
                 let r = e.replicas.get(&s.key).cloned().unwrap_or_default();
                 let state = match t.map(|t| t.phase) {
                     _ if s.retiring => "stopping",
-                    Some(Phase::Running) if r.healthy => "healthy",
+                    // Healthy, but the proxy does not route to it yet: a
+                    // request now would not reach it.
+                    Some(Phase::Running) if r.healthy && self.routed(&r) => "healthy",
                     Some(Phase::Running) | Some(Phase::Launched) => "starting",
                     Some(Phase::Waiting) if t.is_some_and(|t| t.restarts > 0) => "restarting",
                     Some(Phase::Failed) => "failed",

@@ -260,10 +260,19 @@ impl Inner {
                         if h && !r.healthy {
                             tracing::info!(service = %name, task = %status.task_id, "replica healthy");
                             e.replaced = 0;
+                            r.healthy_since = Some(Instant::now());
+                        }
+                        if h != r.healthy {
+                            self.routes_changed.notify_one();
                         }
                         r.healthy = h;
                     }
-                    _ if !running => r.healthy = false,
+                    _ if !running => {
+                        if r.healthy {
+                            self.routes_changed.notify_one();
+                        }
+                        r.healthy = false;
+                    }
                     _ => {}
                 }
             }

@@ -201,3 +201,40 @@ fn a_failing_update_goes_back_to_the_old_command() {
     b.start_update("m", "v3".into(), Pace::default()).unwrap();
     assert_eq!(b.services["m"].service.version, 3);
 }
+
+#[test]
+fn a_healthy_replica_counts_once_the_proxy_routes_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = deployed(&tmp, 2);
+    let keys = live(&book.lock(), 1);
+    let turned = Instant::now();
+    {
+        let mut b = book.lock();
+        for k in &keys {
+            running(&mut b, k, true);
+            let e = b.services.get_mut("m").unwrap();
+            e.replicas.get_mut(k).unwrap().healthy_since = Some(turned);
+        }
+        // Healthy by their checks, yet no push of routes since: a request
+        // now would find no replica, so none is counted.
+        let v = b.view("m").unwrap();
+        assert_eq!(v.healthy, 0);
+        assert!(
+            v.replica_list.iter().all(|r| r.state == "starting"),
+            "{v:?}"
+        );
+    }
+    // Both in the routes a push took before they turned healthy: still not.
+    let answer = || crate::relay::PushAnswer {
+        failed: Default::default(),
+        in_flight: Default::default(),
+    };
+    book.proxy_said(answer(), turned - Duration::from_millis(1));
+    assert_eq!(book.lock().view("m").unwrap().healthy, 0);
+    // A push with routes taken after: both count, and both are routed.
+    assert_eq!(book.backends("m").stable.len(), 2);
+    book.proxy_said(answer(), Instant::now());
+    let v = book.lock().view("m").unwrap();
+    assert_eq!(v.healthy, 2);
+    assert_eq!(v.state, "running");
+}
