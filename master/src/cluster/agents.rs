@@ -217,10 +217,7 @@ impl Cluster {
             seen.insert(key.clone());
             let status = t.latest_status.unwrap_or_default();
             let framework_known = self.frameworks.contains_key(&fid);
-            let was_lost = returning
-                || self.completed.iter().any(|c| {
-                    c.framework_id == fid && c.info.task_id == info.task_id && c.agent_id == *id
-                });
+            let was_lost = returning || self.completed.ended_on(&fid, &info.task_id, id);
             if (!framework_known || was_lost) && !status.state().is_terminal() {
                 let reason = if framework_known {
                     TaskReason::AgentRemoved
@@ -360,12 +357,8 @@ impl Cluster {
             // this agent was killing it, or it is the end this agent
             // already reported (an update sent again).
             let released = self.release_killed(&agent_id, &key);
-            let ended_here = released.is_some()
-                || self.completed.iter().any(|c| {
-                    c.framework_id == fid
-                        && c.info.task_id == status.task_id
-                        && c.agent_id == agent_id
-                });
+            let ended_here =
+                released.is_some() || self.completed.ended_on(&fid, &status.task_id, &agent_id);
             if !ended_here {
                 return self.drop_update(conn, &agent_id, &status, "a task it does not run");
             }

@@ -419,12 +419,11 @@ impl Cluster {
         } else {
             for rt in &tasks {
                 let key = (fid.clone(), TaskId(rt.task_id.clone()));
-                let found = self.tasks.get(&key).cloned().or_else(|| {
-                    self.completed
-                        .iter()
-                        .find(|c| c.framework_id == fid && c.info.task_id == rt.task_id)
-                        .cloned()
-                });
+                let found = self
+                    .tasks
+                    .get(&key)
+                    .or_else(|| self.completed.find(&fid, &rt.task_id))
+                    .cloned();
                 match found {
                     Some(t) => answers.push(t),
                     None => {

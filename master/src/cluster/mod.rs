@@ -9,6 +9,7 @@
 //! through [`Cluster::apply`].
 
 mod agents;
+mod completed;
 mod deadlines;
 mod frameworks;
 mod gpu_usage;
@@ -280,7 +281,7 @@ pub struct Cluster {
     agents: Map<AgentId, Agent>,
     frameworks: Map<FrameworkId, Framework>,
     tasks: Map<(FrameworkId, TaskId), Task>,
-    completed: VecDeque<Task>,
+    completed: completed::Completed,
     offers: Map<OfferId, OfferRecord>,
     agent_conns: Map<ConnId, AgentId>,
     framework_conns: Map<ConnId, FrameworkId>,
@@ -355,7 +356,7 @@ impl Cluster {
             agents: Map::default(),
             frameworks: Map::default(),
             tasks: Map::default(),
-            completed: VecDeque::new(),
+            completed: Default::default(),
             offers: Map::default(),
             agent_conns: Map::default(),
             framework_conns: Map::default(),

@@ -562,7 +562,7 @@ impl Cluster {
             let g = t.resources.set_len(GPUS) as f64;
             *out.entry(t.framework_id.clone()).or_default() += g * (now - t.launched_at).max(0.0);
         }
-        for t in &self.completed {
+        for t in self.completed.iter() {
             let g = t.resources.set_len(GPUS) as f64;
             *out.entry(t.framework_id.clone()).or_default() +=
                 g * (t.status.timestamp - t.launched_at).max(0.0);

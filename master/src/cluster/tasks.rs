@@ -118,10 +118,7 @@ impl Cluster {
         resources: Resources,
         status: TaskStatus,
     ) {
-        let known = self
-            .completed
-            .iter()
-            .any(|c| c.framework_id == *framework_id && c.info.task_id == info.task_id);
+        let known = self.completed.has(framework_id, &info.task_id);
         if !known {
             let task = self.task_record(framework_id, agent_id.clone(), info, resources, status);
             self.remember_completed(task);

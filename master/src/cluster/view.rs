@@ -110,12 +110,12 @@ impl Cluster {
             FrameworkId(framework_id.to_string()),
             TaskId(task_id.to_string()),
         );
-        let t = self.tasks.get(&key).or_else(|| {
-            self.completed
-                .iter()
-                .rev()
-                .find(|t| t.framework_id.0 == framework_id && t.info.task_id == task_id)
-        })?;
+        // A task id used again: the newest of its ends, as the full view
+        // lists them.
+        let t = self
+            .tasks
+            .get(&key)
+            .or_else(|| self.completed.find(&key.0, task_id))?;
         Some(task_view(self, t))
     }
 
