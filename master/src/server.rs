@@ -319,9 +319,10 @@ impl Actor {
                     applied_index: replica.applied(),
                     allocation: self.node.allocation_time().clone(),
                 };
+                let cluster = self.node.cluster();
                 let _ = reply.send(crate::api::metrics::metrics_text(
-                    self.node.cluster(),
-                    &self.state(false),
+                    cluster,
+                    &cluster.gauges(),
                     &shell,
                 ));
             }

@@ -1,5 +1,5 @@
 //! Prometheus text exposition (format 0.0.4) for `/metrics`: the state
-//! machine's counters, gauges from the cluster view, raft progress, the
+//! machine's counters, gauges counted over the cluster, raft progress, the
 //! allocation cycle time, and gRPC request counts and latencies.
 
 use std::collections::BTreeMap;
@@ -10,9 +10,8 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use mezz_proto::v1::ClusterState;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Gauges};
 // Defined in a leaf module so that `node` need not import `api`.
 pub use crate::metrics::{Histogram, LATENCY_BUCKETS};
 
@@ -120,12 +119,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Each GPU's latest use, and how many held GPUs are idle.
-fn gpu_usage_metrics(out: &mut String, s: &ClusterState) {
-    let gpus = || {
-        s.agents
-            .iter()
-            .flat_map(|a| a.gpu_usage.iter().map(move |g| (a, g)))
-    };
+fn gpu_usage_metrics(out: &mut String, s: &Gauges) {
+    let gpus = || s.gpu_usage.iter();
     type Value = fn(&mezz_proto::v1::GpuUsageView) -> u64;
     let per_gpu: [(&str, &str, Value); 2] = [
         (
@@ -145,7 +140,7 @@ fn gpu_usage_metrics(out: &mut String, s: &ClusterState) {
             let _ = writeln!(
                 out,
                 "{name}{{agent=\"{}\",gpu=\"{}\"}} {}",
-                label(&a.id),
+                label(a),
                 label(&g.gpu),
                 value(g)
             );
@@ -165,7 +160,7 @@ fn gpu_usage_metrics(out: &mut String, s: &ClusterState) {
 }
 
 /// Prometheus text for the counters and gauges of a master.
-pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> String {
+pub fn metrics_text(c: &Cluster, s: &Gauges, shell: &ShellMetrics) -> String {
     let k = c.counters();
     let mut out = String::new();
     for (name, help, v) in [
@@ -232,25 +227,17 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> Stri
         );
     }
     family(&mut out, "mezz_tasks", "gauge", "Active tasks by state.");
-    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-    for t in &s.tasks {
-        *by_state.entry(t.state.as_str()).or_default() += 1;
-    }
-    for (state, n) in &by_state {
+    for (state, n) in &s.tasks_by_state {
         let _ = writeln!(out, "mezz_tasks{{state=\"{}\"}} {n}", label(state));
     }
-    let connected = s.agents.iter().filter(|a| a.status == "connected").count();
+    let connected = s.agents_connected;
     family(&mut out, "mezz_agents", "gauge", "Agents by status.");
     let _ = writeln!(
         out,
         "mezz_agents{{status=\"connected\"}} {connected}\nmezz_agents{{status=\"disconnected\"}} {}",
-        s.agents.len() - connected
+        s.agents - connected
     );
-    let fw_connected = s
-        .frameworks
-        .iter()
-        .filter(|f| f.status == "connected")
-        .count();
+    let fw_connected = s.frameworks_connected;
     family(
         &mut out,
         "mezz_frameworks",
@@ -260,11 +247,11 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> Stri
     let _ = writeln!(
         out,
         "mezz_frameworks{{status=\"connected\"}} {fw_connected}\nmezz_frameworks{{status=\"disconnected\"}} {}",
-        s.frameworks.len() - fw_connected
+        s.frameworks - fw_connected
     );
     gpu_usage_metrics(&mut out, s);
     family(&mut out, "mezz_tasks_active", "gauge", "Active tasks.");
-    let _ = writeln!(out, "mezz_tasks_active {}", s.tasks.len());
+    let _ = writeln!(out, "mezz_tasks_active {}", s.tasks_active);
     family(
         &mut out,
         "mezz_resources_total",
@@ -273,8 +260,8 @@ pub fn metrics_text(c: &Cluster, s: &ClusterState, shell: &ShellMetrics) -> Stri
     );
     let mut used_lines = String::new();
     for res in mezz_proto::resources::SHARE_NAMES {
-        let total: f64 = s.agents.iter().filter_map(|a| a.total.get(res)).sum();
-        let used: f64 = s.agents.iter().filter_map(|a| a.used.get(res)).sum();
+        let total = s.total.get(res).copied().unwrap_or(0.0);
+        let used = s.used.get(res).copied().unwrap_or(0.0);
         let _ = writeln!(out, "mezz_resources_total{{resource=\"{res}\"}} {total}");
         let _ = writeln!(
             used_lines,

@@ -25,6 +25,7 @@ pub mod services;
 pub(crate) mod sizes;
 mod tasks;
 mod view;
+pub use view::Gauges;
 
 pub use frameworks::MAX_FAILOVER_SECS;
 

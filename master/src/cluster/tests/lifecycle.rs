@@ -580,3 +580,49 @@ fn no_periodic_sweep_without_a_framework_to_offer_to() {
         "the sweep runs with a framework"
     );
 }
+
+#[test]
+fn the_metrics_gauges_count_what_the_view_lists() {
+    let mut h = Harness::new();
+    h.register_agent(1, "a1", "cpus:4;mem:1024", vec![]);
+    h.register_agent(2, "a2", "cpus:2;mem:512", vec![]);
+    h.register_agent(3, "a3", "cpus:1;mem:256;gpus:{g0,g1}", vec![]);
+    let (fid, e) = h.subscribe(10, "", 60.0);
+    let o = offers(&e);
+    let on_a1 = o.iter().find(|o| o.agent_id == "a1").unwrap();
+    launch(
+        &mut h,
+        &fid,
+        on_a1,
+        vec![task("t1", "cpus:1;mem:64"), task("t2", "cpus:0.5;mem:32")],
+    );
+    h.update(1, agent_status("a1", &fid, "t1", TaskState::Running, "u1"));
+    h.settle();
+    h.c.agent_disconnected(2, h.now);
+    h.settle();
+
+    let g = h.c.gauges();
+    let v = h.c.view(false, vec![], String::new(), 0.0);
+    assert_eq!(g.tasks_active, v.tasks.len());
+    assert_eq!(g.tasks_active, 2);
+    let mut by_state = std::collections::BTreeMap::new();
+    for t in &v.tasks {
+        *by_state.entry(t.state.as_str()).or_insert(0u64) += 1;
+    }
+    assert_eq!(g.tasks_by_state, by_state);
+    assert_eq!((g.agents, g.agents_connected), (3, 2));
+    assert_eq!(
+        g.agents_connected,
+        v.agents.iter().filter(|a| a.status == "connected").count()
+    );
+    assert_eq!((g.frameworks, g.frameworks_connected), (1, 1));
+    for res in mezz_proto::resources::SHARE_NAMES {
+        let total: f64 = v.agents.iter().filter_map(|a| a.total.get(res)).sum();
+        let used: f64 = v.agents.iter().filter_map(|a| a.used.get(res)).sum();
+        assert_eq!(g.total.get(res).copied().unwrap_or(0.0), total, "{res}");
+        assert_eq!(g.used.get(res).copied().unwrap_or(0.0), used, "{res}");
+    }
+    assert_eq!(g.total["cpus"], 7.0);
+    assert_eq!(g.used["cpus"], 1.5);
+    assert_eq!(g.total["gpus"], 2.0);
+}
