@@ -131,8 +131,6 @@ pub enum Input {
     /// A job with the jobs it waits for, those waiting on it and its
     /// latest runs (the job's status page).
     JobDetail(String, oneshot::Sender<Option<crate::job_store::JobDetail>>),
-    /// Raft messages from a peer master.
-    Raft(Vec<raft::eraftpb::Message>),
     /// One task by framework and task id (active or recently completed).
     Task(
         String,
@@ -175,6 +173,10 @@ impl Input {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Input>,
+    /// Raft messages from the peers, on their own queue: the actor takes
+    /// them before any client's input, so that a flood of calls cannot hold
+    /// back the heartbeats and votes that keep the group's leader.
+    raft_tx: mpsc::Sender<Vec<raft::eraftpb::Message>>,
     conns: Arc<AtomicU64>,
     /// Why the state machine stopped, once it has.
     fatal: Arc<std::sync::OnceLock<String>>,
@@ -187,11 +189,13 @@ impl Handle {
     /// when the state machine stops.
     pub(crate) fn new(
         tx: mpsc::Sender<Input>,
+        raft_tx: mpsc::Sender<Vec<raft::eraftpb::Message>>,
         fatal: Arc<std::sync::OnceLock<String>>,
         guard: Arc<Guard>,
     ) -> Handle {
         Handle {
             tx,
+            raft_tx,
             conns: Arc::new(AtomicU64::new(1)),
             fatal,
             guard,
@@ -223,6 +227,14 @@ impl Handle {
     pub async fn send(&self, input: Input) -> Result<(), Status> {
         self.tx
             .send(input)
+            .await
+            .map_err(|_| Status::unavailable("the master is shutting down"))
+    }
+
+    /// Queues raft messages from a peer master.
+    pub async fn raft(&self, msgs: Vec<raft::eraftpb::Message>) -> Result<(), Status> {
+        self.raft_tx
+            .send(msgs)
             .await
             .map_err(|_| Status::unavailable("the master is shutting down"))
     }

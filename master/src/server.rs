@@ -21,9 +21,28 @@ use crate::{Config, MasterError};
 
 /// Inputs waiting for the actor.
 const INPUT_QUEUE: usize = 16384;
+/// Batches of raft messages from the peers waiting for the actor.
+const RAFT_QUEUE: usize = 1024;
+
+/// What the actor reads, most urgent first: raft messages from the peers,
+/// what the transport learned about them, then clients' inputs.
+struct Queues {
+    inputs: mpsc::Receiver<Input>,
+    raft: mpsc::Receiver<Vec<raft::eraftpb::Message>>,
+    reports: mpsc::UnboundedReceiver<PeerReport>,
+}
 /// Raft and timer tick: with raft's election timeout of 10 ticks, a
 /// leader that dies is replaced within 0.5 to 1 s.
 const TICK: Duration = Duration::from_millis(50);
+/// At most this many raft ticks are made up after a long turn of the
+/// actor's loop (a heartbeat is due every 2).
+const MAX_OWED_TICKS: u32 = 4;
+/// How long the actor takes queued inputs before it settles them.
+const BATCH_TIME: Duration = Duration::from_millis(20);
+/// A turn of the actor's loop this long is logged (at most every
+/// `SLOW_SAID_EVERY`).
+const SLOW_TURN: Duration = Duration::from_millis(250);
+const SLOW_SAID_EVERY: Duration = Duration::from_secs(10);
 
 /// Where the answer to an operator change goes, sent once the change is
 /// applied (see [`Waiting`]).
@@ -299,7 +318,6 @@ impl Actor {
             Input::JobDetail(name, reply) => {
                 let _ = reply.send(self.node.cluster().jobs().detail(&name));
             }
-            Input::Raft(msgs) => self.node.step_raft(msgs),
             Input::WhoLeads(reply) => {
                 let _ = reply.send((self.node.is_leader(), self.leader_address()));
             }
@@ -466,32 +484,80 @@ impl Actor {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Input>,
-        mut reports: mpsc::UnboundedReceiver<PeerReport>,
+        queues: Queues,
         mut stop: oneshot::Receiver<()>,
     ) -> Result<(), MasterError> {
+        let Queues {
+            inputs: mut rx,
+            raft: mut raft_rx,
+            mut reports,
+        } = queues;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticked = Instant::now();
+        let mut slow_said: Option<Instant> = None;
         loop {
+            let turn = Instant::now();
+            let mut what = "";
+            // Raft first: what the peers said, then the clock, then clients.
+            // A leader busy with clients still answers and sends its
+            // heartbeats, instead of being voted out by idle followers.
             tokio::select! {
+                biased;
+                _ = &mut stop => return Ok(()),
+                Some(msgs) = raft_rx.recv() => {
+                    what = "raft";
+                    self.node.step_raft(msgs);
+                    // Whatever else the peers sent, up to a bound.
+                    for _ in 0..256 {
+                        match raft_rx.try_recv() {
+                            Ok(msgs) => self.node.step_raft(msgs),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(report) = reports.recv() => {
+                    self.node.report(report);
+                    // Everything the peers already said, so that the ticks
+                    // below never find their answers still queued.
+                    while let Ok(report) = reports.try_recv() {
+                        self.node.report(report);
+                    }
+                }
+                _ = tick.tick() => {
+                    what = "tick";
+                    let now = self.now();
+                    self.node.tick(now);
+                    // A turn of this loop that took longer than a tick
+                    // (a large batch and its allocation) owes raft the
+                    // ticks it missed: the leader's heartbeats keep wall
+                    // time, up to a bound.
+                    let owed = (ticked.elapsed().as_millis() / TICK.as_millis()) as u32;
+                    for _ in 1..owed.min(MAX_OWED_TICKS) {
+                        self.node.tick_raft();
+                    }
+                    ticked = Instant::now();
+                }
                 input = rx.recv() => {
                     let Some(input) = input else { return Ok(()) };
+                    what = "inputs";
                     self.handle(input);
-                    // Batch whatever else is already queued before settling.
+                    // Batch whatever else is already queued before settling,
+                    // within a bound of time, so that a flood of calls
+                    // still leaves the loop turning.
+                    let batch = Instant::now();
                     for _ in 0..1024 {
+                        if batch.elapsed() > BATCH_TIME {
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(input) => self.handle(input),
                             Err(_) => break,
                         }
                     }
                 }
-                _ = tick.tick() => {
-                    let now = self.now();
-                    self.node.tick(now);
-                }
-                Some(report) = reports.recv() => self.node.report(report),
-                _ = &mut stop => return Ok(()),
             }
+            let handled = turn.elapsed();
             self.settle()?;
             if self.node.is_current_leader() != self.was_current {
                 self.was_current = !self.was_current;
@@ -513,6 +579,53 @@ impl Actor {
             }
             self.publish_security();
             self.answer_durable();
+            // A turn near raft's election timeout (10 ticks) risks an
+            // election: say so, at most every so often.
+            if turn.elapsed() > SLOW_TURN && slow_said.is_none_or(|t| t.elapsed() > SLOW_SAID_EVERY)
+            {
+                slow_said = Some(Instant::now());
+                tracing::warn!(
+                    ms = turn.elapsed().as_millis() as u64,
+                    handling_ms = handled.as_millis() as u64,
+                    woken_by = what,
+                    "one turn of the state machine took long; a turn near raft's election timeout (0.5 s) risks an election"
+                );
+            }
+        }
+    }
+}
+
+/// The runtime of the state machine and the raft transport, apart from
+/// the one that serves clients. Shut down without waiting when dropped
+/// (it may be dropped inside the other runtime, which cannot block).
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn start() -> Result<RaftRuntime, MasterError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            // The actor on one, the peer senders on the other.
+            .worker_threads(2)
+            .thread_name("mezz-master-raft")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                MasterError::Serve(format!("cannot start the state machine's threads: {e}"))
+            })?;
+        Ok(RaftRuntime(Some(rt)))
+    }
+}
+
+impl std::ops::Deref for RaftRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -596,8 +709,14 @@ pub async fn run(
         let now = actor.now();
         actor.node.tick(now);
     }
+    // The state machine and the raft transport run on threads of their
+    // own: on the runtime that serves thousands of agent and framework
+    // streams, a woken heartbeat sender waited its turn behind all of them,
+    // and a leader busy launching tasks was voted out.
+    let raft_runtime = RaftRuntime::start()?;
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     if config.peers.len() > 1 {
+        let _entered = raft_runtime.enter();
         actor.streams.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
     }
     actor.publish_security();
@@ -614,10 +733,18 @@ pub async fn run(
             source,
         })?;
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
     let fatal = Arc::new(std::sync::OnceLock::new());
-    let handle = Handle::new(tx, Arc::clone(&fatal), guard);
+    let handle = Handle::new(tx, raft_tx, Arc::clone(&fatal), guard);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let mut actor_task = tokio::spawn(actor.run(rx, report_rx, stop_rx));
+    let mut actor_task = raft_runtime.spawn(actor.run(
+        Queues {
+            inputs: rx,
+            raft: raft_rx,
+            reports: report_rx,
+        },
+        stop_rx,
+    ));
     let router = crate::api::router(handle, config.id, config.peers.keys().copied().collect());
     tracing::info!(
         "master listening on {} (gRPC and HTTP{})",

@@ -4,7 +4,7 @@
 use mezz_proto::v1::{raft_peer_server::RaftPeer, Empty, RaftBatch};
 use tonic::{Request, Response, Status};
 
-use crate::handle::{Handle, Input};
+use crate::handle::Handle;
 use crate::replication::transport::decode_batch;
 
 /// Serves raft traffic from peers.
@@ -32,7 +32,7 @@ impl RaftPeer for RaftApi {
             )));
         }
         let msgs = decode_batch(self.me, &batch).map_err(Status::invalid_argument)?;
-        self.handle.send(Input::Raft(msgs)).await?;
+        self.handle.raft(msgs).await?;
         Ok(Response::new(Empty {}))
     }
 }

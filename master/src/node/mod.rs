@@ -473,6 +473,12 @@ impl Node {
         }
     }
 
+    /// A raft tick alone: one the shell owes raft after a turn of its loop
+    /// that took longer than a tick.
+    pub fn tick_raft(&mut self) {
+        self.replica.tick();
+    }
+
     /// Runs the state machine and raft until nothing is left to do, sending
     /// what they ask for through `out`. Proposals are durable (fsynced)
     /// before anything that depends on them is sent, because the state
