@@ -203,10 +203,20 @@ impl Allocator {
             available: available.clone(),
             free: Qty::of(&available.unreserved()),
         };
-        self.forget_agent(id);
-        self.total = self.total.plus(entry.total);
-        self.free = self.free.plus(entry.free);
-        self.agents.insert(id.clone(), entry);
+        // In place when known: one lookup, and the tree keeps its shape.
+        let (total, free) = (entry.total, entry.free);
+        match self.agents.get_mut(id) {
+            Some(old) => {
+                self.total = self.total.minus(old.total);
+                self.free = self.free.minus(old.free);
+                *old = entry;
+            }
+            None => {
+                self.agents.insert(id.clone(), entry);
+            }
+        }
+        self.total = self.total.plus(total);
+        self.free = self.free.plus(free);
         self.sorter.set_total(self.total);
     }
 

@@ -291,6 +291,13 @@ pub struct Cluster {
     effects: Vec<Effect>,
     /// A full allocation sweep is wanted.
     alloc_dirty: bool,
+    /// The next full sweep also brings every agent's mirror in the
+    /// allocator up to date (a start, a new leader), not only those that
+    /// changed.
+    resync_all: bool,
+    /// Where the next full sweep's slice of agents re-synced anyway starts
+    /// (see [`Cluster::allocate`]).
+    resync_cursor: usize,
     /// Agents and frameworks whose resources changed since the last cycle.
     dirty_agents: Set<AgentId>,
     dirty_frameworks: Set<FrameworkId>,
@@ -365,6 +372,8 @@ impl Cluster {
             pending_frameworks: Map::default(),
             effects: Vec::new(),
             alloc_dirty: false,
+            resync_all: true,
+            resync_cursor: 0,
             dirty_agents: Set::default(),
             dirty_frameworks: Set::default(),
             last_sweep: None,
@@ -450,6 +459,7 @@ impl Cluster {
             self.apply_role(&cfg);
         }
         self.alloc_dirty = true;
+        self.resync_all = true;
     }
 
     /// Applies a committed replicated command, then finishes whatever was

@@ -8,6 +8,14 @@ use mezz_proto::{AgentId, FrameworkId, OfferId, Resources};
 use super::{Cluster, Effect, Millis, OfferRecord};
 use crate::allocator::{FrameworkState, Scope};
 
+/// A full sweep also re-syncs one of this many slices of the agents that
+/// did not change, so that all of them are re-synced every so many sweeps.
+const RESYNC_SLICES: usize = 16;
+/// Changed agents one allocation cycle takes at most: a cycle costs tens
+/// of microseconds per agent, and a turn of the master's loop must stay
+/// well under raft's election timeout.
+const MAX_AGENTS_PER_CYCLE: usize = 2048;
+
 /// The agent's `--gpu-reserve`, when it sent a usable one (anything but
 /// cpus and mem is ignored; without it the default share applies).
 pub(super) fn gpu_reserve(info: &AgentInfo) -> Option<Resources> {
@@ -87,12 +95,41 @@ impl Cluster {
     pub fn allocate(&mut self, now: Millis) {
         self.now = now;
         self.serve_holds();
-        let full = self.alloc_dirty && self.sweep_allowed(now);
-        let agents: Vec<AgentId> = if full {
-            self.agents.keys().cloned().collect()
-        } else {
-            self.dirty_agents.iter().cloned().collect()
-        };
+        // One cycle takes at most MAX_AGENTS_PER_CYCLE changed agents; the
+        // rest wait for the next turn of the loop (within a tick). A sweep
+        // (over every agent) waits until no more than that many changed
+        // ones are left, since it must see all of them as they are.
+        let backlog = self.dirty_agents.len() > MAX_AGENTS_PER_CYCLE;
+        let full = self.alloc_dirty && self.sweep_allowed(now) && !backlog;
+        // Every change to an agent marks it dirty, so a sweep re-syncs only
+        // those, and a slice of the others as a safety net (all of them
+        // every RESYNC_SLICES sweeps): re-syncing 10,000 agents each second
+        // kept a busy leader's loop from turning for most of a second,
+        // long enough for its followers to elect another.
+        let mut agents: Vec<AgentId> = self
+            .dirty_agents
+            .iter()
+            .take(MAX_AGENTS_PER_CYCLE)
+            .cloned()
+            .collect();
+        if full && std::mem::take(&mut self.resync_all) {
+            agents = self.agents.keys().cloned().collect();
+        } else if full {
+            let n = self.agents.len();
+            let slice = n.div_ceil(RESYNC_SLICES).max(1);
+            if self.resync_cursor >= n {
+                self.resync_cursor = 0;
+            }
+            agents.extend(
+                self.agents
+                    .keys()
+                    .skip(self.resync_cursor)
+                    .take(slice)
+                    .filter(|id| !self.dirty_agents.contains(*id))
+                    .cloned(),
+            );
+            self.resync_cursor += slice;
+        }
         let frameworks: Vec<FrameworkId> = if full {
             let mut ids: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
             ids.extend(self.dirty_frameworks.iter().cloned());
@@ -100,7 +137,13 @@ impl Cluster {
         } else {
             self.dirty_frameworks.iter().cloned().collect()
         };
-        self.dirty_agents.clear();
+        if backlog {
+            for id in &agents {
+                self.dirty_agents.remove(id);
+            }
+        } else {
+            self.dirty_agents.clear();
+        }
         self.dirty_frameworks.clear();
         for id in &agents {
             self.sync_agent(id);

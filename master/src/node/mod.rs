@@ -18,7 +18,7 @@
 //!   replicated registry, so offers of an old leader are void.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mezz_proto::v1::{
     AcceptRequest, FrameworkInfo, GpuUsage, ReconcileTask, RegisterAgent, ReplicatedSnapshot,
@@ -37,6 +37,10 @@ use crate::MasterError;
 mod waiting;
 
 pub use waiting::Waiting;
+
+/// How long one call of `settle` may spend in allocation cycles (see
+/// `Node::run_until_quiet`).
+const ALLOCATION_PER_SETTLE: Duration = Duration::from_millis(50);
 
 /// The name of a replicated command's kind, for logs.
 fn kind(cmd: &mezz_proto::v1::ReplicatedCommand) -> &'static str {
@@ -512,15 +516,22 @@ impl Node {
     }
 
     fn run_until_quiet(&mut self, now: Millis, out: &mut dyn Outbox) -> Result<(), MasterError> {
+        // Allocation cycles stop for this call once they took this long:
+        // what is left (agents changed by the offers just made, a backlog
+        // of changed agents) waits for the next call, at the latest a tick
+        // away, so that raft's messages and timers are never held back
+        // long.
+        let mut allocating = Duration::ZERO;
         loop {
             let leader = self.replica.is_leader();
             // Offers only from a leader that knows a majority still follows.
-            let can_offer = self.may_offer();
+            let can_offer = self.may_offer() && allocating < ALLOCATION_PER_SETTLE;
             if can_offer && self.cluster.allocation_due() {
                 let started = Instant::now();
                 self.cluster.allocate(now);
                 self.allocation_time
                     .observe(started.elapsed().as_secs_f64());
+                allocating += started.elapsed();
             }
             let mut effects = self.cluster.take_effects();
             if !leader {
