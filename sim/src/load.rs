@@ -169,6 +169,10 @@ struct Load {
     launch_to_running: Vec<f64>,
     offer_latency: Vec<f64>,
     done: bool,
+    /// Whether the master was last told to suppress its offers (it
+    /// launches nothing more unless a dropped launch gives its place back);
+    /// `None` after a subscription, when the master's view is unknown.
+    suppressed: Option<bool>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -309,6 +313,18 @@ impl Load {
         self.reconcile_stuck(driver, now);
         self.launch_from_held(driver, now);
         let over = self.launching_over(now);
+        // A framework that wants no more offers says so, as a real one
+        // should: declining each of them instead has the master offer every
+        // agent to every framework over and over (10,000 agents, 20
+        // frameworks: the leader did nothing else).
+        if self.suppressed != Some(over) {
+            if over {
+                driver.suppress();
+            } else {
+                driver.revive();
+            }
+            self.suppressed = Some(over);
+        }
         if (over && self.in_flight.is_empty()) || now >= self.drain_until {
             self.done = true;
             driver.teardown();
@@ -321,8 +337,11 @@ impl Load {
 impl Scheduler for Load {
     fn subscribed(&mut self, driver: &Driver, id: &FrameworkId, reconnected: bool) {
         tracing::debug!(%id, reconnected, "load framework {} subscribed", self.index);
-        // Offers of a previous connection died with it.
+        // Offers of a previous connection died with it; whether a new
+        // leader knows of a suppression is unknown: the next tick says
+        // again what it wants.
         self.held.clear();
+        self.suppressed = None;
         driver.wake_after(TICK);
     }
 
@@ -456,6 +475,7 @@ pub async fn run(config: LoadConfig, counters: Arc<LoadCounters>) -> LoadReport 
             launch_to_running: Vec::new(),
             offer_latency: Vec::new(),
             done: false,
+            suppressed: None,
         };
         let mut capabilities = Vec::new();
         if config.gpus > 0 {
