@@ -98,7 +98,8 @@ impl Cluster {
         }
         fw.disconnected_since = None;
         fw.suppressed = false;
-        let unacked: Vec<TaskStatus> = fw.unacked.in_order().cloned().collect();
+        fw.unacked.begin_resend();
+        let unacked: Vec<TaskStatus> = fw.unacked.take_resend(super::RESEND_WINDOW);
         self.framework_conns.insert(conn, id.clone());
         self.effects.push(Effect::ToFramework(
             conn,
@@ -378,10 +379,18 @@ impl Cluster {
         if uuid.is_empty() {
             return Err(CallError::Invalid("acknowledgement without a uuid".into()));
         }
-        let status = self
+        let (status, next) = match self
             .frameworks
             .get_mut(&FrameworkId(framework_id.to_string()))
-            .and_then(|f| f.unacked.remove(uuid));
+        {
+            // Each acknowledgement makes room for one more update kept
+            // from before the subscription.
+            Some(f) => (f.unacked.remove(uuid), f.unacked.take_resend(1)),
+            None => (None, Vec::new()),
+        };
+        for s in next {
+            self.forward_update(s);
+        }
         let from_agent = status
             .as_ref()
             .is_none_or(|s| s.source() != StatusSource::Master);

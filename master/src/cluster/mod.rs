@@ -190,7 +190,17 @@ pub(crate) struct Unacked {
     by_seq: BTreeMap<u64, TaskStatus>,
     seq_of: Map<String, u64>,
     next: u64,
+    /// Updates kept from before the last subscription still to be sent
+    /// again on it: from the first sequence number to the second.
+    resend: Option<(u64, u64)>,
 }
+
+/// Updates sent again at once to a framework that subscribes; the rest
+/// follow one per acknowledgement. Sending them all at once overflowed the
+/// stream's queue (`STREAM_QUEUE_LEN`) of a framework more than that many
+/// behind: the master closed it, the framework subscribed again, and so on
+/// forever.
+pub(crate) const RESEND_WINDOW: usize = 1024;
 
 impl Unacked {
     /// Keeps an update with a uuid; one resent keeps its first place.
@@ -213,9 +223,28 @@ impl Unacked {
         self.by_seq.is_empty()
     }
 
-    /// The updates in the order they came.
-    fn in_order(&self) -> impl Iterator<Item = &TaskStatus> {
-        self.by_seq.values()
+    /// Starts sending again, in order, every update kept so far (a new
+    /// subscription).
+    fn begin_resend(&mut self) {
+        self.resend = (self.next > 0).then_some((1, self.next));
+    }
+
+    /// The next `n` updates to send again, in order.
+    fn take_resend(&mut self, n: usize) -> Vec<TaskStatus> {
+        let Some((from, to)) = self.resend else {
+            return Vec::new();
+        };
+        let out: Vec<(u64, TaskStatus)> = self
+            .by_seq
+            .range(from..=to)
+            .take(n)
+            .map(|(&s, t)| (s, t.clone()))
+            .collect();
+        self.resend = match out.last() {
+            Some(&(last, _)) if last < to && out.len() == n => Some((last + 1, to)),
+            _ => None,
+        };
+        out.into_iter().map(|(_, t)| t).collect()
     }
 }
 

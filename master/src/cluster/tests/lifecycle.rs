@@ -626,3 +626,38 @@ fn the_metrics_gauges_count_what_the_view_lists() {
     assert_eq!(g.used["cpus"], 1.5);
     assert_eq!(g.total["gpus"], 2.0);
 }
+
+#[test]
+fn updates_kept_for_a_returning_framework_go_out_a_window_at_a_time() {
+    let mut u = super::super::Unacked::default();
+    let status = |i: usize| TaskStatus {
+        task_id: format!("t{i}"),
+        uuid: format!("u{i}"),
+        ..Default::default()
+    };
+    for i in 0..2500 {
+        u.insert(status(i));
+    }
+    u.begin_resend();
+    let first = u.take_resend(super::super::RESEND_WINDOW);
+    assert_eq!(first.len(), 1024);
+    assert_eq!(
+        (first[0].uuid.as_str(), first[1023].uuid.as_str()),
+        ("u0", "u1023")
+    );
+    // Acknowledged on the way: skipped. One more per acknowledgement.
+    u.remove("u1024");
+    u.remove("u0");
+    assert_eq!(u.take_resend(1)[0].uuid, "u1025");
+    // Updates that came after the subscription were sent live: not again.
+    u.insert(status(9999));
+    let rest = u.take_resend(5000);
+    assert_eq!(rest.len(), 2500 - 1026);
+    assert_eq!(rest.last().unwrap().uuid, "u2499");
+    assert!(u.take_resend(1).is_empty());
+    // A new subscription sends everything still kept, in order.
+    u.begin_resend();
+    let again = u.take_resend(5000);
+    assert_eq!(again.len(), 2499);
+    assert_eq!(again.last().unwrap().uuid, "u9999");
+}
