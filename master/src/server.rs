@@ -595,41 +595,6 @@ impl Actor {
     }
 }
 
-/// The runtime of the state machine and the raft transport, apart from
-/// the one that serves clients. Shut down without waiting when dropped
-/// (it may be dropped inside the other runtime, which cannot block).
-struct RaftRuntime(Option<tokio::runtime::Runtime>);
-
-impl RaftRuntime {
-    fn start() -> Result<RaftRuntime, MasterError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            // The actor on one, the peer senders on the other.
-            .worker_threads(2)
-            .thread_name("mezz-master-raft")
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                MasterError::Serve(format!("cannot start the state machine's threads: {e}"))
-            })?;
-        Ok(RaftRuntime(Some(rt)))
-    }
-}
-
-impl std::ops::Deref for RaftRuntime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &tokio::runtime::Runtime {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for RaftRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// Runs a master until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -709,14 +674,8 @@ pub async fn run(
         let now = actor.now();
         actor.node.tick(now);
     }
-    // The state machine and the raft transport run on threads of their
-    // own: on the runtime that serves thousands of agent and framework
-    // streams, a woken heartbeat sender waited its turn behind all of them,
-    // and a leader busy launching tasks was voted out.
-    let raft_runtime = RaftRuntime::start()?;
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     if config.peers.len() > 1 {
-        let _entered = raft_runtime.enter();
         actor.streams.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
     }
     actor.publish_security();
@@ -737,7 +696,7 @@ pub async fn run(
     let fatal = Arc::new(std::sync::OnceLock::new());
     let handle = Handle::new(tx, raft_tx, Arc::clone(&fatal), guard);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let mut actor_task = raft_runtime.spawn(actor.run(
+    let mut actor_task = tokio::spawn(actor.run(
         Queues {
             inputs: rx,
             raft: raft_rx,
