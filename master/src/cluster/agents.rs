@@ -288,9 +288,9 @@ impl Cluster {
         // was wiped).
         let missing: Vec<(FrameworkId, TaskId)> = self
             .tasks
-            .iter()
-            .filter(|(k, t)| t.agent_id == *id && !seen.contains(*k))
-            .map(|(k, _)| k.clone())
+            .on_agent(id)
+            .filter(|k| !seen.contains(*k))
+            .cloned()
             .collect();
         for key in missing {
             if let Some(task) = self.tasks.get(&key).cloned() {
@@ -506,12 +506,7 @@ impl Cluster {
         self.dirty_agents.insert(id.clone());
         self.pending_agents.remove(id);
         self.rescind_agent_offers(id);
-        let keys: Vec<(FrameworkId, TaskId)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.agent_id == *id)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys: Vec<(FrameworkId, TaskId)> = self.tasks.on_agent(id).cloned().collect();
         for key in keys {
             if let Some(task) = self.tasks.get(&key).cloned() {
                 let st = self.master_status(

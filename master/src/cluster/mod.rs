@@ -23,6 +23,7 @@ mod roles;
 mod security;
 pub mod services;
 pub(crate) mod sizes;
+mod task_table;
 mod tasks;
 mod view;
 pub use view::Gauges;
@@ -310,7 +311,7 @@ pub struct Cluster {
     registry: Registry,
     agents: Map<AgentId, Agent>,
     frameworks: Map<FrameworkId, Framework>,
-    tasks: Map<(FrameworkId, TaskId), Task>,
+    tasks: task_table::TaskTable,
     completed: completed::Completed,
     offers: Map<OfferId, OfferRecord>,
     agent_conns: Map<ConnId, AgentId>,
@@ -392,7 +393,7 @@ impl Cluster {
             registry: Registry::default(),
             agents: Map::default(),
             frameworks: Map::default(),
-            tasks: Map::default(),
+            tasks: task_table::TaskTable::default(),
             completed: Default::default(),
             offers: Map::default(),
             agent_conns: Map::default(),
