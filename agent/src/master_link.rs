@@ -58,6 +58,10 @@ pub async fn run(
     // an operator sees the cause (a refused handshake, a wrong address)
     // without turning on debug logs.
     let mut last_why = String::new();
+    // The master this agent could not reach last, until it registers
+    // again: a follower whose leader it is holds the attach until an
+    // election names another (see `mezz_proto::client::UNREACHABLE_KEY`).
+    let mut unreachable: Option<String> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -79,6 +83,7 @@ pub async fn run(
             &secret,
             token.as_ref(),
             &mut gen,
+            &mut unreachable,
             &mut shutdown,
         )
         .await
@@ -108,6 +113,7 @@ pub async fn run(
                 }
             }
             SessionEnd::Failed { registered, why } => {
+                unreachable = Some(addr.clone());
                 if registered {
                     // The leader went away: a new one is being elected, or
                     // it restarts. Try the others, then it again, quickly.
@@ -188,6 +194,7 @@ async fn session(
     secret: &str,
     token: Option<&mezz_proto::auth::Token>,
     gen: &mut u64,
+    unreachable: &mut Option<String>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let failed = |why: String| SessionEnd::Failed {
@@ -215,9 +222,11 @@ async fn session(
     }
 
     // Attach, then wait for AgentRegistered.
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    mezz_proto::client::unreachable_header(&mut request, unreachable.as_deref());
     let registered = async {
         let mut inbound = client
-            .attach(ReceiverStream::new(rx))
+            .attach(request)
             .await
             .map_err(|s| end_from_status(&s, false))?
             .into_inner();
@@ -267,6 +276,7 @@ async fn session(
         agent.id()
     );
     agent.set_grant_key(reg.grant_key.clone());
+    *unreachable = None;
     *gen += 1;
     let gen = *gen;
     let broken = || SessionEnd::Failed {

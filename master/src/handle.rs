@@ -6,12 +6,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mezz_proto::v1::{
     ClusterState, Event, FrameworkInfo, JobRecord, MasterMessage, RegisterAgent, TaskStatus,
 };
 use mezz_proto::{FrameworkId, TaskId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
 use crate::cluster::{CallError, ConnId};
@@ -169,6 +170,74 @@ impl Input {
     }
 }
 
+/// Who leads, as the actor last settled it: what the services answer an
+/// agent with before they queue anything for the actor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// This master leads (it may still be catching up: the actor then
+    /// holds what needs the leader for the moment that takes).
+    pub leading: bool,
+    /// The leader's address, when another master leads and is known.
+    pub leader: Option<String>,
+}
+
+/// What a non-leading master does with an agent that attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Attach {
+    /// This master leads: register the agent.
+    Serve,
+    /// Send the agent to the leader at this address.
+    Redirect(String),
+    /// No leader is known, or the one known is the master the agent just
+    /// failed to reach: wait for news of another.
+    Wait,
+}
+
+impl Leadership {
+    /// What to do with an agent that could not reach `unreachable` (an
+    /// address as the agent named it) last.
+    pub(crate) fn attach(&self, unreachable: Option<&str>) -> Attach {
+        if self.leading {
+            return Attach::Serve;
+        }
+        match &self.leader {
+            Some(leader)
+                if unreachable.is_none_or(|u| {
+                    mezz_proto::client::normalize(u) != mezz_proto::client::normalize(leader)
+                }) =>
+            {
+                Attach::Redirect(leader.clone())
+            }
+            _ => Attach::Wait,
+        }
+    }
+}
+
+/// [`Handle::await_leader`] over the leadership as `rx` publishes it.
+async fn await_leader(
+    mut rx: watch::Receiver<Leadership>,
+    unreachable: Option<&str>,
+    hold: Duration,
+) -> Result<(), CallError> {
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        let now = rx.borrow_and_update().clone();
+        match now.attach(unreachable) {
+            Attach::Serve => return Ok(()),
+            Attach::Redirect(leader) => return Err(CallError::NotLeader(Some(leader))),
+            Attach::Wait => {}
+        }
+        if !matches!(
+            tokio::time::timeout_at(deadline, rx.changed()).await,
+            Ok(Ok(()))
+        ) {
+            // No news in time (or the actor is gone): the leader known, if
+            // any, is the best answer there is.
+            return Err(CallError::NotLeader(now.leader));
+        }
+    }
+}
+
 /// A cheap handle the services use to reach the actor.
 #[derive(Clone)]
 pub struct Handle {
@@ -182,6 +251,8 @@ pub struct Handle {
     fatal: Arc<std::sync::OnceLock<String>>,
     /// Tokens and ACLs as last applied, for the API layer.
     guard: Arc<Guard>,
+    /// Who leads, as the actor last settled it.
+    leadership: watch::Receiver<Leadership>,
 }
 
 impl Handle {
@@ -192,6 +263,7 @@ impl Handle {
         raft_tx: mpsc::Sender<Vec<raft::eraftpb::Message>>,
         fatal: Arc<std::sync::OnceLock<String>>,
         guard: Arc<Guard>,
+        leadership: watch::Receiver<Leadership>,
     ) -> Handle {
         Handle {
             tx,
@@ -199,7 +271,23 @@ impl Handle {
             conns: Arc::new(AtomicU64::new(1)),
             fatal,
             guard,
+            leadership,
         }
+    }
+
+    /// Waits, at most `hold`, until this master leads or knows a leader
+    /// other than `unreachable`: `Ok` when it leads, otherwise the
+    /// refusal (`NotLeader`) that sends the agent to the leader (or, with
+    /// none known by then, back to its search). A follower answers without queuing
+    /// anything for the actor, and while a leader is being elected it
+    /// holds agents instead of having each poll it: after a leader dies,
+    /// thousands of its agents wait here for the election's outcome.
+    pub async fn await_leader(
+        &self,
+        unreachable: Option<&str>,
+        hold: Duration,
+    ) -> Result<(), CallError> {
+        await_leader(self.leadership.clone(), unreachable, hold).await
     }
 
     /// Who may call, and do what.
@@ -258,5 +346,81 @@ impl Handle {
         self.send(make(tx)).await?;
         rx.await
             .map_err(|_| Status::unavailable("the master is shutting down"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower_of(leader: Option<&str>) -> Leadership {
+        Leadership {
+            leading: false,
+            leader: leader.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_follower_sends_agents_to_the_leader_unless_they_could_not_reach_it() {
+        let leading = Leadership {
+            leading: true,
+            leader: None,
+        };
+        assert_eq!(leading.attach(Some("m1:1")), Attach::Serve);
+        let follower = follower_of(Some("m1:1"));
+        assert_eq!(follower.attach(None), Attach::Redirect("m1:1".into()));
+        assert_eq!(
+            follower.attach(Some("m2:2")),
+            Attach::Redirect("m1:1".into())
+        );
+        // The same master however the agent spelled it.
+        assert_eq!(follower.attach(Some("m1:1")), Attach::Wait);
+        assert_eq!(follower.attach(Some("http://m1:1/")), Attach::Wait);
+        // No leader known: an election is on.
+        assert_eq!(follower_of(None).attach(None), Attach::Wait);
+    }
+
+    #[tokio::test]
+    async fn an_agent_waits_on_a_follower_for_the_election_then_goes_to_the_winner() {
+        let (tx, rx) = watch::channel(follower_of(Some("m1:1")));
+        let hold = Duration::from_secs(20);
+        let waiting = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = await_leader(rx, Some("m1:1"), hold).await;
+            (r, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(follower_of(None));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "answered while no leader was known");
+        tx.send_replace(follower_of(Some("m3:3")));
+        let (r, waited) = waiting.await.unwrap();
+        assert_eq!(r, Err(CallError::NotLeader(Some("m3:3".into()))));
+        assert!(waited < hold, "held {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_becomes_leader_serves_the_agent_it_held() {
+        let (tx, rx) = watch::channel(follower_of(None));
+        let waiting = tokio::spawn(await_leader(rx, None, Duration::from_secs(20)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(Leadership {
+            leading: true,
+            leader: None,
+        });
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn without_news_the_hold_ends_with_the_leader_known() {
+        let hold = Duration::from_millis(200);
+        let (_tx, rx) = watch::channel(follower_of(Some("m1:1")));
+        let started = std::time::Instant::now();
+        let r = await_leader(rx, Some("m1:1"), hold).await;
+        assert_eq!(r, Err(CallError::NotLeader(Some("m1:1".into()))));
+        assert!(started.elapsed() >= hold);
+        let (_tx, rx) = watch::channel(follower_of(None));
+        let r = await_leader(rx, None, hold).await;
+        assert_eq!(r, Err(CallError::NotLeader(None)));
     }
 }

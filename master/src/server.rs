@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mezz_proto::v1::{ClusterState, MasterView};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cluster::{CallError, ConnId, Effect, Millis};
-use crate::handle::{AgentTx, FrameworkTx, Handle, Input, JobsReply};
+use crate::handle::{AgentTx, FrameworkTx, Handle, Input, JobsReply, Leadership};
 use crate::node::{Dropped, Node, Outbox, Waiting};
 use crate::peer_grpc::GrpcTransport;
 use crate::replication::transport::{PeerReport, Transport};
@@ -168,6 +168,8 @@ struct Actor {
     guard: Arc<Guard>,
     /// The (state machine instance, epoch) last published to `guard`.
     published: Option<(String, u64)>,
+    /// Who leads, for the API layer (see [`Handle::await_leader`]).
+    leadership: watch::Sender<Leadership>,
     /// The bootstrap token's record (`--bootstrap-token-file`), proposed
     /// whenever this master becomes a current leader of a group that
     /// holds no token.
@@ -474,6 +476,23 @@ impl Actor {
         }
     }
 
+    /// Tells the API layer who leads now, when that changed.
+    fn publish_leadership(&self) {
+        let now = Leadership {
+            leading: self.node.is_leader(),
+            leader: if self.node.is_leader() {
+                None
+            } else {
+                self.leader_address()
+            },
+        };
+        self.leadership.send_if_modified(|l| {
+            let changed = *l != now;
+            *l = now;
+            changed
+        });
+    }
+
     /// Operator changes are answered once applied, which in a group of
     /// several masters means committed by a majority.
     fn answer_durable(&mut self) {
@@ -570,14 +589,23 @@ impl Actor {
                     self.settle()?;
                 }
             }
-            let released = self.waiting.release(&self.node);
-            if !released.is_empty() {
-                for input in released {
+            // Inputs held while this leader caught up, a batch per turn
+            // as queued inputs are: after a failover they are every agent
+            // and framework of the cluster.
+            let mut released = self.waiting.release(&self.node).into_iter();
+            if released.len() > 0 {
+                let batch = Instant::now();
+                for input in released.by_ref() {
                     self.handle(input);
+                    if batch.elapsed() > BATCH_TIME {
+                        break;
+                    }
                 }
+                self.waiting.hold_again(released.collect());
                 self.settle()?;
             }
             self.publish_security();
+            self.publish_leadership();
             self.answer_durable();
             // A turn near raft's election timeout (10 ticks) risks an
             // election: say so, at most every so often.
@@ -662,6 +690,7 @@ pub async fn run(
         was_current: false,
         guard: Arc::clone(&guard),
         published: None,
+        leadership: watch::channel(Leadership::default()).0,
         bootstrap,
     };
     // Replay the log; a group of one also wins its election before serving.
@@ -679,6 +708,7 @@ pub async fn run(
         actor.streams.transport = Some(GrpcTransport::start(config.id, &config.peers, report_tx));
     }
     actor.publish_security();
+    actor.publish_leadership();
     tracing::info!(
         agents = actor.node.cluster().registry().agents.len(),
         frameworks = actor.node.cluster().registry().frameworks.len(),
@@ -694,7 +724,13 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
     let fatal = Arc::new(std::sync::OnceLock::new());
-    let handle = Handle::new(tx, raft_tx, Arc::clone(&fatal), guard);
+    let handle = Handle::new(
+        tx,
+        raft_tx,
+        Arc::clone(&fatal),
+        guard,
+        actor.leadership.subscribe(),
+    );
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut actor_task = tokio::spawn(actor.run(
         Queues {

@@ -15,6 +15,22 @@ pub const MASTER_ENV: &str = "MEZZ_MASTER";
 /// it refuses a call with `UNAVAILABLE`. Clients reconnect there.
 pub const LEADER_HINT_KEY: &str = "mezz-leader";
 
+/// gRPC metadata key an agent's attach carries: the master (`host:port`)
+/// it could not reach last. A follower whose leader is that master holds
+/// the attach until it knows of another leader, for a moment, instead of
+/// sending the agent straight back: when a leader dies, its agents wait on
+/// the followers for the election instead of polling them (see
+/// [`unreachable_header`]).
+pub const UNREACHABLE_KEY: &str = "mezz-unreachable";
+
+/// Adds [`UNREACHABLE_KEY`] to `request` when there is a master the
+/// caller could not reach last.
+pub fn unreachable_header<T>(request: &mut tonic::Request<T>, unreachable: Option<&str>) {
+    if let Some(v) = unreachable.and_then(|u| normalize(u).parse().ok()) {
+        request.metadata_mut().insert(UNREACHABLE_KEY, v);
+    }
+}
+
 /// Splits `ADDR[,ADDR…]` into addresses, trimming blanks. An address is
 /// `host:port`; an `http://` or `https://` prefix is accepted and dropped
 /// (whether to use TLS is this process's setting, see [`crate::tls`]).
@@ -166,7 +182,7 @@ impl LeaderSearch {
 }
 
 /// `host:port` from an address that may carry a scheme or a trailing slash.
-fn normalize(addr: &str) -> &str {
+pub fn normalize(addr: &str) -> &str {
     addr.trim()
         .trim_start_matches("http://")
         .trim_start_matches("https://")

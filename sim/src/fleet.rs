@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mezz_proto::client::LeaderSearch;
 use mezz_proto::v1::{
     agent_gateway_client::AgentGatewayClient, agent_message, master_message, AgentHeartbeat,
     AgentInfo, AgentMessage, MasterMessage, StatusUpdate, TaskStatus,
@@ -272,13 +273,24 @@ async fn agent_loop(
         done_rx,
         gen: 0,
     };
-    let mut at = 0usize;
-    let mut redirect: Option<String> = None;
+    // As the real agent (`mezz_agent`'s master link): one search over the
+    // masters per round, hints followed, a pause between rounds, and the
+    // master it could not reach last named on the next attach.
+    let mut search = LeaderSearch::new(&masters, None);
     let mut backoff = mezz_proto::client::Backoff::new();
-    let mut failed_in_round = 0usize;
+    let mut unreachable: Option<String> = None;
     loop {
-        let addr = redirect.take().unwrap_or_else(|| masters[at].clone());
-        let pause = match session(&mut life, &addr, &shared, &mut shutdown).await {
+        let Some(addr) = search.next_address() else {
+            search = LeaderSearch::new(&masters, None);
+            let pause = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            continue;
+        };
+        let pause = match session(&mut life, &addr, &mut unreachable, &shared, &mut shutdown).await
+        {
             SessionEnd::Shutdown => return,
             SessionEnd::Refused(msg) => {
                 bump(&shared.counters.refusals, 1);
@@ -286,30 +298,25 @@ async fn agent_loop(
                     agent_id = life.core.id(),
                     "master {addr} refused the agent: {msg}"
                 );
+                search = LeaderSearch::new(&masters, Some(&addr));
                 REFUSED_RETRY
             }
             SessionEnd::Redirect(leader) => {
-                match masters.iter().position(|m| *m == leader) {
-                    Some(i) => at = i,
-                    None => redirect = Some(leader),
+                if search.redirect(&leader) {
+                    Duration::ZERO
+                } else {
+                    search = LeaderSearch::new(&masters, Some(&leader));
+                    backoff.next_delay()
                 }
-                Duration::ZERO
             }
             SessionEnd::Failed { registered, why } => {
+                unreachable = Some(addr.clone());
                 if registered {
                     backoff.reset();
-                    failed_in_round = 0;
+                    search = LeaderSearch::after(&masters, &addr);
                     tracing::debug!(agent_id = life.core.id(), "lost master {addr}: {why}");
-                } else {
-                    failed_in_round += 1;
                 }
-                at = (at + 1) % masters.len();
-                if failed_in_round >= masters.len() {
-                    failed_in_round = 0;
-                    backoff.next_delay()
-                } else {
-                    Duration::ZERO
-                }
+                Duration::ZERO
             }
         };
         if !pause.is_zero() {
@@ -323,12 +330,7 @@ async fn agent_loop(
 
 fn end_from_status(status: &tonic::Status, registered: bool) -> SessionEnd {
     if let Some(leader) = mezz_proto::client::leader_hint(status) {
-        let leader = leader
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_string();
-        return SessionEnd::Redirect(leader);
+        return SessionEnd::Redirect(mezz_proto::client::normalize(&leader).to_string());
     }
     if status.code() == tonic::Code::PermissionDenied {
         return SessionEnd::Refused(status.message().to_string());
@@ -430,6 +432,7 @@ fn finish_done(life: &mut Life, counters: &FleetCounters) {
 async fn session(
     life: &mut Life,
     addr: &str,
+    unreachable: &mut Option<String>,
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
@@ -459,9 +462,11 @@ async fn session(
     if tx.send(register).await.is_err() {
         return failed("internal: outgoing queue closed".into());
     }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    mezz_proto::client::unreachable_header(&mut request, unreachable.as_deref());
     let registered = async {
         let mut inbound = client
-            .attach(ReceiverStream::new(rx))
+            .attach(request)
             .await
             .map_err(|s| end_from_status(&s, false))?
             .into_inner();
@@ -488,6 +493,7 @@ async fn session(
         },
         _ = stopped(shutdown) => return SessionEnd::Shutdown,
     };
+    *unreachable = None;
     bump(&counters.registered, 1);
     bump(&counters.registrations, 1);
     let _registered = Registered(counters);

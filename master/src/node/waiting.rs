@@ -77,6 +77,14 @@ impl<I, R> Waiting<I, R> {
         std::mem::take(&mut self.held)
     }
 
+    /// Puts back, ahead of anything held since, released inputs the caller
+    /// did not get to: a leader that held thousands (every agent of a
+    /// failover) handles them a bounded batch per turn, so that its
+    /// heartbeats go out between batches.
+    pub fn hold_again(&mut self, inputs: Vec<I>) {
+        self.held.splice(0..0, inputs);
+    }
+
     /// Answers `reply` with `result` once what was proposed with it is
     /// applied (an error goes out with the next answers, at once).
     pub fn answer_when_applied(&mut self, reply: R, result: Result<(), CallError>) {
@@ -184,6 +192,12 @@ mod tests {
         assert_eq!(w.held(), 0);
         // A current leader holds nothing.
         assert_eq!(w.hold(&node, "d", true), Some("d"));
+        // What the caller did not get to goes back, in order, and comes
+        // out with the next release.
+        w.hold_again(vec!["a2", "b2"]);
+        w.hold_again(vec!["z"]);
+        assert_eq!(w.held_inputs(), ["z", "a2", "b2"]);
+        assert_eq!(w.release(&node), ["z", "a2", "b2"]);
     }
 
     #[test]
