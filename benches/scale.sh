@@ -7,6 +7,10 @@
 #
 #   benches/scale.sh MEZZ AGENTS RATE DURATION_S TASK_TIME FILL_TASKS
 #   e.g. benches/scale.sh target/release/mezz 10000 10000 60 5s 100000
+#
+# A DURATION_S of 0 skips the sustained load and goes straight to the
+# fill and the failover. With SCALE_LOGS=DIR the masters', agents' and
+# loads' logs are copied to DIR at the end.
 set -euo pipefail
 MEZZ=${1:?path to the mezz binary}
 AGENTS=${2:-1000}
@@ -16,7 +20,11 @@ TASK_TIME=${5:-5s}
 FILL=${6:-10000}
 DIR=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [ -n "${SCALE_LOGS:-}" ]; then mkdir -p "$SCALE_LOGS" && cp "$DIR"/*.log "$SCALE_LOGS"/; fi
+  rm -rf "$DIR"
+}
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
@@ -51,34 +59,57 @@ HZ=$(getconf CLK_TCK)
 C0=$(cpu_ticks "${MPID[$L]}"); sleep 20; C1=$(cpu_ticks "${MPID[$L]}")
 echo "idle with $AGENTS agents: leader RSS $(rss_mb "${MPID[$L]}") MB, CPU $(echo "scale=1; ($C1 - $C0) * 100 / $HZ / 20" | bc)% of a core (heartbeats only)"
 
-"$MEZZ" sim load --master "$LIST" --frameworks 20 --tasks-per-second "$RATE" --task-time "$TASK_TIME" \
-  --duration "${DURATION}s" --drain 120s --cpus 0.1 --mem 32 --report-every 5s --json >"$DIR/load.json" 2>"$DIR/load.log" &
-LOADPID=$!; PIDS+=($!)
-C0=$(cpu_ticks "${MPID[$L]}")
-sleep $((DURATION / 2))
-RUNNING=$(metric "${P[$L]}" mezz_tasks_active)
-echo "mid-load: $RUNNING active tasks, leader RSS $(rss_mb "${MPID[$L]}") MB"
-curl -s "http://127.0.0.1:${P[$L]}/metrics" | grep '^mezz_allocation_cycle_seconds' | sed 's/^/  /'
-wait $LOADPID || true
-C1=$(cpu_ticks "${MPID[$L]}")
-echo "load report: $(cat "$DIR/load.json")"
-echo "leader CPU during the load: $(echo "scale=1; ($C1 - $C0) * 100 / $HZ / $DURATION" | bc)% of a core (averaged over the launch phase)"
-echo "leader peak RSS: $(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/${MPID[$L]}/status") MB"
-grep '^mezz_allocation_cycle_seconds' <(curl -s "http://127.0.0.1:${P[$L]}/metrics") | sed 's/^/  /'
+if [ "$DURATION" -gt 0 ]; then
+  "$MEZZ" sim load --master "$LIST" --frameworks 20 --tasks-per-second "$RATE" --task-time "$TASK_TIME" \
+    --duration "${DURATION}s" --drain 120s --cpus 0.1 --mem 32 --report-every 5s --json >"$DIR/load.json" 2>"$DIR/load.log" &
+  LOADPID=$!; PIDS+=($!)
+  C0=$(cpu_ticks "${MPID[$L]}")
+  sleep $((DURATION / 2))
+  RUNNING=$(metric "${P[$L]}" mezz_tasks_active)
+  echo "mid-load: $RUNNING active tasks, leader RSS $(rss_mb "${MPID[$L]}") MB"
+  curl -s "http://127.0.0.1:${P[$L]}/metrics" | grep '^mezz_allocation_cycle_seconds' | sed 's/^/  /'
+  wait $LOADPID || true
+  C1=$(cpu_ticks "${MPID[$L]}")
+  echo "load report: $(cat "$DIR/load.json")"
+  echo "leader CPU during the load: $(echo "scale=1; ($C1 - $C0) * 100 / $HZ / $DURATION" | bc)% of a core (averaged over the launch phase)"
+  echo "leader peak RSS: $(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/${MPID[$L]}/status") MB"
+  grep '^mezz_allocation_cycle_seconds' <(curl -s "http://127.0.0.1:${P[$L]}/metrics") | sed 's/^/  /'
+fi
+
+# A framework that always wants offers (one short task a second), so that
+# a new leader has someone to offer to once the fill's frameworks, full,
+# have suppressed theirs.
+"$MEZZ" sim load --master "$LIST" --name probe --frameworks 1 --tasks-per-second 1 --task-time 1s \
+  --duration 1h --cpus 0.1 --mem 32 --report-every 0s >"$DIR/probe.out" 2>"$DIR/probe.log" &
+PIDS+=($!)
 
 # Failover with long-running tasks in place: fill the agents, kill -9 the leader.
 "$MEZZ" sim load --master "$LIST" --name fill --frameworks 20 --tasks-per-second "$RATE" --task-time 1h \
   --duration 1h --max-tasks "$FILL" --cpus 0.1 --mem 32 --report-every 0s --json >"$DIR/fill.json" 2>"$DIR/fill.log" &
 PIDS+=($!)
-until [ "$(metric "${P[$L]}" mezz_tasks_active)" = "$FILL" ]; do sleep 1; done
+# Whoever leads now (a long turn during the fill may have moved it).
+filled() { L=$(leader); [ "$L" != none ] && [ "$(metric "${P[$L]}" mezz_tasks_active)" -ge "$FILL" ] 2>/dev/null; }
+until filled; do sleep 1; done
 sleep 5
-echo "before the kill: $FILL running tasks, leader RSS $(rss_mb "${MPID[$L]}") MB"
+L=$(leader)
+echo "before the kill: $(metric "${P[$L]}" mezz_tasks_active) running tasks (the fill and the probe's) on master-$((L + 1)) (term $(metric "${P[$L]}" mezz_raft_term)), leader RSS $(rss_mb "${MPID[$L]}") MB"
 kill -9 "${MPID[$L]}"; K=$(date +%s.%N); MPID[$L]=dead
+since() { echo "$(date +%s.%N) - $K" | bc; }
 until N=$(leader) && [ "$N" != none ]; do sleep 0.05; done
+echo "master-$((N + 1)) leads $(since) s after the kill (term $(metric "${P[$N]}" mezz_raft_term))"
 # A follower has sent no offers: its counter starts at 0 when it leads.
 until [ "$(metric "${P[$N]}" mezz_offers_sent_total)" != 0 ]; do sleep 0.05; done
-echo "new leader master-$((N + 1)) offering $(echo "$(date +%s.%N) - $K" | bc) s after the kill"
-until [ "$(connected)" = "$AGENTS" ]; do sleep 0.1; done
-echo "every agent re-registered $(echo "$(date +%s.%N) - $K" | bc) s after the kill"
+echo "new leader master-$((N + 1)) offering $(since) s after the kill"
+NEXT=1
+until C=$(connected) && [ "$C" = "$AGENTS" ]; do
+  if [ "$(echo "$(since) >= $NEXT" | bc)" = 1 ]; then
+    l=$(leader); [ "$l" = none ] && l="no leader" || l="master-$((l + 1))"
+    echo "  $(since | xargs printf '%.1f') s: $C agents registered ($l)"
+    NEXT=$((NEXT + 1))
+  fi
+  sleep 0.1
+done
+echo "every agent re-registered $(since) s after the kill"
 sleep 5
-echo "after the failover: $(metric "${P[$N]}" mezz_tasks_active) active tasks on the new leader (before: $FILL)"
+N=$(leader)
+echo "after the failover: $(metric "${P[$N]}" mezz_tasks_active) active tasks on the new leader master-$((N + 1)) (terms: $(metric "${P[$N]}" mezz_raft_term))"
