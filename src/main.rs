@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: see the dependency's note in
+/// Cargo.toml and BENCHMARKS.md ("Scale").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The task wrapper runs for every task launch: keep it off clap and
     // tokio so it starts in a millisecond.
