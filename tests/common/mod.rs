@@ -273,6 +273,12 @@ impl Cluster {
     }
 
     pub fn connected_agents(&self) -> usize {
+        self.connected_agents_if_answered().unwrap_or(0)
+    }
+
+    /// Connected agents per `/api/state`; `None` when the master did not
+    /// answer (a refused connection, say).
+    pub fn connected_agents_if_answered(&self) -> Option<usize> {
         http_get(&self.master_addr(), "/api/state")
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
             .and_then(|v| {
@@ -280,7 +286,6 @@ impl Cluster {
                     .as_array()
                     .map(|a| a.iter().filter(|x| x["status"] == "connected").count())
             })
-            .unwrap_or(0)
     }
 
     pub fn wait_agents_connected(&self, n: usize) {
