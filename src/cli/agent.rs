@@ -195,14 +195,19 @@ fn install_wrapper(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<PathB
 pub fn config(args: &AgentArgs) -> Result<mezz_agent::Config> {
     let masters = mezz_proto::client::parse_master_list(&args.master)
         .map_err(|e| anyhow!("--master: {e}"))?;
+    // Tasks start in their sandbox, in a mount namespace of their own: a
+    // work dir given relative to where the agent was started would not
+    // lead there from the task wrapper.
+    let work_dir = std::path::absolute(&args.work_dir)
+        .with_context(|| format!("--work-dir {}", args.work_dir.display()))?;
     Ok(mezz_agent::Config {
         masters,
         listen: args.listen,
         advertise_address: args.advertise.clone(),
-        work_dir: args.work_dir.clone(),
         resources: parse_resources(args.resources.as_deref())?,
         hostname: args.hostname.clone(),
-        launcher: task_launcher(&args.work_dir)?,
+        launcher: task_launcher(&work_dir)?,
+        work_dir,
         default_kill_grace: std::time::Duration::from_secs(5),
         kill_tasks_on_shutdown: false,
         isolation: args.isolation.into(),
