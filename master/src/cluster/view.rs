@@ -119,6 +119,21 @@ impl Cluster {
         Some(task_view(self, t))
     }
 
+    /// Which task holds each GPU, by (agent id, GPU), over the tasks that
+    /// hold any.
+    fn gpu_holders(&self) -> std::collections::HashMap<(&str, &str), &str> {
+        self.tasks
+            .values()
+            .filter(|t| t.resources.set_len(mezz_proto::resources::GPUS) > 0)
+            .flat_map(|t| {
+                t.resources
+                    .set_items(mezz_proto::resources::GPUS)
+                    .into_iter()
+                    .map(move |gpu| ((t.agent_id.0.as_str(), gpu), t.info.task_id.as_str()))
+            })
+            .collect()
+    }
+
     /// The whole cluster as the operator sees it. `masters` and `leader`
     /// come from the replication layer.
     pub fn view(
@@ -128,17 +143,7 @@ impl Cluster {
         leader: String,
         started_at: f64,
     ) -> ClusterState {
-        // Which task holds each GPU, by (agent, GPU).
-        let holders: std::collections::HashMap<(&str, &str), &str> = self
-            .tasks
-            .values()
-            .flat_map(|t| {
-                t.resources
-                    .set_items(mezz_proto::resources::GPUS)
-                    .into_iter()
-                    .map(move |g| ((t.agent_id.0.as_str(), g), t.info.task_id.as_str()))
-            })
-            .collect();
+        let holders = self.gpu_holders();
         let mut agents: Vec<AgentView> = self
             .agents
             .values()
@@ -362,17 +367,7 @@ impl Cluster {
         // Which task holds each reported GPU: only when some agent reported
         // its GPUs, and only over tasks that hold GPUs.
         if self.agents.values().any(|a| !a.gpu_usage.is_empty()) {
-            let holders: std::collections::HashMap<(&str, &str), &str> = self
-                .tasks
-                .values()
-                .filter(|t| t.resources.set_len(mezz_proto::resources::GPUS) > 0)
-                .flat_map(|t| {
-                    t.resources
-                        .set_items(mezz_proto::resources::GPUS)
-                        .into_iter()
-                        .map(move |gpu| ((t.agent_id.0.as_str(), gpu), t.info.task_id.as_str()))
-                })
-                .collect();
+            let holders = self.gpu_holders();
             let mut agents: Vec<&super::Agent> = self
                 .agents
                 .values()
