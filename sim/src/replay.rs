@@ -10,11 +10,14 @@
 //! - FIFO first-fit: jobs in arrival order, every one that fits starts
 //!   (backfill without reservation);
 //! - SJF first-fit: the same scan by increasing duration (oracle lengths);
-//! - LAS: the Pollux artifact's Tiresias, discretised two-queue
-//!   least-attained-service with preemption: a job is demoted from Q0 to
-//!   Q1 once it has held GPUs for `las_threshold_gpu_s`, FIFO inside each
-//!   queue, admission by GPU count with skip-ahead, and running jobs not
-//!   admitted are preempted (they keep their progress).
+//! - LAS: the Pollux artifact's Tiresias, discretised
+//!   least-attained-service with preemption: a job moves down a queue each
+//!   time the GPU-seconds it has held cross one of the thresholds, FIFO
+//!   inside each queue, admission by GPU count with skip-ahead, and running
+//!   jobs not admitted are preempted (they keep their progress). With one
+//!   threshold of 16 GPU-hours it is the reference's two-queue Tiresias;
+//!   the default adds a first threshold at 3 GPU-hours (see
+//!   [`DEFAULT_LAS_THRESHOLDS_GPU_H`]).
 //!
 //! Placement is "spread": a job of up to one node's GPUs goes to the
 //! best-fitting single agent, a larger one (or one no agent holds whole)
@@ -27,6 +30,14 @@ use serde::Serialize;
 
 use crate::trace::Job;
 
+/// The LAS queues' thresholds, in GPU-hours of attained service: three
+/// queues, split at 3 and 16 GPU-hours. The reference's Tiresias has one
+/// queue boundary (16 GPU-hours); the second, earlier one separates the
+/// short runs of the mid-sized applications from the long ones, so that a
+/// job of a few GPU-hours no longer waits behind every job that has held
+/// less than 16 (BENCHMARKS.md, "Trace replay", has the figures).
+pub const DEFAULT_LAS_THRESHOLDS_GPU_H: [f64; 2] = [3.0, 16.0];
+
 /// In which order waiting jobs are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,7 +46,7 @@ pub enum Policy {
     Fifo,
     /// Shortest duration first, first-fit.
     Sjf,
-    /// Two-queue least attained service with preemption (Tiresias).
+    /// Multi-queue least attained service with preemption (Tiresias).
     Las,
 }
 
@@ -98,8 +109,8 @@ pub struct JobState {
     pub first_start: Option<f64>,
     /// Times it was preempted.
     pub preemptions: u32,
-    /// Tiresias queue (0 or 1).
-    pub queue: u8,
+    /// Tiresias queue: 0 is the first (least attained service).
+    pub queue: usize,
 }
 
 /// What to do now.
@@ -118,24 +129,30 @@ pub struct Planner {
     policy: Policy,
     gpus_per_node: usize,
     total_gpus: usize,
-    las_threshold_gpu_s: f64,
+    /// Ascending; a job in queue `k` moves to `k + 1` once it has held
+    /// `las_thresholds_gpu_s[k]` GPU-seconds.
+    las_thresholds_gpu_s: Vec<f64>,
     /// All jobs, in arrival order.
     pub jobs: Vec<JobState>,
-    q0: Vec<usize>,
-    q1: Vec<usize>,
+    /// The LAS queues, first (least attained) first; each in FIFO order.
+    queues: Vec<Vec<usize>>,
     next_arrival: usize,
 }
 
 impl Planner {
     /// A planner for `jobs` (sorted by arrival) on `total_gpus` GPUs,
-    /// `gpus_per_node` per agent.
+    /// `gpus_per_node` per agent; `las_thresholds_gpu_s` are the LAS
+    /// queues' boundaries in GPU-seconds (sorted here; ignored by FIFO and
+    /// SJF).
     pub fn new(
         jobs: Vec<Job>,
         policy: Policy,
         total_gpus: usize,
         gpus_per_node: usize,
-        las_threshold_gpu_s: f64,
+        las_thresholds_gpu_s: &[f64],
     ) -> Self {
+        let mut thresholds = las_thresholds_gpu_s.to_vec();
+        thresholds.sort_by(f64::total_cmp);
         let jobs = jobs
             .into_iter()
             .map(|job| JobState {
@@ -152,10 +169,9 @@ impl Planner {
             policy,
             gpus_per_node: gpus_per_node.max(1),
             total_gpus,
-            las_threshold_gpu_s,
+            queues: vec![Vec::new(); thresholds.len() + 1],
+            las_thresholds_gpu_s: thresholds,
             jobs,
-            q0: Vec::new(),
-            q1: Vec::new(),
             next_arrival: 0,
         }
     }
@@ -183,9 +199,30 @@ impl Planner {
                 break;
             }
             j.phase = Phase::Waiting;
-            self.q0.push(self.next_arrival);
+            self.queues[0].push(self.next_arrival);
             self.next_arrival += 1;
         }
+    }
+
+    /// Trace time of the next moment a running job's attained service
+    /// crosses its LAS queue's threshold (a decision is due then), if any.
+    pub fn next_demotion(&self, now: f64) -> Option<f64> {
+        if self.policy != Policy::Las {
+            return None;
+        }
+        let mut next: Option<f64> = None;
+        for (k, &limit) in self.las_thresholds_gpu_s.iter().enumerate() {
+            for &i in &self.queues[k] {
+                let j = &self.jobs[i];
+                if !matches!(j.phase, Phase::Running { .. }) || j.job.gpus == 0 {
+                    continue;
+                }
+                let left = limit / j.job.gpus as f64 - self.executed(i, now);
+                let at = now + left.max(0.0);
+                next = Some(next.map_or(at, |n: f64| n.min(at)));
+            }
+        }
+        next
     }
 
     /// Trace seconds `i` has held GPUs, up to `now`.
@@ -228,32 +265,34 @@ impl Planner {
                 }
             }
             Policy::Las => {
-                // Demote running Q0 jobs past the threshold.
-                let demote: Vec<usize> = self
-                    .q0
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        matches!(self.jobs[i].phase, Phase::Running { .. })
-                            && self.executed(i, now) * self.jobs[i].job.gpus as f64
-                                >= self.las_threshold_gpu_s - 1e-6
-                    })
-                    .collect();
-                for i in demote {
-                    self.q0.retain(|&x| x != i);
-                    self.q1.push(i);
-                    self.jobs[i].queue = 1;
+                // Demote running jobs past their queue's threshold, as far
+                // down as their attained service takes them.
+                for k in 0..self.las_thresholds_gpu_s.len() {
+                    let demote: Vec<usize> = self.queues[k]
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            matches!(self.jobs[i].phase, Phase::Running { .. })
+                                && self.executed(i, now) * self.jobs[i].job.gpus as f64
+                                    >= self.las_thresholds_gpu_s[k] - 1e-6
+                        })
+                        .collect();
+                    for i in demote {
+                        self.queues[k].retain(|&x| x != i);
+                        self.queues[k + 1].push(i);
+                        self.jobs[i].queue = k + 1;
+                    }
                 }
                 let mut cap = self.total_gpus;
                 let mut want = Vec::new();
-                for &i in self.q0.iter().chain(self.q1.iter()) {
+                for &i in self.queues.iter().flatten() {
                     let g = self.jobs[i].job.gpus;
                     if g <= cap {
                         want.push(i);
                         cap -= g;
                     }
                 }
-                for &i in self.q0.iter().chain(self.q1.iter()) {
+                for &i in self.queues.iter().flatten() {
                     if matches!(self.jobs[i].phase, Phase::Running { .. }) && !want.contains(&i) {
                         d.preempt.push(i);
                     }
@@ -309,8 +348,9 @@ impl Planner {
         }
         j.remaining_s = 0.0;
         j.phase = Phase::Done { at: now };
-        self.q0.retain(|&x| x != i);
-        self.q1.retain(|&x| x != i);
+        for q in &mut self.queues {
+            q.retain(|&x| x != i);
+        }
     }
 
     /// The report of a finished replay.
@@ -471,7 +511,7 @@ mod tests {
     /// Runs the planner as an ideal shell would: launches and kills take
     /// no time, events in time order. Returns the report.
     fn simulate(jobs: Vec<Job>, policy: Policy, nodes: usize, gpn: usize) -> Report {
-        let mut p = Planner::new(jobs, policy, nodes * gpn, gpn, 16.0 * 3600.0);
+        let mut p = Planner::new(jobs, policy, nodes * gpn, gpn, &[16.0 * 3600.0]);
         run_ideal(&mut p, nodes, gpn)
     }
 
@@ -509,7 +549,10 @@ mod tests {
                 Phase::Running { since } => since + p.jobs[i].remaining_s,
                 _ => f64::INFINITY,
             });
-            let next = ends.chain(p.next_arrival()).fold(f64::INFINITY, f64::min);
+            let next = ends
+                .chain(p.next_arrival())
+                .chain(p.next_demotion(now))
+                .fold(f64::INFINITY, f64::min);
             now = next;
             let done: Vec<usize> = held
                 .keys()
@@ -605,7 +648,7 @@ mod tests {
             Policy::Fifo,
             4,
             4,
-            1.0,
+            &[1.0],
         );
         p.plan(0.0, &free(&[4]));
         p.started(0, 0.0);
@@ -620,28 +663,104 @@ mod tests {
         );
     }
 
-    /// With launches that take no time, the planner is the reference
-    /// simulator (`baseline_sim.py` of the Pollux traces, beside the
-    /// repository): same FIFO and SJF first-fit schedules on the 8 tuned
-    /// workloads, to the second. Skipped where the traces are missing.
     #[test]
-    fn fifo_and_sjf_reproduce_the_reference_simulator() {
+    fn las_moves_a_job_down_one_queue_per_threshold() {
+        // Thresholds at 1 and 4 GPU-hours on one 4-GPU node. "long" holds
+        // 4 GPUs: second queue at 15 min. "mid" arrives at 30 min, in the
+        // first queue, and preempts it; at 45 min "mid" reaches the second
+        // queue too, behind "long", which takes the node back. At 75 min
+        // "long" has held 4 GPU-hours and drops to the third queue: "mid"
+        // preempts it again and runs its last 35 min; "long" ends last.
+        let jobs = vec![
+            job("long", 0.0, 4, 2.0 * 3600.0),
+            job("mid", 1800.0, 4, 3000.0),
+        ];
+        let mut p = Planner::new(jobs, Policy::Las, 4, 4, &[3600.0, 4.0 * 3600.0]);
+        let r = run_ideal(&mut p, 1, 4);
+        assert_eq!((p.jobs[0].queue, p.jobs[1].queue), (2, 1));
+        assert_eq!((p.jobs[0].preemptions, p.jobs[1].preemptions), (2, 1));
+        assert_eq!(p.jobs[1].phase, Phase::Done { at: 110.0 * 60.0 });
+        assert_eq!(r.makespan_s, 170.0 * 60.0);
+        // One threshold is the reference's two queues.
+        let mut p = Planner::new(
+            vec![job("a", 0.0, 4, 10.0 * 3600.0)],
+            Policy::Las,
+            4,
+            4,
+            &[16.0 * 3600.0],
+        );
+        run_ideal(&mut p, 1, 4);
+        assert_eq!(p.jobs[0].queue, 1);
+    }
+
+    fn reference_rows() -> Option<Vec<serde_json::Value>> {
         let traces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
         let Ok(baseline) = std::fs::read_to_string(traces.join("results/baseline.jsonl")) else {
             eprintln!("skipped: no traces at {}", traces.display());
+            return None;
+        };
+        Some(
+            baseline
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+        )
+    }
+
+    fn tuned_workload(f: usize) -> Vec<Job> {
+        let traces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
+        let text =
+            std::fs::read_to_string(traces.join(format!("resolved/workloads/workload-{f}.csv")))
+                .unwrap();
+        crate::trace::parse(&text).unwrap()
+    }
+
+    /// With instant launches and free preemption (the reference's
+    /// mechanics), the default three LAS queues beat the reference's
+    /// two-queue Tiresias on the mean of the 8 tuned workloads' average
+    /// JCT (3,426 s against 3,776 s), the figure the replay through the
+    /// master is judged on.
+    #[test]
+    fn three_las_queues_beat_the_reference_tiresias_on_the_tuned_workloads() {
+        if reference_rows().is_none() {
+            return;
+        }
+        let mean = |thresholds: &[f64]| {
+            (1..=8)
+                .map(|f| {
+                    let mut p = Planner::new(tuned_workload(f), Policy::Las, 64, 4, thresholds);
+                    run_ideal(&mut p, 16, 4).avg_jct_s
+                })
+                .sum::<f64>()
+                / 8.0
+        };
+        let reference = mean(&[16.0 * 3600.0]);
+        let default: Vec<f64> = DEFAULT_LAS_THRESHOLDS_GPU_H
+            .iter()
+            .map(|h| h * 3600.0)
+            .collect();
+        let ours = mean(&default);
+        assert!((reference - 3776.0).abs() < 1.0, "{reference}");
+        assert!(ours < 3450.0, "{ours} against the reference's {reference}");
+    }
+
+    /// With launches that take no time, the planner is the reference
+    /// simulator (`baseline_sim.py` of the Pollux traces, beside the
+    /// repository): same FIFO and SJF first-fit schedules, and the same
+    /// two-queue Tiresias, on the 8 tuned workloads, to the second.
+    /// Skipped where the traces are missing.
+    #[test]
+    fn fifo_sjf_and_tiresias_reproduce_the_reference_simulator() {
+        let Some(reference) = reference_rows() else {
             return;
         };
-        let reference: Vec<serde_json::Value> = baseline
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
         for f in 1..=8 {
             let name = format!("workloads/workload-{f}.csv");
-            let text = std::fs::read_to_string(traces.join("resolved").join(&name)).unwrap();
-            let jobs = crate::trace::parse(&text).unwrap();
+            let jobs = tuned_workload(f);
             for (policy, theirs) in [
                 (Policy::Fifo, "fifo-firstfit"),
                 (Policy::Sjf, "sjf-firstfit"),
+                (Policy::Las, "tiresias"),
             ] {
                 let want = reference
                     .iter()
@@ -653,7 +772,7 @@ mod tests {
                             && v["restart_overhead_s"].as_f64() == Some(0.0)
                     })
                     .unwrap();
-                let mut p = Planner::new(jobs.clone(), policy, 64, 4, 16.0 * 3600.0);
+                let mut p = Planner::new(jobs.clone(), policy, 64, 4, &[16.0 * 3600.0]);
                 let got = run_ideal(&mut p, 16, 4);
                 for key in ["avg_jct_s", "p99_jct_s", "makespan_s"] {
                     let w = want[key].as_f64().unwrap();

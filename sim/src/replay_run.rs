@@ -44,8 +44,8 @@ pub struct ReplayConfig {
     pub total_gpus: usize,
     /// GPUs per agent (placement packs this many per agent).
     pub gpus_per_node: usize,
-    /// Tiresias's Q0 → Q1 threshold, trace GPU-seconds.
-    pub las_threshold_gpu_s: f64,
+    /// Where the LAS queues split, trace GPU-seconds.
+    pub las_thresholds_gpu_s: Vec<f64>,
     /// The framework's name.
     pub name: String,
     /// Presented to the masters when they authenticate.
@@ -263,9 +263,14 @@ impl Replay {
     }
 
     fn tick_delay(&self) -> Duration {
-        match (self.planner.next_arrival(), self.start) {
+        let now = self.now();
+        let next = match (self.planner.next_arrival(), self.planner.next_demotion(now)) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        match (next, self.start) {
             (Some(at), Some(_)) => {
-                let real = ((at - self.now()) / self.speedup).max(0.0);
+                let real = ((at - now) / self.speedup).max(0.0);
                 TICK.min(Duration::from_secs_f64(real))
                     .max(Duration::from_micros(200))
             }
@@ -411,7 +416,7 @@ pub async fn run(config: ReplayConfig, limit: Duration) -> Result<ReplayOutcome,
             config.policy,
             config.total_gpus,
             config.gpus_per_node,
-            config.las_threshold_gpu_s,
+            &config.las_thresholds_gpu_s,
         ),
         speedup: config.speedup,
         origin_trace_s: origin,

@@ -172,14 +172,22 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 100.0)]
     pub speedup: f64,
     /// Order of waiting jobs: fifo (arrival order, first-fit), sjf
-    /// (shortest duration first, first-fit) or las (Tiresias: two queues
-    /// by attained GPU service, preempting).
+    /// (shortest duration first, first-fit) or las (Tiresias: queues by
+    /// attained GPU service, preempting).
     #[arg(long, default_value = "las")]
     pub policy: Policy,
-    /// Tiresias's threshold for moving a job to the second queue, in trace
-    /// GPU-hours.
-    #[arg(long, default_value_t = 16.0)]
-    pub las_threshold_gpu_hours: f64,
+    /// Where the LAS queues split, in trace GPU-hours of attained service,
+    /// comma-separated: a job moves down one queue at each. `16` is the
+    /// reference's two-queue Tiresias.
+    #[arg(
+        long,
+        alias = "las-threshold-gpu-hours",
+        value_name = "H[,H…]",
+        value_delimiter = ',',
+        default_values_t = mezz_sim::replay::DEFAULT_LAS_THRESHOLDS_GPU_H,
+        value_parser = parse_gpu_hours,
+    )]
+    pub las_thresholds_gpu_hours: Vec<f64>,
     /// Replay through this running cluster instead of starting one (it
     /// must have the agents and GPUs given by --nodes and --gpus-per-node,
     /// and nothing else using them).
@@ -203,6 +211,15 @@ pub struct ReplayArgs {
 
 fn parse_task_time(s: &str) -> Result<TaskTime, String> {
     TaskTime::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_gpu_hours(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(h) if h > 0.0 && h.is_finite() => Ok(h),
+        _ => Err(format!(
+            "bad threshold '{s}': give GPU-hours as positive numbers, e.g. 3,16"
+        )),
+    }
 }
 
 pub async fn main(args: SimArgs) -> Result<ExitCode> {
@@ -445,7 +462,11 @@ async fn replay_main(args: ReplayArgs) -> Result<ExitCode> {
         policy: args.policy,
         total_gpus,
         gpus_per_node: args.gpus_per_node,
-        las_threshold_gpu_s: args.las_threshold_gpu_hours * 3600.0,
+        las_thresholds_gpu_s: args
+            .las_thresholds_gpu_hours
+            .iter()
+            .map(|h| h * 3600.0)
+            .collect(),
         name: format!("replay-{}", args.policy),
         token,
     };
@@ -481,6 +502,12 @@ async fn replay_main(args: ReplayArgs) -> Result<ExitCode> {
             o.insert("nodes".into(), args.nodes.into());
             o.insert("gpus_per_node".into(), args.gpus_per_node.into());
             o.insert("speedup".into(), args.speedup.into());
+            if args.policy == Policy::Las {
+                o.insert(
+                    "las_thresholds_gpu_hours".into(),
+                    args.las_thresholds_gpu_hours.clone().into(),
+                );
+            }
             o.insert("launches".into(), outcome.launches.into());
             o.insert("lost".into(), outcome.lost.into());
             o.insert(
@@ -618,6 +645,22 @@ mod tests {
             panic!("defaults do not parse");
         };
         assert_eq!(r.policy, Policy::Las);
+        assert_eq!(r.las_thresholds_gpu_hours, vec![3.0, 16.0]);
+        let Ok(SimCommand::Replay(r)) =
+            parse(&["sim", "replay", "w.csv", "--las-threshold-gpu-hours", "16"])
+        else {
+            panic!("the reference's single threshold does not parse");
+        };
+        assert_eq!(r.las_thresholds_gpu_hours, vec![16.0]);
+        let e = parse(&[
+            "sim",
+            "replay",
+            "w.csv",
+            "--las-thresholds-gpu-hours",
+            "3,-1",
+        ])
+        .unwrap_err();
+        assert!(e.contains("'-1'"), "{e}");
         let e = parse(&["sim", "replay", "w.csv", "--policy", "srtf"]).unwrap_err();
         assert!(e.contains("unknown policy 'srtf'"), "{e}");
     }
