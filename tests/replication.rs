@@ -438,6 +438,16 @@ fn mezz_run_survives_a_leader_killed_between_offer_and_accept() {
     let log = run.log_text();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.lines().any(|l| l == "made it"), "{log}");
+    // The run told the followers it lost the leader, so they held its
+    // subscription for the election's outcome instead of refusing it
+    // round after round (one round may still end before the vote does).
+    let rounds = log
+        .matches("no master accepted the subscription yet")
+        .count();
+    assert!(
+        rounds <= 1,
+        "{rounds} refused rounds during the election:\n{log}"
+    );
     let runs = g
         .state()
         .as_array()

@@ -68,6 +68,8 @@ pub(crate) fn describe(status: &Status) -> String {
 pub(crate) enum Refusal {
     /// Try elsewhere or later.
     Transient(String),
+    /// No connection to the master at all.
+    Unreachable(String),
     /// A follower named the leader.
     Redirect { leader: String, message: String },
     /// Will not work anywhere: give up.
@@ -100,15 +102,21 @@ pub(crate) struct Subscription {
 }
 
 /// Connects to `addr`, subscribes and waits for the `Subscribed` event.
+/// `unreachable` is the master this framework lost or could not reach
+/// last: a follower that has not yet seen another leader holds the call
+/// for the election's outcome instead of refusing it at once.
 async fn attempt(
     addr: &str,
     request: proto::SubscribeRequest,
     token: Option<&Token>,
+    unreachable: Option<&str>,
 ) -> Result<Subscription, Refusal> {
     let channel = mezz_proto::client::connect(addr)
         .await
-        .map_err(|e| Refusal::Transient(mezz_proto::tls::describe(&e)))?;
+        .map_err(|e| Refusal::Unreachable(mezz_proto::tls::describe(&e)))?;
     let mut client = client(mezz_proto::auth::authed(channel, token));
+    let mut request = tonic::Request::new(request);
+    mezz_proto::client::unreachable_header(&mut request, unreachable);
     let mut events = client
         .subscribe(request)
         .await
@@ -153,6 +161,8 @@ pub(crate) fn event_name(event: &proto::event::Event) -> &'static str {
 pub(crate) struct Connector {
     masters: Vec<String>,
     preferred: Option<String>,
+    /// The master lost or not reached last, until a subscription succeeds.
+    unreachable: Option<String>,
     backoff: Backoff,
     connect_timeout: Option<Duration>,
     /// Presented on every call (`DriverBuilder::token`, `$MEZZ_TOKEN`).
@@ -168,6 +178,7 @@ impl Connector {
         Connector {
             masters,
             preferred: None,
+            unreachable: None,
             backoff: Backoff::new(),
             connect_timeout,
             token,
@@ -177,6 +188,17 @@ impl Connector {
     /// Try `addr` first next time (a leader hint seen on a broken stream).
     pub(crate) fn prefer(&mut self, addr: String) {
         self.preferred = Some(addr);
+    }
+
+    /// The subscription with `addr` broke with no hint of another leader:
+    /// the next search starts with the other masters and tells them this
+    /// one is gone, so that a follower waits for the election's outcome
+    /// instead of sending us back to a master that is down.
+    pub(crate) fn lost(&mut self, addr: &str) {
+        self.unreachable = Some(addr.to_string());
+        if self.preferred.as_deref() == Some(addr) {
+            self.preferred = None;
+        }
     }
 
     /// Subscribes `framework`. With `after_failure`, waits a backoff delay
@@ -203,21 +225,33 @@ impl Connector {
                 }
             }
             wait = true;
-            let mut round = LeaderSearch::new(&self.masters, self.preferred.as_deref());
+            let mut round = match (&self.preferred, &self.unreachable) {
+                (None, Some(gone)) => LeaderSearch::after(&self.masters, gone),
+                (preferred, _) => LeaderSearch::new(&self.masters, preferred.as_deref()),
+            };
             while let Some(addr) = round.next_address() {
                 let limit = match deadline {
                     Some(d) if Instant::now() >= d => break,
                     Some(d) => ATTEMPT_TIMEOUT.min(d - Instant::now()),
                     None => ATTEMPT_TIMEOUT,
                 };
-                let outcome = timeout(limit, attempt(&addr, request.clone(), self.token.as_ref()))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Refusal::Transient(format!("no answer within {limit:.1?}")))
-                    });
+                let outcome = timeout(
+                    limit,
+                    attempt(
+                        &addr,
+                        request.clone(),
+                        self.token.as_ref(),
+                        self.unreachable.as_deref(),
+                    ),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal::Transient(format!("no answer within {limit:.1?}")))
+                });
                 let failure = match outcome {
                     Ok(sub) => {
                         self.preferred = Some(addr);
+                        self.unreachable = None;
                         self.backoff.reset();
                         return Ok(sub);
                     }
@@ -227,6 +261,10 @@ impl Connector {
                         message
                     }
                     Err(Refusal::Transient(message)) => message,
+                    Err(Refusal::Unreachable(message)) => {
+                        self.unreachable = Some(addr.clone());
+                        message
+                    }
                     Err(Refusal::Permanent(message)) => {
                         return Err(SdkError::Refused {
                             framework: framework.name.clone(),

@@ -373,8 +373,9 @@ impl<S: Scheduler> Runtime<S> {
                             break;
                         }
                         Err(status) => {
-                            if let Some(leader) = mezz_proto::client::leader_hint(&status) {
-                                self.connector.prefer(leader);
+                            match mezz_proto::client::leader_hint(&status) {
+                                Some(leader) => self.connector.prefer(leader),
+                                None => self.connector.lost(&address),
                             }
                             tracing::warn!(
                                 master = %address,
@@ -386,6 +387,7 @@ impl<S: Scheduler> Runtime<S> {
                     },
                     _ = tokio::time::sleep_until(deadline) => {
                         tracing::warn!(master = %address, "no event from the master for {silence:?}; reconnecting");
+                        self.connector.lost(&address);
                         break;
                     }
                     Some(report) = feedback.recv() => {

@@ -213,6 +213,13 @@ impl Leadership {
     }
 }
 
+/// How long a follower holds an agent's attach or a framework's
+/// subscription while it knows no leader the caller can reach (see
+/// [`Handle::await_leader`]): longer than an election takes (raft's
+/// timeout is 0.5 to 1 s), short enough that a caller which only lost its
+/// own link to a live leader is soon sent back.
+pub const LEADER_HOLD: Duration = Duration::from_secs(2);
+
 /// [`Handle::await_leader`] over the leadership as `rx` publishes it.
 async fn await_leader(
     mut rx: watch::Receiver<Leadership>,

@@ -13,12 +13,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::GuardedStream;
 use crate::handle::{Handle, Input};
 
-/// How long a follower holds an agent's attach while it knows no leader
-/// the agent can reach (see [`Handle::await_leader`]): longer than an
-/// election takes (raft's timeout is 0.5 to 1 s), short enough that an
-/// agent which only lost its own link to a live leader is soon sent back.
-const ATTACH_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Serves the agent gateway.
 pub struct AgentApi {
     handle: Handle,
@@ -53,7 +47,7 @@ impl AgentGateway for AgentApi {
             .get(mezz_proto::client::UNREACHABLE_KEY)
             .and_then(|v| v.to_str().ok());
         self.handle
-            .await_leader(unreachable, ATTACH_HOLD)
+            .await_leader(unreachable, crate::handle::LEADER_HOLD)
             .await
             .map_err(super::status_from)?;
         let peer = request
