@@ -116,8 +116,8 @@ pub(crate) struct Shared {
 /// Every method returns at once: the call is queued, and one sender task
 /// sends the queue in order (an accept made before a kill reaches the master
 /// first). Acknowledgements are the exception: they depend on nothing, so
-/// up to 64 are sent at once beside the ordered calls (a stop still waits
-/// for them). Calls that fail are retried once after a reconnection when that
+/// they are sent beside the ordered calls, those queued together in one
+/// call (a stop still waits for them). Calls that fail are retried once after a reconnection when that
 /// is safe (kill, reconcile, acknowledge, revive, suppress); otherwise the
 /// failure goes to [`Scheduler::error`](crate::Scheduler::error). Calls made
 /// after the driver ended are dropped.

@@ -40,6 +40,10 @@ struct FakeMaster {
     /// Acknowledgements are answered only while no one holds this for
     /// writing (they are recorded as they arrive).
     ack_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Calls that carried acknowledgements: (calls, acknowledgements).
+    ack_calls: Arc<Mutex<(usize, usize)>>,
+    /// Answer AcknowledgeMany as a master of an older release would.
+    without_many: bool,
 }
 
 impl FakeMaster {
@@ -119,6 +123,31 @@ impl SchedulerService for FakeMaster {
         r: Request<proto::AcknowledgeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
         let answer = self.answer("acknowledge", Got::Acknowledge(r.into_inner()));
+        {
+            let mut n = self.ack_calls.lock().unwrap();
+            *n = (n.0 + 1, n.1 + 1);
+        }
+        let _open = self.ack_gate.read().await;
+        answer
+    }
+    async fn acknowledge_many(
+        &self,
+        r: Request<proto::AcknowledgeManyRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        if self.without_many {
+            return Err(Status::unimplemented("unknown method AcknowledgeMany"));
+        }
+        let r = r.into_inner();
+        assert_eq!(r.framework_id, "fw-1");
+        let count = r.acks.len();
+        let mut answer = Ok(Response::new(proto::Empty {}));
+        for a in r.acks {
+            answer = answer.and(self.answer("acknowledge_many", Got::Acknowledge(a)));
+        }
+        {
+            let mut n = self.ack_calls.lock().unwrap();
+            *n = (n.0 + 1, n.1 + count);
+        }
         let _open = self.ack_gate.read().await;
         answer
     }
@@ -151,21 +180,33 @@ struct Master {
     got: mpsc::UnboundedReceiver<Got>,
     failures: Arc<Mutex<HashMap<&'static str, VecDeque<Status>>>>,
     ack_gate: Arc<tokio::sync::RwLock<()>>,
+    ack_calls: Arc<Mutex<(usize, usize)>>,
     _shutdown: oneshot::Sender<()>,
 }
 
 async fn start_master(heartbeat_secs: f64, redirect_to: Option<String>) -> Master {
+    start_master_with(heartbeat_secs, redirect_to, false).await
+}
+
+async fn start_master_with(
+    heartbeat_secs: f64,
+    redirect_to: Option<String>,
+    without_many: bool,
+) -> Master {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (got_tx, got) = mpsc::unbounded_channel();
     let failures = Arc::new(Mutex::new(HashMap::new()));
     let ack_gate = Arc::new(tokio::sync::RwLock::new(()));
+    let ack_calls = Arc::new(Mutex::new((0, 0)));
     let fake = FakeMaster {
         got: got_tx,
         heartbeat_secs,
         redirect_to,
         failures: failures.clone(),
         ack_gate: ack_gate.clone(),
+        ack_calls: ack_calls.clone(),
+        without_many,
     };
     let (shutdown, stop) = oneshot::channel::<()>();
     tokio::spawn(
@@ -180,6 +221,7 @@ async fn start_master(heartbeat_secs: f64, redirect_to: Option<String>) -> Maste
         got,
         failures,
         ack_gate,
+        ack_calls,
         _shutdown: shutdown,
     }
 }
@@ -411,6 +453,89 @@ async fn acknowledgements_do_not_hold_up_other_calls_and_stop_waits_for_them() {
         "the driver ended with acknowledgements unanswered"
     );
     drop(held);
+    assert!(fw.finish().await.is_ok());
+}
+
+/// Sends `n` FINISHED updates (uuids `u-0`…) and waits until the
+/// framework saw them all.
+async fn send_updates(events: &EventTx, fw: &mut Framework, n: usize) {
+    for i in 0..n {
+        let status = proto::TaskStatus {
+            task_id: format!("t{i}"),
+            agent_id: "a1".into(),
+            framework_id: "fw-1".into(),
+            state: proto::TaskState::Finished as i32,
+            uuid: format!("u-{i}"),
+            ..Default::default()
+        };
+        events
+            .send(Ok(event(Ev::Update(proto::Update {
+                status: Some(status),
+            }))))
+            .unwrap();
+        assert!(matches!(fw.next().await, Seen::Update(_)));
+    }
+}
+
+/// The uuids of `n` acknowledgements, as the master received them.
+async fn acknowledged(master: &mut Master, n: usize) -> std::collections::BTreeSet<String> {
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < n {
+        match master.next().await {
+            Got::Acknowledge(a) => {
+                assert_eq!(a.agent_id, "a1");
+                acked.insert(a.uuid);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    acked
+}
+
+/// Acknowledgements queued while earlier ones wait for the master go out
+/// together in one call: 300 updates while the master holds the
+/// acknowledgements make a few calls, not 300, and every update is
+/// acknowledged once.
+#[tokio::test]
+async fn acknowledgements_queued_together_go_in_one_call() {
+    let mut master = start_master(15.0, None).await;
+    let mut fw = Framework::start(connect(&master));
+    let (_, events) = expect_subscribe(&mut master).await;
+    let (driver, _) = fw.subscribed().await;
+    let held = master.ack_gate.clone().write_owned().await;
+    send_updates(&events, &mut fw, 300).await;
+    // The first calls are held; the rest wait for room and gather.
+    let first = acknowledged(&mut master, 1).await;
+    drop(held);
+    let rest = acknowledged(&mut master, 299).await;
+    let all: std::collections::BTreeSet<String> = first.union(&rest).cloned().collect();
+    assert_eq!(all.len(), 300);
+    let (calls, acks) = *master.ack_calls.lock().unwrap();
+    assert_eq!(acks, 300, "every update acknowledged once");
+    assert!(
+        calls <= 40,
+        "{calls} calls carried the 300 acknowledgements"
+    );
+    driver.stop();
+    assert!(fw.finish().await.is_ok());
+}
+
+/// A master without `AcknowledgeMany` (an older release) gets every
+/// acknowledgement one by one.
+#[tokio::test]
+async fn a_master_without_acknowledge_many_gets_them_one_by_one() {
+    let mut master = start_master_with(15.0, None, true).await;
+    let mut fw = Framework::start(connect(&master));
+    let (_, events) = expect_subscribe(&mut master).await;
+    let (driver, _) = fw.subscribed().await;
+    let held = master.ack_gate.clone().write_owned().await;
+    send_updates(&events, &mut fw, 100).await;
+    let first = acknowledged(&mut master, 1).await;
+    drop(held);
+    let rest = acknowledged(&mut master, 99).await;
+    assert_eq!(first.union(&rest).count(), 100);
+    assert_eq!(*master.ack_calls.lock().unwrap(), (100, 100));
+    driver.stop();
     assert!(fw.finish().await.is_ok());
 }
 

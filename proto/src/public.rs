@@ -37,8 +37,8 @@ public_files! {
         types: [
             Offer, SubscribeRequest, Event, Subscribed, Offers, Rescind, Update, Failure, Error,
             Heartbeat, Filters, Launch, Operation, AcceptRequest, DeclineRequest, ReviveRequest,
-            SuppressRequest, KillRequest, AcknowledgeRequest, ReconcileTask, ReconcileRequest,
-            TeardownRequest, Demand, SetDemandRequest,
+            SuppressRequest, KillRequest, AcknowledgeRequest, AcknowledgeManyRequest, ReconcileTask,
+            ReconcileRequest, TeardownRequest, Demand, SetDemandRequest,
         ],
         modules: [event, operation, scheduler_client, scheduler_server],
     }

@@ -2,9 +2,9 @@
 //! stream, every other call is a unary RPC answered by the state machine.
 
 use mezz_proto::v1::{
-    scheduler_server::Scheduler, AcceptRequest, AcknowledgeRequest, DeclineRequest, Empty, Event,
-    KillRequest, ReconcileRequest, ReviveRequest, SetDemandRequest, SubscribeRequest,
-    SuppressRequest, TeardownRequest,
+    scheduler_server::Scheduler, AcceptRequest, AcknowledgeManyRequest, AcknowledgeRequest,
+    DeclineRequest, Empty, Event, KillRequest, ReconcileRequest, ReviveRequest, SetDemandRequest,
+    SubscribeRequest, SuppressRequest, TeardownRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,6 +43,39 @@ fn need_framework(id: &str) -> Result<(), Status> {
         ));
     }
     Ok(())
+}
+
+/// The most acknowledgements one `AcknowledgeMany` may carry.
+pub const MAX_ACKS_PER_CALL: usize = 4096;
+
+/// Checks every entry of `req` before any is applied: a bad one refuses
+/// the whole call, naming it.
+fn many_acks(req: &AcknowledgeManyRequest) -> Result<Vec<(String, String, String)>, Status> {
+    if req.acks.len() > MAX_ACKS_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "{} acknowledgements in one call; at most {MAX_ACKS_PER_CALL}",
+            req.acks.len()
+        )));
+    }
+    req.acks
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if !a.framework_id.is_empty() && a.framework_id != req.framework_id {
+                return Err(Status::invalid_argument(format!(
+                    "acknowledgement {i} is for framework '{}', not '{}'",
+                    a.framework_id, req.framework_id
+                )));
+            }
+            if a.uuid.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "acknowledgement {i} (task '{}') has no uuid",
+                    a.task_id
+                )));
+            }
+            Ok((a.agent_id.clone(), a.task_id.clone(), a.uuid.clone()))
+        })
+        .collect()
 }
 
 /// Refuses a call for a framework another principal registered.
@@ -184,6 +217,27 @@ impl Scheduler for SchedulerApi {
         .await
     }
 
+    async fn acknowledge_many(
+        &self,
+        request: Request<AcknowledgeManyRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        owned(&self.handle, &request, &request.get_ref().framework_id)?;
+        let n = request.get_ref().acks.len();
+        charge(
+            self.handle.guard(),
+            principal(&request).as_ref(),
+            n.max(1) as f64,
+        )?;
+        let req = request.into_inner();
+        need_framework(&req.framework_id)?;
+        let acks = many_acks(&req)?;
+        self.call(Call::AcknowledgeMany {
+            framework_id: req.framework_id,
+            acks,
+        })
+        .await
+    }
+
     async fn reconcile(
         &self,
         request: Request<ReconcileRequest>,
@@ -220,5 +274,50 @@ impl Scheduler for SchedulerApi {
         let req = request.into_inner();
         need_framework(&req.framework_id)?;
         self.call(Call::SetDemand(req)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(framework_id: &str, task: &str, uuid: &str) -> AcknowledgeRequest {
+        AcknowledgeRequest {
+            framework_id: framework_id.into(),
+            agent_id: "a1".into(),
+            task_id: task.into(),
+            uuid: uuid.into(),
+        }
+    }
+
+    #[test]
+    fn acknowledgements_in_one_call_are_checked_before_any_is_applied() {
+        let req = |acks| AcknowledgeManyRequest {
+            framework_id: "fw".into(),
+            acks,
+        };
+        // The request's framework may be left out of each entry.
+        let ok = many_acks(&req(vec![ack("fw", "t1", "u1"), ack("", "t2", "u2")])).unwrap();
+        assert_eq!(
+            ok,
+            vec![
+                ("a1".into(), "t1".into(), "u1".into()),
+                ("a1".into(), "t2".into(), "u2".into())
+            ]
+        );
+        let e = many_acks(&req(vec![ack("fw", "t1", "u1"), ack("other", "t2", "u2")])).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("acknowledgement 1 is for framework 'other'"),
+            "{e}"
+        );
+        let e = many_acks(&req(vec![ack("fw", "t7", "")])).unwrap_err();
+        assert!(e.message().contains("(task 't7') has no uuid"), "{e}");
+        let too_many = (0..=MAX_ACKS_PER_CALL)
+            .map(|i| ack("fw", "t", &i.to_string()))
+            .collect();
+        let e = many_acks(&req(too_many)).unwrap_err();
+        assert!(e.message().contains("at most 4096"), "{e}");
     }
 }

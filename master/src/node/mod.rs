@@ -105,6 +105,13 @@ pub enum Call {
         /// Update id.
         uuid: String,
     },
+    /// Several ACKNOWLEDGEs of one framework: (agent, task, update id).
+    AcknowledgeMany {
+        /// Framework.
+        framework_id: String,
+        /// Agent, task and update id of each.
+        acks: Vec<(String, String, String)>,
+    },
     /// RECONCILE.
     Reconcile(String, Vec<ReconcileTask>),
     /// TEARDOWN.
@@ -334,6 +341,14 @@ impl Node {
                 task_id,
                 uuid,
             } => c.acknowledge(&framework_id, &agent_id, &task_id, &uuid, now),
+            Call::AcknowledgeMany { framework_id, acks } => {
+                // Validated whole by the API: a failure here is the
+                // framework's (gone), the same for every entry.
+                for (agent_id, task_id, uuid) in acks {
+                    c.acknowledge(&framework_id, &agent_id, &task_id, &uuid, now)?;
+                }
+                Ok(())
+            }
             Call::Reconcile(f, tasks) => c.reconcile(&f, tasks, now),
             Call::Teardown(f) => c.teardown(&f, now),
             Call::SetDemand(req) => c.set_demand(req, now),
