@@ -417,22 +417,7 @@ async fn acknowledgements_do_not_hold_up_other_calls_and_stop_waits_for_them() {
     let (_, events) = expect_subscribe(&mut master).await;
     let (driver, _) = fw.subscribed().await;
     let held = master.ack_gate.clone().write_owned().await;
-    for i in 0..10 {
-        let status = proto::TaskStatus {
-            task_id: format!("t{i}"),
-            agent_id: "a1".into(),
-            framework_id: "fw-1".into(),
-            state: proto::TaskState::Finished as i32,
-            uuid: format!("u-{i}"),
-            ..Default::default()
-        };
-        events
-            .send(Ok(event(Ev::Update(proto::Update {
-                status: Some(status),
-            }))))
-            .unwrap();
-        assert!(matches!(fw.next().await, Seen::Update(_)));
-    }
+    send_updates(&events, &mut fw, 10).await;
     driver.revive();
     let mut acked = std::collections::BTreeSet::new();
     let mut revived = false;

@@ -42,14 +42,7 @@ impl AgentGateway for AgentApi {
             .map_err(super::auth::denied)?;
         // A follower answers before reading the registration, let alone
         // queuing it for the actor.
-        let unreachable = request
-            .metadata()
-            .get(mezz_proto::client::UNREACHABLE_KEY)
-            .and_then(|v| v.to_str().ok());
-        self.handle
-            .await_leader(unreachable, crate::handle::LEADER_HOLD)
-            .await
-            .map_err(super::status_from)?;
+        super::hold_for_leader(&self.handle, &request).await?;
         let peer = request
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

@@ -93,6 +93,25 @@ async fn not_found(req: axum::extract::Request) -> axum::response::Response {
         .into_response()
 }
 
+/// Waits until this master leads or knows a leader the caller can reach
+/// (the caller names the master it lost in `UNREACHABLE_KEY`), at most
+/// `LEADER_HOLD`: see [`Handle::await_leader`]. A follower thus answers
+/// an attach or a subscription before reading it, and during an election
+/// holds it for the outcome instead of refusing it at once.
+pub(crate) async fn hold_for_leader<T>(
+    handle: &crate::handle::Handle,
+    request: &tonic::Request<T>,
+) -> Result<(), Status> {
+    let unreachable = request
+        .metadata()
+        .get(mezz_proto::client::UNREACHABLE_KEY)
+        .and_then(|v| v.to_str().ok());
+    handle
+        .await_leader(unreachable, crate::handle::LEADER_HOLD)
+        .await
+        .map_err(status_from)
+}
+
 /// Maps a refused call to a gRPC status; a non-leader answer carries the
 /// leader's address in the `mezz-leader` metadata.
 pub fn status_from(e: CallError) -> Status {

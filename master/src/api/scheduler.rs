@@ -102,14 +102,7 @@ impl Scheduler for SchedulerApi {
         // While a leader is being elected, a follower holds the
         // subscription of a framework that lost the old leader until it
         // knows the new one (or leads), instead of refusing it at once.
-        let unreachable = request
-            .metadata()
-            .get(mezz_proto::client::UNREACHABLE_KEY)
-            .and_then(|v| v.to_str().ok());
-        self.handle
-            .await_leader(unreachable, crate::handle::LEADER_HOLD)
-            .await
-            .map_err(status_from)?;
+        super::hold_for_leader(&self.handle, &request).await?;
         let req = request.into_inner();
         let mut info = req
             .framework
