@@ -171,7 +171,8 @@ impl Input {
 }
 
 /// Who leads, as the actor last settled it: what the services answer an
-/// agent with before they queue anything for the actor.
+/// agent's attach or a framework's subscription with before they queue
+/// anything for the actor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Leadership {
     /// This master leads (it may still be catching up: the actor then
@@ -181,21 +182,22 @@ pub struct Leadership {
     pub leader: Option<String>,
 }
 
-/// What a non-leading master does with an agent that attaches.
+/// What a master does with an agent that attaches or a framework that
+/// subscribes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Attach {
-    /// This master leads: register the agent.
+    /// This master leads: take the call.
     Serve,
-    /// Send the agent to the leader at this address.
+    /// Send the caller to the leader at this address.
     Redirect(String),
-    /// No leader is known, or the one known is the master the agent just
+    /// No leader is known, or the one known is the master the caller just
     /// failed to reach: wait for news of another.
     Wait,
 }
 
 impl Leadership {
-    /// What to do with an agent that could not reach `unreachable` (an
-    /// address as the agent named it) last.
+    /// What to do with a caller that could not reach `unreachable` (an
+    /// address as the caller named it) last.
     pub(crate) fn attach(&self, unreachable: Option<&str>) -> Attach {
         if self.leading {
             return Attach::Serve;
@@ -284,11 +286,12 @@ impl Handle {
 
     /// Waits, at most `hold`, until this master leads or knows a leader
     /// other than `unreachable`: `Ok` when it leads, otherwise the
-    /// refusal (`NotLeader`) that sends the agent to the leader (or, with
-    /// none known by then, back to its search). A follower answers without queuing
-    /// anything for the actor, and while a leader is being elected it
-    /// holds agents instead of having each poll it: after a leader dies,
-    /// thousands of its agents wait here for the election's outcome.
+    /// refusal (`NotLeader`) that sends the caller to the leader (or, with
+    /// none known by then, back to its search). A follower answers without
+    /// queuing anything for the actor, and while a leader is being elected
+    /// it holds agents and frameworks instead of having each poll it: after
+    /// a leader dies, thousands of its agents wait here for the election's
+    /// outcome.
     pub async fn await_leader(
         &self,
         unreachable: Option<&str>,

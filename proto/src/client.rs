@@ -15,11 +15,12 @@ pub const MASTER_ENV: &str = "MEZZ_MASTER";
 /// it refuses a call with `UNAVAILABLE`. Clients reconnect there.
 pub const LEADER_HINT_KEY: &str = "mezz-leader";
 
-/// gRPC metadata key an agent's attach carries: the master (`host:port`)
-/// it could not reach last. A follower whose leader is that master holds
-/// the attach until it knows of another leader, for a moment, instead of
-/// sending the agent straight back: when a leader dies, its agents wait on
-/// the followers for the election instead of polling them (see
+/// gRPC metadata key an agent's attach and a framework's subscription
+/// carry: the master (`host:port`) the caller could not reach last. A
+/// follower whose leader is that master holds the call until it knows of
+/// another leader, for a moment, instead of sending the caller straight
+/// back: when a leader dies, its agents and frameworks wait on the
+/// followers for the election instead of polling them (see
 /// [`unreachable_header`]).
 pub const UNREACHABLE_KEY: &str = "mezz-unreachable";
 
